@@ -1,0 +1,234 @@
+"""RawNode: the driver-facing face of the core (etcd's rawnode.go).
+
+The driver loop is always the same, whatever runs it (asyncio, the simulator):
+
+1. feed inputs: ``tick()``, ``step(msg)``, ``propose(data)``, ``read_index(ctx)`` ...
+2. ``rd = node.ready()`` when ``node.has_ready()``
+3. persist ``rd.snapshot``, ``rd.entries`` and ``rd.hard_state`` -- durably (fsync)
+4. send ``rd.messages``
+5. apply ``rd.snapshot`` (if any) then ``rd.committed_entries`` to the state machine;
+   serve ``rd.read_states`` once applied reaches their index
+6. ``node.advance(rd)``
+
+No input may be fed between ``ready()`` and ``advance()``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .core import Config, ProposalDropped, Raft
+from .types import (
+    LOCAL_MESSAGES,
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    NodeId,
+    ReadState,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+    StateType,
+)
+
+
+@dataclass
+class Ready:
+    soft_state: SoftState | None = None
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    committed_entries: list[Entry] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+
+    @property
+    def must_sync(self) -> bool:
+        return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
+
+
+class RawNode:
+    def __init__(
+        self,
+        config: Config,
+        hard_state: HardState | None = None,
+        snapshot: Snapshot | None = None,
+        entries: Sequence[Entry] = (),
+        applied: int | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        """Start from what storage recovered. ``applied``: the state machine's applied index
+        (by default the snapshot's: committed entries after it are handed out again)."""
+        self.raft = Raft(config, hard_state, snapshot, entries, on_event)
+        if applied is not None and applied > (snapshot.meta.index if snapshot else 0):
+            self.raft.log.applied_to(applied)
+        self._prev_hs = self.raft.hard_state()
+        self._prev_ss = self.raft.soft_state()
+        self.max_committed_per_ready = 256
+
+    # ---- bootstrap -------------------------------------------------------------------------
+    def bootstrap(self, voters: Sequence[tuple[NodeId, bytes]]) -> None:
+        """Found a new group. Every founder must call this with the same list, so that all
+        start with identical logs: one ADD_VOTER entry a founder, in term 1, committed."""
+        r = self.raft
+        if r.log.last_index() != 0 or r.term != 0:
+            raise ValueError("bootstrap needs an empty node")
+        ids = [nid for nid, _ in voters]
+        if len(set(ids)) != len(ids) or not ids:
+            raise ValueError("bootstrap needs distinct node ids")
+        entries = [
+            Entry(
+                1,
+                i + 1,
+                EntryType.CONF_CHANGE,
+                ConfChange(ConfChangeType.ADD_VOTER, nid, ctx).encode(),
+            )
+            for i, (nid, ctx) in enumerate(sorted(voters))
+        ]
+        r.log.append(entries)  # unstable: the first ready persists them
+        r.become_follower(1, None)
+        r.log.commit_to(len(entries))
+        # Apply the founding configuration now so the node can campaign; the entries are still
+        # handed out as committed so the state machine learns the members too.
+        for e in entries:
+            r.apply_conf_change(ConfChange.decode(e.data))
+        r.pending_conf_index = 0
+        self._bootstrap_applied = len(entries)
+        self._prev_hs = HardState()
+
+    # ---- inputs ----------------------------------------------------------------------------
+    def tick(self) -> None:
+        self.raft.tick()
+
+    def campaign(self) -> None:
+        self.raft.step(Message(MessageType.HUP, frm=self.raft.id))
+
+    def step(self, m: Message) -> None:
+        """A message from the network. Local message types are refused."""
+        if m.type in LOCAL_MESSAGES:
+            raise ValueError(f"{m.type.name} is a local message; it cannot come from the network")
+        if m.frm is None:
+            raise ValueError("message without a sender")
+        self.raft.step(m)
+
+    def propose(self, data: bytes) -> tuple[int, int]:
+        """Append ``data`` if we are the leader; returns (term, index) of the new entry."""
+        return self._propose(Entry(0, 0, EntryType.NORMAL, data))
+
+    def propose_conf_change(self, cc: ConfChange) -> tuple[int, int]:
+        return self._propose(Entry(0, 0, EntryType.CONF_CHANGE, cc.encode()))
+
+    def _propose(self, e: Entry) -> tuple[int, int]:
+        r = self.raft
+        if r.state is not StateType.LEADER:
+            raise ProposalDropped("not the leader" if r.lead != r.id else "no leader")
+        r.step(Message(MessageType.PROP, frm=r.id, entries=(e,)))
+        return r.term, r.log.last_index()
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a linearizable read point; the answer arrives as a ReadState in a ready."""
+        if not context:
+            raise ValueError("a read needs a unique, non-empty context")
+        self.raft.step(Message(MessageType.READ_INDEX, frm=self.raft.id, context=context))
+
+    def transfer_leadership(self, to: NodeId) -> None:
+        self.raft.step(Message(MessageType.TRANSFER_LEADER, frm=to))
+
+    def report_unreachable(self, nid: NodeId) -> None:
+        self.raft.step(Message(MessageType.UNREACHABLE, frm=nid))
+
+    def report_snapshot(self, nid: NodeId, ok: bool) -> None:
+        self.raft.step(Message(MessageType.SNAP_STATUS, frm=nid, reject=not ok))
+
+    def compact(self, index: int, data: bytes) -> Snapshot:
+        """Record a snapshot of the state machine at applied ``index`` and drop the log up to
+        it. Returns the snapshot, which the driver must persist."""
+        log = self.raft.log
+        if index > log.applied:
+            raise ValueError(f"cannot snapshot at {index}: applied is only {log.applied}")
+        snap = Snapshot(SnapshotMeta(index, log.term(index), self.raft.conf_state()), data)
+        log.compact(snap)
+        return snap
+
+    # ---- outputs ---------------------------------------------------------------------------
+    def has_ready(self) -> bool:
+        r = self.raft
+        return bool(
+            r.msgs
+            or r.read_states
+            or r.log.unstable_entries()
+            or r.log.pending_snapshot is not None
+            or r.log.committed > r.log.applied
+            or r.hard_state() != self._prev_hs
+            or r.soft_state() != self._prev_ss
+        )
+
+    def ready(self) -> Ready:
+        r = self.raft
+        rd = Ready(
+            entries=r.log.unstable_entries(),
+            snapshot=r.log.pending_snapshot,
+            committed_entries=r.log.next_committed(self.max_committed_per_ready),
+            messages=r.msgs,
+            read_states=r.read_states,
+        )
+        r.msgs = []
+        r.read_states = []
+        hs = r.hard_state()
+        if hs != self._prev_hs:
+            rd.hard_state = hs
+        ss = r.soft_state()
+        if ss != self._prev_ss:
+            rd.soft_state = ss
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        r = self.raft
+        if rd.hard_state is not None:
+            self._prev_hs = rd.hard_state
+        if rd.soft_state is not None:
+            self._prev_ss = rd.soft_state
+        if rd.snapshot is not None:
+            r.log.pending_snapshot = None
+        if rd.entries:
+            last = rd.entries[-1]
+            if r.log.match_term(last.index, last.term):
+                r.log.stable_to(last.index)
+        if rd.committed_entries:
+            boot = getattr(self, "_bootstrap_applied", 0)
+            for e in rd.committed_entries:
+                r.log.applied_to(e.index)
+                if e.type is EntryType.CONF_CHANGE and e.index > boot:
+                    r.apply_conf_change(ConfChange.decode(e.data))
+
+    # ---- introspection ---------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        r = self.raft
+        st: dict[str, object] = {
+            "id": r.id,
+            "state": r.state.value,
+            "term": r.term,
+            "vote": r.vote,
+            "lead": r.lead,
+            "commit": r.log.committed,
+            "applied": r.log.applied,
+            "last_index": r.log.last_index(),
+            "first_index": r.log.first_index(),
+            "voters": sorted(r.voters),
+            "learners": sorted(r.learners),
+        }
+        if r.state is StateType.LEADER:
+            st["progress"] = {
+                nid: {"match": pr.match, "next": pr.next, "state": pr.state.value}
+                for nid, pr in sorted(r.prs.items())
+            }
+        return st
+
+    def status_json(self) -> str:
+        return json.dumps(self.status(), sort_keys=True)
