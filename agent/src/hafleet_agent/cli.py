@@ -1,0 +1,317 @@
+"""The ``hafleet-agent`` command line.
+
+The subcommands and the flags of ``run`` are a contract: scripts, the Ansible roles and the
+tests depend on their names. Every ``run`` flag defaults to ``None`` ("not given"), so that
+the agent can layer them: built-in default < ``--config`` TOML file < flag.
+
+No subcommand is implemented yet: each one says so on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from hafleet_agent import __version__
+
+PROG = "hafleet-agent"
+
+DEFAULT_RAFT_PORT = 7400
+DEFAULT_API_PORT = 7480
+DEFAULT_API_URL = f"http://127.0.0.1:{DEFAULT_API_PORT}"
+
+EXIT_NOT_IMPLEMENTED = 2
+NOT_IMPLEMENTED_ISSUE = "issue 4"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# --- argument types -------------------------------------------------------------------------
+
+
+def port(value: str) -> int:
+    """A TCP port, 1..65535."""
+    number = _int(value, "port")
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value!r}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    """An integer >= 1."""
+    number = _int(value, "number")
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value!r}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """An integer >= 0."""
+    number = _int(value, "number")
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value!r}")
+    return number
+
+
+def host_port_list(value: str) -> list[tuple[str, int]]:
+    """``HOST:PORT[,HOST:PORT...]``; an IPv6 host is written in brackets: ``[fd00::1]:7400``."""
+    result = []
+    for item in value.split(","):
+        item = item.strip()
+        host, sep, port_text = item.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or ("[" in host or "]" in host):
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {item!r}")
+        result.append((host, port(port_text)))
+    return result
+
+
+def api_url(value: str) -> str:
+    """The base URL of an agent's HTTP API."""
+    if not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _int(value: str, what: str) -> int:
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer, got {value!r}") from None
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+def _not_implemented(args: argparse.Namespace) -> int:
+    print(
+        f"{PROG} {args.command_name}: not implemented yet (see {NOT_IMPLEMENTED_ISSUE})",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_IMPLEMENTED
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "The hafleet agent: one per host. It finds its peers over mDNS, joins a Raft "
+            "group and keeps HAProxy weights in step with every host's spare capacity."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _add_run(commands)
+    _add_status(commands)
+    _add_members(commands)
+    _add_leave(commands)
+    _add_kv(commands)
+    _add_balancer(commands)
+    return parser
+
+
+def _command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    handler: Handler = _not_implemented,
+    command_name: str | None = None,
+) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(handler=handler, command_name=command_name or name)
+    return sub
+
+
+def _add_client_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--api",
+        type=api_url,
+        metavar="URL",
+        default=DEFAULT_API_URL,
+        help="base URL of an agent's HTTP API (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the API token (mode 0600)",
+    )
+
+
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    run = _command(commands, "run", "run the agent in the foreground")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file; every key can also be given as a flag, flags win",
+    )
+    run.add_argument("--node-id", metavar="ID", help="this node's id, unique in the cluster")
+    run.add_argument("--cluster", metavar="NAME", help="cluster name")
+    run.add_argument("--bind", metavar="ADDR", help="address to bind the Raft and API ports to")
+    run.add_argument(
+        "--raft-port",
+        type=port,
+        metavar="P",
+        help=f"Raft RPC port (default: {DEFAULT_RAFT_PORT})",
+    )
+    run.add_argument(
+        "--api-port",
+        type=port,
+        metavar="P",
+        help=f"HTTP API port (default: {DEFAULT_API_PORT})",
+    )
+    run.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="directory for Raft state; created when missing; persisted state wins",
+    )
+    run.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="file holding the cluster key (at least 32 characters, mode 0600)",
+    )
+    run.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the API token (at least 32 characters, mode 0600)",
+    )
+    run.add_argument(
+        "--bootstrap-expect",
+        type=positive_int,
+        metavar="N",
+        help="a fresh node waits for N fresh nodes (itself included) before founding",
+    )
+    run.add_argument(
+        "--join",
+        type=host_port_list,
+        action="extend",
+        metavar="HOST:PORT[,..]",
+        help="Raft addresses of nodes to join when multicast does not reach (repeatable)",
+    )
+    run.add_argument(
+        "--mdns",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="announce and browse _hafleet._tcp.local. over mDNS (default: on)",
+    )
+    run.add_argument(
+        "--mdns-interface",
+        action="append",
+        metavar="ADDR",
+        help="bind mDNS to the interface with this address (repeatable)",
+    )
+    run.add_argument(
+        "--service-port",
+        type=port,
+        metavar="P",
+        help="port of the service on this host that HAProxy balances to",
+    )
+    run.add_argument(
+        "--heartbeat-ms",
+        type=positive_int,
+        metavar="MS",
+        help="the leader's heartbeat interval in milliseconds",
+    )
+    run.add_argument(
+        "--election-timeout-ms",
+        type=positive_int,
+        metavar="MS",
+        help="a follower campaigns after a random time in [T, 2T) without a leader",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log line format (default: text)",
+    )
+
+
+def _add_status(commands: argparse._SubParsersAction) -> None:
+    status = _command(
+        commands,
+        "status",
+        "show the cluster: node, role, term, leader, cpu, mem, load, weight",
+    )
+    _add_client_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_members(commands: argparse._SubParsersAction) -> None:
+    members = _command(commands, "members", "list the members of the group")
+    _add_client_options(members)
+    members.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_leave(commands: argparse._SubParsersAction) -> None:
+    leave = _command(commands, "leave", "hand leadership over, leave the group, stop")
+    _add_client_options(leave)
+
+
+def _add_kv(commands: argparse._SubParsersAction) -> None:
+    kv = _command(commands, "kv", "read and write the replicated key-value store")
+    _add_client_options(kv)
+    ops = kv.add_subparsers(dest="kv_command", metavar="OP", required=True)
+
+    get = _command(ops, "get", "read KEY (linearizable)", command_name="kv get")
+    get.add_argument("key", metavar="KEY")
+
+    put = _command(ops, "put", "write VALUE to KEY", command_name="kv put")
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE")
+    put.add_argument(
+        "--cas",
+        type=non_negative_int,
+        metavar="INDEX",
+        help="write only if KEY's modify index is INDEX (0: only if KEY is absent)",
+    )
+
+    delete = _command(ops, "del", "delete KEY", command_name="kv del")
+    delete.add_argument("key", metavar="KEY")
+    delete.add_argument(
+        "--cas",
+        type=non_negative_int,
+        metavar="INDEX",
+        help="delete only if KEY's modify index is INDEX",
+    )
+
+
+def _add_balancer(commands: argparse._SubParsersAction) -> None:
+    balancer = _command(
+        commands,
+        "balancer",
+        "keep an HAProxy backend in step with the group (Runtime API, no reload)",
+    )
+    _add_client_options(balancer)
+    balancer.add_argument(
+        "--haproxy-socket",
+        required=True,
+        metavar="PATH",
+        help="HAProxy's Runtime API (admin) socket",
+    )
+    balancer.add_argument(
+        "--backend",
+        required=True,
+        metavar="NAME",
+        help="the HAProxy backend whose servers follow the group",
+    )
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: a COMMAND is required (see --help)", file=sys.stderr)
+        return 2
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
