@@ -1,0 +1,283 @@
+# Copyright: hafleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The shared API client against a small stand-in agent served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+
+from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
+    HafleetAPIClient,
+    HafleetAPIError,
+    api_path,
+    read_token_file,
+)
+
+TOKEN = "t" * 40
+
+
+class FakeAgent(ThreadingHTTPServer):
+    """Just enough of the agent's API: health, a KV store with CAS, and some failures."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), FakeAgentHandler)
+        self.requests = []
+        self.kv = {}
+        self.index = 0
+
+    @property
+    def base_url(self):
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class FakeAgentHandler(BaseHTTPRequestHandler):
+    server: FakeAgent
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+        pass
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def do_DELETE(self):
+        self._handle("DELETE")
+
+    def _handle(self, method):
+        parts = urlsplit(self.path)
+        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        self.server.requests.append(
+            {
+                "method": method,
+                "path": parts.path,
+                "query": query,
+                "headers": dict(self.headers),
+                "body": body,
+            }
+        )
+
+        if parts.path == "/v1/health":
+            return self._json(200, {"ok": True})
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return self._json(401, {"error": "missing or wrong API token"})
+        if parts.path == "/v1/slow":
+            time.sleep(2)
+            return self._json(200, {})
+        if parts.path == "/v1/plain-error":
+            return self._send(500, b"internal trouble", "text/plain")
+        if parts.path == "/v1/not-json":
+            return self._send(200, b"<html>surprise</html>", "text/html")
+        if parts.path == "/v1/leadership/transfer":
+            return self._json(503, {"error": "no leader"})
+        if parts.path.startswith("/v1/kv/"):
+            return self._kv(method, unquote(parts.path[len("/v1/kv/") :]), query, body)
+        return self._json(404, {"error": "no such endpoint"})
+
+    def _kv(self, method, key, query, body):
+        current = self.server.kv.get(key)
+        if method == "GET":
+            if current is None:
+                return self._json(404, {"error": f"key {key!r} not found"})
+            return self._json(200, current)
+        if "cas" in query:
+            expected = int(query["cas"])
+            actual = current["modify_index"] if current else 0
+            if expected != actual:
+                return self._json(409, {"error": f"cas {expected} != modify_index {actual}"})
+        if method == "PUT":
+            if not isinstance(body, dict) or "value" not in body:
+                return self._json(400, {"error": 'body must be {"value": ...}'})
+            self.server.index += 1
+            entry = {"key": key, "value": body["value"], "modify_index": self.server.index}
+            self.server.kv[key] = entry
+            return self._json(200, entry)
+        if method == "DELETE":
+            if current is None:
+                return self._json(404, {"error": f"key {key!r} not found"})
+            del self.server.kv[key]
+            return self._json(200, {"key": key, "deleted": True})
+        return self._json(400, {"error": f"method {method} not supported"})
+
+    def _json(self, status, payload):
+        self._send(status, json.dumps(payload).encode("utf-8"), "application/json")
+
+    def _send(self, status, raw, content_type):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+@pytest.fixture(name="agent")
+def agent_fixture():
+    server = FakeAgent()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(name="client")
+def client_fixture(agent):
+    return HafleetAPIClient(agent.base_url, token=TOKEN, timeout=5, use_proxy=False)
+
+
+def test_get_decodes_json_and_sends_the_bearer_token(agent, client):
+    assert client.get("/v1/health") == {"ok": True}
+    request = agent.requests[-1]
+    assert request["method"] == "GET"
+    assert request["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert request["headers"]["Accept"] == "application/json"
+
+
+def test_put_sends_json_and_returns_the_new_state(agent, client):
+    answer = client.put(api_path("v1", "kv", "color"), {"value": {"name": "blue"}})
+
+    assert answer == {"key": "color", "value": {"name": "blue"}, "modify_index": 1}
+    request = agent.requests[-1]
+    assert request["method"] == "PUT"
+    assert request["path"] == "/v1/kv/color"
+    assert request["headers"]["Content-Type"] == "application/json"
+    assert request["body"] == {"value": {"name": "blue"}}
+    assert client.get("/v1/kv/color") == answer
+
+
+def test_keys_are_quoted_as_one_path_segment(agent, client):
+    client.put(api_path("v1", "kv", "a/b c?"), {"value": 1})
+
+    assert agent.requests[-1]["path"] == "/v1/kv/a%2Fb%20c%3F"
+    assert client.get(api_path("v1", "kv", "a/b c?"))["value"] == 1
+
+
+def test_query_values_are_encoded_and_none_is_left_out(agent, client):
+    client.put("/v1/kv/k", {"value": "x"}, query={"cas": 0, "skip": None})
+    assert agent.requests[-1]["query"] == {"cas": "0"}
+
+    client.get("/v1/kv/k", query={"stale": True})
+    assert agent.requests[-1]["query"] == {"stale": "1"}
+
+
+def test_not_found_maps_to_status_and_agent_message(client):
+    with pytest.raises(HafleetAPIError) as caught:
+        client.get("/v1/kv/absent")
+
+    error = caught.value
+    assert error.status == 404
+    assert error.message == "key 'absent' not found"
+    assert error.body == {"error": "key 'absent' not found"}
+    assert error.method == "GET"
+    assert error.url.endswith("/v1/kv/absent")
+    assert str(error) == f"GET {error.url}: HTTP 404: key 'absent' not found"
+
+
+def test_cas_conflict_is_409(client):
+    first = client.put("/v1/kv/k", {"value": 1}, query={"cas": 0})
+    assert first["modify_index"] == 1
+
+    with pytest.raises(HafleetAPIError) as caught:
+        client.put("/v1/kv/k", {"value": 2}, query={"cas": 0})
+    assert caught.value.status == 409
+    assert "modify_index 1" in caught.value.message
+
+    assert client.put("/v1/kv/k", {"value": 2}, query={"cas": 1})["value"] == 2
+    assert client.delete("/v1/kv/k") == {"key": "k", "deleted": True}
+
+
+def test_no_leader_is_503(client):
+    with pytest.raises(HafleetAPIError) as caught:
+        client.post("/v1/leadership/transfer", {"to": None})
+    assert caught.value.status == 503
+    assert caught.value.message == "no leader"
+
+
+def test_wrong_token_is_401(agent):
+    client = HafleetAPIClient(agent.base_url, token="wrong", use_proxy=False)
+    with pytest.raises(HafleetAPIError) as caught:
+        client.get("/v1/status")
+    assert caught.value.status == 401
+
+
+def test_no_token_sends_no_authorization_header(agent):
+    client = HafleetAPIClient(agent.base_url + "/", use_proxy=False)
+    assert client.get("/v1/health") == {"ok": True}
+    assert "Authorization" not in agent.requests[-1]["headers"]
+
+
+def test_non_json_error_body_becomes_the_message(client):
+    with pytest.raises(HafleetAPIError) as caught:
+        client.get("/v1/plain-error")
+    assert caught.value.status == 500
+    assert caught.value.message == "internal trouble"
+    assert caught.value.body is None
+
+
+def test_non_json_success_body_is_an_error(client):
+    with pytest.raises(HafleetAPIError) as caught:
+        client.get("/v1/not-json")
+    assert caught.value.status == 200
+    assert "not JSON" in caught.value.message
+
+
+def test_timeout_has_no_status(agent):
+    client = HafleetAPIClient(agent.base_url, token=TOKEN, timeout=0.3, use_proxy=False)
+    with pytest.raises(HafleetAPIError) as caught:
+        client.get("/v1/slow")
+    assert caught.value.status is None
+    assert "no HTTP answer" in str(caught.value)
+
+
+def test_refused_connection_has_no_status():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on the port any more.
+    client = HafleetAPIClient(f"http://127.0.0.1:{port}", token=TOKEN, use_proxy=False)
+    with pytest.raises(HafleetAPIError) as caught:
+        client.get("/v1/health")
+    assert caught.value.status is None
+    assert "request failed" in caught.value.message
+
+
+def test_bad_base_url_and_path_are_refused():
+    with pytest.raises(ValueError):
+        HafleetAPIClient("127.0.0.1:7480")
+    with pytest.raises(ValueError):
+        HafleetAPIClient().url("v1/health")
+
+
+def test_read_token_file_strips_whitespace(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n", encoding="utf-8")
+    assert read_token_file(str(path)) == TOKEN
+
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(HafleetAPIError, match="is empty"):
+        read_token_file(str(empty))
+    with pytest.raises(HafleetAPIError, match="cannot read"):
+        read_token_file(str(tmp_path / "missing"))
