@@ -1,0 +1,150 @@
+# hafleet: developer entry points. GNU make. `make help` lists the targets.
+#
+# `make test` works on a fresh Debian 12 machine as root: it installs the few Debian packages
+# it needs, builds .venv from constraints.txt, then runs every check in order.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+ANSIBLE_TEST_PYTHON ?= 3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.hafleet-installed
+
+# Tools installed into .venv, all pinned by constraints.txt.
+VENV_TOOLS := ansible-core ruff pytest pytest-timeout hypothesis antsibull-changelog
+DEB_PACKAGES := haproxy iproute2 shellcheck
+
+# ansible-test only runs inside a real .../ansible_collections/NAMESPACE/NAME directory.
+COLLECTION_ROOT := build/ansible_collections
+COLLECTION_DIR := $(COLLECTION_ROOT)/hafleet/cluster
+# Left out of the copy that ansible-test checks (the same junk that build_ignore leaves out).
+COPY_EXCLUDES := ./.git ./.venv ./build ./dist ./.ansible ./tests/output '*/tests/output' \
+	'__pycache__' '*.pyc' '.pytest_cache' '.ruff_cache' '.hypothesis' '*.egg-info' '*.tar.gz'
+
+TEST_STAGES := system-deps venv lint pytest sanity units
+
+# ansible-test and ansible-galaxy find their tools on PATH.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
+	sanity units build constraints lab clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+test: ## everything CI runs: system packages, .venv, lint, pytest, sanity, units
+	@for stage in $(TEST_STAGES); do \
+		start=$$(date +%s); \
+		echo "==> make $$stage"; \
+		if ! $(MAKE) --no-print-directory $$stage; then \
+			echo "==> make $$stage FAILED after $$(( $$(date +%s) - start ))s"; \
+			exit 1; \
+		fi; \
+		echo "==> make $$stage passed in $$(( $$(date +%s) - start ))s"; \
+	done; \
+	echo "==> make test: all stages passed ($(TEST_STAGES))"
+
+system-deps: ## apt-get install the Debian packages that are missing (haproxy, iproute2, shellcheck)
+	@missing=""; \
+	for pkg in $(DEB_PACKAGES); do \
+		if ! dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q '^install ok installed$$'; then \
+			missing="$$missing $$pkg"; \
+		fi; \
+	done; \
+	if [ -z "$$missing" ]; then \
+		echo "system-deps: all present ($(DEB_PACKAGES))"; \
+		exit 0; \
+	fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "system-deps: missing Debian packages:$$missing; install them as root" >&2; \
+		exit 1; \
+	fi; \
+	echo "system-deps: installing$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -q; \
+	apt-get install -y -q --no-install-recommends $$missing
+
+venv: $(STAMP) ## create .venv and install the pinned tools and the agent (editable)
+
+$(STAMP): constraints.txt agent/pyproject.toml
+	@if [ ! -x $(VENV)/bin/python ]; then \
+		echo "venv: creating $(VENV) with $$(command -v $(PYTHON)) ($$($(PYTHON) -V 2>&1))"; \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	@$(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+		echo "venv: $(VENV) must use Python 3.11 (ansible-core 2.19 and constraints.txt);" \
+			"remove it and set PYTHON=python3.11" >&2; exit 1; }
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt pip
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+		$(VENV_TOOLS) -e 'agent[test]'
+	@touch $@
+
+lint: venv ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv ## ruff format and apply ruff's safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# pytest exits with 5 when it collected no test: success here, and only that exit code.
+pytest: venv ## pytest tests/agent
+	@if [ ! -d tests/agent ]; then \
+		echo "pytest: tests/agent does not exist yet: no agent tests to run"; \
+		exit 0; \
+	fi; \
+	rc=0; $(BIN)/pytest tests/agent || rc=$$?; \
+	if [ $$rc -eq 5 ]; then \
+		echo "pytest: no tests collected in tests/agent (exit 5), treated as success"; \
+	elif [ $$rc -ne 0 ]; then \
+		exit $$rc; \
+	fi
+
+collection-copy: ## copy the tree to build/ansible_collections/hafleet/cluster for ansible-test
+	@rm -rf $(COLLECTION_DIR)
+	@mkdir -p $(COLLECTION_DIR)
+	@tar -cf - $(addprefix --exclude=,$(COPY_EXCLUDES)) . | tar -xf - -C $(COLLECTION_DIR)
+	@echo "collection-copy: $(COLLECTION_DIR)"
+
+ansible-test-shim: venv ## put the offline pip bootstrap where ansible-test looks for it
+	@$(BIN)/python hack/install_get_pip_shim.py
+
+sanity: venv ansible-test-shim collection-copy ## ansible-test sanity --venv on the collection copy
+	cd $(COLLECTION_DIR) && ansible-test sanity --venv --python $(ANSIBLE_TEST_PYTHON)
+
+units: venv ansible-test-shim collection-copy ## ansible-test units --venv on the collection copy
+	cd $(COLLECTION_DIR) && ansible-test units --venv --python $(ANSIBLE_TEST_PYTHON)
+
+build: venv ## ansible-galaxy collection build into dist/
+	mkdir -p dist
+	ansible-galaxy collection build --force --output-path dist
+
+# The freeze leaves setuptools out: .venv never installs it (the agent builds in isolation).
+constraints: ## regenerate constraints.txt from an unpinned install into a throwaway venv
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip; \
+	"$$tmp/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+		$(VENV_TOOLS) -e 'agent[test]'; \
+	{ sed -n '/^#/p' constraints.txt; \
+	  "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | grep -v '^setuptools=='; \
+	} > "$$tmp/constraints.txt"; \
+	mv "$$tmp/constraints.txt" constraints.txt; \
+	echo "constraints: wrote constraints.txt"
+
+lab: ## (not yet) bring up a lab fleet: make lab NODES=7
+	@echo "make lab is not available yet: it arrives with issue 6 (the collection's lab)." >&2
+	@exit 1
+
+clean: ## remove build products, test outputs and caches (keeps .venv)
+	rm -rf build dist tests/output .pytest_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d \
+		-print -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv
+	rm -rf $(VENV)
