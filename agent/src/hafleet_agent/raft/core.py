@@ -586,6 +586,10 @@ class Raft:
         elif m.type is MT.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
+            if pr.state is ProgressState.REPLICATE and pr.inflights.full():
+                # Appends were lost (or the follower restarted): free a slot so that the next
+                # append goes out, is rejected if need be, and replication backs off from there.
+                pr.inflights.free_first()
             if pr.match < self.log.last_index():
                 self._send_append(m.frm)
             if m.context:

@@ -28,6 +28,10 @@ class Inflights:
         while self.q and self.q[0] <= index:
             self.q.popleft()
 
+    def free_first(self) -> None:
+        if self.q:
+            self.q.popleft()
+
     def full(self) -> bool:
         return len(self.q) >= self.size
 

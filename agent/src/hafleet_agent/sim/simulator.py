@@ -1,0 +1,703 @@
+"""A deterministic, seeded simulation of a Raft group under faults.
+
+One ``random.Random(seed)`` decides everything: message delays, losses, partitions,
+crashes, client operations. The same seed replays the same run event for event, so a
+failing seed is a reproducible bug report (``--seed X --trace``).
+
+The simulated node is the real core (``RawNode``) driven exactly as the agent drives it:
+persist the ready batch (to a simulated disk that keeps only what was "fsync'd"), send
+its messages, apply its committed entries, advance. After every event the invariant
+checker looks at every node (``checkers.py``); at the end the client history goes
+through the linearizability checker and a liveness check.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..raft.core import Config, ProposalDropped
+from ..raft.rawnode import RawNode
+from ..raft.types import (
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    NodeId,
+    Snapshot,
+    StateType,
+)
+from .checkers import InvariantChecker, Violation
+from .linearizability import Op, check_kv_history
+from .model import KVStateMachine, encode_command
+
+ALL_FAULTS = (
+    "crash",  # kill -9 and restart, losing nothing that was fsync'd
+    "torn",  # crash in the middle of a write: a prefix of the batch reaches the disk
+    "partition",  # symmetric partitions: isolate the leader, majority/minority, random cuts
+    "asym",  # one-way partitions
+    "loss",  # random message loss
+    "dup",  # duplicated messages
+    "reorder",  # per-message jitter large enough to reorder
+    "delay",  # occasional long delays
+    "membership",  # add learners, promote, remove voters (the leader too)
+    "transfer",  # leadership transfers
+    "snapshot",  # aggressive log compaction, so followers need InstallSnapshot
+)
+
+
+def parse_faults(text: str) -> frozenset[str]:
+    text = text.strip()
+    if text == "all":
+        return frozenset(ALL_FAULTS)
+    if text in ("none", ""):
+        return frozenset()
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    unknown = names - set(ALL_FAULTS)
+    if unknown:
+        raise ValueError(
+            f"unknown fault(s): {', '.join(sorted(unknown))}; choose from all, none or "
+            + ", ".join(ALL_FAULTS)
+        )
+    return frozenset(names)
+
+
+@dataclass
+class SimConfig:
+    seed: int
+    nodes: int = 5
+    steps: int = 3000
+    faults: frozenset[str] = frozenset(ALL_FAULTS)
+    tick_ms: float = 20.0
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    clients: int = 3
+    keys: int = 3
+    op_timeout_ms: float = 1500.0
+    heal_ms: float = 15000.0  # liveness bound once faults heal
+    trace: bool = False
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    ok: bool
+    events: int
+    sim_ms: float
+    violation: Violation | None = None
+    trace_tail: list[str] = field(default_factory=list)
+    ops: int = 0
+
+
+class SimDisk:
+    """What survives a crash: exactly what was saved (fsync'd) before it."""
+
+    def __init__(self) -> None:
+        self.hard_state = HardState()
+        self.snapshot = Snapshot()
+        self.entries: list[Entry] = []
+
+    def save(self, hs: HardState | None, entries: list[Entry]) -> None:
+        if entries:
+            first = entries[0].index
+            self.entries = [e for e in self.entries if e.index < first] + list(entries)
+        if hs is not None:
+            self.hard_state = hs
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        idx, term = snap.meta.index, snap.meta.term
+        if idx <= self.snapshot.meta.index:
+            return
+        keep = any(e.index == idx and e.term == term for e in self.entries)
+        self.entries = [e for e in self.entries if e.index > idx] if keep else []
+        self.snapshot = snap
+
+
+@dataclass
+class _OpRecord:
+    client: int
+    kind: str
+    key: str
+    value: object
+    expected: object
+    call: float
+    ret: float | None = None
+    output: object = None
+    ok: bool = True
+    done: bool = False
+
+
+class SimNode:
+    def __init__(self, sim: Simulation, nid: NodeId) -> None:
+        self.sim = sim
+        self.id = nid
+        self.disk = SimDisk()
+        self.incarnation = 0
+        self.alive = False
+        self.removed = False
+        self.raw: RawNode | None = None
+        self.sm = KVStateMachine()
+        self.pending_ops: dict[int, tuple[int, str]] = {}  # index -> (term, op id)
+        self.pending_reads: list[tuple[int, bytes]] = []
+        self.torn_crash_armed = False
+
+    def start(self) -> None:
+        d = self.disk
+        cfg = Config(
+            self.id,
+            random.Random(f"{self.sim.cfg.seed}/{self.id}/{self.incarnation}"),
+            election_tick=self.sim.cfg.election_tick,
+            heartbeat_tick=self.sim.cfg.heartbeat_tick,
+            max_inflight=self.sim.max_inflight,
+            max_entries_per_msg=self.sim.max_entries_per_msg,
+        )
+        self.raw = RawNode(
+            cfg, d.hard_state, d.snapshot, list(d.entries), on_event=self.sim.core_event
+        )
+        self.sm = KVStateMachine.restore(d.snapshot.data, d.snapshot.meta.index)
+        self.pending_ops = {}
+        self.pending_reads = []
+        self.alive = True
+        self.torn_crash_armed = False
+
+
+class Simulation:
+    def __init__(self, cfg: SimConfig, out: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.faults = cfg.faults
+        self.rng = random.Random(cfg.seed)
+        self.out = out
+        self.now = 0.0
+        self.queue: list[tuple[float, int, str, tuple[object, ...]]] = []
+        self.seq = 0
+        self.events = 0
+        self.trace: deque[str] = deque(maxlen=400)
+        self.nodes: dict[NodeId, SimNode] = {}
+        self.next_node = cfg.nodes + 1
+        self.blocked: set[tuple[NodeId, NodeId]] = set()
+        self.loss = 0.0
+        self.dup = 0.0
+        self.jitter_ms = 2.0
+        self.spike = 0.0
+        self.phase = "chaos"
+        self.heal_started = 0.0
+        self.heal_writes_done: set[int] = set()
+        self.ops: dict[str, _OpRecord] = {}
+        self.reads: dict[bytes, str] = {}
+        self.client_seq = [0] * cfg.clients
+        self.last_seen: dict[str, object] = {}
+        self.checker = InvariantChecker()
+        self.max_inflight = self.rng.choice([1, 4, 64])
+        self.max_entries_per_msg = self.rng.choice([1, 8, 64])
+        snap_fault = "snapshot" in self.faults
+        self.compact_every = self.rng.randrange(8, 40) if snap_fault else 500
+        self.conf_in_flight = False
+
+    # ---- plumbing --------------------------------------------------------------------------
+    def log(self, text: str) -> None:
+        line = f"{self.now:10.1f} {text}"
+        self.trace.append(line)
+        if self.out is not None:
+            self.out(line)
+
+    def core_event(self, text: str) -> None:
+        if self.out is not None or self.trace.maxlen:
+            self.log(f"  core {text}")
+
+    def at(self, delay: float, kind: str, *args: object) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (self.now + delay, self.seq, kind, args))
+
+    def alive_nodes(self) -> list[SimNode]:
+        return [n for _, n in sorted(self.nodes.items()) if n.alive]
+
+    def leader(self) -> SimNode | None:
+        best: SimNode | None = None
+        for n in self.alive_nodes():
+            assert n.raw is not None
+            if n.raw.raft.state is StateType.LEADER and (
+                best is None or n.raw.raft.term > best.raw.raft.term  # type: ignore[union-attr]
+            ):
+                best = n
+        return best
+
+    # ---- run -------------------------------------------------------------------------------
+    def run(self) -> SeedResult:
+        cfg = self.cfg
+        ids = [f"n{i}" for i in range(1, cfg.nodes + 1)]
+        for nid in ids:
+            node = SimNode(self, nid)
+            self.nodes[nid] = node
+            node.start()
+            assert node.raw is not None
+            node.raw.bootstrap([(i, b"") for i in ids])
+            self.at(self.rng.uniform(0, cfg.tick_ms), "tick", nid, node.incarnation)
+            self.process(node)
+        for c in range(cfg.clients):
+            self.at(self.rng.uniform(0, 50), "client", c)
+        self.schedule_faults()
+        try:
+            while self.queue:
+                t, _, kind, args = heapq.heappop(self.queue)
+                self.now = t
+                self.events += 1
+                self.dispatch(kind, args)
+                self.checker.check_nodes(self.now, self.nodes.values())
+                if self.phase == "chaos" and self.events >= cfg.steps:
+                    self.heal()
+                elif self.phase == "heal":
+                    if self.liveness_reached():
+                        break
+                    if self.now - self.heal_started > cfg.heal_ms:
+                        raise Violation(
+                            "liveness",
+                            f"no leader with committed writes {cfg.heal_ms:.0f} ms after "
+                            f"faults healed ({self.liveness_report()})",
+                        )
+            self.check_history()
+        except Violation as v:
+            self.log(f"VIOLATION {v.prop}: {v.detail}")
+            return SeedResult(
+                cfg.seed, False, self.events, self.now, v, list(self.trace), len(self.ops)
+            )
+        except Exception as exc:  # a crash of the core is a failure of the seed, with its trace
+            v = Violation("crash", f"{type(exc).__name__}: {exc}")
+            self.log(f"VIOLATION {v.prop}: {v.detail}")
+            if self.out is not None:
+                import traceback
+
+                self.out(traceback.format_exc())
+            return SeedResult(
+                cfg.seed, False, self.events, self.now, v, list(self.trace), len(self.ops)
+            )
+        return SeedResult(cfg.seed, True, self.events, self.now, ops=len(self.ops))
+
+    def dispatch(self, kind: str, args: tuple[object, ...]) -> None:
+        if kind == "tick":
+            nid, inc = args
+            node = self.nodes[nid]  # type: ignore[index]
+            if node.alive and node.incarnation == inc:
+                assert node.raw is not None
+                node.raw.tick()
+                self.process(node)
+                self.at(self.cfg.tick_ms, "tick", nid, inc)
+        elif kind == "deliver":
+            (m,) = args
+            assert isinstance(m, Message)
+            node = self.nodes.get(m.to)  # type: ignore[arg-type]
+            if node is None or not node.alive:
+                return
+            if (m.frm, m.to) in self.blocked:
+                return  # the partition came up while the message was in flight
+            assert node.raw is not None
+            node.raw.step(m)
+            self.process(node)
+        elif kind == "client":
+            (c,) = args
+            self.client_op(c)  # type: ignore[arg-type]
+        elif kind == "op_timeout":
+            (op_id,) = args
+            rec = self.ops[op_id]  # type: ignore[index]
+            if not rec.done:
+                rec.done = True
+                rec.ret = None  # indeterminate
+                self.log(f"client {rec.client}: {op_id} timed out (indeterminate)")
+                self.at(self.rng.uniform(0, 20), "client", rec.client)
+        elif kind == "fault":
+            (name,) = args
+            if self.phase == "chaos":
+                getattr(self, f"fault_{name}")()
+                self.at(self.fault_interval(name), "fault", name)
+        elif kind == "restart":
+            (nid,) = args
+            node = self.nodes[nid]  # type: ignore[index]
+            if not node.alive and not node.removed:
+                self.restart(node)
+        elif kind == "destroy":
+            (nid,) = args
+            node = self.nodes[nid]  # type: ignore[index]
+            node.alive = False
+            self.log(f"{nid} destroyed (removed from the group)")
+        else:
+            raise AssertionError(kind)
+
+    # ---- the driver loop, as the agent runs it ---------------------------------------------
+    def process(self, node: SimNode) -> None:
+        raw = node.raw
+        assert raw is not None
+        while node.alive and raw.has_ready():
+            rd = raw.ready()
+            if node.torn_crash_armed and (rd.entries or rd.hard_state is not None):
+                cut = self.rng.randrange(0, len(rd.entries) + 1)
+                node.disk.save(
+                    rd.hard_state if cut == len(rd.entries) and self.rng.random() < 0.5 else None,
+                    rd.entries[:cut],
+                )
+                self.log(
+                    f"{node.id} crashed mid-write: {cut}/{len(rd.entries)} entries reached disk"
+                )
+                self.crash(node)
+                return
+            if rd.snapshot is not None:
+                node.disk.save_snapshot(rd.snapshot)
+            if rd.entries or rd.hard_state is not None:
+                node.disk.save(rd.hard_state, rd.entries)
+            self.checker.on_persist(node.id, raw, rd.entries)
+            for m in rd.messages:
+                self.send(m)
+            if rd.snapshot is not None:
+                node.sm = KVStateMachine.restore(rd.snapshot.data, rd.snapshot.meta.index)
+            for e in rd.committed_entries:
+                self.checker.on_apply(node.id, e)
+                if e.type is EntryType.NORMAL:
+                    op_id, result = node.sm.apply(e.index, e.data)
+                    self.resolve_write(node, e, op_id, result)
+                else:
+                    node.sm.skip(e.index)
+                    self.on_conf_applied(node, ConfChange.decode(e.data))
+            for rs in rd.read_states:
+                node.pending_reads.append((rs.index, rs.context))
+            raw.advance(rd)
+            self.serve_reads(node)
+            if node.sm.applied - raw.raft.log.first_index() >= self.compact_every:
+                snap = raw.compact(node.sm.applied, node.sm.snapshot())
+                node.disk.save_snapshot(snap)
+
+    def send(self, m: Message) -> None:
+        if m.to == m.frm:
+            return
+        if (m.frm, m.to) in self.blocked or self.rng.random() < self.loss:
+            return
+        delay = 0.5 + self.rng.uniform(0, self.jitter_ms)
+        if self.spike and self.rng.random() < self.spike:
+            delay += self.rng.uniform(50, 400)
+        self.at(delay, "deliver", m)
+        if self.dup and self.rng.random() < self.dup:
+            self.at(delay + self.rng.uniform(0, 30), "deliver", m)
+
+    # ---- crashes ---------------------------------------------------------------------------
+    def crash(self, node: SimNode) -> None:
+        node.alive = False
+        node.raw = None
+        node.torn_crash_armed = False
+        self.log(f"{node.id} crashed")
+
+    def restart(self, node: SimNode) -> None:
+        node.incarnation += 1
+        node.start()
+        self.log(
+            f"{node.id} restarted: term={node.disk.hard_state.term} "
+            f"snapshot={node.disk.snapshot.meta.index} entries={len(node.disk.entries)}"
+        )
+        self.at(self.rng.uniform(0, self.cfg.tick_ms), "tick", node.id, node.incarnation)
+        self.process(node)
+
+    # ---- clients ---------------------------------------------------------------------------
+    def pick_node(self) -> SimNode | None:
+        alive = self.alive_nodes()
+        if not alive:
+            return None
+        lead = self.leader()
+        if lead is not None and self.rng.random() < 0.6:
+            return lead
+        return self.rng.choice(alive)
+
+    def client_op(self, c: int) -> None:
+        node = self.pick_node()
+        if node is None:
+            self.at(self.rng.uniform(20, 100), "client", c)
+            return
+        assert node.raw is not None
+        self.client_seq[c] += 1
+        op_id = f"c{c}-{self.client_seq[c]}"
+        key = f"k{self.rng.randrange(self.cfg.keys)}"
+        if self.phase == "heal":
+            kind = "put"
+        else:
+            kind = self.rng.choices(["put", "get", "cas", "del"], [35, 35, 20, 10])[0]
+        value: object = None
+        expected: object = None
+        if kind in ("put", "cas"):
+            value = c * 1_000_000 + self.client_seq[c]
+        if kind == "cas":
+            expected = self.last_seen.get(key) if self.rng.random() < 0.7 else None
+        rec = _OpRecord(c, kind, key, value, expected, self.now)
+        self.ops[op_id] = rec
+        if kind == "get":
+            ctx = op_id.encode()
+            self.reads[ctx] = op_id
+            node.raw.read_index(ctx)
+            self.log(f"client {c}: {op_id} get {key} via {node.id}")
+            self.process(node)
+        else:
+            data = encode_command(op_id, kind, key, value, expected)
+            try:
+                term, index = node.raw.propose(data)
+            except ProposalDropped as exc:
+                rec.ok = False
+                rec.done = True
+                rec.ret = self.now
+                self.log(f"client {c}: {op_id} {kind} refused by {node.id}: {exc}")
+                self.at(self.rng.uniform(5, 30), "client", c)
+                return
+            node.pending_ops[index] = (term, op_id)
+            self.log(
+                f"client {c}: {op_id} {kind} {key}={value} exp={expected} "
+                f"at {node.id} {term}/{index}"
+            )
+            self.process(node)
+        if not rec.done:
+            self.at(self.cfg.op_timeout_ms, "op_timeout", op_id)
+
+    def complete(self, op_id: str, output: object, ok: bool = True) -> None:
+        rec = self.ops[op_id]
+        if rec.done:
+            return
+        rec.done = True
+        rec.ret = self.now
+        rec.output = output
+        rec.ok = ok
+        if ok:
+            if rec.kind == "put" or (rec.kind == "cas" and output is True):
+                self.last_seen[rec.key] = rec.value
+            elif rec.kind == "get":
+                self.last_seen[rec.key] = output
+            if self.phase == "heal" and rec.kind == "put" and rec.call >= self.heal_started:
+                self.heal_writes_done.add(rec.client)
+        self.log(f"client {rec.client}: {op_id} -> {output!r}{'' if ok else ' (failed)'}")
+        self.at(self.rng.uniform(0, 20), "client", rec.client)
+
+    def resolve_write(self, node: SimNode, e: Entry, op_id: str | None, result: object) -> None:
+        pending = node.pending_ops.pop(e.index, None)
+        if pending is None:
+            return
+        term, want = pending
+        if e.term == term and op_id == want:
+            self.complete(want, result)
+        else:
+            # Another entry took our index: ours can never be applied (log matching).
+            self.complete(want, None, ok=False)
+
+    def serve_reads(self, node: SimNode) -> None:
+        if not node.pending_reads:
+            return
+        keep = []
+        for index, ctx in node.pending_reads:
+            if node.sm.applied >= index:
+                op_id = self.reads.get(ctx)
+                if op_id is not None and not self.ops[op_id].done:
+                    self.complete(op_id, node.sm.get(self.ops[op_id].key))
+            else:
+                keep.append((index, ctx))
+        node.pending_reads = keep
+
+    def check_history(self) -> None:
+        ops = [
+            Op(
+                client=r.client,
+                kind=r.kind,
+                key=r.key,
+                value=r.value,
+                expected=r.expected,
+                call=r.call,
+                ret=r.ret,
+                output=r.output,
+                ok=r.ok,
+            )
+            for r in self.ops.values()
+        ]
+        res = check_kv_history(ops)
+        if not res.ok:
+            raise Violation("linearizability", res.explain())
+
+    # ---- faults ----------------------------------------------------------------------------
+    def fault_interval(self, name: str) -> float:
+        base = {
+            "crash": (300, 1500),
+            "net": (200, 1200),
+            "membership": (800, 2500),
+            "transfer": (600, 2000),
+        }[name]
+        return self.rng.uniform(*base)
+
+    def schedule_faults(self) -> None:
+        f = self.faults
+        if f & {"crash", "torn"}:
+            self.at(self.fault_interval("crash"), "fault", "crash")
+        if f & {"partition", "asym", "loss", "dup", "reorder", "delay"}:
+            self.at(self.fault_interval("net"), "fault", "net")
+        if "membership" in f:
+            self.at(self.fault_interval("membership"), "fault", "membership")
+        if "transfer" in f:
+            self.at(self.fault_interval("transfer"), "fault", "transfer")
+
+    def fault_crash(self) -> None:
+        alive = [n for n in self.alive_nodes() if not n.removed]
+        down = [n for _, n in sorted(self.nodes.items()) if not n.alive and not n.removed]
+        if down and (not alive or self.rng.random() < 0.5):
+            node = self.rng.choice(down)
+            self.at(self.rng.uniform(0, 200), "restart", node.id)
+            return
+        if not alive:
+            return
+        lead = self.leader()
+        node = lead if lead is not None and self.rng.random() < 0.3 else self.rng.choice(alive)
+        if "torn" in self.faults and ("crash" not in self.faults or self.rng.random() < 0.5):
+            node.torn_crash_armed = True  # crashes during its next write
+            self.log(f"{node.id} will crash during its next write")
+        else:
+            self.crash(node)
+
+    def fault_net(self) -> None:
+        f = self.faults
+        ids = [n.id for n in self.alive_nodes()]
+        choices = []
+        if "partition" in f:
+            choices += ["heal", "isolate_leader", "split", "random_cut"]
+        if "asym" in f:
+            choices += ["heal", "one_way", "leader_deaf", "leader_mute"]
+        if "loss" in f:
+            choices.append("loss")
+        if "dup" in f:
+            choices.append("dup")
+        if "reorder" in f:
+            choices.append("reorder")
+        if "delay" in f:
+            choices.append("delay")
+        what = self.rng.choice(choices)
+        lead = self.leader()
+        everyone = sorted(self.nodes)
+        if what == "heal":
+            self.blocked = set()
+        elif what == "isolate_leader" and lead is not None:
+            self.blocked = {(lead.id, o) for o in everyone} | {(o, lead.id) for o in everyone}
+        elif what == "split" and ids:
+            shuffled = everyone[:]
+            self.rng.shuffle(shuffled)
+            minority = set(shuffled[: len(shuffled) // 2])
+            self.blocked = {
+                (a, b) for a in everyone for b in everyone if (a in minority) != (b in minority)
+            }
+        elif what == "random_cut":
+            self.blocked = {
+                (a, b) for a in everyone for b in everyone if a < b and self.rng.random() < 0.3
+            }
+            self.blocked |= {(b, a) for a, b in self.blocked}
+        elif what == "one_way":
+            self.blocked = {
+                (a, b) for a in everyone for b in everyone if a != b and self.rng.random() < 0.25
+            }
+        elif what == "leader_deaf" and lead is not None:
+            self.blocked = {(o, lead.id) for o in everyone}
+        elif what == "leader_mute" and lead is not None:
+            self.blocked = {(lead.id, o) for o in everyone}
+        elif what == "loss":
+            self.loss = self.rng.choice([0.0, 0.02, 0.1, 0.3])
+        elif what == "dup":
+            self.dup = self.rng.choice([0.0, 0.05, 0.2])
+        elif what == "reorder":
+            self.jitter_ms = self.rng.choice([2.0, 20.0, 60.0])
+        elif what == "delay":
+            self.spike = self.rng.choice([0.0, 0.01, 0.05])
+        self.log(
+            f"network: {what} blocked={len(self.blocked)} loss={self.loss} dup={self.dup} "
+            f"jitter={self.jitter_ms} spike={self.spike}"
+        )
+
+    def fault_transfer(self) -> None:
+        lead = self.leader()
+        if lead is None:
+            return
+        assert lead.raw is not None
+        others = sorted(v for v in lead.raw.raft.voters if v != lead.id)
+        if others:
+            to = self.rng.choice(others)
+            self.log(f"transfer leadership {lead.id} -> {to}")
+            lead.raw.transfer_leadership(to)
+            self.process(lead)
+
+    def fault_membership(self) -> None:
+        lead = self.leader()
+        if lead is None:
+            return
+        raw = lead.raw
+        assert raw is not None
+        r = raw.raft
+        cc: ConfChange | None = None
+        if r.learners:
+            nid = sorted(r.learners)[0]
+            pr = r.prs.get(nid)
+            if pr is not None and pr.match >= r.log.committed:
+                cc = ConfChange(ConfChangeType.ADD_VOTER, nid)
+            elif self.rng.random() < 0.2:
+                cc = ConfChange(ConfChangeType.REMOVE, nid)  # give up on a learner that lags
+        else:
+            n_members = len(r.voters) + len(r.learners)
+            can_remove = len(r.voters) > max(2, self.cfg.nodes - 2)
+            if can_remove and (n_members >= self.cfg.nodes or self.rng.random() < 0.5):
+                nid = self.rng.choice(sorted(r.voters))
+                cc = ConfChange(ConfChangeType.REMOVE, nid)
+            elif n_members < self.cfg.nodes:
+                nid = f"n{self.next_node}"
+                self.next_node += 1
+                node = SimNode(self, nid)
+                self.nodes[nid] = node
+                node.start()
+                self.at(self.rng.uniform(0, self.cfg.tick_ms), "tick", nid, node.incarnation)
+                cc = ConfChange(ConfChangeType.ADD_LEARNER, nid)
+        if cc is None:
+            return
+        try:
+            raw.propose_conf_change(cc)
+            self.log(f"membership: {lead.id} proposes {cc.type.name} {cc.node_id}")
+        except ProposalDropped as exc:
+            self.log(f"membership: {cc.type.name} {cc.node_id} dropped: {exc}")
+        self.process(lead)
+
+    def on_conf_applied(self, node: SimNode, cc: ConfChange) -> None:
+        if cc.type is ConfChangeType.REMOVE:
+            target = self.nodes.get(cc.node_id)
+            if target is not None and not target.removed:
+                target.removed = True
+                self.log(f"{cc.node_id} removal committed (seen at {node.id})")
+                self.at(self.rng.uniform(50, 300), "destroy", cc.node_id)
+
+    # ---- liveness --------------------------------------------------------------------------
+    def heal(self) -> None:
+        self.phase = "heal"
+        self.heal_started = self.now
+        self.blocked = set()
+        self.loss = self.dup = self.spike = 0.0
+        self.jitter_ms = 2.0
+        self.log("=== faults healed: every node restarts, the network is whole ===")
+        for node in list(self.nodes.values()):
+            node.torn_crash_armed = False
+            if not node.alive and not node.removed:
+                self.restart(node)
+
+    def liveness_reached(self) -> bool:
+        lead = self.leader()
+        if lead is None or len(self.heal_writes_done) < self.cfg.clients:
+            return False
+        assert lead.raw is not None
+        for v in lead.raw.raft.voters:
+            n = self.nodes.get(v)
+            if n is None or not n.alive or n.raw is None or n.raw.raft.lead != lead.id:
+                return False
+            if n.raw.raft.log.committed < lead.raw.raft.log.committed:
+                return False
+        return True
+
+    def liveness_report(self) -> str:
+        parts = []
+        for n in self.alive_nodes():
+            assert n.raw is not None
+            r = n.raw.raft
+            parts.append(f"{n.id}:{r.state.value} t{r.term} lead={r.lead} commit={r.log.committed}")
+        parts.append(f"clients with a committed write: {sorted(self.heal_writes_done)}")
+        return "; ".join(parts)
