@@ -22,9 +22,18 @@ DEB_PACKAGES := haproxy iproute2 shellcheck
 # ansible-test only runs inside a real .../ansible_collections/NAMESPACE/NAME directory.
 COLLECTION_ROOT := build/ansible_collections
 COLLECTION_DIR := $(COLLECTION_ROOT)/hafleet/cluster
-# Left out of the copy that ansible-test checks (the same junk that build_ignore leaves out).
+# Left out of the copy that ansible-test checks: the junk that build_ignore leaves out too,
+# and the agent's Python project (agent/, tests/agent/, bench/). The agent is a standalone
+# asyncio application held to ruff and pytest; ansible-test's pylint profile encodes
+# ansible-core's own conventions (no variable named `_`, ...) that do not apply to it.
 COPY_EXCLUDES := ./.git ./.venv ./build ./dist ./.ansible ./tests/output '*/tests/output' \
-	'__pycache__' '*.pyc' '.pytest_cache' '.ruff_cache' '.hypothesis' '*.egg-info' '*.tar.gz'
+	'__pycache__' '*.pyc' '.pytest_cache' '.ruff_cache' '.hypothesis' '*.egg-info' '*.tar.gz' \
+	./agent ./tests/agent ./bench
+
+# The copy sits inside this git work tree, where build/ is ignored: left to itself,
+# ansible-test would find the outer .git and list no file. Naming the content root stops
+# its search there, and it takes every file of the copy.
+ANSIBLE_TEST := ANSIBLE_TEST_CONTENT_ROOT=$(CURDIR)/$(COLLECTION_DIR) ansible-test
 
 TEST_STAGES := system-deps venv lint pytest sanity units
 
@@ -115,10 +124,10 @@ ansible-test-shim: venv ## put the offline pip bootstrap where ansible-test look
 	@$(BIN)/python hack/install_get_pip_shim.py
 
 sanity: venv ansible-test-shim collection-copy ## ansible-test sanity --venv on the collection copy
-	cd $(COLLECTION_DIR) && ansible-test sanity --venv --python $(ANSIBLE_TEST_PYTHON)
+	cd $(COLLECTION_DIR) && $(ANSIBLE_TEST) sanity --venv --python $(ANSIBLE_TEST_PYTHON)
 
 units: venv ansible-test-shim collection-copy ## ansible-test units --venv on the collection copy
-	cd $(COLLECTION_DIR) && ansible-test units --venv --python $(ANSIBLE_TEST_PYTHON)
+	cd $(COLLECTION_DIR) && $(ANSIBLE_TEST) units --venv --python $(ANSIBLE_TEST_PYTHON)
 
 build: venv ## ansible-galaxy collection build into dist/
 	mkdir -p dist
