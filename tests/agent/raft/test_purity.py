@@ -1,0 +1,90 @@
+"""The consensus core is a pure state machine: no I/O, no clock, no threads, no randomness of
+its own (time and randomness come in from the driver). ``storage.py`` does file I/O by design
+and is the one exception."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import hafleet_agent.raft
+
+RAFT_DIR = Path(list(hafleet_agent.raft.__path__)[0])
+FORBIDDEN = frozenset({"asyncio", "socket", "time", "random", "threading", "os", "select"})
+EXEMPT = frozenset({"storage.py"})
+
+
+def _core_modules() -> list[Path]:
+    return sorted(p for p in RAFT_DIR.glob("*.py") if p.name not in EXEMPT)
+
+
+def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) for every import anywhere in the tree, nested ones included."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module:
+                found.append((node.lineno, node.module))
+                # ``from os import path`` and ``from importlib import ...`` are both caught by
+                # the module; ``from . import x`` stays inside the package (level > 0).
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name | ast.Attribute)
+            and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
+            in ("__import__", "import_module")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def forbidden_imports(source: str) -> list[str]:
+    hits = []
+    for line, module in imported_modules(ast.parse(source)):
+        if module.split(".")[0] in FORBIDDEN:
+            hits.append(f"line {line}: {module}")
+    return hits
+
+
+def test_core_modules_found() -> None:
+    names = {p.name for p in _core_modules()}
+    assert {"core.py", "log.py", "progress.py", "rawnode.py", "types.py"} <= names
+
+
+@pytest.mark.parametrize("path", _core_modules(), ids=lambda p: p.name)
+def test_core_module_is_pure(path: Path) -> None:
+    hits = forbidden_imports(path.read_text())
+    assert not hits, f"{path.name} imports what the pure core must not: {', '.join(hits)}"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os",
+        "import os.path",
+        "import time as t",
+        "from asyncio import sleep",
+        "from socket import *",
+        "import json, random",
+        "def f():\n    import threading",
+        "from select import poll",
+        "import importlib\nimportlib.import_module('time')",
+        "__import__('os')",
+    ],
+)
+def test_checker_catches(source: str) -> None:
+    assert forbidden_imports(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["import json", "from . import types", "from .os import x", "import timeit", "import osmium"],
+)
+def test_checker_allows(source: str) -> None:
+    assert not forbidden_imports(source)
