@@ -114,10 +114,21 @@ pytest: venv ## pytest tests/agent
 		exit $$rc; \
 	fi
 
+# A fresh copy each time, so files deleted from the work tree are gone from it too; its
+# tests/output/ survives, as it holds the venv ansible-test builds for itself (a rerun then
+# takes seconds, not a minute).
 collection-copy: ## copy the tree to build/ansible_collections/hafleet/cluster for ansible-test
+	@rm -rf build/.ansible-test-output
+	@if [ -d $(COLLECTION_DIR)/tests/output ]; then \
+		mv $(COLLECTION_DIR)/tests/output build/.ansible-test-output; \
+	fi
 	@rm -rf $(COLLECTION_DIR)
 	@mkdir -p $(COLLECTION_DIR)
 	@tar -cf - $(addprefix --exclude=,$(COPY_EXCLUDES)) . | tar -xf - -C $(COLLECTION_DIR)
+	@if [ -d build/.ansible-test-output ]; then \
+		mkdir -p $(COLLECTION_DIR)/tests; \
+		mv build/.ansible-test-output $(COLLECTION_DIR)/tests/output; \
+	fi
 	@echo "collection-copy: $(COLLECTION_DIR)"
 
 ansible-test-shim: venv ## put the offline pip bootstrap where ansible-test looks for it
