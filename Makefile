@@ -44,7 +44,7 @@ export PATH := $(BIN):$(PATH)
 	sanity units build constraints lab clean distclean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 test: ## everything CI runs: system packages, .venv, lint, pytest, sanity, units
 	@for stage in $(TEST_STAGES); do \
