@@ -35,13 +35,16 @@ Commands
 ``process-ready ID...`` / ``deliver-msgs ID...`` / ``stabilize [ID...]``
     Handle one ready; deliver every queued message addressed to ID; or alternate both over
     all (or the given) nodes until nothing is left to do.
-``drop-msgs FROM TO`` / ``isolate ID...`` / ``heal``
-    Drop queued messages (``*`` matches any node); cut nodes off the network (queued and
-    future messages to or from them are dropped at delivery); reconnect everyone.
+``drop-msgs FROM TO [type=APP] [ctx=C]`` / ``isolate ID...`` / ``heal``
+    Drop queued messages (``*`` matches any node; optionally only of one type or context);
+    cut nodes off the network (queued and future messages to or from them are dropped at
+    delivery); reconnect everyone.
 ``compact ID INDEX``
     Snapshot ID's state machine at INDEX (<= applied) and compact its log up to there.
-``crash ID`` / ``restart ID``
-    Stop ID, losing everything it had not persisted; start it again from its storage.
+``crash ID`` / ``restart ID [applied=N]``
+    Stop ID, losing everything it had not persisted; start it again from its storage. The
+    state machine is rebuilt from the snapshot, or - with ``applied`` - it is taken to have
+    persisted itself up to N, which is passed to the RawNode.
 ``quiet=true`` on any command hides its output (for set-up steps; errors still show).
 
 ``status ID`` / ``log ID`` / ``storage ID`` / ``applied ID`` / ``raft-state`` / ``network``
@@ -632,8 +635,16 @@ class Env:
         frm = "*" if pos[0] == "*" else self.nid(pos[0])
         to = "*" if pos[1] == "*" else self.nid(pos[1])
 
+        kind = kw.get("type")
+        ctx = kw.get("ctx")
+
         def hit(s: NodeId, m: Message) -> bool:
-            return frm in ("*", s) and to in ("*", m.to)
+            return (
+                frm in ("*", s)
+                and to in ("*", m.to)
+                and (kind is None or m.type.name == kind)
+                and (ctx is None or m.context == ctx.encode())
+            )
 
         gone = [(s, m) for s, m in self.net if hit(s, m)]
         self.net = [(s, m) for s, m in self.net if not hit(s, m)]
@@ -655,8 +666,6 @@ class Env:
         assert node.raw is not None
         st = node.raw.status()
         node.raw = None
-        node.applied = []
-        node.snapshot_index = 0
         self.emit(
             f"{node.id} crashed (in memory it had term={st['term']} commit={st['commit']} "
             f"last={st['last_index']}); its storage holds:"
@@ -669,10 +678,19 @@ class Env:
         if node.raw is not None:
             raise CommandError(f"{node.id} is running")
         s = node.storage
-        node.raw = RawNode(node.options.config(node.id), s.hard_state, s.snapshot, s.entries)
-        if s.snapshot is not None:
+        applied = int(kw["applied"]) if "applied" in kw else None
+        node.raw = RawNode(
+            node.options.config(node.id), s.hard_state, s.snapshot, s.entries, applied=applied
+        )
+        if applied is not None:
+            # The state machine persisted itself up to ``applied``: it keeps that much.
+            node.applied = [(i, d) for i, d in node.applied if i <= applied]
+        elif s.snapshot is not None:
             node.applied = [(s.snapshot.meta.index, d) for d in json.loads(s.snapshot.data)]
             node.snapshot_index = s.snapshot.meta.index
+        else:
+            node.applied = []
+            node.snapshot_index = 0
         st = node.raw.status()
         self.emit(
             f"{node.id} restarted: {st['state']} term={st['term']} vote={st['vote'] or '-'} "

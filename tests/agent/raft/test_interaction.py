@@ -68,6 +68,12 @@ REQUIRED = (
     "transfer_leader",
     "transfer_lagging",
     "snapshot",
+    "read_index_leader",
+    "read_index_follower",
+    "crash_restart",
+    "election_restriction",
+    "prevote_stale_log",
+    "single_node",
 )
 
 
