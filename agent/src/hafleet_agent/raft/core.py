@@ -283,13 +283,8 @@ class Raft:
         if m.type is MT.HUP:
             self._hup(transfer=False)
         elif m.type in (MT.VOTE, MT.PRE_VOTE):
-            can_vote = (
-                self.vote == m.frm
-                or (self.vote is None and self.lead is None)
-                or (m.type is MT.PRE_VOTE and m.term > self.term)
-            )
             resp = MT.VOTE_RESP if m.type is MT.VOTE else MT.PRE_VOTE_RESP
-            if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            if self._can_vote(m) and self.log.is_up_to_date(m.index, m.log_term):
                 self.send(Message(resp, to=m.frm, term=m.term))
                 if m.type is MT.VOTE:
                     self.election_elapsed = 0
@@ -305,6 +300,15 @@ class Raft:
             self._step_candidate(m)
 
     # ---- elections -----------------------------------------------------------------------
+    def _can_vote(self, m: Message) -> bool:
+        """One vote per term (a repeat to the same candidate is fine); a pre-vote for a
+        later term commits us to nothing."""
+        return (
+            self.vote == m.frm
+            or (self.vote is None and self.lead is None)
+            or (m.type is MT.PRE_VOTE and m.term > self.term)
+        )
+
     def _hup(self, transfer: bool) -> None:
         if self.state is StateType.LEADER or not self.promotable():
             return
@@ -477,7 +481,7 @@ class Raft:
             return False
         mci = matches[self.quorum() - 1]
         # Section 5.4.2: only entries of the current term are committed by counting replicas.
-        if mci > self.log.committed and self.log.term(mci) == self.term:
+        if mci > self.log.committed and self._may_commit_by_counting(mci):
             self.log.commit_to(mci)
             if self.pending_read_index and self._committed_in_term():
                 pending, self.pending_read_index = self.pending_read_index, []
@@ -485,6 +489,11 @@ class Raft:
                     self._start_read_index(rm)
             return True
         return False
+
+    def _may_commit_by_counting(self, index: int) -> bool:
+        """Section 5.4.2: only an entry of the current term is committed by counting replicas;
+        earlier ones are committed with it, by the log matching property."""
+        return self.log.term(index) == self.term
 
     def _committed_in_term(self) -> bool:
         return self.log.term(self.log.committed) == self.term

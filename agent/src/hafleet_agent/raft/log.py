@@ -106,7 +106,7 @@ class RaftLog:
         self, prev_index: int, prev_term: int, commit: int, entries: Sequence[Entry]
     ) -> int | None:
         """Follower side of AppendEntries. Returns the last new index, or None on mismatch."""
-        if not self.match_term(prev_index, prev_term):
+        if not self._prev_matches(prev_index, prev_term):
             return None
         last_new = prev_index + len(entries)
         conflict = self._find_conflict(entries)
@@ -118,6 +118,10 @@ class RaftLog:
             self.append(entries[conflict - entries[0].index :])
         self.commit_to(min(commit, last_new))
         return last_new
+
+    def _prev_matches(self, prev_index: int, prev_term: int) -> bool:
+        """The AppendEntries consistency check: we hold the entry just before the new ones."""
+        return self.match_term(prev_index, prev_term)
 
     def _find_conflict(self, entries: Sequence[Entry]) -> int:
         """First index of ``entries`` not already in the log with the same term (0: none)."""

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 from .simulator import ALL_FAULTS, SeedResult, SimConfig, Simulation, parse_faults
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         help="all, none, or a comma list of: " + ", ".join(ALL_FAULTS),
     )
     p.add_argument("--trace", action="store_true", help="print every event of the run")
+    p.add_argument("--stats", action="store_true", help="print what the seeds exercised")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     a = p.parse_args(argv)
     try:
@@ -86,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     events = sum(r.events for r in results)
     sim_s = sum(r.sim_ms for r in results) / 1000.0
     wall = time.monotonic() - started
+    if a.stats:
+        total: Counter[str] = Counter()
+        for r in results:
+            total.update(r.stats)
+        for name, count in sorted(total.items()):
+            print(f"  {name:40} {count}")
     print(f"wall_seconds={wall:.1f}", file=sys.stderr)
     print(
         f"seeds={len(results)} passed={len(results) - len(failed)} failed={len(failed)} "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,6 +92,7 @@ class SeedResult:
     violation: Violation | None = None
     trace_tail: list[str] = field(default_factory=list)
     ops: int = 0
+    stats: Counter[str] = field(default_factory=Counter)
 
 
 class SimDisk:
@@ -196,7 +197,8 @@ class Simulation:
         self.max_entries_per_msg = self.rng.choice([1, 8, 64])
         snap_fault = "snapshot" in self.faults
         self.compact_every = self.rng.randrange(8, 40) if snap_fault else 500
-        self.conf_in_flight = False
+        self.stats: Counter[str] = Counter()
+        self.conf_seen: set[int] = set()
 
     # ---- plumbing --------------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -263,7 +265,14 @@ class Simulation:
         except Violation as v:
             self.log(f"VIOLATION {v.prop}: {v.detail}")
             return SeedResult(
-                cfg.seed, False, self.events, self.now, v, list(self.trace), len(self.ops)
+                cfg.seed,
+                False,
+                self.events,
+                self.now,
+                v,
+                list(self.trace),
+                len(self.ops),
+                self.stats,
             )
         except Exception as exc:  # a crash of the core is a failure of the seed, with its trace
             v = Violation("crash", f"{type(exc).__name__}: {exc}")
@@ -273,9 +282,18 @@ class Simulation:
 
                 self.out(traceback.format_exc())
             return SeedResult(
-                cfg.seed, False, self.events, self.now, v, list(self.trace), len(self.ops)
+                cfg.seed,
+                False,
+                self.events,
+                self.now,
+                v,
+                list(self.trace),
+                len(self.ops),
+                self.stats,
             )
-        return SeedResult(cfg.seed, True, self.events, self.now, ops=len(self.ops))
+        return SeedResult(
+            cfg.seed, True, self.events, self.now, ops=len(self.ops), stats=self.stats
+        )
 
     def dispatch(self, kind: str, args: tuple[object, ...]) -> None:
         if kind == "tick":
@@ -306,6 +324,7 @@ class Simulation:
             if not rec.done:
                 rec.done = True
                 rec.ret = None  # indeterminate
+                self.stats["ops indeterminate"] += 1
                 self.log(f"client {rec.client}: {op_id} timed out (indeterminate)")
                 self.at(self.rng.uniform(0, 20), "client", rec.client)
         elif kind == "fault":
@@ -313,6 +332,12 @@ class Simulation:
             if self.phase == "chaos":
                 getattr(self, f"fault_{name}")()
                 self.at(self.fault_interval(name), "fault", name)
+        elif kind == "crash_node":
+            nid, inc = args
+            node = self.nodes[nid]  # type: ignore[index]
+            if node.alive and node.incarnation == inc and self.phase == "chaos":
+                self.crash(node)
+                self.at(self.rng.uniform(5, 300), "restart", node.id)
         elif kind == "restart":
             (nid,) = args
             node = self.nodes[nid]  # type: ignore[index]
@@ -332,25 +357,49 @@ class Simulation:
         assert raw is not None
         while node.alive and raw.has_ready():
             rd = raw.ready()
-            if node.torn_crash_armed and (rd.entries or rd.hard_state is not None):
-                cut = self.rng.randrange(0, len(rd.entries) + 1)
-                node.disk.save(
-                    rd.hard_state if cut == len(rd.entries) and self.rng.random() < 0.5 else None,
-                    rd.entries[:cut],
-                )
+            if (
+                rd.soft_state is not None
+                and rd.soft_state.state is StateType.LEADER
+                and "torn" in self.faults
+                and self.phase == "chaos"
+                and self.rng.random() < 0.3
+            ):
+                # Die while writing the first entry of a new term, before sending it.
+                node.torn_crash_armed = True
+            if node.torn_crash_armed and rd.must_sync:
+                # The driver writes the snapshot (atomically: all or nothing), then the entries
+                # and the hard state as one appended batch, of which a torn write keeps a prefix.
+                snap_ok = rd.snapshot is None or self.rng.random() < 0.5
+                if rd.snapshot is not None and snap_ok:
+                    node.disk.save_snapshot(rd.snapshot)
+                cut = self.rng.randrange(0, len(rd.entries) + 1) if snap_ok else 0
+                whole = snap_ok and cut == len(rd.entries) and self.rng.random() < 0.5
+                node.disk.save(rd.hard_state if whole else None, rd.entries[:cut])
+                snap_txt = "-" if rd.snapshot is None else snap_ok
                 self.log(
-                    f"{node.id} crashed mid-write: {cut}/{len(rd.entries)} entries reached disk"
+                    f"{node.id} crashed mid-write: snapshot={snap_txt} "
+                    f"entries={cut}/{len(rd.entries)} hard_state={whole}"
                 )
                 self.crash(node)
+                self.at(self.rng.uniform(5, 300), "restart", node.id)
                 return
             if rd.snapshot is not None:
                 node.disk.save_snapshot(rd.snapshot)
             if rd.entries or rd.hard_state is not None:
                 node.disk.save(rd.hard_state, rd.entries)
             self.checker.on_persist(node.id, raw, rd.entries)
+            if rd.soft_state is not None and rd.soft_state.state is StateType.LEADER:
+                self.stats["leaders elected"] += 1
+                if self.faults & {"crash", "torn"} and self.phase == "chaos":
+                    if self.rng.random() < 0.3:
+                        # A leader that dies young leaves entries of its term on a minority:
+                        # the raw material of the paper's figure 8.
+                        when = self.rng.uniform(0.5, 8.0)
+                        self.at(when, "crash_node", node.id, node.incarnation)
             for m in rd.messages:
                 self.send(m)
             if rd.snapshot is not None:
+                self.stats["snapshots installed"] += 1
                 node.sm = KVStateMachine.restore(rd.snapshot.data, rd.snapshot.meta.index)
             for e in rd.committed_entries:
                 self.checker.on_apply(node.id, e)
@@ -359,7 +408,11 @@ class Simulation:
                     self.resolve_write(node, e, op_id, result)
                 else:
                     node.sm.skip(e.index)
-                    self.on_conf_applied(node, ConfChange.decode(e.data))
+                    cc = ConfChange.decode(e.data)
+                    if e.index not in self.conf_seen and e.term > 1:
+                        self.conf_seen.add(e.index)
+                        self.stats[f"conf changes committed ({cc.type.name})"] += 1
+                    self.on_conf_applied(node, cc)
             for rs in rd.read_states:
                 node.pending_reads.append((rs.index, rs.context))
             raw.advance(rd)
@@ -367,6 +420,7 @@ class Simulation:
             if node.sm.applied - raw.raft.log.first_index() >= self.compact_every:
                 snap = raw.compact(node.sm.applied, node.sm.snapshot())
                 node.disk.save_snapshot(snap)
+                self.stats["log compactions"] += 1
 
     def send(self, m: Message) -> None:
         if m.to == m.frm:
@@ -382,6 +436,7 @@ class Simulation:
 
     # ---- crashes ---------------------------------------------------------------------------
     def crash(self, node: SimNode) -> None:
+        self.stats["torn-write crashes" if node.torn_crash_armed else "crashes"] += 1
         node.alive = False
         node.raw = None
         node.torn_crash_armed = False
@@ -442,6 +497,7 @@ class Simulation:
                 rec.ok = False
                 rec.done = True
                 rec.ret = self.now
+                self.stats["ops refused"] += 1
                 self.log(f"client {c}: {op_id} {kind} refused by {node.id}: {exc}")
                 self.at(self.rng.uniform(5, 30), "client", c)
                 return
@@ -462,6 +518,7 @@ class Simulation:
         rec.ret = self.now
         rec.output = output
         rec.ok = ok
+        self.stats[f"{rec.kind} ok" if ok else "ops failed"] += 1
         if ok:
             if rec.kind == "put" or (rec.kind == "cas" and output is True):
                 self.last_seen[rec.key] = rec.value
@@ -520,7 +577,7 @@ class Simulation:
         base = {
             "crash": (300, 1500),
             "net": (200, 1200),
-            "membership": (800, 2500),
+            "membership": (200, 900),
             "transfer": (600, 2000),
         }[name]
         return self.rng.uniform(*base)
@@ -604,6 +661,7 @@ class Simulation:
             self.jitter_ms = self.rng.choice([2.0, 20.0, 60.0])
         elif what == "delay":
             self.spike = self.rng.choice([0.0, 0.01, 0.05])
+        self.stats[f"network: {what}"] += 1
         self.log(
             f"network: {what} blocked={len(self.blocked)} loss={self.loss} dup={self.dup} "
             f"jitter={self.jitter_ms} spike={self.spike}"
@@ -618,6 +676,7 @@ class Simulation:
         if others:
             to = self.rng.choice(others)
             self.log(f"transfer leadership {lead.id} -> {to}")
+            self.stats["transfers requested"] += 1
             lead.raw.transfer_leadership(to)
             self.process(lead)
 
@@ -634,12 +693,12 @@ class Simulation:
             pr = r.prs.get(nid)
             if pr is not None and pr.match >= r.log.committed:
                 cc = ConfChange(ConfChangeType.ADD_VOTER, nid)
-            elif self.rng.random() < 0.2:
+            elif self.rng.random() < 0.1:
                 cc = ConfChange(ConfChangeType.REMOVE, nid)  # give up on a learner that lags
         else:
             n_members = len(r.voters) + len(r.learners)
             can_remove = len(r.voters) > max(2, self.cfg.nodes - 2)
-            if can_remove and (n_members >= self.cfg.nodes or self.rng.random() < 0.5):
+            if can_remove and (n_members >= self.cfg.nodes or self.rng.random() < 0.3):
                 nid = self.rng.choice(sorted(r.voters))
                 cc = ConfChange(ConfChangeType.REMOVE, nid)
             elif n_members < self.cfg.nodes:
