@@ -454,9 +454,8 @@ class Raft:
         meta = snap.meta
         if meta.index <= self.log.committed:
             return False
-        if self.id not in meta.conf_state.voters and self.id not in meta.conf_state.learners:
-            self._event(f"ignoring snapshot at {meta.index}: it does not include us")
-            return False
+        # A snapshot that does not list us is fine: a node added after the leader's last
+        # compaction is caught up with it, and the entries after it make the node a member.
         if self.log.match_term(meta.index, meta.term):
             self.log.commit_to(meta.index)  # we have the entries: just fast-forward the commit
             return False

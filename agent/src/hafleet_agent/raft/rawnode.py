@@ -24,6 +24,7 @@ from .types import (
     LOCAL_MESSAGES,
     ConfChange,
     ConfChangeType,
+    ConfState,
     Entry,
     EntryType,
     HardState,
@@ -66,8 +67,19 @@ class RawNode:
         """Start from what storage recovered. ``applied``: the state machine's applied index
         (by default the snapshot's: committed entries after it are handed out again)."""
         self.raft = Raft(config, hard_state, snapshot, entries, on_event)
-        if applied is not None and applied > (snapshot.meta.index if snapshot else 0):
-            self.raft.log.applied_to(applied)
+        snap = snapshot or Snapshot()
+        # The configuration as of each applied conf change since the snapshot, so that a new
+        # snapshot records the membership of its own index, not of a later one.
+        self._conf_history: list[tuple[int, ConfState]] = [(snap.meta.index, snap.meta.conf_state)]
+        self._bootstrap_applied = 0
+        if applied is not None and applied > snap.meta.index:
+            log = self.raft.log
+            if applied > log.committed:
+                raise ValueError(f"applied {applied} is beyond the commit index {log.committed}")
+            for e in log.slice(snap.meta.index + 1, applied + 1):
+                log.applied_to(e.index)
+                if e.type is EntryType.CONF_CHANGE:
+                    self._apply_conf(e)
         self._prev_hs = self.raft.hard_state()
         self._prev_ss = self.raft.soft_state()
         self.max_committed_per_ready = 256
@@ -97,7 +109,7 @@ class RawNode:
         # Apply the founding configuration now so the node can campaign; the entries are still
         # handed out as committed so the state machine learns the members too.
         for e in entries:
-            r.apply_conf_change(ConfChange.decode(e.data))
+            self._apply_conf(e)
         r.pending_conf_index = 0
         self._bootstrap_applied = len(entries)
         self._prev_hs = HardState()
@@ -146,15 +158,35 @@ class RawNode:
     def report_snapshot(self, nid: NodeId, ok: bool) -> None:
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=nid, reject=not ok))
 
-    def compact(self, index: int, data: bytes) -> Snapshot:
+    def compact(self, index: int, data: bytes) -> Snapshot | None:
         """Record a snapshot of the state machine at applied ``index`` and drop the log up to
-        it. Returns the snapshot, which the driver must persist."""
+        it. Returns the snapshot, which the driver must persist, or None when the log is
+        already compacted that far."""
         log = self.raft.log
         if index > log.applied:
             raise ValueError(f"cannot snapshot at {index}: applied is only {log.applied}")
-        snap = Snapshot(SnapshotMeta(index, log.term(index), self.raft.conf_state()), data)
+        if index <= log.offset:
+            return None
+        conf = self.conf_state_at(index)
+        snap = Snapshot(SnapshotMeta(index, log.term(index), conf), data)
         log.compact(snap)
+        # Keep the configuration in force at the snapshot and every later one.
+        keep = [c for c in self._conf_history if c[0] > index]
+        self._conf_history = [(index, conf)] + keep
         return snap
+
+    def conf_state_at(self, index: int) -> ConfState:
+        """The membership as of applied ``index`` (at or after the last snapshot)."""
+        conf = self._conf_history[0][1]
+        for at, cs in self._conf_history:
+            if at > index:
+                break
+            conf = cs
+        return conf
+
+    def _apply_conf(self, e: Entry) -> None:
+        cs = self.raft.apply_conf_change(ConfChange.decode(e.data))
+        self._conf_history.append((e.index, cs))
 
     # ---- outputs ---------------------------------------------------------------------------
     def has_ready(self) -> bool:
@@ -196,16 +228,17 @@ class RawNode:
             self._prev_ss = rd.soft_state
         if rd.snapshot is not None:
             r.log.pending_snapshot = None
+            meta = rd.snapshot.meta
+            self._conf_history = [(meta.index, meta.conf_state)]
         if rd.entries:
             last = rd.entries[-1]
             if r.log.match_term(last.index, last.term):
                 r.log.stable_to(last.index)
         if rd.committed_entries:
-            boot = getattr(self, "_bootstrap_applied", 0)
             for e in rd.committed_entries:
                 r.log.applied_to(e.index)
-                if e.type is EntryType.CONF_CHANGE and e.index > boot:
-                    r.apply_conf_change(ConfChange.decode(e.data))
+                if e.type is EntryType.CONF_CHANGE and e.index > self._bootstrap_applied:
+                    self._apply_conf(e)
 
     # ---- introspection ---------------------------------------------------------------------
     def status(self) -> dict[str, object]:

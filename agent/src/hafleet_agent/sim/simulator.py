@@ -419,8 +419,9 @@ class Simulation:
             self.serve_reads(node)
             if node.sm.applied - raw.raft.log.first_index() >= self.compact_every:
                 snap = raw.compact(node.sm.applied, node.sm.snapshot())
-                node.disk.save_snapshot(snap)
-                self.stats["log compactions"] += 1
+                if snap is not None:
+                    node.disk.save_snapshot(snap)
+                    self.stats["log compactions"] += 1
 
     def send(self, m: Message) -> None:
         if m.to == m.frm:
