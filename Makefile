@@ -158,7 +158,7 @@ lab: ## (not yet) bring up a lab fleet: make lab NODES=7
 	@exit 1
 
 clean: ## remove build products, test outputs and caches (keeps .venv)
-	rm -rf build dist tests/output .pytest_cache .ruff_cache .hypothesis
+	rm -rf build dist agent/build tests/output .pytest_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d \
 		-print -exec rm -rf {} +
 
