@@ -39,6 +39,9 @@ Commands
     Drop queued messages (``*`` matches any node; optionally only of one type or context);
     cut nodes off the network (queued and future messages to or from them are dropped at
     delivery); reconnect everyone.
+``report-unreachable ID PEER`` / ``report-snapshot ID PEER ok|fail``
+    What a driver tells the leader ID about PEER: a send failed; a snapshot was (not)
+    delivered.
 ``compact ID INDEX``
     Snapshot ID's state machine at INDEX (<= applied) and compact its log up to there.
 ``crash ID`` / ``restart ID [applied=N]``
@@ -504,6 +507,19 @@ class Env:
         assert node.raw is not None
         raw = node.raw
         self._watch(node.id, lambda: raw.read_index(pos[1].encode()))
+
+    def cmd_report_unreachable(self, pos: list[str], kw: dict[str, str]) -> None:
+        node = self.up(pos[0])
+        assert node.raw is not None
+        raw = node.raw
+        self._watch(node.id, lambda: raw.report_unreachable(self.nid(pos[1])))
+
+    def cmd_report_snapshot(self, pos: list[str], kw: dict[str, str]) -> None:
+        node = self.up(pos[0])
+        assert node.raw is not None
+        raw = node.raw
+        ok = {"ok": True, "fail": False}[pos[2]]
+        self._watch(node.id, lambda: raw.report_snapshot(self.nid(pos[1]), ok))
 
     def cmd_compact(self, pos: list[str], kw: dict[str, str]) -> None:
         node = self.up(pos[0])

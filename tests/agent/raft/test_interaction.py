@@ -70,10 +70,18 @@ REQUIRED = (
     "snapshot",
     "read_index_leader",
     "read_index_follower",
+    "read_index_quorum",
     "crash_restart",
     "election_restriction",
     "prevote_stale_log",
     "single_node",
+    "election_timer",
+    "unreachable",
+    # core bugs found by these scripts, fixed, and kept as regression tests
+    "regression_compact_below_snapshot",
+    "regression_restart_with_applied",
+    "regression_snapshot_conf_state",
+    "regression_snapshot_excludes_new_learner",
 )
 
 
