@@ -4,10 +4,25 @@ A test file is a script of commands, each followed by ``----`` and the exact out
 produce; a blank line ends the output. Lines starting with ``#`` outside an output block are
 comments::
 
-    # Three fresh nodes found a group; n1 campaigns.
-    add-nodes 3
+    # n1 asks for pre-votes.
+    campaign 1
     ----
-    ok
+    n1 became pre-candidate at term 1
+
+    stabilize
+    ----
+    > n1 handling Ready
+      Lead:- State:pre-candidate
+      Messages:
+        n1->n2 PRE_VOTE term=2 log_term=1 index=3
+    ...
+
+A trace shows each ready a node handles (soft and hard state, entries to persist, snapshot,
+committed entries, messages sent, read states, the configuration after applying a change),
+each message a node receives (one line a message: ``n1->n2 APP term=2 log_term=1 index=3
+commit=3 entries=[2/4 EntryNormal ""]``), messages lost to a partition or a crash, and every
+change of a node's role or term (``n2 became follower at term 2``) right after the input that
+caused it.
 
 The interpreter drives real :class:`RawNode` instances exactly as the agent does (persist the
 ready batch, send its messages, apply its committed entries, advance) over an in-memory network
@@ -48,11 +63,11 @@ Commands
     Stop ID, losing everything it had not persisted; start it again from its storage. The
     state machine is rebuilt from the snapshot, or - with ``applied`` - it is taken to have
     persisted itself up to N, which is passed to the RawNode.
-``quiet=true`` on any command hides its output (for set-up steps; errors still show).
-
 ``status ID`` / ``log ID`` / ``storage ID`` / ``applied ID`` / ``raft-state`` / ``network``
     Show a node's status (with the leader's progress), its log, what its storage holds, its
     state machine, every node's role, or the messages in flight.
+
+``quiet=true`` on any command hides its output (for set-up steps; errors still show).
 
 Run ``python interaction.py [--rewrite] FILE...`` to check files, or to regenerate their
 expected output (``REWRITE=1`` does the latter under pytest). A regenerated trace is a claim
