@@ -1,0 +1,359 @@
+"""Host sampling with psutil, smoothed.
+
+:func:`sample` takes one reading of the host; a :class:`Sampler` takes them in a row, turns
+network counters into rates and smooths the noisy gauges with an EWMA; :func:`run_sampler`
+runs a sampler on the event loop every ``interval`` seconds until told to stop.
+
+Where the numbers come from is a :class:`MetricsSource` (psutil-like); :class:`PsutilSource`
+is the real one. Tests hand in a fake source and a fake clock.
+
+Fields of :class:`HostMetrics`:
+
+==================  ============================================================================
+field               meaning
+==================  ============================================================================
+``timestamp``       the (monotonic) clock reading the sample was taken at, seconds
+``cpu_count``       logical CPUs
+``cpu_percent``     CPU use over all cores since the previous reading, 0..100
+                    (``psutil.cpu_percent(interval=None)``)
+``load1/5/15``      load averages (``os.getloadavg``): runnable + uninterruptible tasks
+``mem_total``       bytes of RAM
+``mem_available``   bytes available to new work without swapping (``MemAvailable``)
+``mem_percent``     100 * (total - available) / total
+``swap_percent``    swap in use, 0..100 (0 without swap)
+``disk_percent``    use of the file system holding the data dir, 0..100 (None: no data dir)
+``disk_free``       free bytes on that file system (None: no data dir)
+``net_sent_rate``   bytes/s sent over all interfaces since the previous reading (None: first)
+``net_recv_rate``   bytes/s received, likewise
+``process_rss``     resident memory of the agent process, bytes
+``uptime``          seconds since the host booted
+==================  ============================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 0.3
+"""EWMA weight of the newest sample: with one sample a second, a step change is 90% through
+after about 6.5 s (``log(0.1) / log(1 - 0.3)``)."""
+
+SMOOTHED_FIELDS = (
+    "cpu_percent",
+    "mem_available",
+    "mem_percent",
+    "swap_percent",
+    "net_sent_rate",
+    "net_recv_rate",
+)
+"""The gauges the :class:`Sampler` smooths. Load averages are already exponentially damped
+by the kernel; counts, totals, disk, RSS and uptime move slowly or not at all."""
+
+_INT_FIELDS = frozenset({"cpu_count", "mem_total", "mem_available", "disk_free", "process_rss"})
+_OPTIONAL_FIELDS = frozenset({"disk_percent", "disk_free", "net_sent_rate", "net_recv_rate"})
+
+
+@dataclass(frozen=True, slots=True)
+class HostMetrics:
+    timestamp: float
+    cpu_count: int
+    cpu_percent: float
+    load1: float
+    load5: float
+    load15: float
+    mem_total: int
+    mem_available: int
+    mem_percent: float
+    swap_percent: float
+    disk_percent: float | None
+    disk_free: int | None
+    net_sent_rate: float | None
+    net_recv_rate: float | None
+    process_rss: int
+    uptime: float
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """A JSON-ready dict; floats rounded to 3 decimals."""
+        out: dict[str, float | int | None] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = round(value, 3) if isinstance(value, float) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HostMetrics:
+        """Parse a report from another agent. Unknown keys are ignored (a newer agent may
+        send more); a missing or ill-typed field raises ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError("metrics must be an object")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                raise ValueError(f"metrics lack {f.name!r}")
+            value = data[f.name]
+            if value is None and f.name in _OPTIONAL_FIELDS:
+                values[f.name] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"metrics field {f.name!r} must be a number")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"metrics field {f.name!r} must be finite and >= 0")
+            if f.name in _INT_FIELDS:
+                if value != int(value):
+                    raise ValueError(f"metrics field {f.name!r} must be an integer")
+                value = int(value)
+            else:
+                value = float(value)
+            values[f.name] = value
+        if values["cpu_count"] < 1:
+            raise ValueError("cpu_count must be at least 1")
+        return cls(**values)
+
+
+class MetricsSource(Protocol):
+    """What a sampler reads: psutil's names and shapes (named tuples with the attributes
+    used here), plus the two readings psutil has no module-level function for."""
+
+    def cpu_count(self) -> int | None: ...
+
+    def cpu_percent(self, interval: float | None = None) -> float: ...
+
+    def getloadavg(self) -> tuple[float, float, float]: ...
+
+    def virtual_memory(self) -> Any: ...  # .total, .available
+
+    def swap_memory(self) -> Any: ...  # .percent
+
+    def disk_usage(self, path: str) -> Any: ...  # .percent, .free
+
+    def net_io_counters(self) -> Any: ...  # .bytes_sent, .bytes_recv
+
+    def process_rss(self) -> int: ...
+
+    def uptime(self) -> float: ...
+
+
+class PsutilSource:
+    """The host, through psutil."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        # cpu_percent(interval=None) compares with the previous call; the first call has
+        # nothing to compare with and returns 0.0. Prime it so the first sample means something.
+        psutil.cpu_percent(interval=None)
+
+    def cpu_count(self) -> int | None:
+        return psutil.cpu_count(logical=True)
+
+    def cpu_percent(self, interval: float | None = None) -> float:
+        return psutil.cpu_percent(interval=interval)
+
+    def getloadavg(self) -> tuple[float, float, float]:
+        return os.getloadavg()
+
+    def virtual_memory(self) -> Any:
+        return psutil.virtual_memory()
+
+    def swap_memory(self) -> Any:
+        return psutil.swap_memory()
+
+    def disk_usage(self, path: str) -> Any:
+        return psutil.disk_usage(path)
+
+    def net_io_counters(self) -> Any:
+        return psutil.net_io_counters(pernic=False)
+
+    def process_rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    def uptime(self) -> float:
+        return max(0.0, time.time() - psutil.boot_time())
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    metrics: HostMetrics
+    net_sent: int
+    net_recv: int
+
+
+def _read(source: MetricsSource, now: float, data_dir: str | None) -> _Reading:
+    vm = source.virtual_memory()
+    total, available = int(vm.total), int(vm.available)
+    mem_percent = 100.0 * (total - available) / total if total > 0 else 0.0
+    try:
+        swap_percent = float(source.swap_memory().percent)
+    except OSError:  # no /proc/swaps in some containers
+        swap_percent = 0.0
+    disk_percent: float | None = None
+    disk_free: int | None = None
+    if data_dir is not None:
+        try:
+            du = source.disk_usage(data_dir)
+            disk_percent, disk_free = float(du.percent), int(du.free)
+        except OSError as e:
+            log.debug("disk usage of %s: %s", data_dir, e)
+    net = source.net_io_counters()
+    load1, load5, load15 = source.getloadavg()
+    metrics = HostMetrics(
+        timestamp=now,
+        cpu_count=max(1, int(source.cpu_count() or 1)),
+        cpu_percent=min(100.0, max(0.0, float(source.cpu_percent(interval=None)))),
+        load1=float(load1),
+        load5=float(load5),
+        load15=float(load15),
+        mem_total=total,
+        mem_available=available,
+        mem_percent=mem_percent,
+        swap_percent=swap_percent,
+        disk_percent=disk_percent,
+        disk_free=disk_free,
+        net_sent_rate=None,
+        net_recv_rate=None,
+        process_rss=int(source.process_rss()),
+        uptime=float(source.uptime()),
+    )
+    return _Reading(metrics, int(net.bytes_sent), int(net.bytes_recv))
+
+
+def sample(
+    data_dir: str | None = None,
+    *,
+    source: MetricsSource | None = None,
+    now: float | None = None,
+) -> HostMetrics:
+    """One reading of the host, unsmoothed; no network rates (they need two readings).
+    ``now`` defaults to ``time.monotonic()``. ``cpu_percent`` is the use since the source's
+    previous reading (a fresh :class:`PsutilSource` primes it at creation)."""
+    src = source if source is not None else PsutilSource()
+    return _read(src, time.monotonic() if now is None else now, data_dir).metrics
+
+
+def ewma(previous: float | None, value: float, alpha: float) -> float:
+    """``alpha * value + (1 - alpha) * previous``; the first value passes through."""
+    return value if previous is None else alpha * value + (1.0 - alpha) * previous
+
+
+class Sampler:
+    """Takes readings in a row: network counters become rates, and the gauges in
+    :data:`SMOOTHED_FIELDS` are smoothed with an EWMA of weight ``alpha`` (1: no smoothing).
+
+    ``source`` defaults to :class:`PsutilSource`; ``clock`` (monotonic seconds) to
+    ``time.monotonic``."""
+
+    def __init__(
+        self,
+        source: MetricsSource | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        alpha: float = DEFAULT_ALPHA,
+        data_dir: str | None = None,
+    ) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.source: MetricsSource = source if source is not None else PsutilSource()
+        self.clock = clock
+        self.alpha = alpha
+        self.data_dir = data_dir
+        self.raw: HostMetrics | None = None
+        """The latest reading as taken (with rates), before smoothing."""
+        self.smoothed: HostMetrics | None = None
+        """The latest smoothed metrics: what :meth:`sample` returned last."""
+        self._prev: _Reading | None = None
+
+    def sample(self) -> HostMetrics:
+        """Take a reading and return the smoothed metrics."""
+        reading = _read(self.source, self.clock(), self.data_dir)
+        m = reading.metrics
+        sent_rate = recv_rate = None
+        if self._prev is not None:
+            dt = m.timestamp - self._prev.metrics.timestamp
+            d_sent = reading.net_sent - self._prev.net_sent
+            d_recv = reading.net_recv - self._prev.net_recv
+            # A counter that went back (an interface removed, a reset) gives no rate this time.
+            if dt > 0 and d_sent >= 0 and d_recv >= 0:
+                sent_rate, recv_rate = d_sent / dt, d_recv / dt
+        self._prev = reading
+        raw = dataclasses.replace(m, net_sent_rate=sent_rate, net_recv_rate=recv_rate)
+        self.raw = raw
+        self.smoothed = self._smooth(self.smoothed, raw)
+        return self.smoothed
+
+    def _smooth(self, prev: HostMetrics | None, raw: HostMetrics) -> HostMetrics:
+        if prev is None:
+            return raw
+        changes: dict[str, float | int | None] = {}
+        for name in SMOOTHED_FIELDS:
+            value = getattr(raw, name)
+            old = getattr(prev, name)
+            if value is None:  # no rate this time: keep the smoothed one
+                changes[name] = old
+                continue
+            smoothed = ewma(old, value, self.alpha)
+            changes[name] = round(smoothed) if name in _INT_FIELDS else smoothed
+        return dataclasses.replace(raw, **changes)
+
+
+OnSample = Callable[[HostMetrics], Awaitable[None] | None]
+
+
+async def run_sampler(
+    sampler: Sampler,
+    interval: float,
+    on_sample: OnSample,
+    stop_event: asyncio.Event,
+    *,
+    max_rounds: int | None = None,
+) -> int:
+    """Sample every ``interval`` seconds and hand each result to ``on_sample`` (a function or
+    a coroutine function) until ``stop_event`` is set, ``max_rounds`` rounds have run, or the
+    task is cancelled. A failing sample or callback is logged and the loop goes on. Returns
+    the number of samples taken (rounds whose sample did not fail).
+
+    Rounds keep to the schedule of the loop's clock; when a round overruns, the missed ticks
+    are skipped rather than bunched."""
+    if interval < 0:
+        raise ValueError("interval must be >= 0")
+    loop = asyncio.get_running_loop()
+    taken = rounds = 0
+    next_at = loop.time()
+    while not stop_event.is_set() and (max_rounds is None or rounds < max_rounds):
+        rounds += 1
+        try:
+            metrics = sampler.sample()
+        except Exception:  # psutil errors must not stop the agent's sampling
+            log.exception("sampling the host failed")
+        else:
+            taken += 1
+            try:
+                result = on_sample(metrics)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("handling a host sample failed")
+        if max_rounds is not None and rounds >= max_rounds:
+            break
+        next_at += interval
+        now = loop.time()
+        if next_at < now:  # overran: the next tick of the schedule that is still ahead
+            next_at = (
+                now if interval == 0 else next_at + interval * math.ceil((now - next_at) / interval)
+            )
+        try:
+            await asyncio.wait_for(stop_event.wait(), timeout=max(0.0, next_at - now))
+        except TimeoutError:
+            pass
+    return taken
