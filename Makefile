@@ -41,7 +41,7 @@ TEST_STAGES := system-deps venv lint pytest sanity units
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
-	sanity units build constraints lab clean distclean
+	sanity units build constraints lab clean distclean sim
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -152,6 +152,15 @@ constraints: ## regenerate constraints.txt from an unpinned install into a throw
 	} > "$$tmp/constraints.txt"; \
 	mv "$$tmp/constraints.txt" constraints.txt; \
 	echo "constraints: wrote constraints.txt"
+
+# The long simulator run: make sim SEEDS=10000 [NODES=5] [FAULTS=all] [STEPS=3000]
+SEEDS ?= 10000
+NODES ?= 5
+FAULTS ?= all
+STEPS ?= 3000
+sim: venv ## the Raft simulator over many seeds: make sim SEEDS=10000 NODES=5
+	$(BIN)/python -m hafleet_agent.sim --seeds 1..$(SEEDS) --nodes $(NODES) \
+		--faults $(FAULTS) --steps $(STEPS) --stats
 
 lab: ## (not yet) bring up a lab fleet: make lab NODES=7
 	@echo "make lab is not available yet: it arrives with issue 6 (the collection's lab)." >&2

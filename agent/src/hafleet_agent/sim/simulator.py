@@ -39,6 +39,7 @@ from .model import KVStateMachine, encode_command
 ALL_FAULTS = (
     "crash",  # kill -9 and restart, losing nothing that was fsync'd
     "torn",  # crash in the middle of a write: a prefix of the batch reaches the disk
+    "pause",  # SIGSTOP/SIGCONT: a node (often the leader) freezes, then resumes as if nothing
     "partition",  # symmetric partitions: isolate the leader, majority/minority, random cuts
     "asym",  # one-way partitions
     "loss",  # random message loss
@@ -146,6 +147,7 @@ class SimNode:
         self.pending_ops: dict[int, tuple[int, str]] = {}  # index -> (term, op id)
         self.pending_reads: list[tuple[int, bytes]] = []
         self.torn_crash_armed = False
+        self.paused_until = 0.0
 
     def start(self) -> None:
         d = self.disk
@@ -165,6 +167,7 @@ class SimNode:
         self.pending_reads = []
         self.alive = True
         self.torn_crash_armed = False
+        self.paused_until = 0.0
 
 
 class Simulation:
@@ -301,8 +304,9 @@ class Simulation:
             node = self.nodes[nid]  # type: ignore[index]
             if node.alive and node.incarnation == inc:
                 assert node.raw is not None
-                node.raw.tick()
-                self.process(node)
+                if node.paused_until <= self.now:  # a frozen process misses its ticks
+                    node.raw.tick()
+                    self.process(node)
                 self.at(self.cfg.tick_ms, "tick", nid, inc)
         elif kind == "deliver":
             (m,) = args
@@ -312,6 +316,9 @@ class Simulation:
                 return
             if (m.frm, m.to) in self.blocked:
                 return  # the partition came up while the message was in flight
+            if node.paused_until > self.now:
+                self.at(node.paused_until - self.now, "deliver", m)  # waits in the socket
+                return
             assert node.raw is not None
             node.raw.step(m)
             self.process(node)
@@ -338,6 +345,16 @@ class Simulation:
             if node.alive and node.incarnation == inc and self.phase == "chaos":
                 self.crash(node)
                 self.at(self.rng.uniform(5, 300), "restart", node.id)
+        elif kind == "client_exec":
+            op_id, nid = args
+            self.client_exec(op_id, self.nodes[nid])  # type: ignore[arg-type,index]
+        elif kind == "isolate":
+            (nid,) = args
+            if self.phase == "chaos":
+                everyone = sorted(self.nodes)
+                self.blocked |= {(nid, o) for o in everyone} | {(o, nid) for o in everyone}
+                self.log(f"network: {nid} isolated")
+                self.stats["network: young leader isolated"] += 1
         elif kind == "restart":
             (nid,) = args
             node = self.nodes[nid]  # type: ignore[index]
@@ -396,6 +413,10 @@ class Simulation:
                         # the raw material of the paper's figure 8.
                         when = self.rng.uniform(0.5, 8.0)
                         self.at(when, "crash_node", node.id, node.incarnation)
+                if "partition" in self.faults and self.phase == "chaos":
+                    if self.rng.random() < 0.2:
+                        # Cut a new leader off mid-replication: its entries reach some nodes.
+                        self.at(self.rng.uniform(0.3, 5.0), "isolate", node.id)
             for m in rd.messages:
                 self.send(m)
             if rd.snapshot is not None:
@@ -441,6 +462,7 @@ class Simulation:
         node.alive = False
         node.raw = None
         node.torn_crash_armed = False
+        node.paused_until = 0.0
         self.log(f"{node.id} crashed")
 
     def restart(self, node: SimNode) -> None:
@@ -484,6 +506,24 @@ class Simulation:
             expected = self.last_seen.get(key) if self.rng.random() < 0.7 else None
         rec = _OpRecord(c, kind, key, value, expected, self.now)
         self.ops[op_id] = rec
+        self.at(self.cfg.op_timeout_ms, "op_timeout", op_id)
+        if node.paused_until > self.now:
+            # The request sits in a frozen process's socket until it resumes.
+            self.at(node.paused_until - self.now, "client_exec", op_id, node.id)
+        else:
+            self.client_exec(op_id, node)
+
+    def client_exec(self, op_id: str, node: SimNode) -> None:
+        rec = self.ops[op_id]
+        c, kind, key, value, expected = rec.client, rec.kind, rec.key, rec.value, rec.expected
+        if rec.done:
+            return
+        if not node.alive or node.raw is None:
+            rec.ok = False  # connection refused: never reached a node
+            rec.done = True
+            rec.ret = self.now
+            self.at(self.rng.uniform(5, 30), "client", c)
+            return
         if kind == "get":
             ctx = op_id.encode()
             self.reads[ctx] = op_id
@@ -508,8 +548,6 @@ class Simulation:
                 f"at {node.id} {term}/{index}"
             )
             self.process(node)
-        if not rec.done:
-            self.at(self.cfg.op_timeout_ms, "op_timeout", op_id)
 
     def complete(self, op_id: str, output: object, ok: bool = True) -> None:
         rec = self.ops[op_id]
@@ -585,7 +623,7 @@ class Simulation:
 
     def schedule_faults(self) -> None:
         f = self.faults
-        if f & {"crash", "torn"}:
+        if f & {"crash", "torn", "pause"}:
             self.at(self.fault_interval("crash"), "fault", "crash")
         if f & {"partition", "asym", "loss", "dup", "reorder", "delay"}:
             self.at(self.fault_interval("net"), "fault", "net")
@@ -605,7 +643,17 @@ class Simulation:
             return
         lead = self.leader()
         node = lead if lead is not None and self.rng.random() < 0.3 else self.rng.choice(alive)
-        if "torn" in self.faults and ("crash" not in self.faults or self.rng.random() < 0.5):
+        if "pause" in self.faults and (
+            not self.faults & {"crash", "torn"} or self.rng.random() < 0.3
+        ):
+            if lead is not None and self.rng.random() < 0.7:
+                node = lead
+            node.paused_until = self.now + self.rng.uniform(100, 1200)
+            self.stats["pauses"] += 1
+            self.log(f"{node.id} paused until {node.paused_until:.1f}")
+        elif not self.faults & {"crash", "torn"}:
+            return
+        elif "torn" in self.faults and ("crash" not in self.faults or self.rng.random() < 0.5):
             node.torn_crash_armed = True  # crashes during its next write
             self.log(f"{node.id} will crash during its next write")
         else:
@@ -670,7 +718,7 @@ class Simulation:
 
     def fault_transfer(self) -> None:
         lead = self.leader()
-        if lead is None:
+        if lead is None or lead.paused_until > self.now:
             return
         assert lead.raw is not None
         others = sorted(v for v in lead.raw.raft.voters if v != lead.id)
@@ -683,7 +731,7 @@ class Simulation:
 
     def fault_membership(self) -> None:
         lead = self.leader()
-        if lead is None:
+        if lead is None or lead.paused_until > self.now:
             return
         raw = lead.raw
         assert raw is not None
@@ -737,6 +785,7 @@ class Simulation:
         self.log("=== faults healed: every node restarts, the network is whole ===")
         for node in list(self.nodes.values()):
             node.torn_crash_armed = False
+            node.paused_until = min(node.paused_until, self.now)
             if not node.alive and not node.removed:
                 self.restart(node)
 
