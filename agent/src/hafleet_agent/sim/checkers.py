@@ -38,7 +38,9 @@ class InvariantChecker:
         self.leaders: dict[int, NodeId] = {}
         self.entries: dict[tuple[int, int], tuple[bytes, int]] = {}
         self.committed: dict[int, tuple[int, bytes]] = {}
-        self.max_committed = 0
+        # The term in which each index was seen committed first (the committing leader's, as
+        # the leader learns of a commit before anyone else).
+        self.commit_term: dict[int, int] = {}
         self.leader_view: dict[NodeId, tuple[int, int, int]] = {}  # term, last index, last term
         self.commit_seen: dict[NodeId, int] = {}
 
@@ -100,6 +102,7 @@ class InvariantChecker:
         for idx in range(start, log.committed + 1):
             e = log.entries[idx - log.offset - 1]
             self._record_committed(nid, e, "commit")
+            self.commit_term.setdefault(idx, raw.raft.term)
         if log.committed > self.commit_seen.get(nid, 0):
             self.commit_seen[nid] = log.committed
 
@@ -110,7 +113,6 @@ class InvariantChecker:
         seen = self.committed.get(e.index)
         if seen is None:
             self.committed[e.index] = (e.term, e.data)
-            self.max_committed = max(self.max_committed, e.index)
         elif seen != (e.term, e.data):
             raise Violation(
                 "state machine safety",
@@ -119,17 +121,23 @@ class InvariantChecker:
             )
 
     def _check_completeness(self, nid: NodeId, raw: RawNode) -> None:
-        log = raw.raft.log
-        if self.max_committed > log.last_index():
+        """Every entry committed in a term before the leader's is in the leader's log. (A
+        leader of a stale term -- a candidate that was paused and won with old votes -- need
+        not hold what later terms committed; it cannot commit anything itself.)"""
+        log, term = raw.raft.log, raw.raft.term
+        must = [i for i, t in self.commit_term.items() if t < term]
+        if not must:
+            return
+        if max(must) > log.last_index():
             raise Violation(
                 "leader completeness",
-                f"new leader {nid} (term {raw.raft.term}) ends at {log.last_index()} but "
-                f"{self.max_committed} is committed",
+                f"new leader {nid} (term {term}) ends at {log.last_index()} but {max(must)} "
+                f"was committed in term {self.commit_term[max(must)]}",
             )
-        for idx in range(max(log.first_index(), 1), self.max_committed + 1):
-            seen = self.committed.get(idx)
-            if seen is None:
-                continue
+        for idx in sorted(must):
+            if idx < log.first_index():
+                continue  # covered by the leader's snapshot, which holds only committed state
+            seen = self.committed[idx]
             e = log.entries[idx - log.offset - 1]
             if (e.term, e.data) != seen:
                 raise Violation(
@@ -137,4 +145,3 @@ class InvariantChecker:
                     f"new leader {nid} (term {raw.raft.term}) has {idx}/t{e.term}, "
                     f"but {idx}/t{seen[0]} was committed",
                 )
-        # Reset a restarted node's commit cursor only upward; nothing to do here.
