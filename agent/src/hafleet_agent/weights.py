@@ -220,9 +220,9 @@ class WeightPlanner:
         """The table for ``members`` at ``now``; ``current`` is the committed table (the
         state's ``weights()["weights"]``), by default the one this planner last chose."""
         p = self.params
-        for mid in list(self._score):
-            if mid not in members:
-                self._forget(mid)
+        known = set(self._score) | set(self._stale_base) | set(self._output) | set(self._pins)
+        for mid in known - set(members):
+            self._forget(mid)
         fresh = self._update_scores(now, members)
         modes = {mid: self._mode(now, mid, inp, fresh) for mid, inp in sorted(members.items())}
 

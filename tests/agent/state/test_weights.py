@@ -290,6 +290,28 @@ def test_a_member_that_never_reported_decays_from_the_conservative_weight() -> N
     assert planner.plan(140.0, fleet(140.0, d=silent)).table["d"] == 48
 
 
+def test_a_member_that_leaves_is_forgotten() -> None:
+    planner = started(100.0)
+    silent = MemberInput(None, None, joined_at=100.0)
+    assert planner.plan(140.0, fleet(140.0, d=silent)).table["d"] == 48
+    assert "d" not in planner.plan(141.0, fleet(141.0)).table
+    # Back under the same id, silent again: it decays from today's conservative weight (b is
+    # draining, so the median of a and c: 66), not from the one it had the first time (94):
+    # 1 + 65 * 0.5 ** (40 / 30) = 26.8
+    again = MemberInput(None, None, joined_at=150.0)
+    b_drains = MemberInput(B, 200.0, draining=True)
+    assert planner.plan(200.0, fleet(200.0, b=b_drains, d=again)).table["d"] == 27
+    # A member's smoothed score starts afresh too.
+    planner.plan(201.0, fleet(201.0, b=MemberInput(host(4, 90.0, 0.4, 8, 1), 201.0)))
+    assert planner.smoothed_score("b") == pytest.approx(1.375)
+    del_b = fleet(202.0)
+    del del_b["b"]
+    planner.plan(202.0, del_b)
+    assert planner.smoothed_score("b") is None
+    planner.plan(203.0, fleet(203.0, b=MemberInput(B, 203.0, joined_at=203.0)))
+    assert planner.smoothed_score("b") == pytest.approx(2.275)
+
+
 def test_unhealthy_override_drain_precedence() -> None:
     planner = started(100.0)
     d = planner.plan(101.0, fleet(101.0, a=MemberInput(A, 101.0, healthy=False)))
