@@ -410,11 +410,11 @@ class StateMachine:
         self._advance(index)
         mid = change.node_id
         if change.type is ConfChangeType.REMOVE:
-            self._members.pop(mid, None)
+            removed = self._members.pop(mid, None) is not None
             if mid in self._weights:
                 del self._weights[mid]
                 self._bump_weights(index, f"member {mid} removed")
-            return ApplyResult(index, result={"id": mid, "removed": True})
+            return ApplyResult(index, result={"id": mid, "removed": removed})
         rec = self._members.get(mid)
         if rec is None:
             rec = self._new_member(mid, index)

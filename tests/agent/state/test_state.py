@@ -277,7 +277,7 @@ def test_conf_changes_give_roles_and_addresses() -> None:
     assert (in_group.status, in_group.error["error"]) == (409, "in_group")
     log.cmd("weights_set", weights={"n1": 10, "n2": 20, "n3": 30}, reason="r")
     assert log.sm.weights() == {"version": 1, "weights": {"n1": 10, "n2": 20, "n3": 30}}
-    log.conf(ConfChangeType.REMOVE, "n1")
+    assert log.conf(ConfChangeType.REMOVE, "n1").result == {"id": "n1", "removed": True}
     assert log.sm.member("n1") is None
     assert log.sm.weights(detail=True) == {
         "version": 2,
@@ -287,7 +287,8 @@ def test_conf_changes_give_roles_and_addresses() -> None:
     }
     log.cmd("member_del", id="n3")
     assert log.sm.weights() == {"version": 3, "weights": {"n2": 20}}
-    log.conf(ConfChangeType.REMOVE, "n9")  # unknown: nothing to forget, the index advances
+    # Unknown: nothing to forget, the index advances.
+    assert log.conf(ConfChangeType.REMOVE, "n9").result == {"id": "n9", "removed": False}
     assert log.sm.weights()["version"] == 3
     assert log.sm.index == 10
 
