@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from statistics import median_low
 
-from .metrics import HostMetrics
+from .metrics import HostMetrics, ewma
 
 MAX_WEIGHT = 256
 """HAProxy's largest server weight."""
@@ -177,10 +177,6 @@ def scale_weights(scores: Mapping[str, float]) -> dict[str, int]:
         return {}
     reference = max(scores.values())
     return {mid: scale_weight(s, reference) for mid, s in sorted(scores.items())}
-
-
-def ewma(previous: float | None, value: float, alpha: float) -> float:
-    return value if previous is None else alpha * value + (1.0 - alpha) * previous
 
 
 def moved(old: int, new: int, params: WeightParams = DEFAULT_PARAMS) -> bool:
