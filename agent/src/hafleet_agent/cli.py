@@ -4,7 +4,8 @@ The subcommands and the flags of ``run`` are a contract: scripts, the Ansible ro
 tests depend on their names. Every ``run`` flag defaults to ``None`` ("not given"), so that
 the agent can layer them: built-in default < ``--config`` TOML file < flag.
 
-No subcommand is implemented yet: each one says so on stderr and exits with code 2.
+Exit codes: 0 success, 1 failure (the agent stopped on an error, an API error), 2 bad usage
+or configuration.
 """
 
 from __future__ import annotations
@@ -93,6 +94,60 @@ def _not_implemented(args: argparse.Namespace) -> int:
     return EXIT_NOT_IMPLEMENTED
 
 
+RUN_FLAGS = (
+    "node_id",
+    "cluster",
+    "bind",
+    "raft_port",
+    "api_port",
+    "data_dir",
+    "key_file",
+    "token_file",
+    "bootstrap_expect",
+    "join",
+    "mdns",
+    "mdns_interface",
+    "service_port",
+    "heartbeat_ms",
+    "election_timeout_ms",
+    "log_format",
+)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .agent import run_agent, setup_logging
+    from .config import ConfigError, join_host_port, load
+
+    flags = {name: getattr(args, name) for name in RUN_FLAGS}
+    if flags["join"] is not None:
+        flags["join"] = [join_host_port(h, p) for h, p in flags["join"]]
+    try:
+        cfg = load(args.config, flags)
+    except ConfigError as exc:
+        print(f"{PROG} run: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_format)
+    try:
+        return asyncio.run(run_agent(cfg))
+    except ConfigError as exc:
+        print(f"{PROG} run: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _client(args: argparse.Namespace) -> int:
+    from .client import ClientError, run_client
+
+    try:
+        return run_client(args)
+    except ClientError as exc:
+        print(f"{PROG} {args.command_name}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 
@@ -144,7 +199,7 @@ def _add_client_options(sub: argparse.ArgumentParser) -> None:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    run = _command(commands, "run", "run the agent in the foreground")
+    run = _command(commands, "run", "run the agent in the foreground", _run)
     run.add_argument(
         "--config",
         metavar="FILE",
@@ -235,33 +290,38 @@ def _add_status(commands: argparse._SubParsersAction) -> None:
         commands,
         "status",
         "show the cluster: node, role, term, leader, cpu, mem, load, weight",
+        _client,
     )
     _add_client_options(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _add_members(commands: argparse._SubParsersAction) -> None:
-    members = _command(commands, "members", "list the members of the group")
+    members = _command(commands, "members", "list the members of the group", _client)
     _add_client_options(members)
     members.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _add_leave(commands: argparse._SubParsersAction) -> None:
-    leave = _command(commands, "leave", "hand leadership over, leave the group, stop")
+    leave = _command(commands, "leave", "hand leadership over, leave the group, stop", _client)
     _add_client_options(leave)
 
 
 def _add_kv(commands: argparse._SubParsersAction) -> None:
     kv = _command(commands, "kv", "read and write the replicated key-value store")
-    _add_client_options(kv)
     ops = kv.add_subparsers(dest="kv_command", metavar="OP", required=True)
 
-    get = _command(ops, "get", "read KEY (linearizable)", command_name="kv get")
+    get = _command(ops, "get", "read KEY (linearizable)", _client, command_name="kv get")
+    get.add_argument("--stale", action="store_true", help="read this node's copy, no round")
     get.add_argument("key", metavar="KEY")
+    _add_client_options(get)
 
-    put = _command(ops, "put", "write VALUE to KEY", command_name="kv put")
+    put = _command(
+        ops, "put", "write VALUE (JSON, or else a string) to KEY", _client, command_name="kv put"
+    )
     put.add_argument("key", metavar="KEY")
     put.add_argument("value", metavar="VALUE")
+    _add_client_options(put)
     put.add_argument(
         "--cas",
         type=non_negative_int,
@@ -269,8 +329,9 @@ def _add_kv(commands: argparse._SubParsersAction) -> None:
         help="write only if KEY's modify index is INDEX (0: only if KEY is absent)",
     )
 
-    delete = _command(ops, "del", "delete KEY", command_name="kv del")
+    delete = _command(ops, "del", "delete KEY", _client, command_name="kv del")
     delete.add_argument("key", metavar="KEY")
+    _add_client_options(delete)
     delete.add_argument(
         "--cas",
         type=non_negative_int,

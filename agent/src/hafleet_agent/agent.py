@@ -1,0 +1,1213 @@
+"""``hafleet-agent run``: one process that wires the pieces together.
+
+The event loop owns everything; nothing here uses threads. The Raft core is driven by one
+task (``_raft_loop``) that turns every batch of inputs into a ready batch: persist it
+(``DiskStorage.save`` fsyncs before it returns), send its messages, apply its committed
+entries to the state machine, wake whoever waits for them. Inputs (ticks, messages,
+proposals, reads) are fed to the core synchronously from callbacks and only ever between
+two ready batches, because the drain of a ready batch never awaits.
+
+Founding and joining (``docs/agent.md`` has the long version):
+
+- a node with persisted Raft state never founds again: it restarts from its data dir;
+- a fresh node that finds a running cluster (a peer whose announcement or hello carries a
+  cluster id) asks it to join; the leader adds it as a learner and promotes it once it has
+  caught up;
+- a fresh node with ``bootstrap_expect = N`` waits until it knows N-1 other fresh nodes of
+  its cluster name; the one with the lowest id proposes a founding to the N lowest, and
+  founds (mints the cluster id, bootstraps the Raft log with exactly those N voters) only
+  when all of them accepted. A node accepts one founder at a time, so two clusters cannot
+  form from one fleet of fresh nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .codec import CodecError, decode_message, encode_message
+from .config import AgentConfig, read_secret
+from .metrics import HostMetrics, Sampler
+from .raft.core import Config as RaftConfig
+from .raft.core import ProposalDropped
+from .raft.rawnode import RawNode
+from .raft.storage import DiskStorage, StorageError
+from .raft.types import ConfChange, ConfChangeType, EntryType, Message, StateType
+from .state import StateError, StateMachine, encode_command, member_context
+from .transport import PeerInfo, Transport
+from .weights import MemberInput, WeightParams, WeightPlanner
+
+log = logging.getLogger("hafleet.agent")
+
+META_FILE = "agent.json"
+FOUND_ACCEPT_TTL = 15.0
+REPORT_INTERVAL = 1.0
+
+
+class AgentError(Exception):
+    """An error the API answers with ``status`` and ``{"error": message}``."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.extra = extra
+
+
+class NoLeader(AgentError):
+    status = 503
+
+
+class Unknown(AgentError):
+    status = 504
+
+
+class NotFound(AgentError):
+    status = 404
+
+
+class BadRequest(AgentError):
+    status = 400
+
+
+@dataclass
+class Peer:
+    """A node we know of, from mDNS, a hello, or the replicated member table."""
+
+    node_id: str
+    raft_addr: str
+    api_addr: str = ""
+    service_addr: str | None = None
+    cluster_id: str | None = None
+    fresh: bool = True
+    last_seen: float = 0.0
+    source: str = ""
+
+
+@dataclass
+class _Pending:
+    term: int
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class _Founding:
+    founder: str
+    members: list[dict[str, Any]]
+    cluster_id: str
+    accepted: set[str] = field(default_factory=set)
+    since: float = 0.0
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, key: bytes, token: bytes) -> None:
+        self.cfg = cfg
+        self.key = key
+        self.token = token
+        self.id = cfg.node_id
+        self.started_at = time.monotonic()
+        self.data_dir = Path(cfg.data_dir)
+        self.storage: DiskStorage | None = None
+        self.raw: RawNode | None = None
+        self.state = StateMachine()
+        self.cluster_id: str | None = None
+        self.peers: dict[str, Peer] = {}
+        self.transport: Transport | None = None
+        self.discovery: Any = None
+        self.sampler = Sampler(data_dir=cfg.data_dir)
+        self.metrics: HostMetrics | None = None
+        self.reports: dict[str, tuple[float, dict[str, Any]]] = {}  # leader: id -> (t, metrics)
+        self.metrics_table: dict[str, dict[str, Any]] = {}  # what the leader last broadcast
+        self.health_seen: dict[str, float] = {}
+        self.joined_at: dict[str, float] = {}
+        self.planner = WeightPlanner(WeightParams())
+        self.planner_term = -1
+        self._wake = asyncio.Event()
+        self._index_changed = asyncio.Condition()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._pending: dict[int, _Pending] = {}
+        self._reads: dict[bytes, tuple[asyncio.Future[int], float]] = {}
+        self._ready_reads: list[tuple[int, bytes]] = []
+        self._founding: _Founding | None = None  # as founder
+        self._accepted: _Founding | None = None  # as acceptor
+        self._join_target: str | None = None
+        self.exit_code = 0
+        self.exit_reason = ""
+        self.removed = False
+        self.leader_since: float | None = None
+        self.last_leader: str | None = None
+        self.api_runner: Any = None
+        self.rng = random.Random(secrets.randbits(64))
+        self.events: list[str] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._load_meta()
+        self.storage = DiskStorage.open(self.data_dir)
+        rep = self.storage.report
+        if rep.truncated_bytes:
+            log.warning(
+                "recovered the Raft log: cut %d bytes at offset %s (%s)",
+                rep.truncated_bytes,
+                rep.truncated_at,
+                rep.reason,
+            )
+        st = self.storage
+        has_state = st.hard_state.term > 0 or bool(st.entries) or not st.snapshot.empty
+        raft_cfg = RaftConfig(
+            self.id,
+            self.rng,
+            election_tick=cfg.election_tick,
+            heartbeat_tick=cfg.heartbeat_tick,
+        )
+        if st.snapshot.meta.index:
+            self.state.restore(st.snapshot.data, st.snapshot.meta.index)
+        self.raw = RawNode(
+            raft_cfg, st.hard_state, st.snapshot, list(st.entries), on_event=self._core_event
+        )
+        self._startup_commit = st.hard_state.commit
+        if has_state:
+            if self.cluster_id is None:
+                raise StorageError(
+                    f"{self.data_dir} holds Raft state but no {META_FILE}: refusing to start "
+                    "a node whose cluster is unknown"
+                )
+            log.info(
+                "restarting from %s: term %d, commit %d, %d entries after snapshot %d",
+                self.data_dir,
+                st.hard_state.term,
+                st.hard_state.commit,
+                len(st.entries),
+                st.snapshot.meta.index,
+            )
+        else:
+            log.info("fresh node %s of cluster %r", self.id, cfg.cluster)
+
+        self.transport = Transport(
+            node_id=self.id,
+            cluster=cfg.cluster,
+            key=self.key,
+            bind_host=cfg.bind,
+            port=cfg.raft_port,
+            advertise=cfg.raft_addr,
+            on_frame=self._on_frame,
+            accept_peer=self._accept_peer,
+            cluster_id=lambda: self.cluster_id,
+        )
+        await self.transport.start()
+        from .api import start_api  # late import: api imports this module's errors
+
+        self.api_runner = await start_api(self)
+        if cfg.mdns:
+            await self._start_discovery()
+        self._spawn(self._raft_loop(), "raft")
+        self._spawn(self._ticker(), "ticker")
+        self._spawn(self._sampler_loop(), "sampler")
+        self._spawn(self._housekeeping(), "housekeeping")
+        if not has_state:
+            self._spawn(self._found_or_join(), "bootstrap")
+        self._wake.set()
+        log.info(
+            "hafleet-agent %s: node %s raft %s api %s%s",
+            __version__,
+            self.id,
+            cfg.raft_addr,
+            cfg.api_addr,
+            f" service {cfg.service_addr}" if cfg.service_addr else "",
+        )
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"hafleet-{name}")
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.critical("task %s failed: %r; stopping", task.get_name(), exc, exc_info=exc)
+            self.fail(f"internal error in {task.get_name()}: {exc}")
+
+    def fail(self, reason: str) -> None:
+        """Stop serving: the node cannot go on safely (e.g. an fsync failed)."""
+        if not self._stop.is_set():
+            self.exit_code = 1
+            self.exit_reason = reason
+            log.critical("stopping: %s", reason)
+            self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self, handover: bool = True) -> None:
+        """Stop; a leader first hands leadership to the most caught-up voter."""
+        if handover:
+            with contextlib.suppress(Exception):
+                await self.hand_over(timeout=self.cfg.election_timeout_ms / 1000 * 2)
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for p in self._pending.values():
+            if not p.future.done():
+                p.future.set_exception(Unknown("the agent is stopping"))
+        if self.api_runner is not None:
+            await self.api_runner.cleanup()
+        if self.discovery is not None:
+            with contextlib.suppress(Exception):
+                await self.discovery.stop()
+        if self.transport is not None:
+            await self.transport.stop()
+        if self.storage is not None:
+            self.storage.close()
+        log.info("stopped")
+
+    # ---- meta (cluster id) -----------------------------------------------------------------
+    def _load_meta(self) -> None:
+        path = self.data_dir / META_FILE
+        if not path.exists():
+            return
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from None
+        if meta.get("node_id") != self.id or meta.get("cluster") != self.cfg.cluster:
+            raise StorageError(
+                f"{self.data_dir} belongs to node {meta.get('node_id')!r} of cluster "
+                f"{meta.get('cluster')!r}, not node {self.id!r} of {self.cfg.cluster!r}; "
+                "use another --data-dir or the matching --node-id/--cluster"
+            )
+        self.cluster_id = meta.get("cluster_id")
+
+    def _save_meta(self) -> None:
+        path = self.data_dir / META_FILE
+        tmp = path.with_suffix(".tmp")
+        data = {"node_id": self.id, "cluster": self.cfg.cluster, "cluster_id": self.cluster_id}
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(data).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(self.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _adopt_cluster(self, cluster_id: str, how: str) -> None:
+        if self.cluster_id == cluster_id:
+            return
+        if self.cluster_id is not None:
+            raise AssertionError(f"cluster id {self.cluster_id} cannot become {cluster_id}")
+        self.cluster_id = cluster_id
+        self._save_meta()
+        log.info("cluster %s: id %s (%s)", self.cfg.cluster, cluster_id, how)
+        if self.discovery is not None:
+            self._spawn(self.discovery.update(cluster_id=cluster_id, fresh=False), "mdns-update")
+
+    # ---- the Raft driver -------------------------------------------------------------------
+    def _core_event(self, text: str) -> None:
+        log.debug("raft: %s", text)
+
+    async def _ticker(self) -> None:
+        interval = self.cfg.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if loop.time() - next_at > interval * 5:
+                next_at = loop.time()  # we were frozen: do not replay the missed ticks
+            if self.raw is not None and self.cluster_id is not None:
+                self.raw.tick()
+                self._wake.set()
+
+    async def _raft_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                changed = self._drain_ready()
+            except StorageError as exc:
+                self.fail(f"storage failed, state could not be made durable: {exc}")
+                return
+            if changed:
+                async with self._index_changed:
+                    self._index_changed.notify_all()
+
+    def _drain_ready(self) -> bool:
+        raw, storage = self.raw, self.storage
+        assert raw is not None and storage is not None
+        changed = False
+        while raw.has_ready():
+            rd = raw.ready()
+            if rd.snapshot is not None:
+                storage.save_snapshot(rd.snapshot)
+            if rd.entries or rd.hard_state is not None:
+                storage.save(rd.hard_state, rd.entries)
+            for m in rd.messages:
+                self._send_raft(m)
+            if rd.snapshot is not None:
+                self.state.restore(rd.snapshot.data, rd.snapshot.meta.index)
+                log.info("installed a snapshot at index %d", rd.snapshot.meta.index)
+                changed = True
+            for e in rd.committed_entries:
+                self._apply(e)
+                changed = True
+            raw.advance(rd)
+            if rd.soft_state is not None:
+                self._on_soft_state(rd.soft_state.state, rd.soft_state.lead)
+            self._ready_reads.extend((rs.index, rs.context) for rs in rd.read_states)
+            self._serve_reads()
+            self._maybe_compact()
+        return changed
+
+    def _apply(self, e: Any) -> None:
+        res = self.state.apply_entry(e)
+        if e.type is EntryType.CONF_CHANGE:
+            cc = ConfChange.decode(e.data)
+            log.info("membership: %s %s (index %d)", cc.type.name.lower(), cc.node_id, e.index)
+            if cc.type is ConfChangeType.REMOVE and cc.node_id == self.id:
+                self.removed = True
+                log.info("this node was removed from the group")
+            elif cc.node_id not in self.joined_at and e.index > self._startup_commit:
+                # A member added while we run; those of the log we replay at start are old.
+                self.joined_at[cc.node_id] = time.monotonic()
+        pending = self._pending.pop(e.index, None)
+        if pending is not None and not pending.future.done():
+            if pending.term == e.term:
+                pending.future.set_result(res)
+            else:
+                pending.future.set_exception(
+                    NoLeader("leadership changed before the write committed; it was not applied")
+                )
+
+    def _on_soft_state(self, state: StateType, lead: str | None) -> None:
+        if lead != self.last_leader:
+            log.info(
+                "leader is now %s (term %d)%s",
+                lead,
+                self.raw.raft.term if self.raw else 0,
+                " - this node" if lead == self.id else "",
+            )
+            self.last_leader = lead
+        if state is StateType.LEADER:
+            self.leader_since = time.monotonic()
+        else:
+            self.leader_since = None
+
+    def _maybe_compact(self) -> None:
+        raw = self.raw
+        assert raw is not None and self.storage is not None
+        if self.state.index - raw.raft.log.first_index() < self.cfg.snapshot_entries:
+            return
+        snap = raw.compact(self.state.index, self.state.snapshot())
+        if snap is not None:
+            self.storage.save_snapshot(snap)
+            log.info("snapshot at index %d (%d bytes)", snap.meta.index, len(snap.data))
+
+    def _serve_reads(self) -> None:
+        if not self._ready_reads:
+            return
+        keep = []
+        for index, ctx in self._ready_reads:
+            if self.state.index >= index:
+                entry = self._reads.pop(ctx, None)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_result(index)
+            else:
+                keep.append((index, ctx))
+        self._ready_reads = keep
+
+    # ---- messages --------------------------------------------------------------------------
+    def _addr_of(self, node_id: str) -> str | None:
+        m = self.state.member(node_id)
+        if m and m.get("raft_addr"):
+            return str(m["raft_addr"])
+        p = self.peers.get(node_id)
+        return p.raft_addr if p else None
+
+    def _send_raft(self, m: Message) -> None:
+        assert m.to is not None and self.transport is not None
+        addr = self._addr_of(m.to)
+        if addr is None:
+            log.debug("no address for %s: dropping %s", m.to, m.type.name)
+            return
+        frame = {"k": "raft", "cid": self.cluster_id, "m": encode_message(m)}
+        if not self.transport.send(addr, frame) and self.raw is not None:
+            self.raw.report_unreachable(m.to)
+
+    def _send(self, addr: str, kind: str, **body: Any) -> bool:
+        assert self.transport is not None
+        body["k"] = kind
+        body["cid"] = self.cluster_id
+        return self.transport.send(addr, body)
+
+    def _accept_peer(self, peer: PeerInfo) -> bool:
+        if peer.cluster != self.cfg.cluster:
+            log.warning("refusing %s at %s: cluster %r", peer.node_id, peer.remote, peer.cluster)
+            return False
+        if self.cluster_id and peer.cluster_id and peer.cluster_id != self.cluster_id:
+            log.warning(
+                "refusing %s at %s: it belongs to cluster id %s, not %s",
+                peer.node_id,
+                peer.remote,
+                peer.cluster_id,
+                self.cluster_id,
+            )
+            return False
+        return True
+
+    def _on_frame(self, peer: PeerInfo, obj: object) -> None:
+        if not isinstance(obj, dict) or not isinstance(obj.get("k"), str):
+            log.warning("malformed frame from %s: dropped", peer.node_id)
+            return
+        kind = obj["k"]
+        cid = obj.get("cid")
+        self._note_peer(peer, cid)
+        if kind == "raft":
+            self._on_raft_frame(peer, cid, obj.get("m"))
+            return
+        handler: Callable[[PeerInfo, dict[str, Any]], None] | None = getattr(
+            self, f"_on_{kind}", None
+        )
+        if handler is None or kind.startswith("_"):
+            log.warning("unknown frame kind %r from %s: dropped", kind, peer.node_id)
+            return
+        try:
+            handler(peer, obj)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("bad %s frame from %s: %s", kind, peer.node_id, exc)
+
+    def _note_peer(self, peer: PeerInfo, cid: object) -> None:
+        p = self.peers.get(peer.node_id)
+        if p is None:
+            p = self.peers[peer.node_id] = Peer(peer.node_id, peer.addr, source="transport")
+        p.raft_addr = peer.addr
+        p.cluster_id = cid if isinstance(cid, str) else None
+        p.fresh = p.cluster_id is None
+        p.last_seen = time.monotonic()
+        if peer.node_id in self.state_member_ids():
+            self.health_seen[peer.node_id] = time.monotonic()
+
+    def state_member_ids(self) -> set[str]:
+        return {str(m["id"]) for m in self.state.members()}
+
+    def _on_raft_frame(self, peer: PeerInfo, cid: object, data: object) -> None:
+        if self.raw is None or not isinstance(data, bytes):
+            return
+        if cid is None:
+            return
+        if self.cluster_id is None:
+            # A fresh node takes Raft traffic only from the cluster it asked to join or whose
+            # founder it accepted.
+            ok = (self._accepted is not None and self._accepted.cluster_id == cid) or (
+                self._join_target is not None and self._join_target == cid
+            )
+            if not ok:
+                return
+            self._adopt_cluster(str(cid), f"first Raft message from {peer.node_id}")
+        elif cid != self.cluster_id:
+            log.warning("Raft message of cluster %s from %s: dropped", cid, peer.node_id)
+            return
+        try:
+            m = decode_message(data)
+        except CodecError as exc:
+            log.warning("undecodable Raft message from %s: %s", peer.node_id, exc)
+            return
+        if m.frm != peer.node_id or m.to != self.id:
+            log.warning("Raft message from %s claims %s->%s: dropped", peer.node_id, m.frm, m.to)
+            return
+        try:
+            self.raw.step(m)
+        except ValueError as exc:
+            log.warning("Raft message from %s refused: %s", peer.node_id, exc)
+            return
+        self._wake.set()
+
+    # ---- founding and joining ---------------------------------------------------------------
+    def my_info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "raft_addr": self.cfg.raft_addr,
+            "api_addr": self.cfg.api_addr,
+            "service_addr": self.cfg.service_addr,
+        }
+
+    async def _start_discovery(self) -> None:
+        from .discovery import Discovery
+
+        def on_change(peers: dict[str, Any]) -> None:
+            now = time.monotonic()
+            for nid, ann in peers.items():
+                p = self.peers.get(nid)
+                if p is None:
+                    p = self.peers[nid] = Peer(nid, ann.raft_addr, source="mdns")
+                if p.source == "mdns" or now - p.last_seen > 5:
+                    p.raft_addr = ann.raft_addr
+                    p.api_addr = ann.api_addr
+                    p.cluster_id = ann.cluster_id or None
+                    p.fresh = ann.fresh
+                    p.last_seen = now
+
+        self.discovery = Discovery(
+            node_id=self.id,
+            cluster=self.cfg.cluster,
+            raft_addr=self.cfg.raft_addr,
+            api_addr=self.cfg.api_addr,
+            interfaces=self.cfg.mdns_interface,
+            cluster_id=self.cluster_id or "",
+            fresh=self.cluster_id is None,
+            on_change=on_change,
+        )
+        try:
+            await self.discovery.start()
+        except Exception as exc:  # mDNS is a convenience: --join still works without it
+            log.warning("mDNS discovery could not start on %s: %s", self.cfg.mdns_interface, exc)
+            self.discovery = None
+
+    async def _found_or_join(self) -> None:
+        """Until this node belongs to a cluster: say hello to the join addresses, join a
+        running cluster when one is known, or found one when bootstrap_expect is met."""
+        raw = self.raw
+        assert raw is not None
+        announced = False
+        while self.cluster_id is None or not self._in_config():
+            for addr in self.cfg.join:
+                if addr != self.cfg.raft_addr:
+                    self._send(addr, "hello", info=self.my_info(), fresh=self.cluster_id is None)
+            if self.cluster_id is None:
+                running = self._running_peer()
+                if running is not None:
+                    self._join_target = running.cluster_id
+                    if not announced:
+                        log.info(
+                            "found cluster %s via %s: asking to join",
+                            running.cluster_id,
+                            running.node_id,
+                        )
+                        announced = True
+                    self._send(running.raft_addr, "join", info=self.my_info())
+                elif self.cfg.bootstrap_expect:
+                    self._maybe_found()
+            else:
+                # We adopted a cluster id; wait for the leader's log to make us a member.
+                pass
+            await asyncio.sleep(0.25 + self.rng.random() * 0.25)
+        log.info("member of cluster %s", self.cluster_id)
+
+    def _in_config(self) -> bool:
+        r = self.raw.raft if self.raw else None
+        return r is not None and (self.id in r.voters or self.id in r.learners)
+
+    def _running_peer(self) -> Peer | None:
+        now = time.monotonic()
+        live = [
+            p
+            for p in self.peers.values()
+            if p.cluster_id and now - p.last_seen < 10 and p.node_id != self.id
+        ]
+        return min(live, key=lambda p: p.node_id) if live else None
+
+    def _fresh_peers(self) -> list[Peer]:
+        now = time.monotonic()
+        return sorted(
+            (
+                p
+                for p in self.peers.values()
+                if p.fresh and p.cluster_id is None and now - p.last_seen < 10
+            ),
+            key=lambda p: p.node_id,
+        )
+
+    def _maybe_found(self) -> None:
+        n = self.cfg.bootstrap_expect or 0
+        now = time.monotonic()
+        if self._accepted is not None and now - self._accepted.since < FOUND_ACCEPT_TTL:
+            return  # we accepted someone else's founding: wait for it
+        fresh = self._fresh_peers()
+        if len(fresh) + 1 < n:
+            if int(now) % 5 == 0:
+                log.info(
+                    "waiting for %d fresh nodes of cluster %r (bootstrap_expect=%d): know %s",
+                    n - 1,
+                    self.cfg.cluster,
+                    n,
+                    [p.node_id for p in fresh] or "none",
+                )
+            return
+        chosen_ids = sorted([self.id] + [p.node_id for p in fresh])[:n]
+        if chosen_ids[0] != self.id:
+            return  # the lowest id founds
+        f = self._founding
+        if (
+            f is None
+            or sorted(m["id"] for m in f.members) != chosen_ids
+            or (now - f.since > FOUND_ACCEPT_TTL)
+        ):
+            members = [self.my_info()] + [
+                {
+                    "id": p.node_id,
+                    "raft_addr": p.raft_addr,
+                    "api_addr": p.api_addr,
+                    "service_addr": p.service_addr,
+                }
+                for p in fresh
+                if p.node_id in chosen_ids
+            ]
+            members.sort(key=lambda m: m["id"])
+            f = self._founding = _Founding(
+                self.id, members, f"{self.cfg.cluster}-{secrets.token_hex(8)}", {self.id}, now
+            )
+            log.info("proposing to found cluster %s with %s", f.cluster_id, chosen_ids)
+        for m in f.members:
+            if m["id"] not in f.accepted:
+                self._send(
+                    m["raft_addr"],
+                    "found_propose",
+                    founder=self.id,
+                    members=f.members,
+                    new_cid=f.cluster_id,
+                )
+        if len(f.accepted) == n:
+            self._found(f)
+
+    def _found(self, f: _Founding) -> None:
+        assert self.raw is not None
+        voters = [
+            (
+                m["id"],
+                member_context(m["raft_addr"], m["api_addr"], m.get("service_addr")),
+            )
+            for m in f.members
+        ]
+        self._adopt_cluster(f.cluster_id, "founded here")
+        self.raw.bootstrap(voters)
+        self._founding = None
+        log.info("founded cluster %s with %s", f.cluster_id, [m["id"] for m in f.members])
+        self._wake.set()
+
+    def _on_hello(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+        info = obj.get("info") or {}
+        p = self.peers[peer.node_id]
+        p.api_addr = str(info.get("api_addr") or p.api_addr)
+        p.service_addr = info.get("service_addr")
+        if obj.get("reply") is None:
+            self._send(
+                peer.addr, "hello", info=self.my_info(), fresh=self.cluster_id is None, reply=1
+            )
+
+    def _on_found_propose(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+        if self.cluster_id is not None or self.raw is None or self.raw.raft.term > 0:
+            return  # not fresh any more
+        founder = str(obj["founder"])
+        members = list(obj["members"])
+        ids = sorted(str(m["id"]) for m in members)
+        if founder != peer.node_id or self.id not in ids or ids[0] != founder:
+            return
+        now = time.monotonic()
+        acc = self._accepted
+        if acc is not None and now - acc.since < FOUND_ACCEPT_TTL:
+            if acc.founder != founder or acc.cluster_id != obj["new_cid"]:
+                return  # one founder at a time
+        else:
+            self._accepted = _Founding(founder, members, str(obj["new_cid"]), since=now)
+            log.info("accepted %s's proposal to found %s", founder, obj["new_cid"])
+        for m in members:
+            p = self.peers.get(str(m["id"]))
+            if p is None and m["id"] != self.id:
+                self.peers[str(m["id"])] = Peer(
+                    str(m["id"]),
+                    str(m["raft_addr"]),
+                    str(m.get("api_addr") or ""),
+                    source="founding",
+                    last_seen=now,
+                )
+        self._send(peer.addr, "found_accept", new_cid=obj["new_cid"])
+
+    def _on_found_accept(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+        f = self._founding
+        if f is None or obj.get("new_cid") != f.cluster_id:
+            return
+        if peer.node_id in {m["id"] for m in f.members}:
+            f.accepted.add(peer.node_id)
+            if len(f.accepted) == len(f.members) and self.cluster_id is None:
+                self._found(f)
+
+    def _on_join(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+        info = obj["info"]
+        if self.raw is None or self.cluster_id is None:
+            return
+        if self.is_leader():
+            self._spawn(self._admit(peer, info), f"admit-{info.get('id')}")
+            return
+        lead = self.raw.raft.lead
+        addr = self._addr_of(lead) if lead else None
+        if addr:
+            self._send(addr, "join", info=info)  # the leader answers the joiner directly
+
+    async def _admit(self, peer: PeerInfo, info: dict[str, Any]) -> None:
+        try:
+            await self.add_member(
+                str(info["id"]),
+                str(info["raft_addr"]),
+                str(info["api_addr"]),
+                info.get("service_addr"),
+            )
+            self._send(str(info["raft_addr"]), "join_resp", ok=True)
+        except AgentError as exc:
+            log.warning("join of %s refused: %s", info.get("id"), exc.message)
+            self._send(str(info["raft_addr"]), "join_resp", ok=False, error=exc.message)
+
+    def _on_join_resp(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+        if not obj.get("ok"):
+            log.error("join refused by %s: %s", peer.node_id, obj.get("error"))
+
+    # ---- metrics, health, weights -----------------------------------------------------------
+    async def _sampler_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.sampler.sample)  # primes cpu_percent
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            self.metrics = self.sampler.sample()
+            self._report_metrics()
+
+    def _report_metrics(self) -> None:
+        if self.metrics is None or self.raw is None:
+            return
+        body = self.metrics.to_dict()
+        lead = self.raw.raft.lead
+        if lead == self.id:
+            self.reports[self.id] = (time.monotonic(), body)
+        elif lead is not None:
+            addr = self._addr_of(lead)
+            if addr:
+                self._send(addr, "metrics", metrics=body)
+
+    def _on_metrics(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+        if isinstance(obj.get("metrics"), dict):
+            self.reports[peer.node_id] = (time.monotonic(), obj["metrics"])
+
+    def _on_metrics_table(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+        if self.raw is not None and peer.node_id == self.raw.raft.lead:
+            table = obj.get("table")
+            if isinstance(table, dict):
+                self.metrics_table = table
+
+    async def _housekeeping(self) -> None:
+        """The leader's chores: promote caught-up learners, mark health, plan weights,
+        share the metrics table; everyone: answer timed-out reads."""
+        while True:
+            await asyncio.sleep(0.25)
+            self._expire_reads()
+            if self.is_leader():
+                try:
+                    await self._leader_chores()
+                except AgentError as exc:
+                    log.debug("leader chores: %s", exc.message)
+
+    def _expire_reads(self) -> None:
+        now = time.monotonic()
+        for ctx, (fut, deadline) in list(self._reads.items()):
+            if now > deadline:
+                self._reads.pop(ctx, None)
+                if not fut.done():
+                    fut.set_exception(NoLeader("no leader confirmed the read in time"))
+
+    _last_table_push = 0.0
+    _last_plan = 0.0
+
+    async def _leader_chores(self) -> None:
+        raw = self.raw
+        assert raw is not None
+        r = raw.raft
+        now = time.monotonic()
+        # promote learners that caught up
+        for nid in sorted(r.learners):
+            pr = r.prs.get(nid)
+            if (
+                pr is not None
+                and pr.match >= r.log.committed
+                and r.pending_conf_index <= (r.log.applied)
+            ):
+                log.info("promoting %s to voter (caught up at %d)", nid, pr.match)
+                try:
+                    raw.propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, nid))
+                    self._wake.set()
+                except ProposalDropped as exc:
+                    log.debug("promotion of %s postponed: %s", nid, exc)
+                break
+        members = self.state.members()
+        # health: heard from it (any frame) within 3 election timeouts, or a recent report
+        dead_after = max(3.0, 3 * self.cfg.election_timeout_ms / 1000)
+        for m in members:
+            mid = str(m["id"])
+            if mid == self.id:
+                seen = now
+            else:
+                seen = max(self.health_seen.get(mid, 0.0), self.reports.get(mid, (0.0,))[0])
+            if self.leader_since is not None:
+                seen = max(seen, self.leader_since)  # grace after taking over
+            healthy = now - seen < dead_after
+            if bool(m.get("healthy", True)) != healthy:
+                log.warning("member %s is %s", mid, "healthy again" if healthy else "unhealthy")
+                await self._propose_cmd(encode_command("member_health", id=mid, healthy=healthy))
+            if (
+                not healthy
+                and self.cfg.autopilot_cleanup_dead
+                and now - seen > self.cfg.autopilot_dead_after_s
+                and self._removal_keeps_quorum(mid)
+            ):
+                log.warning("autopilot: removing dead member %s", mid)
+                with contextlib.suppress(AgentError):
+                    await self._propose_conf(ConfChange(ConfChangeType.REMOVE, mid))
+        # share the metrics table
+        if now - self._last_table_push >= REPORT_INTERVAL:
+            self._last_table_push = now
+            table = {mid: {"t_age": now - t, **body} for mid, (t, body) in self.reports.items()}
+            self.metrics_table = table
+            for m in members:
+                if m["id"] != self.id and m.get("raft_addr"):
+                    self._send(str(m["raft_addr"]), "metrics_table", table=table)
+        # weights
+        if now - self._last_plan >= REPORT_INTERVAL:
+            self._last_plan = now
+            await self._plan_weights(now, members)
+
+    def _removal_keeps_quorum(self, mid: str) -> bool:
+        r = self.raw.raft if self.raw else None
+        if r is None or mid not in r.voters:
+            return r is not None
+        voters = set(r.voters) - {mid}
+        healthy = {str(m["id"]) for m in self.state.members() if m.get("healthy", True)}
+        return len(voters) >= 1 and len(voters & healthy) >= len(voters) // 2 + 1
+
+    async def _plan_weights(self, now: float, members: list[dict[str, Any]]) -> None:
+        assert self.raw is not None
+        if self.planner_term != self.raw.raft.term:
+            self.planner = WeightPlanner(WeightParams())
+            self.planner_term = self.raw.raft.term
+        inputs: dict[str, MemberInput] = {}
+        for m in members:
+            mid = str(m["id"])
+            rep = self.reports.get(mid)
+            metrics = None
+            if rep is not None:
+                with contextlib.suppress(Exception):
+                    metrics = HostMetrics.from_dict(rep[1])
+            inputs[mid] = MemberInput(
+                metrics=metrics,
+                last_report_time=rep[0] if rep else None,
+                joined_at=self.joined_at.get(mid, 0.0),
+                healthy=bool(m.get("healthy", True)),
+                draining=bool(m.get("draining", False)),
+                override=self.cfg.weight_overrides.get(mid) or None,
+            )
+        current = self.state.weights()["weights"]
+        decision = self.planner.plan(now, inputs, current)
+        if decision.commit and decision.table != current:
+            log.info("weights: %s (%s)", decision.table, decision.reason)
+            await self._propose_cmd(
+                encode_command("weights_set", weights=decision.table, reason=decision.reason)
+            )
+
+    # ---- proposals and reads (the API's verbs) -----------------------------------------------
+    def is_leader(self) -> bool:
+        return self.raw is not None and self.raw.raft.state is StateType.LEADER
+
+    def leader_id(self) -> str | None:
+        return self.raw.raft.lead if self.raw else None
+
+    def leader_api(self) -> str | None:
+        lead = self.leader_id()
+        if lead is None:
+            return None
+        m = self.state.member(lead)
+        if m and m.get("api_addr"):
+            return str(m["api_addr"])
+        p = self.peers.get(lead)
+        return p.api_addr if p and p.api_addr else None
+
+    def write_timeout(self) -> float:
+        return max(3.0, 10 * self.cfg.election_timeout_ms / 1000)
+
+    async def _propose_cmd(self, data: bytes) -> Any:
+        raw = self.raw
+        if raw is None or self.cluster_id is None:
+            raise NoLeader("this node is not a member of a cluster yet")
+        try:
+            term, index = raw.propose(data)
+        except ProposalDropped as exc:
+            raise NoLeader(f"not proposed: {exc}") from None
+        return await self._wait_applied(term, index)
+
+    async def _propose_conf(self, cc: ConfChange) -> Any:
+        raw = self.raw
+        if raw is None:
+            raise NoLeader("no Raft node")
+        try:
+            term, index = raw.propose_conf_change(cc)
+        except ProposalDropped as exc:
+            raise NoLeader(f"not proposed: {exc}") from None
+        return await self._wait_applied(term, index)
+
+    async def _wait_applied(self, term: int, index: int) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[index] = _Pending(term, fut)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, self.write_timeout())
+        except TimeoutError:
+            self._pending.pop(index, None)
+            raise Unknown(
+                f"the write was proposed at index {index} but not applied within "
+                f"{self.write_timeout():.0f}s; it may still be"
+            ) from None
+
+    async def write(self, data: bytes) -> dict[str, Any]:
+        """Propose a state command on the leader; the caller (the API) forwards when we are
+        not the leader. Returns the apply result body or raises the error."""
+        res = await self._propose_cmd(data)
+        if not res.ok:
+            raise StateErrorResult(res.error)
+        return res.result or {}
+
+    async def read_barrier(self) -> None:
+        """Linearizable read point: ReadIndex, then wait until applied reaches it."""
+        raw = self.raw
+        if raw is None or self.cluster_id is None:
+            raise NoLeader("this node is not a member of a cluster yet")
+        if raw.raft.lead is None:
+            raise NoLeader("no leader known")
+        ctx = secrets.token_bytes(12)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = (fut, time.monotonic() + self.write_timeout())
+        raw.read_index(ctx)
+        self._wake.set()
+        await fut
+
+    async def add_member(
+        self, mid: str, raft_addr: str, api_addr: str, service_addr: str | None
+    ) -> dict[str, Any]:
+        if not self.is_leader():
+            raise NoLeader("not the leader")
+        existing = self.state.member(mid)
+        if existing is not None:
+            if existing.get("raft_addr") == raft_addr and existing.get("api_addr") == api_addr:
+                return existing
+            raise AgentError(
+                f"node id {mid!r} is already a member at {existing.get('raft_addr')}; "
+                f"remove it first (DELETE /v1/members/{mid})",
+                status=409,
+            )
+        try:
+            ctx = member_context(raft_addr, api_addr, service_addr)
+        except StateError as exc:
+            raise BadRequest(exc.message) from None
+        self.peers.setdefault(mid, Peer(mid, raft_addr, api_addr, service_addr, source="api"))
+        self.joined_at[mid] = time.monotonic()
+        res = await self._propose_conf(ConfChange(ConfChangeType.ADD_LEARNER, mid, ctx))
+        log.info("added %s as a learner", mid)
+        return res.result or {}
+
+    async def remove_member(self, mid: str, drain_timeout: float | None = None) -> dict[str, Any]:
+        """Drain, then remove (the leader only; the API hands over first when mid is us)."""
+        if not self.is_leader():
+            raise NoLeader("not the leader")
+        m = self.state.member(mid)
+        if m is None:
+            raise NotFound(f"no member {mid!r}")
+        if not m.get("draining"):
+            await self._propose_cmd(encode_command("member_drain", id=mid, draining=True))
+        timeout = self.cfg.drain_timeout_s if drain_timeout is None else drain_timeout
+        if timeout > 0 and self.state.kv_get("balancer/registered") is not None:
+            deadline = time.monotonic() + timeout
+            while (
+                time.monotonic() < deadline and self.state.kv_get(f"balancer/drained/{mid}") is None
+            ):
+                await self.wait_index(self.state.index, min(1.0, deadline - time.monotonic()))
+        res = await self._propose_conf(ConfChange(ConfChangeType.REMOVE, mid))
+        log.info("removed %s", mid)
+        return {"id": mid, "removed": True, "index": res.index}
+
+    async def hand_over(self, to: str | None = None, timeout: float = 2.0) -> str | None:
+        """Transfer leadership (to ``to`` or the most caught-up voter); returns the new
+        leader, or None when there is nobody to hand over to."""
+        raw = self.raw
+        if raw is None or not self.is_leader():
+            return self.leader_id()
+        r = raw.raft
+        candidates = [v for v in r.voters if v != self.id]
+        if to is not None:
+            if to not in r.voters:
+                raise BadRequest(f"{to!r} is not a voter")
+            candidates = [to]
+        if not candidates:
+            return None
+        target = max(candidates, key=lambda v: (r.prs[v].match, v) if v in r.prs else (-1, v))
+        log.info("handing leadership over to %s", target)
+        raw.transfer_leadership(target)
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lead = raw.raft.lead
+            if lead is not None and lead != self.id:
+                return lead
+            await self.wait_index(self.state.index, 0.05)
+        raise Unknown(f"leadership transfer to {target} did not finish in {timeout:.1f}s")
+
+    async def wait_index(self, index: int, timeout: float) -> int:
+        """Wait until the state's index passes ``index`` (or the timeout); returns it."""
+        if self.state.index > index or timeout <= 0:
+            return self.state.index
+        with contextlib.suppress(TimeoutError):
+            async with self._index_changed:
+                await asyncio.wait_for(
+                    self._index_changed.wait_for(lambda: self.state.index > index), timeout
+                )
+        return self.state.index
+
+    # ---- views -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        r = self.raw.raft if self.raw else None
+        state = "follower"
+        if r is not None:
+            if r.state is StateType.LEADER:
+                state = "leader"
+            elif r.state in (StateType.CANDIDATE, StateType.PRE_CANDIDATE):
+                state = "candidate"
+            elif self.id in r.learners or (self.id not in r.voters):
+                state = "learner"
+        return {
+            "node_id": self.id,
+            "cluster": self.cfg.cluster,
+            "cluster_id": self.cluster_id,
+            "state": state,
+            "term": r.term if r else 0,
+            "leader_id": r.lead if r else None,
+            "commit_index": r.log.committed if r else 0,
+            "applied_index": self.state.index,
+            "members": self.members_view(),
+            "version": __version__,
+        }
+
+    def members_view(self) -> list[dict[str, Any]]:
+        r = self.raw.raft if self.raw else None
+        weights = self.state.weights()["weights"]
+        table = (
+            self.metrics_table
+            if not self.is_leader()
+            else {mid: body for mid, (_, body) in self.reports.items()}
+        )
+        out = []
+        for m in self.state.members():
+            mid = str(m["id"])
+            role = m.get("role")
+            if r is not None and r.lead == mid:
+                role = "leader"
+            out.append(
+                {
+                    "id": mid,
+                    "raft_addr": m.get("raft_addr"),
+                    "api_addr": m.get("api_addr"),
+                    "service_addr": m.get("service_addr"),
+                    "role": role,
+                    "healthy": bool(m.get("healthy", True)),
+                    "draining": bool(m.get("draining", False)),
+                    "weight": weights.get(mid),
+                    "metrics": table.get(mid) or {},
+                }
+            )
+        return out
+
+
+class StateErrorResult(AgentError):
+    """A command that applied with an error (a CAS conflict, a bad field)."""
+
+    def __init__(self, error: dict[str, Any] | None) -> None:
+        error = error or {"status": 500, "message": "unknown error"}
+        super().__init__(str(error.get("message")), status=int(error.get("status", 500)))
+        self.body = error
+
+
+def setup_logging(fmt: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        obj = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj)
+
+
+async def run_agent(cfg: AgentConfig) -> int:
+    """The body of ``hafleet-agent run``: start, serve until SIGTERM/SIGINT (hand leadership
+    over first) or until removed from the group, stop."""
+    key = read_secret(cfg.key_file, "key")
+    token = read_secret(cfg.token_file, "token")
+    agent = Agent(cfg, key, token)
+    loop = asyncio.get_running_loop()
+    stop_signal = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_signal.set)
+    try:
+        await agent.start()
+    except (StorageError, OSError) as exc:
+        log.critical("cannot start: %s", exc)
+        await agent.stop(handover=False)
+        return 1
+    waiters = [
+        asyncio.create_task(stop_signal.wait()),
+        asyncio.create_task(agent.wait_stopped()),
+        asyncio.create_task(_wait_removed(agent)),
+    ]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    if stop_signal.is_set():
+        log.info("signal received: handing over and stopping")
+    await agent.stop(handover=agent.exit_code == 0 and not agent.removed)
+    return agent.exit_code
+
+
+async def _wait_removed(agent: Agent) -> None:
+    while not agent.removed:
+        await agent.wait_index(agent.state.index, 1.0)
+    # Let the removal's commit reach the others before going.
+    await asyncio.sleep(agent.cfg.heartbeat_ms / 1000 * 2)

@@ -1,0 +1,386 @@
+"""The agent's HTTP API (aiohttp) and its Prometheus ``/metrics``.
+
+The routes, bodies and status codes are the contract of ``shared/DESIGN.md``; docs/api.md
+describes each one. Every route but ``/v1/health`` needs ``Authorization: Bearer <token>``
+(compared in constant time). Writes that reach a follower are forwarded to the leader.
+Errors are JSON ``{"error": "<what went wrong>", ...}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .agent import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
+from .state import StateError, encode_command, validate_cas, validate_key, validate_value
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger("hafleet.api")
+
+FORWARDED = "X-Hafleet-Forwarded"
+MAX_WAIT_S = 300.0
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``500ms``, ``2m`` or plain seconds."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise BadRequest(f"bad duration {text!r}: use e.g. 30s, 500ms, 2m")
+    value = float(m.group(1))
+    unit = m.group(2) or "s"
+    return value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise BadRequest(f"{name} must be >= 0")
+    return value
+
+
+async def _json_body(request: web.Request, allowed: set[str], required: set[str]) -> dict:
+    if not request.can_read_body:
+        raise BadRequest("a JSON body is required")
+    try:
+        body = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; allowed: {sorted(allowed)}")
+    missing = sorted(required - set(body))
+    if missing:
+        raise BadRequest(f"missing field(s): {', '.join(missing)}")
+    return body
+
+
+class Api:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.session: aiohttp.ClientSession | None = None
+        self.requests = 0
+        self.errors: dict[int, int] = {}
+
+    # ---- middleware --------------------------------------------------------------------------
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.requests += 1
+        try:
+            if request.path != "/v1/health":
+                self._check_token(request)
+            return await handler(request)
+        except StateErrorResult as exc:
+            body = dict(exc.body)
+            code = body.pop("error", None)
+            message = body.pop("message", exc.message)
+            body.pop("status", None)
+            return self._count(_error(exc.status, str(message), code=code, **body))
+        except AgentError as exc:
+            return self._count(_error(exc.status, exc.message, **exc.extra))
+        except StateError as exc:
+            return self._count(_error(exc.status, exc.message, code=exc.code, **exc.extra))
+        except web.HTTPRequestEntityTooLarge as exc:
+            return self._count(_error(413, f"body too large: {exc.text or ''}".strip()))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return self._count(_error(exc.status, exc.reason))
+
+    def _count(self, resp: web.Response) -> web.Response:
+        self.errors[resp.status] = self.errors.get(resp.status, 0) + 1
+        return resp
+
+    def _check_token(self, request: web.Request) -> None:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise AgentError("missing API token (Authorization: Bearer <token>)", status=401)
+        if not hmac.compare_digest(given.strip().encode(), self.agent.token):
+            raise AgentError("wrong API token", status=401)
+
+    # ---- forwarding ------------------------------------------------------------------------
+    async def _forward(self, request: web.Request, body: bytes | None = None) -> web.Response:
+        """Send a write to the leader and relay its answer."""
+        if request.headers.get(FORWARDED):
+            raise NoLeader("forwarded to a node that is not the leader; no leader known here")
+        api = self.agent.leader_api()
+        if api is None:
+            raise NoLeader("no leader known; the write was not proposed")
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        url = f"http://{api}{request.rel_url}"
+        headers = {
+            "Authorization": request.headers.get("Authorization", ""),
+            FORWARDED: self.agent.id,
+            "Content-Type": "application/json",
+        }
+        data = (
+            body if body is not None else (await request.read() if request.can_read_body else None)
+        )
+        timeout = aiohttp.ClientTimeout(total=self.agent.write_timeout() + 5)
+        try:
+            async with self.session.request(
+                request.method, url, data=data, headers=headers, timeout=timeout
+            ) as resp:
+                payload = await resp.read()
+                return web.Response(
+                    body=payload, status=resp.status, content_type="application/json"
+                )
+        except aiohttp.ClientConnectorError as exc:
+            raise NoLeader(f"the leader at {api} is unreachable ({exc}); not proposed") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Unknown(
+                f"forwarded to the leader at {api}, no answer ({exc!r}); it may be applied"
+            ) from None
+
+    # ---- routes ----------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.agent.status())
+
+    async def members(self, request: web.Request) -> web.Response:
+        return web.json_response(self.agent.members_view())
+
+    async def add_member(self, request: web.Request) -> web.Response:
+        body = await _json_body(
+            request,
+            {"id", "raft_addr", "api_addr", "service_addr"},
+            {"id", "raft_addr", "api_addr"},
+        )
+        for f in ("id", "raft_addr", "api_addr"):
+            if not isinstance(body[f], str) or not body[f]:
+                raise BadRequest(f"{f} must be a non-empty string")
+        sa = body.get("service_addr")
+        if sa is not None and not isinstance(sa, str):
+            raise BadRequest("service_addr must be a string or null")
+        if not self.agent.is_leader():
+            return await self._forward(request, json.dumps(body).encode())
+        return web.json_response(
+            await self.agent.add_member(body["id"], body["raft_addr"], body["api_addr"], sa)
+        )
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        mid = request.match_info["id"]
+        drain = request.query.get("drain_timeout")
+        drain_s = parse_duration(drain) if drain is not None else None
+        agent = self.agent
+        if agent.state.member(mid) is None:
+            raise NotFound(f"no member {mid!r}")
+        if agent.is_leader() and mid == agent.id:
+            # The leader hands over first; the new leader does the removal.
+            new = await agent.hand_over(timeout=agent.write_timeout())
+            if new is None:
+                raise AgentError("the last member cannot remove itself", status=409)
+            for _ in range(50):
+                if agent.leader_api() and agent.leader_id() != agent.id:
+                    break
+                await agent.wait_index(agent.state.index, 0.1)
+        if not agent.is_leader():
+            return await self._forward(request, b"")
+        return web.json_response(await agent.remove_member(mid, drain_s))
+
+    async def transfer(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, {"to"}, set()) if request.can_read_body else {}
+        to = body.get("to")
+        if to is not None and not isinstance(to, str):
+            raise BadRequest("to must be a node id or null")
+        if not self.agent.is_leader():
+            return await self._forward(request, json.dumps(body).encode())
+        new = await self.agent.hand_over(to, timeout=self.agent.write_timeout())
+        if new is None:
+            raise AgentError("there is no other voter to hand leadership to", status=409)
+        return web.json_response({"leader_id": new})
+
+    async def weights(self, request: web.Request) -> web.Response:
+        return web.json_response(self.agent.state.weights())
+
+    async def watch(self, request: web.Request) -> web.Response:
+        index = _int_param(request, "index") or 0
+        wait = parse_duration(request.query.get("wait", "30s"))
+        if wait > MAX_WAIT_S:
+            raise BadRequest(f"wait is at most {MAX_WAIT_S:.0f}s")
+        now = await self.agent.wait_index(index, wait)
+        return web.json_response(
+            {
+                "index": now,
+                "changed": now > index,
+                "leader_id": self.agent.leader_id(),
+                "members": self.agent.members_view(),
+                "weights": self.agent.state.weights(),
+            }
+        )
+
+    def _key(self, request: web.Request) -> str:
+        try:
+            return validate_key(request.match_info["key"])
+        except StateError as exc:
+            raise BadRequest(exc.message) from None
+
+    async def kv_get(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        if request.query.get("stale") in (None, "0", "false"):
+            await self.agent.read_barrier()
+        item = self.agent.state.kv_get(key)
+        if item is None:
+            raise NotFound(f"no key {key!r}")
+        return web.json_response(item)
+
+    async def kv_put(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        cas = _int_param(request, "cas")
+        body = await _json_body(request, {"value"}, {"value"})
+        validate_cas(cas)
+        validate_value(body["value"])
+        if not self.agent.is_leader():
+            return await self._forward(request, json.dumps(body).encode())
+        return web.json_response(
+            await self.agent.write(encode_command("kv_put", key=key, value=body["value"], cas=cas))
+        )
+
+    async def kv_del(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        cas = _int_param(request, "cas")
+        if not self.agent.is_leader():
+            return await self._forward(request, b"")
+        return web.json_response(await self.agent.write(encode_command("kv_del", key=key, cas=cas)))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self))
+        return web.Response(
+            body=generate_latest(registry),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+
+class _Collector:
+    """Reads the live values at scrape time."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def collect(self) -> Any:
+        agent = self.api.agent
+        r = agent.raw.raft if agent.raw else None
+
+        def g(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Any:
+            fam = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+            fam.add_metric(list((labels or {}).values()), value)
+            return fam
+
+        yield g("hafleet_up", "1 while the agent runs", 1)
+        if r is not None:
+            yield g("hafleet_raft_term", "current Raft term", r.term)
+            yield g("hafleet_raft_commit_index", "Raft commit index", r.log.committed)
+            yield g("hafleet_raft_applied_index", "state machine applied index", agent.state.index)
+            yield g(
+                "hafleet_raft_apply_lag",
+                "commit index minus applied index",
+                r.log.committed - agent.state.index,
+            )
+            yield g("hafleet_raft_last_index", "last log index", r.log.last_index())
+            st = GaugeMetricFamily("hafleet_raft_state", "1 for the current role", labels=["state"])
+            current = agent.status()["state"]
+            for s in ("leader", "follower", "candidate", "learner"):
+                st.add_metric([s], 1 if s == current else 0)
+            yield st
+            yield g("hafleet_raft_is_leader", "1 on the leader", 1 if agent.is_leader() else 0)
+            yield g("hafleet_raft_voters", "voters in the configuration", len(r.voters))
+            yield g("hafleet_raft_learners", "learners in the configuration", len(r.learners))
+        members = agent.members_view()
+        yield g("hafleet_peers", "members known to this node", len(members))
+        w = GaugeMetricFamily("hafleet_weight", "committed load-balancer weight", labels=["node"])
+        h = GaugeMetricFamily("hafleet_member_healthy", "1 if healthy", labels=["node"])
+        for m in members:
+            if m["weight"] is not None:
+                w.add_metric([m["id"]], m["weight"])
+            h.add_metric([m["id"]], 1 if m["healthy"] else 0)
+        yield w
+        yield h
+        yield g("hafleet_weights_version", "weight table version", agent.state.weights()["version"])
+        hm = agent.metrics
+        if hm is not None:
+            yield g("hafleet_host_cpu_count", "CPUs", hm.cpu_count)
+            yield g("hafleet_host_cpu_percent", "CPU use, smoothed", hm.cpu_percent)
+            for n in ("load1", "load5", "load15"):
+                yield g(f"hafleet_host_{n}", f"load average {n[4:]}", getattr(hm, n))
+            yield g("hafleet_host_memory_total_bytes", "memory", hm.mem_total)
+            yield g("hafleet_host_memory_available_bytes", "available memory", hm.mem_available)
+            yield g("hafleet_process_resident_bytes", "agent RSS", hm.process_rss)
+        if agent.transport is not None:
+            for k, v in agent.transport.stats.as_dict().items():
+                c = CounterMetricFamily(f"hafleet_transport_{k}", f"transport {k}")
+                c.add_metric([], v)
+                yield c
+        c = CounterMetricFamily("hafleet_api_requests", "API requests")
+        c.add_metric([], self.api.requests)
+        yield c
+        e = CounterMetricFamily("hafleet_api_errors", "API errors by status", labels=["status"])
+        for status, n in sorted(self.api.errors.items()):
+            e.add_metric([str(status)], n)
+        yield e
+        yield g("hafleet_uptime_seconds", "agent uptime", time.monotonic() - agent.started_at)
+
+
+def build_app(agent: Agent) -> tuple[web.Application, Api]:
+    api = Api(agent)
+    app = web.Application(middlewares=[api.middleware], client_max_size=agent.cfg.max_body_bytes)
+    app.router.add_get("/v1/health", api.health)
+    app.router.add_get("/v1/status", api.status)
+    app.router.add_get("/v1/members", api.members)
+    app.router.add_post("/v1/members", api.add_member)
+    app.router.add_delete("/v1/members/{id}", api.remove_member)
+    app.router.add_post("/v1/leadership/transfer", api.transfer)
+    app.router.add_get("/v1/weights", api.weights)
+    app.router.add_get("/v1/watch", api.watch)
+    app.router.add_get("/v1/kv/{key:.+}", api.kv_get)
+    app.router.add_put("/v1/kv/{key:.+}", api.kv_put)
+    app.router.add_delete("/v1/kv/{key:.+}", api.kv_del)
+    app.router.add_get("/metrics", api.metrics)
+
+    async def close_session(app: web.Application) -> None:
+        if api.session is not None:
+            await api.session.close()
+
+    app.on_cleanup.append(close_session)
+    return app, api
+
+
+async def start_api(agent: Agent) -> web.AppRunner:
+    app, _ = build_app(agent)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, agent.cfg.bind, agent.cfg.api_port, reuse_address=True)
+    await site.start()
+    return runner

@@ -1,0 +1,273 @@
+"""The agent's configuration: built-in defaults < ``--config`` TOML file < command-line flags.
+
+Every ``run`` flag has a TOML key of the same name with ``_`` for ``-`` (``--raft-port`` is
+``raft_port``). A few settings exist only in the file (``advertise``, ``weight_overrides``,
+``autopilot_*``, ``snapshot_entries``, ``drain_timeout_s``). Unknown keys are an error, so
+a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import stat
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RAFT_PORT = 7400
+DEFAULT_API_PORT = 7480
+MIN_SECRET_LEN = 32
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class AgentConfig:
+    node_id: str = ""
+    cluster: str = "hafleet"
+    bind: str = "127.0.0.1"
+    advertise: str = ""  # the address peers use to reach us; default: bind
+    raft_port: int = DEFAULT_RAFT_PORT
+    api_port: int = DEFAULT_API_PORT
+    data_dir: str = "/var/lib/hafleet-agent"
+    key_file: str = ""
+    token_file: str = ""
+    bootstrap_expect: int | None = None
+    join: list[str] = field(default_factory=list)
+    mdns: bool = True
+    mdns_interface: list[str] = field(default_factory=list)
+    service_port: int | None = None
+    heartbeat_ms: int = 100
+    election_timeout_ms: int = 300
+    log_format: str = "text"
+    # file-only settings
+    weight_overrides: dict[str, int] = field(default_factory=dict)
+    autopilot_cleanup_dead: bool = False
+    autopilot_dead_after_s: float = 30.0
+    snapshot_entries: int = 2000
+    drain_timeout_s: float = 10.0
+    max_body_bytes: int = 1 << 20
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def advertise_host(self) -> str:
+        return self.advertise or self.bind
+
+    @property
+    def raft_addr(self) -> str:
+        return join_host_port(self.advertise_host, self.raft_port)
+
+    @property
+    def api_addr(self) -> str:
+        return join_host_port(self.advertise_host, self.api_port)
+
+    @property
+    def service_addr(self) -> str | None:
+        if self.service_port is None:
+            return None
+        return join_host_port(self.advertise_host, self.service_port)
+
+    @property
+    def tick_ms(self) -> int:
+        """The Raft tick: fine enough to randomise election timeouts, coarse enough to idle."""
+        return max(5, min(self.heartbeat_ms, self.election_timeout_ms // 10))
+
+    @property
+    def heartbeat_tick(self) -> int:
+        return max(1, round(self.heartbeat_ms / self.tick_ms))
+
+    @property
+    def election_tick(self) -> int:
+        return max(self.heartbeat_tick + 1, round(self.election_timeout_ms / self.tick_ms))
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host:
+        raise ConfigError(f"expected HOST:PORT, got {text!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"port must be an integer in {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"port must be in 1..65535 in {text!r}")
+    return host, port
+
+
+_KEYS = {f.name for f in fields(AgentConfig)}
+
+
+def load(config_file: str | None, flags: dict[str, Any]) -> AgentConfig:
+    """Layer the TOML file and the flags (``None`` = not given) over the defaults."""
+    values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        unknown = sorted(set(raw) - _KEYS)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) in {path}: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(_KEYS))})"
+            )
+        values.update(raw)
+    for k, v in flags.items():
+        if v is not None:
+            if k not in _KEYS:
+                raise ConfigError(f"unknown setting {k!r}")
+            values[k] = v
+    cfg = AgentConfig()
+    for k, v in values.items():
+        setattr(cfg, k, v)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: AgentConfig) -> None:
+    if not cfg.node_id:
+        cfg.node_id = socket.gethostname().split(".")[0]
+    _check_type(cfg)
+    if not _valid_name(cfg.node_id):
+        raise ConfigError(
+            f"node id {cfg.node_id!r} must be 1-63 characters of letters, digits, '-', '_', '.'"
+        )
+    if not _valid_name(cfg.cluster):
+        raise ConfigError(f"cluster name {cfg.cluster!r} must be 1-63 of [A-Za-z0-9._-]")
+    for name in ("raft_port", "api_port"):
+        if not 1 <= getattr(cfg, name) <= 65535:
+            raise ConfigError(f"{name} must be in 1..65535")
+    if cfg.raft_port == cfg.api_port:
+        raise ConfigError("raft_port and api_port must differ")
+    if cfg.service_port is not None and not 1 <= cfg.service_port <= 65535:
+        raise ConfigError("service_port must be in 1..65535")
+    if cfg.bootstrap_expect is not None and cfg.bootstrap_expect < 1:
+        raise ConfigError("bootstrap_expect must be at least 1")
+    if cfg.heartbeat_ms < 1:
+        raise ConfigError("heartbeat_ms must be positive")
+    if cfg.election_timeout_ms <= cfg.heartbeat_ms:
+        raise ConfigError(
+            f"election_timeout_ms ({cfg.election_timeout_ms}) must be greater than "
+            f"heartbeat_ms ({cfg.heartbeat_ms}); 3 to 10 times is usual"
+        )
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be 'text' or 'json'")
+    try:
+        bind_ip = ipaddress.ip_address(cfg.bind)
+    except ValueError:
+        raise ConfigError(f"bind must be an IP address, got {cfg.bind!r}") from None
+    if bind_ip.is_unspecified and not cfg.advertise:
+        raise ConfigError(
+            f"bind is {cfg.bind}: set 'advertise' to the address other nodes reach this one at"
+        )
+    joins = []
+    for item in cfg.join:
+        if isinstance(item, (list, tuple)):
+            item = join_host_port(str(item[0]), int(item[1]))
+        split_host_port(item)
+        joins.append(item)
+    cfg.join = joins
+    if cfg.mdns and not cfg.mdns_interface:
+        if bind_ip.is_unspecified:
+            raise ConfigError(
+                "mDNS is on and bind is a wildcard: name the interfaces with --mdns-interface "
+                "ADDR (mDNS never binds to every interface), or turn it off with --no-mdns"
+            )
+        cfg.mdns_interface = [cfg.bind]
+    for addr in cfg.mdns_interface:
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise ConfigError(f"mdns_interface must be an IP address, got {addr!r}") from None
+    for nid, w in cfg.weight_overrides.items():
+        if not isinstance(w, int) or not 0 <= w <= 256:
+            raise ConfigError(f"weight_overrides[{nid!r}] must be an integer in 0..256")
+    if cfg.snapshot_entries < 10:
+        raise ConfigError("snapshot_entries must be at least 10")
+
+
+def _check_type(cfg: AgentConfig) -> None:
+    expect: dict[str, tuple[type, ...]] = {
+        "node_id": (str,),
+        "cluster": (str,),
+        "bind": (str,),
+        "advertise": (str,),
+        "raft_port": (int,),
+        "api_port": (int,),
+        "data_dir": (str,),
+        "key_file": (str,),
+        "token_file": (str,),
+        "heartbeat_ms": (int,),
+        "election_timeout_ms": (int,),
+        "log_format": (str,),
+        "mdns": (bool,),
+        "join": (list,),
+        "mdns_interface": (list,),
+        "weight_overrides": (dict,),
+        "autopilot_cleanup_dead": (bool,),
+        "autopilot_dead_after_s": (int, float),
+        "snapshot_entries": (int,),
+        "drain_timeout_s": (int, float),
+        "max_body_bytes": (int,),
+    }
+    for name, types in expect.items():
+        v = getattr(cfg, name)
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            want = " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"{name} must be {want}, got {type(v).__name__} {v!r}")
+    for name in ("bootstrap_expect", "service_port"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise ConfigError(f"{name} must be an integer, got {v!r}")
+
+
+def _valid_name(name: str) -> bool:
+    return (
+        isinstance(name, str)
+        and 1 <= len(name) <= 63
+        and all(c.isascii() and (c.isalnum() or c in "-_.") for c in name)
+    )
+
+
+def read_secret(path: str, what: str) -> bytes:
+    """Read a key or token file: it must exist, be mode 0600 (no group/other bits) and hold at
+    least 32 characters after stripping surrounding whitespace. The secret is never logged."""
+    if not path:
+        raise ConfigError(f"no {what} file given (--{what.replace(' ', '-')}-file FILE)")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{what} file {path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"{what} file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 "
+            f"(chmod 600 {path})"
+        )
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    if len(secret) < MIN_SECRET_LEN:
+        raise ConfigError(
+            f"{what} file {path} holds {len(secret)} characters; at least {MIN_SECRET_LEN} "
+            "are required (e.g. openssl rand -hex 32)"
+        )
+    return secret
