@@ -1,0 +1,691 @@
+"""mDNS discovery: announce this agent and keep a table of the peers that announce themselves.
+
+Every agent registers ``<node-label>._hafleet._tcp.local.`` (DNS-SD over multicast DNS, with
+python-zeroconf's asyncio API) and browses the same service type. The TXT record carries
+what a peer needs to decide whether and how to contact this node (the schema is in
+docs/discovery.md)::
+
+    cluster=<cluster name>  cid=<cluster id, empty while fresh>  id=<node id>
+    raft=<host:port>  api=<host:port>  fresh=1|0  v=<protocol version>
+
+mDNS is a hint and nothing more: an announcement is unauthenticated, so a peer found here is
+only a candidate. The agent proves every peer over the transport with the cluster key before
+it trusts it. Announcements with missing or malformed fields, of another cluster name, or
+claiming this node's own id are ignored (logged at debug level, listed in ``ignored``).
+
+zeroconf is given only the configured IPv4 interface addresses, never "all interfaces": it
+joins the mDNS group on those interfaces only and multicasts only through them. (Its shared
+receiving socket is bound to 0.0.0.0:5353, as every mDNS stack's is; docs/discovery.md says
+what that means for hosts with other interfaces and for several agents on one host.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "SERVICE_TYPE",
+    "Discovery",
+    "DiscoveryClosed",
+    "DiscoveryError",
+    "InvalidAnnouncement",
+    "PeerAnnouncement",
+    "dns_label",
+    "parse_announcement",
+    "parse_host_port",
+]
+
+log = logging.getLogger(__name__)
+
+SERVICE_TYPE = "_hafleet._tcp.local."
+#: The discovery protocol version announced as ``v``; a peer may announce a newer one.
+PROTOCOL_VERSION = 1
+
+#: TTL (seconds) of every record we announce. RFC 6762 suggests 75 minutes for PTR records;
+#: a shorter one lets a peer that vanished without a goodbye (crash, power loss) drop out of
+#: the others' tables after about two minutes, at the cost of a few more refresh queries.
+DEFAULT_TTL = 120
+#: How long to wait for a browsed service's SRV, TXT and A records.
+DEFAULT_RESOLVE_TIMEOUT = 3.0
+
+MAX_ID_BYTES = 128
+MAX_HOST_BYTES = 253
+MAX_LABEL = 63
+
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_CLUSTER_ID_RE = re.compile(r"[\x21-\x7e]+")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::"})
+
+
+class DiscoveryError(RuntimeError):
+    """Discovery could not start: no socket on a configured interface, port in use, ..."""
+
+
+class DiscoveryClosed(DiscoveryError):
+    """The discovery was stopped while a caller waited on it."""
+
+
+class InvalidAnnouncement(ValueError):
+    """A TXT record (or a value of ours) that does not fit the schema."""
+
+
+# --- names --------------------------------------------------------------------------------------
+
+
+def dns_label(text: str, max_length: int = MAX_LABEL) -> str:
+    """A DNS label (``[a-z0-9-]``, no leading or trailing hyphen) that stands for ``text``.
+
+    ``text`` is returned unchanged when it already is such a label and fits ``max_length``.
+    Otherwise: lowercased, every run of other characters replaced by one ``-``, trimmed to fit,
+    and suffixed with ``-`` + the first 8 hex digits of the SHA-256 of ``text`` (UTF-8), so
+    that two ids that differ only in the replaced characters (``web_1``, ``web.1``, ``Web-1``)
+    still get different labels. The result depends on ``text`` alone.
+    """
+    if not 10 <= max_length <= MAX_LABEL:
+        raise ValueError(f"max_length must be in 10..{MAX_LABEL}, got {max_length}")
+    if len(text) <= max_length and _LABEL_RE.fullmatch(text):
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    base = base[: max_length - len(digest) - 1].rstrip("-")
+    return f"{base}-{digest}" if base else f"x{digest}"
+
+
+# --- field validation ---------------------------------------------------------------------------
+
+
+def _check_text(what: str, value: str, *, allow_empty: bool = False) -> str:
+    if not value:
+        if allow_empty:
+            return value
+        raise InvalidAnnouncement(f"{what} is empty")
+    if _CONTROL_RE.search(value) or value != value.strip():
+        raise InvalidAnnouncement(f"{what} has control characters or surrounding whitespace")
+    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+        raise InvalidAnnouncement(f"{what} is longer than {MAX_ID_BYTES} bytes")
+    return value
+
+
+def _check_cluster_id(value: str) -> str:
+    if value and not (len(value) <= MAX_ID_BYTES and _CLUSTER_ID_RE.fullmatch(value)):
+        raise InvalidAnnouncement("cid must be printable ASCII without spaces")
+    return value
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> ``(host, port)``; IPv6 in brackets (``[fd00::1]:7400``).
+
+    HOST is an IPv4 address, a bracketed IPv6 address or a host name; PORT is 1..65535.
+    Raises ``InvalidAnnouncement``.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise InvalidAnnouncement(f"expected HOST:PORT, got {text!r}")
+    if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
+        raise InvalidAnnouncement(f"bad port in {text!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise InvalidAnnouncement(f"port out of range in {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise InvalidAnnouncement(f"bad IPv6 address in {text!r}") from None
+        return host[1:-1], port
+    if len(host) > MAX_HOST_BYTES or not _HOSTNAME_RE.fullmatch(host):
+        raise InvalidAnnouncement(f"bad host in {text!r}")
+    return host, port
+
+
+def _format_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- announcements ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnnouncement:
+    """What one peer announces. Equality ignores ``last_seen``.
+
+    ``raft_addr`` and ``api_addr`` are ``host:port`` exactly as announced; ``addresses`` are
+    the IPv4 addresses of the announcing host's mDNS record; ``last_seen`` is
+    ``time.monotonic()`` when the announcement was last resolved (added or changed).
+    """
+
+    node_id: str
+    cluster: str
+    cluster_id: str
+    raft_addr: str
+    api_addr: str
+    fresh: bool
+    version: int
+    addresses: tuple[str, ...]
+    service_name: str
+    last_seen: float = field(default=0.0, compare=False)
+
+    @property
+    def raft_endpoint(self) -> tuple[str, int]:
+        return parse_host_port(self.raft_addr)
+
+    @property
+    def api_endpoint(self) -> tuple[str, int]:
+        return parse_host_port(self.api_addr)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (addresses as a list)."""
+        result = dataclasses.asdict(self)
+        result["addresses"] = list(self.addresses)
+        return result
+
+
+_REQUIRED_KEYS = ("cluster", "cid", "id", "raft", "api", "fresh", "v")
+
+
+def parse_announcement(
+    service_name: str,
+    properties: Mapping[bytes, bytes | None],
+    addresses: Sequence[str] = (),
+    last_seen: float = 0.0,
+) -> PeerAnnouncement:
+    """Turn a resolved service's TXT properties into a ``PeerAnnouncement``.
+
+    Keys are matched case-insensitively (RFC 6763 6.4); unknown keys are ignored, so that a
+    later version can add fields. Raises ``InvalidAnnouncement`` naming the first bad field.
+    """
+    fields: dict[str, str] = {}
+    for raw_key, raw_value in properties.items():
+        try:
+            key = raw_key.decode("ascii").lower()
+        except UnicodeDecodeError:
+            continue
+        if key not in _REQUIRED_KEYS:
+            continue
+        if key in fields:
+            raise InvalidAnnouncement(f"duplicate key {key!r}")
+        if raw_value is None:
+            raise InvalidAnnouncement(f"{key} has no value")
+        try:
+            fields[key] = raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidAnnouncement(f"{key} is not UTF-8") from None
+    missing = [key for key in _REQUIRED_KEYS if key not in fields]
+    if missing:
+        raise InvalidAnnouncement(f"missing {', '.join(missing)}")
+    if fields["fresh"] not in ("0", "1"):
+        raise InvalidAnnouncement(f"fresh must be 0 or 1, got {fields['fresh']!r}")
+    version_text = fields["v"]
+    if not (version_text.isascii() and version_text.isdigit() and len(version_text) <= 4):
+        raise InvalidAnnouncement(f"v must be a small integer, got {version_text!r}")
+    version = int(version_text)
+    if version < 1:
+        raise InvalidAnnouncement("v must be at least 1")
+    for key in ("raft", "api"):
+        try:
+            parse_host_port(fields[key])
+        except InvalidAnnouncement as exc:
+            raise InvalidAnnouncement(f"{key}: {exc}") from None
+    return PeerAnnouncement(
+        node_id=_check_text("id", fields["id"]),
+        cluster=_check_text("cluster", fields["cluster"]),
+        cluster_id=_check_cluster_id(fields["cid"]),
+        raft_addr=fields["raft"],
+        api_addr=fields["api"],
+        fresh=fields["fresh"] == "1",
+        version=version,
+        addresses=tuple(sorted(set(addresses))),
+        service_name=service_name,
+        last_seen=last_seen,
+    )
+
+
+# --- the discovery ------------------------------------------------------------------------------
+
+Peers = dict[str, PeerAnnouncement]
+OnChange = Callable[[Peers], None]
+OnIgnore = Callable[[str, str], None]
+
+
+class Discovery:
+    """Announce this node over mDNS and keep the table of the peers of the same cluster name.
+
+    ``peers`` maps node id -> ``PeerAnnouncement`` and never holds this node itself.
+    ``on_change(peers)`` is called on the event loop, with a copy of the table, whenever an
+    entry is added, changed or removed; it must not block. ``on_ignore(service_name, reason)``
+    is called likewise when an announcement is ignored (for diagnostics and metrics).
+
+    ``interfaces`` are the IPv4 addresses to bind to (at least one; ``127.0.0.x`` works for
+    tests on one host). They are also the addresses announced in the A records. A ``raft_addr``
+    or ``api_addr`` whose host is unspecified (``0.0.0.0``, ``::``) is announced with the first
+    interface address instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        cluster: str,
+        raft_addr: str,
+        api_addr: str,
+        interfaces: Sequence[str],
+        cluster_id: str = "",
+        fresh: bool = True,
+        on_change: OnChange | None = None,
+        on_ignore: OnIgnore | None = None,
+        ttl: int = DEFAULT_TTL,
+        resolve_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
+    ) -> None:
+        self.node_id = _check_text("node_id", node_id)
+        self.cluster = _check_text("cluster", cluster)
+        self.interfaces = _check_interfaces(interfaces)
+        self.raft_addr = self._announced_addr("raft_addr", raft_addr)
+        self.api_addr = self._announced_addr("api_addr", api_addr)
+        self._cluster_id = _check_cluster_id(cluster_id)
+        self._fresh = bool(fresh)
+        if ttl < 1:
+            raise ValueError(f"ttl must be at least 1, got {ttl}")
+        if resolve_timeout <= 0:
+            raise ValueError(f"resolve_timeout must be positive, got {resolve_timeout}")
+        self.ttl = ttl
+        self.resolve_timeout = resolve_timeout
+        self.on_change = on_change
+        self.on_ignore = on_ignore
+        self.instance_label = dns_label(self.node_id)
+        # Unique per node and address, readable, and the same on every restart.
+        self.server = f"{dns_label(self.node_id, 47)}-{self.interfaces[0].replace('.', '-')}.local."
+
+        self._aiozc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._info: ServiceInfo | None = None
+        self._registered = False
+        self._closing = False
+        self._peers: Peers = {}
+        self._names: dict[str, str] = {}  # service name (lowercase) -> node id
+        self._ignored: dict[str, str] = {}  # service name -> why
+        self._resolving: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._update_lock = asyncio.Lock()
+
+    def _announced_addr(self, what: str, value: str) -> str:
+        try:
+            host, port = parse_host_port(value)
+        except InvalidAnnouncement as exc:
+            raise ValueError(f"{what}: {exc}") from None
+        if host in _UNSPECIFIED_HOSTS:
+            host = self.interfaces[0]
+        return _format_host_port(host, port)
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id
+
+    @property
+    def fresh(self) -> bool:
+        return self._fresh
+
+    @property
+    def txt(self) -> dict[str, str]:
+        """The TXT record we announce (or will announce), as strings."""
+        return {
+            "cluster": self.cluster,
+            "cid": self._cluster_id,
+            "id": self.node_id,
+            "raft": self.raft_addr,
+            "api": self.api_addr,
+            "fresh": "1" if self._fresh else "0",
+            "v": str(PROTOCOL_VERSION),
+        }
+
+    @property
+    def service_name(self) -> str:
+        """Our full service name; zeroconf appends ``-2``, ... if another host holds it."""
+        if self._info is not None:
+            return self._info.name
+        return f"{self.instance_label}.{SERVICE_TYPE}"
+
+    @property
+    def started(self) -> bool:
+        return self._aiozc is not None and not self._closing
+
+    @property
+    def zeroconf(self) -> AsyncZeroconf | None:
+        """The underlying AsyncZeroconf while started."""
+        return self._aiozc
+
+    @property
+    def bound_addresses(self) -> tuple[str, ...]:
+        """The local addresses zeroconf sends from (one socket per configured interface)."""
+        if self._aiozc is None:
+            return ()
+        names = (sender.transport.get_extra_info("sockname") for sender in self._engine().senders)
+        return tuple(sorted({name[0] for name in names if name}))
+
+    @property
+    def peers(self) -> Peers:
+        """A copy of the peer table: node id -> announcement."""
+        return dict(self._peers)
+
+    @property
+    def ignored(self) -> dict[str, str]:
+        """Service names whose announcement is ignored -> the reason (for diagnostics)."""
+        return dict(self._ignored)
+
+    def _engine(self) -> Any:
+        assert self._aiozc is not None
+        return self._aiozc.zeroconf.engine
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the sockets on the configured interfaces, browse, then register (probing
+        included, about 1.2 s). Raises ``DiscoveryError`` if an interface cannot be used."""
+        if self._aiozc is not None:
+            raise RuntimeError("Discovery.start() called twice")
+        try:
+            self._aiozc = AsyncZeroconf(
+                interfaces=list(self.interfaces), ip_version=IPVersion.V4Only
+            )
+        except OSError as exc:
+            raise DiscoveryError(f"cannot open mDNS sockets on {self.interfaces}: {exc}") from exc
+        try:
+            await self._aiozc.zeroconf.async_wait_for_start()
+            bound = set(self.bound_addresses)
+            if bound != set(self.interfaces):
+                raise DiscoveryError(
+                    f"mDNS could not bind to {sorted(set(self.interfaces) - bound)} "
+                    "(no such local address, or no multicast on its interface)"
+                )
+            self._browser = AsyncServiceBrowser(
+                self._aiozc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
+            )
+            self._info = self._service_info(f"{self.instance_label}.{SERVICE_TYPE}")
+            await (await self._aiozc.async_register_service(self._info, allow_name_change=True))
+            self._registered = True
+            if self._info.name.lower() != f"{self.instance_label}.{SERVICE_TYPE}".lower():
+                log.warning(
+                    "mDNS name of %s taken on the network, announcing as %s",
+                    self.node_id,
+                    self._info.name,
+                )
+            log.info("mDNS: announcing %s on %s", self._info.name, ", ".join(self.interfaces))
+        except BaseException:
+            await self._shutdown()
+            raise
+
+    async def stop(self) -> None:
+        """Say goodbye (peers drop us at once), stop browsing, close the sockets. Idempotent."""
+        if self._aiozc is None or self._closing:
+            return
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        aiozc = self._aiozc
+        assert aiozc is not None
+        try:
+            if self._browser is not None:
+                await self._browser.async_cancel()
+            tasks = list(self._resolving.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._registered and self._info is not None:
+                self._registered = False
+                try:
+                    await (await aiozc.async_unregister_service(self._info))
+                except Exception:  # a failed goodbye must not block the close
+                    log.warning("mDNS goodbye for %s failed", self._info.name, exc_info=True)
+        finally:
+            await aiozc.async_close()
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_exception(DiscoveryClosed("discovery stopped"))
+            self._peers.clear()
+            self._names.clear()
+            self._ignored.clear()
+
+    def _service_info(self, name: str) -> ServiceInfo:
+        return ServiceInfo(
+            SERVICE_TYPE,
+            name,
+            port=parse_host_port(self.raft_addr)[1],
+            properties=self.txt,
+            server=self.server,
+            host_ttl=self.ttl,
+            other_ttl=self.ttl,
+            parsed_addresses=list(self.interfaces),
+        )
+
+    async def update(self, *, cluster_id: str | None = None, fresh: bool | None = None) -> bool:
+        """Change what we announce and re-announce it if started; returns whether it changed."""
+        async with self._update_lock:
+            new_cid = self._cluster_id if cluster_id is None else _check_cluster_id(cluster_id)
+            new_fresh = self._fresh if fresh is None else bool(fresh)
+            if (new_cid, new_fresh) == (self._cluster_id, self._fresh):
+                return False
+            self._cluster_id, self._fresh = new_cid, new_fresh
+            if self._registered and self._aiozc is not None and self._info is not None:
+                self._info = self._service_info(self._info.name)
+                await (await self._aiozc.async_update_service(self._info))
+            return True
+
+    # --- waiting -----------------------------------------------------------------------------
+
+    async def wait_until(self, predicate: Callable[[Peers], bool], timeout: float) -> Peers:
+        """Wait until ``predicate(peers)`` holds; return that table.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, ``DiscoveryClosed`` if stopped.
+        """
+        if not self.started:
+            raise DiscoveryClosed("discovery is not running")
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while True:
+                snapshot = self.peers
+                if predicate(snapshot):
+                    return snapshot
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.add(waiter)
+                try:
+                    await waiter
+                finally:
+                    self._waiters.discard(waiter)
+
+    async def wait_for_peers(
+        self,
+        n: int,
+        timeout: float,
+        *,
+        fresh: bool | None = None,
+        cluster_id: str | None = None,
+    ) -> Peers:
+        """Wait until at least ``n`` peers of our cluster name are known (not counting us),
+        optionally only fresh ones or only ones of ``cluster_id``; return the matching peers.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, ``DiscoveryClosed`` if stopped.
+        """
+
+        def matching(peers: Peers) -> Peers:
+            return {
+                node_id: peer
+                for node_id, peer in peers.items()
+                if (fresh is None or peer.fresh == fresh)
+                and (cluster_id is None or peer.cluster_id == cluster_id)
+            }
+
+        try:
+            return matching(await self.wait_until(lambda peers: len(matching(peers)) >= n, timeout))
+        except TimeoutError:
+            found = len(matching(self._peers))
+            raise TimeoutError(
+                f"saw {found} of {n} peers of cluster {self.cluster!r} in {timeout:g} s"
+            ) from None
+
+    # --- browsing ----------------------------------------------------------------------------
+
+    def _on_service_state_change(
+        self,
+        zeroconf: Zeroconf,
+        service_type: str,
+        name: str,
+        state_change: ServiceStateChange,
+    ) -> None:
+        if self._closing or service_type != SERVICE_TYPE:
+            return
+        if self._info is not None and name.lower() == self._info.name.lower():
+            return
+        if state_change is ServiceStateChange.Removed:
+            task = self._resolving.get(name)
+            if task is not None:
+                task.cancel()
+            self._dirty.discard(name)
+            self._forget(name)
+        else:
+            self._schedule_resolve(name)
+
+    def _schedule_resolve(self, name: str) -> None:
+        task = self._resolving.get(name)
+        if task is not None and not task.done():
+            self._dirty.add(name)  # resolve again once this one is done
+            return
+        task = asyncio.get_running_loop().create_task(self._resolve(name))
+        self._resolving[name] = task
+        task.add_done_callback(lambda done: self._resolve_done(name, done))
+
+    def _resolve_done(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._resolving.get(name) is task:
+            del self._resolving[name]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("mDNS: resolving %s failed", name, exc_info=task.exception())
+        if name in self._dirty and not self._closing:
+            self._dirty.discard(name)
+            self._schedule_resolve(name)
+
+    async def _resolve(self, name: str) -> None:
+        assert self._aiozc is not None
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        if not await info.async_request(self._aiozc.zeroconf, self.resolve_timeout * 1000):
+            self._reject(name, f"not resolved within {self.resolve_timeout:g} s")
+            return
+        try:
+            peer = parse_announcement(
+                name, info.properties, info.parsed_addresses(IPVersion.V4Only), time.monotonic()
+            )
+        except InvalidAnnouncement as exc:
+            self._reject(name, f"bad TXT: {exc}")
+            return
+        if peer.cluster != self.cluster:
+            self._reject(name, f"other cluster {peer.cluster!r}")
+        elif peer.node_id == self.node_id:
+            self._reject(name, "announces our own node id")
+        else:
+            self._accept(peer)
+
+    def _accept(self, peer: PeerAnnouncement) -> None:
+        key = peer.service_name.lower()
+        self._ignored.pop(peer.service_name, None)
+        changed = False
+        previous_id = self._names.get(key)
+        if previous_id is not None and previous_id != peer.node_id:
+            changed |= self._drop_peer(previous_id, key)
+        self._names[key] = peer.node_id
+        old = self._peers.get(peer.node_id)
+        if old is not None and old.service_name.lower() != key:
+            log.warning(
+                "mDNS: node id %r announced by both %s and %s; keeping the latest",
+                peer.node_id,
+                old.service_name,
+                peer.service_name,
+            )
+            self._names.pop(old.service_name.lower(), None)
+        self._peers[peer.node_id] = peer
+        if old != peer:
+            changed = True
+            log.debug("mDNS: peer %s: %s", "changed" if old else "added", peer)
+        if changed:
+            self._notify()
+
+    def _reject(self, name: str, reason: str) -> None:
+        log.debug("mDNS: ignoring %s: %s", name, reason)
+        self._ignored[name] = reason
+        if self.on_ignore is not None:
+            try:
+                self.on_ignore(name, reason)
+            except Exception:  # a faulty callback must not stop discovery
+                log.exception("mDNS: on_ignore callback failed")
+        node_id = self._names.pop(name.lower(), None)
+        if node_id is not None and self._drop_peer(node_id, name.lower()):
+            self._notify()
+
+    def _forget(self, name: str) -> None:
+        self._ignored.pop(name, None)
+        node_id = self._names.pop(name.lower(), None)
+        if node_id is not None and self._drop_peer(node_id, name.lower()):
+            log.debug("mDNS: peer removed: %s (%s)", node_id, name)
+            self._notify()
+
+    def _drop_peer(self, node_id: str, key: str) -> bool:
+        peer = self._peers.get(node_id)
+        if peer is None or peer.service_name.lower() != key:
+            return False
+        del self._peers[node_id]
+        return True
+
+    def _notify(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.on_change is not None:
+            try:
+                self.on_change(self.peers)
+            except Exception:  # a faulty callback must not stop discovery
+                log.exception("mDNS: on_change callback failed")
+
+
+def _check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(interfaces, str):
+        raise TypeError("interfaces must be a sequence of addresses, not a string")
+    result: list[str] = []
+    for text in interfaces:
+        try:
+            address = ipaddress.IPv4Address(text)
+        except ValueError:
+            raise ValueError(f"interface must be an IPv4 address, got {text!r}") from None
+        if address.is_unspecified or address.is_multicast or address.is_reserved:
+            raise ValueError(f"interface must be a unicast address of this host, got {text}")
+        if str(address) not in result:
+            result.append(str(address))
+    if not result:
+        raise ValueError("at least one interface address is required (mDNS never binds to all)")
+    return tuple(result)
