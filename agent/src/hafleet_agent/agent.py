@@ -786,8 +786,7 @@ class Agent:
 
     # ---- metrics, health, weights -----------------------------------------------------------
     async def _sampler_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.sampler.sample)  # primes cpu_percent
+        self.sampler.sample()  # primes cpu_percent (a few /proc reads: no thread needed)
         while True:
             await asyncio.sleep(REPORT_INTERVAL)
             self.metrics = self.sampler.sample()

@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .agent import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
 from .state import StateError, encode_command, validate_cas, validate_key, validate_value
@@ -276,6 +274,9 @@ class Api:
         return web.json_response(await self.agent.write(encode_command("kv_del", key=key, cas=cas)))
 
     async def metrics(self, request: web.Request) -> web.Response:
+        # Imported on first scrape: an agent nobody scrapes does not pay for it.
+        from prometheus_client import CollectorRegistry, generate_latest
+
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self))
         return web.Response(
@@ -291,6 +292,8 @@ class _Collector:
         self.api = api
 
     def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         agent = self.api.agent
         r = agent.raw.raft if agent.raw else None
 
