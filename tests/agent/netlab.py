@@ -11,7 +11,9 @@
   on the bridge with ``<subnet>.<i+1>/24``, multicast on, a default route via the bridge
   address. Host IP forwarding is not touched, so nothing leaves the bridge.
 - ``add_namespace()`` makes an extra namespace that is not on the bridge, ``link()`` joins two
-  namespaces with a point-to-point veth pair (a second, separate segment).
+  namespaces with a point-to-point veth pair (a second, separate segment). ``n=0`` makes no
+  bridge at all: a holder for such extra namespaces, e.g. one with nothing but ``lo`` for
+  agents that find each other over mDNS on 127.0.0.x (docs/discovery.md).
 
 Every name is derived from ``prefix`` and removed by its exact name on exit, also when the
 body or the setup fails; processes started with ``run_in`` are stopped by their PID first.
@@ -86,8 +88,8 @@ class NetLab:
     ) -> None:
         if not _PREFIX_RE.fullmatch(prefix):
             raise ValueError(f"prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
-        if not 1 <= n <= 99:
-            raise ValueError(f"n must be in 1..99, got {n}")
+        if not 0 <= n <= 99:
+            raise ValueError(f"n must be in 0..99, got {n}")
         network = ipaddress.IPv4Network(f"{subnet}.0/{netmask}")
         if netmask > 24 or not network.is_private:
             raise ValueError(f"subnet must be a private /24 or larger, got {network}")
@@ -99,7 +101,9 @@ class NetLab:
         self.bridge_addr = f"{subnet}.1"
         self._namespaces: list[str] = [f"{prefix}-n{i}" for i in range(1, n + 1)]
         self._extra: list[str] = []
-        self._root_links: list[str] = [self.bridge] + [f"{prefix}-v{i}" for i in range(1, n + 1)]
+        self._root_links: list[str] = [f"{prefix}-v{i}" for i in range(1, n + 1)]
+        if n:
+            self._root_links.insert(0, self.bridge)
         self._links = 0
         self._procs: list[subprocess.Popen] = []
         self._up = False
@@ -158,6 +162,8 @@ class NetLab:
             raise
 
     def _build(self) -> None:
+        if not self.n:
+            return
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.bridge_addr}/{self.netmask}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "multicast", "on", "up")
