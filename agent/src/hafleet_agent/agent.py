@@ -240,6 +240,8 @@ class Agent:
         self._tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
         if task.cancelled():
             return
         exc = task.exception()
@@ -264,9 +266,10 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.hand_over(timeout=self.cfg.election_timeout_ms / 1000 * 2)
         self._stop.set()
-        for t in self._tasks:
+        tasks = list(self._tasks)
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for p in self._pending.values():
             if not p.future.done():
                 p.future.set_exception(Unknown("the agent is stopping"))
@@ -628,7 +631,9 @@ class Agent:
             for p in self.peers.values()
             if p.cluster_id and now - p.last_seen < 10 and p.node_id != self.id
         ]
-        return min(live, key=lambda p: p.node_id) if live else None
+        # Any of them will do (a follower relays the join): pick at random, so that a dead
+        # node whose mDNS record has not expired yet does not hold the join up.
+        return self.rng.choice(sorted(live, key=lambda p: p.node_id)) if live else None
 
     def _fresh_peers(self) -> list[Peer]:
         now = time.monotonic()
@@ -820,11 +825,48 @@ class Agent:
         while True:
             await asyncio.sleep(0.25)
             self._expire_reads()
+            self._check_own_record()
             if self.is_leader():
                 try:
                     await self._leader_chores()
                 except AgentError as exc:
                     log.debug("leader chores: %s", exc.message)
+
+    _last_self_check = 0.0
+
+    def _check_own_record(self) -> None:
+        """Make the replicated member record hold our current addresses (a founder that
+        learned of us over mDNS did not know our service address; flags may change)."""
+        now = time.monotonic()
+        if now - self._last_self_check < 2.0 or not self._in_config():
+            return
+        self._last_self_check = now
+        rec = self.state.member(self.id)
+        mine = self.my_info()
+        if rec is None or all(
+            rec.get(k) == mine[k] for k in ("raft_addr", "api_addr", "service_addr")
+        ):
+            return
+        if self.is_leader():
+            self._spawn(self._write_quietly(encode_command("member_put", **mine)), "member-put")
+        else:
+            lead = self.leader_id()
+            addr = self._addr_of(lead) if lead else None
+            if addr:
+                self._send(addr, "member_update", info=mine)
+
+    async def _write_quietly(self, data: bytes) -> None:
+        try:
+            await self._propose_cmd(data)
+        except AgentError as exc:
+            log.debug("write postponed: %s", exc.message)
+
+    def _on_member_update(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+        info = obj["info"]
+        if not self.is_leader() or info.get("id") != peer.node_id:
+            return
+        fields = {k: info.get(k) for k in ("id", "raft_addr", "api_addr", "service_addr")}
+        self._spawn(self._write_quietly(encode_command("member_put", **fields)), "member-put")
 
     def _expire_reads(self) -> None:
         now = time.monotonic()
