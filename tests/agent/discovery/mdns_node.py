@@ -11,6 +11,7 @@ It speaks JSON lines: events on stdout, commands on stdin. Every event has ``"ev
 - ``names``    {"names": [service names seen]} (raw mode; at start and on every change)
 - ``result``   {"cmd": ..., "ok": bool, ...} the answer to a command
 - ``error``    {"error": "..."} then exit 1
+- ``closed``   {"started": bool, "leftover_tasks": [...]} after Discovery.stop() (discovery mode)
 - ``stopped``  after a clean stop, then exit 0
 
 With HFDT_ZEROCONF_DEBUG=1 in the environment zeroconf logs every packet to stderr.
@@ -73,6 +74,13 @@ async def serve(handle: Callable[[dict[str, Any]], Any]) -> None:
             emit("result", cmd=command["cmd"], ok=False, error=f"{type(exc).__name__}: {exc}")
     for task in tasks:
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def leftover_tasks() -> list[str]:
+    """The tasks still pending besides the caller: what a clean stop must not leave."""
+    current = asyncio.current_task()
+    return sorted(repr(t) for t in asyncio.all_tasks() if t is not current and not t.done())
 
 
 async def run_discovery(args: argparse.Namespace) -> None:
@@ -118,6 +126,7 @@ async def run_discovery(args: argparse.Namespace) -> None:
         await serve(handle)
     finally:
         await discovery.stop()
+    emit("closed", started=discovery.started, leftover_tasks=leftover_tasks())
 
 
 async def run_raw(args: argparse.Namespace) -> None:

@@ -286,8 +286,9 @@ def good_items(node_id: str, cluster: str, addr: str, **change: bytes) -> list[b
 class Proc:
     """One mdns_node.py subprocess and what it has said so far."""
 
-    def __init__(self, label: str, popen: Any, stderr_path: Path) -> None:
+    def __init__(self, label: str, kind: str, popen: Any, stderr_path: Path) -> None:
         self.label = label
+        self.kind = kind  # "discovery" or "raw"
         self.popen = popen
         self.stderr_path = stderr_path
         self.events: list[dict[str, Any]] = []
@@ -362,7 +363,7 @@ class Mdns:
                 stderr=stderr,
                 env=env,
             )
-        proc = Proc(label, popen, stderr_path)
+        proc = Proc(label, args[0], popen, stderr_path)
         self.procs.append(proc)
         return proc
 
@@ -447,6 +448,9 @@ class Mdns:
         self.wait_for(lambda: proc.eof, GOODBYE_TIMEOUT, f"{proc.label} to stop")
         assert proc.popen.wait(timeout=GOODBYE_TIMEOUT) == 0, self.report()
         assert proc.last("stopped"), self.report()
+        if proc.kind == "discovery":  # Discovery.stop() must leave no task behind
+            closed = proc.last("closed")
+            assert closed == {"event": "closed", "started": False, "leftover_tasks": []}
 
     def report(self) -> str:
         return "\n".join(proc.describe() for proc in self.procs)
