@@ -97,6 +97,10 @@ class Peer:
     fresh: bool = True
     last_seen: float = 0.0
     source: str = ""
+    in_mdns: bool = False  # listed in the mDNS table right now (records expire on their own)
+
+    def live(self, now: float) -> bool:
+        return self.in_mdns or now - self.last_seen < 10
 
 
 @dataclass
@@ -138,7 +142,7 @@ class Agent:
         self.planner = WeightPlanner(WeightParams())
         self.planner_term = -1
         self._wake = asyncio.Event()
-        self._index_changed = asyncio.Condition()
+        self._index_event = asyncio.Event()  # replaced by a fresh one at every change
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._pending: dict[int, _Pending] = {}
@@ -344,20 +348,26 @@ class Agent:
                 next_at = loop.time()  # we were frozen: do not replay the missed ticks
             if self.raw is not None and self.cluster_id is not None:
                 self.raw.tick()
-                self._wake.set()
+                self._pump()  # right here: one loop wake-up a tick, not two
 
     async def _raft_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             await self._wake.wait()
             self._wake.clear()
-            try:
-                changed = self._drain_ready()
-            except StorageError as exc:
-                self.fail(f"storage failed, state could not be made durable: {exc}")
-                return
-            if changed:
-                async with self._index_changed:
-                    self._index_changed.notify_all()
+            self._pump()
+
+    def _pump(self) -> None:
+        """Drain the core's ready batches; wake whoever waits for the state to change."""
+        if self._stop.is_set():
+            return
+        try:
+            changed = self._drain_ready()
+        except StorageError as exc:
+            self.fail(f"storage failed, state could not be made durable: {exc}")
+            return
+        if changed:
+            event, self._index_event = self._index_event, asyncio.Event()
+            event.set()
 
     def _drain_ready(self) -> bool:
         raw, storage = self.raw, self.storage
@@ -563,6 +573,8 @@ class Agent:
 
         def on_change(peers: dict[str, Any]) -> None:
             now = time.monotonic()
+            for p in self.peers.values():
+                p.in_mdns = p.node_id in peers
             for nid, ann in peers.items():
                 p = self.peers.get(nid)
                 if p is None:
@@ -573,6 +585,7 @@ class Agent:
                     p.cluster_id = ann.cluster_id or None
                     p.fresh = ann.fresh
                     p.last_seen = now
+                p.in_mdns = True
 
         self.discovery = Discovery(
             node_id=self.id,
@@ -627,9 +640,7 @@ class Agent:
     def _running_peer(self) -> Peer | None:
         now = time.monotonic()
         live = [
-            p
-            for p in self.peers.values()
-            if p.cluster_id and now - p.last_seen < 10 and p.node_id != self.id
+            p for p in self.peers.values() if p.cluster_id and p.live(now) and p.node_id != self.id
         ]
         # Any of them will do (a follower relays the join): pick at random, so that a dead
         # node whose mDNS record has not expired yet does not hold the join up.
@@ -638,11 +649,7 @@ class Agent:
     def _fresh_peers(self) -> list[Peer]:
         now = time.monotonic()
         return sorted(
-            (
-                p
-                for p in self.peers.values()
-                if p.fresh and p.cluster_id is None and now - p.last_seen < 10
-            ),
+            (p for p in self.peers.values() if p.fresh and p.cluster_id is None and p.live(now)),
             key=lambda p: p.node_id,
         )
 
@@ -1122,11 +1129,14 @@ class Agent:
         """Wait until the state's index passes ``index`` (or the timeout); returns it."""
         if self.state.index > index or timeout <= 0:
             return self.state.index
-        with contextlib.suppress(TimeoutError):
-            async with self._index_changed:
-                await asyncio.wait_for(
-                    self._index_changed.wait_for(lambda: self.state.index > index), timeout
-                )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.state.index <= index:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._index_event.wait(), left)
         return self.state.index
 
     # ---- views -----------------------------------------------------------------------------

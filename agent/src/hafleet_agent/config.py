@@ -75,7 +75,7 @@ class AgentConfig:
     @property
     def tick_ms(self) -> int:
         """The Raft tick: fine enough to randomise election timeouts, coarse enough to idle."""
-        return max(10, min(self.heartbeat_ms, self.election_timeout_ms // 10))
+        return max(10, min(self.heartbeat_ms // 2, self.election_timeout_ms // 6))
 
     @property
     def heartbeat_tick(self) -> int:
