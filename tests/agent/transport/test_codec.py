@@ -99,7 +99,7 @@ def decode_or_codec_error(data: bytes) -> Message | None:
 
 
 @given(messages)
-@settings(max_examples=400)
+@settings(deadline=None, max_examples=400)
 def test_round_trip(m: Message) -> None:
     data = encode_message(m)
     assert isinstance(data, bytes)
@@ -161,7 +161,7 @@ def test_the_layout_is_the_documented_one() -> None:
 
 
 @given(st.binary(max_size=200))
-@settings(max_examples=2000)
+@settings(deadline=None, max_examples=2000)
 def test_random_bytes_only_raise_codec_error(data: bytes) -> None:
     decode_or_codec_error(data)
 
@@ -186,7 +186,7 @@ def mutated_encodings(draw: st.DrawFn) -> bytes:
 
 
 @given(mutated_encodings())
-@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
 def test_mutated_encodings_only_raise_codec_error(data: bytes) -> None:
     decode_or_codec_error(data)
 
@@ -212,7 +212,7 @@ def field_swaps(draw: st.DrawFn) -> list[object]:
 
 
 @given(field_swaps())
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 def test_any_field_replaced_by_any_value_only_raises_codec_error(wire: list[object]) -> None:
     decode_or_codec_error(msgpack.packb(wire))
     try:
@@ -222,7 +222,7 @@ def test_any_field_replaced_by_any_value_only_raises_codec_error(wire: list[obje
 
 
 @given(msgpack_values)
-@settings(max_examples=400)
+@settings(deadline=None, max_examples=400)
 def test_arbitrary_msgpack_values_only_raise_codec_error(value: object) -> None:
     assert decode_or_codec_error(msgpack.packb(value)) is None
 
