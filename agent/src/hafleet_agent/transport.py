@@ -90,6 +90,7 @@ _HELLO_MAX = 4096
 _MAX_ID_BYTES = 255
 _DIR_C2S = b"\x01"
 _DIR_S2C = b"\x02"
+_ONE_SHOT_MAC = 1 << 16
 _BATCH_BYTES = 1 << 20  # frames sealed and written together before the next drain
 _MAX_PENDING_HANDSHAKES = 128
 _HELLO_KEYS = ("node_id", "cluster", "cluster_id", "addr")
@@ -206,33 +207,39 @@ async def _read_frame(reader: asyncio.StreamReader, limit: int, what: str) -> by
 class _Session:
     """Seals and opens the authenticated frames of one connection."""
 
-    __slots__ = ("_mac", "_send_dir", "_recv_dir", "send_counter", "recv_counter")
+    __slots__ = ("_key", "_mac", "_send_dir", "_recv_dir", "send_counter", "recv_counter")
 
     def __init__(self, session_key: bytes, *, client: bool) -> None:
+        self._key = session_key
         self._mac = hmac.new(session_key, digestmod=hashlib.sha256)
         self._send_dir = _DIR_C2S if client else _DIR_S2C
         self._recv_dir = _DIR_S2C if client else _DIR_C2S
         self.send_counter = 0
         self.recv_counter = 0
 
+    def _tag(self, direction: bytes, *parts: bytes | memoryview) -> bytes:
+        # One C call for the usual small frame; a large one is hashed in place, not copied.
+        if sum(map(len, parts)) <= _ONE_SHOT_MAC:
+            return hmac.digest(self._key, b"".join((direction, *parts)), "sha256")
+        h = self._mac.copy()
+        h.update(direction)
+        for part in parts:
+            h.update(part)
+        return h.digest()
+
     def seal(self, payload: bytes) -> bytes:
         counter = self.send_counter.to_bytes(COUNTER_LEN, "big")
         self.send_counter += 1
-        h = self._mac.copy()
-        h.update(self._send_dir)
-        h.update(counter)
-        h.update(payload)
+        tag = self._tag(self._send_dir, counter, payload)
         body_len = COUNTER_LEN + len(payload) + TAG_LEN
-        return b"".join((body_len.to_bytes(4, "big"), counter, payload, h.digest()))
+        return b"".join((body_len.to_bytes(4, "big"), counter, payload, tag))
 
     def open(self, body: bytes) -> memoryview:
         if len(body) < COUNTER_LEN + TAG_LEN:
             raise _ProtocolError(f"authenticated frame too short ({len(body)} bytes)")
         view = memoryview(body)
-        h = self._mac.copy()
-        h.update(self._recv_dir)
-        h.update(view[:-TAG_LEN])
-        if not hmac.compare_digest(h.digest(), view[-TAG_LEN:]):
+        tag = self._tag(self._recv_dir, view[:-TAG_LEN])
+        if not hmac.compare_digest(tag, view[-TAG_LEN:]):
             raise _AuthError("frame failed authentication (tampered, or from another connection)")
         counter = int.from_bytes(view[:COUNTER_LEN], "big")
         if counter != self.recv_counter:
@@ -289,13 +296,10 @@ class _Outbound:
         return n
 
 
-def _unpack(payload: memoryview | bytes, limit: int) -> object:
+def _unpack(payload: memoryview | bytes) -> object:
+    # unpackb bounds every length by the payload's own size and refuses trailing bytes
     try:
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=max(limit, 1))
-        unpacker.feed(payload)
-        obj = unpacker.unpack()
-        if unpacker.tell() != len(payload):
-            raise ValueError("extra bytes after the payload")
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as e:
         raise _ProtocolError(f"payload is not one msgpack value ({type(e).__name__})") from None
     return obj
@@ -528,13 +532,14 @@ class Transport:
                 log.log(level, "cannot connect to %s: %s", peer.addr, _reason(e))
                 await self._backoff(peer)
                 continue
-            peer.failures = 0
             self.stats.connects += 1
             if peer.ever_connected:
                 self.stats.reconnects += 1
             peer.ever_connected = True
             peer.conn = conn
             log.info("connected to %s", conn.describe())
+            loop = asyncio.get_running_loop()
+            since = loop.time()
             try:
                 await self._pump(peer, conn)
             except asyncio.CancelledError:
@@ -545,6 +550,11 @@ class Transport:
             finally:
                 peer.conn = None
                 await _abort(conn)
+            # A connection that lived a while starts the back-off afresh; one that died at
+            # once (a peer that closes right after the hellos) keeps escalating it.
+            if loop.time() - since >= self.backoff_max:
+                peer.failures = 0
+            await self._backoff(peer)
 
     async def _backoff(self, peer: _Outbound) -> None:
         delay = min(self.backoff_max, self.backoff_initial * 2 ** min(peer.failures, 30))
@@ -702,7 +712,7 @@ class Transport:
                     return
                 raise
             payload = session.open(body)
-            obj = _unpack(payload, self.max_frame)
+            obj = _unpack(payload)
             stats.frames_received += 1
             stats.bytes_received += 4 + len(body)
             try:
@@ -731,7 +741,7 @@ class Transport:
 
     def _check_hello(self, conn: _Conn, body: bytes, *, outbound: bool) -> PeerInfo:
         assert conn.session is not None
-        hello = _unpack(conn.session.open(body), _HELLO_MAX)
+        hello = _unpack(conn.session.open(body))
         if not isinstance(hello, dict) or any(k not in hello for k in _HELLO_KEYS):
             raise _ProtocolError("malformed hello")
         node_id, cluster, cluster_id, addr = (hello[k] for k in _HELLO_KEYS)

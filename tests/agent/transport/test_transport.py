@@ -291,6 +291,26 @@ def test_payloads_are_any_msgpack_value_and_bytes_stay_bytes() -> None:
     run(main())
 
 
+def test_frames_up_to_max_frame_pass_and_larger_ones_are_dropped_by_the_sender() -> None:
+    async def main() -> None:
+        ib = Inbox()
+        limit = 256 << 10
+        a, b = make("a", max_frame=limit), make("b", ib, max_frame=limit)
+        await a.start()
+        await b.start()
+        # body = counter (8) + payload + tag (32); a bin32 value has a 5-byte header
+        largest = os.urandom(limit - 8 - 32 - 5)
+        assert a.send(addr(b), largest)
+        assert not a.send(addr(b), largest + b"!")
+        assert a.send(addr(b), "small")
+        assert await ib.wait_for(2) == [largest, "small"]
+        assert a.stats.drops_too_large == 1 and b.stats.protocol_errors == 0
+        await a.stop()
+        await b.stop()
+
+    run(main())
+
+
 def test_a_failing_on_frame_is_logged_and_the_connection_lives_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -612,7 +632,9 @@ def test_the_raw_client_is_a_faithful_peer() -> None:
         }
         for i in range(3):
             raw.write(raw.seal(msgpack.packb({"i": i})))
-        assert await ib.wait_for(3) == [{"i": 0}, {"i": 1}, {"i": 2}]
+        big = os.urandom(300 << 10)  # large frames are authenticated another way inside
+        raw.write(raw.seal(msgpack.packb(big)))
+        assert await ib.wait_for(4) == [{"i": 0}, {"i": 1}, {"i": 2}, big]
         assert ib.frames[0][0].node_id == "raw"
         assert b.stats.auth_failures == b.stats.protocol_errors == 0
         await raw.close()
