@@ -41,6 +41,15 @@ Hellos
     ``accept_peer`` about the server's hello before it sends anything else. Every later
     frame is delivered to ``on_frame``. Servers send nothing after their hello.
 
+Delivery
+    ``send()`` never blocks: it queues the msgpack payload for its destination and returns
+    False when the frame is dropped. Each destination has a bounded queue (``queue_limit``
+    frames, ``queue_bytes`` bytes); when it is full the *new* frame is dropped, as etcd
+    does, so the caller knows which one was lost (the agent reports the peer unreachable
+    to Raft). The writer takes a batch from the queue only when the socket buffer has
+    drained, so a slow peer costs at most its queue; one that reads nothing for
+    ``write_timeout`` is cut off. Received frames go to ``on_frame`` in order, on the loop.
+
 Failure handling
     Any violation (bad proof, bad tag, wrong counter, oversize, truncation, garbage,
     bad msgpack or hello, handshake timeout) closes that connection with one line on the
