@@ -1,0 +1,621 @@
+"""Real ``hafleet-agent run`` processes on loopback addresses, for multi-process cluster tests.
+
+A ``Cluster`` leases a loopback /24 of its own, ``127.0.X.0/24`` with X in 100..254, and runs
+node ``nI`` on ``127.0.X.I`` with the default ports (Raft 7400, API 7480), so the agents speak
+exactly as they would on separate hosts. The lease is a ``flock`` on a file in
+``$TMPDIR/hafleet-cluster-tests/`` (held for the cluster's life) plus a probe that nothing
+listens on the addresses: concurrent test runs never share an X, and a leftover agent of a
+crashed run makes its X unusable rather than part of a test. X is never reused within one
+test session either. Data dirs, logs, config files and the key and token files (mode 0600)
+live under the test's ``tmp_path``.
+
+Every process is started in its own session, with ``PR_SET_PDEATHSIG`` = SIGKILL (it dies
+with the test process), and stopped by its PID in ``close()``, which the fixtures run in
+their finalizers whatever the test's outcome. ``conftest.py`` appends the tail of every
+agent's log to the report of a failed test.
+
+Waiting is always ``wait_for(predicate, timeout, what)``: poll, bounded, and a timeout names
+what it waited for and the last thing it saw. Nothing sleeps in place of a condition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import http.client
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+RAFT_PORT = 7400
+API_PORT = 7480
+HEARTBEAT_MS = 50
+ELECTION_TIMEOUT_MS = 300
+#: Bounds for the waits; generous, because the machine running the tests may be busy.
+FORM_TIMEOUT = 40.0
+ELECT_TIMEOUT = 20.0
+EXIT_TIMEOUT = 15.0
+HTTP_TIMEOUT = 10.0
+POLL_INTERVAL = 0.05
+
+LOCK_DIR = Path(tempfile.gettempdir()) / "hafleet-cluster-tests"
+SUBNETS = range(100, 255)
+MAX_NODES = 16  # addresses .1-.16 of a leased /24 must be free
+
+T = TypeVar("T")
+
+_ACTIVE: list[Cluster] = []
+_USED: set[int] = set()
+_DEFAULT = object()
+
+
+def agent_command() -> list[str]:
+    """The installed ``hafleet-agent`` console script next to this interpreter."""
+    script = Path(sys.executable).with_name("hafleet-agent")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "hafleet_agent"]
+
+
+def active_clusters() -> list[Cluster]:
+    return list(_ACTIVE)
+
+
+def write_secret(path: Path, secret: str | None = None) -> Path:
+    """A key or token file: 64 hex characters, mode 0600 from the start."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, ((secret or secrets.token_hex(32)) + "\n").encode())
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)
+    return path
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = POLL_INTERVAL,
+    check: Callable[[], None] | None = None,
+    describe: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``predicate`` until it returns something truthy, which is returned. Connection
+    errors count as "not yet". ``check`` runs before each poll and may raise to fail early;
+    ``describe`` says what was seen last when the time is up."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        if check is not None:
+            check()
+        try:
+            result = predicate()
+        except (OSError, http.client.HTTPException) as exc:
+            result, last = None, exc
+        else:
+            last = result
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            seen = describe() if describe is not None else repr(last)
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {seen}")
+        time.sleep(interval)
+
+
+def holds_for(
+    predicate: Callable[[], bool], seconds: float, what: str, interval: float = 0.1
+) -> None:
+    """Assert that ``predicate`` stays true for ``seconds`` (a bounded negative check)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert predicate(), f"{what} stopped holding"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
+# --- loopback subnet leases -----------------------------------------------------------------
+
+
+class SubnetLease:
+    def __init__(self, x: int, fd: int) -> None:
+        self.x = x
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _addresses_free(x: int, count: int) -> bool:
+    for y in range(1, count + 1):
+        for port in (RAFT_PORT, API_PORT):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((f"127.0.{x}.{y}", port))
+                except OSError:
+                    return False
+    return True
+
+
+def lease_subnet(count: int = MAX_NODES) -> SubnetLease:
+    """Lease a 127.0.X.0/24 that no other test (of any run) holds and nothing listens on."""
+    LOCK_DIR.mkdir(mode=0o777, exist_ok=True)
+    candidates = [x for x in SUBNETS if x not in _USED] or list(SUBNETS)
+    random.shuffle(candidates)
+    for x in candidates:
+        fd = os.open(LOCK_DIR / f"127.0.{x}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        if _addresses_free(x, count):
+            _USED.add(x)
+            return SubnetLease(x, fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    raise RuntimeError(f"no free loopback subnet 127.0.X.0/24 with X in {SUBNETS}")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """PR_SET_PDEATHSIG: the agent gets SIGKILL when the thread that started it ends, so
+    ``start()`` uses it only from the main thread (whose end is the test process's)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# --- nodes and clusters ---------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    id: str
+    index: int
+    host: str
+    data_dir: Path
+    log_path: Path
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    #: False once the test killed or stopped it, or expects it to stop by itself.
+    expect_running: bool = False
+    starts: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def raft_addr(self) -> str:
+        return f"{self.host}:{RAFT_PORT}"
+
+    @property
+    def api_addr(self) -> str:
+        return f"{self.host}:{API_PORT}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_addr}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class Cluster:
+    """Agents of one cluster name on a leased 127.0.X.0/24; see the module docstring."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        heartbeat_ms: int = HEARTBEAT_MS,
+        election_timeout_ms: int = ELECTION_TIMEOUT_MS,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.lease = lease_subnet()
+        self.x = self.lease.x
+        self.name = f"t{self.x}-{secrets.token_hex(3)}"
+        self.dir = base_dir / f"cluster-127.0.{self.x}"
+        self.dir.mkdir(parents=True)
+        self.heartbeat_ms = heartbeat_ms
+        self.election_timeout_ms = election_timeout_ms
+        self.config = dict(config or {})
+        self.key_file = write_secret(self.dir / "key")
+        self.token_file = write_secret(self.dir / "token")
+        self.token = self.token_file.read_text().strip()
+        self.nodes: dict[str, Node] = {}
+        self.last_view: dict[str, Any] = {}  # what the last agreement check saw, for errors
+        self.closed = False
+        _ACTIVE.append(self)
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.name} 127.0.{self.x}.0/24 {sorted(self.nodes)}>"
+
+    # ---- processes -------------------------------------------------------------------------
+    def host(self, index: int) -> str:
+        return f"127.0.{self.x}.{index}"
+
+    def node(self, node: str | Node) -> Node:
+        return node if isinstance(node, Node) else self.nodes[node]
+
+    def add(
+        self,
+        node_id: str | None = None,
+        *,
+        bootstrap_expect: int | None = None,
+        join: Iterable[str] = (),
+        mdns: bool = False,
+        key_file: Path | None = None,
+        config: dict[str, Any] | None = None,
+        extra_args: Sequence[str] = (),
+        start: bool = True,
+    ) -> Node:
+        """Define node ``nI`` on ``127.0.X.I`` (I = the next free index) and start it.
+
+        ``join`` takes Raft addresses; ``mdns`` announces and browses on the node's own
+        address only; ``config`` (merged over the cluster's) goes to a TOML ``--config``."""
+        index = len(self.nodes) + 1
+        assert index <= MAX_NODES, "the leased /24 is probed for .1-.16 only"
+        node_id = node_id or f"n{index}"
+        assert node_id not in self.nodes
+        host = self.host(index)
+        data_dir = self.dir / node_id
+        argv = agent_command() + [
+            "run",
+            "--node-id",
+            node_id,
+            "--cluster",
+            self.name,
+            "--bind",
+            host,
+            "--raft-port",
+            str(RAFT_PORT),
+            "--api-port",
+            str(API_PORT),
+            "--data-dir",
+            str(data_dir),
+            "--key-file",
+            str(key_file or self.key_file),
+            "--token-file",
+            str(self.token_file),
+            "--heartbeat-ms",
+            str(self.heartbeat_ms),
+            "--election-timeout-ms",
+            str(self.election_timeout_ms),
+        ]
+        if bootstrap_expect is not None:
+            argv += ["--bootstrap-expect", str(bootstrap_expect)]
+        join = list(join)
+        if join:
+            argv += ["--join", ",".join(join)]
+        argv += ["--mdns", "--mdns-interface", host] if mdns else ["--no-mdns"]
+        settings = {**self.config, **(config or {})}
+        if settings:
+            config_path = self.dir / f"{node_id}.toml"
+            config_path.write_text(
+                "".join(f"{k} = {json.dumps(v)}\n" for k, v in sorted(settings.items()))
+            )
+            argv += ["--config", str(config_path)]
+        argv += list(extra_args)
+        node = Node(node_id, index, host, data_dir, self.dir / f"{node_id}.log", argv)
+        self.nodes[node_id] = node
+        if start:
+            self.start(node)
+        return node
+
+    def add_many(self, count: int, **kwargs: Any) -> list[Node]:
+        """``count`` nodes that all know all the others' Raft addresses (unless ``join`` or
+        ``mdns`` says otherwise), started together."""
+        first = len(self.nodes) + 1
+        indexes = range(first, first + count)
+        if "join" not in kwargs and not kwargs.get("mdns"):
+            kwargs["join"] = [f"{self.host(i)}:{RAFT_PORT}" for i in indexes]
+        return [self.add(**kwargs) for _ in indexes]
+
+    def start(self, node: str | Node) -> Node:
+        node = self.node(node)
+        assert not node.running(), f"{node.id} is already running"
+        main_thread = threading.current_thread() is threading.main_thread()
+        with node.log_path.open("ab") as log:
+            log.write(f"===== harness: start #{node.starts + 1} of {node.id} =====\n".encode())
+            log.flush()
+            node.proc = subprocess.Popen(
+                node.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if main_thread else None,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        node.starts += 1
+        node.expect_running = True
+        return node
+
+    def restart(self, node: str | Node) -> Node:
+        """Start a node again with the same flags and data dir (it must have stopped)."""
+        return self.start(node)
+
+    def kill9(self, node: str | Node) -> None:
+        node = self.node(node)
+        assert node.proc is not None and node.running(), f"{node.id} is not running"
+        node.expect_running = False
+        os.kill(node.proc.pid, signal.SIGKILL)
+        node.exit_codes.append(node.proc.wait(timeout=EXIT_TIMEOUT))
+
+    def term(self, node: str | Node) -> float:
+        """Send SIGTERM; returns the monotonic time it was sent."""
+        node = self.node(node)
+        assert node.proc is not None and node.running(), f"{node.id} is not running"
+        node.expect_running = False
+        sent = time.monotonic()
+        os.kill(node.proc.pid, signal.SIGTERM)
+        return sent
+
+    def expect_exit(self, node: str | Node) -> None:
+        """The test expects this node to stop by itself (removed, leaving)."""
+        self.node(node).expect_running = False
+
+    def wait_exit(self, node: str | Node, timeout: float = EXIT_TIMEOUT) -> int:
+        """Wait for the process to end (it must have been told to); returns its exit code."""
+        node = self.node(node)
+        assert node.proc is not None
+        node.expect_running = False
+        try:
+            code = node.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{node.id} (pid {node.proc.pid}) did not exit within {timeout:g} s"
+            ) from None
+        node.exit_codes.append(code)
+        return code
+
+    def check_alive(self) -> None:
+        """Fail at once when a node the test relies on has exited."""
+        for node in self.nodes.values():
+            if node.expect_running and node.proc is not None and node.proc.poll() is not None:
+                node.expect_running = False
+                raise AssertionError(
+                    f"{node.id} exited unexpectedly with code {node.proc.returncode}"
+                )
+
+    def running(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.running()]
+
+    def close(self) -> None:
+        """Kill every process still running, by its PID, and give the subnet back."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for node in self.nodes.values():
+                if node.proc is not None and node.proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(node.proc.pid, signal.SIGKILL)
+            for node in self.nodes.values():
+                if node.proc is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        node.proc.wait(timeout=EXIT_TIMEOUT)
+        finally:
+            self.lease.release()
+            with contextlib.suppress(ValueError):
+                _ACTIVE.remove(self)
+
+    def logs_tail(self, lines: int = 40) -> str:
+        out = []
+        for node in self.nodes.values():
+            state = "running" if node.running() else f"exited {node.proc and node.proc.poll()}"
+            tail = node.log().splitlines()[-lines:]
+            out.append(f"--- {node.id} ({node.host}, pid {node.pid}, {state}) last lines:")
+            out += tail
+        return "\n".join(out)
+
+    # ---- HTTP API --------------------------------------------------------------------------
+    def api(
+        self,
+        node: str | Node,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: Any = _DEFAULT,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = HTTP_TIMEOUT,
+    ) -> tuple[int, Any]:
+        """One request to a node's API: ``(status, parsed JSON)`` (the text if not JSON).
+        ``token=None`` sends no Authorization header; ``raw`` sends bytes as the body."""
+        node = self.node(node)
+        conn = http.client.HTTPConnection(node.host, API_PORT, timeout=timeout)
+        try:
+            hdrs: dict[str, str] = {}
+            tok = self.token if token is _DEFAULT else token
+            if tok is not None:
+                hdrs["Authorization"] = f"Bearer {tok}"
+            data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+            if data is not None:
+                hdrs["Content-Type"] = "application/json"
+            hdrs.update(headers or {})
+            try:
+                conn.request(method, path, body=data, headers=hdrs)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server answered before reading the whole body (413): read it
+            resp = conn.getresponse()
+            payload = resp.read()
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(payload) if payload else None
+        except ValueError:
+            parsed = payload.decode(errors="replace")
+        return resp.status, parsed
+
+    def ok(self, node: str | Node, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        """A request that must answer 200; returns the parsed body."""
+        status, payload = self.api(node, method, path, body, **kw)
+        assert status == 200, f"{method} {path} on {self.node(node).id}: {status} {payload}"
+        return payload
+
+    def status(self, node: str | Node) -> dict[str, Any] | None:
+        """``/v1/status`` of a node, or None when it does not answer (yet)."""
+        try:
+            code, st = self.api(node, "GET", "/v1/status", timeout=3.0)
+        except (OSError, http.client.HTTPException):
+            return None
+        return st if code == 200 else None
+
+    def put(self, node: str | Node, key: str, value: Any) -> dict[str, Any]:
+        return self.ok(node, "PUT", f"/v1/kv/{key}", {"value": value})
+
+    def get(self, node: str | Node, key: str, stale: bool = False) -> tuple[int, Any]:
+        return self.api(node, "GET", f"/v1/kv/{key}" + ("?stale=1" if stale else ""))
+
+    # ---- cluster-level waits ---------------------------------------------------------------
+    def wait_for(
+        self,
+        predicate: Callable[[], T],
+        timeout: float,
+        what: str,
+        describe: Callable[[], str] | None = None,
+    ) -> T:
+        """``wait_for`` that also fails at once when a node exits unexpectedly."""
+        return wait_for(predicate, timeout, what, check=self.check_alive, describe=describe)
+
+    def _ids(self, nodes: Iterable[str | Node] | None) -> list[str]:
+        if nodes is None:
+            return [n.id for n in self.nodes.values() if n.running()]
+        return [self.node(n).id for n in nodes]
+
+    def agreed(self, nodes: Iterable[str | Node] | None = None) -> dict[str, dict] | None:
+        """The statuses of ``nodes`` when they all agree on one cluster id, one leader (who
+        says it leads) and one member table in which every one of them is a voter."""
+        ids = self._ids(nodes)
+        statuses = {}
+        self.last_view = {}
+        for nid in ids:
+            st = self.status(nid)
+            self.last_view[nid] = _summary(st)
+            if st is None:
+                return None
+            statuses[nid] = st
+        views = {
+            (
+                st["cluster_id"],
+                st["leader_id"],
+                tuple(sorted((m["id"], m["role"]) for m in st["members"])),
+            )
+            for st in statuses.values()
+        }
+        if len(views) != 1:
+            return None
+        cid, lead, members = views.pop()
+        if cid is None or lead is None or lead not in statuses:
+            return None
+        if statuses[lead]["state"] != "leader":
+            return None
+        roles = dict(members)
+        if set(ids) - set(roles) or roles[lead] != "leader":
+            return None
+        if any(roles[nid] != "voter" for nid in ids if nid != lead):
+            return None
+        if any(st["state"] != "follower" for nid, st in statuses.items() if nid != lead):
+            return None
+        return statuses
+
+    def wait_agreed(
+        self, nodes: Iterable[str | Node] | None = None, timeout: float = FORM_TIMEOUT
+    ) -> dict[str, dict]:
+        ids = self._ids(nodes)
+        return self.wait_for(
+            lambda: self.agreed(ids),
+            timeout,
+            f"{ids} to agree on cluster, leader, members",
+            describe=lambda: json.dumps(self.last_view, sort_keys=True),
+        )
+
+    def leader(
+        self, nodes: Iterable[str | Node] | None = None, timeout: float = ELECT_TIMEOUT
+    ) -> str:
+        """The leader that every one of ``nodes`` (default: the running ones) knows."""
+        ids = self._ids(nodes)
+
+        def known() -> str | None:
+            leads = set()
+            self.last_view = {}
+            for nid in ids:
+                st = self.status(nid)
+                self.last_view[nid] = _summary(st)
+                if st is None:
+                    return None
+                leads.add(st["leader_id"])
+            if len(leads) != 1:
+                return None
+            lead = leads.pop()
+            if lead is None:
+                return None
+            st = self.status(lead) if self.nodes.get(lead) else None
+            return lead if st is not None and st["state"] == "leader" else None
+
+        return self.wait_for(
+            known,
+            timeout,
+            f"{ids} to agree on a leader",
+            describe=lambda: json.dumps(self.last_view, sort_keys=True),
+        )
+
+    def followers(self, nodes: Iterable[str | Node] | None = None) -> list[str]:
+        lead = self.leader(nodes)
+        return [nid for nid in self._ids(nodes) if nid != lead]
+
+    def member_ids(self, node: str | Node) -> set[str]:
+        return {m["id"] for m in self.ok(node, "GET", "/v1/members")}
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, timeout=timeout)
+
+
+def _summary(st: dict[str, Any] | None) -> Any:
+    if st is None:
+        return "no answer"
+    return {
+        "cluster_id": st["cluster_id"],
+        "state": st["state"],
+        "term": st["term"],
+        "leader": st["leader_id"],
+        "members": {m["id"]: m["role"] for m in st["members"]},
+    }
+
+
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``hafleet-agent ARGS`` to completion (killed on timeout)."""
+    return subprocess.run(
+        agent_command() + list(args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
