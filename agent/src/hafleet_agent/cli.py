@@ -345,8 +345,8 @@ def _add_balancer(commands: argparse._SubParsersAction) -> None:
         commands,
         "balancer",
         "keep an HAProxy backend in step with the group (Runtime API, no reload)",
+        _balancer,
     )
-    _add_client_options(balancer)
     balancer.add_argument(
         "--haproxy-socket",
         required=True,
@@ -359,6 +359,115 @@ def _add_balancer(commands: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="the HAProxy backend whose servers follow the group",
     )
+    balancer.add_argument(
+        "--api",
+        action="append",
+        metavar="URL[,URL..]",
+        help=(
+            "agent API(s) to watch, in order of preference (repeatable or comma-separated); "
+            "the other members' APIs are learned and used when these fail "
+            f"(default: {DEFAULT_API_URL})"
+        ),
+    )
+    balancer.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the API token (mode 0600; default: $HAFLEET_TOKEN_FILE)",
+    )
+    balancer.add_argument(
+        "--strategy",
+        choices=("weighted", "roundrobin", "random", "leastconn"),
+        default="weighted",
+        help=(
+            "weighted: capacity weights (balance roundrobin); roundrobin: equal weights; "
+            "random: power of two choices (balance random(2)); leastconn (default: %(default)s)"
+        ),
+    )
+    balancer.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help=(
+            "the longest a server keeps its sessions once it is draining, before it is "
+            "reported drained and, if its member left, cut off (default: %(default)s)"
+        ),
+    )
+    balancer.add_argument(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="re-read HAProxy's state at least this often (default: %(default)s)",
+    )
+    balancer.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help="HAProxy's server-state-file: rewritten after every change, for reloads",
+    )
+    balancer.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not 0 < number <= 86400:
+        raise argparse.ArgumentTypeError(f"must be in (0, 86400] seconds, got {value!r}")
+    return number
+
+
+def _balancer(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from .agent import setup_logging
+    from .balancer import BalancerError, Options, run_balancer
+    from .config import ConfigError, read_secret
+
+    try:
+        urls = [
+            api_url(u.strip())
+            for item in (args.api or [DEFAULT_API_URL])
+            for u in item.split(",")
+            if u.strip()
+        ]
+    except argparse.ArgumentTypeError as exc:
+        print(f"{PROG} balancer: --api: {exc}", file=sys.stderr)
+        return 2
+    token_file = args.token_file or os.environ.get("HAFLEET_TOKEN_FILE")
+    if not token_file:
+        print(
+            f"{PROG} balancer: give the API token with --token-file FILE (or HAFLEET_TOKEN_FILE)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        token = read_secret(token_file, "token")
+    except ConfigError as exc:
+        print(f"{PROG} balancer: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_format)
+    opts = Options(
+        haproxy_socket=args.haproxy_socket,
+        backend=args.backend,
+        api_urls=urls,
+        token=token,
+        strategy=args.strategy,
+        drain_timeout=args.drain_timeout,
+        interval=args.interval,
+        state_file=args.state_file,
+    )
+    try:
+        return asyncio.run(run_balancer(opts))
+    except BalancerError as exc:
+        print(f"{PROG} balancer: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
 
 
 # --- entry point ----------------------------------------------------------------------------

@@ -431,6 +431,10 @@ class LoadGen:
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             tasks = []
+
+            async def one(path: str) -> None:
+                self.results.append(await _one(session, self.url, path))  # as they complete
+
             for i in range(total):
                 if self._stop.is_set():
                     break
@@ -439,9 +443,8 @@ class LoadGen:
                     await asyncio.sleep(delay)
                 slow = self.slow_every and i % self.slow_every == self.slow_every - 1
                 path = f"/slow?ms={self.slow_ms}" if slow else "/"
-                tasks.append(asyncio.create_task(_one(session, self.url, path)))
-            for t in tasks:
-                self.results.append(await t)
+                tasks.append(asyncio.create_task(one(path)))
+            await asyncio.gather(*tasks)
 
     def failures(self) -> list[Result]:
         return [r for r in self.results if not r.ok]

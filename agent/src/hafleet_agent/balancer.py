@@ -1,0 +1,942 @@
+"""``hafleet-agent balancer``: keep an HAProxy backend in step with the group, live.
+
+One asyncio process next to HAProxy. It watches the cluster (``GET /v1/watch``, failing over
+to the other members' APIs) and reconciles the backend over HAProxy's Runtime API (the admin
+socket): never a configuration rewrite, never a reload. docs/balancer.md is the long version.
+
+Reconciliation is level-based: every round reads what HAProxy has (``show servers state``,
+``show stat``), compares it with what the group wants, and applies the difference:
+
+- a member with a service address and no server: ``add server BK/ID HOST:PORT id N weight
+  W check``, ``enable health``, ``set server ... state ready`` (a server added at run time
+  starts in maintenance with its check off);
+- a weight that differs from the committed table: ``set server BK/ID weight W``;
+- a member that is draining: ``set server ... state drain``; once HAProxy shows it has no
+  session left (or ``--drain-timeout`` passed), the KV key ``balancer/drained/ID`` tells the
+  agent that is removing it to go on;
+- a server whose member left: ``state drain``; when its sessions reach 0 (or the drain
+  timeout passed: then ``shutdown sessions server``), ``state maint`` and ``del server``.
+
+Because it only ever compares, a restart of the syncer or of HAProxy converges from whatever
+``show servers state`` says. The server name is the member id; the server id is derived from
+it (:func:`server_id`). Every command applied is logged; a command HAProxy refuses stops the
+round, the log says what was applied and what was not, and the next round (after a backoff)
+starts again from HAProxy's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import stat
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from .haproxy_config import (
+    ALGORITHMS,
+    EQUAL_WEIGHT,
+    STRATEGIES,
+    ServerState,
+    StateParseError,
+    parse_servers_state,
+    write_atomic,
+)
+
+log = logging.getLogger("hafleet.balancer")
+
+REGISTERED_KEY = "balancer/registered"
+DRAINED_PREFIX = "balancer/drained/"
+
+ID_BASE = 1000
+ID_LIMIT = 2**31 - 1  # HAProxy's server ids are positive 32-bit integers
+ID_SPAN = ID_LIMIT - ID_BASE + 1
+
+DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_INTERVAL = 1.0
+DRAIN_POLL = 0.2
+COMMAND_TIMEOUT = 5.0
+WATCH_WAIT_S = 10
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 5.0
+UNAVAILABLE_BACKOFF_MAX = 1.0
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+# What HAProxy's `balance` shows in `show stat` (the `algo` column) for each strategy;
+# 2.6 shows "unknown" for random.
+_ALGO_SHOWN = {
+    "weighted": {"roundrobin"},
+    "roundrobin": {"roundrobin"},
+    "random": {"random", "unknown"},
+    "leastconn": {"leastconn"},
+}
+
+
+class BalancerError(Exception):
+    """Stops the balancer with ``exit_code`` and this message."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class HAProxyUnavailable(Exception):
+    """The admin socket cannot be reached (HAProxy stopped, restarting, or never started)."""
+
+
+class HAProxyRefused(Exception):
+    """HAProxy answered a command with an error."""
+
+    def __init__(self, command: str, answer: str) -> None:
+        super().__init__(f"{command!r} -> {answer!r}")
+        self.command = command
+        self.answer = answer
+
+
+class NoSuchBackend(HAProxyRefused):
+    pass
+
+
+class RoundFailed(HAProxyRefused):
+    """Some commands of a round were refused (and logged); the round is retried."""
+
+
+# --- server ids -----------------------------------------------------------------------------
+
+
+def server_id(name: str, taken: Iterable[int] = ()) -> int:
+    """A stable numeric server id for member ``name``.
+
+    The first 8 bytes of SHA-256(name), big-endian, modulo the span of ``[1000, 2**31 - 1]``,
+    plus 1000: the same member gets the same id on every balancer and after every restart,
+    and ids stay clear of the small ones HAProxy numbers configured servers with. If that id
+    is already ``taken`` in the backend (two member ids hashing alike: about 1 in 2**31 per
+    pair), the next free one is used, wrapping within the range."""
+    taken = set(taken)
+    digest = hashlib.sha256(name.encode()).digest()
+    candidate = ID_BASE + int.from_bytes(digest[:8], "big") % ID_SPAN
+    for _ in range(len(taken) + 1):
+        if candidate not in taken:
+            return candidate
+        candidate = ID_BASE + (candidate - ID_BASE + 1) % ID_SPAN
+    raise AssertionError("unreachable: more ids taken than there are")
+
+
+# --- the Runtime API ------------------------------------------------------------------------
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse, with a clear message, a path that cannot be HAProxy's admin socket."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BalancerError(
+            f"HAProxy admin socket {path} does not exist: start HAProxy with "
+            f"'stats socket {path} level admin' in its global section, or fix --haproxy-socket",
+            EXIT_USAGE,
+        ) from None
+    except OSError as exc:
+        raise BalancerError(f"cannot use {path}: {exc.strerror}", EXIT_USAGE) from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BalancerError(f"{path} is not a Unix socket (--haproxy-socket)", EXIT_USAGE)
+
+
+class RuntimeAPI:
+    """HAProxy's Runtime API over its admin socket: one connection per command."""
+
+    def __init__(self, path: str, timeout: float = COMMAND_TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    async def command(self, cmd: str) -> str:
+        if "\n" in cmd or ";" in cmd:
+            raise ValueError(f"one command at a time, without ';' or newlines: {cmd!r}")
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.path), self.timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise HAProxyUnavailable(f"cannot connect to {self.path}: {exc!r}") from None
+        try:
+            writer.write(cmd.encode() + b"\n")
+            await asyncio.wait_for(writer.drain(), self.timeout)
+            data = await asyncio.wait_for(reader.read(), self.timeout)
+        except (OSError, TimeoutError) as exc:
+            raise HAProxyUnavailable(f"{cmd!r} on {self.path}: {exc!r}") from None
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+        return data.decode(errors="replace")
+
+    async def execute(self, cmd: str) -> str:
+        """A command that changes something; raises HAProxyRefused unless HAProxy says it
+        worked (``add server`` and ``del server`` say so in words, the others by an empty
+        answer)."""
+        answer = await self.command(cmd)
+        text = answer.strip()
+        if cmd.startswith("add server "):
+            ok = "New server registered" in text
+        elif cmd.startswith("del server "):
+            ok = "Server deleted" in text
+        else:
+            ok = text == ""
+        if not ok:
+            raise HAProxyRefused(cmd, text)
+        return text
+
+    async def servers_state(self, backend: str) -> list[ServerState]:
+        cmd = f"show servers state {backend}"
+        text = await self.command(cmd)
+        if not text.lstrip().startswith("1"):
+            if "find backend" in text:
+                raise NoSuchBackend(cmd, text.strip())
+            raise HAProxyRefused(cmd, text.strip())
+        try:
+            return [s for s in parse_servers_state(text) if s.backend == backend]
+        except StateParseError as exc:
+            raise HAProxyRefused(cmd, str(exc)) from None
+
+    async def stat(self, backend: str) -> dict[str, dict[str, str]]:
+        """``show stat`` rows of the backend, by server name (and ``BACKEND``)."""
+        cmd = f"show stat {backend} -1 -1"
+        text = await self.command(cmd)
+        if not text.startswith("# "):
+            if "No such proxy" in text:
+                raise NoSuchBackend(cmd, text.strip())
+            raise HAProxyRefused(cmd, text.strip())
+        rows = list(csv.reader(io.StringIO(text[2:])))
+        header = rows[0]
+        out: dict[str, dict[str, str]] = {}
+        for row in rows[1:]:
+            if len(row) < 2:
+                continue
+            rec = dict(zip(header, row, strict=False))
+            if rec.get("pxname") == backend:
+                out[rec["svname"]] = rec
+        if "BACKEND" not in out:
+            raise NoSuchBackend(cmd, text.strip()[:200] or "no such backend")
+        return out
+
+    async def info(self) -> dict[str, str]:
+        text = await self.command("show info")
+        out = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                out[key.strip()] = value.strip()
+        if "Pid" not in out:
+            raise HAProxyRefused("show info", text.strip()[:200])
+        return out
+
+    async def backends(self) -> list[str]:
+        text = await self.command("show backend")
+        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+# --- what the group wants -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """A member as the backend should hold it."""
+
+    name: str
+    host: str
+    port: int
+    weight: int
+    drain: bool
+
+
+def split_service_addr(addr: str) -> tuple[str, int]:
+    host, sep, port_text = addr.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"bad service address {addr!r}")
+    return host, int(port_text)
+
+
+def desired(view: Mapping[str, Any], strategy: str) -> tuple[dict[str, Want], list[str]]:
+    """The servers the backend should have, from a ``/v1/watch`` answer; and the members
+    left out (with the reason), for the log.
+
+    ``weighted`` takes each member's weight from the committed table; a member the table
+    does not know yet gets the median of the known weights (as the planner does for a
+    newcomer), ``EQUAL_WEIGHT`` when nobody has one. The other strategies give every server
+    ``EQUAL_WEIGHT``."""
+    table = (view.get("weights") or {}).get("weights") or {}
+    members = [m for m in view.get("members") or [] if isinstance(m, Mapping) and m.get("id")]
+    known = sorted(
+        int(w)
+        for w in (table.get(str(m["id"])) for m in members)
+        if isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 256
+    )
+    fallback = known[(len(known) - 1) // 2] if known else EQUAL_WEIGHT
+    wants: dict[str, Want] = {}
+    skipped: list[str] = []
+    for m in members:
+        mid = str(m["id"])
+        addr = m.get("service_addr")
+        if not addr:
+            skipped.append(f"{mid}: no service address")
+            continue
+        try:
+            host, port = split_service_addr(str(addr))
+        except ValueError as exc:
+            skipped.append(f"{mid}: {exc}")
+            continue
+        if strategy == "weighted":
+            w = table.get(mid)
+            weight = (
+                w if isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 256 else fallback
+            )
+        else:
+            weight = EQUAL_WEIGHT
+        wants[mid] = Want(mid, host, port, weight, bool(m.get("draining")))
+    return wants, skipped
+
+
+# --- the plan: a pure function of the two states -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    command: str
+    server: str
+    why: str
+    starts_drain: bool = False
+    deletes: bool = False
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    drained: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Draining members HAProxy has no session for any more (or whose timeout passed)."""
+    waiting: list[str] = field(default_factory=list)
+    """What is still in progress (drains), for the log and the polling pace."""
+
+
+def _sessions(stats: Mapping[str, Mapping[str, str]], name: str) -> int:
+    row = stats.get(name) or {}
+    total = 0
+    for col in ("scur", "qcur"):
+        with contextlib.suppress(ValueError):
+            total += int(row.get(col) or 0)
+    return total
+
+
+def plan(
+    backend: str,
+    wants: Mapping[str, Want],
+    servers: Iterable[ServerState],
+    stats: Mapping[str, Mapping[str, str]],
+    drain_started: Mapping[str, float],
+    now: float,
+    drain_timeout: float,
+) -> Plan:
+    """The commands that take the backend from ``servers`` to ``wants``, in order."""
+    p = Plan()
+    have = {s.name: s for s in servers}
+    taken = {s.id for s in have.values()}
+
+    def add(cmd: str, name: str, why: str, **kw: Any) -> None:
+        p.actions.append(Action(cmd, name, why, **kw))
+
+    for name, w in sorted(wants.items()):
+        srv = f"{backend}/{name}"
+        host = f"[{w.host}]" if ":" in w.host else w.host
+        s = have.get(name)
+        if s is None:
+            sid = server_id(name, taken)
+            taken.add(sid)
+            add(
+                f"add server {srv} {host}:{w.port} id {sid} weight {w.weight} check",
+                name,
+                "new member",
+            )
+            add(f"enable health {srv}", name, "new member")
+            if w.drain:
+                add(f"set server {srv} state drain", name, "member is draining", starts_drain=True)
+            else:
+                add(f"set server {srv} state ready", name, "new member")
+            continue
+        if (s.addr, s.port) != (w.host, w.port):
+            add(
+                f"set server {srv} addr {w.host} port {w.port}",
+                name,
+                f"service address {s.addr}:{s.port} -> {w.host}:{w.port}",
+            )
+        if s.check_disabled:
+            add(f"enable health {srv}", name, "health check off")
+        if s.uweight != w.weight:
+            add(f"set server {srv} weight {w.weight}", name, f"weight {s.uweight} -> {w.weight}")
+        if w.drain:
+            if s.maint or not s.drain:
+                add(f"set server {srv} state drain", name, "member is draining", starts_drain=True)
+                continue
+            left = _sessions(stats, name)
+            since = drain_started.get(name, now)
+            if left == 0:
+                p.drained[name] = {"sessions": 0, "timed_out": False}
+            elif now - since >= drain_timeout:
+                p.drained[name] = {"sessions": left, "timed_out": True}
+            else:
+                p.waiting.append(f"{name}: draining, {left} session(s) left")
+        elif s.maint or s.drain:
+            add(f"set server {srv} state ready", name, "member in service")
+
+    for name, s in sorted(have.items()):
+        if name in wants:
+            continue
+        srv = f"{backend}/{name}"
+        if (stats.get(name) or {}).get("bck") == "1":
+            continue  # a backup server of the configuration: not the group's
+        left = _sessions(stats, name)
+        since = drain_started.get(name)
+        timed_out = since is not None and now - since >= drain_timeout
+        if not s.maint and not s.drain:
+            add(f"set server {srv} state drain", name, "member left", starts_drain=True)
+            p.waiting.append(f"{name}: left, draining")
+            continue
+        if left and not timed_out:
+            p.waiting.append(f"{name}: left, {left} session(s) left")
+            continue
+        if not s.maint:
+            add(f"set server {srv} state maint", name, "member left, drained")
+        if left:
+            add(
+                f"shutdown sessions server {srv}",
+                name,
+                f"drain timeout ({drain_timeout:g}s) passed with {left} session(s) left",
+            )
+        add(f"del server {srv}", name, "member left", deletes=True)
+    return p
+
+
+# --- the cluster side -----------------------------------------------------------------------
+
+
+class ClusterAPI:
+    """The agents' HTTP API, with failover: the URLs given first, then the API addresses of
+    the members the watch reports."""
+
+    def __init__(self, urls: list[str], token: bytes, session: aiohttp.ClientSession) -> None:
+        if not urls:
+            raise ValueError("at least one API URL is needed")
+        self.given = list(urls)
+        self.learned: list[str] = []
+        self.token = token
+        self.session = session
+        self.current = 0
+
+    @property
+    def urls(self) -> list[str]:
+        return self.given + [u for u in self.learned if u not in self.given]
+
+    @property
+    def url(self) -> str:
+        urls = self.urls
+        return urls[self.current % len(urls)]
+
+    def fail_over(self, why: str) -> None:
+        old = self.url
+        self.current = (self.current + 1) % len(self.urls)
+        if self.url != old:
+            log.warning("agent API %s: %s; trying %s", old, why, self.url)
+
+    def learn(self, members: Iterable[Mapping[str, Any]]) -> None:
+        current = self.url
+        learned = []
+        for m in members:
+            addr = m.get("api_addr")
+            if isinstance(addr, str) and addr:
+                learned.append(f"http://{addr}")
+        self.learned = sorted(set(learned))
+        self.current = self.urls.index(current) if current in self.urls else 0
+
+    async def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 10.0
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": "Bearer " + self.token.decode()}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        async with self.session.request(
+            method,
+            self.url + path,
+            data=data,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
+            raw = await resp.read()
+            try:
+                payload = json.loads(raw) if raw else None
+            except ValueError:
+                payload = raw.decode(errors="replace")
+            return resp.status, payload
+
+    async def write(self, method: str, path: str, body: Any = None) -> bool:
+        """A KV write through any member (followers forward to the leader); tries each API
+        once. False when none took it (the caller retries on a later round)."""
+        for _ in range(len(self.urls)):
+            try:
+                status, payload = await self.request(method, path, body)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self.fail_over(f"{method} {path} failed ({exc!r})")
+                continue
+            if status == 200:
+                return True
+            if status == 401:
+                raise BalancerError(
+                    f"the agent at {self.url} refused the API token (401): check --token-file",
+                    EXIT_USAGE,
+                )
+            log.warning("%s %s via %s: %s %s", method, path, self.url, status, payload)
+            if status in (503, 504):
+                return False  # no leader right now: later
+            self.fail_over(f"{method} {path} answered {status}")
+        return False
+
+    async def get_stale(self, key: str) -> Any:
+        """A key's value from the local copy of one member; None when absent or unknown."""
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+            status, payload = await self.request("GET", f"/v1/kv/{key}?stale=1")
+            if status == 200 and isinstance(payload, dict):
+                return payload
+        return None
+
+
+# --- the syncer -----------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    haproxy_socket: str
+    backend: str
+    api_urls: list[str]
+    token: bytes
+    strategy: str = "weighted"
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    interval: float = DEFAULT_INTERVAL
+    state_file: str | None = None
+
+
+class Balancer:
+    def __init__(self, opts: Options, session: aiohttp.ClientSession) -> None:
+        self.opts = opts
+        self.haproxy = RuntimeAPI(opts.haproxy_socket)
+        self.api = ClusterAPI(opts.api_urls, opts.token, session)
+        self.backend = opts.backend
+        self.view: dict[str, Any] | None = None
+        self.view_index = 0
+        self.wake = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.drain_started: dict[str, float] = {}
+        self.reported: dict[str, bool] = {}  # member id -> reported drained (timed out?)
+        self.checked_stale_key: set[str] = set()
+        self.to_forget: set[str] = set()
+        self.registered = False
+        self.haproxy_pid: str | None = None
+        self.haproxy_down_since: float | None = None
+        self.rounds = 0
+        self.applied_total = 0
+        self.converged = asyncio.Event()
+        self._last_skipped: list[str] = []
+        self._last_waiting: list[str] = []
+
+    # ---- startup checks --------------------------------------------------------------------
+    async def check_haproxy(self) -> None:
+        """Fail fast, with a clear message, on what no retry can fix."""
+        check_socket_path(self.opts.haproxy_socket)
+        try:
+            info = await self.haproxy.info()
+        except HAProxyUnavailable as exc:
+            raise BalancerError(
+                f"nothing answers on {self.opts.haproxy_socket} ({exc}); is HAProxy running?",
+                EXIT_FAILURE,
+            ) from None
+        except HAProxyRefused as exc:
+            raise BalancerError(
+                f"{self.opts.haproxy_socket} does not answer like HAProxy's Runtime API: "
+                f"{exc.answer!r}",
+                EXIT_USAGE,
+            ) from None
+        self.haproxy_pid = info.get("Pid")
+        try:
+            await self.haproxy.servers_state(self.backend)
+            stats = await self.haproxy.stat(self.backend)
+        except NoSuchBackend:
+            names = await self.haproxy.backends()
+            raise BalancerError(
+                f"HAProxy has no backend {self.backend!r} (it has: {', '.join(names) or 'none'})",
+                EXIT_USAGE,
+            ) from None
+        except HAProxyRefused as exc:
+            if "Permission denied" in exc.answer or "level" in exc.answer:
+                raise BalancerError(
+                    f"{self.opts.haproxy_socket} is not an admin socket ({exc.answer!r}): "
+                    "use 'stats socket PATH level admin'",
+                    EXIT_USAGE,
+                ) from None
+            raise BalancerError(f"HAProxy refused {exc.command!r}: {exc.answer!r}") from None
+        algo = stats["BACKEND"].get("algo", "")
+        if algo not in _ALGO_SHOWN[self.opts.strategy]:
+            raise BalancerError(
+                f"backend {self.backend!r} uses 'balance {algo}', but --strategy "
+                f"{self.opts.strategy} needs 'balance {ALGORITHMS[self.opts.strategy]}' "
+                "(render the configuration with hafleet_agent.haproxy_config)",
+                EXIT_USAGE,
+            )
+        log.info(
+            "HAProxy pid %s (version %s): backend %s, balance %s, %d server(s)",
+            info.get("Pid"),
+            info.get("Version", "?"),
+            self.backend,
+            algo,
+            len([k for k in stats if k != "BACKEND"]),
+        )
+
+    # ---- watching the group ----------------------------------------------------------------
+    async def watch(self) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            path = f"/v1/watch?index={self.view_index}&wait={WATCH_WAIT_S}s"
+            try:
+                status, body = await self.api.request("GET", path, timeout=WATCH_WAIT_S + 10)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                status, body = 0, repr(exc)
+            if status == 401:
+                raise BalancerError(
+                    f"the agent at {self.api.url} refused the API token (401): check --token-file",
+                    EXIT_USAGE,
+                )
+            if status != 200 or not isinstance(body, dict) or "members" not in body:
+                failures += 1
+                self.api.fail_over(f"watch failed ({status or ''} {str(body)[:200]})")
+                if failures % max(1, len(self.api.urls)) == 0:
+                    await self._sleep(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(failures, 5)))
+                continue
+            failures = 0
+            index = int(body.get("index") or 0)
+            if index < self.view_index:
+                continue  # an agent behind the one we used: wait for it to catch up
+            if not body["members"]:
+                # A fresh agent that belongs to no cluster yet: its empty view must not
+                # take every server out.
+                self.api.fail_over("it knows no member (not in a cluster yet?)")
+                await self._sleep(0.5)
+                continue
+            self.api.learn(body["members"])
+            if self.view is None or index > self.view_index or body.get("changed"):
+                self.view = body
+                self.view_index = index
+                self.wake.set()
+            if body.get("leader_id") is None:
+                # Cut off from its leader, its view may be stale: ask another member.
+                self.api.fail_over("it knows no leader")
+                await self._sleep(0.2)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    # ---- reconciling -----------------------------------------------------------------------
+    async def reconcile_loop(self) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            delay = self.opts.interval
+            try:
+                busy = await self.reconcile_once()
+                if self.haproxy_down_since is not None:
+                    log.info(
+                        "HAProxy is back after %.1fs (pid %s)",
+                        time.monotonic() - self.haproxy_down_since,
+                        self.haproxy_pid,
+                    )
+                    self.haproxy_down_since = None
+                failures = 0
+                if busy:
+                    delay = min(delay, DRAIN_POLL)
+            except HAProxyUnavailable as exc:
+                failures += 1
+                if self.haproxy_down_since is None:
+                    self.haproxy_down_since = time.monotonic()
+                    log.error("HAProxy is unavailable: %s; retrying", exc)
+                # The socket is local and cheap to try: come back quickly after a restart.
+                delay = self._backoff(failures, UNAVAILABLE_BACKOFF_MAX)
+            except NoSuchBackend as exc:
+                failures += 1
+                delay = self._backoff(failures)
+                log.error(
+                    "HAProxy has no backend %r any more (%s); retrying in %.1fs",
+                    self.backend,
+                    exc.answer,
+                    delay,
+                )
+            except HAProxyRefused as exc:
+                if "must use a dynamic load balancing" in exc.answer:
+                    raise BalancerError(
+                        f"backend {self.backend!r} uses a static algorithm, which cannot take "
+                        f"servers at run time ({exc.answer!r}); use one of "
+                        f"{sorted(set(ALGORITHMS.values()))}",
+                        EXIT_USAGE,
+                    ) from None
+                failures += 1
+                delay = self._backoff(failures)
+                if isinstance(exc, RoundFailed):  # _apply logged what was and was not applied
+                    log.warning("retrying in %.1fs", delay)
+                else:
+                    log.error(
+                        "HAProxy refused %r: %r; retrying in %.1fs", exc.command, exc.answer, delay
+                    )
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), delay)
+
+    @staticmethod
+    def _backoff(failures: int, cap: float = BACKOFF_MAX) -> float:
+        base = min(cap, BACKOFF_MIN * 2 ** min(failures - 1, 6))
+        return base * random.uniform(0.5, 1.0)
+
+    async def reconcile_once(self) -> bool:
+        """One round; True while something is in progress (a drain)."""
+        info = await self.haproxy.info()
+        pid = info.get("Pid")
+        restarted = self.haproxy_pid is not None and pid != self.haproxy_pid
+        if restarted:
+            log.warning(
+                "HAProxy restarted (pid %s -> %s): converging from its state", self.haproxy_pid, pid
+            )
+        self.haproxy_pid = pid
+        view = self.view
+        if view is None:
+            return False
+        self.rounds += 1
+        servers = await self.haproxy.servers_state(self.backend)
+        stats = await self.haproxy.stat(self.backend)
+        wants, skipped = desired(view, self.opts.strategy)
+        if skipped != self._last_skipped:
+            for s in skipped:
+                log.warning("not balancing to member %s", s)
+            self._last_skipped = skipped
+        now = time.monotonic()
+        have = {s.name: s for s in servers}
+        # A drain we did not start (before a restart of ours) counts from now.
+        for s in servers:
+            if (s.drain or s.maint) and s.name not in self.drain_started:
+                if s.name not in wants or wants[s.name].drain:
+                    self.drain_started[s.name] = now
+        for name in list(self.drain_started):
+            if name not in have or (name in wants and not wants[name].drain):
+                del self.drain_started[name]
+        p = plan(
+            self.backend, wants, servers, stats, self.drain_started, now, self.opts.drain_timeout
+        )
+        applied, failed = await self._apply(p)
+        if p.waiting != self._last_waiting:
+            for w in p.waiting:
+                log.info("in progress: %s", w)
+            self._last_waiting = p.waiting
+        await self._report(view, wants, p, applied)
+        if (applied or restarted) and self.opts.state_file:
+            await self._save_state()
+        if not p.actions and not p.waiting:
+            self.converged.set()
+        else:
+            self.converged.clear()
+        if failed:
+            action, answer = next(iter(failed.values()))
+            raise RoundFailed(action.command, answer)
+        return bool(p.waiting) or bool(p.actions)
+
+    async def _apply(self, p: Plan) -> tuple[list[Action], dict[str, tuple[Action, str]]]:
+        """Apply the plan in order. A command HAProxy refuses stops the commands of that
+        server (the ones after it depend on it) but not the others'; the log says what was
+        applied and what was not. HAProxy going away stops everything."""
+        applied: list[Action] = []
+        failed: dict[str, tuple[Action, str]] = {}
+        for action in p.actions:
+            if action.server in failed:
+                continue
+            try:
+                await self.haproxy.execute(action.command)
+            except HAProxyRefused as exc:
+                if action.deletes and "still has connections" in exc.answer:
+                    # Idle or closing connections: HAProxy lets them go shortly. Not an error.
+                    p.waiting.append(f"{action.server}: left, waiting for its connections")
+                    continue
+                failed[action.server] = (action, exc.answer)
+                continue
+            except HAProxyUnavailable as exc:
+                self._log_partial(p, applied, {action.server: (action, str(exc))}, everything=True)
+                raise
+            applied.append(action)
+            self.applied_total += 1
+            log.info("applied: %s (%s)", action.command, action.why)
+            if action.starts_drain:
+                self.drain_started.setdefault(action.server, time.monotonic())
+            if action.deletes:
+                self.drain_started.pop(action.server, None)
+                self.to_forget.add(action.server)
+        if failed:
+            self._log_partial(p, applied, failed)
+        return applied, failed
+
+    @staticmethod
+    def _log_partial(
+        p: Plan,
+        applied: list[Action],
+        failed: Mapping[str, tuple[Action, str]],
+        everything: bool = False,
+    ) -> None:
+        done = set(applied)
+        first_failed = {a for a, _ in failed.values()}
+        rest = [
+            a
+            for a in p.actions
+            if a not in done and a not in first_failed and (everything or a.server in failed)
+        ]
+        log.error(
+            "applied %d of %d change(s)%s; failed: %s; not applied: %s; "
+            "the next round starts again from HAProxy's state",
+            len(applied),
+            len(p.actions),
+            f" ({'; '.join(a.command for a in applied)})" if applied else "",
+            "; ".join(f"{a.command} -> {why!r}" for a, why in failed.values()),
+            "; ".join(a.command for a in rest) or "nothing else",
+        )
+
+    async def _report(
+        self, view: Mapping[str, Any], wants: Mapping[str, Want], p: Plan, applied: list[Action]
+    ) -> None:
+        """The KV side of the protocol with the agents (docs/balancer.md)."""
+        if not self.registered:
+            self.registered = await self.api.write(
+                "PUT",
+                f"/v1/kv/{REGISTERED_KEY}",
+                {
+                    "value": {
+                        "backend": self.backend,
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "strategy": self.opts.strategy,
+                        "drain_timeout_s": self.opts.drain_timeout,
+                        "at": time.time(),
+                    }
+                },
+            )
+            if self.registered:
+                log.info("registered: removals now wait for this balancer to drain")
+        members = {str(m["id"]): m for m in view.get("members") or [] if m.get("id")}
+        # Draining members HAProxy is done with; members with no server at all have nothing
+        # to drain.
+        done = dict(p.drained)
+        for mid, m in members.items():
+            if m.get("draining") and mid not in wants:
+                done.setdefault(mid, {"sessions": 0, "timed_out": False, "no_server": True})
+        for mid, detail in sorted(done.items()):
+            if mid in self.reported:
+                continue
+            value = {"backend": self.backend, "at": time.time(), **detail}
+            if await self.api.write("PUT", f"/v1/kv/{DRAINED_PREFIX}{mid}", {"value": value}):
+                self.reported[mid] = bool(detail.get("timed_out"))
+                log.info(
+                    "reported %s drained%s",
+                    mid,
+                    " (drain timeout passed)" if detail.get("timed_out") else "",
+                )
+        # Forget the reports of members that left (and whose server is gone) ...
+        for mid in list(self.reported):
+            if mid not in members:
+                self.to_forget.add(mid)
+                del self.reported[mid]
+        for mid in sorted(self.to_forget):
+            if mid in members:
+                self.to_forget.discard(mid)
+                continue
+            if await self.api.write("DELETE", f"/v1/kv/{DRAINED_PREFIX}{mid}"):
+                self.to_forget.discard(mid)
+        # ... and a stale report of a member that is in service (left once, came back with
+        # the same id): it would let its next removal skip the drain.
+        for mid, m in members.items():
+            if m.get("draining"):
+                self.checked_stale_key.discard(mid)
+                continue
+            self.reported.pop(mid, None)
+            if mid in self.checked_stale_key:
+                continue
+            if await self.api.get_stale(f"{DRAINED_PREFIX}{mid}") is not None:
+                if not await self.api.write("DELETE", f"/v1/kv/{DRAINED_PREFIX}{mid}"):
+                    continue
+                log.info("deleted a stale drained report of %s (in service)", mid)
+            self.checked_stale_key.add(mid)
+
+    async def _save_state(self) -> None:
+        assert self.opts.state_file
+        try:
+            text = await self.haproxy.command("show servers state")
+            parse_servers_state(text)
+            await asyncio.get_running_loop().run_in_executor(
+                None, write_atomic, self.opts.state_file, text
+            )
+        except (OSError, StateParseError, HAProxyUnavailable) as exc:
+            log.warning("could not save the server state to %s: %s", self.opts.state_file, exc)
+
+    # ---- running ---------------------------------------------------------------------------
+    async def run(self) -> int:
+        await self.check_haproxy()
+        log.info(
+            "balancer: backend %s, strategy %s (balance %s), drain timeout %gs, agents %s",
+            self.backend,
+            self.opts.strategy,
+            ALGORITHMS[self.opts.strategy],
+            self.opts.drain_timeout,
+            ", ".join(self.opts.api_urls),
+        )
+        tasks = [
+            asyncio.create_task(self.watch(), name="balancer-watch"),
+            asyncio.create_task(self.reconcile_loop(), name="balancer-reconcile"),
+        ]
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopper and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            self.stop.set()
+            for t in [*tasks, stopper]:
+                t.cancel()
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+        log.info("stopped (%d change(s) applied in %d round(s))", self.applied_total, self.rounds)
+        return EXIT_OK
+
+
+async def run_balancer(opts: Options) -> int:
+    if opts.strategy not in STRATEGIES:
+        raise BalancerError(f"unknown strategy {opts.strategy!r}", EXIT_USAGE)
+    async with aiohttp.ClientSession() as session:
+        bal = Balancer(opts, session)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, bal.stop.set)
+            # (run() cancels the loops when stop is set)
+        return await bal.run()
