@@ -54,6 +54,7 @@ log = logging.getLogger("hafleet.agent")
 META_FILE = "agent.json"
 FOUND_ACCEPT_TTL = 15.0
 REPORT_INTERVAL = 1.0
+OVERRIDE_PREFIX = "weights/override/"
 
 
 class AgentError(Exception):
@@ -951,6 +952,17 @@ class Agent:
         healthy = {str(m["id"]) for m in self.state.members() if m.get("healthy", True)}
         return len(voters) >= 1 and len(voters & healthy) >= len(voters) // 2 + 1
 
+    def _override(self, mid: str) -> int | None:
+        """A pinned weight: the replicated KV key ``weights/override/<id>`` (1..256) wins over
+        the leader's ``weight_overrides`` config, so a pin survives a change of leader."""
+        item = self.state.kv_get(f"{OVERRIDE_PREFIX}{mid}")
+        if item is not None:
+            v = item["value"]
+            if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256:
+                return v
+            log.warning("ignoring %s%s = %r: not an integer in 1..256", OVERRIDE_PREFIX, mid, v)
+        return self.cfg.weight_overrides.get(mid) or None
+
     async def _plan_weights(self, now: float, members: list[dict[str, Any]]) -> None:
         assert self.raw is not None
         if self.planner_term != self.raw.raft.term:
@@ -970,7 +982,7 @@ class Agent:
                 joined_at=self.joined_at.get(mid, 0.0),
                 healthy=bool(m.get("healthy", True)),
                 draining=bool(m.get("draining", False)),
-                override=self.cfg.weight_overrides.get(mid) or None,
+                override=self._override(mid),
             )
         current = self.state.weights()["weights"]
         decision = self.planner.plan(now, inputs, current)
