@@ -671,3 +671,33 @@ def test_bad_configuration_exits_2_with_a_clear_message(
     assert "Traceback" not in result.stderr
     assert not node.data_dir.exists(), "a refused configuration created the data dir"
     assert cluster.token not in result.stderr + result.stdout
+
+
+def test_a_weight_pin_in_the_kv_store_is_committed_and_survives_a_new_leader(
+    make_cluster: MakeCluster,
+) -> None:
+    from harness import wait_for
+
+    cluster, statuses = found(make_cluster, 3)
+    leader = next(nid for nid, st in statuses.items() if st["state"] == "leader")
+    pinned = next(nid for nid in statuses if nid != leader)
+
+    def weight_of(node: str) -> Any:
+        return cluster.ok(node, "GET", "/v1/weights")["weights"].get(pinned)
+
+    cluster.put(leader, f"weights/override/{pinned}", 7)
+    wait_for(lambda: weight_of(leader) == 7, 15, f"{pinned} pinned at 7")
+    # a new leader reads the pin from the replicated state, not from its own config
+    cluster.term(leader)
+    other = pinned
+    new = wait_for(
+        lambda: (
+            (cluster.status(other) or {}).get("leader_id") not in (None, leader)
+            and cluster.status(other)["leader_id"]
+        ),
+        15,
+        "a new leader",
+    )
+    cluster.put(new, f"weights/override/{pinned}", 9)
+    wait_for(lambda: weight_of(new) == 9, 15, f"{pinned} pinned at 9 by the new leader")
+    cluster.ok(new, "DELETE", f"/v1/kv/weights/override/{pinned}")
