@@ -41,7 +41,7 @@ TEST_STAGES := system-deps venv lint pytest sanity units
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
-	sanity units build constraints lab clean distclean sim bench-agent
+	sanity units build constraints lab clean distclean sim bench-agent bench-balancer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -164,6 +164,9 @@ sim: venv ## the Raft simulator over many seeds: make sim SEEDS=10000 NODES=5
 
 bench-agent: venv ## agent benchmarks: failover, join, writes, idle cost (about 5 minutes)
 	$(BIN)/python bench/agent_bench.py
+
+bench-balancer: venv ## HAProxy + syncer: req/s, weight commit -> applied, failed requests (about 3 minutes)
+	$(BIN)/python bench/balancer_bench.py
 
 lab: ## (not yet) bring up a lab fleet: make lab NODES=7
 	@echo "make lab is not available yet: it arrives with issue 6 (the collection's lab)." >&2

@@ -252,7 +252,7 @@ def test_kill9_syncer_then_haproxy_under_load_both_recover(make_lab) -> None:
 
 
 def test_lab_toml_helper() -> None:
-    from conftest import toml
+    from balancer_lab import toml
 
     text = toml({"weight_overrides": {"n1": 5}, "drain_timeout_s": 2.5, "x": True, "y": "z"})
     assert 'weight_overrides = { "n1" = 5 }' in text and "drain_timeout_s = 2.5" in text
