@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -230,7 +231,8 @@ def main() -> int:
     started = time.monotonic()
     results: dict[str, object] = {
         "machine": {
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(),
             "python": platform.python_version(),
             "haproxy": shutil.which("haproxy") or "/usr/sbin/haproxy",
         }

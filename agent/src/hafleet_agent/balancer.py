@@ -500,7 +500,7 @@ class ClusterAPI:
             try:
                 status, payload = await self.request(method, path, body)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                self.fail_over(f"{method} {path} failed ({exc!r})")
+                self.fail_over(f"{method} {path} failed ({type(exc).__name__}: {exc})")
                 continue
             if status == 200:
                 return True
@@ -622,7 +622,7 @@ class Balancer:
             try:
                 status, body = await self.api.request("GET", path, timeout=WATCH_WAIT_S + 10)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                status, body = 0, repr(exc)
+                status, body = 0, f"{type(exc).__name__}: {exc}".rstrip(": ")
             if status == 401:
                 raise BalancerError(
                     f"the agent at {self.api.url} refused the API token (401): check --token-file",
@@ -630,12 +630,20 @@ class Balancer:
                 )
             if status != 200 or not isinstance(body, dict) or "members" not in body:
                 failures += 1
-                self.api.fail_over(f"watch failed ({status or ''} {str(body)[:200]})")
+                why = f"{status} {body}" if status else str(body)
+                self.api.fail_over(f"watch failed ({why[:200]})")
                 if failures % max(1, len(self.api.urls)) == 0:
                     await self._sleep(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(failures, 5)))
                 continue
             failures = 0
             index = int(body.get("index") or 0)
+            if body.get("leader_id") is None:
+                # Cut off from its leader (or in an election), its view may be stale: use
+                # it only if it is news, and ask another member next.
+                self.api.fail_over("it knows no leader")
+                if index <= self.view_index:
+                    await self._sleep(0.2)
+                    continue
             if index < self.view_index:
                 continue  # an agent behind the one we used: wait for it to catch up
             if not body["members"]:
@@ -649,10 +657,6 @@ class Balancer:
                 self.view = body
                 self.view_index = index
                 self.wake.set()
-            if body.get("leader_id") is None:
-                # Cut off from its leader, its view may be stale: ask another member.
-                self.api.fail_over("it knows no leader")
-                await self._sleep(0.2)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -723,7 +727,9 @@ class Balancer:
         restarted = self.haproxy_pid is not None and pid != self.haproxy_pid
         if restarted:
             log.warning(
-                "HAProxy restarted (pid %s -> %s): converging from its state", self.haproxy_pid, pid
+                "HAProxy restarted or reloaded (pid %s -> %s): converging from its state",
+                self.haproxy_pid,
+                pid,
             )
         self.haproxy_pid = pid
         view = self.view
