@@ -126,9 +126,12 @@ class Api:
             raise AgentError("wrong API token", status=401)
 
     # ---- forwarding ------------------------------------------------------------------------
-    async def _forward(self, request: web.Request, body: bytes | None = None) -> web.Response:
-        """Send a write to the leader and relay its answer."""
-        if request.headers.get(FORWARDED):
+    async def _forward(
+        self, request: web.Request, body: bytes | None = None, handed_over: bool = False
+    ) -> web.Response:
+        """Send a write to the leader and relay its answer. A forwarded request is not
+        forwarded again (no loops), unless this node just handed leadership over for it."""
+        if request.headers.get(FORWARDED) and not handed_over:
             raise NoLeader("forwarded to a node that is not the leader; no leader known here")
         api = self.agent.leader_api()
         if api is None:
@@ -204,6 +207,8 @@ class Api:
                 if agent.leader_api() and agent.leader_id() != agent.id:
                     break
                 await agent.wait_index(agent.state.index, 0.1)
+            if not agent.is_leader():
+                return await self._forward(request, b"", handed_over=True)
         if not agent.is_leader():
             return await self._forward(request, b"")
         return web.json_response(await agent.remove_member(mid, drain_s))

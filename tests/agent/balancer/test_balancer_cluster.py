@@ -246,8 +246,8 @@ def test_kill9_syncer_then_haproxy_under_load_both_recover(make_lab) -> None:
     # 2. kill -9 HAProxy: requests fail until it is back (nothing can answer them); the
     #    test starts it again from its configuration, without servers: the syncer notices
     #    the new process and adds them back.
+    t_kill = time.monotonic()  # requests ending after this may fail: nothing answers them
     hp.kill9()
-    t_kill = time.monotonic()
     lab.wait_for(lambda: "HAProxy is unavailable" in syncer.log(), 10, "the syncer noticed")
     hp.start()
     t_back = time.monotonic()
@@ -292,12 +292,6 @@ def test_watch_fails_over_when_its_agent_dies(make_lab) -> None:
     assert set(hp.servers()) == {"n1", leader}  # n1's host still serves; only its agent died
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug (api.py remove_member): a DELETE of the leader sent to a follower is "
-    "forwarded to the leader, which hands leadership over and then must forward it again, "
-    "but the request carries X-Hafleet-Forwarded: 503 and the member stays",
-)
 @pytest.mark.timeout(60)
 def test_delete_of_the_leader_sent_to_a_follower_removes_it(make_lab) -> None:
     lab = make_lab()
