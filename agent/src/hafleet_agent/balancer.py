@@ -8,8 +8,8 @@ Reconciliation is level-based: every round reads what HAProxy has (``show server
 ``show stat``), compares it with what the group wants, and applies the difference:
 
 - a member with a service address and no server: ``add server BK/ID HOST:PORT id N weight
-  W check``, ``enable health``, ``set server ... state ready`` (a server added at run time
-  starts in maintenance with its check off);
+  W check``, ``enable health``, ``enable server`` (a server added at run time starts in
+  maintenance with its check off);
 - a weight that differs from the committed table: ``set server BK/ID weight W``;
 - a member that is draining: ``set server ... state drain``; once HAProxy shows it has no
   session left (or ``--drain-timeout`` passed), the KV key ``balancer/drained/ID`` tells the
@@ -375,7 +375,7 @@ def plan(
             if w.drain:
                 add(f"set server {srv} state drain", name, "member is draining", starts_drain=True)
             else:
-                add(f"set server {srv} state ready", name, "new member")
+                add(f"enable server {srv}", name, "new member")
             continue
         if (s.addr, s.port) != (w.host, w.port):
             add(

@@ -211,6 +211,8 @@ class FakeHAProxy:
             return "No such server.\n\n"
         if cmd.startswith("enable health"):
             s["check"] = 6
+        elif cmd.startswith("enable server"):
+            s["admin"] = 0
         elif cmd.startswith("set server") and w[3] == "state":
             s["admin"] = {"ready": 0, "drain": 8, "maint": 1}[w[4]]
         elif cmd.startswith("set server") and w[3] == "weight":
@@ -360,12 +362,13 @@ def test_member_with_a_bad_address_is_logged_and_the_others_served(
 def test_haproxy_that_answers_with_errors_is_retried_and_logged(
     tmp_path: Path, token_file: Path
 ) -> None:
-    """The fake HAProxy refuses n1's `state ready` twice and one `add server` once: the log
+    """The fake HAProxy refuses n1's `enable server`, then the `state ready` that repairs it,
+    and n3's `add server` once each: the log
     says what was applied and what was not, n2 is not held up by n1, and the syncer
     converges once HAProxy takes the commands."""
     path = f"/tmp/hfb-fake-{os.getpid()}.sock"
     members = {"n1": "127.0.0.1:9001", "n2": "127.0.0.1:9002", "n3": "127.0.0.1:9003"}
-    refuse = {"set server app/n1 state ready": 2, "add server app/n3": 1}
+    refuse = {"enable server app/n1": 1, "set server app/n1 state ready": 1, "add server app/n3": 1}
     log_path = tmp_path / "syncer.log"
     proc = None
     try:
@@ -388,18 +391,19 @@ def test_haproxy_that_answers_with_errors_is_retried_and_logged(
 
                 wait_for(converged, 30, "convergence despite the refusals")
                 assert proc.poll() is None
-                assert hp.refuse == {"set server app/n1 state ready": 0, "add server app/n3": 0}
+                assert set(hp.refuse.values()) == {0}
     finally:
         kill(proc)
         if os.path.exists(path):
             os.unlink(path)
     text = log_path.read_text()
     # the first round: n1 added but not enabled, n2 fully applied, n3 not added; all said
+    assert "failed: enable server app/n1 -> 'Internal error: simulated refusal.'" in text
     assert "failed: set server app/n1 state ready -> 'Internal error: simulated refusal.'" in text
     assert "add server app/n3 127.0.0.1:9003" in text
     first_error = next(ln for ln in text.splitlines() if "failed:" in ln)
     assert "applied 5 of 9 change(s)" in first_error
-    assert "not applied: enable health app/n3; set server app/n3 state ready" in first_error
+    assert "not applied: enable health app/n3; enable server app/n3" in first_error
     assert "retrying in" in text
     assert "Traceback" not in text
 

@@ -1,7 +1,8 @@
 """The syncer with real agents, a real HAProxy and real backends on loopback.
 
-- traffic shares follow the committed weights (3,000 requests, within 5%), and a seamless
-  HAProxy reload under load keeps every server and weight;
+- traffic shares follow the committed weights (3,000 requests, within 5%), a seamless
+  HAProxy reload under load keeps every server and weight, and a weight pinned at run time
+  (KV ``weights/override/<id>``) shows in HAProxy and in the traffic within seconds;
 - the three equal-weight strategies spread traffic evenly over every member;
 - a host's load goes up: its weight drops and its share follows within seconds;
 - scale-in under load: a member is drained and removed while 200 requests/s (some slow)
@@ -82,6 +83,18 @@ def test_traffic_share_matches_the_committed_weights(make_lab) -> None:
     assert len(results) == 800 and not [r for r in results if not r.ok]
     lab.wait_for(lambda: "HAProxy restarted" in syncer.log(), 10, "the syncer saw the reload")
     assert syncer.log().count("applied:") == applied_before
+
+    # An operator pins n3's weight at run time (the replicated KV pin wins over the
+    # config): HAProxy follows within a few seconds and so does the traffic; unpinned, n3
+    # is back at its configured weight.
+    t0 = time.monotonic()
+    lab.cluster.put("n2", "weights/override/n3", 160)
+    pinned = {**overrides, "n3": 160}
+    lab.wait_for(lambda: in_step(lab, hp) == pinned, 10, "the pin applied")
+    assert time.monotonic() - t0 < 5
+    assert_share(asyncio.run(burst(hp.url, 900, concurrency=20)), pinned)
+    lab.cluster.ok("n2", "DELETE", "/v1/kv/weights/override/n3")
+    lab.wait_for(lambda: in_step(lab, hp) == overrides, 10, "the pin removed")
 
 
 @pytest.mark.timeout(120)

@@ -134,7 +134,7 @@ def test_plan_adds_a_new_member_with_an_id_then_health_then_ready() -> None:
     assert commands(p) == [
         f"add server app/n1 10.0.0.1:80 id {sid} weight 7 check",
         "enable health app/n1",
-        "set server app/n1 state ready",
+        "enable server app/n1",
     ]
 
 
