@@ -17,7 +17,7 @@ STAMP := $(VENV)/.hafleet-installed
 
 # Tools installed into .venv, all pinned by constraints.txt.
 VENV_TOOLS := ansible-core ruff pytest pytest-timeout hypothesis antsibull-changelog
-DEB_PACKAGES := haproxy iproute2 shellcheck
+DEB_PACKAGES := haproxy iproute2 shellcheck nftables
 
 # ansible-test only runs inside a real .../ansible_collections/NAMESPACE/NAME directory.
 COLLECTION_ROOT := build/ansible_collections
@@ -41,7 +41,7 @@ TEST_STAGES := system-deps venv lint pytest sanity units
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
-	sanity units build constraints lab clean distclean sim bench-agent bench-balancer
+	sanity units build constraints lab clean distclean sim bench-agent bench-balancer chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -58,7 +58,7 @@ test: ## everything CI runs: system packages, .venv, lint, pytest, sanity, units
 	done; \
 	echo "==> make test: all stages passed ($(TEST_STAGES))"
 
-system-deps: ## apt-get install the Debian packages that are missing (haproxy, iproute2, shellcheck)
+system-deps: ## apt-get install the Debian packages that are missing (haproxy, iproute2, shellcheck, nftables)
 	@missing=""; \
 	for pkg in $(DEB_PACKAGES); do \
 		if ! dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q '^install ok installed$$'; then \
@@ -103,7 +103,7 @@ format: venv ## ruff format and apply ruff's safe fixes
 
 # pytest exits with 5 when it collected no test: success here, and only that exit code.
 pytest: venv ## pytest tests/agent
-	@rc=0; $(BIN)/pytest tests/agent || rc=$$?; \
+	@rc=0; $(BIN)/pytest tests/agent tests/chaos || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 		echo "pytest: no tests collected in tests/agent (exit 5), treated as success"; \
 	elif [ $$rc -ne 0 ]; then \
@@ -167,6 +167,14 @@ bench-agent: venv ## agent benchmarks: failover, join, writes, idle cost (about 
 
 bench-balancer: venv ## HAProxy + syncer: req/s, weight commit -> applied, failed requests (about 3 minutes)
 	$(BIN)/python bench/balancer_bench.py
+
+# The long chaos runs (root): every scenario of tests/chaos CHAOS_RUNS times against real
+# agents in lab namespaces (about 45 minutes), then the fuzzers with FUZZ_EXAMPLES examples.
+CHAOS_RUNS ?= 20
+FUZZ_EXAMPLES ?= 5000
+chaos: venv system-deps ## chaos scenarios on real agents, CHAOS_RUNS=20 runs each, + long fuzzing
+	$(BIN)/python tests/chaos/run_chaos.py --runs $(CHAOS_RUNS) --json build/chaos-report.json
+	HFCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider -q tests/chaos/test_chaos_fuzz.py
 
 lab: ## (not yet) bring up a lab fleet: make lab NODES=7
 	@echo "make lab is not available yet: it arrives with issue 6 (the collection's lab)." >&2

@@ -404,10 +404,11 @@ class ChaosLab:
 
 
 def cleanup(prefix: str = PREFIX) -> None:
-    """Remove what a killed run left: agents are gone with their namespaces' veths? No: the
-    caller kills agents first (by the PIDs it knows); here only the nft table and netlab
-    names (exact patterns) are removed."""
-    subprocess.run([NFT, "delete", "table", "bridge", f"{prefix}_chaos"], capture_output=True)
+    """Remove what a killed run left behind: the nft table and the NetLab names (exact
+    patterns only). Agents of a killed run died with it (PR_SET_PDEATHSIG)."""
+    subprocess.run(
+        [NFT, "delete", "table", "bridge", f"{prefix}_chaos"], capture_output=True, timeout=10
+    )
     import netlab
 
     netlab.cleanup(prefix)
