@@ -43,13 +43,6 @@ def test_chaos_scenario(name: str, tmp_path: Path) -> None:
     assert result.violations == 0 and result.lost_acked == 0, details
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug: Agent.stop() fails the pending writes but not the pending ReadIndex "
-    "reads (Agent._reads), and the housekeeping task that expires them is cancelled first; a "
-    "linearizable GET in flight when storage fails keeps its handler waiting, so "
-    "api_runner.cleanup() holds the process until aiohttp's 60 s shutdown timeout",
-)
 def test_storage_failure_exits_promptly_with_a_read_in_flight(tmp_path: Path) -> None:
     """Fail-stop must be prompt: the leader, cut off so that a linearizable read waits, gets
     a write whose fsync fails; it must exit (code 1) within EXIT_BOUND_S."""

@@ -278,6 +278,11 @@ class Agent:
         for p in self._pending.values():
             if not p.future.done():
                 p.future.set_exception(Unknown("the agent is stopping"))
+        for fut, _ in self._reads.values():
+            if not fut.done():
+                fut.set_exception(NoLeader("the agent is stopping; the read was not served"))
+        self._reads.clear()
+        self._index_event.set()  # long polls return now rather than at their timeout
         if self.api_runner is not None:
             await self.api_runner.cleanup()
         if self.discovery is not None:
@@ -1143,7 +1148,7 @@ class Agent:
             return self.state.index
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.state.index <= index:
+        while self.state.index <= index and not self._stop.is_set():
             left = deadline - loop.time()
             if left <= 0:
                 break

@@ -387,7 +387,7 @@ def build_app(agent: Agent) -> tuple[web.Application, Api]:
 
 async def start_api(agent: Agent) -> web.AppRunner:
     app, _ = build_app(agent)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, agent.cfg.bind, agent.cfg.api_port, reuse_address=True)
     await site.start()
