@@ -958,15 +958,16 @@ class Agent:
         return len(voters) >= 1 and len(voters & healthy) >= len(voters) // 2 + 1
 
     def _override(self, mid: str) -> int | None:
-        """A pinned weight: the replicated KV key ``weights/override/<id>`` (1..256) wins over
-        the leader's ``weight_overrides`` config, so a pin survives a change of leader."""
+        """A pinned weight: the replicated KV key ``weights/override/<id>`` (0..256; 0 drains)
+        wins over the leader's ``weight_overrides`` config, so a pin survives a change of
+        leader."""
         item = self.state.kv_get(f"{OVERRIDE_PREFIX}{mid}")
         if item is not None:
             v = item["value"]
-            if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256:
+            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 256:
                 return v
-            log.warning("ignoring %s%s = %r: not an integer in 1..256", OVERRIDE_PREFIX, mid, v)
-        return self.cfg.weight_overrides.get(mid) or None
+            log.warning("ignoring %s%s = %r: not an integer in 0..256", OVERRIDE_PREFIX, mid, v)
+        return self.cfg.weight_overrides.get(mid)
 
     async def _plan_weights(self, now: float, members: list[dict[str, Any]]) -> None:
         assert self.raw is not None
@@ -981,13 +982,14 @@ class Agent:
             if rep is not None:
                 with contextlib.suppress(Exception):
                     metrics = HostMetrics.from_dict(rep[1])
+            pin = self._override(mid)
             inputs[mid] = MemberInput(
                 metrics=metrics,
                 last_report_time=rep[0] if rep else None,
                 joined_at=self.joined_at.get(mid, 0.0),
                 healthy=bool(m.get("healthy", True)),
-                draining=bool(m.get("draining", False)),
-                override=self._override(mid),
+                draining=bool(m.get("draining", False)) or pin == 0,
+                override=pin or None,
             )
         current = self.state.weights()["weights"]
         decision = self.planner.plan(now, inputs, current)

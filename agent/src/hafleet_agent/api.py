@@ -259,6 +259,16 @@ class Api:
             raise NotFound(f"no key {key!r}")
         return web.json_response(item)
 
+    async def kv_list(self, request: web.Request) -> web.Response:
+        """``GET /v1/kv?prefix=P``: the keys under a prefix, with values (linearizable unless
+        ``stale=1``)."""
+        prefix = request.query.get("prefix", "")
+        if request.query.get("stale") in (None, "0", "false"):
+            await self.agent.read_barrier()
+        state = self.agent.state
+        items = [state.kv_get(k) for k in state.kv_keys(prefix)]
+        return web.json_response({"prefix": prefix, "items": [i for i in items if i]})
+
     async def kv_put(self, request: web.Request) -> web.Response:
         key = self._key(request)
         cas = _int_param(request, "cas")
@@ -372,6 +382,7 @@ def build_app(agent: Agent) -> tuple[web.Application, Api]:
     app.router.add_post("/v1/leadership/transfer", api.transfer)
     app.router.add_get("/v1/weights", api.weights)
     app.router.add_get("/v1/watch", api.watch)
+    app.router.add_get("/v1/kv", api.kv_list)
     app.router.add_get("/v1/kv/{key:.+}", api.kv_get)
     app.router.add_put("/v1/kv/{key:.+}", api.kv_put)
     app.router.add_delete("/v1/kv/{key:.+}", api.kv_del)

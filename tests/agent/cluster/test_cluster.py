@@ -701,3 +701,14 @@ def test_a_weight_pin_in_the_kv_store_is_committed_and_survives_a_new_leader(
     cluster.put(new, f"weights/override/{pinned}", 9)
     wait_for(lambda: weight_of(new) == 9, 15, f"{pinned} pinned at 9 by the new leader")
     cluster.ok(new, "DELETE", f"/v1/kv/weights/override/{pinned}")
+
+
+def test_kv_list_by_prefix(api_cluster: Cluster) -> None:
+    leader = api_cluster.leader()
+    for k in ("lst/a", "lst/b", "lst/c/d", "lsx"):
+        api_cluster.put(leader, k, k.upper())
+    follower = next(n for n in api_cluster.nodes if n != leader)
+    for node, query in ((leader, ""), (follower, ""), (follower, "&stale=1")):
+        body = api_cluster.ok(node, "GET", f"/v1/kv?prefix=lst/{query}")
+        assert [i["key"] for i in body["items"]] == ["lst/a", "lst/b", "lst/c/d"]
+        assert [i["value"] for i in body["items"]] == ["LST/A", "LST/B", "LST/C/D"]
