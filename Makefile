@@ -41,7 +41,7 @@ TEST_STAGES := system-deps venv lint pytest sanity units
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
-	sanity units build constraints lab clean distclean sim bench-agent bench-balancer chaos
+	sanity units build constraints lab clean distclean sim bench-agent bench-balancer bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -167,6 +167,10 @@ bench-agent: venv ## agent benchmarks: failover, join, writes, idle cost (about 
 
 bench-balancer: venv ## HAProxy + syncer: req/s, weight commit -> applied, failed requests (about 3 minutes)
 	$(BIN)/python bench/balancer_bench.py
+
+bench: ## hafleet vs etcd and PySyncObj -> docs/benchmarks.md (~25 min; BENCH_QUICK=1: ~6 min)
+	bench/setup.sh
+	bench/.venv/bin/python bench/compare.py $(if $(BENCH_QUICK),--quick)
 
 # The long chaos runs (root): every scenario of tests/chaos CHAOS_RUNS times against real
 # agents in lab namespaces (about 45 minutes), then the fuzzers with FUZZ_EXAMPLES examples.

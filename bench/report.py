@@ -1,0 +1,684 @@
+"""Turn ``bench/results/compare.json`` into ``docs/benchmarks.md`` and ``docs/bench-*.png``.
+
+    python bench/report.py [bench/results/compare.json] [docs/]
+
+The text between ``<!-- analysis:begin -->`` and ``<!-- analysis:end -->`` in an existing
+``docs/benchmarks.md`` is hand-written and kept as it is when the page is written again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+SYS = ("hafleet", "etcd", "pysyncobj")
+NAMES = {
+    "hafleet": "hafleet",
+    "etcd": "etcd",
+    "pysyncobj": "PySyncObj",
+    "pysyncobj-nobatch": "PySyncObj, no batching",
+    "pysyncobj-nofsync": "PySyncObj as shipped (no fsync)",
+}
+COLORS = {
+    "hafleet": "#1f77b4",
+    "etcd": "#ff7f0e",
+    "pysyncobj": "#2ca02c",
+    "pysyncobj-nobatch": "#98df8a",
+    "pysyncobj-nofsync": "#bcbd22",
+}
+BEGIN, END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
+
+
+def med(xs: list[float]) -> float:
+    xs = [x for x in xs if x is not None and x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def mmm(xs: list[float], scale: float = 1.0, fmt: str = "{:.0f}") -> str:
+    """median [min–max]"""
+    xs = [x * scale for x in xs if x is not None and x == x]
+    if not xs:
+        return "–"
+    f = fmt.format
+    return f"{f(statistics.median(xs))} [{f(min(xs))}–{f(max(xs))}]"
+
+
+def ratio(a: float, b: float) -> str:
+    if not (a == a and b == b) or b == 0:
+        return "–"
+    return f"{a / b:.2f}"
+
+
+def ok(flag: bool | None) -> str:
+    return "–" if flag is None else ("met" if flag else "**not met**")
+
+
+# --- plots --------------------------------------------------------------------------------
+
+
+def plot_failover(res: dict, path: Path) -> None:
+    fo = res.get("failover") or {}
+    profiles = sorted({k.split("/")[0] for k in fo}, key=lambda p: p != "defaults")
+    sizes = sorted({int(k.split("/")[1]) for k in fo})
+    if not profiles:
+        return
+    fig, axes = plt.subplots(
+        len(profiles), 1, figsize=(9, 3.6 * len(profiles)), squeeze=False, sharey=False
+    )
+    rnd = random.Random(1)
+    for ax, prof in zip(axes[:, 0], profiles, strict=True):
+        ticks, labels = [], []
+        for gi, n in enumerate(sizes):
+            r = fo.get(f"{prof}/{n}")
+            if not r:
+                continue
+            for si, s in enumerate(SYS):
+                xs = [v for v in r[s]["leader_s"] if v == v]
+                pos = gi * 4 + si
+                if xs:
+                    ax.boxplot(
+                        [xs],
+                        positions=[pos],
+                        widths=0.7,
+                        showfliers=False,
+                        medianprops={"color": "black"},
+                        boxprops={"color": COLORS[s]},
+                        whiskerprops={"color": COLORS[s]},
+                        capprops={"color": COLORS[s]},
+                    )
+                    ax.scatter(
+                        [pos + rnd.uniform(-0.25, 0.25) for _ in xs],
+                        xs,
+                        s=9,
+                        color=COLORS[s],
+                        alpha=0.7,
+                        zorder=3,
+                    )
+            ticks.append(gi * 4 + 1)
+            labels.append(f"{n} members")
+        ax.set_xticks(ticks, labels)
+        t = (fo.get(f"{prof}/{sizes[0]}") or {}).get("timing") or {}
+        title = (
+            "each with its own defaults"
+            if prof == "defaults"
+            else f"all three: heartbeat {t.get('heartbeat_ms')} ms, "
+            f"election timeout {t.get('election_ms')} ms"
+        )
+        ax.set_title(f"Leader failover after kill -9 of the leader — {title}", fontsize=10)
+        ax.set_ylabel("kill -9 → new leader (s)")
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)
+        for s in SYS:
+            ax.scatter([], [], color=COLORS[s], label=NAMES[s])
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _load_rows(block: dict) -> list[tuple[str, str, list[dict]]]:
+    rows = []
+    for key, by_c in block.items():
+        for c, runs in by_c.items():
+            rows.append((key, c, runs))
+    return rows
+
+
+def plot_load(res: dict, path: Path) -> None:
+    parts = [(op, res[op]) for op in ("writes", "reads") if res.get(op)]
+    if not parts:
+        return
+    fig, axes = plt.subplots(len(parts), 2, figsize=(11, 3.8 * len(parts)), squeeze=False)
+    for row, (op, block) in enumerate(parts):
+        keys = list(block)
+        clients = sorted({int(c) for k in keys for c in block[k]})
+        width = 0.8 / len(keys)
+        ax_t, ax_l = axes[row]
+        for ki, k in enumerate(keys):
+            for ci, c in enumerate(clients):
+                runs = block[k].get(str(c)) or []
+                if not runs:
+                    continue
+                v = [r["per_s"] for r in runs]
+                m = statistics.median(v)
+                x = ci + ki * width - 0.4 + width / 2
+                ax_t.bar(x, m, width, color=COLORS.get(k, "grey"),
+                         label=NAMES.get(k, k) if ci == 0 else None)  # fmt: skip
+                ax_t.errorbar(x, m, yerr=[[m - min(v)], [max(v) - m]], color="black",
+                              capsize=2, lw=0.8)  # fmt: skip
+                p50 = statistics.median(r["p50_ms"] for r in runs)
+                p99 = statistics.median(r["p99_ms"] for r in runs)
+                ax_l.bar(x, p99, width, color=COLORS.get(k, "grey"), alpha=0.35)
+                ax_l.bar(x, p50, width, color=COLORS.get(k, "grey"))
+        for ax in (ax_t, ax_l):
+            ax.set_xticks(range(len(clients)), [f"{c} client{'s' if c > 1 else ''}"
+                                                for c in clients])  # fmt: skip
+            ax.grid(axis="y", alpha=0.3)
+        what = "100-byte writes, fsync on" if op == "writes" else "linearizable reads"
+        ax_t.set_title(f"{what}: operations/s (median, min–max)", fontsize=10)
+        ax_l.set_title(f"{what}: latency p50 (solid), p99 (light), ms", fontsize=10)
+        ax_l.set_yscale("log")
+        ax_t.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_ops(res: dict, path: Path) -> None:
+    panels = []
+    if res.get("join"):
+        panels.append(("new member → voter (s)", {s: res["join"][s]["s"] for s in SYS}))
+    if res.get("handover"):
+        h = res["handover"]
+        panels.append(
+            (
+                "graceful hand-over: request → target leads (ms)",
+                {s: [t["handover_s"] * 1000 for t in h[s]["trials"]] for s in SYS if s in h},
+            )
+        )
+        panels.append(
+            (
+                "hand-over: longest gap between acknowledged writes (ms)",
+                {s: [t["blocked_s"] * 1000 for t in h[s]["trials"]] for s in SYS if s in h},
+            )
+        )
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    rnd = random.Random(2)
+    for ax, (title, data) in zip(axes[0], panels, strict=True):
+        for i, s in enumerate(SYS):
+            xs = [v for v in data.get(s, []) if v == v]
+            if not xs:
+                continue
+            ax.boxplot([xs], positions=[i], widths=0.6, showfliers=False,
+                       medianprops={"color": "black"})  # fmt: skip
+            ax.scatter([i + rnd.uniform(-0.2, 0.2) for _ in xs], xs, s=12, color=COLORS[s],
+                       zorder=3)  # fmt: skip
+        ax.set_xticks(range(len(SYS)), [NAMES[s] for s in SYS])
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_idle(res: dict, path: Path) -> None:
+    idle = res.get("idle")
+    if not idle:
+        return
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, s in enumerate(SYS):
+        w = idle[s]["windows"]
+        for j, (field, label) in enumerate(
+            (("cpu_leader", "leader"), ("cpu_follower_median", "follower (median)"))
+        ):
+            v = [x[field] for x in w]
+            m = statistics.median(v)
+            a1.bar(i + (j - 0.5) * 0.38, m, 0.36, color=COLORS[s], alpha=1 if j == 0 else 0.5,
+                   label=label if i == 0 else None)  # fmt: skip
+            a1.errorbar(i + (j - 0.5) * 0.38, m, yerr=[[m - min(v)], [max(v) - m]],
+                        color="black", capsize=2, lw=0.8)  # fmt: skip
+        v = [x["rss_median"] for x in w]
+        a2.bar(i, statistics.median(v), 0.6, color=COLORS[s])
+    for ax in (a1, a2):
+        ax.set_xticks(range(len(SYS)), [NAMES[s] for s in SYS])
+        ax.grid(axis="y", alpha=0.3)
+    a1.set_title("idle CPU per member at 7 members (% of one core)", fontsize=10)
+    a1.legend(fontsize=8)
+    a2.set_title("idle RSS per member at 7 members (MiB, median)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+def _cmd(argv: list[str], workdir: str) -> str:
+    out = []
+    for a in argv:
+        a = a.replace(workdir, "$TMP") if workdir else a
+        if a.endswith("/bin/python") or a.endswith("/python3"):
+            a = "bench/.venv/bin/python"
+        a = a.replace(str(BENCH.parent) + "/", "")
+        out.append(a)
+    return " ".join(out)
+
+
+def failover_section(res: dict, L: list[str]) -> dict:
+    fo = res.get("failover") or {}
+    facts: dict = {}
+    if not fo:
+        L.append("Not measured in this run.\n")
+        return facts
+    L.append(
+        "Time from `kill -9` of the leader until a surviving member names a new leader "
+        "(each survivor polled every 10 ms), and until the first write is acknowledged (a "
+        "new write probe every 50 ms, round-robin over the survivors). Median [min–max] "
+        "over the trials, ms; ratios are of medians from this run.\n"
+    )
+    L.append(
+        "| timing | members | hafleet | etcd | PySyncObj | hafleet ÷ etcd | "
+        "hafleet ÷ PySyncObj | first write: hafleet / etcd / PySyncObj | trials (failed) |"
+    )
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key in sorted(fo, key=lambda k: (k.split("/")[0] != "defaults", int(k.split("/")[1]))):
+        r = fo[key]
+        prof, n = key.split("/")
+        t = r.get("timing") or {}
+        tl = "own defaults" if prof == "defaults" else f"{t['heartbeat_ms']}/{t['election_ms']} ms"
+        m = {s: med(r[s]["leader_s"]) for s in SYS}
+        facts[key] = m
+        L.append(
+            f"| {tl} | {n} | "
+            + " | ".join(mmm(r[s]["leader_s"], 1000) for s in SYS)
+            + f" | {ratio(m['hafleet'], m['etcd'])} | {ratio(m['hafleet'], m['pysyncobj'])} | "
+            + " / ".join(f"{med(r[s]['write_s']) * 1000:.0f}" for s in SYS)
+            + " | "
+            + " / ".join(f"{len(r[s]['leader_s'])} ({r[s]['failed']})" for s in SYS)
+            + " |"
+        )
+    L.append("")
+    L.append(
+        "Where the failover time goes (from the members' own logs, medians in ms): "
+        "*detect* = kill → first pre-vote campaign (the election timer; hafleet: the core "
+        "dropping its leader, etcd: `became pre-candidate`), *elect* = campaign → a leader "
+        "(`became leader` / `leader is now … - this node`), the rest is seeing it from "
+        "outside. PySyncObj logs nothing of the kind.\n"
+    )
+    L.append("| timing | members | hafleet detect / elect | etcd detect / elect |")
+    L.append("| --- | --- | --- | --- |")
+    for key in sorted(fo, key=lambda k: (k.split("/")[0] != "defaults", int(k.split("/")[1]))):
+        r = fo[key]
+        prof, n = key.split("/")
+        cells = []
+        for s in ("hafleet", "etcd"):
+            d, e = med(r[s].get("detect_s", [])), med(r[s].get("elect_s", []))
+            cells.append(f"{d * 1000:.0f} / {e * 1000:.0f}" if d == d else "–")
+        L.append(f"| {prof} | {n} | {cells[0]} | {cells[1]} |")
+    L.append("")
+    L.append("![failover](bench-failover.png)\n")
+    return facts
+
+
+def load_section(res: dict, op: str, L: list[str]) -> dict:
+    block = res.get(op)
+    facts: dict = {}
+    if not block:
+        L.append("Not measured in this run.\n")
+        return facts
+    unit = "writes/s" if op == "writes" else "reads/s"
+    L.append(f"| system | clients | {unit} | p50 ms | p99 ms | errors | hafleet ÷ this ({unit}) |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for key, by_c in block.items():
+        for c, runs in by_c.items():
+            rate = med([r["per_s"] for r in runs])
+            facts[(key, c)] = rate
+    for key, by_c in block.items():
+        for c, runs in by_c.items():
+            rate = facts[(key, c)]
+            h = facts.get(("hafleet", c), float("nan"))
+            L.append(
+                f"| {NAMES.get(key, key)} | {c} | {mmm([r['per_s'] for r in runs])} | "
+                f"{mmm([r['p50_ms'] for r in runs], fmt='{:.1f}')} | "
+                f"{mmm([r['p99_ms'] for r in runs], fmt='{:.1f}')} | "
+                f"{sum(r['errors'] for r in runs)} | "
+                f"{'–' if key == 'hafleet' else ratio(h, rate)} |"
+            )
+    L.append("")
+    return facts
+
+
+def write(res: dict, docs: Path) -> None:
+    docs.mkdir(parents=True, exist_ok=True)
+    plot_failover(res, docs / "bench-failover.png")
+    plot_load(res, docs / "bench-load.png")
+    plot_ops(res, docs / "bench-ops.png")
+    plot_idle(res, docs / "bench-idle.png")
+    md_path = docs / "benchmarks.md"
+    kept = None
+    if md_path.exists():
+        old = md_path.read_text()
+        if BEGIN in old and END in old:
+            kept = old[old.index(BEGIN) : old.index(END) + len(END)]
+    md_path.write_text(render(res, kept))
+
+
+def render(res: dict, kept: str | None) -> str:
+    m = res.get("machine", {})
+    args = res.get("args", {})
+    wd = res.get("workdir", "")
+    L: list[str] = []
+    L.append("# Benchmarks: hafleet side by side with etcd and PySyncObj\n")
+    L.append(
+        f"Written by `make bench{' BENCH_QUICK=1' if res.get('quick') else ''}` "
+        f"(`bench/compare.py`, then `bench/report.py`) on {res.get('started', '?')}; "
+        f"the run took {res.get('durations_s', {}).get('total', float('nan')) / 60:.1f} "
+        "minutes. Every member of every system is a real process on its own loopback "
+        "address (127.0.50–99.x); the three systems run in the same run, interleaved "
+        "round-robin with the order rotated every round, so that the other work on this "
+        "shared 2-core machine hits all three alike. Every figure is a median over repeated "
+        "runs with [min–max]; every ratio compares medians from this one run.\n"
+    )
+    if res.get("quick"):
+        L.append(
+            "**This is the quick version** (`BENCH_QUICK=1`): few trials; read it as a smoke "
+            "test, not as the figures.\n"
+        )
+
+    # summary first, filled after the sections compute their facts
+    body: list[str] = []
+    body.append("## Leader failover\n")
+    fo = failover_section(res, body)
+    body.append("## Commit throughput and latency\n")
+    body.append(
+        "100-byte values, distinct keys, 3 members, fsync on for all three, every request "
+        "to the leader over HTTP/1.1 keep-alive from one asyncio client (aiohttp). "
+        f"{args.get('rounds')} rounds of {args.get('load_seconds')} s per system and "
+        "client count (after a short warm-up), interleaved.\n"
+    )
+    wf = load_section(res, "writes", body)
+    body.append("## Linearizable reads\n")
+    body.append(
+        "One key, read by 1 and by 16 clients from the leader: hafleet `GET /v1/kv/KEY` "
+        "(ReadIndex), etcd `Range` with `serializable=false` (its default: ReadIndex), "
+        "PySyncObj a read command through the Raft log (it has no ReadIndex or lease "
+        "reads; its local reads are not linearizable).\n"
+    )
+    load_section(res, "reads", body)
+
+    body.append("## New member to voter\n")
+    j = res.get("join")
+    jf = {}
+    if j:
+        body.append(
+            f"A 3-member cluster preloaded with {args.get('preload')} keys grows by one "
+            "member per trial (3→4→…), interleaved. hafleet: start `hafleet-agent run` with "
+            "`--join` → the leader's `/v1/members` lists it as `voter`. etcd: "
+            "`MemberAdd(isLearner)` (= `etcdctl member add NAME --learner --peer-urls URL`) "
+            "→ start etcd with `--initial-cluster-state existing` → `MemberPromote` (= "
+            "`etcdctl member promote ID`) retried every 20 ms until accepted (etcd refuses "
+            "until the learner has caught up); the clock starts at the accepted add "
+            "(etcd's `--strict-reconfig-check` refuses an add until every voter has been "
+            "connected for 5 s: that wait is not counted). PySyncObj (`dynamicMembershipChange`"
+            "): `addNodeToCluster` on the leader → start the node → it knows the leader and "
+            "has applied the log up to the add (it votes as soon as the add commits; it has "
+            "no learners).\n"
+        )
+        body.append("| system | seconds | trials (failed) | hafleet ÷ this |")
+        body.append("| --- | --- | --- | --- |")
+        for s in SYS:
+            jf[s] = med(j[s]["s"])
+        for s in SYS:
+            body.append(
+                f"| {NAMES[s]} | {mmm(j[s]['s'], fmt='{:.2f}')} | {len(j[s]['s'])} "
+                f"({j[s]['failed']}) | {'–' if s == 'hafleet' else ratio(jf['hafleet'], jf[s])} |"
+            )
+        body.append("")
+    else:
+        body.append("Not measured in this run.\n")
+
+    body.append("## Graceful leader hand-over\n")
+    h = res.get("handover")
+    if h:
+        body.append(
+            "3 members; one client writes sequentially through the member that is neither "
+            "the leader nor the target. hafleet: `POST /v1/leadership/transfer "
+            '{"to": ID}`; etcd: `MoveLeader` (= `etcdctl move-leader ID`); PySyncObj: '
+            "`transferLeadership(node)` (TimeoutNow, new in 0.3.x; it refuses unless the "
+            "target's matchIndex equals the leader's last index at that instant, so the "
+            "bench retries every 10 ms — the clock starts at the first try). *hand-over* = "
+            "request → the target says it leads; *writes blocked* = the longest gap between "
+            "two acknowledged writes around the hand-over (it includes one normal write "
+            "latency, given for reference).\n"
+        )
+        body.append(
+            "| system | hand-over ms | writes blocked ms | normal write ms | failed writes |"
+            " trials (failed) |"
+        )
+        body.append("| --- | --- | --- | --- | --- | --- |")
+        for s in SYS:
+            if s not in h:
+                continue
+            t = h[s]["trials"]
+            body.append(
+                f"| {NAMES[s]} | {mmm([x['handover_s'] for x in t], 1000)} | "
+                f"{mmm([x['blocked_s'] for x in t], 1000)} | "
+                f"{mmm([x['normal_latency_s'] for x in t], 1000, '{:.1f}')} | "
+                f"{sum(x['failed_writes'] for x in t)} | {len(t)} ({h[s]['failed']}) |"
+            )
+        body.append("")
+        body.append("![join and hand-over](bench-ops.png)\n")
+    else:
+        body.append("Not measured in this run.\n")
+
+    body.append("## Idle cost at 7 members\n")
+    idle = res.get("idle")
+    idf: dict = {}
+    if idle:
+        body.append(
+            f"7 members of each system side by side, after {args.get('settle')} s of "
+            f"settling; {args.get('idle_windows')} windows of {args.get('idle_seconds')} s. "
+            "CPU = user+system time of the member's process over the window, % of one "
+            "core; RSS and PSS from /proc (psutil).\n"
+        )
+        body.append(
+            "| system | CPU leader % | CPU follower % (median) | RSS MiB (median member) | "
+            "RSS MiB (max) | PSS MiB | all 7 members, CPU % |"
+        )
+        body.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for s in SYS:
+            w = idle[s]["windows"]
+            idf[s] = {
+                "cpu_leader": med([x["cpu_leader"] for x in w]),
+                "cpu_follower": med([x["cpu_follower_median"] for x in w]),
+                "rss": med([x["rss_median"] for x in w]),
+            }
+            body.append(
+                f"| {NAMES[s]} | {mmm([x['cpu_leader'] for x in w], fmt='{:.2f}')} | "
+                f"{mmm([x['cpu_follower_median'] for x in w], fmt='{:.2f}')} | "
+                f"{mmm([x['rss_median'] for x in w], fmt='{:.1f}')} | "
+                f"{mmm([x['rss_max'] for x in w], fmt='{:.1f}')} | "
+                f"{mmm([x['pss_median'] for x in w if x.get('pss_median')], fmt='{:.1f}')} | "
+                f"{mmm([x['cpu_total'] for x in w], fmt='{:.1f}')} |"
+            )
+        body.append("")
+        body.append("![idle](bench-idle.png)\n")
+    else:
+        body.append("Not measured in this run.\n")
+
+    body.append("## Profile of a hafleet agent\n")
+    prof = res.get("profile")
+    if prof:
+        body.append(
+            "py-spy (`py-spy record --rate 200 --format raw --nonblocking`) on the leader of a "
+            "3-member hafleet cluster, at idle and under 16-client writes. Share of samples "
+            "(all threads, idle included where a thread waits in `select`/`epoll`); raw "
+            "stacks in `bench/results/profile-*.txt` after a run.\n"
+        )
+        for key, title in (
+            ("writes16_leader", "leader under 16-client writes"),
+            ("idle_leader", "leader at idle"),
+        ):
+            p = prof.get(key) or {}
+            if not p.get("samples"):
+                continue
+            extra = ""
+            if p.get("load"):
+                extra = f" ({p['load']['per_s']:.0f} writes/s while profiled)"
+            body.append(f"**{title}**{extra}, {p['samples']} samples:\n")
+            if p.get("area"):
+                body.append(
+                    "By area (the deepest agent module on the stack; fsync and epoll "
+                    "waits apart): "
+                    + ", ".join(f"{a} {v:.1f}%" for a, v in p["area"] if v >= 0.5)
+                    + "\n"
+                )
+            body.append("| on-CPU leaf (self) | % | anywhere on the stack (inclusive) | % |")
+            body.append("| --- | --- | --- | --- |")
+            selfs, incl = p.get("self", []), p.get("inclusive", [])
+            for i in range(max(len(selfs), len(incl))):
+                a = selfs[i] if i < len(selfs) else ("", None)
+                b = incl[i] if i < len(incl) else ("", None)
+                body.append(
+                    f"| `{a[0]}` | {'' if a[1] is None else f'{a[1]:.1f}'} | `{b[0]}` | "
+                    f"{'' if b[1] is None else f'{b[1]:.1f}'} |"
+                )
+            body.append("")
+    else:
+        body.append("Not measured in this run.\n")
+
+    body.append("## Scale through Ansible\n")
+    sc = res.get("scale")
+    if sc:
+        body.append("```\n" + json.dumps(sc, indent=1) + "\n```\n")
+    else:
+        body.append(
+            "**Pending.** `playbooks/scale.yml` and `make lab` come with issue 6, which had "
+            "not landed when this run was made: scale from nothing to 7 nodes, 7 to 7, 7 to "
+            "3 to 7 and the failed requests through HAProxy under a bounded load are not "
+            "measured here yet (`make bench-balancer` measures failed requests during "
+            "agent-driven scale-out/in and failover without Ansible).\n"
+        )
+
+    # --- summary of targets
+    S: list[str] = []
+    S.append("## Targets\n")
+    S.append("| target | measured in this run | verdict |")
+    S.append("| --- | --- | --- |")
+    for n in (3, 5, 7):
+        d = fo.get(f"defaults/{n}")
+        if d:
+            r = d["etcd"] / d["hafleet"] if d["hafleet"] else float("nan")
+            S.append(
+                f"| failover ≥ 2× faster than etcd's defaults at equal safety, {n} members | "
+                f"hafleet {d['hafleet'] * 1000:.0f} ms, etcd {d['etcd'] * 1000:.0f} ms: "
+                f"{r:.2f}× faster | {ok(r >= 2)} |"
+            )
+    for n in (3, 5, 7):
+        t = fo.get(f"tuned/{n}")
+        if t:
+            r = t["hafleet"] / t["etcd"] if t["etcd"] else float("nan")
+            S.append(
+                f"| failover within 1.2× of etcd at the same timeouts, {n} members | "
+                f"hafleet {t['hafleet'] * 1000:.0f} ms, etcd {t['etcd'] * 1000:.0f} ms: "
+                f"{r:.2f}× | {ok(r <= 1.2)} |"
+            )
+    for c in ("1", "16"):
+        h = wf.get(("hafleet", c))
+        ps = [(k, v) for (k, cc), v in wf.items() if k.startswith("pysyncobj") and cc == c]
+        ps = [(k, v) for k, v in ps if k != "pysyncobj-nofsync"]
+        if h and ps:
+            best = max(ps, key=lambda kv: kv[1])
+            S.append(
+                f"| commit throughput above PySyncObj's, {c} client{'s' if c != '1' else ''} | "
+                f"hafleet {h:.0f}/s, best PySyncObj with fsync ({NAMES[best[0]]}) "
+                f"{best[1]:.0f}/s: {h / best[1]:.2f}× | {ok(h > best[1])} |"
+            )
+    if idf:
+        hi, ei = idf["hafleet"], idf["etcd"]
+        S.append(
+            f"| idle RSS per agent below etcd's | hafleet {hi['rss']:.1f} MiB, etcd "
+            f"{ei['rss']:.1f} MiB: {hi['rss'] / ei['rss']:.2f}× | {ok(hi['rss'] < ei['rss'])} |"
+        )
+        S.append(
+            f"| idle CPU per agent below etcd's (follower) | hafleet {hi['cpu_follower']:.2f}%, "
+            f"etcd {ei['cpu_follower']:.2f}%: {ratio(hi['cpu_follower'], ei['cpu_follower'])}× "
+            f"| {ok(hi['cpu_follower'] < ei['cpu_follower'])} |"
+        )
+        S.append(
+            f"| idle CPU per agent below etcd's (leader) | hafleet {hi['cpu_leader']:.2f}%, "
+            f"etcd {ei['cpu_leader']:.2f}%: {ratio(hi['cpu_leader'], ei['cpu_leader'])}× | "
+            f"{ok(hi['cpu_leader'] < ei['cpu_leader'])} |"
+        )
+    S.append("")
+
+    L.extend(S)
+    if kept:
+        L.append(kept + "\n")
+    else:
+        L.append(BEGIN + "\n\n(no analysis written yet)\n\n" + END + "\n")
+    L.extend(body)
+
+    # --- machine, versions, commands
+    L.append("## Machine, versions, commands\n")
+    fs = m.get("fsync_100b") or {}
+    loads = [v for _, v in res.get("load_samples", [])]
+    L.append(
+        f"- {m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('mem_total_gib')} GiB, "
+        f"kernel {m.get('kernel')}, {m.get('os')}, Python {m.get('python')}\n"
+        f"- data dirs on: `{m.get('filesystem')}`; a 100-byte append + `fdatasync` takes "
+        f"{fs.get('p50_ms', float('nan')):.2f} ms p50, {fs.get('p99_ms', float('nan')):.2f} "
+        "ms p99 there\n"
+        f"- load average (1 min) before the run {res.get('load_before', [math.nan])[0]:.2f}, "
+        f"during it {mmm(loads, fmt='{:.2f}')} (every 5 s), after "
+        f"{res.get('load_after', [math.nan])[0]:.2f} — other work shares this machine\n"
+        "- phase durations (s): "
+        + ", ".join(f"{k} {v}" for k, v in res.get("durations_s", {}).items())
+        + "\n"
+    )
+    L.append("| component | version |")
+    L.append("| --- | --- |")
+    for k, v in (m.get("versions") or {}).items():
+        if isinstance(v, list):
+            v = v[0] if v else ""
+        L.append(f"| {k} | {v} |")
+    L.append("")
+    L.append(
+        "How each system runs (the first member's command line; `$TMP` is the run's "
+        "temporary directory, N the cluster's 127.0.N.x network):\n"
+    )
+    seen = set()
+    argvs = dict(res.get("argv") or {})
+    for key, r in (res.get("failover") or {}).items():
+        for s in SYS:
+            if r.get("argv", {}).get(s):
+                argvs.setdefault(f"{s} ({key.split('/')[0]} timing, failover)", r["argv"][s])
+    L.append("```")
+    for k, argv in argvs.items():
+        c = _cmd(argv, wd)
+        if c in seen:
+            continue
+        seen.add(c)
+        L.append(f"# {NAMES.get(k, k)}")
+        L.append(c)
+    L.append("```\n")
+    L.append(
+        "Commands: `make bench` (installs etcd-server/etcd-client with apt-get and "
+        "bench/.venv with pysyncobj, matplotlib and py-spy pinned in bench/constraints.txt, "
+        "then runs `bench/.venv/bin/python bench/compare.py`), `make bench BENCH_QUICK=1` "
+        f"(`--quick`). This run: `bench/compare.py {_args_text(args)}`.\n"
+    )
+    return "\n".join(L) + "\n"
+
+
+def _args_text(args: dict) -> str:
+    return " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+        for k, v in args.items()
+        if v not in (None, False) and k in ("quick", "only", "trials", "sizes", "tuned", "rounds")
+    )
+
+
+def main() -> int:
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else BENCH / "results" / "compare.json"
+    docs = Path(sys.argv[2]) if len(sys.argv) > 2 else BENCH.parent / "docs"
+    write(json.loads(src.read_text()), docs)
+    print(f"wrote {docs / 'benchmarks.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
