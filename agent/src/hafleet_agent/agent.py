@@ -461,9 +461,9 @@ class Agent:
 
     # ---- messages --------------------------------------------------------------------------
     def _addr_of(self, node_id: str) -> str | None:
-        m = self.state.member(node_id)
-        if m and m.get("raft_addr"):
-            return str(m["raft_addr"])
+        addr = self.state.member_field(node_id, "raft_addr")
+        if addr:
+            return str(addr)
         p = self.peers.get(node_id)
         return p.raft_addr if p else None
 
@@ -527,11 +527,8 @@ class Agent:
         p.cluster_id = cid if isinstance(cid, str) else None
         p.fresh = p.cluster_id is None
         p.last_seen = time.monotonic()
-        if peer.node_id in self.state_member_ids():
-            self.health_seen[peer.node_id] = time.monotonic()
-
-    def state_member_ids(self) -> set[str]:
-        return {str(m["id"]) for m in self.state.members()}
+        if self.state.has_member(peer.node_id):
+            self.health_seen[peer.node_id] = p.last_seen
 
     def _on_raft_frame(self, peer: PeerInfo, cid: object, data: object) -> None:
         if self.raw is None or not isinstance(data, bytes):
@@ -1010,9 +1007,9 @@ class Agent:
         lead = self.leader_id()
         if lead is None:
             return None
-        m = self.state.member(lead)
-        if m and m.get("api_addr"):
-            return str(m["api_addr"])
+        api = self.state.member_field(lead, "api_addr")
+        if api:
+            return str(api)
         p = self.peers.get(lead)
         return p.api_addr if p and p.api_addr else None
 

@@ -556,6 +556,22 @@ class StateMachine:
         meta, role (voter|learner|null), healthy, draining, create_index, modify_index``."""
         return [_member_view(self._members[mid]) for mid in sorted(self._members)]
 
+    def member_field(self, member_id: str, name: str) -> JSON:
+        """One field of a member's record without copying it (None when absent): for the
+        driver's hot paths (every message it sends looks up an address)."""
+        rec = self._members.get(member_id)
+        if rec is None:
+            return None
+        value = rec.get(name)
+        return (
+            value
+            if value is None or isinstance(value, (str, int, float, bool))
+            else (copy.deepcopy(value))
+        )
+
+    def has_member(self, member_id: str) -> bool:
+        return member_id in self._members
+
     def member(self, member_id: str) -> dict[str, JSON] | None:
         rec = self._members.get(member_id)
         return None if rec is None else _member_view(rec)
