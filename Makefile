@@ -23,12 +23,12 @@ DEB_PACKAGES := haproxy iproute2 shellcheck nftables
 COLLECTION_ROOT := build/ansible_collections
 COLLECTION_DIR := $(COLLECTION_ROOT)/hafleet/cluster
 # Left out of the copy that ansible-test checks: the junk that build_ignore leaves out too,
-# and the agent's Python project (agent/, tests/agent/, bench/). The agent is a standalone
-# asyncio application held to ruff and pytest; ansible-test's pylint profile encodes
+# and the agent's Python project (agent/, tests/agent/, tests/chaos/, bench/). The agent is
+# a standalone asyncio application held to ruff and pytest; ansible-test's pylint profile encodes
 # ansible-core's own conventions (no variable named `_`, ...) that do not apply to it.
 COPY_EXCLUDES := ./.git ./.venv ./build ./dist ./.ansible ./tests/output '*/tests/output' \
 	'__pycache__' '*.pyc' '.pytest_cache' '.ruff_cache' '.hypothesis' '*.egg-info' '*.tar.gz' \
-	./agent ./tests/agent ./bench
+	./agent ./tests/agent ./tests/chaos ./bench
 
 # The copy sits inside this git work tree, where build/ is ignored: left to itself,
 # ansible-test would find the outer .git and list no file. Naming the content root stops
