@@ -139,7 +139,7 @@ def report(results: dict[str, list[RunResult]], total: float) -> int:
         slow_exits = sum(r.slow_exits for r in done)
         if slow_exits:
             sums["slow_exits"] = sums.get("slow_exits", 0) + slow_exits
-            print(f"{'':16} a failed node exited late (known agent bug) in {slow_exits} runs")
+            print(f"{'':16} a node exited late after a storage failure in {slow_exits} runs")
         timeouts = sum(r.check_timed_out for r in done)
         if timeouts:
             print(f"{'':16} linearizability check out of budget in {timeouts} runs (unknown)")
@@ -153,7 +153,7 @@ def report(results: dict[str, list[RunResult]], total: float) -> int:
         f"chaos: {sums['runs']} runs in {total / 60:.1f} min; {sums['viol']} linearizability "
         f"violations, {sums['lost']} lost acknowledged writes, {sums['fail']} failed runs, "
         f"{sums['slow']} recoveries over {RECOVERY_BOUND_S:.1f}s, "
-        f"{sums.get('slow_exits', 0)} late exits after a storage failure (known agent bug)"
+        f"{sums.get('slow_exits', 0)} late exits after a storage failure"
     )
     return sums["fail"] + sums["viol"] + sums["lost"]
 
