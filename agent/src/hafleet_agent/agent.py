@@ -1017,21 +1017,18 @@ class Agent:
         return max(3.0, 10 * self.cfg.election_timeout_ms / 1000)
 
     async def _propose_cmd(self, data: bytes) -> Any:
+        return await self._propose(lambda raw: raw.propose(data))
+
+    async def _propose_conf(self, cc: ConfChange) -> Any:
+        return await self._propose(lambda raw: raw.propose_conf_change(cc))
+
+    async def _propose(self, append: Callable[[RawNode], tuple[int, int]]) -> Any:
+        """Append on the leader's log and wait until it is applied (503 if not appended)."""
         raw = self.raw
         if raw is None or self.cluster_id is None:
             raise NoLeader("this node is not a member of a cluster yet")
         try:
-            term, index = raw.propose(data)
-        except ProposalDropped as exc:
-            raise NoLeader(f"not proposed: {exc}") from None
-        return await self._wait_applied(term, index)
-
-    async def _propose_conf(self, cc: ConfChange) -> Any:
-        raw = self.raw
-        if raw is None:
-            raise NoLeader("no Raft node")
-        try:
-            term, index = raw.propose_conf_change(cc)
+            term, index = append(raw)
         except ProposalDropped as exc:
             raise NoLeader(f"not proposed: {exc}") from None
         return await self._wait_applied(term, index)

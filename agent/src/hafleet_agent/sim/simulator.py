@@ -266,36 +266,28 @@ class Simulation:
                         )
             self.check_history()
         except Violation as v:
-            self.log(f"VIOLATION {v.prop}: {v.detail}")
-            return SeedResult(
-                cfg.seed,
-                False,
-                self.events,
-                self.now,
-                v,
-                list(self.trace),
-                len(self.ops),
-                self.stats,
-            )
+            return self._failed(v)
         except Exception as exc:  # a crash of the core is a failure of the seed, with its trace
-            v = Violation("crash", f"{type(exc).__name__}: {exc}")
-            self.log(f"VIOLATION {v.prop}: {v.detail}")
             if self.out is not None:
                 import traceback
 
                 self.out(traceback.format_exc())
-            return SeedResult(
-                cfg.seed,
-                False,
-                self.events,
-                self.now,
-                v,
-                list(self.trace),
-                len(self.ops),
-                self.stats,
-            )
+            return self._failed(Violation("crash", f"{type(exc).__name__}: {exc}"))
         return SeedResult(
             cfg.seed, True, self.events, self.now, ops=len(self.ops), stats=self.stats
+        )
+
+    def _failed(self, v: Violation) -> SeedResult:
+        self.log(f"VIOLATION {v.prop}: {v.detail}")
+        return SeedResult(
+            self.cfg.seed,
+            False,
+            self.events,
+            self.now,
+            v,
+            list(self.trace),
+            len(self.ops),
+            self.stats,
         )
 
     def dispatch(self, kind: str, args: tuple[object, ...]) -> None:
