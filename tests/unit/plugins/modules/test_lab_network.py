@@ -1,0 +1,317 @@
+# Copyright: hafleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""hafleet.cluster.lab_network against a model of iproute2: present, prune, absent,
+repair, exact names, check mode, diff, idempotence, bad input."""
+
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pytest
+
+from ansible_collections.hafleet.cluster.plugins.modules import lab_network
+from ansible_collections.hafleet.cluster.tests.unit.plugins.modules.utils import run_module
+
+
+class FakeIP:
+    """Just the iproute2 the module uses, with the kernel's behaviour where it matters: a veth
+    pair dies with either end, a namespace takes its interfaces with it."""
+
+    def __init__(self):
+        self.root = {}  # ifname -> {"kind", "flags", "master", "addrs", "peer": (ns, name)}
+        self.netns = {}  # name -> {"links": {...}, "gateway": str|None}
+        self.calls = []
+
+    def links(self, ns):
+        return self.root if ns is None else self.netns[ns]["links"]
+
+    def run(self, argv):
+        args = list(argv[1:])
+        self.calls.append(" ".join(args))
+        as_json = args[:1] == ["-j"]
+        if as_json:
+            args = args[1:]
+        details = args[:1] == ["-d"]
+        if details:
+            args = args[1:]
+        ns = None
+        if args[:1] == ["-n"]:
+            ns = args[1]
+            if ns not in self.netns:
+                return 1, "", f'Cannot open network namespace "{ns}": No such file or directory'
+            args = args[2:]
+        try:
+            out = self.dispatch(ns, args, details)
+        except KeyError as exc:
+            return 1, "", f"Cannot find device {exc}"
+        return 0, json.dumps(out) if as_json else "", ""
+
+    def dispatch(self, ns, args, details):
+        links = self.links(ns)
+        n = len(args)
+        head = " ".join(args[:2])
+        if head == "netns list":
+            return [{"name": name} for name in self.netns]
+        if head == "netns add":
+            self.netns[args[2]] = {"links": {"lo": self._link("loopback", set())}, "gateway": None}
+        elif head == "netns del":
+            for link in list(self.netns[args[2]]["links"].values()):
+                self._drop_peer(link)
+            del self.netns[args[2]]
+        elif head == "link show" and n == 2:
+            return [self._show(name, link) for name, link in links.items()]
+        elif head == "link show":
+            name = args[3]
+            out = self._show(name, links[name])
+            if details:
+                out["linkinfo"] = {"info_kind": links[name]["kind"]}
+            return [out]
+        elif head == "link add" and args[3:5] == ["type", "bridge"]:
+            links[args[2]] = self._link("bridge", {"BROADCAST", "MULTICAST"})
+        elif head == "link add" and args[3:5] == ["type", "veth"]:
+            name, peer = args[2], args[7]
+            links[name] = self._link("veth", {"BROADCAST", "MULTICAST"}, peer=(ns, peer))
+            links[peer] = self._link("veth", {"BROADCAST", "MULTICAST"}, peer=(ns, name))
+        elif head == "link set" and args[3] == "netns":
+            link = links.pop(args[2])
+            self.netns[args[4]]["links"][args[2]] = link
+            self._repoint(link, args[4], args[2])
+        elif head == "link set" and args[3] == "name":
+            link = links.pop(args[2])
+            links[args[4]] = link
+            self._repoint(link, ns, args[4])
+        elif head == "link set" and args[3] == "master":
+            if args[4] not in links:
+                raise KeyError(args[4])
+            links[args[2]]["master"] = args[4]
+        elif head == "link set":
+            link = links[args[2]]
+            if "up" in args[3:]:
+                link["flags"].add("UP")
+            if args[3:5] == ["multicast", "on"]:
+                link["flags"].add("MULTICAST")
+        elif head == "link del":
+            self._drop_peer(links.pop(args[2]))
+        elif head == "addr show" and n == 4:
+            return [self._addr(args[3], links[args[3]])]
+        elif head == "addr show":
+            return [self._addr(name, link) for name, link in links.items()]
+        elif head == "addr add":
+            links[args[4]]["addrs"].add(args[2])
+        elif head == "addr del":
+            links[args[4]]["addrs"].discard(args[2])
+        elif head == "route show":
+            gw = self.netns[ns]["gateway"]
+            return [{"dst": "default", "gateway": gw, "dev": "eth0"}] if gw else []
+        elif head in ("route add", "route replace"):
+            self.netns[ns]["gateway"] = args[4]
+        else:
+            raise AssertionError(f"unexpected ip command: {args}")
+        return []
+
+    @staticmethod
+    def _link(kind, flags, peer=None):
+        return {"kind": kind, "flags": set(flags), "master": None, "addrs": set(), "peer": peer}
+
+    @staticmethod
+    def _show(name, link):
+        out = {"ifname": name, "flags": sorted(link["flags"])}
+        if link["master"]:
+            out["master"] = link["master"]
+        return out
+
+    @staticmethod
+    def _addr(name, link):
+        infos = []
+        for cidr in sorted(link["addrs"]):
+            local, prefix = cidr.split("/")
+            infos.append({"family": "inet", "local": local, "prefixlen": int(prefix)})
+        return {"ifname": name, "addr_info": infos}
+
+    def _repoint(self, link, ns, name):
+        if link["peer"]:
+            peer_ns, peer_name = link["peer"]
+            self.links(peer_ns)[peer_name]["peer"] = (ns, name)
+
+    def _drop_peer(self, link):
+        if link.get("peer"):
+            peer_ns, peer_name = link["peer"]
+            if peer_ns is None or peer_ns in self.netns:
+                self.links(peer_ns).pop(peer_name, None)
+
+
+@pytest.fixture(name="ip")
+def ip_fixture():
+    fake = FakeIP()
+    with (
+        mock.patch.object(
+            lab_network.AnsibleModule, "run_command", lambda self, argv, **kw: fake.run(argv)
+        ),
+        mock.patch.object(
+            lab_network.AnsibleModule, "get_bin_path", lambda self, name, **kw: "/sbin/ip"
+        ),
+        mock.patch.object(lab_network.os, "geteuid", lambda: 0),
+    ):
+        yield fake
+
+
+def lab(**extra):
+    base = {
+        "bridge": "tst0",
+        "subnet": "10.79.9.0/24",
+        "namespace_prefix": "tst-node",
+        "veth_prefix": "tst-v",
+    }
+    base.update(extra)
+    return base
+
+
+def test_present_makes_the_bridge_and_the_nodes(ip):
+    result = run_module(lab_network.main, lab(nodes=3), diff=True)
+
+    assert result["changed"] is True
+    assert result["bridge"] == {"name": "tst0", "address": "10.79.9.1/24"}
+    assert [n["address"] for n in result["nodes"]] == ["10.79.9.11", "10.79.9.12", "10.79.9.13"]
+    assert set(ip.netns) == {"tst-node1", "tst-node2", "tst-node3"}
+    node = ip.netns["tst-node2"]
+    assert node["links"]["eth0"]["addrs"] == {"10.79.9.12/24"}
+    assert {"UP", "MULTICAST"} <= node["links"]["eth0"]["flags"]
+    assert {"UP", "MULTICAST"} <= node["links"]["lo"]["flags"]
+    assert node["gateway"] == "10.79.9.1"
+    assert ip.root["tst-v2"]["master"] == "tst0"
+    assert ip.root["tst0"]["addrs"] == {"10.79.9.1/24"}
+    assert result["diff"]["before"] == {"bridge": None, "nodes": {}}
+    assert result["diff"]["after"]["nodes"]["tst-node3"] == ["10.79.9.13/24"]
+
+
+def test_a_second_run_changes_nothing(ip):
+    run_module(lab_network.main, lab(nodes=3))
+    calls = len(ip.calls)
+
+    result = run_module(lab_network.main, lab(nodes=3), diff=True)
+
+    assert result["changed"] is False
+    assert result["actions"] == []
+    assert result["diff"]["before"] == result["diff"]["after"]
+    assert all(" add " not in c and " del " not in c and " set " not in c for c in ip.calls[calls:])
+
+
+def test_check_mode_predicts_and_changes_nothing(ip):
+    result = run_module(lab_network.main, lab(nodes=2), check_mode=True, diff=True)
+
+    assert result["changed"] is True
+    assert "ip netns add tst-node1" in result["actions"]
+    assert ip.netns == {}
+    assert ip.root == {}
+    assert list(result["diff"]["after"]["nodes"]) == ["tst-node1", "tst-node2"]
+
+
+def test_prune_removes_higher_nodes_only_by_exact_name(ip):
+    run_module(lab_network.main, lab(nodes=3))
+    # Look-alikes that must survive: another prefix, a suffix, a node number with a letter.
+    for name in ("tst-node1x", "tst-node", "other-node3", "tst-node03"):
+        ip.netns[name] = {"links": {}, "gateway": None}
+
+    result = run_module(lab_network.main, lab(nodes=1))
+
+    assert result["changed"] is True
+    assert "tst-node2" not in ip.netns and "tst-node3" not in ip.netns
+    assert {"tst-node1", "tst-node1x", "tst-node", "other-node3", "tst-node03"} <= set(ip.netns)
+    assert "tst-v2" not in ip.root and "tst-v3" not in ip.root
+    assert "tst-v1" in ip.root
+
+
+def test_without_prune_higher_nodes_stay(ip):
+    run_module(lab_network.main, lab(nodes=3))
+
+    result = run_module(lab_network.main, lab(nodes=1, prune=False))
+
+    assert result["changed"] is False
+    assert {"tst-node1", "tst-node2", "tst-node3"} <= set(ip.netns)
+
+
+def test_absent_removes_everything_it_made_and_nothing_else(ip):
+    run_module(lab_network.main, lab(nodes=2))
+    ip.netns["tst-nodeX"] = {"links": {}, "gateway": None}
+    ip.root["eth0"] = FakeIP._link("ether", {"UP"})
+
+    result = run_module(lab_network.main, lab(state="absent"), diff=True)
+
+    assert result["changed"] is True
+    assert set(ip.netns) == {"tst-nodeX"}
+    assert set(ip.root) == {"eth0"}
+    assert result["diff"]["after"] == {"bridge": None, "nodes": {}}
+    again = run_module(lab_network.main, lab(state="absent"))
+    assert again["changed"] is False
+
+
+def test_a_broken_node_is_repaired(ip):
+    run_module(lab_network.main, lab(nodes=2))
+    node = ip.netns["tst-node2"]
+    node["links"]["eth0"]["addrs"] = {"10.79.9.99/24"}
+    node["gateway"] = None
+    node["links"]["lo"]["flags"].discard("UP")
+
+    result = run_module(lab_network.main, lab(nodes=2))
+
+    assert result["changed"] is True
+    assert node["links"]["eth0"]["addrs"] == {"10.79.9.12/24"}
+    assert node["gateway"] == "10.79.9.1"
+    assert "UP" in node["links"]["lo"]["flags"]
+    assert all("tst-node1" not in a for a in result["actions"])
+
+
+def test_a_lost_veth_end_is_replaced(ip):
+    run_module(lab_network.main, lab(nodes=1))
+    ip.root.pop("tst-v1")
+    ip.netns["tst-node1"]["links"].pop("eth0")
+
+    result = run_module(lab_network.main, lab(nodes=1))
+
+    assert result["changed"] is True
+    assert "ip link add tst-v1 type veth peer name tst-v1p" in result["actions"]
+    assert ip.netns["tst-node1"]["links"]["eth0"]["addrs"] == {"10.79.9.11/24"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"nodes": 245}, "at most 244"),
+        ({"nodes": -1}, "0 or more"),
+        ({"nodes": 3, "subnet": "8.8.8.0/24"}, "not a private range"),
+        ({"nodes": 3, "subnet": "10.79.9.1/24"}, "not an IPv4 network"),
+        ({"nodes": 3, "bridge_address": "10.79.9.12"}, "collides"),
+        ({"nodes": 3, "veth_prefix": "a-very-long-prefix"}, "longer than 15"),
+        ({"nodes": 3, "bridge": "tst-v1"}, "same names"),
+        ({}, "nodes"),
+    ],
+)
+def test_bad_input_fails_before_any_change(ip, extra, message):
+    result = run_module(lab_network.main, lab(**extra))
+
+    assert result["failed"] is True
+    assert message in result["msg"]
+    assert ip.calls == []
+
+
+def test_not_root_fails_with_a_hint(ip):
+    with mock.patch.object(lab_network.os, "geteuid", lambda: 1000):
+        result = run_module(lab_network.main, lab(nodes=1))
+
+    assert result["failed"] is True
+    assert "root" in result["msg"]
+
+
+def test_max_nodes_and_plan():
+    import ipaddress
+
+    net = ipaddress.IPv4Network("10.77.0.0/24")
+    assert lab_network.max_nodes(net, 10) == 244
+    assert lab_network.max_nodes(ipaddress.IPv4Network("10.77.0.0/30"), 10) == 0
+    plan = lab_network.node_plan(net, 10, 2, "n", "v")
+    assert plan == [
+        {"name": "n1", "index": 1, "address": "10.77.0.11", "veth": "v1"},
+        {"name": "n2", "index": 2, "address": "10.77.0.12", "veth": "v2"},
+    ]
