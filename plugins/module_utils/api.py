@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.error
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
@@ -186,6 +187,136 @@ class HafleetAPIClient:
 
     def delete(self, path, query=None):
         return self.request("DELETE", path, query=query)
+
+    # ---- the routes the collection uses ------------------------------------------------------
+
+    def status(self):
+        """``GET /v1/status`` of the node this client talks to."""
+        return self.get("/v1/status")
+
+    def members(self):
+        """``GET /v1/members``: the list of members as this node knows it."""
+        return self.get("/v1/members")
+
+    def weights(self):
+        """``GET /v1/weights``: ``{"version": n, "weights": {id: w}}``."""
+        return self.get("/v1/weights")
+
+    def add_member(self, member_id, raft_addr, api_addr, service_addr=None):
+        """``POST /v1/members``: add a learner (the leader promotes it when caught up)."""
+        body = {"id": member_id, "raft_addr": raft_addr, "api_addr": api_addr}
+        if service_addr is not None:
+            body["service_addr"] = service_addr
+        return self.post("/v1/members", body)
+
+    def remove_member(self, member_id, drain_timeout=None):
+        """``DELETE /v1/members/{id}``: drain, then remove (a leader hands over first)."""
+        query = None
+        if drain_timeout is not None:
+            query = {"drain_timeout": f"{float(drain_timeout):g}s"}
+        return self.delete(api_path("v1", "members", member_id), query=query)
+
+    def transfer_leadership(self, to=None):
+        """``POST /v1/leadership/transfer``; answers ``{"leader_id": ...}``."""
+        return self.post("/v1/leadership/transfer", {"to": to})
+
+    def for_api_addr(self, api_addr):
+        """A client like this one for another agent, given its ``host:port`` API address."""
+        scheme = urlsplit(self.base_url).scheme or "http"
+        return HafleetAPIClient(
+            f"{scheme}://{api_addr}",
+            token=self.token,
+            timeout=self.timeout,
+            validate_certs=self.validate_certs,
+            ca_path=self.ca_path,
+            use_proxy=self.use_proxy,
+        )
+
+    def leader_client(self, status=None, members=None):
+        """A client of the current leader's API, or ``None`` while no leader is known."""
+        status = self.status() if status is None else status
+        leader_id = status.get("leader_id")
+        if leader_id is None:
+            return None
+        if leader_id == status.get("node_id"):
+            return self
+        members = self.members() if members is None else members
+        for member in members:
+            if member.get("id") == leader_id and member.get("api_addr"):
+                return self.for_api_addr(member["api_addr"])
+        return None
+
+
+def find_member(members, member_id):
+    """The member with ``id == member_id`` in a ``/v1/members`` list, or ``None``."""
+    for member in members or []:
+        if member.get("id") == member_id:
+            return member
+    return None
+
+
+def is_voter(member):
+    """Whether a ``/v1/members`` entry votes (the leader votes too)."""
+    return bool(member) and member.get("role") in ("voter", "leader")
+
+
+def wait_until(predicate, timeout, interval=0.5, clock=time.monotonic, sleep=time.sleep):
+    """Call ``predicate()`` until it returns a true value or ``timeout`` seconds pass.
+
+    Returns the last value. :class:`HafleetAPIError` raised by ``predicate`` counts as a false
+    value until the deadline, then it is raised. The number of calls is bounded by the
+    deadline and ``interval``.
+    """
+    deadline = clock() + timeout
+    while True:
+        error = None
+        try:
+            value = predicate()
+        except HafleetAPIError as exc:
+            value, error = None, exc
+        if value:
+            return value
+        if clock() >= deadline:
+            if error is not None:
+                raise error
+            return value
+        sleep(max(0.0, min(interval, deadline - clock())))
+
+
+# ---- module support ---------------------------------------------------------------------------
+
+
+def api_argument_spec():
+    """The connection options every module of the collection takes (doc fragment ``api``)."""
+    from ansible.module_utils.basic import env_fallback
+
+    return dict(
+        api_url=dict(
+            type="str", default=DEFAULT_API_URL, fallback=(env_fallback, ["HAFLEET_API_URL"])
+        ),
+        api_token=dict(type="str", no_log=True, fallback=(env_fallback, ["HAFLEET_API_TOKEN"])),
+        api_token_file=dict(type="path", fallback=(env_fallback, ["HAFLEET_API_TOKEN_FILE"])),
+        api_timeout=dict(type="float", default=DEFAULT_TIMEOUT),
+        validate_certs=dict(type="bool", default=True),
+        ca_path=dict(type="path"),
+    )
+
+
+API_MUTUALLY_EXCLUSIVE = [("api_token", "api_token_file")]
+
+
+def client_from_params(params):
+    """A :class:`HafleetAPIClient` from module parameters (see :func:`api_argument_spec`)."""
+    token = params.get("api_token")
+    if not token and params.get("api_token_file"):
+        token = read_token_file(params["api_token_file"])
+    return HafleetAPIClient(
+        params["api_url"],
+        token=token or None,
+        timeout=params.get("api_timeout") or DEFAULT_TIMEOUT,
+        validate_certs=params.get("validate_certs", True),
+        ca_path=params.get("ca_path"),
+    )
 
 
 def _query_value(value):

@@ -1,0 +1,378 @@
+#!/usr/bin/python
+# Copyright: hafleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: member
+short_description: Add a member to a hafleet cluster, or drain and remove one
+description:
+  - Makes a node a member of a running hafleet cluster, or takes it out, through the agents'
+    HTTP API.
+  - V(present) adds the node as a learner; the leader promotes it to voter as soon as it has
+    caught up. An agent that starts fresh and finds the cluster joins by itself, so this is
+    mostly for nodes that cannot be discovered, or to add a node ahead of starting it.
+  - V(absent) drains the node (the balancer stops sending it new requests and waits for the
+    ones in flight), then removes it. A leader hands leadership over first. The removed
+    agent stops by itself.
+  - The cluster never goes below one member; removing the last one fails.
+author: hafleet maintainers (@hafleet)
+version_added: 0.1.0
+extends_documentation_fragment:
+  - hafleet.cluster.api
+attributes:
+  check_mode:
+    support: full
+    description: Can run in check_mode and return changed status prediction without
+      modifying the cluster.
+  diff_mode:
+    support: full
+    description: Returns the member before and after (in check mode, what it would be).
+  idempotent:
+    support: full
+    description: A second run with the same arguments reports no change.
+options:
+  id:
+    description: The node id of the member.
+    type: str
+    required: true
+  state:
+    description: Whether the node is a member.
+    type: str
+    choices: [present, absent]
+    default: present
+  raft_addr:
+    description:
+      - The node's Raft address, C(host:port). Required with O(state=present).
+    type: str
+  api_addr:
+    description:
+      - The node's API address, C(host:port). Required with O(state=present).
+    type: str
+  service_addr:
+    description:
+      - The address, C(host:port), of the service on the node that HAProxy balances to.
+      - The agent corrects it from its own C(--service-port) once it runs.
+    type: str
+  wait:
+    description:
+      - With O(state=present), wait until the member votes.
+      - With O(state=absent), wait until no member lists it any more.
+    type: bool
+    default: true
+  wait_timeout:
+    description: Seconds to wait for O(wait).
+    type: float
+    default: 120
+  drain_timeout:
+    description:
+      - Seconds the removal waits for the balancer to drain the node. The agent's
+        C(drain_timeout_s) applies when not set.
+    type: float
+  transfer_leadership:
+    description:
+      - When the member to remove is the leader, hand leadership over explicitly before the
+        removal, to O(handover_to) or to the most caught-up voter.
+    type: bool
+    default: true
+  handover_to:
+    description:
+      - The voter to hand leadership to when the leader is removed.
+    type: str
+notes:
+  - A member that exists with other addresses is not changed; the module fails and says so.
+    Remove it first.
+  - A removal whose answer was lost (HTTP 504 or no answer) is checked by reading the member
+    list again.
+seealso:
+  - module: hafleet.cluster.cluster_info
+"""
+
+EXAMPLES = r"""
+- name: Add a node, wait until it votes
+  hafleet.cluster.member:
+    id: web4
+    raft_addr: 10.0.0.14:7400
+    api_addr: 10.0.0.14:7480
+    service_addr: 10.0.0.14:8080
+    api_url: http://10.0.0.11:7480
+    api_token_file: /etc/hafleet-agent/token
+
+- name: Drain and remove a node (the agent then stops)
+  hafleet.cluster.member:
+    id: web4
+    state: absent
+    drain_timeout: 15
+    api_url: http://10.0.0.11:7480
+    api_token_file: /etc/hafleet-agent/token
+"""
+
+RETURN = r"""
+member:
+  description:
+    - The member as the cluster lists it after the run; for O(state=absent) the member as it
+      was before the removal (empty when it was not a member).
+  returned: always
+  type: dict
+  sample:
+    id: web4
+    raft_addr: 10.0.0.14:7400
+    api_addr: 10.0.0.14:7480
+    service_addr: 10.0.0.14:8080
+    role: voter
+    healthy: true
+    draining: false
+    weight: 128
+    metrics: {}
+leader_id:
+  description: The leader after the run.
+  returned: success
+  type: str
+  sample: web1
+removal:
+  description: The agent's answer to the removal.
+  returned: when a member was removed (not in check mode)
+  type: dict
+  sample: {"id": "web4", "removed": true, "index": 412}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
+    API_MUTUALLY_EXCLUSIVE,
+    HafleetAPIError,
+    api_argument_spec,
+    client_from_params,
+    find_member,
+    is_voter,
+    wait_until,
+)
+
+# What the diff compares: a member's identity, not its changing role, weight or metrics.
+DIFF_KEYS = ("id", "raft_addr", "api_addr", "service_addr")
+# The agent's own default drain_timeout_s, for the removal's HTTP timeout.
+DEFAULT_DRAIN_S = 10.0
+
+
+def _view(member):
+    if not member:
+        return {}
+    return {key: member.get(key) for key in DIFF_KEYS}
+
+
+class MemberModule:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.client = client_from_params(module.params)
+
+    def fail(self, msg, exc=None, **extra):
+        if exc is not None:
+            extra.setdefault("status", exc.status)
+            msg = f"{msg}: {exc}"
+        self.module.fail_json(msg=msg, **extra)
+
+    def members(self, client=None):
+        return (client or self.client).members()
+
+    def run(self):
+        p = self.params
+        try:
+            members = self.members()
+        except HafleetAPIError as exc:
+            self.fail(f"cannot list the members at {self.client.base_url}", exc)
+        current = find_member(members, p["id"])
+        if p["state"] == "present":
+            return self.present(current)
+        return self.absent(current, members)
+
+    # ---- present ---------------------------------------------------------------------------
+
+    def present(self, current):
+        p = self.params
+        wanted = {"id": p["id"], "raft_addr": p["raft_addr"], "api_addr": p["api_addr"]}
+        if p["service_addr"] is not None:
+            wanted["service_addr"] = p["service_addr"]
+        if current is not None:
+            clash = {
+                key: current.get(key)
+                for key in ("raft_addr", "api_addr")
+                if current.get(key) != wanted[key]
+            }
+            if clash:
+                self.fail(
+                    f"member {p['id']} exists with other addresses ({clash}); remove it first "
+                    "(state=absent), then add it again"
+                )
+        changed = current is None
+        after = dict(current or {}, **wanted) if changed else current
+        result = dict(changed=changed, member=after)
+        if self.module._diff:
+            result["diff"] = dict(before=_view(current), after=_view(after))
+        if changed and not self.module.check_mode:
+            try:
+                # Any agent forwards a write to the leader; asking the leader saves a hop.
+                leader = self.client.leader_client() or self.client
+                leader.add_member(p["id"], p["raft_addr"], p["api_addr"], p["service_addr"])
+            except HafleetAPIError as exc:
+                if exc.status not in (None, 504):
+                    self.fail(f"could not add member {p['id']}", exc)
+                # The fate of the write is unknown: look again below.
+        if not self.module.check_mode and (changed or p["wait"]):
+            member = self.wait_present(voter=p["wait"])
+            result["member"] = member
+        result["leader_id"] = self.leader_id()
+        return result
+
+    def wait_present(self, voter):
+        p = self.params
+
+        def check():
+            member = find_member(self.members(), p["id"])
+            if member is None:
+                return None
+            return member if (is_voter(member) or not voter) else None
+
+        member = wait_until(check, p["wait_timeout"], interval=0.5)
+        if not member:
+            what = "a voter" if voter else "a member"
+            self.fail(
+                f"member {p['id']} did not become {what} within {p['wait_timeout']:g}s; is its "
+                "agent running and reachable from the leader?"
+            )
+        return member
+
+    # ---- absent ----------------------------------------------------------------------------
+
+    def absent(self, current, members):
+        p = self.params
+        result = dict(changed=current is not None, member=current or {})
+        if self.module._diff:
+            result["diff"] = dict(before=_view(current), after={})
+        if current is None:
+            result["leader_id"] = self.leader_id()
+            return result
+        others = [m for m in members if m.get("id") != p["id"]]
+        if not others:
+            self.fail(
+                f"member {p['id']} is the last member; a cluster never goes below one member "
+                "(destroy the cluster instead)"
+            )
+        if not any(is_voter(m) for m in others):
+            self.fail(f"removing {p['id']} would leave no voter; add another voter first")
+        if self.module.check_mode:
+            result["leader_id"] = self.leader_id()
+            return result
+
+        try:
+            status = self.client.status()
+            leader = self.client.leader_client(status, members)
+        except HafleetAPIError as exc:
+            self.fail("cannot find the leader", exc)
+        if leader is None:
+            self.fail("no leader is known; try again when the cluster has one")
+        if status.get("leader_id") == p["id"] and p["transfer_leadership"]:
+            leader = self.hand_over(leader, others)
+
+        # The answer comes after the drain: give it the drain's time and some.
+        drain = p["drain_timeout"] if p["drain_timeout"] is not None else DEFAULT_DRAIN_S
+        leader.timeout = max(leader.timeout, drain + 30.0)
+        try:
+            result["removal"] = leader.remove_member(p["id"], p["drain_timeout"])
+        except HafleetAPIError as exc:
+            if exc.status == 404:
+                result["removal"] = {"id": p["id"], "removed": True}
+            elif exc.status not in (None, 504):
+                self.fail(f"could not remove member {p['id']}", exc)
+        if p["wait"] or "removal" not in result:
+            self.wait_absent(others)
+        result["leader_id"] = self.leader_id(others)
+        return result
+
+    def hand_over(self, leader, others):
+        p = self.params
+        to = p["handover_to"]
+        if to is not None and not is_voter(find_member(others, to)):
+            self.fail(f"handover_to {to!r} is not another voter of the cluster")
+        try:
+            leader.transfer_leadership(to)
+        except HafleetAPIError as exc:
+            self.fail(f"could not hand leadership over from {p['id']}", exc)
+
+        def new_leader():
+            for member in others:
+                client = self.client.for_api_addr(member["api_addr"])
+                try:
+                    status = client.status()
+                except HafleetAPIError:
+                    continue
+                lead = status.get("leader_id")
+                if lead and lead != p["id"]:
+                    return client.leader_client(status)
+            return None
+
+        client = wait_until(new_leader, min(30.0, p["wait_timeout"]), interval=0.2)
+        if client is None:
+            self.fail(f"leadership did not move away from {p['id']} in time")
+        return client
+
+    def wait_absent(self, others):
+        p = self.params
+
+        def gone():
+            for member in others:
+                client = self.client.for_api_addr(member["api_addr"])
+                try:
+                    return find_member(client.members(), p["id"]) is None
+                except HafleetAPIError:
+                    continue
+            return False
+
+        if not wait_until(gone, p["wait_timeout"], interval=0.5):
+            self.fail(f"member {p['id']} is still listed after {p['wait_timeout']:g}s")
+
+    def leader_id(self, others=None):
+        clients = [self.client]
+        clients += [
+            self.client.for_api_addr(m["api_addr"]) for m in others or [] if m.get("api_addr")
+        ]
+        for client in clients:
+            try:
+                return client.status().get("leader_id")
+            except HafleetAPIError:
+                continue
+        return None
+
+
+def main():
+    argument_spec = api_argument_spec()
+    argument_spec.update(
+        id=dict(type="str", required=True),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        raft_addr=dict(type="str"),
+        api_addr=dict(type="str"),
+        service_addr=dict(type="str"),
+        wait=dict(type="bool", default=True),
+        wait_timeout=dict(type="float", default=120.0),
+        drain_timeout=dict(type="float"),
+        transfer_leadership=dict(type="bool", default=True),
+        handover_to=dict(type="str"),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=API_MUTUALLY_EXCLUSIVE,
+        required_if=[("state", "present", ["raft_addr", "api_addr"])],
+        supports_check_mode=True,
+    )
+    try:
+        result = MemberModule(module).run()
+    except HafleetAPIError as exc:
+        module.fail_json(msg=str(exc), status=exc.status)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+# Copyright: hafleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""hafleet.cluster.member against a stand-in cluster: add, remove, check mode, diff, idempotence."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.hafleet.cluster.plugins.modules import member
+from ansible_collections.hafleet.cluster.tests.unit.plugins.fake_cluster import TOKEN, FakeCluster
+from ansible_collections.hafleet.cluster.tests.unit.plugins.modules.utils import run_module
+
+
+@pytest.fixture(name="cluster")
+def cluster_fixture():
+    cluster = FakeCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def args(cluster, node="n2", **extra):
+    base = {"api_url": cluster.url(node), "api_token": TOKEN, "wait_timeout": 5}
+    base.update(extra)
+    return base
+
+
+def writes(cluster):
+    return [r for r in cluster.requests if r["method"] != "GET"]
+
+
+NEW = {"id": "n4", "raft_addr": "10.0.0.14:7400", "api_addr": "10.0.0.14:7480"}
+
+
+def test_present_adds_a_member_and_waits_until_it_votes(cluster):
+    result = run_module(member.main, args(cluster, **NEW), diff=True)
+
+    assert result["changed"] is True
+    assert result["member"]["role"] == "voter"
+    assert result["diff"] == {
+        "before": {},
+        "after": {
+            "id": "n4",
+            "raft_addr": "10.0.0.14:7400",
+            "api_addr": "10.0.0.14:7480",
+            "service_addr": None,
+        },
+    }
+    post = writes(cluster)
+    # Asked through n2, sent to the leader n1.
+    assert [(r["method"], r["path"], r["node"]) for r in post] == [("POST", "/v1/members", "n1")]
+    assert post[0]["body"] == {
+        "id": "n4",
+        "raft_addr": "10.0.0.14:7400",
+        "api_addr": "10.0.0.14:7480",
+    }
+
+
+def test_present_again_changes_nothing(cluster):
+    run_module(member.main, args(cluster, **NEW))
+    before = len(writes(cluster))
+
+    result = run_module(member.main, args(cluster, **NEW), diff=True)
+
+    assert result["changed"] is False
+    assert result["diff"]["before"] == result["diff"]["after"]
+    assert len(writes(cluster)) == before
+
+
+def test_present_in_check_mode_shows_the_change_and_writes_nothing(cluster):
+    result = run_module(
+        member.main, args(cluster, service_addr="10.0.0.14:8080", **NEW), check_mode=True, diff=True
+    )
+
+    assert result["changed"] is True
+    assert result["diff"]["after"]["service_addr"] == "10.0.0.14:8080"
+    assert writes(cluster) == []
+    assert "n4" not in cluster.members
+
+
+def test_present_fails_when_the_id_exists_at_other_addresses(cluster):
+    taken = dict(NEW, id="n3")
+    result = run_module(member.main, args(cluster, **taken))
+
+    assert result["failed"] is True
+    assert "exists with other addresses" in result["msg"]
+    assert "remove it first" in result["msg"]
+    assert writes(cluster) == []
+
+
+def test_present_requires_the_addresses(cluster):
+    result = run_module(member.main, args(cluster, id="n4"))
+
+    assert result["failed"] is True
+    assert "raft_addr" in result["msg"]
+
+
+def test_present_fails_when_the_learner_never_votes(cluster):
+    cluster.promote_on_add = False
+    result = run_module(member.main, args(cluster, wait_timeout=1, **NEW))
+
+    assert result["failed"] is True
+    assert "did not become a voter" in result["msg"]
+
+
+def test_absent_removes_a_follower_through_the_leader(cluster):
+    result = run_module(
+        member.main, args(cluster, node="n2", id="n3", state="absent", drain_timeout=2), diff=True
+    )
+
+    assert result["changed"] is True
+    assert result["removal"] == {"id": "n3", "removed": True, "index": 50}
+    assert result["diff"]["after"] == {}
+    assert result["diff"]["before"]["id"] == "n3"
+    delete = [r for r in writes(cluster) if r["method"] == "DELETE"]
+    assert delete == [
+        {
+            "node": "n1",
+            "method": "DELETE",
+            "path": "/v1/members/n3",
+            "query": {"drain_timeout": "2s"},
+            "body": None,
+        }
+    ]
+    assert "n3" not in cluster.members
+
+
+def test_absent_hands_leadership_over_before_removing_the_leader(cluster):
+    result = run_module(
+        member.main, args(cluster, node="n1", id="n1", state="absent", handover_to="n3")
+    )
+
+    assert result["changed"] is True
+    kinds = [(r["node"], r["method"], r["path"]) for r in writes(cluster)]
+    assert kinds == [
+        ("n1", "POST", "/v1/leadership/transfer"),
+        ("n3", "DELETE", "/v1/members/n1"),
+    ]
+    assert [r["body"] for r in writes(cluster)][0] == {"to": "n3"}
+    assert result["leader_id"] == "n3"
+    assert "n1" not in cluster.members
+
+
+def test_absent_in_check_mode_changes_nothing(cluster):
+    result = run_module(
+        member.main, args(cluster, id="n1", state="absent"), check_mode=True, diff=True
+    )
+
+    assert result["changed"] is True
+    assert result["diff"]["before"]["id"] == "n1"
+    assert writes(cluster) == []
+    assert cluster.leader == "n1"
+
+
+def test_absent_of_a_non_member_is_not_a_change(cluster):
+    result = run_module(member.main, args(cluster, id="n9", state="absent"))
+
+    assert result["changed"] is False
+    assert result["member"] == {}
+    assert writes(cluster) == []
+
+
+def test_the_last_member_is_never_removed():
+    cluster = FakeCluster(ids=("solo",), leader="solo")
+    try:
+        result = run_module(member.main, args(cluster, node="solo", id="solo", state="absent"))
+    finally:
+        cluster.close()
+
+    assert result["failed"] is True
+    assert "last member" in result["msg"]
+    assert writes(cluster) == []
+
+
+def test_a_wrong_token_is_reported(cluster):
+    result = run_module(member.main, dict(args(cluster, **NEW), api_token="wrong" * 8))
+
+    assert result["failed"] is True
+    assert result["status"] == 401
+
+
+def test_no_agent_answering_is_reported(cluster):
+    url = cluster.url("n1")
+    cluster.close()
+    result = run_module(
+        member.main, {"api_url": url, "api_token": TOKEN, "id": "n1", "state": "absent"}
+    )
+
+    assert result["failed"] is True
+    assert "cannot list the members" in result["msg"]
+
+
+def test_the_token_can_come_from_a_file(cluster, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    result = run_module(
+        member.main,
+        {
+            "api_url": cluster.url("n1"),
+            "api_token_file": str(token_file),
+            "id": "n9",
+            "state": "absent",
+        },
+    )
+
+    assert result["failed"] is False
