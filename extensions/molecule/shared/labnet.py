@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+# Copyright: hafleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Make and remove a molecule scenario's own lab network, independently of the roles.
+
+    labnet.py up --bridge B --subnet CIDR --prefix P --veth V --nodes N [--offset 10]
+    labnet.py down --bridge B --prefix P --veth V [--root DIR]
+
+``up`` makes a bridge holding the subnet's first address and, per node, a namespace PN
+with ``lo`` up, an ``eth0`` on the bridge with address offset+N and a default route via
+the bridge (host IP forwarding is left alone, so nothing leaves). It is idempotent.
+
+``down`` removes everything a scenario may have left, even after a failed converge:
+every process that lives in one of the namespaces named exactly PN (``ip netns pids``),
+every process named by a pid file under ROOT whose command line mentions ROOT (HAProxy and
+the syncers run in the root namespace), the namespaces, the veths VN, the bridge, ROOT.
+Processes are stopped by PID (SIGTERM, then SIGKILL after 10 s). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def links() -> set[str]:
+    out = ip("-j", "link", "show").stdout or "[]"
+    return {link["ifname"] for link in json.loads(out)}
+
+
+def namespaces(prefix: str) -> list[str]:
+    out = ip("-j", "netns", "list").stdout.strip() or "[]"
+    pattern = re.compile("^" + re.escape(prefix) + "[1-9][0-9]*$")
+    return sorted(n["name"] for n in json.loads(out) if pattern.match(n["name"]))
+
+
+def up(a: argparse.Namespace) -> dict:
+    net = ipaddress.ip_network(a.subnet)
+    hosts = list(net.hosts())
+    gw = hosts[0]
+    changed = False
+    if a.bridge not in links():
+        ip("link", "add", a.bridge, "type", "bridge")
+        changed = True
+    addrs = ip("-j", "addr", "show", "dev", a.bridge).stdout
+    if f'"{gw}"' not in addrs:
+        ip("addr", "add", f"{gw}/{net.prefixlen}", "dev", a.bridge)
+        changed = True
+    ip("link", "set", a.bridge, "up")
+    nodes = []
+    existing = set(namespaces(a.prefix))
+    for i in range(1, a.nodes + 1):
+        ns, veth = f"{a.prefix}{i}", f"{a.veth}{i}"
+        addr = hosts[a.offset + i - 1]
+        if ns not in existing:
+            ip("netns", "add", ns)
+            changed = True
+        if veth not in links():
+            ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            ip("link", "set", veth, "master", a.bridge, "up")
+            changed = True
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "link", "set", "eth0", "multicast", "on", "up")
+        if f'"{addr}"' not in ip("-n", ns, "-j", "addr", "show", "dev", "eth0").stdout:
+            ip("-n", ns, "addr", "add", f"{addr}/{net.prefixlen}", "dev", "eth0")
+            changed = True
+        if "default" not in ip("-n", ns, "route", "show", "default").stdout:
+            ip("-n", ns, "route", "add", "default", "via", str(gw))
+            changed = True
+        nodes.append({"name": ns, "index": i, "address": str(addr)})
+    return {"changed": changed, "bridge": a.bridge, "gateway": str(gw), "nodes": nodes}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is as good as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop(pids: set[int]) -> list[int]:
+    pids = {p for p in pids if p > 1 and p != os.getpid() and alive(p)}
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return sorted(pids)
+
+
+def pidfile_pids(root: Path) -> set[int]:
+    pids: set[int] = set()
+    if not root.is_dir():
+        return pids
+    for f in list(root.rglob("*.pid")) + list(root.rglob("*.pid.child")):
+        try:
+            pid = int(f.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if str(root) in cmdline:
+            pids.add(pid)
+    return pids
+
+
+def down(a: argparse.Namespace) -> dict:
+    stopped: list[int] = []
+    root = Path(a.root).resolve() if a.root else None
+    # Supervisors first (they would restart their children), then whatever is left.
+    for _ in range(3):
+        pids: set[int] = set()
+        for ns in namespaces(a.prefix):
+            out = ip("netns", "pids", ns, check=False).stdout
+            pids |= {int(p) for p in out.split()}
+        if root:
+            pids |= pidfile_pids(root)
+        if not pids:
+            break
+        stopped += stop(pids)
+    removed = []
+    for ns in namespaces(a.prefix):
+        ip("netns", "del", ns)
+        removed.append(ns)
+    pattern = re.compile("^" + re.escape(a.veth) + "[1-9][0-9]*$")
+    for link in sorted(links()):
+        if pattern.match(link) or link == a.bridge:
+            ip("link", "del", link, check=False)
+            removed.append(link)
+    if root and root.exists():
+        shutil.rmtree(root)
+        removed.append(str(root))
+    return {"changed": bool(stopped or removed), "stopped": stopped, "removed": removed}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("--bridge", required=True)
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--veth", required=True)
+    p.add_argument("--subnet", default="10.83.0.0/24")
+    p.add_argument("--nodes", type=int, default=0)
+    p.add_argument("--offset", type=int, default=10)
+    p.add_argument("--root", default="")
+    a = p.parse_args()
+    if len(a.bridge) > 15 or len(a.veth) + 3 > 15:
+        p.error("interface names are at most 15 characters")
+    print(json.dumps(up(a) if a.action == "up" else down(a)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
