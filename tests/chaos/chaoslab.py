@@ -14,7 +14,8 @@ Faults (all undone by ``close()``, which runs whatever the outcome):
   ``forward`` chain drops frames from one node's bridge port to another's (``iifname
   <prefix>-vA oifname <prefix>-vB drop``). Any set of directed pairs can be blocked, so
   partitions are symmetric or one-way, between any sets of nodes. ARP and multicast (mDNS)
-  obey the same rules. The whole rule set is replaced atomically (``nft -f``) at every
+  obey the same rules. ``drop_matching`` adds an nft match (``tcp sport 7480``: only the
+  API's answers) for finer cuts. The whole rule set is replaced atomically (``nft -f``) at every
   change. ``loss(pct)`` adds ``numgen random mod 100 < pct drop`` rules.
 - **latency** needs ``sch_netem``; this machine kind's kernel has no netem (and no module
   directory to load it from), so ``netem_available()`` is False here and the latency
@@ -290,6 +291,7 @@ class ChaosLab:
         self.table = f"{prefix}_chaos"
         self.blocked: set[tuple[int, int]] = set()
         self.lossy: dict[tuple[int, int], int] = {}
+        self.matched: set[tuple[int, int, str]] = set()  # (src, dst, nft match) drops
         self._table_made = False
         self.clusters: list[ChaosCluster] = []
 
@@ -320,6 +322,8 @@ class ChaosLab:
         rules = []
         for a, b in sorted(self.blocked):
             rules.append(f'iifname "{self.port(a)}" oifname "{self.port(b)}" drop')
+        for a, b, match in sorted(self.matched):
+            rules.append(f'iifname "{self.port(a)}" oifname "{self.port(b)}" {match} drop')
         for (a, b), pct in sorted(self.lossy.items()):
             if (a, b) not in self.blocked and pct > 0:
                 rules.append(
@@ -351,6 +355,12 @@ class ChaosLab:
                         self.blocked.add((b, a))
         self._apply()
 
+    def drop_matching(self, src: int, dst: int, match: str) -> None:
+        """Drop the frames from node ``src`` to node ``dst`` that match an nft expression,
+        e.g. ``tcp sport 7480`` (the API's answers): a finer cut than ``block``."""
+        self.matched.add((src, dst, match))
+        self._apply()
+
     def isolate(self, node: int, *, oneway_out: bool = False) -> None:
         others = [i for i in range(1, self.n + 1) if i != node]
         self.block([node], others, oneway=oneway_out)
@@ -374,6 +384,7 @@ class ChaosLab:
     def heal(self) -> None:
         self.blocked.clear()
         self.lossy.clear()
+        self.matched.clear()
         self._apply()
 
     def rules(self) -> str:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from chaos_scenarios import EXIT_BOUND_S, SCENARIOS, Run, run_scenario
+from chaos_workload import Reply, request
 from chaoslab import API_PORT
 
 pytestmark = [
@@ -69,5 +71,65 @@ def test_storage_failure_exits_promptly_with_a_read_in_flight(tmp_path: Path) ->
             assert code == 1
             assert "stopping: storage failed" in node.log()
             assert time.monotonic() - t < EXIT_BOUND_S
+        finally:
+            run.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="agent bug: api.py Api._forward maps aiohttp.ClientConnectorError to 503 'not "
+    "proposed', but aiohttp retries an idempotent request (PUT, DELETE) once on a new "
+    "connection after ClientOSError/ServerDisconnectedError; when the leader got the first "
+    "attempt, proposed it and died, the retry's connect fails and a write that was applied "
+    "is answered 503",
+)
+def test_forwarded_write_applied_is_not_answered_503(tmp_path: Path) -> None:
+    """A write sent to a follower F is forwarded to the leader L, which appends it and
+    replicates it, but the followers' Raft answers to L are dropped, so L cannot commit it;
+    L is then killed (its API connection to F ends with a FIN). F and the third node elect a
+    new leader, which commits the write. The client may get 200 or 504 (unknown), never 503
+    (not applied): the write is in the cluster."""
+    run = Run("forward_503", SEED, tmp_path, 3, False)
+    with run.lab:
+        try:
+            lead = run.form(3)
+            f, g = (n for n in run.c.nodes if n != lead)
+            ln, fn, gn = run.c.node(lead), run.c.node(f), run.c.node(g)
+            for follower in (fn, gn):  # their appends' acknowledgements never reach L
+                run.lab.drop_matching(follower.index, ln.index, "tcp dport 7400")
+            key = f"fwd-{os.getpid()}-{time.monotonic_ns()}"
+            answer: list[Reply] = []
+
+            def put() -> None:
+                answer.append(
+                    request(
+                        fn.host,
+                        API_PORT,
+                        "PUT",
+                        f"/v1/kv/{key}",
+                        run.c.token,
+                        {"value": 1},
+                        timeout=30,
+                    )
+                )
+
+            client = threading.Thread(target=put)
+            client.start()
+            # L proposed it and replicated it: it is on the third node's disk
+            run.c.wait_for(
+                lambda: key.encode() in (gn.data_dir / "raft.log").read_bytes(),
+                10,
+                f"the write in {g}'s log",
+            )
+            run.c.kill9(lead)
+            client.join(timeout=40)
+            assert answer, "no answer"
+            run.lab.heal()
+            new = run.leader_among([f, g])
+            code, body = run.c.get(new, key)
+            assert code == 200 and body["value"] == 1, (code, body)
+            assert answer[0].status in (200, 504, None), (
+                f"the applied write was answered {answer[0].status} {answer[0].body}"
+            )
         finally:
             run.close()
