@@ -205,6 +205,11 @@ class System:
     ) -> bool:
         raise NotImplementedError
 
+    def note_error(self, what: str) -> None:
+        """Count a failed request by its answer (status and message, or the exception)."""
+        errs = self.__dict__.setdefault("errors", {})
+        errs[what] = errs.get(what, 0) + 1
+
     async def get(
         self, s: aiohttp.ClientSession, name: str, key: str, timeout: float = 5.0
     ) -> bool:
@@ -298,6 +303,33 @@ class Hafleet(System):
     def url(self, name: str, path: str) -> str:
         return f"http://{self.members[name].ip}:{API_PORT}{path}"
 
+    @staticmethod
+    def _log_time(line: str) -> float | None:
+        # "2026-11-29 21:22:30,969 INFO ..." (local time)
+        try:
+            stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+            return stamp + int(line[20:23]) / 1000
+        except ValueError:
+            return None
+
+    def join_marks(self, since: float, name: str) -> dict[str, float]:
+        """Seconds after ``since`` (wall clock) at which the new member's process was up,
+        the leader added it as a learner, decided to promote it and applied the promotion."""
+        pats = {
+            "up": f": node {name} raft ",
+            "learner": f"membership: add_learner {name} ",
+            "promote": f"promoting {name} to voter",
+            "voter": f"membership: add_voter {name} ",
+        }
+        marks: dict[str, float] = {}
+        for line in self._log_lines(list(self.members)):
+            for k, pat in pats.items():
+                if pat in line:
+                    t = self._log_time(line)
+                    if t is not None and t >= since and (k not in marks or t - since < marks[k]):
+                        marks[k] = t - since
+        return marks
+
     def election_marks(self, since, names):
         # "2026-11-29 21:22:30,969 INFO hafleet.agent: leader is now None (term 2)": the
         # core drops its leader when it starts a pre-vote campaign (or grants a vote);
@@ -306,14 +338,8 @@ class Hafleet(System):
         for line in self._log_lines(names):
             if "leader is now" not in line:
                 continue
-            try:
-                t = (
-                    time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
-                    + int(line[20:23]) / 1000
-                )
-            except ValueError:
-                continue
-            if t < since:
+            t = self._log_time(line)
+            if t is None or t < since:
                 continue
             if "leader is now None" in line:
                 camp = t if camp is None else min(camp, t)
@@ -344,9 +370,12 @@ class Hafleet(System):
                 headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as r:
-                await r.read()
+                body = await r.read()
+                if r.status != 200:
+                    self.note_error(f"{r.status} {body[:120].decode(errors='replace')}")
                 return r.status == 200
-        except ERRS:
+        except ERRS as e:
+            self.note_error(type(e).__name__)
             return False
 
     async def get(self, s, name, key, timeout=5.0):
@@ -392,11 +421,15 @@ class Hafleet(System):
     async def join(self, s, deadline):
         lead = await self.steady(s, deadline - time.monotonic())
         m = self._new_member(len(self.members) + 1)
+        wall0 = time.time()
         t0 = time.monotonic()
         self.start(m.name, joining=True)
         while time.monotonic() < deadline:
             if await self._role(s, lead, m.name) in ("voter", "leader"):
-                return m.name, time.monotonic() - t0
+                secs = time.monotonic() - t0
+                await asyncio.sleep(0.05)
+                self.last_join_marks = self.join_marks(wall0 - 0.002, m.name)
+                return m.name, secs
             await asyncio.sleep(0.02)
         raise TimeoutError(f"hafleet: {m.name} not a voter in time")
 
@@ -512,11 +545,14 @@ class Etcd(System):
 
     async def put(self, s, name, key, value, timeout=5.0):
         try:
-            code, _ = await self._post(
+            code, data = await self._post(
                 s, name, "/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, timeout
             )
+            if code != 200:
+                self.note_error(f"{code} {data.get('message', '')}")
             return code == 200
-        except ERRS:
+        except ERRS as e:
+            self.note_error(type(e).__name__)
             return False
 
     async def get(self, s, name, key, timeout=5.0):
@@ -663,9 +699,12 @@ class PySyncObj(System):
                 data=value.encode(),
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as r:
-                await r.read()
+                body = await r.read()
+                if r.status != 200:
+                    self.note_error(f"{r.status} {body[:120].decode(errors='replace')}")
                 return r.status == 200
-        except ERRS:
+        except ERRS as e:
+            self.note_error(type(e).__name__)
             return False
 
     async def get(self, s, name, key, timeout=5.0):

@@ -317,6 +317,9 @@ async def bench_join(work: Path, trials: int, preload: int) -> dict:
                     try:
                         name, secs = await x.join(s, time.monotonic() + 90)
                         out[x.kind]["s"].append(secs)
+                        if getattr(x, "last_join_marks", None):
+                            out[x.kind].setdefault("marks", []).append(x.last_join_marks)
+                            x.last_join_marks = None
                         await x.steady(s, 60)
                     except TimeoutError as e:
                         log(f"  {e}")
@@ -348,6 +351,7 @@ async def handover_trial(s, x: System) -> dict:
 
     wt = asyncio.create_task(writer())
     await asyncio.sleep(0.5)
+    x.errors = {}
     t0 = time.monotonic()
     tt = asyncio.create_task(x.transfer(s, lead, target))
     done = None
@@ -378,6 +382,7 @@ async def handover_trial(s, x: System) -> dict:
         "blocked_s": max(gaps) if gaps else float("nan"),
         "normal_latency_s": statistics.median(before) if before else float("nan"),
         "failed_writes": sum(1 for b, _, ok in events if not ok and b >= t0 - 1),
+        "errors": dict(getattr(x, "errors", {})),
         "api_ok": accepted,
     }
 
@@ -470,6 +475,43 @@ async def bench_idle(work: Path, windows: int, seconds: float, settle: float) ->
         for x in systems:
             x.stop()
     return out
+
+
+def rss_breakdown(pid: int) -> dict[str, float]:
+    """Resident memory of a process by mapping, MiB: anonymous (heap, arenas, Go heap),
+    the executable, libpython, OpenSSL, extension modules (.so) and the rest."""
+    out: dict[str, float] = {}
+    name = "?"
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return out
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    for line in lines:
+        head = line.split()
+        if not head:
+            continue
+        if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping header
+            path = head[5] if len(head) > 5 else ""
+            if not path or path.startswith("[heap]") or path.startswith("[anon"):
+                name = "anonymous (heap, arenas)"
+            elif path.startswith("["):
+                name = "other ([stack], [vdso], ...)"
+            elif os.path.realpath(path) == exe:
+                name = "executable"
+            elif "libpython" in path:
+                name = "libpython"
+            elif "libcrypto" in path or "libssl" in path:
+                name = "OpenSSL (libcrypto, libssl)"
+            elif "site-packages" in path:
+                name = "extension modules (site-packages .so)"
+            elif "lib-dynload" in path:
+                name = "stdlib extension modules (lib-dynload)"
+            else:
+                name = "other shared libraries and files"
+        elif head[0] == "Rss:":
+            out[name] = out.get(name, 0.0) + int(head[1]) / 1024
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 # --- profile ------------------------------------------------------------------------------
@@ -593,17 +635,35 @@ def _cmd(argv: list[str]) -> str:
 
 
 def fsync_latency(work: Path, n: int = 200) -> dict:
-    f = work / "fsync-probe"
-    lat = []
-    with open(f, "ab") as fh:
-        for _ in range(n):
-            fh.write(b"x" * 100)
-            fh.flush()
-            t = time.perf_counter()
-            os.fdatasync(fh.fileno())
-            lat.append(time.perf_counter() - t)
-    f.unlink()
-    return {"p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
+    """100-byte appends to a new file, each followed by fsync or fdatasync (what hafleet's
+    log does: O_APPEND, os.fsync), and 100-byte writes into preallocated space followed by
+    fdatasync (what etcd's WAL does: 64 MB preallocated segments)."""
+    out = {}
+    for name, prealloc, sync in (
+        ("append_fsync", False, os.fsync),
+        ("append_fdatasync", False, os.fdatasync),
+        ("prealloc_fdatasync", True, os.fdatasync),
+    ):
+        f = work / f"fsync-probe-{name}"
+        fd = os.open(f, os.O_CREAT | os.O_WRONLY | (0 if prealloc else os.O_APPEND), 0o600)
+        try:
+            if prealloc:
+                os.posix_fallocate(fd, 0, 1 << 20)
+                os.fsync(fd)
+            lat = []
+            for i in range(n):
+                if prealloc:
+                    os.pwrite(fd, b"x" * 100, i * 100)
+                else:
+                    os.write(fd, b"x" * 100)
+                t = time.perf_counter()
+                sync(fd)
+                lat.append(time.perf_counter() - t)
+        finally:
+            os.close(fd)
+            f.unlink()
+        out[name] = {"p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
+    return out
 
 
 def machine(work: Path) -> dict:
@@ -615,7 +675,8 @@ def machine(work: Path) -> dict:
             if line.startswith("model name"):
                 cpu_model = line.split(":", 1)[1].strip()
                 break
-    fs = _cmd(["df", "-T", str(work)]).splitlines()
+    fs = _cmd(["df", "-T", str(work)]).splitlines()[-1:]
+    fs = [" ".join(fs[0].split()[1::-1]).replace(" ", " on ", 1)] if fs else []
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model,
@@ -754,6 +815,11 @@ def main() -> int:
     ap.add_argument("--json", default=str(common.BENCH / "results" / "compare.json"))
     ap.add_argument("--docs", default=str(common.ROOT / "docs"))
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="start from the existing --json and replace only the sections measured now",
+    )
     a = ap.parse_args()
     if a.quick:
         a.trials, a.sizes, a.rounds, a.load_seconds = 5, "3,7", 2, 3.0
@@ -796,6 +862,11 @@ def main() -> int:
         "argv": {},
         "args": {k: v for k, v in vars(a).items() if k not in ("json", "docs")},
     }
+    if a.merge and Path(a.json).exists():
+        old = json.loads(Path(a.json).read_text())
+        old.setdefault("merged", []).append({"started": results["started"], "only": a.only})
+        old["durations_s"] = {**old.get("durations_s", {})}
+        results = {**old, "argv": old.get("argv", {})}
     try:
         results["machine"] = machine(work)
         results["load_before"] = os.getloadavg()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -37,6 +38,9 @@ COLORS = {
     "pysyncobj-nofsync": "#bcbd22",
 }
 BEGIN, END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
+
+# the hand-written "How each system is set up" section
+SETUP_MD = BENCH / "report_setup.md"
 
 
 def med(xs: list[float]) -> float:
@@ -253,6 +257,8 @@ def _cmd(argv: list[str], workdir: str) -> str:
         if a.endswith("/bin/python") or a.endswith("/python3"):
             a = "bench/.venv/bin/python"
         a = a.replace(str(BENCH.parent) + "/", "")
+        a = re.sub(r"127\.0\.\d+\.", "127.0.N.", a)
+        a = re.sub(r"(bench|-)\d+\b", r"\1N", a)
         out.append(a)
     return " ".join(out)
 
@@ -372,6 +378,11 @@ def render(res: dict, kept: str | None) -> str:
         "shared 2-core machine hits all three alike. Every figure is a median over repeated "
         "runs with [min–max]; every ratio compares medians from this one run.\n"
     )
+    for mg in res.get("merged", []):
+        L.append(
+            f"Sections `{mg.get('only')}` were measured again on {mg.get('started')} "
+            "(`bench/compare.py --merge --only ...`) and replace those of the first run.\n"
+        )
     if res.get("quick"):
         L.append(
             "**This is the quick version** (`BENCH_QUICK=1`): few trials; read it as a smoke "
@@ -380,6 +391,7 @@ def render(res: dict, kept: str | None) -> str:
 
     # summary first, filled after the sections compute their facts
     body: list[str] = []
+    body.append(SETUP_MD.read_text())
     body.append("## Leader failover\n")
     fo = failover_section(res, body)
     body.append("## Commit throughput and latency\n")
@@ -427,6 +439,19 @@ def render(res: dict, kept: str | None) -> str:
                 f"({j[s]['failed']}) | {'–' if s == 'hafleet' else ratio(jf['hafleet'], jf[s])} |"
             )
         body.append("")
+        marks = j["hafleet"].get("marks") or []
+        if marks:
+
+            def mm(k: str) -> str:
+                return mmm([x.get(k) for x in marks if x.get(k) is not None], 1000)
+
+            body.append(
+                "Where hafleet's join time goes (ms after the process is started, from the "
+                "agents' logs, median [min–max]): process up and serving (imports, storage, "
+                f"transport) {mm('up')}; added as a learner {mm('learner')}; the leader "
+                f"decides to promote it (its chores run every 250 ms) {mm('promote')}; "
+                f"promotion applied {mm('voter')}.\n"
+            )
     else:
         body.append("Not measured in this run.\n")
 
@@ -459,6 +484,17 @@ def render(res: dict, kept: str | None) -> str:
                 f"{mmm([x['normal_latency_s'] for x in t], 1000, '{:.1f}')} | "
                 f"{sum(x['failed_writes'] for x in t)} | {len(t)} ({h[s]['failed']}) |"
             )
+        body.append("")
+        for sy in SYS:
+            errs: dict[str, int] = {}
+            for x in h.get(sy, {}).get("trials", []):
+                for k, v in (x.get("errors") or {}).items():
+                    errs[k] = errs.get(k, 0) + v
+            if errs:
+                body.append(
+                    f"- {NAMES[sy]}'s failed writes answered: "
+                    + "; ".join(f"`{k.strip()}` ×{v}" for k, v in errs.items())
+                )
         body.append("")
         body.append("![join and hand-over](bench-ops.png)\n")
     else:
@@ -495,6 +531,29 @@ def render(res: dict, kept: str | None) -> str:
                 f"{mmm([x['cpu_total'] for x in w], fmt='{:.1f}')} |"
             )
         body.append("")
+        bd = {sy: (idle[sy].get("rss_breakdown") or {}).get("follower") or {} for sy in SYS}
+        if any(bd.values()):
+            cats = []
+            for sy in SYS:
+                for c in bd[sy]:
+                    if c not in cats:
+                        cats.append(c)
+            body.append(
+                "Where a follower's resident memory is (MiB, from `/proc/PID/smaps` at the end "
+                "of the last window):\n"
+            )
+            body.append("| mapping | " + " | ".join(NAMES[sy] for sy in SYS) + " |")
+            body.append("| --- |" + " --- |" * len(SYS))
+            for c in cats:
+                body.append(
+                    f"| {c} | " + " | ".join(f"{bd[sy].get(c, 0):.1f}" for sy in SYS) + " |"
+                )
+            body.append(
+                "| **total** | "
+                + " | ".join(f"**{sum(bd[sy].values()):.1f}**" for sy in SYS)
+                + " |"
+            )
+            body.append("")
         body.append("![idle](bench-idle.png)\n")
     else:
         body.append("Not measured in this run.\n")
@@ -615,13 +674,16 @@ def render(res: dict, kept: str | None) -> str:
     # --- machine, versions, commands
     L.append("## Machine, versions, commands\n")
     fs = m.get("fsync_100b") or {}
+    fs_txt = "; ".join(
+        f"{k.replace('_', ' + ')} {v['p50_ms']:.2f} ms p50, {v['p99_ms']:.2f} ms p99"
+        for k, v in fs.items()
+        if isinstance(v, dict)
+    )
     loads = [v for _, v in res.get("load_samples", [])]
     L.append(
         f"- {m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('mem_total_gib')} GiB, "
         f"kernel {m.get('kernel')}, {m.get('os')}, Python {m.get('python')}\n"
-        f"- data dirs on: `{m.get('filesystem')}`; a 100-byte append + `fdatasync` takes "
-        f"{fs.get('p50_ms', float('nan')):.2f} ms p50, {fs.get('p99_ms', float('nan')):.2f} "
-        "ms p99 there\n"
+        f"- data dirs on {m.get('filesystem')}; 100-byte writes there: {fs_txt}\n"
         f"- load average (1 min) before the run {res.get('load_before', [math.nan])[0]:.2f}, "
         f"during it {mmm(loads, fmt='{:.2f}')} (every 5 s), after "
         f"{res.get('load_after', [math.nan])[0]:.2f} — other work shares this machine\n"
