@@ -107,9 +107,11 @@ class Run:
         assert self.cluster is not None
         return self.cluster
 
-    def form(self, n: int, **kwargs: Any) -> str:
+    def form(self, n: int, election_timeout_ms: int | None = None, **kwargs: Any) -> str:
         """Start ``n`` agents on lab nodes 1..n, wait until they agree; returns the leader."""
         self.cluster = self.lab.cluster(self.base_dir / "cluster", f"hfch-{self.seed}")
+        if election_timeout_ms is not None:
+            self.c.election_timeout_ms = election_timeout_ms
         self.c.add_many(n, **kwargs)
         self.c.wait_agreed(timeout=FORM_TIMEOUT)
         return self.c.leader()

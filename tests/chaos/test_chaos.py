@@ -92,7 +92,8 @@ def test_forwarded_write_applied_is_not_answered_503(tmp_path: Path) -> None:
     run = Run("forward_503", SEED, tmp_path, 3, False)
     with run.lab:
         try:
-            lead = run.form(3)
+            # T = 1 s: the leader's write timeout (10 T) stays far from the kill below
+            lead = run.form(3, election_timeout_ms=1000)
             f, g = (n for n in run.c.nodes if n != lead)
             ln, fn, gn = run.c.node(lead), run.c.node(f), run.c.node(g)
             for follower in (fn, gn):  # their appends' acknowledgements never reach L
