@@ -428,7 +428,11 @@ def test_accept_peer_false_on_the_dialer_closes_and_discards_the_queue(
         await b.start()
         for i in range(10):
             assert a.send(addr(b), i)
-        await wait_until(lambda: a.stats.peers_refused >= 1, "a refused b")
+        # The refusal is counted during the handshake, the discard once the dial has closed
+        # its socket (an await later): wait for both.
+        await wait_until(
+            lambda: a.stats.peers_refused >= 1 and a.stats.drops_discarded >= 10, "a refused b"
+        )
         assert a.stats.drops_discarded == 10 and a.queued(addr(b)) == 0
         assert not a.is_connected(addr(b))
         assert ib.frames == []
