@@ -75,14 +75,6 @@ def test_storage_failure_exits_promptly_with_a_read_in_flight(tmp_path: Path) ->
             run.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug: api.py Api._forward maps aiohttp.ClientConnectorError to 503 'not "
-    "proposed', but aiohttp retries an idempotent request (PUT, DELETE) once on a new "
-    "connection after ClientOSError/ServerDisconnectedError; when the leader got the first "
-    "attempt, proposed it and died, the retry's connect fails and a write that was applied "
-    "is answered 503",
-)
 def test_forwarded_write_applied_is_not_answered_503(tmp_path: Path) -> None:
     """A write sent to a follower F is forwarded to the leader L, which appends it and
     replicates it, but the followers' Raft answers to L are dropped, so L cannot commit it;

@@ -137,7 +137,12 @@ class Api:
         if api is None:
             raise NoLeader("no leader known; the write was not proposed")
         if self.session is None:
-            self.session = aiohttp.ClientSession()
+            # aiohttp retries an idempotent request (PUT, DELETE) once on a new connection
+            # when the first one breaks; a failed connect on that retry would turn a write the
+            # leader may have applied into a 503 "not proposed". No retries and a fresh
+            # connection per forward: a connect error then means the request was never sent.
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            self.session._retry_connection = False  # no public switch for it in aiohttp 3.x
         url = f"http://{api}{request.rel_url}"
         headers = {
             "Authorization": request.headers.get("Authorization", ""),
