@@ -74,6 +74,7 @@ class RunResult:
     recovery_s: list[float] = field(default_factory=list)
     slow_recoveries: int = 0
     slow_exits: int = 0  # a failed node that had not exited within EXIT_BOUND_S
+    forwarded_503: int = 0  # answers of the known forwarding bug, taken as indeterminate
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: str = ""
@@ -262,12 +263,19 @@ class Run:
         r.acked_writes = w.stats.acked_writes
         r.indeterminate = sum(1 for op in w.ops if op.ret is None)
         r.failed = sum(1 for op in w.ops if not op.ok)
+        r.forwarded_503 = w.stats.forwarded_503
         if check.timed_out:
             r.check_timed_out = True
             r.notes.append(f"linearizability check ran out of budget on {check.key!r}")
         elif not check.ok:
             r.violations += 1
-            r.problem("NOT linearizable:\n" + check.explain())
+            why = [
+                f"value {op.output!r} read by client {op.client} was written by an operation "
+                f"answered as not applied: {w.explain_value(op.output)}"
+                for op in check.unexplained or []
+                if op.kind == "get" and w.explain_value(op.output) is not None
+            ]
+            r.problem("NOT linearizable:\n" + check.explain() + "".join("\n" + x for x in why))
         if w.stats.unexpected:
             r.problem(f"unexpected API answers: {w.stats.unexpected[:5]}")
         self.compare_replicas(ids, lead)

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{name:16} seed {seed:5} {state:4} {r.seconds:6.1f}s ops {r.ops:4} "
                     f"acked {r.acked_writes:4} indet {r.indeterminate:3} viol {r.violations} "
-                    f"lost {r.lost_acked} failover {r.failover_s} recovery {r.recovery_s}",
+                    f"lost {r.lost_acked} failover {r.failover_s} recovery {r.recovery_s}"
+                    + (f" fwd503 {r.forwarded_503}" if r.forwarded_503 else ""),
                     flush=True,
                 )
                 for problem in r.problems:
@@ -140,6 +141,10 @@ def report(results: dict[str, list[RunResult]], total: float) -> int:
         if slow_exits:
             sums["slow_exits"] = sums.get("slow_exits", 0) + slow_exits
             print(f"{'':16} a node exited late after a storage failure in {slow_exits} runs")
+        f503 = sum(r.forwarded_503 for r in done)
+        if f503:
+            sums["f503"] = sums.get("f503", 0) + f503
+            print(f"{'':16} {f503} forwarded 503s taken as indeterminate (known agent bug)")
         timeouts = sum(r.check_timed_out for r in done)
         if timeouts:
             print(f"{'':16} linearizability check out of budget in {timeouts} runs (unknown)")
@@ -153,7 +158,8 @@ def report(results: dict[str, list[RunResult]], total: float) -> int:
         f"chaos: {sums['runs']} runs in {total / 60:.1f} min; {sums['viol']} linearizability "
         f"violations, {sums['lost']} lost acknowledged writes, {sums['fail']} failed runs, "
         f"{sums['slow']} recoveries over {RECOVERY_BOUND_S:.1f}s, "
-        f"{sums.get('slow_exits', 0)} late exits after a storage failure"
+        f"{sums.get('slow_exits', 0)} late exits after a storage failure, "
+        f"{sums.get('f503', 0)} forwarded 503s taken as indeterminate (known agent bug)"
     )
     return sums["fail"] + sums["viol"] + sums["lost"]
 
