@@ -27,6 +27,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import msgpack
+
 _HANDSHAKE_FRAMES = 3  # nonce, proof, hello
 _SESSION_FRAMES = 12  # frames kept of each connection for a session replay
 _COUNTER = 8
@@ -61,6 +63,7 @@ class _Conn:
     frames: list[bytes] = field(default_factory=list)  # raw frames (header included), capped
     data_frames: int = 0
     last_frame: float = 0.0
+    node: str | None = None  # the client's node id, from its hello (MAC'd, not encrypted)
     armed: str | None = None
     attacked: str | None = None
     server_closed: threading.Event = field(default_factory=threading.Event)
@@ -178,6 +181,9 @@ class RaftProxy:
                 conn.frames.append(frame)
             n += 1
             out = [frame]
+            if n == _HANDSHAKE_FRAMES:
+                with contextlib.suppress(Exception):
+                    conn.node = msgpack.unpackb(body[_COUNTER:-_TAG])["node_id"]
             if n > _HANDSHAKE_FRAMES:
                 conn.data_frames += 1
                 conn.last_frame = time.monotonic()
@@ -210,7 +216,7 @@ class RaftProxy:
         _close(conn.server)
         conn.closed.set()
 
-    def busiest(self) -> _Conn | None:
+    def busiest(self, node: str | None = None) -> _Conn | None:
         now = time.monotonic()
         with self.lock:
             live = [
@@ -218,28 +224,34 @@ class RaftProxy:
                 for c in self.conns
                 if not c.closed.is_set()
                 and c.attacked is None
+                and c.armed is None
                 and c.data_frames >= 3
-                and now - c.last_frame < 1.0
+                and now - c.last_frame < 0.5
+                and (node is None or c.node == node)
             ]
         return max(live, key=lambda c: c.last_frame, default=None)
 
-    def attack(self, kind: str, timeout: float) -> str:
-        """Arm ``kind`` on the busiest live connection; "closed" once the node closed it."""
+    def attack(self, kind: str, timeout: float, node: str | None = None) -> str:
+        """Arm ``kind`` on the busiest live connection (from ``node``, when given: the leader
+        sends heartbeats every 50 ms); "closed" once the target closed it. A connection that
+        carries no frame within a second is disarmed and another one is picked."""
         deadline = time.monotonic() + timeout
-        conn = None
-        while conn is None:
-            conn = self.busiest()
-            if kind == "cross" and self.old_data_frame is None:
-                conn = None
-            if conn is None:
-                if time.monotonic() > deadline:
-                    return "no live connection to attack"
+        while time.monotonic() < deadline:
+            conn = self.busiest(node)
+            if conn is None or (kind == "cross" and self.old_data_frame is None):
                 self.stopping.wait(0.05)
-        conn.armed = kind
-        left = max(0.1, deadline - time.monotonic())
-        if not conn.server_closed.wait(left):
-            return "still open" if conn.attacked else "attack never fired"
-        return "closed"
+                continue
+            conn.armed = kind
+            fired = time.monotonic() + 1.0
+            while conn.attacked is None and time.monotonic() < fired:
+                if conn.closed.wait(0.02):
+                    break
+            if conn.attacked is None:
+                conn.armed = None  # idle or gone: pick again
+                continue
+            left = max(0.1, deadline - time.monotonic())
+            return "closed" if conn.server_closed.wait(left) else "still open"
+        return "no live connection to attack"
 
     def recorded_session(self) -> bytes:
         with self.lock:

@@ -643,7 +643,7 @@ def replay_tamper(run: Run) -> None:
         attacks = ["replay", "tamper", "reorder", "cross"]
         results = {}
         for attack in attacks:
-            results[attack] = proxy.attack(attack, timeout=SERVE_TIMEOUT)
+            results[attack] = proxy.attack(attack, SERVE_TIMEOUT, node=run.c.leader())
             run.wait_acks(3)
         results["session-replay"] = replay_session(
             proxy.recorded_session(), (run.lab.netlab.addr(3), RAFT_PORT), timeout=10
