@@ -214,10 +214,10 @@ docs-check: venv ## ansible-doc renders every module, plugin and role without wa
 	@ln -sfn ../../../.. build/collections/ansible_collections/hafleet/cluster
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections hack/docs_check.sh
 
-# changelogs/changelog.yaml (and CHANGELOG.rst) from changelogs/fragments, for galaxy.yml's version.
+# changelogs/changelog.yaml and CHANGELOG.rst regenerated from changelogs/fragments as galaxy.yml's
+# version (in a throwaway copy: the fragments stay).
 changelog: venv ## regenerate changelogs/changelog.yaml from the fragments (antsibull-changelog)
-	$(BIN)/antsibull-changelog lint
-	$(BIN)/antsibull-changelog release --version $$(sed -n 's/^version: *//p' galaxy.yml)
+	hack/changelog.sh
 
 clean: ## remove build products, test outputs and caches (keeps .venv)
 	rm -rf build dist agent/build tests/output .pytest_cache .ruff_cache .hypothesis
