@@ -37,7 +37,7 @@ def main() -> int:
         # Skip the format version line ("1") and the header.
         if line.startswith("#") or len(fields) < len(header) // 2:
             continue
-        row = dict(zip(header, fields))
+        row = dict(zip(header, fields, strict=False))
         servers.append(
             {
                 "backend": row["be_name"],
