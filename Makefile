@@ -178,8 +178,13 @@ bench: ## hafleet vs etcd and PySyncObj -> docs/benchmarks.md (~25 min; BENCH_QU
 CHAOS_RUNS ?= 20
 FUZZ_EXAMPLES ?= 5000
 chaos: venv system-deps ## chaos scenarios on real agents, CHAOS_RUNS=20 runs each, + long fuzzing
-	$(BIN)/python tests/chaos/run_chaos.py --runs $(CHAOS_RUNS) --json build/chaos-report.json
-	HFCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider -q tests/chaos/test_chaos_fuzz.py
+	@rc=0; start=$$(date +%s); \
+	$(BIN)/python tests/chaos/run_chaos.py --runs $(CHAOS_RUNS) --json build/chaos-report.json \
+		|| rc=$$?; \
+	HFCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider -q \
+		tests/chaos/test_chaos_fuzz.py || rc=$$?; \
+	echo "chaos: scenarios and fuzzing took $$(( $$(date +%s) - start ))s, exit $$rc"; \
+	exit $$rc
 
 lab: ## (not yet) bring up a lab fleet: make lab NODES=7
 	@echo "make lab is not available yet: it arrives with issue 6 (the collection's lab)." >&2
