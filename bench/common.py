@@ -167,9 +167,9 @@ class System:
         m = self.members[name]
         if not m.argv:
             m.argv = self.argv(m, joining)
-        m.proc = spawn(m.argv, m.dir / "log", self.env())
+        m.proc = spawn(m.argv, m.dir / "log", self.env(m))
 
-    def env(self) -> dict[str, str] | None:
+    def env(self, m: Member) -> dict[str, str] | None:
         return None
 
     def start_all(self) -> None:
@@ -267,8 +267,11 @@ class Hafleet(System):
     kind = "hafleet"
     label = "hafleet"
 
-    def __init__(self, n: int, work: Path, timing: Timing, net: int | None = None) -> None:
+    def __init__(
+        self, n: int, work: Path, timing: Timing, net: int | None = None, traced: bool = False
+    ) -> None:
         super().__init__(n, work, timing, net)
+        self.traced = traced
         self.key = self.dir / "key"
         self.token_file = self.dir / "token"
         for f in (self.key, self.token_file):
@@ -291,8 +294,9 @@ class Hafleet(System):
         else:
             joins = [f"{self.members[n].ip}:{RAFT_PORT}" for n in self.founders]
             expect = ["--bootstrap-expect", str(len(self.founders))]
+        cmd = [PY, str(BENCH / "hafleet_traced.py")] if self.traced else [PY, "-m", "hafleet_agent"]
         return [
-            PY, "-m", "hafleet_agent", "run",
+            *cmd, "run",
             "--node-id", m.name, "--cluster", f"bench{self.net}", "--bind", m.ip,
             "--data-dir", str(m.dir / "data"),
             "--key-file", str(self.key), "--token-file", str(self.token_file),
@@ -302,6 +306,32 @@ class Hafleet(System):
 
     def url(self, name: str, path: str) -> str:
         return f"http://{self.members[name].ip}:{API_PORT}{path}"
+
+    def env(self, m: Member) -> dict[str, str] | None:
+        if not self.traced:
+            return None
+        return {**os.environ, "HAFLEET_TRACE": str(m.dir / "trace")}
+
+    def trace_events(self, since: float) -> list[tuple]:
+        """(time, member, kind, fields...) from every member's trace since ``since``."""
+        ev = []
+        for name, m in self.members.items():
+            try:
+                lines = (m.dir / "trace").read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                f = line.split()
+                if len(f) < 3:
+                    continue
+                try:
+                    t = float(f[0])
+                except ValueError:
+                    continue
+                if t >= since:
+                    ev.append((t, name, *f[1:]))
+        ev.sort()
+        return ev
 
     @staticmethod
     def _log_time(line: str) -> float | None:
@@ -501,7 +531,7 @@ class Etcd(System):
                 won = t if won is None else min(won, t)
         return camp, won
 
-    def env(self) -> dict[str, str]:
+    def env(self, m: Member) -> dict[str, str]:
         # etcd 3.4 reads ETCD_* variables as flags: start from a clean slate.
         return {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
 

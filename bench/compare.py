@@ -48,7 +48,7 @@ from common import Etcd, Hafleet, PySyncObj, System, Timing  # noqa: E402
 
 VALUE = "v" * 100
 LOCK = Path(tempfile.gettempdir()) / "hafleet-bench-compare.lock"
-SECTIONS = ("failover", "writes", "reads", "join", "handover", "idle", "profile")
+SECTIONS = ("failover", "trace", "writes", "reads", "join", "handover", "idle", "profile")
 
 
 def log(msg: str) -> None:
@@ -199,6 +199,96 @@ async def bench_failover(work: Path, timing: Timing, n: int, trials: int) -> dic
             for x in systems:
                 x.stop()
     return out
+
+
+def election_hops(ev: list[tuple], winner: str, n: int) -> dict | None:
+    """Split the election that ``winner`` won into its steps, from the trace events of
+    ``bench/hafleet_traced.py`` (times in s): see ``bench_election_trace``."""
+    lead = [e for e in ev if e[1] == winner and e[2] == "send" and e[3] in ("APP", "HEARTBEAT")]
+    if not lead:
+        return None
+    t_lead, term = lead[0][0], lead[0][6]
+    q = n // 2 + 1  # votes needed; the candidate's own is one of them
+
+    def sends(typ: str, frm: str, to: str | None = None) -> list[tuple]:
+        return [e for e in ev if e[2] == "send" and e[3] == typ and e[4] == frm
+                and e[6] == term and (to is None or e[5] == to) and e[0] <= t_lead]  # fmt: skip
+
+    def recvs(typ: str, frm: str | None, to: str, granted: bool = True) -> list[tuple]:
+        return [e for e in ev if e[2] == "recv" and e[3] == typ and e[1] == to
+                and (frm is None or e[4] == frm) and e[6] == term and e[0] <= t_lead
+                and (not granted or e[7] == "0")]  # fmt: skip
+
+    pv = sends("PRE_VOTE", winner)
+    v = sends("VOTE", winner)
+    if not pv or not v:
+        return None
+    t_v_send = v[0][0]
+    t_pv_send = max(e[0] for e in pv if e[0] <= t_v_send)
+    out: dict = {"campaigns": len({round(e[0], 3) for e in pv})}
+    for kind, req, resp, t_req in (
+        ("prevote", "PRE_VOTE", "PRE_VOTE_RESP", t_pv_send),
+        ("vote", "VOTE", "VOTE_RESP", t_v_send),
+    ):
+        grants = sorted(e[0] for e in recvs(resp, None, winner) if e[0] >= t_req)
+        if len(grants) < q - 1:
+            return None
+        out[f"{kind}_round"] = grants[q - 2] - t_req
+        hops = []
+        for e in recvs(resp, None, winner):
+            if e[0] < t_req:
+                continue
+            peer = e[4]
+            got = [x[0] for x in recvs(req, winner, peer, granted=False) if x[0] >= t_req]
+            ans = [x[0] for x in sends(resp, peer, winner) if x[0] >= t_req]
+            sent = [x[0] for x in sends(req, winner, peer) if x[0] >= t_req - 0.001]
+            if got and ans and sent:
+                hops.append((got[0] - sent[0], ans[0] - got[0], e[0] - ans[0]))
+        if hops:
+            out[f"{kind}_out"] = statistics.median(h[0] for h in hops)
+            out[f"{kind}_peer"] = statistics.median(h[1] for h in hops)
+            out[f"{kind}_back"] = statistics.median(h[2] for h in hops)
+        if kind == "prevote":
+            out["candidate_step"] = t_v_send - grants[q - 2]
+        else:
+            out["leader_step"] = t_lead - grants[q - 2]
+    saves = [float(e[3]) / 1000 for e in ev if e[2] == "save" and e[0] <= t_lead]
+    if saves:
+        out["fsync_median"] = statistics.median(saves)
+    out["elect"] = t_lead - t_pv_send
+    return out
+
+
+async def bench_election_trace(work: Path, timing: Timing, n: int, trials: int) -> dict:
+    """hafleet only, with ``bench/hafleet_traced.py``: where an election's time goes."""
+    x = Hafleet(n, work, timing, traced=True)
+    res: dict = {"n": n, "timing": [timing.heartbeat_ms, timing.election_ms], "trials": []}
+    async with session() as s:
+        try:
+            x.start_all()
+            await x.steady(s, 90)
+            for _ in range(trials):
+                lead = await x.steady(s, 60)
+                await asyncio.sleep(random.uniform(0.1, 0.3))
+                survivors = [m for m in x.alive() if m != lead]
+                wall0 = time.time()
+                t0 = time.monotonic()
+                x.kill(lead)
+                try:
+                    await watch_leader(s, x, survivors, lead, t0)
+                    new = await x.steady(s, 30)
+                except TimeoutError:
+                    x.restart(lead)
+                    continue
+                await asyncio.sleep(0.1)
+                hops = election_hops(x.trace_events(wall0), new, n)
+                if hops:
+                    res["trials"].append(hops)
+                x.restart(lead)
+                await x.steady(s, 60)
+        finally:
+            x.stop()
+    return res
 
 
 # --- load ---------------------------------------------------------------------------------
@@ -741,6 +831,12 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
                 }
                 results["failover"][f"{pname}/{n}"] = r
         mark("failover", t)
+    if "trace" in only:
+        t = time.monotonic()
+        tuned = parse_tuned(a.tuned)
+        log(f"election trace: hafleet, 7 members, {tuned.label}, {a.trace_trials} kills")
+        results["election_trace"] = await bench_election_trace(work, tuned, 7, a.trace_trials)
+        mark("trace", t)
     if only & {"writes", "reads", "handover"}:
         t = time.monotonic()
         systems = load_systems(work)
@@ -807,6 +903,7 @@ def main() -> int:
     ap.add_argument("--join-trials", type=int, default=5)
     ap.add_argument("--preload", type=int, default=1000, help="keys written before joins")
     ap.add_argument("--handover-trials", type=int, default=10)
+    ap.add_argument("--trace-trials", type=int, default=12, help="kills in the election trace")
     ap.add_argument("--idle-windows", type=int, default=3)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--settle", type=float, default=5.0)
@@ -823,7 +920,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.quick:
         a.trials, a.sizes, a.rounds, a.load_seconds = 5, "3,7", 2, 3.0
-        a.join_trials, a.preload, a.handover_trials = 2, 300, 3
+        a.join_trials, a.preload, a.handover_trials, a.trace_trials = 2, 300, 3, 4
         a.idle_windows, a.idle_seconds, a.settle, a.profile_seconds = 2, 5.0, 3.0, 5.0
     max_min = a.max_minutes or (12 if a.quick else 45)
 

@@ -316,6 +316,49 @@ def failover_section(res: dict, L: list[str]) -> dict:
         L.append(f"| {prof} | {n} | {cells[0]} | {cells[1]} |")
     L.append("")
     L.append("![failover](bench-failover.png)\n")
+    tr = res.get("election_trace") or {}
+    trials = tr.get("trials") or []
+    if trials:
+        hb, el = (tr.get("timing") or [None, None])[:2]
+
+        def col(k: str) -> str:
+            return mmm([t.get(k) for t in trials if t.get(k) is not None], 1000, "{:.1f}")
+
+        L.append(
+            f"**Inside hafleet's election** ({tr.get('n')} members, heartbeat {hb} ms, "
+            f"election timeout {el} ms, {len(trials)} kills; `bench/hafleet_traced.py` "
+            "time-stamps each vote message when a member sends it — after the fsync of its "
+            "ready batch — and when the receiver's Raft core steps it; ms, median "
+            "[min–max] over the kills, per-hop figures are medians over the answering "
+            "peers):\n"
+        )
+        L.append("| step | ms |")
+        L.append("| --- | --- |")
+        rows = (
+            ("whole election: candidate's pre-votes leave → its first append leaves", "elect"),
+            ("pre-vote round (until the quorum-th grant is stepped)", "prevote_round"),
+            ("↳ pre-vote in flight: sent → stepped by the peer", "prevote_out"),
+            ("↳ peer answers a pre-vote (no fsync)", "prevote_peer"),
+            ("↳ grant in flight back", "prevote_back"),
+            ("candidate: quorum of pre-votes → votes leave (term and vote fsync'd)",
+             "candidate_step"),
+            ("vote round", "vote_round"),
+            ("↳ vote in flight", "vote_out"),
+            ("↳ peer answers a vote (its vote fsync'd first)", "vote_peer"),
+            ("↳ grant in flight back", "vote_back"),
+            ("new leader: quorum of votes → first append leaves (no-op entry fsync'd)",
+             "leader_step"),
+            ("one fsync of term/vote (`DiskStorage.save`, median of all in the election)",
+             "fsync_median"),
+        )  # fmt: skip
+        for label, k in rows:
+            L.append(f"| {label} | {col(k)} |")
+        camps = [t.get("campaigns", 1) for t in trials]
+        L.append(
+            f"\nPre-vote campaigns the winner needed: median {statistics.median(camps):.1f}, "
+            f"max {max(camps)} (a second one when the first met peers still in their "
+            "CheckQuorum lease).\n"
+        )
     return facts
 
 
