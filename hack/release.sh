@@ -55,18 +55,18 @@ if grep -E '(^|/)(\.venv|\.git|build|dist|\.ansible|__pycache__|\.pytest_cache|\
 fi
 echo "release: $(wc -l <"$work/contents") entries, $(du -h "$tarball" | cut -f1)"
 
-echo "release: installing into an empty collections path"
+# From here on: outside the source tree, with no ansible.cfg of the checkout (its
+# collections_path holds a link to the checkout) and only the installed collection on the path.
 mkdir -p "$work/collections" "$work/run"
-ansible-galaxy collection install --no-deps --offline -p "$work/collections" "$tarball" >/dev/null
-installed="$work/collections/ansible_collections/hafleet/cluster"
-[ -f "$installed/MANIFEST.json" ] || { echo "release: the collection did not install" >&2; exit 1; }
-
-# Run from outside the source tree, with no ansible.cfg of the checkout and only the
-# installed collection on the path.
 cd "$work/run"
 export ANSIBLE_COLLECTIONS_PATH="$work/collections"
 export ANSIBLE_CONFIG="$work/run/ansible.cfg"
 printf '[defaults]\ninterpreter_python = auto_silent\nforks = 16\n[connection]\npipelining = true\n' >"$ANSIBLE_CONFIG"
+
+echo "release: installing into an empty collections path"
+ansible-galaxy collection install --force --no-deps --offline -p "$work/collections" "$tarball" >/dev/null
+installed="$work/collections/ansible_collections/hafleet/cluster"
+[ -f "$installed/MANIFEST.json" ] || { echo "release: the collection did not install" >&2; exit 1; }
 cat >"$work/run/vars.yml" <<VARS
 hafleet_lab_root: $lab_root
 hafleet_lab_bridge: hfmolr0
