@@ -561,6 +561,14 @@ async def bench_idle(work: Path, windows: int, seconds: float, settle: float) ->
                     for k, v in out.items()
                 )
             )
+        for x in systems:
+            pids = x.pids()
+            lead = leaders[x.kind]
+            fol = next((n for n in pids if n != lead), None)
+            out[x.kind]["rss_breakdown"] = {
+                "leader": rss_breakdown(pids[lead]) if lead in pids else {},
+                "follower": rss_breakdown(pids[fol]) if fol else {},
+            }
     finally:
         for x in systems:
             x.stop()
