@@ -233,6 +233,19 @@ class Run:
         if reason not in log or "stopping: storage failed" not in log:
             self.result.problem(f"{node} did not say why it stopped: {log[-600:]}")
 
+    def restart(self, node: str) -> float:
+        """Start ``node`` again on its data dir; returns the time its API first answered
+        (recovery is measured from there: the agent's own start-up is not part of it)."""
+        self.c.restart(node)
+        n = self.c.node(node)
+        wait_for(
+            lambda: request(n.host, API_PORT, "GET", "/v1/health", None, timeout=0.5).status == 200,
+            FORM_TIMEOUT,
+            f"{node} to start",
+            check=self.c.check_alive,
+        )
+        return time.monotonic()
+
     def leader_among(self, nodes: list[str], exclude: str | None = None) -> str:
         def found() -> str | None:
             for nid in nodes:
@@ -438,9 +451,7 @@ def rolling_restart(run: Run) -> None:
         run.c.kill9(nid)
         run.failover(others, t)
         run.wait_acks(max(3, run.load_ops // 3))
-        t = time.monotonic()
-        run.c.restart(nid)
-        run.wait_whole(t)
+        run.wait_whole(run.restart(nid))
     run.wait_acks()
     run.finish()
 
@@ -526,9 +537,7 @@ def disk_full(run: Run) -> None:
     run.failover(others, t)
     run.wait_acks()
     (run.c.node(target).data_dir / "FILLER").unlink()
-    t = time.monotonic()
-    run.c.restart(target)
-    run.wait_whole(t)
+    run.wait_whole(run.restart(target))
     run.finish()
 
 
@@ -548,9 +557,7 @@ def fsync_error(run: Run) -> None:
     run.failover(others, t)
     run.wait_acks()
     run.c.fsync_triggers[target].unlink()
-    t = time.monotonic()
-    run.c.restart(target)
-    run.wait_whole(t)
+    run.wait_whole(run.restart(target))
     run.finish()
 
 
