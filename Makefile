@@ -16,7 +16,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.hafleet-installed
 
 # Tools installed into .venv, all pinned by constraints.txt.
-VENV_TOOLS := ansible-core ruff pytest pytest-timeout hypothesis antsibull-changelog molecule
+VENV_TOOLS := ansible-core ansible-lint ruff pytest pytest-timeout hypothesis antsibull-changelog molecule
 DEB_PACKAGES := haproxy iproute2 shellcheck nftables
 
 # ansible-test only runs inside a real .../ansible_collections/NAMESPACE/NAME directory.
@@ -35,14 +35,15 @@ COPY_EXCLUDES := ./.git ./.venv ./build ./dist ./.ansible ./tests/output '*/test
 # its search there, and it takes every file of the copy.
 ANSIBLE_TEST := ANSIBLE_TEST_CONTENT_ROOT=$(CURDIR)/$(COLLECTION_DIR) ansible-test
 
-TEST_STAGES := system-deps venv lint pytest sanity units molecule
+TEST_STAGES := system-deps venv lint ansible-lint pytest sanity units molecule
 
 # ansible-test and ansible-galaxy find their tools on PATH.
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
 	sanity units build constraints lab clean distclean sim bench-agent bench-balancer bench chaos \
-	molecule release docs-check changelog
+	molecule release docs-check changelog \
+	collection-link ansible-lint bench-scale
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -169,6 +170,9 @@ bench-agent: venv ## agent benchmarks: failover, join, writes, idle cost (about 
 bench-balancer: venv ## HAProxy + syncer: req/s, weight commit -> applied, failed requests (about 3 minutes)
 	$(BIN)/python bench/balancer_bench.py
 
+bench-scale: venv ## time make lab NODES=7 from nothing, 7->7, 7->3->7 under load (root; ~20 min)
+	$(BIN)/python bench/scale_bench.py
+
 bench: ## hafleet vs etcd and PySyncObj -> docs/benchmarks.md (~25 min; BENCH_QUICK=1: ~6 min)
 	bench/setup.sh
 	bench/.venv/bin/python bench/compare.py $(if $(BENCH_QUICK),--quick)
@@ -186,9 +190,24 @@ chaos: venv system-deps ## chaos scenarios on real agents, CHAOS_RUNS=20 runs ea
 	echo "chaos: scenarios and fuzzing took $$(( $$(date +%s) - start ))s, exit $$rc"; \
 	exit $$rc
 
-lab: ## (not yet) bring up a lab fleet: make lab NODES=7
-	@echo "make lab is not available yet: it arrives with issue 6 (the collection's lab)." >&2
-	@exit 1
+# ansible-playbook and ansible-lint find the collection as hafleet.cluster through a link to
+# this checkout (ansible.cfg names the same path); ansible-test needs a real copy instead.
+COLLECTION_LINK_ROOT := build/collections
+collection-link: ## link build/collections/ansible_collections/hafleet/cluster to this checkout
+	@mkdir -p $(COLLECTION_LINK_ROOT)/ansible_collections/hafleet
+	@ln -sfn ../../../.. $(COLLECTION_LINK_ROOT)/ansible_collections/hafleet/cluster
+
+ansible-lint: venv collection-link ## ansible-lint, production profile (settings: .ansible-lint)
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_LINK_ROOT) $(BIN)/ansible-lint
+
+# make lab NODES=7: NODES from the command line or the environment; 3 otherwise (the
+# NODES ?= 5 above is make sim's).
+LAB_NODES = $(if $(filter command line environment environment override,$(origin NODES)),$(NODES),3)
+lab: system-deps venv collection-link ## bring up N lab nodes behind HAProxy (root): make lab NODES=7
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_LINK_ROOT) \
+		$(BIN)/ansible-playbook playbooks/scale.yml -e nodes=$(LAB_NODES)
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_LINK_ROOT) \
+		$(BIN)/ansible-playbook playbooks/status.yml
 
 # Molecule scenarios (extensions/molecule: molecule's collection-level layout), each on its own
 # bridge and namespaces in 10.83.0.0/16, never the lab's: lab, agent, balancer, scale. Root.

@@ -23,10 +23,11 @@ options:
   netns_name:
     description:
       - The name of the network namespace to run in, as C(ip netns list) shows it.
-      - Defaults to the host's C(inventory_hostname); C(ansible_netns_name) wins when set.
+      - Defaults to the host's address, that is C(ansible_host), else its inventory name; so
+        a lab node named after its namespace needs nothing set. This also holds for a task
+        delegated to such a host.
     type: str
     vars:
-      - name: inventory_hostname
       - name: ansible_netns_name
   netns_ip_command:
     description:
@@ -61,6 +62,8 @@ notes:
     local connection.
   - A namespace name is matched exactly; a namespace that does not exist makes every task
     on that host fail with a clear message.
+  - Set C(ansible_connection) to this plugin as a host variable (inventory, C(add_host)), not
+    as a play variable, so that a task delegated to C(localhost) still runs locally.
 seealso:
   - plugin: ansible.builtin.local
     plugin_type: connection

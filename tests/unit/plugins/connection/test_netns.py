@@ -39,14 +39,17 @@ def test_bad_namespace_names_are_refused(name):
         netns_command("true", name)
 
 
-def make_connection(**variables):
-    conn = connection_loader.get("hafleet.cluster.netns", PlayContext(), StringIO())
+def make_connection(remote_addr="n1", **variables):
+    play_context = PlayContext()
+    play_context.remote_addr = remote_addr
+    conn = connection_loader.get("hafleet.cluster.netns", play_context, StringIO())
     conn.set_options(var_options=variables)
     return conn
 
 
-def test_the_namespace_defaults_to_the_inventory_hostname():
-    conn = make_connection(inventory_hostname="hafleet-node3")
+def test_the_namespace_defaults_to_the_host_address():
+    # remote_addr is ansible_host, else the inventory name (the delegated host's, when delegating).
+    conn = make_connection(remote_addr="hafleet-node3")
     with mock.patch.object(LocalConnection, "exec_command", return_value=(0, b"ok", b"")) as local:
         assert conn.exec_command("hostname") == (0, b"ok", b"")
     sent = local.call_args[0][0]
@@ -54,7 +57,7 @@ def test_the_namespace_defaults_to_the_inventory_hostname():
 
 
 def test_ansible_netns_name_wins():
-    conn = make_connection(inventory_hostname="web1", ansible_netns_name="lab-ns7")
+    conn = make_connection(remote_addr="web1", ansible_netns_name="lab-ns7")
     with mock.patch.object(LocalConnection, "exec_command", return_value=(0, b"", b"")) as local:
         conn.exec_command("true", in_data=b"data", sudoable=False)
     assert shlex.split(local.call_args[0][0])[3] == "lab-ns7"
@@ -62,7 +65,7 @@ def test_ansible_netns_name_wins():
 
 
 def test_a_missing_namespace_is_a_connection_failure():
-    conn = make_connection(inventory_hostname="gone")
+    conn = make_connection(remote_addr="gone")
     answer = (1, b"", b'Cannot open network namespace "gone": No such file or directory')
     with mock.patch.object(LocalConnection, "exec_command", return_value=answer):
         with pytest.raises(AnsibleConnectionFailure, match="does not exist"):
@@ -70,7 +73,7 @@ def test_a_missing_namespace_is_a_connection_failure():
 
 
 def test_the_local_options_are_there():
-    conn = make_connection(inventory_hostname="n1")
+    conn = make_connection()
     # core's local connection reads these; without them in DOCUMENTATION get_option fails.
     assert conn.get_option("become_success_timeout") == 10
     assert conn.get_option("become_strip_preamble") is True

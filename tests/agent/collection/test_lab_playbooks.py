@@ -1,0 +1,261 @@
+"""The collection's playbooks against a lab of their own: scale.yml from nothing, again
+(changed=0), --check --diff, out and in under load (zero failed requests), status.yml,
+destroy.yml (nothing left), bad input, and the netns connection plugin on a lab node.
+
+The tests of this module run in order and share one lab (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import pytest
+from labtest import BIN, REPO, Load, needs_lab
+
+pytestmark = needs_lab
+
+
+def assert_ok(run):
+    assert run.rc == 0, run.out[-6000:]
+
+
+def members(lab, i=1):
+    return {m["id"]: m for m in lab.api(i, "/v1/members")}
+
+
+def reached_nodes(lab, requests=60):
+    seen = set()
+    for _ in range(requests):
+        with urllib.request.urlopen(lab.url, timeout=5) as resp:
+            seen.add(resp.headers["X-Node"])
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        ("0", "nodes must be a whole number of at least 1"),
+        ("-1", "nodes must be a whole number of at least 1"),
+        ("abc", "nodes must be a whole number of at least 1"),
+        ("10000", "is more than the lab subnet 10.79.6.0/24 holds: at most 244"),
+    ],
+)
+def test_bad_node_counts_fail_before_anything_changes(lab, nodes, message):
+    run = lab.playbook("scale.yml", extra={"nodes": nodes})
+
+    assert run.rc != 0
+    assert message in " ".join(run.out.split())
+    assert lab.namespaces() == set()
+    assert not lab.root.exists()
+
+
+def test_a_pool_smaller_than_n_fails_before_anything_changes(lab, tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("hafleet_pool:\n  hosts:\n    web1:\n    web2:\n")
+    run = lab.playbook(
+        "scale.yml", "-i", str(inventory), extra={"nodes": 3, "provider": "inventory"}
+    )
+
+    assert run.rc != 0
+    assert "has 2 host(s), fewer than nodes=3" in " ".join(run.out.split())
+
+
+def test_the_lab_needs_root(lab):
+    # A user namespace makes this process uid 1000 to itself (and to Ansible).
+    run = lab.playbook(
+        "scale.yml", extra={"nodes": 2}, prefix=("unshare", "--user", "--map-user=1000")
+    )
+
+    assert run.rc != 0
+    assert "which needs root" in " ".join(run.out.split())
+    assert lab.namespaces() == set()
+
+
+@pytest.mark.timeout(900)  # the first run builds the lab's virtualenv
+def test_scale_from_nothing_makes_voters_that_haproxy_serves(lab):
+    run = lab.playbook("scale.yml", extra={"nodes": 2}, timeout=840)
+    assert_ok(run)
+
+    assert lab.namespaces() == {"hfct-node1", "hfct-node2"}
+    view = members(lab)
+    assert set(view) == {"hfct-node1", "hfct-node2"}
+    assert sorted(m["role"] for m in view.values()) == ["leader", "voter"]
+    assert reached_nodes(lab) == {"hfct-node1", "hfct-node2"}
+    for pidfile in ("nodes/hfct-node1/run/agent.pid", "nodes/hfct-node2/run/demo.pid"):
+        assert pidfile in lab.pids()
+    for secret in ("secrets/key", "secrets/token", "nodes/hfct-node1/etc/token"):
+        assert (lab.root / secret).stat().st_mode & 0o777 == 0o600
+    # The secrets are never printed.
+    token = (lab.root / "secrets" / "token").read_text().strip()
+    assert token not in run.out
+
+
+def test_a_second_run_changes_nothing(lab):
+    pids = lab.pids()
+    run = lab.playbook("scale.yml", extra={"nodes": 2})
+    assert_ok(run)
+
+    assert run.changed() == 0, run.out[-6000:]
+    assert lab.pids() == pids
+
+
+def test_the_netns_connection_runs_tasks_in_the_node(lab, tmp_path):
+    playbook = tmp_path / "netns.yml"
+    playbook.write_text(
+        textwrap.dedent(
+            f"""
+            - hosts: hfct-node1
+              gather_facts: true
+              vars:
+                ansible_connection: hafleet.cluster.netns
+                ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+                ansible_remote_tmp: {tmp_path}/remote-tmp
+                ansible_async_dir: {tmp_path}/async
+              tasks:
+                - name: facts are the namespace's
+                  ansible.builtin.assert:
+                    that: ansible_facts.default_ipv4.address == '{lab.address(1)}'
+                - name: a command runs inside
+                  ansible.builtin.command: ip -brief address show eth0
+                  register: inside
+                  changed_when: false
+                - ansible.builtin.assert:
+                    that: "'{lab.address(1)}/24' in inside.stdout"
+                - name: files are the controller's (shared file system)
+                  ansible.builtin.copy:
+                    content: "from hfct-node1\\n"
+                    dest: {tmp_path}/copied.txt
+                    mode: "0600"
+                - ansible.builtin.fetch:
+                    src: {tmp_path}/copied.txt
+                    dest: {tmp_path}/fetched/
+                - name: async works
+                  ansible.builtin.command: sleep 1
+                  async: 20
+                  poll: 1
+                  changed_when: false
+                - name: without pipelining too
+                  ansible.builtin.command: cat /proc/net/if_inet6
+                  vars:
+                    ansible_pipelining: false
+                  changed_when: false
+                - name: delegate_to another node
+                  ansible.builtin.command: ip -brief address show eth0
+                  delegate_to: hfct-node2
+                  register: other
+                  changed_when: false
+                - ansible.builtin.assert:
+                    that: "'{lab.address(2)}/24' in other.stdout"
+            """
+        )
+    )
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "hfct-node1,hfct-node2,", str(playbook)],
+        cwd=REPO,
+        env=lab.env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert (tmp_path / "copied.txt").read_text() == "from hfct-node1\n"
+    assert (tmp_path / "fetched" / "hfct-node1" / str(tmp_path).lstrip("/") / "copied.txt").exists()
+
+
+def test_check_diff_on_a_changed_n_shows_and_changes_nothing(lab):
+    pids = lab.pids()
+    run = lab.playbook("scale.yml", "--check", "--diff", extra={"nodes": 3})
+    assert_ok(run)
+
+    assert "+        hfct-node3:" in run.out  # the lab network's diff
+    assert "id: hfct-node3" in run.out  # the member that would be added
+    assert run.changed() > 0
+    assert lab.namespaces() == {"hfct-node1", "hfct-node2"}
+    assert set(members(lab)) == {"hfct-node1", "hfct-node2"}
+    assert lab.pids() == pids
+
+
+def test_scale_out_under_load_fails_no_request(lab, tmp_path):
+    load = Load(lab.url, tmp_path / "load-out.json")
+    try:
+        run = lab.playbook("scale.yml", extra={"nodes": 3})
+    finally:
+        result = load.stop()
+    assert_ok(run)
+
+    assert set(members(lab)) == {"hfct-node1", "hfct-node2", "hfct-node3"}
+    assert all(m["role"] in ("leader", "voter") for m in members(lab).values())
+    assert result["failed"] == 0, result
+    assert result["ok"] > 100, result
+    assert "hfct-node3" in result["by_node"], result
+
+
+def test_scale_in_under_load_drains_one_at_a_time_and_fails_no_request(lab, tmp_path):
+    leader = lab.api(1, "/v1/status")["leader_id"]
+    load = Load(lab.url, tmp_path / "load-in.json")
+    try:
+        run = lab.playbook("scale.yml", extra={"nodes": 1})
+    finally:
+        result = load.stop()
+    assert_ok(run)
+
+    assert set(members(lab)) == {"hfct-node1"}
+    assert lab.namespaces() == {"hfct-node1"}
+    assert not (lab.root / "nodes" / "hfct-node3").exists()
+    assert result["failed"] == 0, result
+    # Removals one at a time, the leader last (when it was one of the leaving nodes).
+    removed = [
+        line.split("[")[1].split("]")[0]
+        for line in run.out.splitlines()
+        if line.startswith("changed: [") and "Drain the node" in prev_task(run.out, line)
+    ]
+    if leader != "hfct-node1":
+        assert removed[-1] == leader, removed
+    assert sorted(removed) == ["hfct-node2", "hfct-node3"]
+
+
+def prev_task(out: str, line: str) -> str:
+    """The TASK header just above ``line`` in ``out``."""
+    head = out[: out.index(line)]
+    return head[head.rindex("TASK [") :].split("\n", 1)[0]
+
+
+def test_status_prints_a_table(lab):
+    run = lab.playbook("status.yml")
+    assert_ok(run)
+
+    assert "NODE" in run.out and "ROLE" in run.out and "HAPROXY" in run.out
+    assert "hfct-node1       leader" in run.out
+    assert "1 voter(s), 0 learner(s)" in run.out
+    assert run.changed() == 0
+
+
+def test_destroy_removes_everything_it_made(lab):
+    pids = lab.pids()
+    assert pids
+    run = lab.playbook("destroy.yml")
+    assert_ok(run)
+
+    assert lab.namespaces() == set()
+    assert lab.links() == set()
+    assert not lab.root.exists()
+    alive = [name for name, pid in pids.items() if Path(f"/proc/{pid}").exists()]
+    assert alive == []
+    again = lab.playbook("destroy.yml")
+    assert_ok(again)
+    assert again.changed() == 0
+
+
+def test_status_without_a_cluster_says_what_to_do(lab):
+    run = lab.playbook("status.yml")
+    assert_ok(run)
+    assert "no cluster answers" in run.out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
