@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: hafleet contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ask HAProxy's admin socket directly (not through the roles' helpers) for

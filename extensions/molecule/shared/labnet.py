@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: hafleet contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Make and remove a molecule scenario's own lab network, independently of the roles.
@@ -136,7 +135,7 @@ def down(a: argparse.Namespace) -> dict:
     stopped: list[int] = []
     root = Path(a.root).resolve() if a.root else None
     # Supervisors first (they would restart their children), then whatever is left.
-    for _ in range(3):
+    for _attempt in range(3):
         pids: set[int] = set()
         for ns in namespaces(a.prefix):
             out = ip("netns", "pids", ns, check=False).stdout
