@@ -48,7 +48,9 @@ from common import Etcd, Hafleet, PySyncObj, System, Timing  # noqa: E402
 
 VALUE = "v" * 100
 LOCK = Path(tempfile.gettempdir()) / "hafleet-bench-compare.lock"
-SECTIONS = ("failover", "trace", "writes", "reads", "join", "handover", "idle", "profile")
+SECTIONS = (
+    "failover", "trace", "writes", "reads", "join", "handover", "idle", "profile", "scale"
+)  # fmt: skip
 
 
 def log(msg: str) -> None:
@@ -895,7 +897,43 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
         log("profile: py-spy on a hafleet leader, idle and under 16-client writes")
         results["profile"] = await bench_profile(work, a.profile_seconds)
         mark("profile", t)
+    if "scale" in only:
+        t = time.monotonic()
+        results["scale"] = await asyncio.to_thread(run_scale, work, a)
+        mark("scale", t)
     mark("total", t_all)
+
+
+def run_scale(work: Path, a: argparse.Namespace) -> dict:
+    """bench/scale_lab.py with the project's .venv (ansible-playbook, the lab test helpers)."""
+    py = common.ROOT / ".venv" / "bin" / "python"
+    if not (common.ROOT / "playbooks" / "scale.yml").exists():
+        return {"skipped": "playbooks/scale.yml is not there (issue 6)"}
+    if os.geteuid() != 0:
+        return {"skipped": "the lab needs root"}
+    if not (py.parent / "ansible-playbook").exists():
+        return {"skipped": ".venv has no ansible-playbook: run `make venv`"}
+    log(f"scale: scale.yml on a lab of its own, {a.scale_rounds} round(s) of 7 -> 3 -> 7")
+    out = work / "scale.json"
+    argv = [str(py), str(common.BENCH / "scale_lab.py"), "--out", str(out),
+            "--rounds", str(a.scale_rounds)]  # fmt: skip
+    p = common.spawn(argv, work / "scale.log")
+    try:
+        p.wait(timeout=a.scale_minutes * 60)
+    except subprocess.TimeoutExpired:
+        p.terminate()  # scale_lab.py destroys its lab on SIGTERM's KeyboardInterrupt path
+        try:
+            p.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            common.reap(p)
+    res = json.loads(out.read_text()) if out.exists() else {}
+    res["rc"] = p.returncode
+    if p.returncode:
+        res["log_tail"] = (work / "scale.log").read_text(errors="replace")[-3000:]
+    for line in (work / "scale.log").read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            log("  " + line[:200])
+    return res
 
 
 def main() -> int:
@@ -912,11 +950,13 @@ def main() -> int:
     ap.add_argument("--preload", type=int, default=1000, help="keys written before joins")
     ap.add_argument("--handover-trials", type=int, default=10)
     ap.add_argument("--trace-trials", type=int, default=12, help="kills in the election trace")
+    ap.add_argument("--scale-rounds", type=int, default=1, help="7 -> 3 -> 7 rounds")
+    ap.add_argument("--scale-minutes", type=float, default=25, help="bound on the scale part")
     ap.add_argument("--idle-windows", type=int, default=3)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--profile-seconds", type=float, default=15.0)
-    ap.add_argument("--max-minutes", type=float, help="watchdog (default 45, quick 12)")
+    ap.add_argument("--max-minutes", type=float, help="watchdog (default 75, quick 40)")
     ap.add_argument("--json", default=str(common.BENCH / "results" / "compare.json"))
     ap.add_argument("--docs", default=str(common.ROOT / "docs"))
     ap.add_argument("--no-report", action="store_true")
@@ -930,7 +970,7 @@ def main() -> int:
         a.trials, a.sizes, a.rounds, a.load_seconds = 5, "3,7", 2, 3.0
         a.join_trials, a.preload, a.handover_trials, a.trace_trials = 2, 300, 3, 4
         a.idle_windows, a.idle_seconds, a.settle, a.profile_seconds = 2, 5.0, 3.0, 5.0
-    max_min = a.max_minutes or (12 if a.quick else 45)
+    max_min = a.max_minutes or (40 if a.quick else 75)
 
     lock = open(LOCK, "w")  # noqa: SIM115 - held for the whole run
     try:

@@ -644,8 +644,34 @@ def render(res: dict, kept: str | None) -> str:
 
     body.append("## Scale through Ansible\n")
     sc = res.get("scale")
-    if sc:
-        body.append("```\n" + json.dumps(sc, indent=1) + "\n```\n")
+    if sc and sc.get("steps"):
+        body.append(
+            "`ansible-playbook playbooks/scale.yml -e nodes=N` (provider `lab`) on a lab of "
+            f"its own ({sc.get('subnet')}, bridge `hfbn0`, namespaces `hfbn-node*`, HAProxy "
+            "on a free 127.0.0.1 port; `bench/scale_lab.py` with the collection tests' "
+            "helpers). The load: `tests/agent/collection/loadgen.py` at "
+            f"{sc.get('rate'):.0f} requests/s through HAProxy to the demo service on the "
+            "nodes (every 10th request slow, 200 ms), started before the playbook and "
+            "stopped when it ends; a request fails unless it answers 200 from a node. One "
+            "run of each step (a step takes minutes): no min/max here.\n"
+        )
+        body.append("| step | playbook s | changed | rc | requests sent | failed | p99 ms |")
+        body.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for st in sc["steps"]:
+            ld = st.get("load") or {}
+            body.append(
+                f"| {st['step']} | {st['seconds']:.0f} | {st['changed']} | {st['rc']} | "
+                f"{ld.get('sent', '–')} | {ld.get('failed', '–')} | "
+                f"{(ld.get('latency_ms') or {}).get('p99', '–')} |"
+            )
+        if sc.get("cleanup_problems"):
+            body.append("\nCleanup: " + "; ".join(sc["cleanup_problems"]))
+        body.append("")
+    elif sc and sc.get("skipped"):
+        body.append(f"Not measured: {sc['skipped']}.\n")
+    elif sc:
+        body.append(f"The scale run failed (rc {sc.get('rc')}):\n")
+        body.append("```\n" + str(sc.get("log_tail", ""))[-2000:] + "\n```\n")
     else:
         body.append(
             "**Pending.** `playbooks/scale.yml` and `make lab` come with issue 6, which had "
