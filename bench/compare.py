@@ -901,7 +901,7 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
         t = time.monotonic()
         results["scale"] = await asyncio.to_thread(run_scale, work, a)
         mark("scale", t)
-    mark("total", t_all)
+    mark("total_merged" if a.merge else "total", t_all)
 
 
 def run_scale(work: Path, a: argparse.Namespace) -> dict:
@@ -1012,17 +1012,18 @@ def main() -> int:
         old.setdefault("merged", []).append({"started": results["started"], "only": a.only})
         old["durations_s"] = {**old.get("durations_s", {})}
         results = {**old, "argv": old.get("argv", {})}
+    lk = "merged_load" if a.merge else "load"  # keep the first run's load record
     try:
         results["machine"] = machine(work)
-        results["load_before"] = os.getloadavg()
+        results[f"{lk}_before"] = os.getloadavg()
         sampler.start()
         asyncio.run(run(a, work, results))
     finally:
         sampler.stop.set()
         common.kill_all()
         watchdog.cancel()
-        results["load_samples"] = sampler.samples
-        results["load_after"] = os.getloadavg()
+        results[f"{lk}_samples"] = sampler.samples
+        results[f"{lk}_after"] = os.getloadavg()
         results["workdir"] = str(work)
         out = Path(a.json)
         out.parent.mkdir(parents=True, exist_ok=True)
