@@ -81,7 +81,8 @@ def test_present_in_check_mode_shows_the_change_and_writes_nothing(cluster):
 
 
 def test_present_fails_when_the_id_exists_at_other_addresses(cluster):
-    taken = {**NEW, "id": "n3"}
+    taken = dict(NEW)
+    taken["id"] = "n3"
     result = run_module(member.main, args(cluster, **taken))
 
     assert result["failed"] is True
