@@ -59,12 +59,21 @@ def next_net() -> int:
     return next(_net_iter)
 
 
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+_GRACEFUL: set[int] = set()
+
+
+def spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None, graceful: bool = False
+) -> subprocess.Popen:
+    """Start a process of the benchmark; ``graceful``: :func:`kill_all` sends it SIGTERM and
+    gives it time to clean up (bench/scale_lab.py destroys its lab) before SIGKILL."""
     with open(log, "ab") as f:
         p = subprocess.Popen(
             argv, stdout=f, stderr=f, stdin=subprocess.DEVNULL, env=env, start_new_session=True
         )
     _PROCS[p.pid] = p
+    if graceful:
+        _GRACEFUL.add(p.pid)
     return p
 
 
@@ -83,6 +92,14 @@ def reap(p: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def kill_all() -> None:
     """Kill every process this module started, by PID."""
+    for pid in list(_GRACEFUL):
+        p = _PROCS.get(pid)
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                pass
     for p in list(_PROCS.values()):
         if p.poll() is None:
             try:

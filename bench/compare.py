@@ -8,8 +8,11 @@ rotated every round, so that drift on a shared 2-core machine hits all of them a
 - commit throughput and latency of 100-byte writes, 1 and 16 clients, 3 members, fsync on;
 - linearizable read latency, 1 and 16 clients;
 - new member to voter; graceful leader hand-over and how long writes stall meanwhile;
-- idle CPU and RSS per member at 7 members;
-- a py-spy profile of a hafleet agent under write load and at idle.
+- idle CPU and RSS per member at 7 members (RSS split by mapping);
+- hafleet alone: a trace of its elections (bench/hafleet_traced.py) and a py-spy profile
+  of an agent under write load and at idle;
+- ``playbooks/scale.yml`` on a lab of its own with failed requests through HAProxy under
+  load (bench/scale_lab.py, with the project's .venv; root).
 
 Writes ``bench/results/compare.json`` and, through ``bench/report.py``,
 ``docs/benchmarks.md`` and ``docs/bench-*.png``. Bounded: every wait has a deadline and a
@@ -820,7 +823,8 @@ def parse_tuned(text: str) -> Timing:
 
 
 async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
-    only = set(a.only.split(",")) if a.only else set(SECTIONS)
+    # the quick version leaves the scale part out (its first run builds the lab's venv)
+    only = set(a.only.split(",")) if a.only else set(SECTIONS) - ({"scale"} if a.quick else set())
     profiles = [("defaults", Timing()), ("tuned", parse_tuned(a.tuned))]
     profiles = [p for p in profiles if p[0] in a.profiles.split(",")]
     t_all = time.monotonic()
@@ -917,7 +921,7 @@ def run_scale(work: Path, a: argparse.Namespace) -> dict:
     out = work / "scale.json"
     argv = [str(py), str(common.BENCH / "scale_lab.py"), "--out", str(out),
             "--rounds", str(a.scale_rounds)]  # fmt: skip
-    p = common.spawn(argv, work / "scale.log")
+    p = common.spawn(argv, work / "scale.log", graceful=True)
     try:
         p.wait(timeout=a.scale_minutes * 60)
     except subprocess.TimeoutExpired:
@@ -983,9 +987,12 @@ def main() -> int:
             print(f"{exe} missing: run `make bench` (it installs etcd-server/etcd-client)")
             return 1
 
+    work = Path(tempfile.mkdtemp(prefix="hafleet-bench-compare-"))
+
     def expire() -> None:
         print(f"bench: watchdog: over {max_min} minutes, killing everything", flush=True)
         common.kill_all()
+        shutil.rmtree(work, ignore_errors=True)
         os._exit(3)
 
     watchdog = threading.Timer(max_min * 60, expire)
@@ -994,12 +1001,12 @@ def main() -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         common.kill_all()
+        shutil.rmtree(work, ignore_errors=True)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    work = Path(tempfile.mkdtemp(prefix="hafleet-bench-compare-"))
     sampler = LoadSampler()
     results: dict = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
