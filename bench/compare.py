@@ -920,7 +920,8 @@ def run_scale(work: Path, a: argparse.Namespace) -> dict:
     log(f"scale: scale.yml on a lab of its own, {a.scale_rounds} round(s) of 7 -> 3 -> 7")
     out = work / "scale.json"
     argv = [str(py), str(common.BENCH / "scale_lab.py"), "--out", str(out),
-            "--rounds", str(a.scale_rounds)]  # fmt: skip
+            "--rounds", str(a.scale_rounds),
+            "--timeout", str(int(a.scale_minutes * 60 * 0.6))]  # fmt: skip
     p = common.spawn(argv, work / "scale.log", graceful=True)
     try:
         p.wait(timeout=a.scale_minutes * 60)
