@@ -173,7 +173,7 @@ bench-balancer: venv ## HAProxy + syncer: req/s, weight commit -> applied, faile
 bench-scale: venv ## time make lab NODES=7 from nothing, 7->7, 7->3->7 under load (root; ~20 min)
 	$(BIN)/python bench/scale_bench.py
 
-bench: ## hafleet vs etcd and PySyncObj -> docs/benchmarks.md (~25 min; BENCH_QUICK=1: ~6 min)
+bench: venv ## hafleet vs etcd, PySyncObj; scale.yml -> docs/benchmarks.md (~30-45 min; BENCH_QUICK=1: ~7)
 	bench/setup.sh
 	bench/.venv/bin/python bench/compare.py $(if $(BENCH_QUICK),--quick)
 
