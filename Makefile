@@ -201,13 +201,15 @@ ansible-lint: venv collection-link ## ansible-lint, production profile (settings
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_LINK_ROOT) $(BIN)/ansible-lint
 
 # make lab NODES=7: NODES from the command line or the environment; 3 otherwise (the
-# NODES ?= 5 above is make sim's).
+# NODES ?= 5 above is make sim's). LAB_ARGS: more ansible-playbook arguments, such as
+# LAB_ARGS="-e hafleet_strategy=leastconn".
 LAB_NODES = $(if $(filter command line environment environment override,$(origin NODES)),$(NODES),3)
+LAB_ARGS ?=
 lab: system-deps venv collection-link ## bring up N lab nodes behind HAProxy (root): make lab NODES=7
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_LINK_ROOT) \
-		$(BIN)/ansible-playbook playbooks/scale.yml -e nodes=$(LAB_NODES)
+		$(BIN)/ansible-playbook playbooks/scale.yml -e nodes=$(LAB_NODES) $(LAB_ARGS)
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_LINK_ROOT) \
-		$(BIN)/ansible-playbook playbooks/status.yml
+		$(BIN)/ansible-playbook playbooks/status.yml $(LAB_ARGS)
 
 # Molecule scenarios (extensions/molecule: molecule's collection-level layout), each on its own
 # bridge and namespaces in 10.83.0.0/16, never the lab's: lab, agent, balancer, scale. Root.

@@ -1,27 +1,155 @@
-"""Time the collection's main commands on the default lab (root; ``make bench-scale``).
+"""Time ``make lab`` and the scale playbook on the default lab, as a new user runs them (root;
+``make bench-scale``).
 
 1. ``make lab NODES=7`` in a fresh clone of this checkout's HEAD: from nothing (no ``.venv``,
    no lab virtualenv, no namespaces) to seven voters behind HAProxy and a status table;
 2. ``ansible-playbook playbooks/scale.yml -e nodes=7`` again (must report ``changed=0``);
-3. ``-e nodes=3`` then ``-e nodes=7``, each with a bounded load through HAProxy
+3. ``-e nodes=3`` then ``-e nodes=7``, each under a bounded load through HAProxy
    (``tests/agent/collection/loadgen.py``: a fixed rate, every 10th request slow) that must
    see zero failed requests;
-4. ``playbooks/destroy.yml``.
+4. ``playbooks/destroy.yml``, also when a step fails.
 
 It uses the default lab (bridge ``hafleet0``, 10.77.0.0/24, ``/var/lib/hafleet-lab``) and
-refuses to start when one is there. Results: ``bench/results/scale.json`` and a Markdown table
-on stdout. ``--keep-clone`` leaves the clone (and its ``.venv``) for a rerun with
-``--clone DIR`` (then step 1 has a ``.venv`` already, and says so).
+refuses to start when one is there. ``make bench`` (issue 8, ``bench/scale_lab.py``) measures
+the playbook on a lab of its own; this one measures ``make lab`` itself, from a fresh clone.
+Results: ``bench/results/scale_bench.json`` and a Markdown table on stdout. ``--clone DIR``
+reuses (or makes) a clone; ``--agent-source DIR`` builds the agent from another directory
+(to measure an agent change before it lands).
 """
 
-# NOTE (left by the issue-8 benchmark session, 2026-11-29 22:45 UTC): this file was
-# overwritten by mistake when that session created a file of the same name; the original
-# was untracked, so git cannot bring it back. Only its docstring (above) could be recovered,
-# from the memory of the run that was still going (pid 13368, started 22:27 with
-# `--keep-clone --clone /tmp/hafleet-bench-clone`; its functions included run() and
-# with_load(); its logs are in /tmp/hafleet-bench-logs-*). Sorry: please rewrite it from the
-# running copy's behaviour, or ask the issue-8 session's owner. The issue-8 scale measurement
-# lives in bench/scale_lab.py (issue 8) and does not use this name.
-import sys
+from __future__ import annotations
 
-sys.exit("bench/scale_bench.py was overwritten by mistake; see the note in the file")
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOADGEN = REPO / "tests" / "agent" / "collection" / "loadgen.py"
+LAB_URL = "http://127.0.0.1:8080/"
+STEP_TIMEOUT = 3600
+
+
+def run(argv, cwd, log, env=None, timeout=STEP_TIMEOUT) -> dict:
+    began = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout
+        )
+    seconds = time.monotonic() - began
+    text = Path(log).read_text()
+    changed = sum(int(n) for n in re.findall(r"^\S+\s+:\s+ok=\d+\s+changed=(\d+)", text, re.M))
+    return {
+        "seconds": round(seconds, 1),
+        "changed": changed,
+        "rc": proc.returncode,
+        "log": str(log),
+    }
+
+
+def with_load(argv, cwd, log, env, rate, out) -> dict:
+    stop = Path(out).with_suffix(".stop")
+    stop.unlink(missing_ok=True)
+    load = subprocess.Popen(
+        [sys.executable, str(LOADGEN), "--url", LAB_URL, "--rate", str(rate),
+         "--duration", str(STEP_TIMEOUT), "--stop-file", str(stop),
+         "--slow-every", "10", "--slow-ms", "300", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(2)
+    try:
+        step = run(argv, cwd, log, env)
+    finally:
+        stop.touch()
+        load.wait(timeout=120)
+    step["load"] = json.loads(Path(out).read_text())
+    return step
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clone", help="use this clone (made when missing; kept)")
+    p.add_argument("--rate", type=float, default=100.0, help="requests/s during scale steps")
+    p.add_argument("--agent-source", help="build the agent from this directory")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "scale_bench.json"))
+    a = p.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("scale_bench: needs root (the lab makes network namespaces)")
+    have = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
+    if "hafleet-node" in have or Path("/var/lib/hafleet-lab").exists():
+        sys.exit(
+            "scale_bench: a lab is there; remove it first (ansible-playbook playbooks/destroy.yml)"
+        )
+
+    clone = Path(a.clone) if a.clone else Path(tempfile.mkdtemp(prefix="hafleet-bench-"))
+    if not (clone / ".git").exists():
+        subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    fresh_venv = not (clone / ".venv").exists()
+    logs = Path(tempfile.mkdtemp(prefix="hafleet-bench-logs-"))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(clone / "build" / "collections"))
+    extra = ["-e", f"agent_source_dir={a.agent_source}"] if a.agent_source else []
+    playbook = [str(clone / ".venv" / "bin" / "ansible-playbook")]
+    scale = [*playbook, "playbooks/scale.yml"]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True
+    ).stdout.strip()
+    results = {
+        "commit": commit,
+        "agent_source": a.agent_source or "the clone's agent/",
+        "fresh_venv": fresh_venv,
+        "rate": a.rate,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+        "steps": {},
+    }
+    steps = results["steps"]
+    ok = True
+    try:
+        print("make lab NODES=7 (from nothing) ...", flush=True)
+        lab_args = [f"LAB_ARGS={' '.join(extra)}"] if extra else []
+        steps["make lab NODES=7, from nothing"] = step = run(
+            ["make", "lab", "NODES=7", *lab_args], clone, logs / "make-lab.log"
+        )
+        ok = step["rc"] == 0
+        if ok:
+            print("scale.yml nodes=7 again ...", flush=True)
+            steps["7 to 7 (no change)"] = step = run(
+                [*scale, "-e", "nodes=7", *extra], clone, logs / "7to7.log", env
+            )
+            ok = step["rc"] == 0
+        for n, name in ((3, "7 to 3, under load"), (7, "3 to 7, under load")):
+            if ok:
+                print(f"scale.yml nodes={n} under load ...", flush=True)
+                steps[name] = step = with_load(
+                    [*scale, "-e", f"nodes={n}", *extra], clone, logs / f"to{n}.log", env,
+                    a.rate, logs / f"load-to{n}.json",
+                )  # fmt: skip
+                ok = step["rc"] == 0
+    finally:
+        print("destroy.yml ...", flush=True)
+        steps["destroy"] = run(
+            [*playbook, "playbooks/destroy.yml"], clone, logs / "destroy.log", env
+        )
+        results["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
+        if not a.clone:
+            shutil.rmtree(clone, ignore_errors=True)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {a.out} (logs in {logs})\n")
+    print("| step | seconds | changed | requests through HAProxy (failed) |")
+    print("| --- | --- | --- | --- |")
+    for name, step in steps.items():
+        load = step.get("load")
+        req = f"{load['sent']} ({load['failed']})" if load else "-"
+        print(f"| {name} | {step['seconds']:.0f} | {step['changed']} | {req} |")
+    return 0 if ok and steps["destroy"]["rc"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
