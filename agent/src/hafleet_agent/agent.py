@@ -407,9 +407,16 @@ class Agent:
         if e.type is EntryType.CONF_CHANGE:
             cc = ConfChange.decode(e.data)
             log.info("membership: %s %s (index %d)", cc.type.name.lower(), cc.node_id, e.index)
-            if cc.type is ConfChangeType.REMOVE and cc.node_id == self.id:
-                self.removed = True
-                log.info("this node was removed from the group")
+            if cc.node_id == self.id:
+                # A node may be removed and later added again under the same id (scale in,
+                # then out): replaying the log it meets its old removal first. Only the last
+                # word counts, and _wait_removed acts on it once the log has settled.
+                was_removed = self.removed
+                self.removed = cc.type is ConfChangeType.REMOVE
+                if self.removed and not was_removed:
+                    log.info("this node was removed from the group (index %d)", e.index)
+                elif was_removed and not self.removed:
+                    log.info("this node was added again (index %d)", e.index)
             elif cc.node_id not in self.joined_at and e.index > self._startup_commit:
                 # A member added while we run; those of the log we replay at start are old.
                 self.joined_at[cc.node_id] = time.monotonic()
@@ -1271,7 +1278,16 @@ async def run_agent(cfg: AgentConfig) -> int:
 
 
 async def _wait_removed(agent: Agent) -> None:
-    while not agent.removed:
-        await agent.wait_index(agent.state.index, 1.0)
-    # Let the removal's commit reach the others before going.
-    await asyncio.sleep(agent.cfg.heartbeat_ms / 1000 * 2)
+    """Return once this node's removal is the last word on it: removed, and nothing newer
+    applied for two election timeouts (a removed node gets no more entries; one that was
+    added again and is catching up gets the rest of its log well within that, and its
+    re-add clears the flag). The wait also lets the removal's commit reach the others."""
+    settle = max(2 * agent.cfg.election_timeout_ms / 1000, 4 * agent.cfg.heartbeat_ms / 1000)
+    while True:
+        index = agent.state.index
+        r = agent.raw.raft if agent.raw is not None else None
+        if agent.removed and r is not None and agent.id not in r.voters | r.learners:
+            if await agent.wait_index(index, settle) == index and agent.removed:
+                return
+        else:
+            await agent.wait_index(index, 1.0)

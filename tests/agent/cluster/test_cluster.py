@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -256,6 +257,24 @@ def test_new_agent_joins_as_learner_then_voter_and_delete_removes_it(
     )
     assert cluster.wait_exit("n4") == 0
     cluster.wait_agreed(founders)
+
+    # It comes back under the same id with an empty data dir (scale in, then out again):
+    # catching up it replays its own old removal, but the re-add is the last word, so it
+    # stays, votes and keeps running.
+    shutil.rmtree(cluster.node("n4").data_dir)
+    cluster.start("n4")
+    statuses = cluster.wait_agreed(timeout=FORM_TIMEOUT)
+    assert_one_cluster(cluster, statuses, founders + ["n4"])
+    assert "this node was added again" in cluster.node("n4").log()
+    holds_for(
+        lambda: (
+            cluster.node("n4").running()
+            and cluster.status("n4") is not None
+            and "n4" in cluster.member_ids(cluster.leader())
+        ),
+        3 * cluster.election_timeout_ms / 1000,
+        "n4 running as a member after it came back",
+    )
 
 
 def test_leave_on_the_leader_removes_it_and_it_exits_0(make_cluster: MakeCluster) -> None:
