@@ -3,11 +3,15 @@
 
 1. ``make lab NODES=7`` in a fresh clone of this checkout's HEAD: from nothing (no ``.venv``,
    no lab virtualenv, no namespaces) to seven voters behind HAProxy and a status table;
-2. ``ansible-playbook playbooks/scale.yml -e nodes=7`` again (must report ``changed=0``);
+   200 requests through HAProxy must reach all seven nodes;
+2. ``ansible-playbook playbooks/scale.yml -e nodes=5 --check --diff`` (shows what would
+   change; afterwards HAProxy still reaches all 7), then ``-e nodes=7`` again, which must
+   report ``changed=0`` (so the check run changed nothing);
 3. ``-e nodes=3`` then ``-e nodes=7``, each under a bounded load through HAProxy
    (``tests/agent/collection/loadgen.py``: a fixed rate, every 10th request slow) that must
    see zero failed requests;
-4. ``playbooks/destroy.yml``, also when a step fails.
+4. ``playbooks/destroy.yml``, also when a step fails; then no namespace, link, process or
+   file of the lab may be left.
 
 It uses the default lab (bridge ``hafleet0``, 10.77.0.0/24, ``/var/lib/hafleet-lab``) and
 refuses to start when one is there. ``make bench`` (issue 8, ``bench/scale_lab.py``) measures
@@ -28,11 +32,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOADGEN = REPO / "tests" / "agent" / "collection" / "loadgen.py"
 LAB_URL = "http://127.0.0.1:8080/"
+LAB_ROOT = "/var/lib/hafleet-lab"
 STEP_TIMEOUT = 3600
 
 
@@ -55,21 +61,67 @@ def run(argv, cwd, log, env=None, timeout=STEP_TIMEOUT) -> dict:
 
 def with_load(argv, cwd, log, env, rate, out) -> dict:
     stop = Path(out).with_suffix(".stop")
+    ready = Path(out).with_suffix(".ready")
     stop.unlink(missing_ok=True)
+    ready.unlink(missing_ok=True)
     load = subprocess.Popen(
         [sys.executable, str(LOADGEN), "--url", LAB_URL, "--rate", str(rate),
          "--duration", str(STEP_TIMEOUT), "--stop-file", str(stop),
-         "--slow-every", "10", "--slow-ms", "300", "--out", str(out)],
+         "--slow-every", "10", "--slow-ms", "300", "--out", str(out),
+         "--ready-file", str(ready)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    time.sleep(2)
     try:
+        # The step starts once the load is flowing: its first request has been answered.
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if load.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the load generator got no answer through HAProxy")
+            time.sleep(0.1)
         step = run(argv, cwd, log, env)
     finally:
         stop.touch()
         load.wait(timeout=120)
     step["load"] = json.loads(Path(out).read_text())
     return step
+
+
+def nodes_reached(requests: int = 200) -> list[str]:
+    """The distinct nodes (``X-Node``) that ``requests`` plain GETs through HAProxy reach."""
+    seen = set()
+    for _ in range(requests):
+        with urllib.request.urlopen(LAB_URL, timeout=5) as resp:
+            seen.add(resp.headers["X-Node"])
+    return sorted(seen)
+
+
+def lab_footprint() -> dict:
+    """What the lab leaves on the host: namespaces, links, its directory, its processes."""
+    netns = json.loads(
+        subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout or "[]"
+    )
+    links = json.loads(
+        subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout
+    )
+    procs = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if LAB_ROOT in cmd:
+                procs.append(int(d.name))
+    return {
+        "netns": sorted(n["name"] for n in netns if n["name"].startswith("hafleet-node")),
+        "links": sorted(
+            link["ifname"]
+            for link in links
+            if link["ifname"] == "hafleet0" or link["ifname"].startswith("hafleet-v")
+        ),
+        "lab_dir": Path(LAB_ROOT).exists(),
+        "pids": sorted(procs),
+    }
 
 
 def main(argv=None) -> int:
@@ -118,11 +170,28 @@ def main(argv=None) -> int:
         )
         ok = step["rc"] == 0
         if ok:
+            text = Path(step["log"]).read_text()
+            step["status_table"] = "leader" in text and "voter" in text
+            step["nodes_reached"] = reached = nodes_reached()
+            results["footprint_with_lab"] = lab_footprint()
+            print(f"  reached through HAProxy: {reached}", flush=True)
+            ok = len(reached) == 7 and step["status_table"]
+        if ok:
+            print("scale.yml nodes=5 --check --diff ...", flush=True)
+            steps["7 to 5, --check --diff"] = step = run(
+                [*scale, "-e", "nodes=5", "--check", "--diff", *extra], clone,
+                logs / "check5.log", env,
+            )  # fmt: skip
+            text = Path(step["log"]).read_text()
+            step["diff_lines"] = sum(1 for line in text.splitlines() if line[:1] in "+-")
+            step["nodes_reached_after"] = reached = nodes_reached()
+            ok = step["rc"] == 0 and len(reached) == 7
+        if ok:
             print("scale.yml nodes=7 again ...", flush=True)
             steps["7 to 7 (no change)"] = step = run(
                 [*scale, "-e", "nodes=7", *extra], clone, logs / "7to7.log", env
             )
-            ok = step["rc"] == 0
+            ok = step["rc"] == 0 and step["changed"] == 0
         for n, name in ((3, "7 to 3, under load"), (7, "3 to 7, under load")):
             if ok:
                 print(f"scale.yml nodes={n} under load ...", flush=True)
@@ -136,6 +205,10 @@ def main(argv=None) -> int:
         steps["destroy"] = run(
             [*playbook, "playbooks/destroy.yml"], clone, logs / "destroy.log", env
         )
+        results["footprint_after_destroy"] = left = lab_footprint()
+        steps["destroy"]["clean"] = clean = not any(left.values())
+        if not clean:
+            print(f"destroy left behind: {left}", flush=True)
         results["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
         if not a.clone:
             shutil.rmtree(clone, ignore_errors=True)
@@ -148,7 +221,8 @@ def main(argv=None) -> int:
         load = step.get("load")
         req = f"{load['sent']} ({load['failed']})" if load else "-"
         print(f"| {name} | {step['seconds']:.0f} | {step['changed']} | {req} |")
-    return 0 if ok and steps["destroy"]["rc"] == 0 else 1
+    print(f"\ndestroy left nothing behind: {steps['destroy']['clean']}")
+    return 0 if ok and steps["destroy"]["rc"] == 0 and steps["destroy"]["clean"] else 1
 
 
 if __name__ == "__main__":

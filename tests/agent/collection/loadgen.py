@@ -1,7 +1,8 @@
 """A bounded HTTP load through HAProxy: a fixed request rate until a deadline or a stop file.
 
     python tests/agent/collection/loadgen.py --url http://127.0.0.1:8080/ --rate 100 \
-        --duration 60 [--stop-file F] [--slow-every 10 --slow-ms 300] [--out result.json]
+        --duration 60 [--stop-file F] [--slow-every 10 --slow-ms 300] [--out result.json] \
+        [--ready-file F]
 
 Every request must answer 200 with an ``X-Node`` header (the demo service's); anything else
 counts as failed. The load stops at ``--duration`` seconds at the latest (or earlier when the
@@ -43,6 +44,9 @@ async def run(args: argparse.Namespace) -> dict:
                 if resp.status == 200 and node:
                     counts["ok"] += 1
                     by_node[node] += 1
+                    if args.ready_file and counts["ok"] == 1:
+                        with open(args.ready_file, "w") as f:
+                            f.write(f"{node}\n")
                 else:
                     counts["failed"] += 1
                     failures[f"HTTP {resp.status}"] += 1
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-ms", type=int, default=300)
     p.add_argument("--keepalive", action="store_true", help="reuse connections")
     p.add_argument("--out", help="also write the summary here")
+    p.add_argument("--ready-file", help="written when the first request has succeeded")
     args = p.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0:
         p.error("--rate and --duration must be positive")
