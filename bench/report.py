@@ -674,12 +674,49 @@ def render(res: dict, kept: str | None) -> str:
         body.append("```\n" + str(sc.get("log_tail", ""))[-2000:] + "\n```\n")
     else:
         body.append(
-            "**Not in this run.** `playbooks/scale.yml` (issue 6) landed while this run was "
-            "going; `bench/scale_lab.py` (scale.yml on a lab of its own: nothing → 7, 7 → 7, "
-            "7 → 3 → 7, failed requests through HAProxy under load) is part of `make bench` "
-            "from now on, or alone: `bench/.venv/bin/python bench/compare.py --merge --only "
-            "scale` (root). `make bench-balancer` measures failed requests during "
-            "agent-driven scale-out/in and failover without Ansible.\n"
+            "`make bench`'s own scale step (`bench/scale_lab.py`: scale.yml on a lab of its "
+            "own) was not in this run: `playbooks/scale.yml` landed while it was going. Alone: "
+            "`bench/.venv/bin/python bench/compare.py --merge --only scale` (root). The same "
+            "steps, from `make lab` in a fresh clone, follow. `make bench-balancer` measures "
+            "failed requests during agent-driven scale-out/in and failover without Ansible.\n"
+        )
+
+    mk = res.get("make_lab")
+    if mk and mk.get("steps"):
+        st = mk["steps"]
+        body.append(
+            "### `make lab NODES=7` as a new user runs it (`make bench-scale`)\n\n"
+            f"`bench/scale_bench.py` on commit {mk.get('commit')}: a fresh clone, "
+            f"{'no `.venv` and no lab' if mk.get('fresh_venv') else 'an existing `.venv`'} "
+            "at the start (the pip downloads are part of the first step), the default lab "
+            "(`hafleet0`, 10.77.0.0/24, HAProxy on 127.0.0.1:8080). Steps in order; the load "
+            f"runs at {mk.get('rate', 0):.0f} requests/s through HAProxy during the two scale "
+            "steps (every 10th request asks for a 300 ms answer, hence p99). Load average "
+            "(1/5/15 min) at the start "
+            f"{mk.get('load_average_at_start')}, at the end {mk.get('load_average_at_end')}. "
+            "One run of each step.\n"
+        )
+        body.append("| step | seconds | changed | requests through HAProxy | failed | p99 ms |")
+        body.append("| --- | --- | --- | --- | --- | --- |")
+        for name, step in st.items():
+            ld = step.get("load") or {}
+            body.append(
+                f"| {name} | {step['seconds']:.0f} | {step['changed']} | "
+                f"{ld.get('sent', '–')} | {ld.get('failed', '–')} | "
+                f"{(ld.get('latency_ms') or {}).get('p99', '–')} |"
+            )
+        first = st.get("make lab NODES=7, from nothing", {})
+        check = st.get("7 to 5, --check --diff", {})
+        destroy = st.get("destroy", {})
+        body.append(
+            f"\nAfter `make lab`: 200 requests through HAProxy reached "
+            f"{len(first.get('nodes_reached', []))} distinct nodes, and the status table was "
+            f"printed ({'yes' if first.get('status_table') else 'no'}). `--check --diff` with "
+            f"nodes=5 reported {check.get('changed', '–')} tasks that would change and "
+            f"{check.get('diff_lines', '–')} diff lines; afterwards HAProxy still reached "
+            f"{len(check.get('nodes_reached_after', []))} nodes and the next run reported "
+            f"`changed={st.get('7 to 7 (no change)', {}).get('changed', '–')}`. "
+            f"`destroy.yml` left nothing behind: {destroy.get('clean')}.\n"
         )
 
     # --- summary of targets
@@ -807,7 +844,11 @@ def _args_text(args: dict) -> str:
 def main() -> int:
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else BENCH / "results" / "compare.json"
     docs = Path(sys.argv[2]) if len(sys.argv) > 2 else BENCH.parent / "docs"
-    write(json.loads(src.read_text()), docs)
+    res = json.loads(src.read_text())
+    make_lab = src.parent / "scale_bench.json"  # make bench-scale
+    if make_lab.exists():
+        res["make_lab"] = json.loads(make_lab.read_text())
+    write(res, docs)
     print(f"wrote {docs / 'benchmarks.md'}")
     return 0
 
