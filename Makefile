@@ -16,7 +16,8 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.hafleet-installed
 
 # Tools installed into .venv, all pinned by constraints.txt.
-VENV_TOOLS := ansible-core ansible-lint ruff pytest pytest-timeout hypothesis antsibull-changelog molecule
+VENV_TOOLS := ansible-core ansible-lint ruff pytest pytest-timeout pytest-xdist hypothesis \
+	antsibull-changelog molecule
 DEB_PACKAGES := haproxy iproute2 shellcheck nftables
 
 # ansible-test only runs inside a real .../ansible_collections/NAMESPACE/NAME directory.
@@ -104,8 +105,13 @@ format: venv ## ruff format and apply ruff's safe fixes
 	$(BIN)/ruff format .
 
 # pytest exits with 5 when it collected no test: success here, and only that exit code.
-pytest: venv ## pytest tests/agent
-	@rc=0; $(BIN)/pytest tests/agent tests/chaos || rc=$$?; \
+# PYTEST_WORKERS test files run side by side (pytest-xdist, one file per worker at a time: a
+# file's lab or cluster fixtures stay in one process); most tests wait on timers and
+# processes, not the CPU. PYTEST_WORKERS=1 runs them one after the other.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST = $(if $(filter-out 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile,)
+pytest: venv ## pytest tests/agent tests/chaos (PYTEST_WORKERS=2 files at a time)
+	@rc=0; $(BIN)/pytest $(PYTEST_XDIST) tests/agent tests/chaos || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 		echo "pytest: no tests collected in tests/agent (exit 5), treated as success"; \
 	elif [ $$rc -ne 0 ]; then \
@@ -213,20 +219,14 @@ lab: system-deps venv collection-link ## bring up N lab nodes behind HAProxy (ro
 
 # Molecule scenarios (extensions/molecule: molecule's collection-level layout), each on its own
 # bridge and namespaces in 10.83.0.0/16, never the lab's: lab, agent, balancer, scale. Root.
-# docs/molecule.md. One scenario: make molecule MOLECULE_SCENARIOS=agent
-MOLECULE_SCENARIOS ?= lab agent balancer scale
+# docs/molecule.md. Two lanes side by side (the scenarios never share a name, an address or
+# a port), about 250 s each; one scenario: make molecule MOLECULE_LANES=agent; one after
+# the other: make molecule MOLECULE_LANES="'scale lab agent balancer'".
+MOLECULE_LANES ?= 'scale lab' 'agent balancer'
 molecule: system-deps venv ## molecule test of every scenario (root): roles lab, agent, balancer, the scale flow
 	@mkdir -p build/collections/ansible_collections/hafleet
 	@ln -sfn ../../../.. build/collections/ansible_collections/hafleet/cluster
-	@for s in $(MOLECULE_SCENARIOS); do \
-		start=$$(date +%s); \
-		echo "==> molecule test -s $$s"; \
-		if ! $(BIN)/molecule test -s $$s; then \
-			echo "==> molecule scenario $$s FAILED after $$(( $$(date +%s) - start ))s"; \
-			exit 1; \
-		fi; \
-		echo "==> molecule scenario $$s passed in $$(( $$(date +%s) - start ))s"; \
-	done
+	@hack/molecule_lanes.sh $(BIN) $(MOLECULE_LANES)
 
 # The release path, from the built tarball alone (root): build it, install it into an empty
 # collections path, run hafleet.cluster.scale with nodes=3 from outside the source tree (the agent
