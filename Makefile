@@ -176,7 +176,7 @@ bench-agent: venv ## agent benchmarks: failover, join, writes, idle cost (about 
 bench-balancer: venv ## HAProxy + syncer: req/s, weight commit -> applied, failed requests (about 3 minutes)
 	$(BIN)/python bench/balancer_bench.py
 
-bench-scale: venv ## time make lab NODES=7 from nothing, 7->7, 7->3->7 under load (root; ~20 min)
+bench-scale: venv ## time make lab NODES=7 from a fresh clone, --check --diff, 7->7, 7->3->7 under load, destroy (root; ~9 min)
 	$(BIN)/python bench/scale_bench.py
 
 bench: venv ## hafleet vs etcd, PySyncObj; scale.yml -> docs/benchmarks.md (~30-45 min; BENCH_QUICK=1: ~7)
