@@ -74,7 +74,7 @@ class RunResult:
     recovery_s: list[float] = field(default_factory=list)
     slow_recoveries: int = 0
     slow_exits: int = 0  # a failed node that had not exited within EXIT_BOUND_S
-    forwarded_503: int = 0  # answers of the known forwarding bug, taken as indeterminate
+    forwarded_503: int = 0  # 503 "leader unreachable" answers to forwarded writes
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: str = ""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import random
 import threading
 import time
@@ -39,13 +38,11 @@ from typing import Any
 from hafleet_agent.sim.linearizability import CheckResult, Op, check_kv_history
 
 CLIENT_TIMEOUT = 3.0
-#: Known agent bug (see test_forwarded_write_applied_is_not_answered_503): a follower answers
-#: 503 "the leader at ... is unreachable ...; not proposed" when aiohttp's automatic retry
-#: of a forwarded PUT/DELETE could not connect, although the first attempt reached the
-#: leader and may have been applied. Until it is fixed such an answer is recorded as
-#: indeterminate (and counted in ``Stats.forwarded_503``); HFCH_STRICT_503=1 takes it at
-#: its word (definitely not applied), which makes the checker report the violation.
-STRICT_503 = os.environ.get("HFCH_STRICT_503") == "1"
+#: A 503 "the leader at ... is unreachable ...; not proposed" once came back for forwarded
+#: writes that had reached the leader (aiohttp retried an idempotent PUT on a new
+#: connection; fixed in 12f6fdc, test_forwarded_write_applied_is_not_answered_503). Such
+#: answers are taken at their word like every 503 (not applied: the checker would report a
+#: violation if one was applied after all) and counted in ``Stats.forwarded_503``.
 INDETERMINATE = object()
 REFUSED = object()
 
@@ -100,7 +97,7 @@ class Stats:
     ops: int = 0
     outcomes: Counter = field(default_factory=Counter)
     acked_writes: int = 0
-    forwarded_503: int = 0  # 503 "leader unreachable" answers taken as indeterminate
+    forwarded_503: int = 0  # 503 "leader unreachable" answers (taken as not applied)
     unexpected: list[str] = field(default_factory=list)
 
 
@@ -207,10 +204,9 @@ class Workload:
     def _classify(self, rep: Reply, ok_codes: tuple[int, ...]) -> str:
         if rep.status in ok_codes:
             return "ok"
-        if rep.status == 503 and not STRICT_503 and "is unreachable" in str(rep.body):
+        if rep.status == 503 and "is unreachable" in str(rep.body):
             with self._lock:
                 self.stats.forwarded_503 += 1
-            return "indeterminate"
         if rep.status == 503 or (rep.status is None and not rep.sent):
             return "failed"
         if rep.status == 504 or rep.status is None:

@@ -144,7 +144,7 @@ def report(results: dict[str, list[RunResult]], total: float) -> int:
         f503 = sum(r.forwarded_503 for r in done)
         if f503:
             sums["f503"] = sums.get("f503", 0) + f503
-            print(f"{'':16} {f503} forwarded 503s taken as indeterminate (known agent bug)")
+            print(f"{'':16} {f503} forwarded writes answered 503 'leader unreachable'")
         timeouts = sum(r.check_timed_out for r in done)
         if timeouts:
             print(f"{'':16} linearizability check out of budget in {timeouts} runs (unknown)")
@@ -159,7 +159,7 @@ def report(results: dict[str, list[RunResult]], total: float) -> int:
         f"violations, {sums['lost']} lost acknowledged writes, {sums['fail']} failed runs, "
         f"{sums['slow']} recoveries over {RECOVERY_BOUND_S:.1f}s, "
         f"{sums.get('slow_exits', 0)} late exits after a storage failure, "
-        f"{sums.get('f503', 0)} forwarded 503s taken as indeterminate (known agent bug)"
+        f"{sums.get('f503', 0)} forwarded writes answered 503 'leader unreachable'"
     )
     return sums["fail"] + sums["viol"] + sums["lost"]
 
