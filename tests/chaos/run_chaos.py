@@ -2,6 +2,7 @@
 
     python tests/chaos/run_chaos.py [--runs 20] [--scenarios a,b] [--seed 1000] [--long]
                                     [--json build/chaos-report.json]
+    python tests/chaos/run_chaos.py --markdown build/chaos-report.json   # the table, no run
 
 Each run is one ``chaos_scenarios.run_scenario`` with its own seed (the seed picks the target
 node and the variant: even seeds fill the leader's disk, odd a follower's, and so on), in a
@@ -46,7 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--long", action="store_true", help="three times the load in each phase")
     p.add_argument("--json", type=Path, default=None, help="write every run's result here")
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="JSON",
+        help="print a saved --json report as the Markdown table of docs/reliability.md; no run",
+    )
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     names = [n for n in args.scenarios.split(",") if n]
     unknown = sorted(set(names) - set(SCENARIOS))
     if unknown:
@@ -97,6 +107,60 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"logs of failed runs (if any) are under {base}")
     return 1 if bad else 0
+
+
+def _med_max(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def markdown(saved: dict[str, list[dict]]) -> str:
+    """The per-scenario table of a saved report (``--json``), as docs/reliability.md has it."""
+    cols = (
+        "scenario | runs | failed | time (s) | ops | acked writes | indeterminate | violations "
+        "| lost acked | failover med / max (s) | recovery med / max (s) | over bound | fwd 503"
+    )
+    lines = [f"| {cols} |", "| --- |" + " ---: |" * (cols.count("|"))]
+    keys = ("ops", "acked_writes", "indeterminate", "violations", "lost_acked")
+    total = dict.fromkeys(("runs", "failed", "seconds", "slow", "f503", *keys), 0)
+    all_fo: list[float] = []
+    all_rec: list[float] = []
+    for name, runs in saved.items():
+        done = [r for r in runs if not r["skipped"]]
+        if not done:
+            reason = runs[0]["skipped"] if runs else "not run"
+            lines.append(f"| `{name}` | 0 |" + " |" * 10 + f" skipped: {reason} |")
+            continue
+        row = {k: sum(r[k] for r in done) for k in keys}
+        fo = [x for r in done for x in r["failover_s"]]
+        rec = [x for r in done for x in r["recovery_s"]]
+        failed = sum(not r["ok"] for r in done)
+        secs = sum(r["seconds"] for r in done)
+        slow = sum(r["slow_recoveries"] for r in done)
+        f503 = sum(r["forwarded_503"] for r in done)
+        lines.append(
+            f"| `{name}` | {len(done)} | {failed} | {secs:.0f} | "
+            + " | ".join(str(row[k]) for k in keys)
+            + f" | {_med_max(fo)} | {_med_max(rec)} | {slow} | {f503} |"
+        )
+        for k in keys:
+            total[k] += row[k]
+        total.update(
+            runs=total["runs"] + len(done),
+            failed=total["failed"] + failed,
+            seconds=total["seconds"] + secs,
+            slow=total["slow"] + slow,
+            f503=total["f503"] + f503,
+        )
+        all_fo += fo
+        all_rec += rec
+    lines.append(
+        f"| **total** | {total['runs']} | {total['failed']} | {total['seconds']:.0f} | "
+        + " | ".join(str(total[k]) for k in keys)
+        + f" | {_med_max(all_fo)} | {_med_max(all_rec)} | {total['slow']} | {total['f503']} |"
+    )
+    return "\n".join(lines)
 
 
 def report(results: dict[str, list[RunResult]], total: float) -> int:
