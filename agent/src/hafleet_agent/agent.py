@@ -1273,8 +1273,55 @@ async def run_agent(cfg: AgentConfig) -> int:
         w.cancel()
     if stop_signal.is_set():
         log.info("signal received: handing over and stopping")
-    await agent.stop(handover=agent.exit_code == 0 and not agent.removed)
+    failed = agent.exit_code != 0
+    bound = FAIL_STOP_S if failed else STOP_S
+    stopped = await stop_within(agent, agent.exit_code == 0 and not agent.removed, bound)
+    if failed or not stopped:
+        # Fail-stop: nothing of this process may linger (a storage failure, or a stop that
+        # did not finish: the reason and what still ran are logged). Leave at once, without
+        # the event loop's teardown, which waits for whatever still runs.
+        logging.shutdown()
+        os._exit(agent.exit_code or 1)
     return agent.exit_code
+
+
+#: Bound on ``Agent.stop`` after a failure (storage): the node must be gone promptly.
+FAIL_STOP_S = 6.0
+#: Bound on a graceful stop: hand-over (2 election timeouts) and the API's 5 s grace included.
+STOP_S = 20.0
+
+
+def _running_tasks() -> str:
+    """The other tasks still running, each with the line it waits on (for a stuck stop)."""
+    out = []
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        frames = task.get_stack(limit=1)
+        where = (
+            f"{frames[0].f_code.co_filename.rsplit('/', 1)[-1]}:{frames[0].f_lineno} "
+            f"in {frames[0].f_code.co_name}"
+            if frames
+            else "not started"
+        )
+        out.append(f"{task.get_name()} ({where})")
+    return "; ".join(sorted(out)) or "none"
+
+
+async def stop_within(agent: Agent, handover: bool, bound: float) -> bool:
+    """``agent.stop(handover)``, given at most ``bound`` seconds; False (logged, with the
+    tasks still running) when it did not finish in time."""
+    try:
+        async with asyncio.timeout(bound):
+            await agent.stop(handover=handover)
+        return True
+    except TimeoutError:
+        log.critical(
+            "stopping took longer than %.1fs; leaving now. Still running: %s",
+            bound,
+            _running_tasks(),
+        )
+        return False
 
 
 async def _wait_removed(agent: Agent) -> None:
