@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -224,7 +226,16 @@ class Run:
                 "storage failure: killed"
             )
             n.expect_running = True
-            self.c.kill9(node)
+            # The agent writes every thread's stack to its log on SIGUSR1 (faulthandler):
+            # what it was stuck on goes into the run's logs before the kill.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(n.proc.pid, signal.SIGUSR1)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    n.proc.wait(timeout=1.0)
+            if n.proc.poll() is None:
+                self.c.kill9(node)
+            else:
+                n.exit_codes.append(n.proc.returncode)
         else:
             n.exit_codes.append(code)
             if code != 1:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -1034,6 +1035,10 @@ class Agent:
         raw = self.raw
         if raw is None or self.cluster_id is None:
             raise NoLeader("this node is not a member of a cluster yet")
+        if self._stop.is_set():
+            # Nothing would ever apply it (the Raft loop has stopped), and a handler waiting
+            # for it would hold the API's shutdown up.
+            raise NoLeader("this node is stopping; the write was not proposed")
         try:
             term, index = append(raw)
         except ProposalDropped as exc:
@@ -1066,6 +1071,8 @@ class Agent:
         raw = self.raw
         if raw is None or self.cluster_id is None:
             raise NoLeader("this node is not a member of a cluster yet")
+        if self._stop.is_set():
+            raise NoLeader("this node is stopping; the read was not served")
         if raw.raft.lead is None:
             raise NoLeader("no leader known")
         ctx = secrets.token_bytes(12)
@@ -1257,6 +1264,9 @@ async def run_agent(cfg: AgentConfig) -> int:
     stop_signal = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_signal.set)
+    # `kill -USR1 PID` writes every thread's stack to the log (stderr), even when the event
+    # loop is blocked: what a stuck agent is doing, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     try:
         await agent.start()
     except (StorageError, OSError) as exc:

@@ -56,3 +56,32 @@ def test_a_stuck_stop_is_cut_off_and_names_what_still_runs(
     text = caplog.text
     assert "stopping took longer than 0.3s; leaving now" in text
     assert "stuck-helper (test_stop.py:" in text and "_stuck_helper" in text
+
+
+def test_a_stopping_agent_proposes_and_reads_nothing(tmp_path) -> None:
+    """After ``fail()`` (or a stop began) a write is refused at once as not proposed, and a
+    read as not served: nothing would complete them any more, and a request waiting for
+    them would hold the API's shutdown up (make chaos, disk_full seed 1012)."""
+    from hafleet_agent.agent import Agent, NoLeader
+    from hafleet_agent.config import AgentConfig
+
+    async def main() -> list[str]:
+        agent = Agent(AgentConfig(node_id="n1", data_dir=str(tmp_path)), b"k" * 32, "token")
+        agent.raw = object()  # type: ignore[assignment]  # a member, as far as these checks go
+        agent.cluster_id = "c1"
+        agent.fail("storage failed (test)")
+        errors = []
+        with pytest.raises(NoLeader) as write:
+            await agent._propose(lambda raw: pytest.fail("appended while stopping"))
+        errors.append(str(write.value))
+        with pytest.raises(NoLeader) as read:
+            await agent.read_barrier()
+        errors.append(str(read.value))
+        assert not agent._pending and not agent._reads
+        return errors
+
+    errors = asyncio.run(main())
+    assert errors == [
+        "this node is stopping; the write was not proposed",
+        "this node is stopping; the read was not served",
+    ]
