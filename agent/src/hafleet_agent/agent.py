@@ -31,6 +31,7 @@ import os
 import random
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,6 +156,7 @@ class Agent:
         self._join_target: str | None = None
         self.exit_code = 0
         self.exit_reason = ""
+        self.exit_timer: threading.Timer | None = None  # set by fail()
         self.removed = False
         self.leader_since: float | None = None
         self.last_leader: str | None = None
@@ -262,6 +264,7 @@ class Agent:
             self.exit_reason = reason
             log.critical("stopping: %s", reason)
             self._stop.set()
+            self.exit_timer = exit_later(FAIL_EXIT_S)
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
@@ -1297,6 +1300,28 @@ async def run_agent(cfg: AgentConfig) -> int:
 
 #: Bound on ``Agent.stop`` after a failure (storage): the node must be gone promptly.
 FAIL_STOP_S = 6.0
+#: After a failure the process is gone this long after at the latest, even if its event loop
+#: is blocked (a thread's timer; the stop's own bound needs a running loop).
+FAIL_EXIT_S = FAIL_STOP_S + 2.0
+
+
+def exit_later(seconds: float) -> threading.Timer:
+    """Exit with code 1 in ``seconds`` from a daemon thread, writing every thread's stack to
+    stderr first: the last resort of the fail-stop when the event loop does not come back.
+    Writes with ``os.write`` and faulthandler only: a blocked thread may hold the logging
+    lock."""
+
+    def leave() -> None:
+        os.write(2, f"CRITICAL still running {seconds:g}s after a failure; exiting now\n".encode())
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, leave)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 #: Bound on a graceful stop: hand-over (2 election timeouts) and the API's 5 s grace included.
 STOP_S = 20.0
 

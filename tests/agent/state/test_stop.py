@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -70,6 +73,8 @@ def test_a_stopping_agent_proposes_and_reads_nothing(tmp_path) -> None:
         agent.raw = object()  # type: ignore[assignment]  # a member, as far as these checks go
         agent.cluster_id = "c1"
         agent.fail("storage failed (test)")
+        assert agent.exit_timer is not None
+        agent.exit_timer.cancel()  # it would end this process (the test) in a few seconds
         errors = []
         with pytest.raises(NoLeader) as write:
             await agent._propose(lambda raw: pytest.fail("appended while stopping"))
@@ -85,3 +90,28 @@ def test_a_stopping_agent_proposes_and_reads_nothing(tmp_path) -> None:
         "this node is stopping; the write was not proposed",
         "this node is stopping; the read was not served",
     ]
+
+
+def test_a_failed_agent_whose_event_loop_is_blocked_still_exits(tmp_path) -> None:
+    """The last resort of the fail-stop: a thread exits the process with code 1, stacks
+    first, when the event loop never comes back after a failure."""
+    script = f"""
+import time
+import hafleet_agent.agent as a
+from hafleet_agent.config import AgentConfig
+a.FAIL_EXIT_S = 0.5
+agent = a.Agent(AgentConfig(node_id="n1", data_dir={str(tmp_path)!r}), b"k" * 32, "t")
+agent.fail("storage failed (test)")
+time.sleep(30)  # the event loop would be stuck here
+print("not reached")
+"""
+    began = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=25
+    )
+    took = time.monotonic() - began
+    assert proc.returncode == 1, proc
+    assert "not reached" not in proc.stdout
+    assert "still running 0.5s after a failure; exiting now" in proc.stderr
+    assert "in <module>" in proc.stderr  # the main thread's stack, at the sleep
+    assert took < 20
