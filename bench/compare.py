@@ -905,7 +905,7 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
         t = time.monotonic()
         results["scale"] = await asyncio.to_thread(run_scale, work, a)
         mark("scale", t)
-    mark("total_merged" if a.merge else "total", t_all)
+    mark("merged_total" if a.merge else "total", t_all)
 
 
 def run_scale(work: Path, a: argparse.Namespace) -> dict:
@@ -1022,7 +1022,8 @@ def main() -> int:
         results = {**old, "argv": old.get("argv", {})}
     lk = "merged_load" if a.merge else "load"  # keep the first run's load record
     try:
-        results["machine"] = machine(work)
+        # A merge keeps the first run's machine record (its disk timings describe that run)
+        results["merged_machine" if a.merge and "machine" in results else "machine"] = machine(work)
         results[f"{lk}_before"] = os.getloadavg()
         sampler.start()
         asyncio.run(run(a, work, results))
@@ -1032,7 +1033,8 @@ def main() -> int:
         watchdog.cancel()
         results[f"{lk}_samples"] = sampler.samples
         results[f"{lk}_after"] = os.getloadavg()
-        results["workdir"] = str(work)
+        # the first run's work dir: the report shows it as $TMP in that run's command lines
+        results["merged_workdir" if a.merge and "workdir" in results else "workdir"] = str(work)
         out = Path(a.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1, default=str))
