@@ -115,6 +115,20 @@ def _med_max(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} / {max(values):.2f}"
 
 
+def _markdown_row(label: str, done: list[dict]) -> str:
+    """One row of :func:`markdown`: the sums and medians over ``done`` (saved runs)."""
+    keys = ("ops", "acked_writes", "indeterminate", "violations", "lost_acked")
+    fo = [x for r in done for x in r["failover_s"]]
+    rec = [x for r in done for x in r["recovery_s"]]
+    return (
+        f"| {label} | {len(done)} | {sum(not r['ok'] for r in done)} | "
+        f"{sum(r['seconds'] for r in done):.0f} | "
+        + " | ".join(str(sum(r[k] for r in done)) for k in keys)
+        + f" | {_med_max(fo)} | {_med_max(rec)} | "
+        f"{sum(r['slow_recoveries'] for r in done)} | {sum(r['forwarded_503'] for r in done)} |"
+    )
+
+
 def markdown(saved: dict[str, list[dict]]) -> str:
     """The per-scenario table of a saved report (``--json``), as docs/reliability.md has it."""
     cols = (
@@ -122,44 +136,16 @@ def markdown(saved: dict[str, list[dict]]) -> str:
         "| lost acked | failover med / max (s) | recovery med / max (s) | over bound | fwd 503"
     )
     lines = [f"| {cols} |", "| --- |" + " ---: |" * (cols.count("|"))]
-    keys = ("ops", "acked_writes", "indeterminate", "violations", "lost_acked")
-    total = dict.fromkeys(("runs", "failed", "seconds", "slow", "f503", *keys), 0)
-    all_fo: list[float] = []
-    all_rec: list[float] = []
+    everything: list[dict] = []
     for name, runs in saved.items():
         done = [r for r in runs if not r["skipped"]]
         if not done:
             reason = runs[0]["skipped"] if runs else "not run"
             lines.append(f"| `{name}` | 0 |" + " |" * 10 + f" skipped: {reason} |")
             continue
-        row = {k: sum(r[k] for r in done) for k in keys}
-        fo = [x for r in done for x in r["failover_s"]]
-        rec = [x for r in done for x in r["recovery_s"]]
-        failed = sum(not r["ok"] for r in done)
-        secs = sum(r["seconds"] for r in done)
-        slow = sum(r["slow_recoveries"] for r in done)
-        f503 = sum(r["forwarded_503"] for r in done)
-        lines.append(
-            f"| `{name}` | {len(done)} | {failed} | {secs:.0f} | "
-            + " | ".join(str(row[k]) for k in keys)
-            + f" | {_med_max(fo)} | {_med_max(rec)} | {slow} | {f503} |"
-        )
-        for k in keys:
-            total[k] += row[k]
-        total.update(
-            runs=total["runs"] + len(done),
-            failed=total["failed"] + failed,
-            seconds=total["seconds"] + secs,
-            slow=total["slow"] + slow,
-            f503=total["f503"] + f503,
-        )
-        all_fo += fo
-        all_rec += rec
-    lines.append(
-        f"| **total** | {total['runs']} | {total['failed']} | {total['seconds']:.0f} | "
-        + " | ".join(str(total[k]) for k in keys)
-        + f" | {_med_max(all_fo)} | {_med_max(all_rec)} | {total['slow']} | {total['f503']} |"
-    )
+        lines.append(_markdown_row(f"`{name}`", done))
+        everything += done
+    lines.append(_markdown_row("**total**", everything))
     return "\n".join(lines)
 
 
