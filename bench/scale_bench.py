@@ -37,6 +37,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOADGEN = REPO / "tests" / "agent" / "collection" / "loadgen.py"
+sys.path.insert(0, str(REPO / "tests" / "agent"))
+from netlab import list_links, list_namespaces  # noqa: E402
+
 LAB_URL = "http://127.0.0.1:8080/"
 LAB_ROOT = "/var/lib/hafleet-lab"
 STEP_TIMEOUT = 3600
@@ -97,12 +100,6 @@ def nodes_reached(requests: int = 200) -> list[str]:
 
 def lab_footprint() -> dict:
     """What the lab leaves on the host: namespaces, links, its directory, its processes."""
-    netns = json.loads(
-        subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout or "[]"
-    )
-    links = json.loads(
-        subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout
-    )
     procs = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -113,12 +110,8 @@ def lab_footprint() -> dict:
             if LAB_ROOT in cmd:
                 procs.append(int(d.name))
     return {
-        "netns": sorted(n["name"] for n in netns if n["name"].startswith("hafleet-node")),
-        "links": sorted(
-            link["ifname"]
-            for link in links
-            if link["ifname"] == "hafleet0" or link["ifname"].startswith("hafleet-v")
-        ),
+        "netns": sorted(n for n in list_namespaces() if re.fullmatch(r"hafleet-node\d+", n)),
+        "links": sorted(n for n in list_links() if re.fullmatch(r"hafleet-v\d+p?|hafleet0", n)),
         "lab_dir": Path(LAB_ROOT).exists(),
         "pids": sorted(procs),
     }
@@ -133,8 +126,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("scale_bench: needs root (the lab makes network namespaces)")
-    have = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
-    if "hafleet-node" in have or Path("/var/lib/hafleet-lab").exists():
+    if lab_footprint()["netns"] or Path(LAB_ROOT).exists():
         sys.exit(
             "scale_bench: a lab is there; remove it first (ansible-playbook playbooks/destroy.yml)"
         )
