@@ -40,10 +40,14 @@ op                 fields
 absent, ``N > 0`` only if the key's ``modify_index`` is ``N``. A failed condition is an
 error result with status 409 and the key's ``current_index`` (0 when absent).
 
-A command that cannot be decoded or fails validation still advances the index and yields an
-error result (status 400): a committed entry is never refused, and every replica reaches the
-same verdict. The limits (key and value sizes) are part of the replicated protocol: raising
-them in a later version must wait until every agent runs it.
+Applying a committed entry never raises (but :class:`ApplyOrderError`, a driver bug): a
+command that cannot be decoded or fails validation, a configuration change that cannot be
+decoded or names an invalid member id, an unknown entry type, all still advance the index
+and yield an error result (status 400, or 500 ``internal`` for a bug in an operation): a
+committed entry is never refused, and every replica reaches the same verdict. The limits (key
+and value sizes, nesting depth, the member id grammar of :mod:`hafleet_agent.ids`) are part
+of the replicated protocol: raising them in a later version must wait until every agent
+runs it.
 
 Configuration changes
 =====================
@@ -52,7 +56,8 @@ CONF_CHANGE entries give each member its Raft ``role`` (``voter``/``learner``, f
 core's rules: ADD_LEARNER does not demote a voter). The change's context may carry the
 member's addresses as a JSON object (:func:`member_context`); they are recorded as by
 ``member_put``. REMOVE forgets the member's record and its weight (the weight table's
-version is bumped when it held one).
+version is bumped when it held one). A change whose node id is not a valid member id is a
+no-op with an error result, here and in the agent's Raft core.
 
 Snapshots
 =========
@@ -70,6 +75,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from .ids import member_id_error, shown
 from .raft.types import ConfChange, ConfChangeType, Entry, EntryType
 
 MAX_KEY_BYTES = 512
@@ -78,10 +84,10 @@ MAX_META_BYTES = 4096
 MAX_REASON_CHARS = 256
 MAX_RID_CHARS = 128
 MAX_WEIGHT = 256
+MAX_JSON_DEPTH = 100
+"""The deepest nesting of arrays and objects in a value or a member's meta (the API refuses
+bodies nested deeper than 64 before they get here)."""
 SNAPSHOT_FORMAT = 1
-
-MEMBER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-"""Member ids: also HAProxy server names, hence this alphabet."""
 
 OPS = frozenset(
     {
@@ -148,8 +154,29 @@ def encode_json(value: JSON) -> bytes:
     ).encode("utf-8")
 
 
+def json_depth_exceeds(value: JSON, limit: int) -> bool:
+    """True when arrays and objects in ``value`` nest deeper than ``limit`` (iterative: a
+    deep value cannot exhaust the stack here)."""
+    stack: list[tuple[JSON, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def validate_value(value: JSON) -> JSON:
-    """A KV value: any JSON (no NaN/Infinity) of at most 512 KiB encoded. Returns it."""
+    """A KV value: any JSON (no NaN/Infinity) of at most 512 KiB encoded, nested at most
+    :data:`MAX_JSON_DEPTH` deep. Returns it."""
+    if json_depth_exceeds(value, MAX_JSON_DEPTH):
+        raise StateError(400, f"value is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         size = len(encode_json(value))
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
@@ -171,10 +198,11 @@ def validate_cas(cas: object) -> int | None:
 
 
 def validate_member_id(member_id: object) -> str:
-    if not isinstance(member_id, str) or not MEMBER_ID_RE.fullmatch(member_id):
-        raise StateError(
-            400, "member id must be 1-128 characters of A-Z a-z 0-9 . _ : - (not starting . _ : -)"
-        )
+    """A member id (:mod:`hafleet_agent.ids`): ``^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$``."""
+    error = member_id_error(member_id)
+    if error is not None:
+        raise StateError(400, error)
+    assert isinstance(member_id, str)
     return member_id
 
 
@@ -210,6 +238,8 @@ def _validate_meta(meta: object) -> dict[str, JSON]:
         return {}
     if not isinstance(meta, dict):
         raise StateError(400, "meta must be an object")
+    if json_depth_exceeds(meta, MAX_JSON_DEPTH):
+        raise StateError(400, f"meta is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         size = len(encode_json(meta))
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
@@ -293,10 +323,15 @@ def _rid_of(cmd: dict[str, JSON]) -> str | None:
     return rid if isinstance(rid, str) and len(rid) <= MAX_RID_CHARS else None
 
 
-def _check_command(cmd: dict[str, JSON]) -> None:
+def _op_of(cmd: dict[str, JSON]) -> str | None:
     op = cmd.get("op")
-    if op not in OPS:
-        raise StateError(400, f"unknown op {op!r}")
+    return op if isinstance(op, str) and op in OPS else None
+
+
+def _check_command(cmd: dict[str, JSON]) -> None:
+    op = _op_of(cmd)
+    if op is None:
+        raise StateError(400, f"unknown op {shown(cmd.get('op'))}")
     rid = cmd.get("rid")
     if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_RID_CHARS):
         raise StateError(400, f"rid must be a string of at most {MAX_RID_CHARS} characters")
@@ -379,9 +414,19 @@ class StateMachine:
 
     # ---- applying ------------------------------------------------------------------------
     def apply_entry(self, entry: Entry) -> ApplyResult:
-        """Apply one committed entry of any kind (what the driver calls)."""
+        """Apply one committed entry of any kind (what the driver calls). Never raises but
+        :class:`ApplyOrderError` (a driver bug): an entry that cannot be applied is a no-op
+        with an error result, and the index advances all the same."""
         if entry.type is EntryType.CONF_CHANGE:
-            return self.apply_conf(entry.index, ConfChange.decode(entry.data))
+            try:
+                change = ConfChange.decode(entry.data)
+            except ValueError as e:
+                self._advance(entry.index)
+                return _refused(entry.index, f"undecodable configuration change: {e}")
+            return self.apply_conf(entry.index, change)
+        if entry.type is not EntryType.NORMAL:
+            self._advance(entry.index)
+            return _refused(entry.index, f"unknown entry type {shown(entry.type)}")
         if not entry.data:
             return self.skip(entry.index)
         return self.apply(entry.index, entry.data)
@@ -397,17 +442,34 @@ class StateMachine:
         try:
             cmd = _parse_command(data)
             rid = _rid_of(cmd)
-            op = cmd["op"] if cmd.get("op") in OPS else None
+            op = _op_of(cmd)
             _check_command(cmd)
             result = getattr(self, "_op_" + cmd["op"])(index, cmd)
         except StateError as e:
             return ApplyResult(index, rid, op, error=e.to_dict())
+        except MemoryError:
+            raise
+        except Exception as e:  # a bug: still never stop applying (every replica agrees)
+            return ApplyResult(index, rid, op, error=_internal(e))
         return ApplyResult(index, rid, op, result=result)
 
     def apply_conf(self, index: int, change: ConfChange) -> ApplyResult:
         """Apply a committed configuration change: the member's role, its addresses when the
-        context carries them, and on REMOVE its record and weight go."""
+        context carries them, and on REMOVE its record and weight go. A change whose node id
+        is not a valid member id changes nothing (an error result): the agent's Raft core
+        refuses it by the same rule (``RawNode(check_conf_change=...)``)."""
         self._advance(index)
+        error = member_id_error(change.node_id, "the configuration change's node id")
+        if error is not None:
+            return _refused(index, error)
+        try:
+            return self._apply_conf(index, change)
+        except MemoryError:
+            raise
+        except Exception as e:  # a bug: still never stop applying
+            return ApplyResult(index, error=_internal(e))
+
+    def _apply_conf(self, index: int, change: ConfChange) -> ApplyResult:
         mid = change.node_id
         if change.type is ConfChangeType.REMOVE:
             removed = self._members.pop(mid, None) is not None
@@ -658,6 +720,17 @@ class StateMachine:
         sm = cls()
         sm.restore(data, index)
         return sm
+
+
+def _refused(index: int, message: str) -> ApplyResult:
+    """The result of an entry that cannot be applied: a no-op with an error (status 400)."""
+    return ApplyResult(index, error=StateError(400, message, "unappliable").to_dict())
+
+
+def _internal(exc: Exception) -> dict[str, JSON]:
+    return StateError(
+        500, f"applying the entry failed: {type(exc).__name__}: {shown(str(exc))}", "internal"
+    ).to_dict()
 
 
 def _member_view(rec: dict[str, JSON]) -> dict[str, JSON]:

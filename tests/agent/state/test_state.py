@@ -130,7 +130,8 @@ def test_other_validators() -> None:
     for bad_addr in ["h:0", "h:65536", ":80", "h:", "h:8x", "[fd00::1:80", 7400]:
         with pytest.raises(StateError):
             validate_addr(bad_addr, "a")
-    for bad_id in ["", "a b", "x" * 129, "_a"]:
+    assert validate_member_id("x" * 63) == "x" * 63
+    for bad_id in ["", "a b", "x" * 64, "_a", "a:b", "a\n", "é", None, 7]:
         with pytest.raises(StateError):
             validate_member_id(bad_id)
 

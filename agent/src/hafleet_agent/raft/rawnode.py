@@ -63,9 +63,16 @@ class RawNode:
         entries: Sequence[Entry] = (),
         applied: int | None = None,
         on_event: Callable[[str], None] | None = None,
+        check_conf_change: Callable[[ConfChange], str | None] | None = None,
     ) -> None:
         """Start from what storage recovered. ``applied``: the state machine's applied index
-        (by default the snapshot's: committed entries after it are handed out again)."""
+        (by default the snapshot's: committed entries after it are handed out again).
+
+        A committed configuration change is applied to the core when it is reached, unless
+        it cannot be decoded or ``check_conf_change`` (the driver's rule for node ids, which
+        its state machine applies too) returns a reason: then it changes nothing, and the
+        reason goes to ``on_event``. A committed entry never stops the core."""
+        self.check_conf_change = check_conf_change
         self.raft = Raft(config, hard_state, snapshot, entries, on_event)
         snap = snapshot or Snapshot()
         # The configuration as of each applied conf change since the snapshot, so that a new
@@ -185,7 +192,16 @@ class RawNode:
         return conf
 
     def _apply_conf(self, e: Entry) -> None:
-        cs = self.raft.apply_conf_change(ConfChange.decode(e.data))
+        try:
+            cc = ConfChange.decode(e.data)
+            refused = self.check_conf_change(cc) if self.check_conf_change else None
+        except ValueError as exc:
+            refused = f"undecodable: {exc}"
+        if refused:
+            self.raft._event(f"ignored the configuration change at index {e.index}: {refused}")
+            cs = self.raft.conf_state()
+        else:
+            cs = self.raft.apply_conf_change(cc)
         self._conf_history.append((e.index, cs))
 
     # ---- outputs ---------------------------------------------------------------------------
