@@ -82,6 +82,7 @@ REQUIRED = (
     "regression_restart_with_applied",
     "regression_snapshot_conf_state",
     "regression_snapshot_excludes_new_learner",
+    "read_index_duplicate_context",
 )
 
 

@@ -70,7 +70,21 @@ class _ReadRequest:
     index: int
     frm: NodeId | None
     context: bytes
-    acks: set[NodeId]
+    round: int  # the heartbeat round that confirms this read (and every later one)
+
+
+_MAX_ROUND_DIGITS = 19
+
+
+def _round_context(rnd: int) -> bytes:
+    """A ReadIndex round as a heartbeat carries it (followers echo it back untouched)."""
+    return str(rnd).encode()
+
+
+def _parse_round(ctx: bytes) -> int | None:
+    if not ctx or len(ctx) > _MAX_ROUND_DIGITS or not ctx.isdigit():
+        return None
+    return int(ctx)
 
 
 class Raft:
@@ -111,6 +125,11 @@ class Raft:
         self.randomized_election_timeout = self.election_timeout
         self.read_queue: list[_ReadRequest] = []
         self.pending_read_index: list[Message] = []
+        # ReadIndex rounds: the leader numbers them (never reused by this object; a round of an
+        # earlier term cannot be answered since the answers carry that term), and remembers
+        # the newest round each node has answered in this term.
+        self.read_round = 0
+        self.read_acks: dict[NodeId, int] = {}
         self._rebuild_progress()
         self.become_follower(self.term, None)
 
@@ -176,6 +195,7 @@ class Raft:
         self.pending_conf_index = 0
         self.read_queue = []
         self.pending_read_index = []
+        self.read_acks = {}
 
     def abort_leader_transfer(self) -> None:
         self.lead_transferee = None
@@ -681,22 +701,32 @@ class Raft:
 
     # ---- linearizable reads (ReadIndex) --------------------------------------------------
     def _start_read_index(self, m: Message) -> None:
-        req = _ReadRequest(self.log.committed, m.frm, m.context, set())
-        self.read_queue.append(req)
-        self._bcast_heartbeat(m.context)
+        # A new round: its heartbeats leave after the read arrived, so a quorum answering them
+        # (or any later round) shows that we still led after the read arrived. The round, not
+        # the caller's context, ties the answers to the reads: contexts may repeat (a retry).
+        self.read_round += 1
+        self.read_queue.append(_ReadRequest(self.log.committed, m.frm, m.context, self.read_round))
+        self._bcast_heartbeat(_round_context(self.read_round))
 
     def _ack_read(self, frm: NodeId, ctx: bytes) -> None:
-        pos = next((i for i, r in enumerate(self.read_queue) if r.context == ctx), None)
-        if pos is None:
+        rnd = _parse_round(ctx)
+        if rnd is None or rnd > self.read_round or not self.read_queue:
+            return  # not a round of ours, or nothing waits for one
+        if rnd <= self.read_acks.get(frm, 0):
             return
-        req = self.read_queue[pos]
-        req.acks.add(frm)
-        votes = len(req.acks & self.voters) + (1 if self.id in self.voters else 0)
-        if votes < self.quorum():
+        self.read_acks[frm] = rnd
+        # The newest round that a quorum of voters has answered (we answer each one ourselves).
+        answered = sorted(
+            (self.read_round if v == self.id else self.read_acks.get(v, 0) for v in self.voters),
+            reverse=True,
+        )
+        if len(answered) < self.quorum():
             return
-        # A quorum confirmed we were still leader when this read arrived; that also holds for
-        # every read queued before it.
-        done, self.read_queue = self.read_queue[: pos + 1], self.read_queue[pos + 1 :]
+        confirmed = answered[self.quorum() - 1]
+        n = 0
+        while n < len(self.read_queue) and self.read_queue[n].round <= confirmed:
+            n += 1
+        done, self.read_queue = self.read_queue[:n], self.read_queue[n:]
         for r in done:
             self._answer_read(r.frm, r.index, r.context)
 
