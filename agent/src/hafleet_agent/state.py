@@ -75,7 +75,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from .ids import member_id_error, shown
+from .ids import member_id_error, shown, valid_member_id
 from .raft.types import ConfChange, ConfChangeType, Entry, EntryType
 
 MAX_KEY_BYTES = 512
@@ -455,11 +455,11 @@ class StateMachine:
 
     def apply_conf(self, index: int, change: ConfChange) -> ApplyResult:
         """Apply a committed configuration change: the member's role, its addresses when the
-        context carries them, and on REMOVE its record and weight go. A change whose node id
+        context carries them, and on REMOVE its record and weight go. An ADD whose node id
         is not a valid member id changes nothing (an error result): the agent's Raft core
-        refuses it by the same rule (``RawNode(check_conf_change=...)``)."""
+        refuses it by the same rule (:func:`conf_change_error`)."""
         self._advance(index)
-        error = member_id_error(change.node_id, "the configuration change's node id")
+        error = conf_change_error(change)
         if error is not None:
             return _refused(index, error)
         try:
@@ -701,7 +701,10 @@ class StateMachine:
             kv = obj["kv"]
             if not (isinstance(members, dict) and isinstance(kv, dict)):
                 raise ValueError("members and kv must be objects")
-            weights = {str(k): int(v) for k, v in w["weights"].items()}
+            # Records an older version kept under an id the grammar now refuses are dropped
+            # (every replica restoring the same bytes drops the same ones).
+            members = {mid: rec for mid, rec in members.items() if valid_member_id(mid)}
+            weights = {str(k): int(v) for k, v in w["weights"].items() if k in members}
             version, reason, w_index = int(w["version"]), str(w["reason"]), int(w["modify_index"])
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not a state snapshot: {e}") from None
@@ -720,6 +723,16 @@ class StateMachine:
         sm = cls()
         sm.restore(data, index)
         return sm
+
+
+def conf_change_error(change: ConfChange) -> str | None:
+    """Why a committed configuration change must not be applied (the state machine and the
+    agent's Raft core use this one rule), or None. An ADD needs a valid member id; a REMOVE
+    is always applied (it only shrinks the group, and lets an operator take out a member an
+    older version recorded under an id the grammar now refuses)."""
+    if change.type is ConfChangeType.REMOVE:
+        return None
+    return member_id_error(change.node_id, "the configuration change's node id")
 
 
 def _refused(index: int, message: str) -> ApplyResult:

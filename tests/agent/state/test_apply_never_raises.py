@@ -26,6 +26,7 @@ from hafleet_agent.state import (
     OPS,
     ApplyOrderError,
     StateMachine,
+    conf_change_error,
     encode_command,
     encode_json,
     member_context,
@@ -180,12 +181,30 @@ def test_a_conf_change_with_a_bad_id_changes_nothing(bad: str) -> None:
     sm.apply_entry(
         Entry(1, 1, EntryType.CONF_CHANGE, ConfChange(ConfChangeType.ADD_VOTER, "n1", ctx).encode())
     )
-    for i, kind in enumerate(ConfChangeType, start=2):
+    for i, kind in enumerate([ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER], start=2):
         res = sm.apply_entry(Entry(1, i, EntryType.CONF_CHANGE, ConfChange(kind, bad).encode()))
         assert res.status == 400 and res.error["error"] == "unappliable"
         assert "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" in res.error["message"]
         assert "\n" not in res.error["message"]
+    # A removal only shrinks the group: applied whatever the id (it names nobody here).
+    res = sm.apply_entry(
+        Entry(1, 4, EntryType.CONF_CHANGE, ConfChange(ConfChangeType.REMOVE, bad).encode())
+    )
+    assert res.ok and res.result["removed"] is False
     assert [m["id"] for m in sm.members()] == ["n1"] and sm.index == 4
+
+
+def test_restore_drops_members_an_older_version_kept_under_a_bad_id() -> None:
+    sm = StateMachine()
+    sm.apply(1, encode_command("member_put", id="n1", raft_addr="h:1", api_addr="h:2"))
+    sm.apply(2, encode_command("weights_set", weights={"n1": 10}))
+    snap = json.loads(sm.snapshot())
+    snap["members"]["web 1"] = {**snap["members"]["n1"], "id": "web 1"}
+    snap["weights"]["weights"]["web 1"] = 5
+    restored = StateMachine.from_snapshot(encode_json(snap), 2)
+    assert [m["id"] for m in restored.members()] == ["n1"]
+    assert restored.weights()["weights"] == {"n1": 10}
+    assert restored.snapshot() == sm.snapshot()
 
 
 def test_undecodable_conf_changes_are_recorded_noops() -> None:
@@ -243,19 +262,14 @@ def _drain(node: RawNode, sm: StateMachine) -> list:
     [
         ConfChange(ConfChangeType.ADD_VOTER, "web 1").encode(),
         ConfChange(ConfChangeType.ADD_LEARNER, "x" * 300).encode(),
-        ConfChange(ConfChangeType.REMOVE, "n1\nforged").encode(),
+        ConfChange(ConfChangeType.ADD_VOTER, "n1\nforged").encode(),
         b"\xff\x00",
         b"\x01\x00\x02\xff\xfe",
     ],
     ids=["space", "long", "newline", "bad-type", "not-utf8"],
 )
 def test_the_raft_core_ignores_a_committed_bad_conf_change(data: bytes) -> None:
-    from hafleet_agent.ids import member_id_error
-
-    node = RawNode(
-        Config("n1", random.Random(3)),
-        check_conf_change=lambda cc: member_id_error(cc.node_id),
-    )
+    node = RawNode(Config("n1", random.Random(3)), check_conf_change=conf_change_error)
     node.bootstrap([("n1", member_context("10.0.0.1:7400", "10.0.0.1:7480"))])
     sm = StateMachine()
     _drain(node, sm)
