@@ -83,6 +83,7 @@ REQUIRED = (
     "regression_snapshot_conf_state",
     "regression_snapshot_excludes_new_learner",
     "read_index_duplicate_context",
+    "read_index_lost_round",
 )
 
 

@@ -584,7 +584,9 @@ class Raft:
 
     def _step_leader(self, m: Message) -> None:
         if m.type is MT.BEAT:
-            self._bcast_heartbeat()
+            # While reads wait, every heartbeat carries the newest round: if the heartbeats of
+            # a read's own round were lost, the answers to these confirm it (and all before).
+            self._bcast_heartbeat(_round_context(self.read_round) if self.read_queue else b"")
             return
         if m.type is MT.CHECK_QUORUM:
             if not self._quorum_active():
