@@ -41,13 +41,14 @@ from typing import Any
 from . import __version__
 from .codec import CodecError, decode_message, encode_message
 from .config import AgentConfig, read_secret
+from .ids import member_id_error, shown
 from .metrics import HostMetrics, Sampler
 from .raft.core import Config as RaftConfig
 from .raft.core import ProposalDropped
 from .raft.rawnode import RawNode
 from .raft.storage import DiskStorage, StorageError
 from .raft.types import ConfChange, ConfChangeType, EntryType, Message, StateType
-from .state import StateError, StateMachine, encode_command, member_context
+from .state import StateError, StateMachine, conf_change_error, encode_command, member_context
 from .transport import PeerInfo, Transport
 from .weights import MemberInput, WeightParams, WeightPlanner
 
@@ -189,7 +190,12 @@ class Agent:
         if st.snapshot.meta.index:
             self.state.restore(st.snapshot.data, st.snapshot.meta.index)
         self.raw = RawNode(
-            raft_cfg, st.hard_state, st.snapshot, list(st.entries), on_event=self._core_event
+            raft_cfg,
+            st.hard_state,
+            st.snapshot,
+            list(st.entries),
+            on_event=self._core_event,
+            check_conf_change=conf_change_error,  # the state machine's rule: both agree
         )
         self._startup_commit = st.hard_state.commit
         if has_state:
@@ -407,10 +413,20 @@ class Agent:
         return changed
 
     def _apply(self, e: Any) -> None:
+        # Never raises for what an entry holds (state.py): an entry the state cannot apply is
+        # a recorded no-op with an error result, which its proposer (if any) gets below.
         res = self.state.apply_entry(e)
-        if e.type is EntryType.CONF_CHANGE:
-            cc = ConfChange.decode(e.data)
-            log.info("membership: %s %s (index %d)", cc.type.name.lower(), cc.node_id, e.index)
+        if res.error is not None and (res.status == 400 or res.status >= 500):
+            log.warning(
+                "entry %d (%s) applied as a no-op: %s; data %s",
+                e.index,
+                e.type.name.lower(),
+                res.error.get("message"),
+                shown(e.data),
+            )
+        if e.type is EntryType.CONF_CHANGE and res.ok:
+            cc = ConfChange.decode(e.data)  # the state decoded it: it decodes
+            log.info("membership: %s %r (index %d)", cc.type.name.lower(), cc.node_id, e.index)
             if cc.node_id == self.id:
                 # A node may be removed and later added again under the same id (scale in,
                 # then out): replaying the log it meets its old removal first. Only the last
@@ -803,7 +819,7 @@ class Agent:
             )
             self._send(str(info["raft_addr"]), "join_resp", ok=True)
         except AgentError as exc:
-            log.warning("join of %s refused: %s", info.get("id"), exc.message)
+            log.warning("join of %s refused: %s", shown(info.get("id")), exc.message)
             self._send(str(info["raft_addr"]), "join_resp", ok=False, error=exc.message)
 
     def _on_join_resp(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
@@ -1088,6 +1104,9 @@ class Agent:
     async def add_member(
         self, mid: str, raft_addr: str, api_addr: str, service_addr: str | None
     ) -> dict[str, Any]:
+        error = member_id_error(mid)
+        if error is not None:  # never proposed (the API and the join frames check it too)
+            raise BadRequest(error)
         if not self.is_leader():
             raise NoLeader("not the leader")
         existing = self.state.member(mid)
@@ -1106,6 +1125,8 @@ class Agent:
         self.peers.setdefault(mid, Peer(mid, raft_addr, api_addr, service_addr, source="api"))
         self.joined_at[mid] = time.monotonic()
         res = await self._propose_conf(ConfChange(ConfChangeType.ADD_LEARNER, mid, ctx))
+        if not res.ok:
+            raise StateErrorResult(res.error)
         log.info("added %s as a learner", mid)
         return res.result or {}
 

@@ -4,14 +4,25 @@ The routes, bodies and status codes are the contract of ``shared/DESIGN.md``; do
 describes each one. Every route but ``/v1/health`` needs ``Authorization: Bearer <token>``
 (compared in constant time). Writes that reach a follower are forwarded to the leader.
 Errors are JSON ``{"error": "<what went wrong>", ...}``.
+
+No client input makes a handler answer 500 or print a traceback: an Authorization header that
+is not text is 401, a body that is not UTF-8 JSON, or nests deeper than MAX_JSON_DEPTH, is 400,
+one over ``max_body_bytes`` 413, an id outside the member id grammar (:mod:`.ids`) 400 before
+anything is proposed. What still escapes a handler is a bug: one log line, a JSON 500.
+
+Connections: an idle keep-alive connection is closed after KEEPALIVE_S, and at most
+:func:`connection_limit` are open at once (a connection over the cap is answered 503 and
+closed at once), so that idle clients cannot take every file descriptor of the agent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import re
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -20,6 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from .agent import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
+from .ids import member_id_error, shown
 from .state import StateError, encode_command, validate_cas, validate_key, validate_value
 
 if TYPE_CHECKING:
@@ -29,6 +41,14 @@ log = logging.getLogger("hafleet.api")
 
 FORWARDED = "X-Hafleet-Forwarded"
 MAX_WAIT_S = 300.0
+#: The deepest nesting of arrays and objects a request body may have.
+MAX_JSON_DEPTH = 64
+#: An idle keep-alive connection is closed after this long (aiohttp's default is an hour).
+KEEPALIVE_S = 30.0
+#: At most this many API connections at once, and at most a quarter of the process's file
+#: descriptor limit (RLIMIT_NOFILE): the rest is for the Raft transport, storage, mDNS.
+MAX_CONNECTIONS = 1024
+LISTEN_BACKLOG = 128
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,15 +81,52 @@ def _int_param(request: web.Request, name: str) -> int | None:
     return value
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when arrays and objects nest deeper than ``limit`` (iterative)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON: 400 when it is not UTF-8 JSON or nests deeper than
+    MAX_JSON_DEPTH (the parser's own recursion limit included)."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    if _too_deep(value, MAX_JSON_DEPTH):
+        raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _check_id(value: object, what: str) -> str:
+    """A member id from a request: 400 saying the rule when it is not one."""
+    error = member_id_error(value, what)
+    if error is not None:
+        raise BadRequest(error)
+    assert isinstance(value, str)
+    return value
+
+
 async def _json_body(request: web.Request, allowed: set[str], required: set[str]) -> dict:
     if not request.can_read_body:
         raise BadRequest("a JSON body is required")
-    try:
-        body = await request.json()
-    except web.HTTPRequestEntityTooLarge:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+    body = parse_json(await request.read())  # over client_max_size: 413
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     unknown = sorted(set(body) - allowed)
@@ -87,6 +144,7 @@ class Api:
         self.session: aiohttp.ClientSession | None = None
         self.requests = 0
         self.errors: dict[int, int] = {}
+        self.cap: ConnectionCap | None = None  # set by start_api
 
     # ---- middleware --------------------------------------------------------------------------
     @web.middleware
@@ -112,6 +170,20 @@ class Api:
             if exc.status < 400:
                 raise
             return self._count(_error(exc.status, exc.reason))
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise  # the client went away (or the agent stops): nobody to answer
+        except Exception as exc:
+            # A bug, never bad input (that is a 4xx above): one line, no traceback for the
+            # client; the traceback at debug level for whoever chases the bug.
+            log.error(
+                "internal error in %s %s: %s: %s",
+                request.method,
+                shown(request.path, 200),
+                type(exc).__name__,
+                shown(str(exc), 200),
+            )
+            log.debug("internal error", exc_info=exc)
+            return self._count(_error(500, f"internal error ({type(exc).__name__})"))
 
     def _count(self, resp: web.Response) -> web.Response:
         self.errors[resp.status] = self.errors.get(resp.status, 0) + 1
@@ -122,7 +194,12 @@ class Api:
         scheme, _, given = auth.partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise AgentError("missing API token (Authorization: Bearer <token>)", status=401)
-        if not hmac.compare_digest(given.strip().encode(), self.agent.token):
+        try:
+            # aiohttp hands header bytes that are not UTF-8 over as surrogate escapes
+            presented = given.strip().encode("utf-8")
+        except UnicodeEncodeError:
+            raise AgentError("wrong API token (not UTF-8 text)", status=401) from None
+        if not hmac.compare_digest(presented, self.agent.token):
             raise AgentError("wrong API token", status=401)
 
     # ---- forwarding ------------------------------------------------------------------------
@@ -184,7 +261,8 @@ class Api:
             {"id", "raft_addr", "api_addr", "service_addr"},
             {"id", "raft_addr", "api_addr"},
         )
-        for f in ("id", "raft_addr", "api_addr"):
+        _check_id(body["id"], "id")
+        for f in ("raft_addr", "api_addr"):
             if not isinstance(body[f], str) or not body[f]:
                 raise BadRequest(f"{f} must be a non-empty string")
         sa = body.get("service_addr")
@@ -197,7 +275,7 @@ class Api:
         )
 
     async def remove_member(self, request: web.Request) -> web.Response:
-        mid = request.match_info["id"]
+        mid = _check_id(request.match_info["id"], "member id")
         drain = request.query.get("drain_timeout")
         drain_s = parse_duration(drain) if drain is not None else None
         agent = self.agent
@@ -221,8 +299,8 @@ class Api:
     async def transfer(self, request: web.Request) -> web.Response:
         body = await _json_body(request, {"to"}, set()) if request.can_read_body else {}
         to = body.get("to")
-        if to is not None and not isinstance(to, str):
-            raise BadRequest("to must be a node id or null")
+        if to is not None:
+            _check_id(to, "to")
         if not self.agent.is_leader():
             return await self._forward(request, json.dumps(body).encode())
         new = await self.agent.hand_over(to, timeout=self.agent.write_timeout())
@@ -373,6 +451,15 @@ class _Collector:
         for status, n in sorted(self.api.errors.items()):
             e.add_metric([str(status)], n)
         yield e
+        cap = self.api.cap
+        if cap is not None:
+            yield g("hafleet_api_connections", "open API connections", cap.open)
+            yield g("hafleet_api_connections_max", "the cap on open API connections", cap.limit)
+            c = CounterMetricFamily(
+                "hafleet_api_connections_refused", "API connections refused over the cap"
+            )
+            c.add_metric([], cap.refused)
+            yield c
         yield g("hafleet_uptime_seconds", "agent uptime", time.monotonic() - agent.started_at)
 
 
@@ -401,10 +488,117 @@ def build_app(agent: Agent) -> tuple[web.Application, Api]:
     return app, api
 
 
+def connection_limit(nofile: int | None = None) -> int:
+    """MAX_CONNECTIONS, but at most a quarter of the file descriptor limit (and at least 8)."""
+    if nofile is None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        nofile = soft if soft != resource.RLIM_INFINITY else MAX_CONNECTIONS * 4
+    return max(8, min(MAX_CONNECTIONS, nofile // 4))
+
+
+_REFUSAL_BODY = b'{"error": "too many connections to this agent"}'
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
+)
+
+
+class ConnectionCap:
+    """The API's protocol factory: counts the open connections and, over ``limit``, answers
+    a new one 503 and closes it at once (its descriptor is free again right away)."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], limit: int) -> None:
+        self.factory = factory
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self._last_warning = 0.0
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open >= self.limit:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._last_warning >= 10.0:
+                self._last_warning = now
+                log.warning(
+                    "API: %d connections open, the cap: refusing new ones (%d so far)",
+                    self.open,
+                    self.refused,
+                )
+            return _Refuse()
+        self.open += 1
+        return _Counted(self.factory(), self)
+
+
+class _Counted(asyncio.Protocol):
+    """Passes everything to aiohttp's protocol; tells the cap when the connection ends."""
+
+    def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
+        self.inner = inner
+        self.cap: ConnectionCap | None = cap
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.cap is not None:
+            self.cap.open -= 1
+            self.cap = None
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_REFUSAL)
+        transport.close()
+
+
+class _CappedSite(web.BaseSite):
+    """A TCP site whose connections go through a :class:`ConnectionCap`."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, limit: int) -> None:
+        super().__init__(runner, backlog=LISTEN_BACKLOG)
+        self.host, self.port, self.limit = host, port, limit
+        self.cap: ConnectionCap | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self.cap = ConnectionCap(server, self.limit)
+        self._server = await asyncio.get_running_loop().create_server(
+            self.cap, self.host, self.port, backlog=LISTEN_BACKLOG, reuse_address=True
+        )
+
+
 async def start_api(agent: Agent) -> web.AppRunner:
-    app, _ = build_app(agent)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    app, api = build_app(agent)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5.0,
+        keepalive_timeout=KEEPALIVE_S,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, agent.cfg.bind, agent.cfg.api_port, reuse_address=True)
+    site = _CappedSite(runner, agent.cfg.bind, agent.cfg.api_port, connection_limit())
     await site.start()
+    api.cap = site.cap
     return runner

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .ids import member_id_error
+
 DEFAULT_RAFT_PORT = 7400
 DEFAULT_API_PORT = 7480
 MIN_SECRET_LEN = 32
@@ -142,10 +144,9 @@ def validate(cfg: AgentConfig) -> None:
     if not cfg.node_id:
         cfg.node_id = socket.gethostname().split(".")[0]
     _check_type(cfg)
-    if not _valid_name(cfg.node_id):
-        raise ConfigError(
-            f"node id {cfg.node_id!r} must be 1-63 characters of letters, digits, '-', '_', '.'"
-        )
+    error = member_id_error(cfg.node_id, "node id")
+    if error is not None:
+        raise ConfigError(error)
     if not _valid_name(cfg.cluster):
         raise ConfigError(f"cluster name {cfg.cluster!r} must be 1-63 of [A-Za-z0-9._-]")
     for name in ("raft_port", "api_port"):

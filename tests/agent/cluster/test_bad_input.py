@@ -1,0 +1,319 @@
+"""No input kills the group (issue 13): bad member ids, unappliable committed entries, hostile
+API requests and idle connections, against real ``hafleet-agent run`` processes.
+
+The bad inputs of the issue: ``POST /v1/members`` with id ``web 1`` made each leader exit
+within seconds, an id over 255 bytes crashed it at once and again at every restart (the entry
+replays), an id with a newline forged a log line, a non-UTF-8 Authorization header and a
+deeply nested body answered 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import API_PORT, RAFT_PORT, Cluster, agent_command, holds_for, wait_for
+
+from hafleet_agent.ids import MEMBER_ID_PATTERN
+
+MakeCluster = Callable[..., Cluster]
+
+BAD_IDS: list[Any] = [
+    "web 1",
+    "x" * 300,
+    "a\nINFO hafleet.agent: forged line",
+    "-web",
+    "web/1",
+    "é",
+    "",
+    7,
+    None,
+]
+FORGED = re.compile(r"^INFO hafleet\.agent: forged line", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("bad-input"))
+    try:
+        c.add_many(3, bootstrap_expect=3)
+        c.wait_agreed()
+        yield c
+    finally:
+        c.close()
+
+
+def _members(c: Cluster) -> list[str]:
+    return sorted(m["id"] for m in c.ok(c.leader(), "GET", "/v1/members"))
+
+
+def _no_traceback_nor_forgery(c: Cluster) -> None:
+    for node in c.nodes.values():
+        text = node.log()
+        assert "Traceback" not in text, f"{node.id} logged a traceback:\n{text[-3000:]}"
+        assert not FORGED.search(text), f"{node.id} logged a forged line"
+
+
+def _raw_request(host: str, request: bytes, timeout: float = 10.0) -> tuple[int, Any]:
+    """Send bytes as they are (http.client would refuse or re-encode some); the status and
+    the JSON body of the answer."""
+    with socket.create_connection((host, API_PORT), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body) if body else None
+
+
+# ---- member ids -----------------------------------------------------------------------------
+
+
+def test_bad_member_ids_are_400_with_the_rule_and_nothing_is_proposed(cluster: Cluster) -> None:
+    c = cluster
+    lead = c.leader()
+    follower = next(nid for nid in c.nodes if nid != lead)
+    before = _members(c)
+    spare = c.host(12)
+    for nid in (lead, follower):
+        for bad in BAD_IDS:
+            body = {"id": bad, "raft_addr": f"{spare}:{RAFT_PORT}", "api_addr": f"{spare}:7480"}
+            status, payload = c.api(nid, "POST", "/v1/members", body)
+            assert status == 400, (nid, bad, status, payload)
+            assert MEMBER_ID_PATTERN in payload["error"], payload
+            if bad is not None:  # null means "any voter" for a transfer
+                status, payload = c.api(nid, "POST", "/v1/leadership/transfer", {"to": bad})
+                assert status == 400, (nid, bad, status, payload)
+                assert MEMBER_ID_PATTERN in payload["error"], payload
+            if isinstance(bad, str) and bad:
+                path = "/v1/members/" + urllib.parse.quote(bad, safe="")
+                status, payload = c.api(nid, "DELETE", path)
+                assert status == 400, (nid, bad, status, payload)
+                assert MEMBER_ID_PATTERN in payload["error"], payload
+    # Nothing was proposed: every agent stays up, with the same members and leader.
+    holds_for(lambda: all(n.running() for n in c.nodes.values()), 3.0, "every agent running")
+    assert _members(c) == before
+    assert c.leader() == lead
+    _no_traceback_nor_forgery(c)
+
+
+def test_a_bad_node_id_is_refused_at_startup_with_the_rule(make_cluster: MakeCluster) -> None:
+    c = make_cluster()
+    node = c.add("n1", start=False)
+    for bad in ["web 1", "x" * 300, "-web", "web\n1"]:
+        argv = list(node.argv)
+        at = argv.index("--node-id")
+        argv[at : at + 2] = [f"--node-id={bad}"]  # (a value may start with '-')
+        result = c.cli(*argv[len(agent_command()) :], timeout=60)
+        assert result.returncode == 2, (bad, result.returncode, result.stderr)
+        assert MEMBER_ID_PATTERN in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not node.data_dir.exists()
+
+
+# ---- hostile requests -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [b"Bearer \xff\xfe\xfd", b"Bearer \xc3", b"\xff\xff \xff", b"Bearer " + b"\xe9" * 64],
+    ids=["ff-fe", "truncated-utf8", "scheme", "latin1-token"],
+)
+def test_an_undecodable_authorization_header_is_401_json(cluster: Cluster, auth: bytes) -> None:
+    c = cluster
+    for nid in c.nodes:
+        host = c.node(nid).host
+        for method, path in [("GET", "/v1/status"), ("PUT", "/v1/kv/auth-bytes")]:
+            body = b'{"value": 1}' if method == "PUT" else b""
+            request = (
+                f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n".encode()
+                + b"Authorization: "
+                + auth
+                + b"\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            status, payload = _raw_request(host, request)
+            assert status == 401, (nid, auth, status, payload)
+            assert "token" in payload["error"]
+    assert c.get(c.leader(), "auth-bytes")[0] == 404
+    _no_traceback_nor_forgery(c)
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 200_000])
+def test_a_deeply_nested_body_is_400(cluster: Cluster, depth: int) -> None:
+    c = cluster
+    lead = c.leader()
+    follower = next(nid for nid in c.nodes if nid != lead)
+    nested = "[" * depth + "]" * depth
+    cases = [
+        ("PUT", "/v1/kv/deep", f'{{"value": {nested}}}'),
+        ("POST", "/v1/members", f'{{"id": {nested}, "raft_addr": "h:1", "api_addr": "h:2"}}'),
+        ("POST", "/v1/leadership/transfer", f'{{"to": {nested}}}'),
+    ]
+    for nid in (lead, follower):
+        for method, path, raw in cases:
+            status, payload = c.api(nid, method, path, raw=raw.encode())
+            expect = 413 if len(raw) > (1 << 20) else 400
+            assert status == expect, (nid, method, path, depth, status, payload)
+            assert payload["error"]
+    assert c.get(lead, "deep")[0] == 404
+    # 64 levels are fine
+    ok = "[" * 63 + "1" + "]" * 63
+    assert c.ok(follower, "PUT", "/v1/kv/deep", raw=f'{{"value": {ok}}}'.encode())["key"] == "deep"
+    c.ok(lead, "DELETE", "/v1/kv/deep")
+    _no_traceback_nor_forgery(c)
+
+
+def test_unknown_routes_and_methods_answer_json(cluster: Cluster) -> None:
+    c = cluster
+    lead = c.leader()
+    for method, path, want in [
+        ("GET", "/v1/nothing-here", 404),
+        ("PATCH", "/v1/kv/x", 405),
+        ("GET", "/v1/watch?index=abc", 400),
+        ("GET", "/v1/watch?wait=forever", 400),
+        ("DELETE", "/v1/members/%ff%fe", 400),
+    ]:
+        status, payload = c.api(lead, method, path)
+        assert status == want, (method, path, status, payload)
+        assert isinstance(payload, dict) and payload["error"], payload
+    _no_traceback_nor_forgery(c)
+
+
+# ---- committed entries the state cannot apply -----------------------------------------------
+
+INJECT = Path(__file__).with_name("inject_agent.py")
+
+
+def test_unappliable_entries_are_noops_and_every_member_survives_a_restart(
+    make_cluster: MakeCluster,
+) -> None:
+    c = make_cluster()
+    nodes = c.add_many(3, bootstrap_expect=3, start=False)
+    normal_argv = list(nodes[0].argv)
+    nodes[0].argv = [sys.executable, str(INJECT)] + normal_argv[len(agent_command()) :]
+    for n in nodes:
+        c.start(n)
+    c.wait_agreed()
+    lead = c.leader()
+    if lead != "n1":
+        c.ok(lead, "POST", "/v1/leadership/transfer", {"to": "n1"})
+
+    def injected() -> Any:
+        for nid in c.nodes:
+            status, item = c.get(nid, "inject/done", stale=True)
+            if status == 200:
+                return item["value"]
+        return None
+
+    results = c.wait_for(injected, 90, "the injected entries to be applied")
+    from inject_agent import BAD_ENTRIES
+
+    assert sorted(results) == sorted(name for name, _, _ in BAD_ENTRIES)
+    for name, (index, status) in results.items():
+        assert status == 400 and index > 0, (name, index, status)
+    # Every member applied them (one log line each, the data escaped) and stays up.
+    for node in nodes:
+        log = node.log()
+        assert log.count("applied as a no-op") >= len(BAD_ENTRIES), node.id
+    holds_for(lambda: all(n.running() for n in nodes), 3.0, "every agent running")
+    assert _members(c) == ["n1", "n2", "n3"]
+    # and keeps serving writes, through any member
+    for n in nodes:
+        assert c.put(n.id, f"after/{n.id}", n.id)["value"] == n.id
+    _no_traceback_nor_forgery(c)
+
+    # Restart every member: each replays the bad entries from its log (or a snapshot).
+    for n in nodes:
+        c.term(n)
+    for n in nodes:
+        assert c.wait_exit(n, timeout=30) == 0, c.logs_tail()
+    nodes[0].argv = normal_argv
+    for n in nodes:
+        c.restart(n)
+    c.wait_agreed()
+    for n in nodes:
+        c.wait_for(
+            lambda n=n: c.get(n.id, "after/n3", stale=True)[0] == 200,
+            30,
+            f"{n.id} to have applied its log again",
+        )
+        assert c.put(n.id, f"again/{n.id}", 1)["value"] == 1
+    holds_for(lambda: all(n.running() for n in nodes), 3.0, "every agent running")
+    assert _members(c) == ["n1", "n2", "n3"]
+    assert c.get(c.leader(), "deep")[0] == 404
+    _no_traceback_nor_forgery(c)
+
+
+# ---- idle connections -----------------------------------------------------------------------
+
+
+def test_idle_connections_do_not_eat_every_descriptor(make_cluster: MakeCluster) -> None:
+    """300 idle connections to an agent limited to 256 descriptors: the connections over the
+    cap are answered 503 and closed, the agent stays up, and it answers /v1/health and takes
+    writes once they are gone."""
+    c = make_cluster()
+    node = c.add("n1", bootstrap_expect=1, start=False)
+    node.argv = ["prlimit", "--nofile=256"] + node.argv
+    c.start(node)
+    c.wait_agreed()
+    socks: list[socket.socket] = []
+    refused = 0
+    try:
+        for _ in range(300):
+            s = socket.create_connection((node.host, API_PORT), timeout=10)
+            socks.append(s)
+        # The agent answers those over the cap with a 503 and closes them.
+        for s in socks:
+            s.settimeout(0.05)
+            try:
+                data = s.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                continue  # an idle connection within the cap
+            except ConnectionResetError:
+                refused += 1
+                continue
+            if data.startswith(b"HTTP/1.1 503"):
+                refused += 1
+        assert refused >= 300 - 64, refused  # the cap: a quarter of 256
+        holds_for(node.running, 2.0, "the agent running with 300 connections open")
+    finally:
+        for s in socks:
+            s.close()
+    wait_for(
+        lambda: c.api(node, "GET", "/v1/health", token=None)[0] == 200,
+        20,
+        "/v1/health once the idle connections closed",
+        check=c.check_alive,
+    )
+    assert c.put(node.id, "fd/after", 1)["value"] == 1
+    assert "Too many open files" not in node.log()
+    _no_traceback_nor_forgery(c)
+
+
+def test_limits_are_reported_in_metrics(cluster: Cluster) -> None:
+    status, text = cluster.api(cluster.leader(), "GET", "/metrics")
+    assert status == 200
+    max_line = re.search(r"^hafleet_api_connections_max (\S+)$", text, re.MULTILINE)
+    assert max_line and float(max_line.group(1)) >= 8, text[-2000:]
+    assert re.search(r"^hafleet_api_connections \d", text, re.MULTILINE)
+
+
+def test_the_refusal_is_well_formed() -> None:
+    from hafleet_agent.api import _REFUSAL
+
+    head, _, body = _REFUSAL.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+    assert length == len(body) and json.loads(body)["error"]
