@@ -84,6 +84,7 @@ REQUIRED = (
     "regression_snapshot_excludes_new_learner",
     "read_index_duplicate_context",
     "read_index_lost_round",
+    "confchange_add_voter_check_quorum",
 )
 
 

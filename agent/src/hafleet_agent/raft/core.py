@@ -158,7 +158,13 @@ class Raft:
         old = self.prs
         self.prs = {}
         for nid in self.voters | self.learners:
-            pr = old.get(nid) or Progress(last + 1, self.cfg.max_inflight)
+            pr = old.get(nid)
+            if pr is None:
+                pr = Progress(last + 1, self.cfg.max_inflight)
+                # A new member counts as recently active until the next CheckQuorum: a check
+                # that comes before it could answer must not depose the leader (etcd does
+                # the same for a new progress).
+                pr.recent_active = True
             pr.learner = nid in self.learners
             self.prs[nid] = pr
         if self.id in self.prs:
