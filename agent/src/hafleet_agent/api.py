@@ -360,6 +360,9 @@ class Api:
         validate_value(body["value"])
         if not self.agent.is_leader():
             return await self._forward(request, json.dumps(body).encode())
+        # The leader's check is the one that counts (a follower's copy may lag): 413 before
+        # anything is proposed when the write would grow the state past quota_bytes.
+        self.agent.state.check_quota(self.agent.cfg.quota_bytes, key, body["value"])
         return web.json_response(
             await self.agent.write(encode_command("kv_put", key=key, value=body["value"], cas=cas))
         )

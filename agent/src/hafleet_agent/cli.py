@@ -111,6 +111,7 @@ RUN_FLAGS = (
     "heartbeat_ms",
     "election_timeout_ms",
     "log_format",
+    "quota_bytes",
 )
 
 
@@ -282,6 +283,13 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         "--log-format",
         choices=("text", "json"),
         help="log line format (default: text)",
+    )
+    run.add_argument(
+        "--quota-bytes",
+        type=non_negative_int,
+        metavar="N",
+        help="the most the replicated KV store may hold; larger writes get 413 (0: no quota; "
+        "default: 512 MiB)",
     )
 
 

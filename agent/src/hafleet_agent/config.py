@@ -22,6 +22,7 @@ from .ids import member_id_error
 DEFAULT_RAFT_PORT = 7400
 DEFAULT_API_PORT = 7480
 MIN_SECRET_LEN = 32
+DEFAULT_QUOTA_BYTES = 512 << 20
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,10 @@ class AgentConfig:
     snapshot_entries: int = 2000
     drain_timeout_s: float = 10.0
     max_body_bytes: int = 1 << 20
+    # The most the replicated KV store may hold, in bytes (keys, JSON values and a fixed
+    # overhead a key: about its share of a snapshot). A write that would grow it past this is
+    # refused (413 quota_exceeded) before it is proposed; 0 turns the check off.
+    quota_bytes: int = DEFAULT_QUOTA_BYTES
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -199,6 +204,8 @@ def validate(cfg: AgentConfig) -> None:
             raise ConfigError(f"weight_overrides[{nid!r}] must be an integer in 0..256")
     if cfg.snapshot_entries < 10:
         raise ConfigError("snapshot_entries must be at least 10")
+    if cfg.quota_bytes < 0:
+        raise ConfigError("quota_bytes must be >= 0 (0: no quota)")
 
 
 def _check_type(cfg: AgentConfig) -> None:
@@ -224,6 +231,7 @@ def _check_type(cfg: AgentConfig) -> None:
         "snapshot_entries": (int,),
         "drain_timeout_s": (int, float),
         "max_body_bytes": (int,),
+        "quota_bytes": (int,),
     }
     for name, types in expect.items():
         v = getattr(cfg, name)

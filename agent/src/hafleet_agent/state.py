@@ -188,6 +188,16 @@ def validate_value(value: JSON) -> JSON:
     return value
 
 
+KV_RECORD_OVERHEAD = 64
+"""What a key costs beyond its bytes and its value's: about its record's share of a snapshot
+(``{"create_index":..,"modify_index":..,"value":..}``)."""
+
+
+def kv_record_bytes(key: str, value: JSON) -> int:
+    """One key's share of the state for the quota: key, encoded value and the overhead."""
+    return len(key.encode("utf-8")) + len(encode_json(value)) + KV_RECORD_OVERHEAD
+
+
 def validate_cas(cas: object) -> int | None:
     """``None`` (unconditional) or an integer >= 0."""
     if cas is None:
@@ -411,6 +421,8 @@ class StateMachine:
         self._weights_reason = ""
         self._weights_index = 0
         self._kv: dict[str, dict[str, JSON]] = {}
+        self._kv_sizes: dict[str, int] = {}  # key -> its share of the state (quota)
+        self._kv_bytes = 0
 
     # ---- applying ------------------------------------------------------------------------
     def apply_entry(self, entry: Entry) -> ApplyResult:
@@ -557,6 +569,7 @@ class StateMachine:
             self._kv[key] = rec
         rec["value"] = value
         rec["modify_index"] = index
+        self._kv_account(key, kv_record_bytes(key, value))
         return {"key": key, "value": copy.deepcopy(value), "modify_index": index}
 
     def _op_kv_del(self, index: int, cmd: dict[str, JSON]) -> dict[str, JSON]:
@@ -564,6 +577,7 @@ class StateMachine:
         rec = self._kv.get(key)
         self._check_cas(key, rec, cmd.get("cas"))
         deleted = self._kv.pop(key, None) is not None
+        self._kv_account(key, 0)
         return {"key": key, "value": None, "modify_index": 0, "deleted": deleted}
 
     @staticmethod
@@ -665,6 +679,34 @@ class StateMachine:
     def kv_keys(self, prefix: str = "") -> list[str]:
         return sorted(k for k in self._kv if k.startswith(prefix))
 
+    # ---- size and quota --------------------------------------------------------------------
+    def kv_bytes(self) -> int:
+        """The KV store's size as the quota counts it (:func:`kv_record_bytes` summed)."""
+        return self._kv_bytes
+
+    def check_quota(self, quota: int, key: str, value: JSON) -> None:
+        """Raise 413 ``quota_exceeded`` when putting ``value`` at ``key`` would grow the KV
+        store past ``quota`` bytes (0: no quota). A write that does not grow it (a delete, a
+        smaller value) always passes, so a store over its quota can be cleaned up."""
+        if quota <= 0:
+            return
+        new = kv_record_bytes(key, value)
+        after = self._kv_bytes - self._kv_sizes.get(key, 0) + new
+        if after > quota and after > self._kv_bytes:
+            raise StateError(
+                413,
+                f"the write would grow the replicated state to {after} bytes, over its quota of "
+                f"{quota} (quota_bytes); delete keys or raise the quota",
+                "quota_exceeded",
+                quota_bytes=quota,
+                state_bytes=self._kv_bytes,
+            )
+
+    def _kv_account(self, key: str, size: int) -> None:
+        self._kv_bytes += size - self._kv_sizes.pop(key, 0)
+        if size:
+            self._kv_sizes[key] = size
+
     # ---- snapshots -----------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """The whole state as deterministic JSON."""
@@ -717,6 +759,11 @@ class StateMachine:
         self._weights_reason = reason
         self._weights_index = w_index
         self._kv = kv
+        self._kv_sizes = {
+            k: kv_record_bytes(k, rec.get("value") if isinstance(rec, dict) else None)
+            for k, rec in kv.items()
+        }
+        self._kv_bytes = sum(self._kv_sizes.values())
 
     @classmethod
     def from_snapshot(cls, data: bytes, index: int | None = None) -> StateMachine:
