@@ -504,6 +504,12 @@ class Transport:
         peer = self._outbound.get(addr)
         return 0 if peer is None else len(peer.queue)
 
+    def queued_bytes(self, addr: str) -> int:
+        """How many payload bytes wait to be written to ``addr`` (for senders that pace
+        themselves, such as the chunked snapshot transfer)."""
+        peer = self._outbound.get(addr)
+        return 0 if peer is None else peer.queued_bytes
+
     async def close_peer(self, addr: str) -> int:
         """Close the connection to ``addr`` and discard its queue; returns frames discarded."""
         peer = self._outbound.pop(addr, None)
