@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import time
 import urllib.error
 from urllib.parse import quote, urlencode, urlsplit
@@ -36,6 +37,15 @@ USER_AGENT = "ansible-hafleet.cluster"
 
 # Longest stretch of a non-JSON error body kept in an error message.
 _MAX_ERROR_TEXT = 500
+
+# Member ids: the agent's grammar, MEMBER_ID_RE in agent/src/hafleet_agent/ids.py, repeated
+# here because the modules cannot import the agent; change both together. \Z, not $: a $
+# would let a trailing newline through.
+MEMBER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+MEMBER_ID_RULE = (
+    "a member id is 1-63 characters of letters, digits, '.', '_' and '-', starting with "
+    "a letter or digit (^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$)"
+)
 
 _NO_BODY = object()
 
@@ -245,6 +255,17 @@ class HafleetAPIClient:
             if member.get("id") == leader_id and member.get("api_addr"):
                 return self.for_api_addr(member["api_addr"])
         return None
+
+
+def member_id_error(value, what="id"):
+    """``None`` when ``value`` is a valid member id, else why not (the value shown escaped and
+    cut short, and the rule), for ``fail_json``."""
+    if isinstance(value, str) and MEMBER_ID_RE.match(value):
+        return None
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{what} {shown} is not valid: {MEMBER_ID_RULE}"
 
 
 def find_member(members, member_id):

@@ -34,7 +34,11 @@ attributes:
     description: A second run with the same arguments reports no change.
 options:
   id:
-    description: The node id of the member.
+    description:
+      - The node id of the member.
+      - 1-63 characters of letters, digits, C(.), C(_) and C(-), starting with a letter or a
+        digit (C(^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$)), as the agent requires; anything else
+        fails before the cluster is asked.
     type: str
     required: true
   state:
@@ -146,6 +150,7 @@ from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
     client_from_params,
     find_member,
     is_voter,
+    member_id_error,
     wait_until,
 )
 
@@ -365,6 +370,11 @@ def main():
         required_if=[("state", "present", ["raft_addr", "api_addr"])],
         supports_check_mode=True,
     )
+    for name in ("id", "handover_to"):
+        if module.params[name] is not None:
+            error = member_id_error(module.params[name], name)
+            if error is not None:  # refused before any call to the cluster
+                module.fail_json(msg=error)
     try:
         result = MemberModule(module).run()
     except HafleetAPIError as exc:

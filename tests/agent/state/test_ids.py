@@ -68,3 +68,15 @@ def test_the_grammar_is_the_documented_regex(value: str) -> None:
 def test_shown_escapes_and_bounds() -> None:
     assert shown("a\nb") == "'a\\nb'"
     assert len(shown("x" * 1000)) == 80 and shown("x" * 1000).endswith("...")
+
+
+def test_the_collection_repeats_the_same_grammar() -> None:
+    """plugins/module_utils/api.py cannot import the agent: it repeats the pattern."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    text = (root / "plugins/module_utils/api.py").read_text()
+    found = re.search(r'MEMBER_ID_RE = re\.compile\(r"(.*)"\)', text)
+    assert found, "plugins/module_utils/api.py has no MEMBER_ID_RE"
+    assert found.group(1) == MEMBER_ID_PATTERN[:-1] + r"\Z"
+    assert MEMBER_ID_PATTERN in text  # the rule it states

@@ -207,3 +207,15 @@ def test_the_token_can_come_from_a_file(cluster, tmp_path):
     )
 
     assert result["failed"] is False
+
+
+@pytest.mark.parametrize(
+    "bad", ["web 1", "x" * 300, "web1\n", "a\nforged line", "-web", "é", ""], ids=repr
+)
+def test_a_bad_member_id_fails_with_the_rule_before_the_cluster_is_asked(cluster, bad):
+    for extra in ({**NEW, "id": bad}, {"id": "n3", "state": "absent", "handover_to": bad}):
+        result = run_module(member.main, args(cluster, **extra))
+        assert result["failed"] is True
+        assert "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" in result["msg"], result["msg"]
+        assert "\n" not in result["msg"]
+    assert cluster.requests == []
