@@ -48,6 +48,7 @@ from .raft.core import ProposalDropped
 from .raft.rawnode import RawNode
 from .raft.storage import DiskStorage, StorageError
 from .raft.types import ConfChange, ConfChangeType, EntryType, Message, StateType
+from .snapxfer import SnapshotReceiver, SnapshotSender
 from .state import StateError, StateMachine, conf_change_error, encode_command, member_context
 from .transport import PeerInfo, Transport
 from .weights import MemberInput, WeightParams, WeightPlanner
@@ -164,6 +165,10 @@ class Agent:
         self.api_runner: Any = None
         self.rng = random.Random(secrets.randbits(64))
         self.events: list[str] = []
+        # Snapshots too large for one frame travel in chunks (snapxfer.py); made in start().
+        # Their frames: CHUNK_KIND and ACK_KIND, handled by _on_snap_chunk and _on_snap_ack.
+        self.snap_sender: SnapshotSender | None = None
+        self.snap_receiver: SnapshotReceiver | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -227,6 +232,7 @@ class Agent:
             cluster_id=lambda: self.cluster_id,
         )
         await self.transport.start()
+        self._start_snapshot_transfer()
         from .api import start_api  # late import: api imports this module's errors
 
         self.api_runner = await start_api(self)
@@ -500,6 +506,13 @@ class Agent:
         if addr is None:
             log.debug("no address for %s: dropping %s", m.to, m.type.name)
             return
+        if (
+            m.snapshot is not None
+            and self.snap_sender is not None
+            and not self.snap_sender.fits_one_frame(m.snapshot)
+        ):
+            self.snap_sender.send(addr, m)  # in chunks; a failure is reported later
+            return
         frame = {"k": "raft", "cid": self.cluster_id, "m": encode_message(m)}
         if not self.transport.send(addr, frame) and self.raw is not None:
             self.raw.report_unreachable(m.to)
@@ -588,6 +601,62 @@ class Agent:
             log.warning("Raft message from %s refused: %s", peer.node_id, exc)
             return
         self._wake.set()
+
+    # ---- snapshots larger than a frame (snapxfer.py) ----------------------------------------
+    def _start_snapshot_transfer(self) -> None:
+        assert self.transport is not None
+
+        def still_leader(to: str, term: int) -> bool:
+            r = self.raw.raft if self.raw is not None else None
+            return (
+                r is not None
+                and r.state is StateType.LEADER
+                and r.term == term
+                and to in r.prs
+                and not self._stop.is_set()
+            )
+
+        def report_failure(to: str) -> None:
+            if self.raw is not None:
+                self.raw.report_snapshot(to, False)
+                self._wake.set()
+
+        def reply(addr: str, body: dict[str, Any]) -> None:
+            self._send(addr, body.pop("k"), **body)
+
+        self.snap_sender = SnapshotSender(
+            transport=self.transport,
+            cluster_id=lambda: self.cluster_id,
+            spawn=self._spawn,
+            still_leader=still_leader,
+            report_failure=report_failure,
+        )
+        self.snap_receiver = SnapshotReceiver(
+            node_id=self.id,
+            data_dir=self.data_dir,
+            deliver=self._deliver_snapshot,
+            reply=reply,
+            spawn=self._spawn,
+        )
+
+    def _on_snap_chunk(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        # Chunks only from our own cluster: a node adopts its cluster id from the Raft
+        # messages that always come before a snapshot (the leader probes first).
+        if self.snap_receiver is None or self.cluster_id is None:
+            return
+        if obj.get("cid") != self.cluster_id:
+            log.debug("snapshot chunk of cluster %r from %s: dropped", obj.get("cid"), peer.node_id)
+            return
+        self.snap_receiver.on_chunk(peer, obj)
+
+    def _on_snap_ack(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        if self.snap_sender is not None and obj.get("cid") == self.cluster_id:
+            self.snap_sender.on_ack(peer.node_id, obj)
+
+    def _deliver_snapshot(self, peer: PeerInfo, m: Message) -> None:
+        """A snapshot received in chunks, checksum verified: the core gets it as if it had
+        come in one Raft frame, through the same checks (sender, cluster, term bounds)."""
+        self._on_raft_frame(peer, self.cluster_id, encode_message(m))
 
     # ---- founding and joining ---------------------------------------------------------------
     def my_info(self) -> dict[str, Any]:
