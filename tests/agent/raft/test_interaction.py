@@ -85,6 +85,7 @@ REQUIRED = (
     "read_index_duplicate_context",
     "read_index_lost_round",
     "confchange_add_voter_check_quorum",
+    "transfer_leader_to_self",
 )
 
 

@@ -690,15 +690,19 @@ class Raft:
             self.send(Message(MT.TIMEOUT_NOW, to=m.frm))
 
     def _transfer(self, transferee: NodeId | None) -> None:
-        if transferee is None or transferee == self.id:
+        if transferee is None:
             return
         pr = self.prs.get(transferee)
         if pr is None or pr.learner:
             self._event(f"ignoring transfer to {transferee}: not a voter")
             return
-        if self.lead_transferee == transferee:
-            return
-        self.abort_leader_transfer()
+        if self.lead_transferee is not None:
+            if self.lead_transferee == transferee:
+                return
+            self._event(f"transfer to {self.lead_transferee} aborted for one to {transferee}")
+            self.abort_leader_transfer()
+        if transferee == self.id:
+            return  # we lead already; a pending transfer was cancelled just above
         self.election_elapsed = 0  # the transfer must finish within an election timeout
         self.lead_transferee = transferee
         self._event(f"transferring leadership to {transferee}")
