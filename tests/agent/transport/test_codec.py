@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import tracemalloc
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +14,9 @@ from hypothesis import strategies as st
 from hafleet_agent.codec import (
     MAX_ENTRIES,
     MAX_ID_BYTES,
+    MAX_INDEX,
+    MAX_TERM,
+    MAX_U64,
     WIRE_TYPES,
     CodecError,
     decode_message,
@@ -28,9 +35,10 @@ from hafleet_agent.raft.types import (
     SnapshotMeta,
 )
 
-U64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
+# What decodes: terms and indexes up to 2**62 (MAX_TERM == MAX_INDEX); the encoder takes more.
+BOUNDED = st.integers(min_value=0, max_value=MAX_TERM)
 SMALL = st.integers(min_value=0, max_value=1000)
-NUMS = st.one_of(SMALL, U64)
+NUMS = st.one_of(SMALL, BOUNDED, st.sampled_from([MAX_TERM - 1, MAX_TERM]))
 IDS = st.text(min_size=1, max_size=20).filter(
     lambda s: (
         len(s.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES
@@ -86,15 +94,32 @@ msgpack_values = st.recursive(
 )
 
 
+def reference_decode(data: bytes) -> Message | None:
+    """The decoder of the previous commit: a generic msgpack unpack, then the structure."""
+    try:
+        return message_from_wire(msgpack.unpackb(data, raw=False, strict_map_key=True))
+    except CodecError:
+        return None
+    except Exception:  # msgpack's own errors: not one valid msgpack value
+        return None
+
+
 def decode_or_codec_error(data: bytes) -> Message | None:
-    """Decode; a CodecError is an accepted outcome, any other exception fails the test."""
+    """Decode; a CodecError is an accepted outcome, any other exception fails the test.
+
+    The strict reader must agree with the reference: msgpack.unpackb followed by
+    message_from_wire (the decoder before the reader, with the 2**62 bounds), so every
+    frame the previous decoder took within the bounds still decodes, to the same message.
+    """
     try:
         m = decode_message(data)
     except CodecError:
+        assert reference_decode(data) is None, "the reader refuses what the reference takes"
         return None
     # whatever is accepted must be a faithful, canonical message
     assert isinstance(m, Message)
     assert decode_message(encode_message(m)) == m
+    assert reference_decode(data) == m
     return m
 
 
@@ -109,7 +134,8 @@ def test_round_trip(m: Message) -> None:
 
 
 def test_round_trip_of_every_field_at_its_limits() -> None:
-    big = (1 << 64) - 1
+    big = MAX_TERM
+    assert MAX_INDEX == MAX_TERM
     m = Message(
         type=MessageType.APP,
         to="n" * MAX_ID_BYTES,
@@ -324,13 +350,6 @@ def test_the_malformed_cases_differ_from_a_valid_message_in_one_place_only() -> 
     assert decode_message(msgpack.packb(valid_wire())).entries == (Entry(1, 1),)
 
 
-def test_too_many_arrays_are_refused_while_unpacking() -> None:
-    # many tiny arrays: each would cost a Python list; the decoder stops counting at a cap
-    data = msgpack.packb([[[] for _ in range(MAX_ENTRIES)] for _ in range(2)])
-    with pytest.raises(CodecError, match="too many arrays"):
-        decode_message(data)
-
-
 @pytest.mark.parametrize("value", [None, "text", 12, [1, 2], object()])
 def test_non_bytes_input_raises_codec_error(value: object) -> None:
     with pytest.raises(CodecError):
@@ -348,7 +367,7 @@ UNENCODABLE = {
     "local message": Message(MessageType.HUP, frm="a"),
     "driver report": Message(MessageType.SNAP_STATUS, frm="a"),
     "negative term": Message(MessageType.APP, term=-1),
-    "too large index": Message(MessageType.APP, index=1 << 64),
+    "too large index": Message(MessageType.APP, index=MAX_U64 + 1),
     "bool commit": Message(MessageType.APP, commit=True),
     "empty id": Message(MessageType.APP, to=""),
     "id as bytes": Message(MessageType.APP, to=b"b"),  # type: ignore[arg-type]
@@ -372,3 +391,172 @@ def test_encoding_refuses_what_decoding_would_refuse(m: Message) -> None:
 def test_wire_types_are_the_network_messages_only() -> None:
     assert {int(t) for t in WIRE_TYPES} == set(range(10, 23))
     assert not WIRE_TYPES & LOCAL_MESSAGES
+
+
+# ---- terms and indexes: bounded where they are decoded -------------------------------------
+
+# (field position in the wire array, or a path into it) for every term and index on the wire
+BOUNDED_FIELDS = {
+    "term": (3,),
+    "log_term": (4,),
+    "index": (5,),
+    "commit": (7,),
+    "reject_hint": (9,),
+    "entry term": (6, 0, 0),
+    "entry index": (6, 0, 1),
+    "snapshot index": (10, 0),
+    "snapshot term": (10, 1),
+}
+
+
+def with_path(path: tuple[int, ...], value: int) -> bytes:
+    wire = valid_wire()
+    target: list[object] = wire
+    for i in path[:-1]:
+        target = target[i]  # type: ignore[assignment]
+    target[path[-1]] = value
+    return msgpack.packb(wire)
+
+
+@pytest.mark.parametrize("path", BOUNDED_FIELDS.values(), ids=BOUNDED_FIELDS.keys())
+def test_decoding_refuses_a_term_or_index_beyond_2_62(path: tuple[int, ...]) -> None:
+    assert MAX_TERM == MAX_INDEX == 1 << 62
+    assert decode_message(with_path(path, MAX_TERM)) is not None  # the bound itself is fine
+    for value in (MAX_TERM + 1, MAX_U64):
+        with pytest.raises(CodecError, match="out of range"):
+            decode_message(with_path(path, value))
+        assert reference_decode(with_path(path, value)) is None
+    with pytest.raises(CodecError):
+        message_from_wire(msgpack.unpackb(with_path(path, MAX_TERM + 1)))
+
+
+def test_a_term_of_2_64_minus_1_from_a_peer_is_refused() -> None:
+    """The finding: one such frame made every member's next election term unencodable."""
+    vote = Message(MessageType.VOTE, to="b", frm="a", term=MAX_U64, log_term=1, index=1)
+    data = encode_message(vote)  # a hostile peer can build it: the encoder takes any u64
+    with pytest.raises(CodecError, match="term"):
+        decode_message(data)
+
+
+@pytest.mark.parametrize("term", [MAX_TERM, MAX_TERM + 1, MAX_TERM + 1000, MAX_U64])
+def test_encoding_never_fails_for_a_term_the_core_can_reach(term: int) -> None:
+    # a member that took MAX_TERM from a peer campaigns at MAX_TERM + 1 (and pre-votes with
+    # it): what it sends must encode; peers refuse it, which costs liveness, never a crash
+    for m in (
+        Message(MessageType.PRE_VOTE, to="b", frm="a", term=term, log_term=term, index=term),
+        Message(
+            MessageType.APP,
+            to="b",
+            frm="a",
+            term=term,
+            entries=(Entry(term, term),),
+            commit=term,
+            snapshot=Snapshot(SnapshotMeta(term, term, ConfState(("a",)))),
+        ),
+    ):
+        assert msgpack.unpackb(encode_message(m))[3] == term
+
+
+# ---- the largest legal message, exactly ----------------------------------------------------
+
+
+def test_the_largest_legal_message_decodes_and_one_more_does_not() -> None:
+    voters = tuple(f"v{i}" for i in range(MAX_ENTRIES // 2))
+    learners = tuple(f"l{i}" for i in range(MAX_ENTRIES - len(voters)))
+    largest = Message(
+        MessageType.APP,
+        to="t" * MAX_ID_BYTES,
+        frm="f" * MAX_ID_BYTES,
+        term=MAX_TERM,
+        log_term=MAX_TERM,
+        index=MAX_INDEX,
+        entries=tuple(
+            Entry(MAX_TERM, MAX_INDEX, EntryType.CONF_CHANGE) for _ in range(MAX_ENTRIES)
+        ),
+        commit=MAX_INDEX,
+        reject_hint=MAX_INDEX,
+        snapshot=Snapshot(SnapshotMeta(MAX_INDEX, MAX_TERM, ConfState(voters, learners)), b"s"),
+        context=b"c",
+    )
+    data = encode_message(largest)
+    assert decode_message(data) == largest
+    wire = message_to_wire(largest)
+    wire[6].append([1, 1, 0, b""])  # MAX_ENTRIES + 1 entries
+    with pytest.raises(CodecError, match="entries"):
+        decode_message(msgpack.packb(wire))
+    wire = message_to_wire(largest)
+    wire[10][3].append("one-too-many")  # MAX_ENTRIES + 1 members
+    with pytest.raises(CodecError, match="members"):
+        decode_message(msgpack.packb(wire))
+    wire = message_to_wire(largest)
+    wire[1] = "t" * (MAX_ID_BYTES + 1)
+    with pytest.raises(CodecError, match="node id"):
+        decode_message(msgpack.packb(wire))
+
+
+def test_every_msgpack_spelling_of_a_field_decodes_as_before() -> None:
+    """Wire compatibility: a peer's msgpack may pick wider formats than ours does."""
+    base = msgpack.unpackb(encode_message(Message(MessageType.HEARTBEAT, to="b", frm="a")))
+    spellings = [
+        # term 3 as uint8, uint16, uint32, uint64 and int8..int64
+        *(b"\xcc\x03", b"\xcd\x00\x03", b"\xce\x00\x00\x00\x03", b"\xcf" + (3).to_bytes(8, "big")),
+        *(b"\xd0\x03", b"\xd1\x00\x03", b"\xd2\x00\x00\x00\x03", b"\xd3" + (3).to_bytes(8, "big")),
+    ]
+    head = b"\x9c" + msgpack.packb(base[0]) + b"\xd9\x01b" + b"\xda\x00\x01a"  # str8, str16 ids
+    tail = b"".join(msgpack.packb(v) for v in base[4:6])
+    tail += b"\xdc\x00\x00"  # entries as array16
+    tail += b"".join(msgpack.packb(v) for v in base[7:11])
+    tail += b"\xc6\x00\x00\x00\x01x"  # context as bin32
+    for term in spellings:
+        data = head + term + tail
+        m = decode_message(data)
+        assert (m.to, m.frm, m.term, m.context) == ("b", "a", 3, b"x")
+        assert reference_decode(data) == m
+
+
+# ---- memory: nothing is built that the message does not hold --------------------------------
+
+
+def peak_bytes(data: bytes) -> int:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(CodecError):
+            decode_message(data)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+HOSTILE = {
+    # each of these made the previous decoder build 40-70 bytes of objects per input byte
+    "65,536 empty arrays as entries": msgpack.packb(
+        [10, "b", "a", 0, 0, 0, [[] for _ in range(MAX_ENTRIES)], 0, False, 0, None, b""]
+    ),
+    "an array of 65,535 uncached small ints": b"\x9c\xdc\xff\xff" + b"\xe0" * 0xFFFF,
+    "65,535 one-character strings as entries": msgpack.packb(
+        [10, "b", "a", 0, 0, 0, ["ā"] * 0xFFFF, 0, False, 0, None, b""]
+    ),
+    "nested arrays of small ints": (b"\x9c" + b"\xdc\x10\x00" + b"\xe0" * 0xFFF) * 16,
+}
+
+
+@pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_hostile_message_costs_no_more_than_its_bytes(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_message(data)
+    # the reader refuses at the first misplaced item; it never builds the garbage first
+    assert peak_bytes(data) < 16 << 10, f"{len(data)} bytes of input"
+
+
+def test_the_costliest_valid_message_stays_within_the_documented_bound() -> None:
+    # 65,536 members of one 2-byte character each: 8.7 MB for 263 KB (docs/transport.md)
+    ids = tuple(
+        chr(0x100 + i) if not 0xD800 <= 0x100 + i < 0xE000 else chr(0x10000 + i)
+        for i in range(MAX_ENTRIES)
+    )
+    m = Message(
+        MessageType.SNAP, to="b", frm="a", snapshot=Snapshot(SnapshotMeta(1, 1, ConfState(ids)))
+    )
+    data = encode_message(m)
+    assert peak_bytes(data) < 10 << 20
