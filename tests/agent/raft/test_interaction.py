@@ -86,6 +86,7 @@ REQUIRED = (
     "read_index_lost_round",
     "confchange_add_voter_check_quorum",
     "transfer_leader_to_self",
+    "replication_probe_heartbeat",
 )
 
 

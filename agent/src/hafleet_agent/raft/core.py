@@ -626,7 +626,10 @@ class Raft:
                 # Appends were lost (or the follower restarted): free a slot so that the next
                 # append goes out, is rejected if need be, and replication backs off from there.
                 pr.inflights.free_first()
-            if pr.match < self.log.last_index():
+            # A follower behind gets what it misses; a probing one gets an append even when it
+            # is caught up (then empty), whose answer puts it back into replicate at once.
+            # (A follower in snapshot state is paused: nothing is sent to it.)
+            if pr.match < self.log.last_index() or pr.state is ProgressState.PROBE:
                 self._send_append(m.frm)
             if m.context:
                 self._ack_read(m.frm, m.context)
