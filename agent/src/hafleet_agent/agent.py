@@ -33,23 +33,31 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, codec
 from .codec import CodecError, decode_message, encode_message
 from .config import AgentConfig, read_secret
-from .ids import member_id_error, shown
-from .metrics import HostMetrics, Sampler
+from .ids import MEMBER_ID_RULE, member_id_error, shown, valid_member_id
+from .metrics import HostMetrics, MetricsSource, Sampler
 from .raft.core import Config as RaftConfig
 from .raft.core import ProposalDropped
 from .raft.rawnode import RawNode
 from .raft.storage import DiskStorage, StorageError
 from .raft.types import ConfChange, ConfChangeType, EntryType, Message, StateType
-from .snapxfer import SnapshotReceiver, SnapshotSender
-from .state import StateError, StateMachine, conf_change_error, encode_command, member_context
+from .snapxfer import ACK_KIND, CHUNK_KIND, SnapshotReceiver, SnapshotSender
+from .state import (
+    StateError,
+    StateMachine,
+    conf_change_error,
+    encode_command,
+    member_context,
+    validate_addr,
+    validate_member_id,
+)
 from .transport import PeerInfo, Transport
 from .weights import MemberInput, WeightParams, WeightPlanner
 
@@ -59,6 +67,37 @@ META_FILE = "agent.json"
 FOUND_ACCEPT_TTL = 15.0
 REPORT_INTERVAL = 1.0
 OVERRIDE_PREFIX = "weights/override/"
+
+#: A background task that fails (the sampler, housekeeping, the leader's chores, discovery,
+#: founding and joining) is logged and started again after a back-off that doubles from
+#: RESTART_MIN_S up to RESTART_MAX_S; one that ran RESTART_RESET_S without failing starts the
+#: back-off afresh. Storage failures and the Raft driver's tasks are fail-stop instead.
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
+RESTART_RESET_S = 60.0
+#: Peers known besides the member table (from mDNS, hellos, foundings): at most this many.
+#: When full, a new one takes the place of the stalest that is neither a member nor
+#: authenticated lately; an authenticated one may also displace the stalest non-member.
+MAX_PEERS = 256
+#: A peer that is not a member, not listed by mDNS and not heard from for this long is
+#: forgotten.
+PEER_EXPIRE_S = 120.0
+#: A peer counts for founding and joining while its last authenticated frame (or
+#: handshake) is at most this old. mDNS alone never makes a peer count.
+AUTH_LIVE_S = 10.0
+#: A fresh node says hello to a peer that it knows only from mDNS at most this often.
+MDNS_HELLO_S = 2.0
+#: A Raft message carrying a term (or a log, entry or snapshot term) more than MAX_TERM_JUMP
+#: ahead of our own term, or above MAX_TERM, is refused (codec.py explains both bounds).
+MAX_TERM_JUMP: int = getattr(codec, "MAX_TERM_JUMP", 1 << 32)
+MAX_TERM: int = getattr(codec, "MAX_TERM", 1 << 62)
+#: Limits on the fields of the control frames (Raft messages have codec.py's).
+MAX_ADDR_CHARS = 300
+MAX_CID_CHARS = 128
+MAX_TEXT_CHARS = 1000
+MAX_METRICS_FIELDS = 64
+#: A repeated warning about the frames of one peer is logged at most this often.
+DROP_LOG_INTERVAL_S = 10.0
 
 
 class AgentError(Exception):
@@ -92,7 +131,11 @@ class BadRequest(AgentError):
 
 @dataclass
 class Peer:
-    """A node we know of, from mDNS, a hello, or the replicated member table."""
+    """A node we know of, from mDNS, a hello, a founding, or the API.
+
+    Only what came over an authenticated connection (the transport's handshake proves the
+    cluster key) sets ``cluster_id``, ``fresh`` and ``authed``; an mDNS record only tells
+    where to say hello (``raft_addr`` while not authenticated, ``in_mdns``)."""
 
     node_id: str
     raft_addr: str
@@ -100,12 +143,73 @@ class Peer:
     service_addr: str | None = None
     cluster_id: str | None = None
     fresh: bool = True
-    last_seen: float = 0.0
+    last_seen: float = 0.0  # heard of, by any source
     source: str = ""
     in_mdns: bool = False  # listed in the mDNS table right now (records expire on their own)
+    authed: float | None = None  # the last authenticated frame or handshake from it
+    last_hello: float | None = None  # the last hello we sent it because of mDNS
 
-    def live(self, now: float) -> bool:
-        return self.in_mdns or now - self.last_seen < 10
+    def authenticated(self, now: float) -> bool:
+        """Heard from over an authenticated connection within AUTH_LIVE_S."""
+        return self.authed is not None and now - self.authed < AUTH_LIVE_S
+
+
+class FrameError(ValueError):
+    """A frame whose fields do not fit its kind: it is dropped."""
+
+
+def _check_cid(value: object, *, optional: bool = True) -> str | None:
+    """A cluster id as frames carry it: printable ASCII, 1..MAX_CID_CHARS, or None."""
+    if value is None and optional:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_CID_CHARS
+        or not value.isascii()
+        or not value.isprintable()
+        or " " in value
+    ):
+        raise FrameError("bad cluster id")
+    return value
+
+
+def _check_addr(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_ADDR_CHARS:
+        raise FrameError(f"{what} must be a HOST:PORT string")
+    try:
+        return validate_addr(value, what)
+    except StateError as exc:
+        raise FrameError(exc.message) from None
+
+
+def _check_info(value: object) -> dict[str, Any]:
+    """A member's info (``my_info()`` of the sender, or of a founding's member), checked:
+    a member id and its addresses; other keys are left out."""
+    if not isinstance(value, dict):
+        raise FrameError("info must be a map")
+    try:
+        mid = validate_member_id(value.get("id"))
+    except StateError as exc:
+        raise FrameError(exc.message) from None
+    service = value.get("service_addr")
+    return {
+        "id": mid,
+        "raft_addr": _check_addr(value.get("raft_addr"), "raft_addr"),
+        "api_addr": _check_addr(value.get("api_addr"), "api_addr"),
+        "service_addr": None if service is None else _check_addr(service, "service_addr"),
+    }
+
+
+def _check_metrics_row(value: object) -> dict[str, Any]:
+    """One row of the leader's metrics table: a small map of names to numbers (or None)."""
+    if not isinstance(value, dict) or len(value) > MAX_METRICS_FIELDS:
+        raise FrameError("a metrics row must be a small map")
+    for k, v in value.items():
+        if not isinstance(k, str) or len(k) > 64:
+            raise FrameError("a metrics field name must be a short string")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise FrameError(f"metrics field {k!r} must be a number")
+    return value
 
 
 @dataclass
@@ -124,7 +228,14 @@ class _Founding:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, key: bytes, token: bytes) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        key: bytes,
+        token: bytes,
+        *,
+        metrics_source: MetricsSource | None = None,
+    ) -> None:
         self.cfg = cfg
         self.key = key
         self.token = token
@@ -138,7 +249,8 @@ class Agent:
         self.peers: dict[str, Peer] = {}
         self.transport: Transport | None = None
         self.discovery: Any = None
-        self.sampler = Sampler(data_dir=cfg.data_dir)
+        self.metrics_source = metrics_source  # None: psutil
+        self.sampler: Sampler | None = None  # made by the sampler task (it may fail: EMFILE)
         self.metrics: HostMetrics | None = None
         self.reports: dict[str, tuple[float, dict[str, Any]]] = {}  # leader: id -> (t, metrics)
         self.metrics_table: dict[str, dict[str, Any]] = {}  # what the leader last broadcast
@@ -165,6 +277,28 @@ class Agent:
         self.api_runner: Any = None
         self.rng = random.Random(secrets.randbits(64))
         self.events: list[str] = []
+        #: Failures of the background tasks that were restarted, by task name.
+        self.task_failures: dict[str, int] = {}
+        #: Frames dropped, by reason ("unknown kind", "bad hello", "term too far ahead", ...).
+        self.frames_dropped: dict[str, int] = {}
+        self._drop_logged: dict[tuple[str, str], tuple[float, int]] = {}
+        self._admitting: set[str] = set()
+        self._last_prune = 0.0
+        # The frame kinds a peer may send, and nothing else: a frame names its handler only
+        # through this table (never through the agent's attributes).
+        self._frame_handlers: dict[str, Callable[[PeerInfo, dict[Any, Any]], None]] = {
+            "raft": self._on_raft,
+            "hello": self._on_hello,
+            "found_propose": self._on_found_propose,
+            "found_accept": self._on_found_accept,
+            "join": self._on_join,
+            "join_resp": self._on_join_resp,
+            "metrics": self._on_metrics,
+            "metrics_table": self._on_metrics_table,
+            "member_update": self._on_member_update,
+            CHUNK_KIND: self._on_snap_chunk,
+            ACK_KIND: self._on_snap_ack,
+        }
         # Snapshots too large for one frame travel in chunks (snapxfer.py); made in start().
         # Their frames: CHUNK_KIND and ACK_KIND, handled by _on_snap_chunk and _on_snap_ack.
         self.snap_sender: SnapshotSender | None = None
@@ -236,14 +370,17 @@ class Agent:
         from .api import start_api  # late import: api imports this module's errors
 
         self.api_runner = await start_api(self)
-        if cfg.mdns:
-            await self._start_discovery()
-        self._spawn(self._raft_loop(), "raft")
-        self._spawn(self._ticker(), "ticker")
-        self._spawn(self._sampler_loop(), "sampler")
-        self._spawn(self._housekeeping(), "housekeeping")
+        if cfg.mdns and not await self._start_discovery():
+            self._supervise(self._retry_discovery, "discovery")
+        # The Raft driver persists (fsync) what the core hands it: a failure there is
+        # fail-stop. The other tasks are restarted after a failure (see _supervised).
+        self._spawn(self._raft_loop(), "raft", critical=True)
+        self._spawn(self._ticker(), "ticker", critical=True)
+        self._supervise(self._sampler_loop, "sampler")
+        self._supervise(self._housekeeping, "housekeeping")
+        self._supervise(self._leader_loop, "leader")
         if not has_state:
-            self._spawn(self._found_or_join(), "bootstrap")
+            self._supervise(self._found_or_join, "bootstrap")
         self._wake.set()
         log.info(
             "hafleet-agent %s: node %s raft %s api %s%s",
@@ -254,20 +391,62 @@ class Agent:
             f" service {cfg.service_addr}" if cfg.service_addr else "",
         )
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str, *, critical: bool = False) -> None:
+        """Run ``coro`` as a task of the agent (cancelled by ``stop``). When it fails: a
+        critical task, or any StorageError, stops the agent (fail-stop); any other failure
+        is logged and that is all (loops that must go on run under ``_supervise``)."""
         task = asyncio.create_task(coro, name=f"hafleet-{name}")
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda t: self._task_done(t, critical))
         self._tasks.append(task)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, task: asyncio.Task[Any], critical: bool = False) -> None:
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
+        if exc is None:
+            return
+        if critical or isinstance(exc, StorageError):
             log.critical("task %s failed: %r; stopping", task.get_name(), exc, exc_info=exc)
             self.fail(f"internal error in {task.get_name()}: {exc}")
+        else:
+            log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
+
+    def _supervise(self, run: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``run()`` as a task that is started again whenever it fails (until it returns
+        or the agent stops)."""
+        self._spawn(self._supervised(run, name), name)
+
+    async def _supervised(self, run: Callable[[], Awaitable[None]], name: str) -> None:
+        """A failure is logged (the traceback the first time in a row) and ``run`` starts
+        again after a back-off of RESTART_MIN_S doubling up to RESTART_MAX_S; a run that
+        lasted RESTART_RESET_S starts the back-off afresh. A StorageError is not retried: it
+        ends the task, and the agent (fail-stop, in _task_done)."""
+        loop = asyncio.get_running_loop()
+        in_a_row = 0
+        while True:
+            began = loop.time()
+            try:
+                await run()
+                return
+            except StorageError:
+                raise
+            except Exception as exc:
+                if loop.time() - began >= RESTART_RESET_S:
+                    in_a_row = 0
+                delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** min(in_a_row, 16))
+                in_a_row += 1
+                self.task_failures[name] = self.task_failures.get(name, 0) + 1
+                log.error(
+                    "task %s failed (%d in a row): %r; starting it again in %.1fs",
+                    name,
+                    in_a_row,
+                    exc,
+                    delay,
+                    exc_info=exc if in_a_row == 1 else None,
+                )
+            await asyncio.sleep(delay)
 
     def fail(self, reason: str) -> None:
         """Stop serving: the node cannot go on safely (e.g. an fsync failed)."""
@@ -344,16 +523,28 @@ class Agent:
         finally:
             os.close(dfd)
 
-    def _adopt_cluster(self, cluster_id: str, how: str) -> None:
+    def _adopt_cluster(self, cluster_id: str, how: str) -> bool:
+        """Take ``cluster_id`` for good (written to agent.json); False when that failed, and
+        then the agent is failing (a storage failure: fail-stop)."""
         if self.cluster_id == cluster_id:
-            return
+            return True
         if self.cluster_id is not None:
             raise AssertionError(f"cluster id {self.cluster_id} cannot become {cluster_id}")
         self.cluster_id = cluster_id
-        self._save_meta()
+        try:
+            self._save_meta()
+        except OSError as exc:
+            self.fail(f"storage failed, cannot record the cluster id in {META_FILE}: {exc}")
+            return False
         log.info("cluster %s: id %s (%s)", self.cfg.cluster, cluster_id, how)
         if self.discovery is not None:
-            self._spawn(self.discovery.update(cluster_id=cluster_id, fresh=False), "mdns-update")
+            discovery = self.discovery
+
+            async def announce() -> None:
+                await discovery.update(cluster_id=cluster_id, fresh=False)
+
+            self._supervise(announce, "mdns-update")
+        return True
 
     # ---- the Raft driver -------------------------------------------------------------------
     def _core_event(self, text: str) -> None:
@@ -521,9 +712,15 @@ class Agent:
         assert self.transport is not None
         body["k"] = kind
         body["cid"] = self.cluster_id
-        return self.transport.send(addr, body)
+        try:
+            return self.transport.send(addr, body)
+        except ValueError as exc:  # an address the transport cannot dial (from mDNS, say)
+            log.debug("cannot send %s to %r: %s", kind, addr, exc)
+            return False
 
     def _accept_peer(self, peer: PeerInfo) -> bool:
+        """Asked by the transport once a peer has proved the cluster key (either side of
+        the connection): keep it or not. Kept peers are noted as authenticated."""
         if peer.cluster != self.cfg.cluster:
             log.warning("refusing %s at %s: cluster %r", peer.node_id, peer.remote, peer.cluster)
             return False
@@ -536,39 +733,119 @@ class Agent:
                 self.cluster_id,
             )
             return False
+        if not valid_member_id(peer.node_id):
+            log.warning("refusing %s at %s: %s", shown(peer.node_id), peer.remote, MEMBER_ID_RULE)
+            return False
+        try:
+            _check_cid(peer.cluster_id)
+        except FrameError:
+            log.warning("refusing %s at %s: bad cluster id", peer.node_id, peer.remote)
+            return False
+        self._note_peer(peer, peer.cluster_id)
         return True
 
-    def _on_frame(self, peer: PeerInfo, obj: object) -> None:
-        if not isinstance(obj, dict) or not isinstance(obj.get("k"), str):
-            log.warning("malformed frame from %s: dropped", peer.node_id)
+    def _drop(self, peer: PeerInfo, why: str, detail: str = "") -> None:
+        """Count a dropped frame; warn at most once per DROP_LOG_INTERVAL_S per peer and
+        reason (a peer sending garbage in a loop must not flood the log)."""
+        self.frames_dropped[why] = self.frames_dropped.get(why, 0) + 1
+        now = time.monotonic()
+        key = (peer.node_id, why)
+        last, suppressed = self._drop_logged.get(key, (None, 0))
+        if last is not None and now - last < DROP_LOG_INTERVAL_S:
+            self._drop_logged[key] = (last, suppressed + 1)
             return
-        kind = obj["k"]
-        cid = obj.get("cid")
-        self._note_peer(peer, cid)
-        if kind == "raft":
-            self._on_raft_frame(peer, cid, obj.get("m"))
-            return
-        handler: Callable[[PeerInfo, dict[str, Any]], None] | None = getattr(
-            self, f"_on_{kind}", None
+        if len(self._drop_logged) >= MAX_PEERS:
+            self._drop_logged.clear()
+        self._drop_logged[key] = (now, 0)
+        log.warning(
+            "frame from %s at %s dropped: %s%s%s",
+            peer.node_id,
+            peer.remote,
+            why,
+            f" ({detail[:200]})" if detail else "",
+            f"; {suppressed} more like it since the last warning" if suppressed else "",
         )
-        if handler is None or kind.startswith("_"):
-            log.warning("unknown frame kind %r from %s: dropped", kind, peer.node_id)
+
+    def _on_frame(self, peer: PeerInfo, obj: object) -> None:
+        """Every frame of an authenticated peer: dispatched through ``_frame_handlers`` (the
+        kinds a peer may send; anything else is dropped), after its fields were checked."""
+        if not isinstance(obj, dict):
+            self._drop(peer, "malformed frame", "not a map")
+            return
+        kind = obj.get("k")
+        handler = self._frame_handlers.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self._drop(peer, "unknown kind", repr(kind)[:60])
             return
         try:
+            cid = _check_cid(obj.get("cid"))
+        except FrameError as exc:
+            self._drop(peer, f"bad {kind}", str(exc))
+            return
+        self._note_peer(peer, cid)
+        try:
             handler(peer, obj)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("bad %s frame from %s: %s", kind, peer.node_id, exc)
+        except (FrameError, StateError, KeyError, TypeError, ValueError) as exc:
+            self._drop(peer, f"bad {kind}", str(exc))
 
-    def _note_peer(self, peer: PeerInfo, cid: object) -> None:
-        p = self.peers.get(peer.node_id)
+    def _note_peer(self, peer: PeerInfo, cid: str | None) -> None:
+        """An authenticated frame or handshake from ``peer``."""
+        now = time.monotonic()
+        p = self._peer(peer.node_id, peer.addr, "transport", now, authenticated=True)
         if p is None:
-            p = self.peers[peer.node_id] = Peer(peer.node_id, peer.addr, source="transport")
+            return
         p.raft_addr = peer.addr
-        p.cluster_id = cid if isinstance(cid, str) else None
-        p.fresh = p.cluster_id is None
-        p.last_seen = time.monotonic()
+        p.cluster_id = cid
+        p.fresh = cid is None
+        p.last_seen = p.authed = now
         if self.state.has_member(peer.node_id):
-            self.health_seen[peer.node_id] = p.last_seen
+            self.health_seen[peer.node_id] = now
+
+    def _peer(
+        self, nid: str, raft_addr: str, source: str, now: float, *, authenticated: bool = False
+    ) -> Peer | None:
+        """The peer ``nid``, added if new while the table has room (MAX_PEERS): a new one
+        takes the place of the stalest peer that is neither a member nor authenticated
+        lately, and an authenticated one that of the stalest non-member. None: no room."""
+        p = self.peers.get(nid)
+        if p is not None:
+            return p
+        if len(self.peers) >= MAX_PEERS:
+            self._expire_peers(now)
+        if len(self.peers) >= MAX_PEERS:
+            others = [q for q in self.peers.values() if not self.state.has_member(q.node_id)]
+            victims = [q for q in others if not q.authenticated(now)]
+            if not victims and authenticated:
+                victims = others
+            if not victims:
+                return None
+            victim = min(victims, key=lambda q: max(q.last_seen, q.authed or 0.0))
+            del self.peers[victim.node_id]
+        p = self.peers[nid] = Peer(nid, raft_addr, source=source, last_seen=now)
+        return p
+
+    def _expire_peers(self, now: float) -> None:
+        """Forget the peers that are not members, not listed by mDNS and not heard from for
+        PEER_EXPIRE_S; and the bookkeeping of ids that are not members."""
+        for nid, p in list(self.peers.items()):
+            if (
+                not p.in_mdns
+                and now - max(p.last_seen, p.authed or 0.0) > PEER_EXPIRE_S
+                and not self.state.has_member(nid)
+            ):
+                del self.peers[nid]
+        for table in (self.reports, self.health_seen):
+            for nid in [nid for nid in table if not self.state.has_member(nid)]:
+                del table[nid]
+        for nid, since in list(self.joined_at.items()):
+            if now - since > PEER_EXPIRE_S and not self.state.has_member(nid):
+                del self.joined_at[nid]
+
+    def _on_raft(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        data = obj.get("m")
+        if not isinstance(data, bytes):
+            raise FrameError("m must be bytes")
+        self._on_raft_frame(peer, obj.get("cid"), data)
 
     def _on_raft_frame(self, peer: PeerInfo, cid: object, data: object) -> None:
         if self.raw is None or not isinstance(data, bytes):
@@ -583,17 +860,34 @@ class Agent:
             )
             if not ok:
                 return
-            self._adopt_cluster(str(cid), f"first Raft message from {peer.node_id}")
         elif cid != self.cluster_id:
-            log.warning("Raft message of cluster %s from %s: dropped", cid, peer.node_id)
+            self._drop(peer, "Raft message of another cluster", str(cid))
             return
         try:
             m = decode_message(data)
         except CodecError as exc:
-            log.warning("undecodable Raft message from %s: %s", peer.node_id, exc)
+            self._drop(peer, "undecodable Raft message", str(exc))
             return
         if m.frm != peer.node_id or m.to != self.id:
-            log.warning("Raft message from %s claims %s->%s: dropped", peer.node_id, m.frm, m.to)
+            self._drop(peer, "Raft message of another sender", f"{m.frm}->{m.to}")
+            return
+        # A term far ahead of ours is no election we missed but a faulty or hostile peer:
+        # adopting it would leave no room for the terms after it (codec.py, MAX_TERM).
+        ours = self.raw.raft.term
+        bound = min(MAX_TERM, ours + MAX_TERM_JUMP)
+        terms = [m.term, m.log_term, *(e.term for e in m.entries)]
+        if m.snapshot is not None:
+            terms.append(m.snapshot.meta.term)
+        if max(terms) > bound:
+            self._drop(
+                peer,
+                "term too far ahead",
+                f"{m.type.name} with term {max(terms)}; ours is {ours}, the bound {bound}",
+            )
+            return
+        if self.cluster_id is None and not self._adopt_cluster(
+            str(cid), f"first Raft message from {peer.node_id}"
+        ):
             return
         try:
             self.raw.step(m)
@@ -667,26 +961,44 @@ class Agent:
             "service_addr": self.cfg.service_addr,
         }
 
-    async def _start_discovery(self) -> None:
+    def _on_mdns_change(self, peers: dict[str, Any]) -> None:
+        """The mDNS table changed. A record is a hint of where a peer might be, nothing
+        more: it sets no cluster id and no freshness, and a peer counts for founding and
+        joining only once it has answered a hello over an authenticated connection."""
+        now = time.monotonic()
+        for p in self.peers.values():
+            p.in_mdns = p.node_id in peers
+        for nid, ann in peers.items():
+            if not valid_member_id(nid):
+                continue
+            p = self._peer(nid, ann.raft_addr, "mdns", now)
+            if p is None:
+                continue
+            p.in_mdns = True
+            p.last_seen = max(p.last_seen, now)
+            if not p.authenticated(now):
+                p.raft_addr = ann.raft_addr
+                p.api_addr = p.api_addr or ann.api_addr
+
+    async def _start_discovery(self) -> bool:
+        """Start mDNS; False (logged) when it could not start (``_retry_discovery`` then
+        tries again in the background)."""
+        try:
+            await self._new_discovery()
+        except Exception as exc:  # mDNS is a convenience: --join still works without it
+            log.warning("mDNS discovery could not start on %s: %s", self.cfg.mdns_interface, exc)
+            return False
+        return True
+
+    async def _retry_discovery(self) -> None:
+        await asyncio.sleep(RESTART_MIN_S)
+        await self._new_discovery()  # raises until it starts: _supervised backs off
+        log.info("mDNS discovery started on %s", self.cfg.mdns_interface)
+
+    async def _new_discovery(self) -> None:
         from .discovery import Discovery
 
-        def on_change(peers: dict[str, Any]) -> None:
-            now = time.monotonic()
-            for p in self.peers.values():
-                p.in_mdns = p.node_id in peers
-            for nid, ann in peers.items():
-                p = self.peers.get(nid)
-                if p is None:
-                    p = self.peers[nid] = Peer(nid, ann.raft_addr, source="mdns")
-                if p.source == "mdns" or now - p.last_seen > 5:
-                    p.raft_addr = ann.raft_addr
-                    p.api_addr = ann.api_addr
-                    p.cluster_id = ann.cluster_id or None
-                    p.fresh = ann.fresh
-                    p.last_seen = now
-                p.in_mdns = True
-
-        self.discovery = Discovery(
+        discovery = Discovery(
             node_id=self.id,
             cluster=self.cfg.cluster,
             raft_addr=self.cfg.raft_addr,
@@ -694,17 +1006,17 @@ class Agent:
             interfaces=self.cfg.mdns_interface,
             cluster_id=self.cluster_id or "",
             fresh=self.cluster_id is None,
-            on_change=on_change,
+            on_change=self._on_mdns_change,
         )
-        try:
-            await self.discovery.start()
-        except Exception as exc:  # mDNS is a convenience: --join still works without it
-            log.warning("mDNS discovery could not start on %s: %s", self.cfg.mdns_interface, exc)
-            self.discovery = None
+        await discovery.start()
+        self.discovery = discovery
+        if self.cluster_id is not None and discovery.fresh:  # adopted while it started
+            await discovery.update(cluster_id=self.cluster_id, fresh=False)
 
     async def _found_or_join(self) -> None:
-        """Until this node belongs to a cluster: say hello to the join addresses, join a
-        running cluster when one is known, or found one when bootstrap_expect is met."""
+        """Until this node belongs to a cluster: say hello to the join addresses and to the
+        peers mDNS lists, join a running cluster when an authenticated peer belongs to one,
+        or found one when bootstrap_expect authenticated fresh peers are known."""
         raw = self.raw
         assert raw is not None
         announced = False
@@ -713,6 +1025,7 @@ class Agent:
                 if addr != self.cfg.raft_addr:
                     self._send(addr, "hello", info=self.my_info(), fresh=self.cluster_id is None)
             if self.cluster_id is None:
+                self._hello_mdns_peers()
                 running = self._running_peer()
                 if running is not None:
                     self._join_target = running.cluster_id
@@ -732,23 +1045,53 @@ class Agent:
             await asyncio.sleep(0.25 + self.rng.random() * 0.25)
         log.info("member of cluster %s", self.cluster_id)
 
+    def _hello_mdns_peers(self) -> None:
+        """Say hello to the peers mDNS lists that we have not heard from lately (each at
+        most every MDNS_HELLO_S, one hello queued at a time): the handshake proves the
+        key, and the answer tells its cluster id. A forged record gets no answer."""
+        now = time.monotonic()
+        assert self.transport is not None
+        for p in list(self.peers.values()):
+            if not p.in_mdns or p.raft_addr == self.cfg.raft_addr:
+                continue
+            if p.last_hello is not None and now - p.last_hello < MDNS_HELLO_S:
+                continue
+            if p.authed is not None and now - p.authed < MDNS_HELLO_S:
+                continue
+            if self.transport.queued(p.raft_addr):
+                continue  # the last hello still waits for a connection
+            p.last_hello = now
+            self._send(p.raft_addr, "hello", info=self.my_info(), fresh=self.cluster_id is None)
+
     def _in_config(self) -> bool:
         r = self.raw.raft if self.raw else None
         return r is not None and (self.id in r.voters or self.id in r.learners)
 
     def _running_peer(self) -> Peer | None:
+        """An authenticated peer (within AUTH_LIVE_S) that belongs to a cluster."""
         now = time.monotonic()
         live = [
-            p for p in self.peers.values() if p.cluster_id and p.live(now) and p.node_id != self.id
+            p
+            for p in self.peers.values()
+            if p.cluster_id and p.authenticated(now) and p.node_id != self.id
         ]
         # Any of them will do (a follower relays the join): pick at random, so that a dead
         # node whose mDNS record has not expired yet does not hold the join up.
         return self.rng.choice(sorted(live, key=lambda p: p.node_id)) if live else None
 
     def _fresh_peers(self) -> list[Peer]:
+        """The authenticated (within AUTH_LIVE_S) fresh peers whose addresses we know."""
         now = time.monotonic()
         return sorted(
-            (p for p in self.peers.values() if p.fresh and p.cluster_id is None and p.live(now)),
+            (
+                p
+                for p in self.peers.values()
+                if p.fresh
+                and p.cluster_id is None
+                and p.authenticated(now)
+                and p.api_addr
+                and p.node_id != self.id
+            ),
             key=lambda p: p.node_id,
         )
 
@@ -813,65 +1156,74 @@ class Agent:
             )
             for m in f.members
         ]
-        self._adopt_cluster(f.cluster_id, "founded here")
+        if not self._adopt_cluster(f.cluster_id, "founded here"):
+            return
         self.raw.bootstrap(voters)
         self._founding = None
         log.info("founded cluster %s with %s", f.cluster_id, [m["id"] for m in f.members])
         self._wake.set()
 
-    def _on_hello(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
-        info = obj.get("info") or {}
-        p = self.peers[peer.node_id]
-        p.api_addr = str(info.get("api_addr") or p.api_addr)
-        p.service_addr = info.get("service_addr")
+    def _on_hello(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        info = _check_info(obj.get("info"))
+        if info["id"] != peer.node_id:
+            raise FrameError(f"hello with the info of {info['id']}")
+        p = self.peers.get(peer.node_id)
+        if p is not None:
+            p.api_addr = info["api_addr"]
+            p.service_addr = info["service_addr"]
         if obj.get("reply") is None:
             self._send(
                 peer.addr, "hello", info=self.my_info(), fresh=self.cluster_id is None, reply=1
             )
 
-    def _on_found_propose(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+    def _on_found_propose(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        founder = obj.get("founder")
+        new_cid = _check_cid(obj.get("new_cid"), optional=False)
+        raw_members = obj.get("members")
+        if not isinstance(raw_members, list) or not 0 < len(raw_members) <= MAX_PEERS:
+            raise FrameError(f"members must be a list of 1..{MAX_PEERS}")
+        members = [_check_info(m) for m in raw_members]
+        ids = sorted(m["id"] for m in members)
+        if len(set(ids)) != len(ids):
+            raise FrameError("members twice in a founding")
         if self.cluster_id is not None or self.raw is None or self.raw.raft.term > 0:
             return  # not fresh any more
-        founder = str(obj["founder"])
-        members = list(obj["members"])
-        ids = sorted(str(m["id"]) for m in members)
         if founder != peer.node_id or self.id not in ids or ids[0] != founder:
             return
         now = time.monotonic()
         acc = self._accepted
         if acc is not None and now - acc.since < FOUND_ACCEPT_TTL:
-            if acc.founder != founder or acc.cluster_id != obj["new_cid"]:
+            if acc.founder != founder or acc.cluster_id != new_cid:
                 return  # one founder at a time
         else:
-            self._accepted = _Founding(founder, members, str(obj["new_cid"]), since=now)
-            log.info("accepted %s's proposal to found %s", founder, obj["new_cid"])
+            assert new_cid is not None
+            self._accepted = _Founding(founder, members, new_cid, since=now)
+            log.info("accepted %s's proposal to found %s", founder, new_cid)
         for m in members:
-            p = self.peers.get(str(m["id"]))
-            if p is None and m["id"] != self.id:
-                self.peers[str(m["id"])] = Peer(
-                    str(m["id"]),
-                    str(m["raft_addr"]),
-                    str(m.get("api_addr") or ""),
-                    source="founding",
-                    last_seen=now,
-                )
-        self._send(peer.addr, "found_accept", new_cid=obj["new_cid"])
+            if m["id"] != self.id and m["id"] not in self.peers:
+                p = self._peer(m["id"], m["raft_addr"], "founding", now)
+                if p is not None:
+                    p.api_addr = m["api_addr"]
+        self._send(peer.addr, "found_accept", new_cid=new_cid)
 
-    def _on_found_accept(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
+    def _on_found_accept(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        new_cid = _check_cid(obj.get("new_cid"), optional=False)
         f = self._founding
-        if f is None or obj.get("new_cid") != f.cluster_id:
+        if f is None or new_cid != f.cluster_id:
             return
         if peer.node_id in {m["id"] for m in f.members}:
             f.accepted.add(peer.node_id)
             if len(f.accepted) == len(f.members) and self.cluster_id is None:
                 self._found(f)
 
-    def _on_join(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
-        info = obj["info"]
+    def _on_join(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        info = _check_info(obj.get("info"))
         if self.raw is None or self.cluster_id is None:
             return
         if self.is_leader():
-            self._spawn(self._admit(peer, info), f"admit-{info.get('id')}")
+            if info["id"] not in self._admitting:  # a joiner asks every 0.25-0.5 s
+                self._admitting.add(info["id"])
+                self._spawn(self._admit(peer, info), f"admit-{info['id']}")
             return
         lead = self.raw.raft.lead
         addr = self._addr_of(lead) if lead else None
@@ -881,22 +1233,29 @@ class Agent:
     async def _admit(self, peer: PeerInfo, info: dict[str, Any]) -> None:
         try:
             await self.add_member(
-                str(info["id"]),
-                str(info["raft_addr"]),
-                str(info["api_addr"]),
-                info.get("service_addr"),
+                info["id"], info["raft_addr"], info["api_addr"], info["service_addr"]
             )
-            self._send(str(info["raft_addr"]), "join_resp", ok=True)
+            self._send(info["raft_addr"], "join_resp", ok=True)
         except AgentError as exc:
-            log.warning("join of %s refused: %s", shown(info.get("id")), exc.message)
-            self._send(str(info["raft_addr"]), "join_resp", ok=False, error=exc.message)
+            log.warning("join of %s refused: %s", info["id"], exc.message)
+            self._send(info["raft_addr"], "join_resp", ok=False, error=exc.message)
+        finally:
+            self._admitting.discard(info["id"])
 
-    def _on_join_resp(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
-        if not obj.get("ok"):
-            log.error("join refused by %s: %s", peer.node_id, obj.get("error"))
+    def _on_join_resp(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        ok, error = obj.get("ok"), obj.get("error")
+        if not isinstance(ok, bool) or not (error is None or isinstance(error, str)):
+            raise FrameError("ok must be a bool and error a string")
+        if not ok:
+            log.error("join refused by %s: %s", peer.node_id, (error or "")[:MAX_TEXT_CHARS])
 
     # ---- metrics, health, weights -----------------------------------------------------------
     async def _sampler_loop(self) -> None:
+        """Sample the host every REPORT_INTERVAL and report. A failing reading (psutil
+        cannot open /proc files once the descriptors are used up: EMFILE) ends the task,
+        which _supervised starts again after its back-off; the reports resume with it."""
+        if self.sampler is None:
+            self.sampler = Sampler(self.metrics_source, data_dir=self.cfg.data_dir)
         self.sampler.sample()  # primes cpu_percent (a few /proc reads: no thread needed)
         while True:
             await asyncio.sleep(REPORT_INTERVAL)
@@ -915,23 +1274,46 @@ class Agent:
             if addr:
                 self._send(addr, "metrics", metrics=body)
 
-    def _on_metrics(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
-        if isinstance(obj.get("metrics"), dict):
-            self.reports[peer.node_id] = (time.monotonic(), obj["metrics"])
+    def _on_metrics(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        """A member's report to the leader; reports of non-members are ignored (the table
+        holds members only), and a report is kept in its parsed, bounded form."""
+        metrics = obj.get("metrics")
+        if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS_FIELDS:
+            raise FrameError("metrics must be a small map")
+        body = HostMetrics.from_dict(metrics).to_dict()  # ValueError: dropped
+        if self.is_leader() and self.state.has_member(peer.node_id):
+            self.reports[peer.node_id] = (time.monotonic(), body)
 
-    def _on_metrics_table(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
-        if self.raw is not None and peer.node_id == self.raw.raft.lead:
-            table = obj.get("table")
-            if isinstance(table, dict):
-                self.metrics_table = table
+    def _on_metrics_table(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        """The leader's table of every member's last report (rows of members only)."""
+        table = obj.get("table")
+        if not isinstance(table, dict):
+            raise FrameError("table must be a map")
+        if self.raw is None or peer.node_id != self.raw.raft.lead:
+            return
+        self.metrics_table = {
+            mid: _check_metrics_row(row)
+            for mid, row in table.items()
+            if isinstance(mid, str) and self.state.has_member(mid)
+        }
 
     async def _housekeeping(self) -> None:
-        """The leader's chores: promote caught-up learners, mark health, plan weights,
-        share the metrics table; everyone: answer timed-out reads."""
+        """Everyone's chores: answer timed-out reads, keep our member record current, forget
+        stale peers and the bookkeeping of non-members."""
         while True:
             await asyncio.sleep(0.25)
             self._expire_reads()
             self._check_own_record()
+            now = time.monotonic()
+            if now - self._last_prune >= 5.0:
+                self._last_prune = now
+                self._expire_peers(now)
+
+    async def _leader_loop(self) -> None:
+        """The leader's chores: promote caught-up learners, mark health, plan weights,
+        share the metrics table."""
+        while True:
+            await asyncio.sleep(0.25)
             if self.is_leader():
                 try:
                     await self._leader_chores()
@@ -967,12 +1349,13 @@ class Agent:
         except AgentError as exc:
             log.debug("write postponed: %s", exc.message)
 
-    def _on_member_update(self, peer: PeerInfo, obj: dict[str, Any]) -> None:
-        info = obj["info"]
-        if not self.is_leader() or info.get("id") != peer.node_id:
+    def _on_member_update(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        info = _check_info(obj.get("info"))
+        if info["id"] != peer.node_id:
+            raise FrameError(f"member_update with the info of {info['id']}")
+        if not self.is_leader() or not self.state.has_member(peer.node_id):
             return
-        fields = {k: info.get(k) for k in ("id", "raft_addr", "api_addr", "service_addr")}
-        self._spawn(self._write_quietly(encode_command("member_put", **fields)), "member-put")
+        self._spawn(self._write_quietly(encode_command("member_put", **info)), "member-put")
 
     def _expire_reads(self) -> None:
         now = time.monotonic()
@@ -1191,7 +1574,9 @@ class Agent:
             ctx = member_context(raft_addr, api_addr, service_addr)
         except StateError as exc:
             raise BadRequest(exc.message) from None
-        self.peers.setdefault(mid, Peer(mid, raft_addr, api_addr, service_addr, source="api"))
+        p = self._peer(mid, raft_addr, "api", time.monotonic())
+        if p is not None and not p.api_addr:
+            p.api_addr, p.service_addr = api_addr, service_addr
         self.joined_at[mid] = time.monotonic()
         res = await self._propose_conf(ConfChange(ConfChangeType.ADD_LEARNER, mid, ctx))
         if not res.ok:

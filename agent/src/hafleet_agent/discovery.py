@@ -63,6 +63,12 @@ DEFAULT_TTL = 120
 DEFAULT_RESOLVE_TIMEOUT = 3.0
 
 MAX_ID_BYTES = 128
+#: The most peers the table holds; an announcement of a further node id is ignored while it
+#: is full ("peer table full"). Anyone on the segment can announce: the table must not grow
+#: with what they announce.
+MAX_PEERS = 256
+#: The most ignored service names remembered for diagnostics (the oldest are forgotten).
+MAX_IGNORED = 256
 MAX_HOST_BYTES = 253
 MAX_LABEL = 63
 
@@ -290,6 +296,7 @@ class Discovery:
         on_ignore: OnIgnore | None = None,
         ttl: int = DEFAULT_TTL,
         resolve_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
+        max_peers: int = MAX_PEERS,
     ) -> None:
         self.node_id = _check_text("node_id", node_id)
         self.cluster = _check_text("cluster", cluster)
@@ -302,8 +309,11 @@ class Discovery:
             raise ValueError(f"ttl must be at least 1, got {ttl}")
         if resolve_timeout <= 0:
             raise ValueError(f"resolve_timeout must be positive, got {resolve_timeout}")
+        if max_peers < 1:
+            raise ValueError(f"max_peers must be at least 1, got {max_peers}")
         self.ttl = ttl
         self.resolve_timeout = resolve_timeout
+        self.max_peers = max_peers
         self.on_change = on_change
         self.on_ignore = on_ignore
         self.instance_label = dns_label(self.node_id)
@@ -605,10 +615,20 @@ class Discovery:
         except InvalidAnnouncement as exc:
             self._reject(name, f"bad TXT: {exc}")
             return
+        self._consider(name, peer)
+
+    def _consider(self, name: str, peer: PeerAnnouncement) -> None:
+        """Accept a parsed announcement into the table, or ignore it (and say why)."""
         if peer.cluster != self.cluster:
             self._reject(name, f"other cluster {peer.cluster!r}")
         elif peer.node_id == self.node_id:
             self._reject(name, "announces our own node id")
+        elif (
+            peer.node_id not in self._peers
+            and self._names.get(name.lower()) is None
+            and len(self._peers) >= self.max_peers
+        ):
+            self._reject(name, f"peer table full ({self.max_peers})")
         else:
             self._accept(peer)
 
@@ -638,6 +658,9 @@ class Discovery:
 
     def _reject(self, name: str, reason: str) -> None:
         log.debug("mDNS: ignoring %s: %s", name, reason)
+        self._ignored.pop(name, None)
+        while len(self._ignored) >= MAX_IGNORED:
+            del self._ignored[next(iter(self._ignored))]
         self._ignored[name] = reason
         if self.on_ignore is not None:
             try:

@@ -8,6 +8,7 @@ sends no packet itself. They need root and iproute2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import selectors
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from hafleet_agent.discovery import (
+    MAX_IGNORED,
     PROTOCOL_VERSION,
     SERVICE_TYPE,
     Discovery,
@@ -262,6 +264,44 @@ def test_discovery_rejects_bad_own_values(overrides: dict[str, Any]) -> None:
 
 
 # --- the network harness --------------------------------------------------------------------
+
+
+def _announcement(node_id: str, cluster: str = "prod") -> PeerAnnouncement:
+    return PeerAnnouncement(
+        node_id=node_id,
+        cluster=cluster,
+        cluster_id="",
+        raft_addr="10.0.0.7:7400",
+        api_addr="10.0.0.7:7480",
+        fresh=True,
+        version=PROTOCOL_VERSION,
+        addresses=("10.0.0.7",),
+        service_name=f"{node_id}.{SERVICE_TYPE}",
+    )
+
+
+def test_the_peer_table_and_the_ignored_list_are_bounded() -> None:
+    """Anyone on the segment can announce: a flood of node ids fills the table up to
+    ``max_peers`` and no further; the ignored list keeps only the latest names."""
+    changes: list[int] = []
+    d = _discovery(max_peers=3, on_change=lambda peers: changes.append(len(peers)))
+    for i in range(10):
+        d._consider(f"p{i}.{SERVICE_TYPE}", _announcement(f"p{i}"))
+    assert sorted(d.peers) == ["p0", "p1", "p2"]
+    assert d.ignored[f"p9.{SERVICE_TYPE}"] == "peer table full (3)"
+    # A peer already in the table may still change; one that leaves frees a place.
+    d._consider(f"p1.{SERVICE_TYPE}", dataclasses.replace(_announcement("p1"), fresh=False))
+    assert d.peers["p1"].fresh is False
+    d._forget(f"p0.{SERVICE_TYPE}")
+    d._consider(f"p9.{SERVICE_TYPE}", _announcement("p9"))
+    assert sorted(d.peers) == ["p1", "p2", "p9"] and f"p9.{SERVICE_TYPE}" not in d.ignored
+    assert max(changes) == 3
+    for i in range(1000):
+        d._consider(f"o{i}.{SERVICE_TYPE}", _announcement(f"o{i}", cluster="other"))
+    assert len(d.ignored) == MAX_IGNORED
+    assert f"o999.{SERVICE_TYPE}" in d.ignored and f"o0.{SERVICE_TYPE}" not in d.ignored
+    with pytest.raises(ValueError, match="max_peers"):
+        _discovery(max_peers=0)
 
 
 def txt_hex(*items: bytes) -> str:
