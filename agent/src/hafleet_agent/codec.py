@@ -354,6 +354,12 @@ class _Reader:
         return int.from_bytes(self._take(_LEN_WIDTH[b], what), "big")
 
     def uint(self, what: str, limit: int) -> int:
+        pos = self.pos
+        if pos < len(self.buf):  # a fixint, the usual case, takes the short way
+            b = self.buf[pos]
+            if b <= 0x7F and b <= limit:
+                self.pos = pos + 1
+                return b
         b = self._type(what)
         if b <= 0x7F:
             v = b
@@ -369,6 +375,12 @@ class _Reader:
 
     def array(self, what: str, limit: int) -> int:
         """The element count of an array header (the elements follow)."""
+        pos = self.pos
+        if pos < len(self.buf):  # a fixarray, the usual case, takes the short way
+            n = self.buf[pos] - 0x90
+            if 0 <= n <= 15 and n <= limit and n < len(self.buf) - pos:
+                self.pos = pos + 1
+                return n
         b = self._type(what)
         if 0x90 <= b <= 0x9F:
             n = b - 0x90
@@ -382,6 +394,12 @@ class _Reader:
         return n
 
     def bin(self, what: str) -> bytes:
+        buf, pos = self.buf, self.pos
+        if pos + 1 < len(buf) and buf[pos] == 0xC4:  # bin 8: the usual case, fast
+            end = pos + 2 + buf[pos + 1]
+            if end <= len(buf):
+                self.pos = end
+                return buf[pos + 2 : end]
         b = self._type(what)
         if not 0xC4 <= b <= 0xC6:
             raise CodecError(f"{what}: expected bytes, got {_kind(b)}")
