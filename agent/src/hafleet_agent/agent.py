@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, codec
-from .codec import CodecError, decode_message, encode_message
+from . import __version__
+from .codec import MAX_TERM, MAX_TERM_JUMP, CodecError, decode_message, encode_message
 from .config import AgentConfig, read_secret
 from .ids import MEMBER_ID_RULE, member_id_error, shown, valid_member_id
 from .metrics import HostMetrics, MetricsSource, Sampler
@@ -87,10 +87,6 @@ PEER_EXPIRE_S = 120.0
 AUTH_LIVE_S = 10.0
 #: A fresh node says hello to a peer that it knows only from mDNS at most this often.
 MDNS_HELLO_S = 2.0
-#: A Raft message carrying a term (or a log, entry or snapshot term) more than MAX_TERM_JUMP
-#: ahead of our own term, or above MAX_TERM, is refused (codec.py explains both bounds).
-MAX_TERM_JUMP: int = getattr(codec, "MAX_TERM_JUMP", 1 << 32)
-MAX_TERM: int = getattr(codec, "MAX_TERM", 1 << 62)
 #: Limits on the fields of the control frames (Raft messages have codec.py's).
 MAX_ADDR_CHARS = 300
 MAX_CID_CHARS = 128
@@ -872,7 +868,9 @@ class Agent:
             self._drop(peer, "Raft message of another sender", f"{m.frm}->{m.to}")
             return
         # A term far ahead of ours is no election we missed but a faulty or hostile peer:
-        # adopting it would leave no room for the terms after it (codec.py, MAX_TERM).
+        # adopting it would leave no room for the terms after it. Refused: any term (of the
+        # message, its log, entries or snapshot) above MAX_TERM or more than MAX_TERM_JUMP
+        # ahead of ours (codec.py explains both bounds).
         ours = self.raw.raft.term
         bound = min(MAX_TERM, ours + MAX_TERM_JUMP)
         terms = [m.term, m.log_term, *(e.term for e in m.entries)]
