@@ -18,11 +18,13 @@ closed at once), so that idle clients cannot take every file descriptor of the a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import re
 import resource
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -507,8 +509,10 @@ _REFUSAL = (
 
 
 class ConnectionCap:
-    """The API's protocol factory: counts the open connections and, over ``limit``, answers
-    a new one 503 and closes it at once (its descriptor is free again right away)."""
+    """Counts the API's open connections. The site below accepts one connection at a time:
+    within ``limit`` it becomes an aiohttp connection (wrapped in :class:`_Counted`, which
+    gives the slot back when the connection ends); over it, the socket is answered 503 and
+    closed before the next accept, so at most ``limit`` + 1 descriptors are ever in use."""
 
     def __init__(self, factory: Callable[[], asyncio.Protocol], limit: int) -> None:
         self.factory = factory
@@ -517,36 +521,45 @@ class ConnectionCap:
         self.refused = 0
         self._last_warning = 0.0
 
-    def __call__(self) -> asyncio.Protocol:
-        if self.open >= self.limit:
-            self.refused += 1
-            now = time.monotonic()
-            if now - self._last_warning >= 10.0:
-                self._last_warning = now
-                log.warning(
-                    "API: %d connections open, the cap: refusing new ones (%d so far)",
-                    self.open,
-                    self.refused,
-                )
-            return _Refuse()
-        self.open += 1
+    def full(self) -> bool:
+        return self.open >= self.limit
+
+    def refuse(self, conn: socket.socket) -> None:
+        self.refused += 1
+        with contextlib.suppress(OSError):
+            conn.send(_REFUSAL)  # non-blocking: a fresh socket's buffer takes it whole
+        conn.close()
+        self.warn(f"{self.open} connections open, the cap: refusing new ones")
+
+    def warn(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 10.0:
+            self._last_warning = now
+            log.warning("API: %s (%d refused so far)", what, self.refused)
+
+    def protocol(self) -> _Counted:
+        """The protocol of a connection whose slot the accept loop took (``open += 1``)."""
         return _Counted(self.factory(), self)
 
 
 class _Counted(asyncio.Protocol):
-    """Passes everything to aiohttp's protocol; tells the cap when the connection ends."""
+    """Passes everything to aiohttp's protocol; gives the slot back when the connection
+    ends (or never started)."""
 
     def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
         self.inner = inner
         self.cap: ConnectionCap | None = cap
 
+    def release(self) -> None:
+        if self.cap is not None:
+            self.cap.open -= 1
+            self.cap = None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.cap is not None:
-            self.cap.open -= 1
-            self.cap = None
+        self.release()
         self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -562,20 +575,28 @@ class _Counted(asyncio.Protocol):
         self.inner.resume_writing()
 
 
-class _Refuse(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_REFUSAL)
-        transport.close()
+class _Listener:
+    """What BaseSite.stop() closes: the accept loop and the listening socket."""
+
+    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self.sock = sock
+        self.task = task
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.sock.close()
 
 
 class _CappedSite(web.BaseSite):
-    """A TCP site whose connections go through a :class:`ConnectionCap`."""
+    """A TCP site that accepts through a :class:`ConnectionCap` (aiohttp's TCPSite hands the
+    listening socket to asyncio, which accepts as fast as connections come, up to the backlog
+    at a time, whatever the descriptors left)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, limit: int) -> None:
         super().__init__(runner, backlog=LISTEN_BACKLOG)
         self.host, self.port, self.limit = host, port, limit
         self.cap: ConnectionCap | None = None
+        self._serving: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -586,9 +607,49 @@ class _CappedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self.cap = ConnectionCap(server, self.limit)
-        self._server = await asyncio.get_running_loop().create_server(
-            self.cap, self.host, self.port, backlog=LISTEN_BACKLOG, reuse_address=True
-        )
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.port), family=family, backlog=self._backlog)
+        sock.setblocking(False)
+        task = asyncio.create_task(self._accept(sock, self.cap), name="hafleet-api-accept")
+        self._server = _Listener(sock, task)  # type: ignore[assignment]
+
+    async def _accept(self, sock: socket.socket, cap: ConnectionCap) -> None:
+        loop = asyncio.get_running_loop()
+        while sock.fileno() != -1:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS...: descriptors short for now
+                if sock.fileno() == -1:
+                    return
+                cap.warn(f"accept failed: {exc.strerror or exc}")
+                await asyncio.sleep(0.1)
+                continue
+            if cap.full():
+                cap.refuse(conn)
+                continue
+            cap.open += 1  # taken now: the connection's task may start after more accepts
+            task = asyncio.create_task(self._serve(loop, conn, cap))
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+
+    async def _serve(
+        self, loop: asyncio.AbstractEventLoop, conn: socket.socket, cap: ConnectionCap
+    ) -> None:
+        made: list[_Counted] = []
+
+        def factory() -> _Counted:
+            made.append(cap.protocol())
+            return made[-1]
+
+        try:
+            await loop.connect_accepted_socket(factory, conn, ssl=self._ssl_context)
+        except Exception as exc:  # e.g. a failed TLS handshake: the slot is free again
+            if made:
+                made[0].release()
+            else:
+                cap.open -= 1
+            conn.close()
+            log.debug("API connection dropped before it started: %r", exc)
 
 
 async def start_api(agent: Agent) -> web.AppRunner:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import socket
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -270,25 +272,28 @@ def test_idle_connections_do_not_eat_every_descriptor(make_cluster: MakeCluster)
     c.start(node)
     c.wait_agreed()
     socks: list[socket.socket] = []
-    refused = 0
+    answered: dict[socket.socket, bytes] = {}
     try:
         for _ in range(300):
-            s = socket.create_connection((node.host, API_PORT), timeout=10)
-            socks.append(s)
-        # The agent answers those over the cap with a 503 and closes them.
-        for s in socks:
-            s.settimeout(0.05)
-            try:
-                data = s.recv(4096)
-            except (TimeoutError, BlockingIOError):
-                continue  # an idle connection within the cap
-            except ConnectionResetError:
-                refused += 1
-                continue
-            if data.startswith(b"HTTP/1.1 503"):
-                refused += 1
-        assert refused >= 300 - 64, refused  # the cap: a quarter of 256
+            socks.append(socket.create_connection((node.host, API_PORT), timeout=10))
+        # The agent answers those over the cap (a quarter of 256) with a 503 and closes them,
+        # one after the other; the ones within the cap stay open and idle.
+
+        def refusals() -> bool:
+            waiting = [s for s in socks if s not in answered]
+            readable, _, _ = select.select(waiting, [], [], 0.2)
+            for s in readable:
+                try:
+                    answered[s] = s.recv(4096)
+                except ConnectionResetError:
+                    answered[s] = b"reset"
+            return len(answered) >= 300 - 64
+
+        wait_for(refusals, 30, "the connections over the cap to be refused", check=c.check_alive)
+        assert all(a.startswith(b"HTTP/1.1 503") for a in answered.values()), set(answered.values())
         holds_for(node.running, 2.0, "the agent running with 300 connections open")
+        refusals()
+        assert len(answered) == 300 - 64, len(answered)  # the 64 within the cap: no answer
     finally:
         for s in socks:
             s.close()
@@ -300,6 +305,13 @@ def test_idle_connections_do_not_eat_every_descriptor(make_cluster: MakeCluster)
     )
     assert c.put(node.id, "fd/after", 1)["value"] == 1
     assert "Too many open files" not in node.log()
+    _, metrics = c.api(node, "GET", "/metrics")
+    gauges = dict(
+        line.split() for line in metrics.splitlines() if line.startswith("hafleet_api_connections")
+    )
+    assert float(gauges["hafleet_api_connections_max"]) == 64  # a quarter of 256
+    assert float(gauges["hafleet_api_connections_refused_total"]) >= 300 - 64
+    assert float(gauges["hafleet_api_connections"]) <= 2  # the closed ones were counted out
     _no_traceback_nor_forgery(c)
 
 
@@ -317,3 +329,58 @@ def test_the_refusal_is_well_formed() -> None:
     head, _, body = _REFUSAL.partition(b"\r\n\r\n")
     length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
     assert length == len(body) and json.loads(body)["error"]
+
+
+def test_an_idle_connection_is_closed_after_the_keepalive_timeout(cluster: Cluster) -> None:
+    """aiohttp's default keeps an idle connection for an hour; the agent closes it after
+    KEEPALIVE_S (30 s), whether it sent a request or nothing at all."""
+    from hafleet_agent.api import KEEPALIVE_S
+
+    host = cluster.node(cluster.leader()).host
+    with (
+        socket.create_connection((host, API_PORT), timeout=KEEPALIVE_S + 15) as silent,
+        socket.create_connection((host, API_PORT), timeout=KEEPALIVE_S + 15) as used,
+    ):
+        used.sendall(f"GET /v1/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        opened = time.monotonic()
+        assert used.recv(65536).startswith(b"HTTP/1.1 200")
+        assert silent.recv(1) == b""  # closed by the agent (a timeout raises instead)
+        assert used.recv(1) == b""
+        took = time.monotonic() - opened
+    assert KEEPALIVE_S - 1 <= took <= KEEPALIVE_S + 10, took
+
+
+def test_a_bug_in_a_handler_is_one_log_line_and_a_json_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In-process: a handler that raises answers ``{"error": "internal error (...)"}`` with
+    500 and logs one line, with the path escaped; no traceback reaches the client."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from hafleet_agent.api import build_app
+
+    token = "t" * 40
+    agent = SimpleNamespace(cfg=SimpleNamespace(max_body_bytes=1 << 20), token=token.encode())
+
+    async def boom(request: Any) -> Any:
+        raise RuntimeError("a bug\nINFO hafleet.agent: forged line")
+
+    async def main() -> tuple[int, Any, str]:
+        app, _ = build_app(agent)  # type: ignore[arg-type]
+        app.router.add_get("/v1/boom/{x}", boom)
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/v1/boom/a%0Ab", headers={"Authorization": f"Bearer {token}"})
+            return resp.status, await resp.json(), resp.headers.get("Content-Type", "")
+
+    with caplog.at_level(logging.INFO, logger="hafleet.api"):
+        status, body, ctype = asyncio.run(main())
+    assert (status, body) == (500, {"error": "internal error (RuntimeError)"})
+    assert ctype.startswith("application/json")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    line = errors[0].getMessage()
+    assert "\n" not in line and "RuntimeError" in line and "forged" in line
