@@ -277,12 +277,14 @@ class Api:
         )
 
     async def remove_member(self, request: web.Request) -> web.Response:
-        mid = _check_id(request.match_info["id"], "member id")
+        agent = self.agent
+        mid = request.match_info["id"]
+        if not agent.in_config(mid):  # an id an older version let in can still be removed
+            _check_id(mid, "member id")
         drain = request.query.get("drain_timeout")
         drain_s = parse_duration(drain) if drain is not None else None
-        agent = self.agent
-        if agent.state.member(mid) is None:
-            raise NotFound(f"no member {mid!r}")
+        if agent.state.member(mid) is None and not agent.in_config(mid):
+            raise NotFound(f"no member {shown(mid)}")
         if agent.is_leader() and mid == agent.id:
             # The leader hands over first; the new leader does the removal.
             new = await agent.hand_over(timeout=agent.write_timeout())

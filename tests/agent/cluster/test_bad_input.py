@@ -384,3 +384,59 @@ def test_a_bug_in_a_handler_is_one_log_line_and_a_json_500(
     assert len(errors) == 1 and errors[0].exc_info is None
     line = errors[0].getMessage()
     assert "\n" not in line and "RuntimeError" in line and "forged" in line
+
+
+def test_a_member_an_older_version_let_in_can_still_be_removed(tmp_path: Path) -> None:
+    """In-process: an id outside the grammar in the Raft configuration, with no record in
+    the member table (what a snapshot of an older version can leave), is removed by DELETE;
+    the same id that is not in the configuration is a 400."""
+    import asyncio
+
+    import aiohttp
+    from harness import lease_subnet
+
+    from hafleet_agent.agent import Agent
+    from hafleet_agent.config import AgentConfig
+    from hafleet_agent.raft.types import ConfChange, ConfChangeType
+
+    lease = lease_subnet(1)
+    host = f"127.0.{lease.x}.1"
+    token = "t" * 40
+    cfg = AgentConfig(
+        node_id="n1",
+        cluster="legacy",
+        bind=host,
+        data_dir=str(tmp_path / "n1"),
+        bootstrap_expect=1,
+        mdns=False,
+        heartbeat_ms=50,
+        election_timeout_ms=300,
+    )
+    agent = Agent(cfg, b"k" * 40, token.encode())
+
+    async def main() -> None:
+        await agent.start()
+        try:
+            for _ in range(400):
+                if agent.is_leader() and agent.state.member("n1"):
+                    break
+                await asyncio.sleep(0.05)
+            assert agent.is_leader()
+            agent.raw.raft.apply_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "web 1"))
+            auth = {"Authorization": f"Bearer {token}"}
+            async with aiohttp.ClientSession() as http:
+                url = f"http://{host}:{API_PORT}/v1/members/"
+                async with http.delete(url + "web%202", headers=auth) as r:
+                    assert r.status == 400, await r.text()
+                async with http.delete(url + "web%201", headers=auth) as r:
+                    assert r.status == 200, await r.text()
+                    assert (await r.json())["removed"] is True
+            assert "web 1" not in agent.raw.raft.learners
+            assert [m["id"] for m in agent.state.members()] == ["n1"]
+        finally:
+            await agent.stop(handover=False)
+
+    try:
+        asyncio.run(main())
+    finally:
+        lease.release()
