@@ -630,8 +630,9 @@ class Agent:
                     log.info("this node was removed from the group (index %d)", e.index)
                 elif was_removed and not self.removed:
                     log.info("this node was added again (index %d)", e.index)
-            elif cc.node_id not in self.joined_at and e.index > self._startup_commit:
-                # A member added while we run; those of the log we replay at start are old.
+            if cc.node_id not in self.joined_at and e.index > self._startup_commit:
+                # A member added while we run (this node too: a founder or a joiner may lead
+                # at once); those of the log we replay at start are old.
                 self.joined_at[cc.node_id] = time.monotonic()
         pending = self._pending.pop(e.index, None)
         if pending is not None and not pending.future.done():
@@ -1465,6 +1466,7 @@ class Agent:
                 metrics=metrics,
                 last_report_time=rep[0] if rep else None,
                 joined_at=self.joined_at.get(mid, 0.0),
+                listening_since=self.leader_since or 0.0,
                 healthy=bool(m.get("healthy", True)),
                 draining=bool(m.get("draining", False)) or pin == 0,
                 override=pin or None,

@@ -106,7 +106,13 @@ DEFAULT_PARAMS = WeightParams()
 @dataclass(frozen=True, slots=True)
 class MemberInput:
     """What the leader knows of one member. ``last_report_time`` is on the leader's clock
-    (when the report arrived), as is ``joined_at``; ``override`` is a fixed weight 1..256."""
+    (when the report arrived), as are ``joined_at`` and ``listening_since``; ``override`` is a
+    fixed weight 1..256.
+
+    ``listening_since`` is when this leader began to hear reports (it took over): a member it
+    has no report from yet is silent since then, not since ``joined_at``. Without it a new
+    leader that planned before its own first sample (or a member's first report) took that
+    member as silent since it joined, long ago, and gave it the stale floor (1)."""
 
     metrics: HostMetrics | None = None
     last_report_time: float | None = None
@@ -114,6 +120,7 @@ class MemberInput:
     healthy: bool = True
     draining: bool = False
     override: int | None = None
+    listening_since: float = 0.0
 
     def __post_init__(self) -> None:
         if self.override is not None and not MIN_WEIGHT <= self.override <= MAX_WEIGHT:
@@ -322,7 +329,11 @@ class WeightPlanner:
                 base = conservative
             base = max(MIN_WEIGHT, base)
             self._stale_base[mid] = base
-        last = inp.last_report_time if inp.last_report_time is not None else inp.joined_at
+        last = (
+            inp.last_report_time
+            if inp.last_report_time is not None
+            else max(inp.joined_at, inp.listening_since)
+        )
         elapsed = max(0.0, now - (last + p.stale_after))
         decay = 0.5 ** (elapsed / p.stale_half_life)
         return clamp_weight(p.stale_floor + (base - p.stale_floor) * decay)

@@ -290,6 +290,25 @@ def test_a_member_that_never_reported_decays_from_the_conservative_weight() -> N
     assert planner.plan(140.0, fleet(140.0, d=silent)).table["d"] == 48
 
 
+def test_a_new_leader_counts_silence_from_when_it_took_over() -> None:
+    # A leader that took over at 5000 plans at once: it has no report from an established
+    # member (joined long ago, joined_at 0) yet, not even its own. The member is silent since
+    # 5000, not since 0: it keeps the conservative weight instead of the stale floor (1), which
+    # a fresh lab's first table gave the leader itself for five seconds (HAProxy then sent it
+    # almost nothing).
+    planner = WeightPlanner(WeightParams())
+    early = MemberInput(None, None, joined_at=0.0, listening_since=5000.0)
+    d = planner.plan(5000.1, {"a": early, "b": MemberInput(A, 5000.0, joined_at=0.0)})
+    assert (d.modes["a"], d.table["a"]) == ("stale", 256)
+    # Without the take-over time the silence counts from joining: the floor.
+    never = MemberInput(None, None, joined_at=0.0)
+    fresh = WeightPlanner(WeightParams())
+    assert fresh.plan(5000.1, {"a": never, "b": MemberInput(A, 5000.0)}).table["a"] == 1
+    # Silence still decays from the take-over on: one half-life past stale_after.
+    d = planner.plan(5040.0, {"a": early, "b": MemberInput(A, 5039.0, joined_at=0.0)})
+    assert d.table["a"] == 129  # 1 + (256 - 1) * 0.5 ** (30 / 30) = 128.5
+
+
 def test_a_member_that_leaves_is_forgotten() -> None:
     planner = started(100.0)
     silent = MemberInput(None, None, joined_at=100.0)
