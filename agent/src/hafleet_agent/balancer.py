@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import stat
@@ -186,17 +187,10 @@ class RuntimeAPI:
 
     async def execute(self, cmd: str) -> str:
         """A command that changes something; raises HAProxyRefused unless HAProxy says it
-        worked (``add server`` and ``del server`` say so in words, the others by an empty
-        answer)."""
+        worked: see :func:`succeeded`."""
         answer = await self.command(cmd)
         text = answer.strip()
-        if cmd.startswith("add server "):
-            ok = "New server registered" in text
-        elif cmd.startswith("del server "):
-            ok = "Server deleted" in text
-        else:
-            ok = text == ""
-        if not ok:
+        if not succeeded(cmd, text):
             raise HAProxyRefused(cmd, text)
         return text
 
@@ -247,6 +241,38 @@ class RuntimeAPI:
     async def backends(self) -> list[str]:
         text = await self.command("show backend")
         return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+# What ``set server BK/SRV addr A [port P]`` answers when it worked, in HAProxy 2.x (checked
+# against 2.6.12): "IP changed from 'A0' to 'A'" or "no need to change the addr", then, when
+# a port was given, ", port changed from 'P0' to 'P'" or ", no need to change the port", and
+# " by 'stats socket command'". A refusal is another sentence ("Invalid addr 'x' by ...",
+# "No such server.", "Update for the current server address family is only supported
+# through configuration file"), so the whole answer must match, not a part of it.
+# "nothing changed" is the no-op answer reported for HAProxy 3.x (not checked here).
+_QUOTED = r"'[^'\n]*'"
+_SET_ADDR_DONE = re.compile(
+    rf"(?:IP changed from {_QUOTED} to {_QUOTED}|no need to change the addr)"
+    rf"(?:, (?:port changed from {_QUOTED} to {_QUOTED}|no need to change the port))?"
+    rf"(?: by {_QUOTED})?"
+    rf"|nothing changed(?: by {_QUOTED})?"
+)
+
+
+def succeeded(cmd: str, answer: str) -> bool:
+    """Whether HAProxy's (stripped) ``answer`` to ``cmd`` says the command was applied.
+
+    ``add server`` and ``del server`` say so in words, ``set server ... addr`` describes the
+    change (or that none was needed), the other commands the syncer sends answer nothing.
+    """
+    if cmd.startswith("add server "):
+        return "New server registered" in answer
+    if cmd.startswith("del server "):
+        return "Server deleted" in answer
+    words = cmd.split()
+    if words[:2] == ["set", "server"] and len(words) > 3 and words[3] == "addr":
+        return _SET_ADDR_DONE.fullmatch(answer) is not None
+    return answer == ""
 
 
 # --- what the group wants -------------------------------------------------------------------

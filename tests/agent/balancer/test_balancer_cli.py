@@ -217,6 +217,19 @@ class FakeHAProxy:
             s["admin"] = {"ready": 0, "drain": 8, "maint": 1}[w[4]]
         elif cmd.startswith("set server") and w[3] == "weight":
             s["weight"] = int(w[4])
+        elif cmd.startswith("set server") and w[3] == "addr":  # HAProxy 2.6's answer, word by word
+            said = [f"IP changed from '{s['addr']}' to '{w[4]}'"] if w[4] != s["addr"] else []
+            s["addr"] = w[4]
+            said = said or ["no need to change the addr"]
+            if len(w) > 6 and w[5] == "port":
+                port = int(w[6])
+                said.append(
+                    f"port changed from '{s['port']}' to '{port}'"
+                    if port != s["port"]
+                    else "no need to change the port"
+                )
+                s["port"] = port
+            return ", ".join(said) + " by 'stats socket command'\n\n"
         elif cmd.startswith("del server"):
             del self.servers[name]
             return "Server deleted.\n"
@@ -354,6 +367,42 @@ def test_member_with_a_bad_address_is_logged_and_the_others_served(
             assert "not balancing to member bad: bad service address '127.0.0.1:99999'" in log
             assert "not balancing to member none: no service address" in log
             assert agent.kv["balancer/registered"]["backend"] == "app"
+            syncer.check()
+        finally:
+            syncer.close()
+
+
+def test_a_changed_service_address_is_applied_once(
+    haproxy: HAProxy, tmp_path: Path, token_file: Path
+) -> None:
+    """HAProxy 2.6 answers `set server ... addr` with "IP changed from ...": that is success,
+    not a refusal to log and retry (the syncer took it for one)."""
+    with FakeAgent(view({"m1": "127.0.0.1:9001"})) as agent:
+        syncer = Syncer(
+            tmp_path, haproxy, [agent.url], token_file, strategy="leastconn", interval=0.2
+        ).start()
+        try:
+
+            def where() -> tuple[str, int] | None:
+                s = haproxy.servers().get("m1")
+                return None if s is None else (s.addr, s.port)
+
+            wait_for(lambda: where() == ("127.0.0.1", 9001), 20, "m1 added")
+            wait_for(lambda: "registered" in syncer.log(), 10, "registration")
+            agent.view = {**view({"m1": "127.0.0.2:9002"}), "index": 8}
+            wait_for(lambda: where() == ("127.0.0.2", 9002), 20, "the new address in HAProxy")
+            cmd = "set server app/m1 addr 127.0.0.2 port 9002"
+            wait_for(lambda: f"applied: {cmd}" in syncer.log(), 10, "the change logged as applied")
+            agent.view = {**view({"m1": "127.0.0.3:9002"}), "index": 9}  # the IP alone, then
+            wait_for(lambda: where() == ("127.0.0.3", 9002), 20, "the second address in HAProxy")
+            wait_for(
+                lambda: "applied: set server app/m1 addr 127.0.0.3 port 9002" in syncer.log(),
+                10,
+                "the second change logged as applied",
+            )
+            log = syncer.log()
+            assert log.count(f"applied: {cmd}") == 1
+            assert "failed:" not in log and "retrying" not in log, log
             syncer.check()
         finally:
             syncer.close()

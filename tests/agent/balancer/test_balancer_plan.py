@@ -15,6 +15,7 @@ from hafleet_agent.balancer import (
     plan,
     server_id,
     split_service_addr,
+    succeeded,
 )
 from hafleet_agent.haproxy_config import EQUAL_WEIGHT, ServerState
 
@@ -236,3 +237,53 @@ def test_plan_leaves_backup_servers_alone() -> None:
 def test_plan_new_member_that_is_already_draining() -> None:
     p = plan(BK, {"n1": want("n1", 0, drain=True)}, [], stats(), {}, 0.0, 30)
     assert commands(p)[-1] == "set server app/n1 state drain"
+
+
+# --- HAProxy's answers ----------------------------------------------------------------------------
+
+# Recorded from HAProxy 2.6.12 (the lab's): the Runtime API's answers, stripped as execute() does.
+SET_ADDR = "set server app/n1 addr 127.0.0.2 port 9002"
+APPLIED = [
+    (SET_ADDR, "IP changed from '127.0.0.1' to '127.0.0.2', no need to change the port by "
+               "'stats socket command'"),
+    (SET_ADDR, "no need to change the addr, port changed from '9001' to '9002' by "
+               "'stats socket command'"),
+    (SET_ADDR, "IP changed from '127.0.0.2' to '127.0.0.3', port changed from '9002' to '9003' "
+               "by 'stats socket command'"),
+    (SET_ADDR, "no need to change the addr, no need to change the port by 'stats socket command'"),
+    ("set server app/n1 addr 127.0.0.4", "IP changed from '127.0.0.3' to '127.0.0.4' by "
+                                         "'stats socket command'"),
+    ("set server app/n1 addr ::1 port 9003", "IP changed from '127.0.0.4' to '::1', port changed "
+                                             "from '34463' to '9003' by 'stats socket command'"),
+    ("set server app/n1 addr 127.0.0.4", "nothing changed"),  # HAProxy 3.x's no-op wording
+    ("add server app/n1 127.0.0.1:9001 id 5 weight 10 check", "New server registered."),
+    ("del server app/n1", "Server deleted."),
+    ("set server app/n1 weight 20", ""),
+    ("set server app/n1 state drain", ""),
+    ("enable health app/n1", ""),
+    ("shutdown sessions server app/n1", ""),
+]  # fmt: skip
+REFUSED = [
+    (SET_ADDR, "Invalid addr 'nonsense' by 'stats socket command'"),
+    (SET_ADDR, "No such server."),
+    (SET_ADDR, "Update for the current server address family is only supported through "
+               "configuration file by 'stats socket command'"),
+    (SET_ADDR, ""),  # HAProxy always says what it did with an address
+    (SET_ADDR, "IP changed from '127.0.0.1' to '127.0.0.2'\nInternal error"),
+    (SET_ADDR, "Require 'addr' or 'port'. IP changed from 'a' to 'b'"),
+    ("set server app/n1 weight 20", "IP changed from '127.0.0.1' to '127.0.0.2'"),
+    ("set server app/n1 weight 999", "Absolute weight can only be between 0 and 256 inclusive."),
+    ("add server app/n1 127.0.0.1:9001 id 5 weight 10 check", "Already exists a server with that "
+                                                              "name in backend."),
+    ("del server app/n1", "Server still has connections attached to it, cannot remove it."),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("cmd", "answer"), APPLIED)
+def test_haproxy_answers_that_mean_applied(cmd: str, answer: str) -> None:
+    assert succeeded(cmd, answer)
+
+
+@pytest.mark.parametrize(("cmd", "answer"), REFUSED)
+def test_haproxy_answers_that_mean_refused(cmd: str, answer: str) -> None:
+    assert not succeeded(cmd, answer)
