@@ -47,13 +47,23 @@ from .raft.core import Config as RaftConfig
 from .raft.core import ProposalDropped
 from .raft.rawnode import RawNode
 from .raft.storage import DiskStorage, StorageError
-from .raft.types import ConfChange, ConfChangeType, EntryType, Message, StateType
+from .raft.types import (
+    ConfChange,
+    ConfChangeType,
+    EntryType,
+    Message,
+    Snapshot,
+    SnapshotMeta,
+    StateType,
+)
 from .snapxfer import ACK_KIND, CHUNK_KIND, SnapshotReceiver, SnapshotSender
 from .state import (
+    SnapshotParts,
     StateError,
     StateMachine,
     conf_change_error,
     encode_command,
+    encode_snapshot_parts,
     member_context,
     validate_addr,
     validate_member_id,
@@ -299,6 +309,7 @@ class Agent:
         # Their frames: CHUNK_KIND and ACK_KIND, handled by _on_snap_chunk and _on_snap_ack.
         self.snap_sender: SnapshotSender | None = None
         self.snap_receiver: SnapshotReceiver | None = None
+        self._compacting = False  # a snapshot is being written in a worker thread
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -658,14 +669,47 @@ class Agent:
             self.leader_since = None
 
     def _maybe_compact(self) -> None:
+        """Compact once ``snapshot_entries`` entries were applied since the last snapshot.
+        Only a copy of the state is taken here (cheap); encoding it and writing the snapshot
+        file run in a worker thread (``_compact``), so a large state does not stall the loop
+        (heartbeats, appends and reads go on); the snapshot is put in force back on the loop,
+        between two ready batches."""
         raw = self.raw
         assert raw is not None and self.storage is not None
+        if self._compacting:
+            return
         if self.state.index - raw.raft.log.first_index() < self.cfg.snapshot_entries:
             return
-        snap = raw.compact(self.state.index, self.state.snapshot())
-        if snap is not None:
-            self.storage.save_snapshot(snap)
-            log.info("snapshot at index %d (%d bytes)", snap.meta.index, len(snap.data))
+        index = self.state.index
+        meta = SnapshotMeta(index, raw.raft.log.term(index), raw.conf_state_at(index))
+        self._compacting = True
+        self._spawn(self._compact(meta, self.state.snapshot_parts()), "compact")
+
+    async def _compact(self, meta: SnapshotMeta, parts: SnapshotParts) -> None:
+        storage = self.storage
+        assert storage is not None
+        try:
+            data = await asyncio.to_thread(encode_snapshot_parts, parts)
+            path = await asyncio.to_thread(storage.prepare_snapshot, Snapshot(meta, data))
+            raw = self.raw
+            if (
+                raw is None
+                or self._stop.is_set()
+                or meta.index <= raw.raft.log.offset  # a snapshot from the leader covers it
+                or raw.raft.log.term(meta.index) != meta.term
+                or raw.conf_state_at(meta.index) != meta.conf_state
+            ):
+                storage.discard_prepared_snapshot(path)
+                return
+            snap = raw.compact(meta.index, data)
+            if snap is None:
+                storage.discard_prepared_snapshot(path)
+            elif storage.install_prepared_snapshot(snap, path):
+                log.info("snapshot at index %d (%d bytes)", meta.index, len(data))
+        except StorageError as exc:
+            self.fail(f"storage failed, state could not be made durable: {exc}")
+        finally:
+            self._compacting = False
 
     def _serve_reads(self) -> None:
         if not self._ready_reads:

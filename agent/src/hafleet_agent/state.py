@@ -725,6 +725,22 @@ class StateMachine:
             }
         )
 
+    def snapshot_parts(self) -> SnapshotParts:
+        """A copy of the state as of now, cheap to take (the KV values are shared: the state
+        never changes a value in place, it replaces it), for :func:`encode_snapshot_parts`
+        to encode elsewhere - in a worker thread - while this state goes on applying."""
+        return SnapshotParts(
+            index=self.index,
+            members=copy.deepcopy(self._members),
+            weights={
+                "version": self._weights_version,
+                "weights": dict(self._weights),
+                "reason": self._weights_reason,
+                "modify_index": self._weights_index,
+            },
+            kv={key: dict(rec) for key, rec in self._kv.items()},
+        )
+
     def restore(self, data: bytes, index: int | None = None) -> None:
         """Replace the state with a snapshot's. ``index``, when given, must be the snapshot's
         (empty ``data`` then means the empty state at that index)."""
@@ -791,6 +807,38 @@ def _internal(exc: Exception) -> dict[str, JSON]:
     return StateError(
         500, f"applying the entry failed: {type(exc).__name__}: {shown(str(exc))}", "internal"
     ).to_dict()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotParts:
+    """What :meth:`StateMachine.snapshot_parts` copied: the state at ``index``."""
+
+    index: int
+    members: dict[str, JSON]
+    weights: dict[str, JSON]
+    kv: dict[str, dict[str, JSON]]
+
+
+def encode_snapshot_parts(parts: SnapshotParts) -> bytes:
+    """The bytes :meth:`StateMachine.snapshot` gives for that state, encoded key by key: in a
+    worker thread, the interpreter can switch back to the event loop between two keys (one
+    ``json.dumps`` of the whole state would hold it for the whole encoding)."""
+    kv = b",".join(encode_json(key) + b":" + encode_json(parts.kv[key]) for key in sorted(parts.kv))
+    return b"".join(
+        (
+            b'{"index":',
+            encode_json(parts.index),
+            b',"kv":{',
+            kv,
+            b'},"members":',
+            encode_json(parts.members),
+            b',"v":',
+            encode_json(SNAPSHOT_FORMAT),
+            b',"weights":',
+            encode_json(parts.weights),
+            b"}",
+        )
+    )
 
 
 def _member_view(rec: dict[str, JSON]) -> dict[str, JSON]:

@@ -121,15 +121,16 @@ def test_new_and_lagging_agents_catch_up_through_chunked_snapshots_over_the_fram
     assert cluster.get(lead, "after")[1]["value"] == "ok"
 
     # A lagging voter as well: stopped while the leader compacts past its log, it comes back
-    # and catches up through a chunked snapshot.
+    # and catches up through a chunked snapshot. (Two compactions: the appends the leader had
+    # queued for it before it noticed, up to 64 in flight, reach it when it is back.)
     victim = next(nid for nid in founders if nid != lead)
     cluster.kill9(victim)
     compactions = len(snapshot_sizes(cluster.node(lead).log()))
-    for i in range(300):
-        if len(snapshot_sizes(cluster.node(lead).log())) > compactions:
+    for i in range(500):
+        if len(snapshot_sizes(cluster.node(lead).log())) >= compactions + 2:
             break
         put(cluster, lead, f"more/{i:03d}", i)
-    assert len(snapshot_sizes(cluster.node(lead).log())) > compactions
+    assert len(snapshot_sizes(cluster.node(lead).log())) >= compactions + 2
     rest = [nid for nid in cluster.nodes if nid != victim]
     lead, term = settled(cluster, rest)
     restarted = time.monotonic()

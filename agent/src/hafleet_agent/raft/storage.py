@@ -60,6 +60,13 @@ last entry, or our entry at its index has another term - every entry is dropped.
 not newer than the current one is ignored. A crash between the two renames is finished on
 the next open.
 
+A compaction may also write its snapshot ahead, in a worker thread, to ``snapshot.bin.next``
+(:meth:`DiskStorage.prepare_snapshot`: encode, write, fsync - the costly part for a large
+state) and put it in force later from the owner's thread
+(:meth:`DiskStorage.install_prepared_snapshot`: rename over ``snapshot.bin``, directory
+fsync, log compaction as above). A prepared file is never read back on open: it is removed,
+like a ``.tmp`` file.
+
 Recovery
 ========
 
@@ -98,6 +105,7 @@ PostgreSQL fsync lesson); the agent must stop and recover from what is really on
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -137,6 +145,8 @@ LOG_FILE = "raft.log"
 SNAPSHOT_FILE = "snapshot.bin"
 LOCK_FILE = "LOCK"
 TMP_SUFFIX = ".tmp"
+PREPARED_SUFFIX = ".next"
+"""A snapshot written ahead by :meth:`DiskStorage.prepare_snapshot`, not yet in force."""
 
 LOG_MAGIC = b"HAFLRLOG"
 SNAP_MAGIC = b"HAFLSNAP"
@@ -553,8 +563,8 @@ class DiskStorage:
         return storage
 
     def _recover(self) -> None:
-        for name in (LOG_FILE, SNAPSHOT_FILE):
-            tmp = self.path / (name + TMP_SUFFIX)
+        leftovers = [self.path / (name + TMP_SUFFIX) for name in (LOG_FILE, SNAPSHOT_FILE)]
+        for tmp in [*leftovers, self.path / (SNAPSHOT_FILE + PREPARED_SUFFIX)]:
             if tmp.exists():
                 logger.info("%s: removing the leftover of an interrupted write", tmp)
                 tmp.unlink()
@@ -699,6 +709,50 @@ class DiskStorage:
         self.snapshot = snap
         self.entries = list(_trim_to_snapshot(self.entries, snap.meta))
         self._rewrite_log()
+
+    def prepare_snapshot(self, snap: Snapshot) -> Path:
+        """Write ``snap`` to a file of its own (``snapshot.bin.next``) and fsync it, touching
+        nothing else: the one call of this class that may run in a worker thread, while the
+        owner goes on with :meth:`save` (the slow part of a compaction - encoding, writing
+        and syncing the whole state - then no longer holds the caller's thread). Put it in
+        force with :meth:`install_prepared_snapshot`, from the owner's thread. One prepared
+        snapshot at a time."""
+        self._check()
+        content = _encode_snapshot(snap)
+        path = self.path / (SNAPSHOT_FILE + PREPARED_SUFFIX)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, content)
+                self._sync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._fail(f"{path}: cannot write the snapshot: {exc}", exc)
+        return path
+
+    def install_prepared_snapshot(self, snap: Snapshot, path: Path) -> bool:
+        """Put a snapshot written by :meth:`prepare_snapshot` in force, exactly as
+        :meth:`save_snapshot` would (rename, directory fsync, log compaction). False, and the
+        file is removed, when it is not newer than the current snapshot (one received from
+        the leader meanwhile)."""
+        self._check()
+        if snap.meta.index <= self.snapshot.meta.index:
+            self.discard_prepared_snapshot(path)
+            return False
+        try:
+            os.replace(path, self.snapshot_path)
+            self._sync_dir()
+        except OSError as exc:
+            self._fail(f"{self.snapshot_path}: cannot install the snapshot: {exc}", exc)
+        self.snapshot = snap
+        self.entries = list(_trim_to_snapshot(self.entries, snap.meta))
+        self._rewrite_log()
+        return True
+
+    def discard_prepared_snapshot(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
     def _rewrite_log(self) -> None:
         """Atomically replace the log with one batch: :attr:`entries` + :attr:`hard_state`."""
