@@ -67,8 +67,9 @@ MAX_CHUNK_BYTES = 16 << 20
 """The largest chunk a receiver takes (a sender may pick a smaller chunk size)."""
 MAX_TOTAL_BYTES = 1 << 40
 """The largest snapshot a receiver takes (a sanity bound; the quota keeps states far below)."""
-INLINE_MARGIN = 1 << 20
-"""Room left in a frame for the message around the snapshot data (ids, header)."""
+INLINE_MARGIN = 64 << 10
+"""Room left in a frame for the message around the snapshot data and its member ids (which
+:meth:`SnapshotSender.fits_one_frame` counts besides): a few hundred bytes are needed."""
 PART_FILE = "snapshot.recv.part"
 """The file a snapshot being received is written to, in the data dir."""
 _MAX_IDS = 1 << 16

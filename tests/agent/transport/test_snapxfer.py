@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
+from hafleet_agent.codec import encode_message
 from hafleet_agent.raft.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
 from hafleet_agent.snapxfer import (
     ACK_KIND,
@@ -24,7 +26,7 @@ from hafleet_agent.snapxfer import (
     SnapshotReceiver,
     SnapshotSender,
 )
-from hafleet_agent.transport import PeerInfo, Transport
+from hafleet_agent.transport import FRAME_OVERHEAD, PeerInfo, Transport
 
 KEY = b"correct horse battery staple, 32+ bytes long"
 HOST = "127.0.0.1"
@@ -358,3 +360,36 @@ def test_the_receiver_refuses_malformed_and_stray_chunks(tmp_path: Path) -> None
     )
     assert not (tmp_path / PART_FILE).exists()
     r.close()
+
+
+def test_what_fits_one_frame_is_what_the_transport_takes_in_one_frame() -> None:
+    """The boundary of the single-frame path (the only one an agent of the previous
+    version takes): anything fits_one_frame accepts goes through send() as one frame."""
+
+    class Limits:
+        max_frame = MAX_FRAME
+
+    sender = SnapshotSender(
+        transport=Limits(),
+        cluster_id=lambda: None,
+        spawn=lambda coro, name: coro.close(),
+        still_leader=lambda to, term: True,
+        report_failure=lambda to: None,
+    )
+    ids = tuple(f"node-{i:03d}-" + "x" * 240 for i in range(40))  # long ids count too
+    for voters in ((), ids):
+        meta = SnapshotMeta(10**12, 10**9, ConfState(voters, ("learner",)))
+        room = sender.inline_max - sum(len(n.encode()) + 4 for n in (*voters, "learner"))
+        for size, fits in ((room, True), (room + 1, False)):
+            m = Message(
+                MessageType.SNAP,
+                to="f" * 255,
+                frm="l" * 255,
+                term=10**9,
+                snapshot=Snapshot(meta, bytes(size)),
+            )
+            assert sender.fits_one_frame(m.snapshot) is fits
+            frame = {"k": "raft", "cid": "c" * 128, "m": encode_message(m)}
+            wire = len(msgpack.packb(frame, use_bin_type=True)) + FRAME_OVERHEAD - 4
+            if fits:
+                assert wire <= MAX_FRAME, wire - MAX_FRAME
