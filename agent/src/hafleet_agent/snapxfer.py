@@ -72,6 +72,8 @@ INLINE_MARGIN = 64 << 10
 :meth:`SnapshotSender.fits_one_frame` counts besides): a few hundred bytes are needed."""
 PART_FILE = "snapshot.recv.part"
 """The file a snapshot being received is written to, in the data dir."""
+DISK_RESERVE_BYTES = 64 << 20
+"""Free space a receiver keeps beyond the snapshot's size (for the Raft log)."""
 _MAX_IDS = 1 << 16
 _MAX_REASON = 200
 
@@ -379,6 +381,7 @@ class SnapshotReceiver:
         reply: Callable[[str, dict[str, Any]], None],
         spawn: Spawn,
         max_total: int = MAX_TOTAL_BYTES,
+        free_bytes: Callable[[Path], int] | None = None,
     ) -> None:
         self.node_id = node_id
         self.path = Path(data_dir) / PART_FILE
@@ -386,6 +389,7 @@ class SnapshotReceiver:
         self._reply = reply
         self._spawn = spawn
         self.max_total = max_total
+        self._free_bytes = free_bytes or _free_bytes
         self._cur: _Incoming | None = None
         self._refused: list[str] = []  # transfer ids refused already: one answer each
         self.stats = {"completed": 0, "refused": 0, "bytes_received": 0}
@@ -465,6 +469,24 @@ class SnapshotReceiver:
         if total > self.max_total:
             self._refuse(frm, addr, xid, cur.index, f"{total} bytes is over the limit")
             return None
+        # The part file, then the snapshot file the storage writes (the part file is gone
+        # by then) must fit, with room to spare for the Raft log: a full disk would make its
+        # next fsync fail, and that is fail-stop.
+        try:
+            free = self._free_bytes(self.path.parent)
+        except OSError as exc:
+            free = None
+            log.debug("cannot tell the free space of %s: %s", self.path.parent, exc)
+        if free is not None and total + DISK_RESERVE_BYTES > free:
+            self._refuse(
+                frm,
+                addr,
+                xid,
+                cur.index,
+                f"not enough disk space: {_mib(total)} to receive, {_mib(free)} free "
+                f"(keeping {_mib(DISK_RESERVE_BYTES)} for the log)",
+            )
+            return None
         try:
             cur.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -535,6 +557,11 @@ class SnapshotReceiver:
         self.stats["completed"] += 1
         self._deliver(cur.peer, msg)
         self._reply(cur.addr, {"k": ACK_KIND, "x": cur.xid, "index": cur.index, "ok": True})
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -393,3 +393,37 @@ def test_what_fits_one_frame_is_what_the_transport_takes_in_one_frame() -> None:
             wire = len(msgpack.packb(frame, use_bin_type=True)) + FRAME_OVERHEAD - 4
             if fits:
                 assert wire <= MAX_FRAME, wire - MAX_FRAME
+
+
+def test_the_receiver_refuses_a_snapshot_the_disk_cannot_hold(tmp_path: Path) -> None:
+    replies: list[dict[str, Any]] = []
+    free = {"bytes": (64 << 20) + 99}
+    r = SnapshotReceiver(
+        node_id="f",
+        data_dir=tmp_path,
+        deliver=lambda peer, m: None,
+        reply=lambda addr, body: replies.append(body),
+        spawn=lambda coro, name: coro.close(),
+        free_bytes=lambda path: free["bytes"],
+    )
+    peer = PeerInfo("l", "lab", "cid", "127.0.0.1:7400", "127.0.0.1:5555", False)
+    chunk = {
+        "term": 5,
+        "index": 9,
+        "sterm": 2,
+        "total": 100,
+        "sum": bytes(32),
+        "off": 0,
+        "data": b"x" * 10,
+        "voters": ["l", "f"],
+        "learners": [],
+    }
+    r.on_chunk(peer, {**chunk, "x": "t1"})  # 100 bytes + the 64 MiB reserve > free
+    assert [(b["x"], b["ok"]) for b in replies] == [("t1", False)]
+    assert "not enough disk space" in replies[0]["reason"]
+    assert not (tmp_path / PART_FILE).exists()
+    free["bytes"] += 1
+    r.on_chunk(peer, {**chunk, "x": "t2"})  # fits exactly
+    assert len(replies) == 1 and (tmp_path / PART_FILE).exists()
+    r.close()
+    assert not (tmp_path / PART_FILE).exists()
