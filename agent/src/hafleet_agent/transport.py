@@ -52,8 +52,13 @@ Delivery
 
 Failure handling
     Any violation (bad proof, bad tag, wrong counter, oversize, truncation, garbage,
-    bad msgpack or hello, handshake timeout) closes that connection with one line on the
+    bad msgpack or hello, handshake timeout) closes that connection with a line on the
     ``hafleet.transport`` logger naming the reason; other connections are not affected.
+    Inbound lines are throttled per source address: one per WARN_INTERVAL (10 s), the next
+    one saying how many were not logged. An accepted connection must send its first frame
+    within FIRST_FRAME_TIMEOUT (2 s) and finish the handshake within ``handshake_timeout``;
+    one source address may have MAX_PENDING_PER_SOURCE (16) connections in the handshake,
+    all sources 128; past either limit a new connection is closed at once.
     Outbound connections come back with exponential back-off and jitter while frames are
     queued. Frames already written to a connection that then fails are lost (at most
     once delivery); Raft retransmits what matters.
@@ -69,6 +74,7 @@ import random
 import secrets
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -103,6 +109,17 @@ _DIR_S2C = b"\x02"
 _ONE_SHOT_MAC = 1 << 16
 _BATCH_BYTES = 1 << 20  # frames sealed and written together before the next drain
 _MAX_PENDING_HANDSHAKES = 128
+MAX_PENDING_PER_SOURCE = 16
+"""Connections one source address may have in the handshake at once; more are refused.
+
+An honest host has one connection a peer agent on it in the handshake at a time, at worst;
+16 leaves room for a lab that runs up to 16 agents on one host (they all dial from
+127.0.0.1), and still takes 8 flooding addresses to fill the 128 slots."""
+FIRST_FRAME_TIMEOUT = 2.0
+"""How long an accepted connection may take to send its first handshake frame."""
+WARN_INTERVAL = 10.0
+"""Inbound warnings about one source address: at most one line per this many seconds."""
+_WARN_SOURCES = 1024  # distinct source addresses the warning throttle remembers
 _HELLO_KEYS = ("node_id", "cluster", "cluster_id", "addr")
 
 
@@ -141,6 +158,10 @@ class TransportStats:
     """Oversize or truncated frames, undecodable payloads, bad hellos, stalled peers."""
     peers_refused: int = 0
     """Hellos that ``accept_peer`` refused (or that claimed our own node id)."""
+    handshakes_refused: int = 0
+    """Connections closed at once: too many in the handshake (from their source, or all)."""
+    warnings_suppressed: int = 0
+    """Inbound warnings not logged because their source had one logged recently."""
     drops_queue_full: int = 0
     drops_too_large: int = 0
     drops_discarded: int = 0
@@ -452,6 +473,38 @@ def _valid_id(v: object, *, optional: bool = False) -> bool:
     return isinstance(v, str) and 0 < len(v.encode("utf-8", "replace")) <= _MAX_ID_BYTES
 
 
+class _WarnThrottle:
+    """One warning line per source address per interval; the next says how many were held.
+
+    A flood from one address would otherwise write a line per connection (20,000 lines in
+    a few seconds). Sources are remembered for one interval; past ``_WARN_SOURCES`` of
+    them at once, the others share one entry, so the memory stays bounded too.
+    """
+
+    def __init__(self, interval: float, stats: TransportStats) -> None:
+        self.interval = interval
+        self.stats = stats
+        self._last: dict[str, tuple[float, int]] = {}  # source -> (logged at, held since)
+
+    def warn(self, source: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        key = source
+        if key not in self._last and len(self._last) >= _WARN_SOURCES:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
+            if len(self._last) >= _WARN_SOURCES:
+                key = "other sources"
+        logged_at, held = self._last.get(key, (-self.interval, 0))
+        if now - logged_at < self.interval:
+            self._last[key] = (logged_at, held + 1)
+            self.stats.warnings_suppressed += 1
+            return
+        self._last[key] = (now, 0)
+        if held:
+            msg += " (%d more from %s in the %.0fs before were not logged)"
+            args = (*args, held, key, now - logged_at)
+        log.warning(msg, *args)
+
+
 class Transport:
     """Authenticated, framed msgpack messaging between agents over TCP.
 
@@ -527,6 +580,8 @@ class Transport:
         self._outbound: dict[str, _Outbound] = {}
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._pending_handshakes = 0
+        self._pending_by_source: dict[str, int] = {}
+        self._throttle = _WarnThrottle(WARN_INTERVAL, self.stats)
         self._state = "new"  # new -> running -> stopped
         self._rng = random.Random()
 
@@ -791,18 +846,50 @@ class Transport:
     # ---- inbound ---------------------------------------------------------------------------
 
     def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Called synchronously for each accepted socket, so stop() sees every task."""
-        if self._state != "running" or self._pending_handshakes >= _MAX_PENDING_HANDSHAKES:
-            if self._state == "running":
-                log.warning("too many connections in handshake: refusing one")
+        """Called synchronously for each accepted socket, so stop() sees every task.
+
+        A connection counts as pending until its handshake and hellos are done. One source
+        address may have MAX_PENDING_PER_SOURCE of them, all sources together 128; past
+        either limit the connection is closed at once. So a flood from one address cannot
+        take the slots a real peer needs, and a silent connection holds its slot at most
+        FIRST_FRAME_TIMEOUT.
+        """
+        if self._state != "running":
+            writer.transport.abort()
+            return
+        source = _source(writer)
+        mine = self._pending_by_source.get(source, 0)
+        if mine >= MAX_PENDING_PER_SOURCE or self._pending_handshakes >= _MAX_PENDING_HANDSHAKES:
+            self.stats.handshakes_refused += 1
+            self._throttle.warn(
+                source,
+                "refusing a connection from %s: %d of its connections and %d in all are in "
+                "the handshake (limits %d and %d)",
+                source,
+                mine,
+                self._pending_handshakes,
+                MAX_PENDING_PER_SOURCE,
+                _MAX_PENDING_HANDSHAKES,
+            )
             writer.transport.abort()
             return
         self._pending_handshakes += 1
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._pending_by_source[source] = mine + 1
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer, source))
         self._inbound[task] = writer
         task.add_done_callback(lambda t: self._inbound.pop(t, None))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _handshake_done(self, source: str) -> None:
+        self._pending_handshakes -= 1
+        left = self._pending_by_source.get(source, 1) - 1
+        if left > 0:
+            self._pending_by_source[source] = left
+        else:
+            self._pending_by_source.pop(source, None)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str
+    ) -> None:
         conn = _Conn(reader, writer, _fmt_addr(writer.get_extra_info("peername")))
         try:
             try:
@@ -810,7 +897,7 @@ class Transport:
                 async with asyncio.timeout(self.handshake_timeout):
                     await self._server_handshake(conn)
             finally:
-                self._pending_handshakes -= 1
+                self._handshake_done(source)
             self.stats.inbound_accepted += 1
             log.debug("accepted %s", conn.describe())
             await self._read_loop(conn)
@@ -825,12 +912,13 @@ class Transport:
             else:  # a bug here, not the peer's fault: say so loudly, but keep serving
                 log.exception("internal error on the connection from %s", conn.describe())
                 reason = "internal error"
-            log.warning("closing connection from %s: %s", conn.describe(), reason)
+            self._throttle.warn(source, "closing connection from %s: %s", conn.describe(), reason)
         finally:
             await _abort(conn)
 
     async def _server_handshake(self, conn: _Conn) -> None:
-        body = await _read_frame(conn.reader, _HANDSHAKE_MAX, "the client's handshake")
+        async with asyncio.timeout(min(FIRST_FRAME_TIMEOUT, self.handshake_timeout)):
+            body = await _read_frame(conn.reader, _HANDSHAKE_MAX, "the client's handshake")
         if len(body) != len(PROTOCOL) + NONCE_LEN or not body.startswith(PROTOCOL):
             raise _AuthError(f"the client does not speak {PROTOCOL.decode()}")
         nonce_c = body[len(PROTOCOL) :]
@@ -923,6 +1011,14 @@ class Transport:
             self.stats.peers_refused += 1
         elif isinstance(e, _ProtocolError):
             self.stats.protocol_errors += 1
+
+
+def _source(writer: asyncio.StreamWriter) -> str:
+    """The remote address (without the port) of an accepted connection."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
 
 
 def _reason(e: BaseException) -> str:

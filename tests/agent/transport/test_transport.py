@@ -930,3 +930,121 @@ def test_parse_addr(text: str, expected: tuple[str, int]) -> None:
 def test_parse_addr_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_addr(text)
+
+
+# ---- floods -------------------------------------------------------------------------------------
+
+FLOODER = "127.0.0.2"  # another loopback address: the flood's source, the real peer is on HOST
+
+
+async def connect_from(source: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async with asyncio.timeout(WAIT):
+        return await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+
+
+def test_a_flood_from_one_source_does_not_keep_a_real_peer_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """300 half-open connections and a churn of garbage from 127.0.0.2: a real peer on
+    127.0.0.1 still gets through at once, and the log gets a few lines, not one a connection.
+    (Before: the flood took all 128 handshake slots for 5 s, the peer was refused until they
+    timed out, and every refusal and every close logged a warning.)"""
+    delays: list[float] = []
+
+    async def main() -> None:
+        ib = Inbox()
+        b = make("b", ib)  # the default handshake timeout (5 s)
+        await b.start()
+        loop = asyncio.get_running_loop()
+        half_open = [await connect_from(FLOODER, b.port) for _ in range(300)]
+        stop = asyncio.Event()
+
+        async def churn() -> None:
+            for _ in range(2000):  # garbage connections, until the peer is through
+                if stop.is_set():
+                    return
+                try:
+                    _, w = await connect_from(FLOODER, b.port)
+                    w.write(frame(b"GET / HTTP/1.0\r\n"))
+                    w.close()
+                except OSError:
+                    pass
+                await asyncio.sleep(0.001)
+
+        churning = loop.create_task(churn())
+        try:
+            await asyncio.sleep(0.2)  # the flood is on
+            assert b.stats.handshakes_refused > 200
+            good = make("good")
+            await good.start()
+            for i in range(3):  # three fresh connections in a row, each through at once
+                t0 = loop.time()
+                good.send(addr(b), i)
+                await ib.wait_for(i + 1, node_id="good")
+                delays.append(loop.time() - t0)
+                await good.close_peer(addr(b))
+            await good.stop()
+        finally:
+            stop.set()
+            await churning
+            for _, w in half_open:
+                w.transport.abort()
+        # the flooder's slots come back: once its connections are gone it can log in again
+        await wait_until(lambda: b._pending_handshakes == 0, "the flood's handshakes ended")
+        r, w = await connect_from(FLOODER, b.port)
+        raw = RawClient(r, w)
+        await raw.login("later")
+        await raw.close()
+        await b.stop()
+
+    caplog.set_level(logging.WARNING, logger="hafleet.transport")
+    run(main())
+    assert max(delays) < 1.0, delays
+    flood_lines = [r.getMessage() for r in caplog.records if FLOODER in r.getMessage()]
+    assert 1 <= len(flood_lines) <= 4, flood_lines  # one per kind per 10 s interval
+
+
+def test_a_throttled_warning_says_how_many_were_held_back(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hafleet_agent import transport
+
+    monkeypatch.setattr(transport, "WARN_INTERVAL", 0.3)
+
+    async def main() -> None:
+        b = make("b", handshake_timeout=5.0)
+        await b.start()
+        for i in range(1, 6):  # five garbage connections in quick succession: one line
+            _, w = await connect_from(FLOODER, b.port)
+            w.write(frame(b"garbage"))
+            await wait_until(lambda n=i: b.stats.auth_failures == n, f"garbage {i} closed")
+            w.close()
+        await asyncio.sleep(0.35)  # the interval passes: the next line carries the count
+        _, w = await connect_from(FLOODER, b.port)
+        w.write(frame(b"garbage"))
+        await wait_until(lambda: b.stats.auth_failures == 6, "sixth closed")
+        w.close()
+        assert b.stats.warnings_suppressed == 4
+        await b.stop()
+
+    caplog.set_level(logging.WARNING, logger="hafleet.transport")
+    run(main())
+    lines = [r.getMessage() for r in caplog.records if FLOODER in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "does not speak" in lines[0] and "not logged" not in lines[0]
+    assert f"(4 more from {FLOODER} in the" in lines[1]
+
+
+def test_a_silent_connection_holds_its_slot_two_seconds() -> None:
+    async def main() -> None:
+        b = make("b")  # handshake_timeout 5 s; the first frame is due within FIRST_FRAME_TIMEOUT
+        await b.start()
+        loop = asyncio.get_running_loop()
+        raw = await RawClient.connect(b.port)
+        t0 = loop.time()
+        assert await raw.closed_by_peer()
+        assert 1.8 < loop.time() - t0 < 4.0
+        await raw.close()
+        await b.stop()
+
+    run(main())
