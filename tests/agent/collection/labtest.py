@@ -62,6 +62,23 @@ def collections_path() -> Path:
     return root
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited: a zombie (state Z) has exited.
+
+    HAProxy runs with ``-D``: its parent exits, so it becomes a child of PID 1. On this machine
+    kind PID 1 (not an init system) reaps orphans lazily, about 1.5-2 s after they exit (more
+    under load), and until then ``/proc/PID`` stays, holding no memory, socket or file. A test
+    that took ``/proc/PID`` for "alive" failed after a clean stop (docs/development.md).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    # The state follows the command name in parentheses (which may hold spaces or ')').
+    return stat[stat.rindex(")") + 2 :].split(" ", 1)[0] not in ("Z", "X")
+
+
 @dataclass
 class Run:
     rc: int
@@ -173,7 +190,7 @@ class TestLab:
                 pid = int(pidfile.read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 continue
-            if Path(f"/proc/{pid}").exists():
+            if running(pid):
                 found[str(pidfile.relative_to(self.root))] = pid
         return found
 

@@ -7,14 +7,15 @@ The tests of this module run in order and share one lab (see conftest.py).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from labtest import BIN, REPO, Load, needs_lab
+from labtest import BIN, REPO, Load, needs_lab, running
 
 pytestmark = needs_lab
 
@@ -33,6 +34,73 @@ def reached_nodes(lab, requests=60):
         with urllib.request.urlopen(lab.url, timeout=5) as resp:
             seen.add(resp.headers["X-Node"])
     return seen
+
+
+def haproxy_servers(lab) -> dict:
+    """The backend's servers as HAProxy holds them (the role's helper reads its socket)."""
+    proc = subprocess.run(
+        [
+            str(lab.cache / "venv" / "bin" / "python"),
+            str(lab.cache / "venv" / "bin" / "hafleet-haproxy"),
+            "servers",
+            "--settings",
+            str(lab.root / "balancer" / "haproxy.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return {s["name"]: s for s in json.loads(proc.stdout or "{}").get("servers", [])}
+
+
+def wait_balanced(lab, ids: set[str], timeout: float = 90.0) -> None:
+    """Wait (bounded) until the group's weights for ``ids`` reach HAProxy as a fair share.
+
+    scale.yml returns once every node is up in HAProxy with a weight above 0 and one request
+    reached each; the weight table keeps moving after that (a founding member starts in a
+    blackout, a member the leader has not heard from for three election timeouts gets the
+    trickle weight 1 until it is heard again; docs/weights.md). All the lab's nodes share one
+    host, so once settled their weights are alike and 60 round-robin requests reach each.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            table = lab.api(1, "/v1/weights")["weights"]
+            healthy = {m["id"] for m in lab.api(1, "/v1/members") if m["healthy"]}
+            servers = haproxy_servers(lab)
+        except (OSError, ValueError, KeyError):
+            table, healthy, servers = {}, set(), {}
+        weights = [servers[i]["weight"] for i in ids if i in servers]
+        if (
+            ids <= healthy
+            and len(weights) == len(ids)
+            and all(servers[i]["up"] and servers[i]["weight"] == table.get(i) for i in ids)
+            and min(weights) * 4 >= max(weights)
+        ):
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not balanced after {timeout:g}s:\n{balancer_view(lab)}")
+        time.sleep(0.5)
+
+
+def balancer_view(lab) -> str:
+    """What HAProxy and the group say about the servers: shown when an assertion fails."""
+    out = []
+    try:
+        out.append(f"weights: {lab.api(1, '/v1/weights')}")
+        for m in lab.api(1, "/v1/members"):
+            out.append(f"member: {m}")
+    except OSError as exc:
+        out.append(f"API: {exc}")
+    try:
+        out.append(f"haproxy servers: {haproxy_servers(lab)}")
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        out.append(f"haproxy servers: {exc}")
+    log = lab.root / "balancer" / "syncer.log"
+    if log.exists():
+        out.append("syncer.log ends:\n" + log.read_text()[-3000:])
+    return "\n".join(out)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +152,8 @@ def test_scale_from_nothing_makes_voters_that_haproxy_serves(lab):
     view = members(lab)
     assert set(view) == {"hfct-node1", "hfct-node2"}
     assert sorted(m["role"] for m in view.values()) == ["leader", "voter"]
-    assert reached_nodes(lab) == {"hfct-node1", "hfct-node2"}
+    wait_balanced(lab, {"hfct-node1", "hfct-node2"})
+    assert reached_nodes(lab) == {"hfct-node1", "hfct-node2"}, balancer_view(lab)
     for pidfile in ("nodes/hfct-node1/run/agent.pid", "nodes/hfct-node2/run/demo.pid"):
         assert pidfile in lab.pids()
     for secret in ("secrets/key", "secrets/token", "nodes/hfct-node1/etc/token"):
@@ -244,7 +313,7 @@ def test_destroy_removes_everything_it_made(lab):
     assert lab.namespaces() == set()
     assert lab.links() == set()
     assert not lab.root.exists()
-    alive = [name for name, pid in pids.items() if Path(f"/proc/{pid}").exists()]
+    alive = [name for name, pid in pids.items() if running(pid)]
     assert alive == []
     again = lab.playbook("destroy.yml")
     assert_ok(again)
