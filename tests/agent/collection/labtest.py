@@ -62,8 +62,10 @@ def collections_path() -> Path:
     return root
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not exited: a zombie (state Z) has exited.
+def running(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` is a process that has not exited: a zombie (state Z) has exited. With
+    ``started`` (its start time, :func:`start_time`), only if it is still that process: PIDs
+    wrap at 32768 here and a make test run starts processes by the ten thousand.
 
     HAProxy runs with ``-D``: its parent exits, so it becomes a child of PID 1. On this machine
     kind PID 1 (not an init system) reaps orphans lazily, about 1.5-2 s after they exit (more
@@ -76,7 +78,20 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     # The state follows the command name in parentheses (which may hold spaces or ')').
-    return stat[stat.rindex(")") + 2 :].split(" ", 1)[0] not in ("Z", "X")
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return started is None or int(fields[19]) == started
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` (clock ticks after boot, /proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
 
 
 @dataclass

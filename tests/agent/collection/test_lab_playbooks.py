@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 import pytest
-from labtest import BIN, REPO, Load, needs_lab, running
+from labtest import BIN, REPO, Load, needs_lab, running, start_time
 
 pytestmark = needs_lab
 
@@ -307,13 +307,14 @@ def test_status_prints_a_table(lab):
 def test_destroy_removes_everything_it_made(lab):
     pids = lab.pids()
     assert pids
+    started = {name: start_time(pid) for name, pid in pids.items()}
     run = lab.playbook("destroy.yml")
     assert_ok(run)
 
     assert lab.namespaces() == set()
     assert lab.links() == set()
     assert not lab.root.exists()
-    alive = [name for name, pid in pids.items() if running(pid)]
+    alive = [name for name, pid in pids.items() if running(pid, started[name])]
     assert alive == []
     again = lab.playbook("destroy.yml")
     assert_ok(again)
