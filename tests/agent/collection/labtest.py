@@ -223,13 +223,19 @@ class TestLab:
         """destroy.yml, then whatever it could not remove: by PID and by exact name."""
         problems = []
         pids = self.pids()
+        started = {pid: start_time(pid) for pid in pids.values()}
         try:
             run = self.playbook("destroy.yml", timeout=240)
             if run.rc != 0:
                 problems.append("destroy.yml failed:\n" + run.out[-3000:])
         except subprocess.TimeoutExpired:
             problems.append("destroy.yml timed out")
+        for pid in self.pids().values():
+            started.setdefault(pid, start_time(pid))
         for name, pid in {**pids, **self.pids()}.items():
+            # Only the process the pid file named: by now its PID may be another's.
+            if not running(pid, started.get(pid)):
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
                 problems.append(f"killed leftover {name} (pid {pid})")
