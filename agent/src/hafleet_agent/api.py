@@ -451,6 +451,17 @@ class _Collector:
                 c = CounterMetricFamily(f"hafleet_transport_{k}", f"transport {k}")
                 c.add_metric([], v)
                 yield c
+        yield g("hafleet_kv_bytes", "KV store size as the quota counts it", agent.state.kv_bytes())
+        yield g("hafleet_kv_quota_bytes", "quota_bytes (0: no quota)", agent.cfg.quota_bytes)
+        for source, names in (
+            (agent.snap_sender, _SNAPSHOT_SEND_METRICS),
+            (agent.snap_receiver, _SNAPSHOT_RECEIVE_METRICS),
+        ):
+            if source is not None:
+                for key, (name, doc) in names.items():
+                    c = CounterMetricFamily(name, doc)
+                    c.add_metric([], source.stats[key])
+                    yield c
         c = CounterMetricFamily("hafleet_api_requests", "API requests")
         c.add_metric([], self.api.requests)
         yield c
@@ -468,6 +479,20 @@ class _Collector:
             c.add_metric([], cap.refused)
             yield c
         yield g("hafleet_uptime_seconds", "agent uptime", time.monotonic() - agent.started_at)
+
+
+# The chunked snapshot transfer's counters (snapxfer.py), by their key in its stats.
+_SNAPSHOT_SEND_METRICS = {
+    "started": ("hafleet_snapshot_sends_started", "chunked snapshot transfers started"),
+    "completed": ("hafleet_snapshot_sends_completed", "chunked snapshots the receiver took"),
+    "failed": ("hafleet_snapshot_sends_failed", "chunked snapshot transfers that failed"),
+    "bytes_sent": ("hafleet_snapshot_bytes_sent", "snapshot data queued in chunks"),
+}
+_SNAPSHOT_RECEIVE_METRICS = {
+    "completed": ("hafleet_snapshot_receives_completed", "chunked snapshots received whole"),
+    "refused": ("hafleet_snapshot_receives_refused", "chunked snapshot transfers refused"),
+    "bytes_received": ("hafleet_snapshot_bytes_received", "snapshot data received in chunks"),
+}
 
 
 def build_app(agent: Agent) -> tuple[web.Application, Api]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from harness import Cluster
+
+from hafleet_agent.state import kv_record_bytes
 
 MakeCluster = Callable[..., Cluster]
 
@@ -32,3 +35,9 @@ def test_the_quota_refuses_growth_with_413_and_deletes_still_work(
     cluster.put(lead, "q/2", value)
     assert cluster.get(lead, "q/2")[1]["value"] == value
     assert all(n.running() for n in cluster.nodes.values())
+    # the size and the quota are in /metrics
+    _, text = cluster.api(lead, "GET", "/metrics")
+    found = dict(re.findall(r"^(hafleet_kv_(?:quota_)?bytes) (\S+)$", text, re.M))
+    assert float(found["hafleet_kv_quota_bytes"]) == 300_000
+    expect = kv_record_bytes("q/1", "small") + kv_record_bytes("q/2", value)
+    assert float(found["hafleet_kv_bytes"]) == expect

@@ -56,6 +56,13 @@ def settled(cluster: Cluster, nodes: list[str]) -> tuple[str, int]:
     raise AssertionError(f"{nodes} did not settle on a leader")
 
 
+def metric(cluster: Cluster, node: str, name: str) -> float:
+    _, text = cluster.api(node, "GET", "/metrics")
+    found = re.findall(rf"^{name} (\S+)$", text, re.M)
+    assert len(found) == 1, (name, found)
+    return float(found[0])
+
+
 def since_last_start(log: str) -> str:
     return log.rsplit("===== harness: start", 1)[-1]
 
@@ -116,6 +123,9 @@ def test_new_and_lagging_agents_catch_up_through_chunked_snapshots_over_the_fram
     # no election storm: the same leader in the same term all along, on every member
     assert {st["term"] for st in statuses.values()} == {term}, statuses
     assert {st["leader_id"] for st in statuses.values()} == {lead}
+    assert metric(cluster, lead, "hafleet_snapshot_sends_completed_total") >= 1
+    assert metric(cluster, "n4", "hafleet_snapshot_receives_completed_total") == 1
+    assert metric(cluster, "n4", "hafleet_snapshot_bytes_received_total") > FRAME_LIMIT
     # and the group serves writes, through the new member too
     cluster.put("n4", "after", "ok")
     assert cluster.get(lead, "after")[1]["value"] == "ok"
