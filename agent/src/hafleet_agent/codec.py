@@ -151,15 +151,16 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     log_term = r.uint("log_term", MAX_TERM)
     index = r.uint("index", MAX_INDEX)
     entries = []
-    for _ in range(r.array("entries", MAX_ENTRIES)):
-        if r.array("an entry", 4) != 4:
+    uint, array, read_bin = r.uint, r.array, r.bin  # bound once: the loop may run 65,536 times
+    for _ in range(array("entries", MAX_ENTRIES)):
+        if array("an entry", 4) != 4:
             raise CodecError("an entry is an array of 4 elements")
-        e_term = r.uint("entry term", MAX_TERM)
-        e_index = r.uint("entry index", MAX_INDEX)
-        etype = r.uint("entry type", MAX_U64)
-        if etype not in _ENTRY_TYPE_BY_INT:
-            raise CodecError(f"unknown entry type {etype}")
-        entries.append(Entry(e_term, e_index, _ENTRY_TYPE_BY_INT[etype], r.bin("entry data")))
+        e_term = uint("entry term", MAX_TERM)
+        e_index = uint("entry index", MAX_INDEX)
+        etype = _ENTRY_TYPE_BY_INT.get(uint("entry type", MAX_U64))
+        if etype is None:
+            raise CodecError("unknown entry type")
+        entries.append(Entry(e_term, e_index, etype, read_bin("entry data")))
     commit = r.uint("commit", MAX_INDEX)
     reject = r.bool("reject")
     hint = r.uint("reject_hint", MAX_INDEX)
@@ -300,7 +301,8 @@ def message_from_wire(obj: object) -> Message:
 
 # ---- the strict reader ----------------------------------------------------------------------
 
-_INT_WIDTH = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+_UINT_WIDTH = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_INT_WIDTH = {**_UINT_WIDTH, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
 _LEN_WIDTH = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4, 0xDC: 2, 0xDD: 4}
 
 
@@ -354,12 +356,18 @@ class _Reader:
         return int.from_bytes(self._take(_LEN_WIDTH[b], what), "big")
 
     def uint(self, what: str, limit: int) -> int:
-        pos = self.pos
-        if pos < len(self.buf):  # a fixint, the usual case, takes the short way
-            b = self.buf[pos]
+        buf, pos = self.buf, self.pos
+        if pos < len(buf):  # a fixint or an uint 8..64, the usual cases, take the short way
+            b = buf[pos]
             if b <= 0x7F and b <= limit:
                 self.pos = pos + 1
                 return b
+            size = _UINT_WIDTH.get(b)
+            if size is not None and pos + size < len(buf):
+                v = int.from_bytes(buf[pos + 1 : pos + 1 + size], "big")
+                if v <= limit:
+                    self.pos = pos + 1 + size
+                    return v
         b = self._type(what)
         if b <= 0x7F:
             v = b
