@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .codec import MAX_INDEX, MAX_TERM
 from .raft.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
 
 __all__ = [
@@ -456,9 +457,10 @@ class SnapshotReceiver:
             peer=peer,
             frm=frm,
             addr=addr,
-            term=_uint(obj["term"], "term"),
-            index=_uint(obj["index"], "index"),
-            snap_term=_uint(obj["sterm"], "sterm"),
+            # bounded as the codec bounds them in a Raft frame (codec.MAX_TERM says why)
+            term=_uint(obj["term"], "term", MAX_TERM),
+            index=_uint(obj["index"], "index", MAX_INDEX),
+            snap_term=_uint(obj["sterm"], "sterm", MAX_TERM),
             total=total,
             digest=digest,
             voters=_ids(obj["voters"], "voters"),
@@ -571,9 +573,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _uint(v: object, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 64:
-        raise ValueError(f"{what} must be an integer in 0..2^64-1")
+def _uint(v: object, what: str, limit: int = (1 << 64) - 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
+        raise ValueError(f"{what} must be an integer in 0..{limit}")
     return v
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from hafleet_agent.codec import encode_message
+from hafleet_agent.codec import MAX_INDEX, MAX_TERM, encode_message
 from hafleet_agent.raft.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
 from hafleet_agent.snapxfer import (
     ACK_KIND,
@@ -332,6 +332,12 @@ def test_the_receiver_refuses_malformed_and_stray_chunks(tmp_path: Path) -> None
         {"sum": b"short"},
         {"voters": ["l", "l"]},
         {"x": ""},
+        # terms and indexes bounded as in a Raft frame: a term of 2**64-1 would leave the
+        # core no term + 1 (see codec.MAX_TERM)
+        {"term": (1 << 64) - 1},
+        {"term": MAX_TERM + 1},
+        {"sterm": MAX_TERM + 1},
+        {"index": MAX_INDEX + 1},
     ):
         with pytest.raises((ValueError, TypeError, KeyError)):
             r.on_chunk(peer, {**good, **bad})
