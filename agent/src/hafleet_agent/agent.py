@@ -678,7 +678,16 @@ class Agent:
         assert raw is not None and self.storage is not None
         if self._compacting:
             return
-        if self.state.index - raw.raft.log.first_index() < self.cfg.snapshot_entries:
+        behind = self.state.index - raw.raft.log.first_index()
+        if behind < self.cfg.snapshot_entries:
+            return
+        if (
+            self.snap_sender is not None
+            and self.snap_sender.busy()
+            and behind < 2 * self.cfg.snapshot_entries
+        ):
+            # A member catches up through a chunked snapshot: keep the entries after it a
+            # while longer (a compaction now would make it need a newer snapshot at once).
             return
         index = self.state.index
         meta = SnapshotMeta(index, raw.raft.log.term(index), raw.conf_state_at(index))

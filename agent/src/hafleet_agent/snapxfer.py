@@ -154,6 +154,7 @@ class SnapshotSender:
         self._active: dict[str, _Outgoing] = {}
         self._backoff: dict[str, tuple[float, float]] = {}  # to -> (until, last delay)
         self._sums: dict[tuple[int, int], bytes] = {}
+        self._last_end = float("-inf")  # when a transfer last completed or failed
         self.stats = {
             "started": 0,
             "completed": 0,
@@ -172,6 +173,13 @@ class SnapshotSender:
 
     def active(self, to: str) -> bool:
         return to in self._active
+
+    def busy(self, settle: float = 10.0) -> bool:
+        """True while a transfer is on its way, and for ``settle`` seconds after the last one
+        ended: the leader then holds its next compaction back (within bounds), so that the
+        entries after the snapshot are still there for the member to catch up with, instead
+        of a newer snapshot that would start the transfer over."""
+        return bool(self._active) or time.monotonic() - self._last_end < settle
 
     def send(self, addr: str, m: Message) -> None:
         """Start streaming ``m.snapshot`` to ``m.to`` at ``addr`` (see the class docstring)."""
@@ -208,6 +216,7 @@ class SnapshotSender:
             return  # an answer about a transfer we gave up already
         if obj.get("ok") is True:
             self._drop(x)
+            self._last_end = time.monotonic()
             self._backoff.pop(frm, None)
             self.stats["completed"] += 1
             log.info(
@@ -233,6 +242,7 @@ class SnapshotSender:
         if self._active.get(x.to) is not x:
             return
         self._drop(x)
+        self._last_end = time.monotonic()
         self.stats["failed"] += 1
         _, last = self._backoff.get(x.to, (0.0, 0.0))
         delay = min(self.max_backoff, last * 2 if last else self.retry_backoff)

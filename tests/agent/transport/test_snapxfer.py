@@ -164,8 +164,9 @@ def test_a_snapshot_many_frames_long_arrives_whole_and_paced(tmp_path: Path) -> 
             m = snap_message(3 << 20)  # 12 times the frame limit
             assert not p.sender.fits_one_frame(m.snapshot)
             assert p.sender.fits_one_frame(snap_message(16 << 10).snapshot)
+            assert not p.sender.busy()
             p.sender.send(p.faddr, m)
-            assert p.sender.active("f")
+            assert p.sender.active("f") and p.sender.busy(settle=0)
             # small frames keep flowing to the same peer while the snapshot streams
             beats = 0
             while not p.delivered and beats < 5000:
@@ -176,6 +177,8 @@ def test_a_snapshot_many_frames_long_arrives_whole_and_paced(tmp_path: Path) -> 
             assert p.delivered == [m]  # the very message the core made, rebuilt
             await wait_until(lambda: p.sender.stats["completed"] == 1, "the ack")
             assert not p.sender.active("f") and p.failures == []
+            # the leader holds its compaction back a while after a transfer, not for ever
+            assert p.sender.busy() and not p.sender.busy(settle=0)
             assert p.sender.stats["chunks_sent"] == (3 << 20) // CHUNK
             assert p.sender.stats["checksums"] == 1
             assert not p.part_file().exists()
