@@ -193,9 +193,18 @@ KV_RECORD_OVERHEAD = 64
 (``{"create_index":..,"modify_index":..,"value":..}``)."""
 
 
+# encode_json's settings in one encoder made once (json.dumps makes a new one per call with
+# these arguments): a restore counts every key of the store, and that is most of its cost.
+_SIZE_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def kv_record_bytes(key: str, value: JSON) -> int:
     """One key's share of the state for the quota: key, encoded value and the overhead."""
-    return len(key.encode("utf-8")) + len(encode_json(value)) + KV_RECORD_OVERHEAD
+    encoded = _SIZE_ENCODER.encode(value)
+    size = len(encoded) if encoded.isascii() else len(encoded.encode("utf-8"))
+    return len(key.encode("utf-8")) + size + KV_RECORD_OVERHEAD
 
 
 def validate_cas(cas: object) -> int | None:

@@ -31,6 +31,22 @@ def test_record_bytes_count_key_value_and_overhead() -> None:
     assert kv_record_bytes("ké", {"b": [1, 2]}) == 3 + len(encode_json({"b": [1, 2]})) + 64
 
 
+def test_record_bytes_is_the_encoded_size_whatever_the_value() -> None:
+    values = [
+        None,
+        True,
+        0,
+        -12.5e300,
+        "",
+        "plain",
+        'é ✓ 😀 \u2028 "quoted" \\ \n \x00',
+        [1, "ü", {"b": 1, "a": [None, {}]}],
+        {"é": {"z": [], "a": "😀"}, "k": 1.0},
+    ]
+    for v in values:
+        assert kv_record_bytes("kü", v) == 3 + len(encode_json(v)) + KV_RECORD_OVERHEAD, v
+
+
 def test_size_follows_puts_overwrites_deletes_and_snapshots() -> None:
     rng = random.Random(7)
     sm = StateMachine()
