@@ -231,7 +231,9 @@ def frames_of_unreachable_kinds(g: Group) -> None:
                 wait_logged(g, target, since, rf"frame from {name} .*dropped: {why}")
             wait_logged(g, target, since, rf"frame from {name} .*dropped: Raft message of another")
             assert not peer.closed_by_peer(0.3)
-    assert c.leader() == lead and g.terms() == terms
+    assert c.leader() == lead
+    now = g.terms()
+    assert all(now[nid] <= terms[nid] + 2 for nid in terms), (terms, now)  # no jump
 
 
 def join_with_a_bad_member_id(g: Group) -> None:
