@@ -46,7 +46,7 @@ from .metrics import HostMetrics, MetricsSource, Sampler
 from .raft.core import Config as RaftConfig
 from .raft.core import ProposalDropped
 from .raft.rawnode import RawNode
-from .raft.storage import DiskStorage, StorageError
+from .raft.storage import RECEIVED_SUFFIX, DiskStorage, StorageError
 from .raft.types import (
     ConfChange,
     ConfChangeType,
@@ -310,6 +310,8 @@ class Agent:
         self.snap_sender: SnapshotSender | None = None
         self.snap_receiver: SnapshotReceiver | None = None
         self._compacting = False  # a snapshot is being written in a worker thread
+        # a snapshot received in chunks and the storage's copy of it, written ahead
+        self._received_prepared: tuple[Snapshot, Path] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -596,7 +598,7 @@ class Agent:
         while raw.has_ready():
             rd = raw.ready()
             if rd.snapshot is not None:
-                storage.save_snapshot(rd.snapshot)
+                self._save_received_snapshot(rd.snapshot)
             if rd.entries or rd.hard_state is not None:
                 storage.save(rd.hard_state, rd.entries)
             for m in rd.messages:
@@ -977,12 +979,15 @@ class Agent:
             still_leader=still_leader,
             report_failure=report_failure,
         )
+        storage = self.storage
+        assert storage is not None
         self.snap_receiver = SnapshotReceiver(
             node_id=self.id,
             data_dir=self.data_dir,
             deliver=self._deliver_snapshot,
             reply=reply,
             spawn=self._spawn,
+            prepare=lambda snap: storage.prepare_snapshot(snap, RECEIVED_SUFFIX),
         )
 
     def _on_snap_chunk(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
@@ -999,10 +1004,40 @@ class Agent:
         if self.snap_sender is not None and obj.get("cid") == self.cluster_id:
             self.snap_sender.on_ack(peer.node_id, obj)
 
-    def _deliver_snapshot(self, peer: PeerInfo, m: Message) -> None:
+    def _deliver_snapshot(self, peer: PeerInfo, m: Message, prepared: Path | None) -> None:
         """A snapshot received in chunks, checksum verified: the core gets it as if it had
-        come in one Raft frame, through the same checks (sender, cluster, term bounds)."""
+        come in one Raft frame, through the same checks (sender, cluster, term bounds).
+        ``prepared``: the storage's copy of it, already written (off the loop); the driver
+        puts it in force when the core hands the snapshot over to be saved."""
+        assert self.storage is not None and self.raw is not None and m.snapshot is not None
+        old, self._received_prepared = self._received_prepared, None
+        if old is not None and old[1] != prepared:  # one file per index and term
+            self.storage.discard_prepared_snapshot(old[1])
         self._on_raft_frame(peer, self.cluster_id, encode_message(m))
+        pending = self.raw.raft.log.pending_snapshot
+        if prepared is not None:
+            if pending is not None and pending.meta == m.snapshot.meta:
+                self._received_prepared = (m.snapshot, prepared)
+            else:  # the core did not take it (stale, or refused): nothing to install
+                self.storage.discard_prepared_snapshot(prepared)
+
+    def _save_received_snapshot(self, snap: Snapshot) -> None:
+        """Make a snapshot from the leader durable (in the ready loop, before anything that
+        depends on it): by renaming the copy written ahead when it is the one prepared."""
+        assert self.storage is not None
+        prep, self._received_prepared = self._received_prepared, None
+        if (
+            prep is not None
+            and prep[0].meta == snap.meta
+            and prep[0].data == snap.data
+            and prep[1].exists()
+        ):
+            self.storage.install_prepared_snapshot(snap, prep[1])
+            log.debug("snapshot %d: the copy written ahead is in force", snap.meta.index)
+            return
+        if prep is not None:
+            self.storage.discard_prepared_snapshot(prep[1])
+        self.storage.save_snapshot(snap)
 
     # ---- founding and joining ---------------------------------------------------------------
     def my_info(self) -> dict[str, Any]:

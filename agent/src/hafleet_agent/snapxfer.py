@@ -379,8 +379,10 @@ class SnapshotReceiver:
     chunk that is not the next one ends the transfer with a refusal. The chunks go to
     ``PART_FILE`` in ``data_dir`` (never fsync'd: the core's snapshot is made durable by the
     storage, as any received snapshot). After the last chunk the file is read back and its
-    SHA-256 compared off the loop; then ``deliver(peer, msg)`` hands the rebuilt ``MsgSnap``
-    to the core and ``reply(addr, body)`` sends the ``snap_ack``.
+    SHA-256 compared off the loop; ``prepare(snapshot)``, when given, runs in a worker thread
+    too (the agent writes the storage's snapshot file there); then ``deliver(peer, msg,
+    prepared)`` hands the rebuilt ``MsgSnap`` (and what ``prepare`` returned, or None) to
+    the core and ``reply(addr, body)`` sends the ``snap_ack``.
     """
 
     def __init__(
@@ -388,9 +390,10 @@ class SnapshotReceiver:
         *,
         node_id: str,
         data_dir: Path,
-        deliver: Callable[[Any, Message], None],
+        deliver: Callable[[Any, Message, Path | None], None],
         reply: Callable[[str, dict[str, Any]], None],
         spawn: Spawn,
+        prepare: Callable[[Snapshot], Path] | None = None,
         max_total: int = MAX_TOTAL_BYTES,
         free_bytes: Callable[[Path], int] | None = None,
     ) -> None:
@@ -399,6 +402,7 @@ class SnapshotReceiver:
         self._deliver = deliver
         self._reply = reply
         self._spawn = spawn
+        self._prepare = prepare
         self.max_total = max_total
         self._free_bytes = free_bytes or _free_bytes
         self._cur: _Incoming | None = None
@@ -566,8 +570,13 @@ class SnapshotReceiver:
             cur.frm,
             time.monotonic() - cur.started,
         )
+        prepared = None
+        if self._prepare is not None:
+            # the storage's copy, written and synced off the loop: the driver then only
+            # renames it into place when the core hands the snapshot over to be saved
+            prepared = await asyncio.to_thread(self._prepare, msg.snapshot)
         self.stats["completed"] += 1
-        self._deliver(cur.peer, msg)
+        self._deliver(cur.peer, msg, prepared)
         self._reply(cur.addr, {"k": ACK_KIND, "x": cur.xid, "index": cur.index, "ok": True})
 
 

@@ -15,6 +15,7 @@ import pytest
 from hafleet_agent.raft.storage import (
     LOG_FILE,
     PREPARED_SUFFIX,
+    RECEIVED_SUFFIX,
     SNAPSHOT_FILE,
     DiskStorage,
     StorageError,
@@ -82,6 +83,11 @@ def test_a_leftover_prepared_snapshot_is_removed_on_open(tmp_path: Path) -> None
     s = DiskStorage.open(tmp_path)
     s.save(HardState(1, "n1", 8), [ent(i) for i in range(1, 11)])
     s.prepare_snapshot(snap(6))  # then a crash before the install
+    received = s.prepare_snapshot(snap(9, 2), RECEIVED_SUFFIX)
+    assert received.name == f"{SNAPSHOT_FILE}{RECEIVED_SUFFIX}-9-2"
+    assert len(files(tmp_path)) == 4
+    with pytest.raises(ValueError):
+        s.prepare_snapshot(snap(7), "../elsewhere")
     s = _reopen(s)
     assert files(tmp_path) == ["LOCK", LOG_FILE]
     assert s.snapshot.empty and s.entries == [ent(i) for i in range(1, 11)]

@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import msgpack
 import pytest
 
 from hafleet_agent.codec import MAX_INDEX, MAX_TERM, encode_message
+from hafleet_agent.raft.storage import RECEIVED_SUFFIX, SNAPSHOT_FILE, DiskStorage
 from hafleet_agent.raft.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
 from hafleet_agent.snapxfer import (
     ACK_KIND,
@@ -74,9 +76,18 @@ class Proxy:
 class Pair:
     """A leader ``l`` with a SnapshotSender and a follower ``f`` with a SnapshotReceiver."""
 
-    def __init__(self, tmp: Path, *, follower_answers: bool = True, **sender_kw: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        follower_answers: bool = True,
+        prepare: Callable[[Snapshot], Path] | None = None,
+        **sender_kw: Any,
+    ) -> None:
         self.tmp = tmp
         self.follower_answers = follower_answers
+        self.prepare = prepare
+        self.prepared: list[Path | None] = []
         self.sender_kw = sender_kw
         self.tasks: list[asyncio.Task[None]] = []
         self.delivered: list[Message] = []
@@ -128,9 +139,10 @@ class Pair:
         self.receiver = SnapshotReceiver(
             node_id="f",
             data_dir=self.tmp,
-            deliver=lambda peer, m: self.delivered.append(m),
+            deliver=self._deliver,
             reply=lambda addr, body: self.ft.send(addr, body),
             spawn=self.spawn,
+            prepare=self.prepare,
         )
         return self
 
@@ -141,6 +153,10 @@ class Pair:
         self.receiver.close()
         await self.lt.stop()
         await self.ft.stop()
+
+    def _deliver(self, peer: PeerInfo, m: Message, prepared: Path | None) -> None:
+        self.delivered.append(m)
+        self.prepared.append(prepared)
 
     def spawn(self, coro: Any, name: str) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
@@ -311,7 +327,7 @@ def test_the_receiver_refuses_malformed_and_stray_chunks(tmp_path: Path) -> None
     r = SnapshotReceiver(
         node_id="f",
         data_dir=tmp_path,
-        deliver=lambda peer, m: delivered.append(m),
+        deliver=lambda peer, m, prepared: delivered.append(m),
         reply=lambda addr, body: replies.append((addr, body)),
         spawn=lambda coro, name: coro.close(),
     )
@@ -363,7 +379,7 @@ def test_the_receiver_refuses_malformed_and_stray_chunks(tmp_path: Path) -> None
     SnapshotReceiver(
         node_id="f",
         data_dir=tmp_path,
-        deliver=lambda peer, m: None,
+        deliver=lambda peer, m, prepared: None,
         reply=lambda addr, body: None,
         spawn=lambda coro, name: coro.close(),
     )
@@ -410,7 +426,7 @@ def test_the_receiver_refuses_a_snapshot_the_disk_cannot_hold(tmp_path: Path) ->
     r = SnapshotReceiver(
         node_id="f",
         data_dir=tmp_path,
-        deliver=lambda peer, m: None,
+        deliver=lambda peer, m, prepared: None,
         reply=lambda addr, body: replies.append(body),
         spawn=lambda coro, name: coro.close(),
         free_bytes=lambda path: free["bytes"],
@@ -436,3 +452,32 @@ def test_the_receiver_refuses_a_snapshot_the_disk_cannot_hold(tmp_path: Path) ->
     assert len(replies) == 1 and (tmp_path / PART_FILE).exists()
     r.close()
     assert not (tmp_path / PART_FILE).exists()
+
+
+def test_the_receiver_has_the_storage_copy_written_off_the_loop(tmp_path: Path) -> None:
+    """With ``prepare`` (the agent's DiskStorage.prepare_snapshot), the snapshot file the
+    storage will put in force is written in a worker thread before the core gets the
+    message; installing it gives what save_snapshot would have."""
+    store = DiskStorage.open(tmp_path / "store")
+    other = DiskStorage.open(tmp_path / "other")
+
+    async def main() -> None:
+        prepare = partial(store.prepare_snapshot, suffix=RECEIVED_SUFFIX)
+        async with Pair(tmp_path, prepare=prepare) as p:
+            m = snap_message(1 << 20)
+            p.sender.send(p.faddr, m)
+            await wait_until(lambda: p.delivered, "the snapshot delivered")
+            (path,) = p.prepared
+            assert path == tmp_path / "store" / f"{SNAPSHOT_FILE}{RECEIVED_SUFFIX}-40-3"
+            assert store.install_prepared_snapshot(p.delivered[0].snapshot, path)
+            other.save_snapshot(m.snapshot)
+
+    try:
+        run(main())
+        assert store.snapshot == other.snapshot
+        assert (tmp_path / "store" / SNAPSHOT_FILE).read_bytes() == (
+            tmp_path / "other" / SNAPSHOT_FILE
+        ).read_bytes()
+    finally:
+        store.close()
+        other.close()

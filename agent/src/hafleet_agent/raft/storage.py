@@ -61,6 +61,7 @@ not newer than the current one is ignored. A crash between the two renames is fi
 the next open.
 
 A compaction may also write its snapshot ahead, in a worker thread, to ``snapshot.bin.next``
+(a follower the snapshot it received from the leader: ``snapshot.bin.received-INDEX-TERM``)
 (:meth:`DiskStorage.prepare_snapshot`: encode, write, fsync - the costly part for a large
 state) and put it in force later from the owner's thread
 (:meth:`DiskStorage.install_prepared_snapshot`: rename over ``snapshot.bin``, directory
@@ -147,6 +148,8 @@ LOCK_FILE = "LOCK"
 TMP_SUFFIX = ".tmp"
 PREPARED_SUFFIX = ".next"
 """A snapshot written ahead by :meth:`DiskStorage.prepare_snapshot`, not yet in force."""
+RECEIVED_SUFFIX = ".received"
+"""The same for a snapshot received from the leader (a compaction may run meanwhile)."""
 
 LOG_MAGIC = b"HAFLRLOG"
 SNAP_MAGIC = b"HAFLSNAP"
@@ -564,7 +567,9 @@ class DiskStorage:
 
     def _recover(self) -> None:
         leftovers = [self.path / (name + TMP_SUFFIX) for name in (LOG_FILE, SNAPSHOT_FILE)]
-        for tmp in [*leftovers, self.path / (SNAPSHOT_FILE + PREPARED_SUFFIX)]:
+        prepared = [self.path / (SNAPSHOT_FILE + PREPARED_SUFFIX)]
+        prepared += sorted(self.path.glob(SNAPSHOT_FILE + RECEIVED_SUFFIX + "-*"))
+        for tmp in [*leftovers, *prepared]:
             if tmp.exists():
                 logger.info("%s: removing the leftover of an interrupted write", tmp)
                 tmp.unlink()
@@ -710,16 +715,22 @@ class DiskStorage:
         self.entries = list(_trim_to_snapshot(self.entries, snap.meta))
         self._rewrite_log()
 
-    def prepare_snapshot(self, snap: Snapshot) -> Path:
-        """Write ``snap`` to a file of its own (``snapshot.bin.next``) and fsync it, touching
+    def prepare_snapshot(self, snap: Snapshot, suffix: str = PREPARED_SUFFIX) -> Path:
+        """Write ``snap`` to a file of its own (``snapshot.bin.next``, or another
+        ``suffix``: ``RECEIVED_SUFFIX`` for a snapshot from the leader, then named after its
+        index and term too, ``snapshot.bin.received-INDEX-TERM``) and fsync it, touching
         nothing else: the one call of this class that may run in a worker thread, while the
         owner goes on with :meth:`save` (the slow part of a compaction - encoding, writing
         and syncing the whole state - then no longer holds the caller's thread). Put it in
         force with :meth:`install_prepared_snapshot`, from the owner's thread. One prepared
-        snapshot at a time."""
+        compaction at a time."""
+        if suffix not in (PREPARED_SUFFIX, RECEIVED_SUFFIX):
+            raise ValueError(f"unknown suffix {suffix!r}")
         self._check()
         content = _encode_snapshot(snap)
-        path = self.path / (SNAPSHOT_FILE + PREPARED_SUFFIX)
+        path = self.path / (SNAPSHOT_FILE + suffix)
+        if suffix == RECEIVED_SUFFIX:
+            path = path.with_name(f"{path.name}-{snap.meta.index}-{snap.meta.term}")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
