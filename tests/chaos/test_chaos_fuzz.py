@@ -381,7 +381,7 @@ class StubAgent:
     """What api.py uses of an Agent: a leader with a real StateMachine, no Raft."""
 
     def __init__(self) -> None:
-        self.cfg = SimpleNamespace(max_body_bytes=64 << 10, election_timeout_ms=300)
+        self.cfg = SimpleNamespace(max_body_bytes=64 << 10, election_timeout_ms=300, quota_bytes=0)
         self.token = TOKEN.encode()
         self.id = "stub"
         self.state = StateMachine()
@@ -399,6 +399,9 @@ class StubAgent:
 
     def leader_api(self) -> str | None:
         return None
+
+    def in_config(self, node_id: str) -> bool:
+        return False
 
     def write_timeout(self) -> float:
         return 1.0
