@@ -1,7 +1,8 @@
 """The client subcommands of ``hafleet-agent``: status, members, leave, kv.
 
 They speak the HTTP API of one agent (``--api``, default ``http://127.0.0.1:7480``) with the
-token from ``--token-file`` (or the ``HAFLEET_TOKEN_FILE`` environment variable).
+token from ``--token-file`` (or the ``HAFLEET_TOKEN_FILE`` environment variable), through
+:mod:`hafleet_agent.apiclient`; this module parses the arguments and formats the answers.
 """
 
 from __future__ import annotations
@@ -10,50 +11,21 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
+from .apiclient import APIClient, APIError
 from .config import ConfigError, read_secret
+
+#: The CLI's timeout for one call: a removal drains first (agent default 10 s, up to 30 s).
+TIMEOUT = 35.0
+#: For the other members' terms in ``status``.
+PEER_TIMEOUT = 1.5
 
 
 class ClientError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class Api:
-    def __init__(self, base: str, token: bytes | None, timeout: float = 35.0) -> None:
-        self.base = base.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-
-    def call(
-        self, method: str, path: str, body: Any = None, ok404: bool = False
-    ) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        if self.token:
-            req.add_header("Authorization", "Bearer " + self.token.decode())
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            try:
-                payload = json.loads(exc.read() or b"null")
-            except ValueError:
-                payload = None
-            if exc.code == 404 and ok404:
-                return 404, payload
-            msg = payload.get("error") if isinstance(payload, dict) else exc.reason
-            raise ClientError(f"{method} {path}: {exc.code} {msg}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ClientError(f"cannot reach the agent at {self.base}: {reason}") from None
 
 
 def _token(args: argparse.Namespace) -> bytes:
@@ -67,21 +39,33 @@ def _token(args: argparse.Namespace) -> bytes:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    api = Api(args.api, _token(args))
+    token = _token(args)
+    try:
+        api = APIClient(args.api, token=token, timeout=TIMEOUT)
+    except ValueError as exc:
+        raise ClientError(str(exc), 2) from None
+    try:
+        return _run(api, args)
+    except APIError as exc:
+        if exc.status is None:
+            raise ClientError(f"cannot reach the agent at {api.base_url}: {exc.message}") from None
+        raise ClientError(str(exc)) from None
+
+
+def _run(api: APIClient, args: argparse.Namespace) -> int:
     cmd = args.command_name
     if cmd == "status":
         return _status(api, args)
     if cmd == "members":
-        _, members = api.call("GET", "/v1/members")
+        members = api.members()
         if args.json:
             print(json.dumps(members, indent=2, sort_keys=True))
         else:
             print(render_members(members))
         return 0
     if cmd == "leave":
-        _, st = api.call("GET", "/v1/status")
-        node = st["node_id"]
-        api.call("DELETE", f"/v1/members/{urllib.parse.quote(node, safe='')}")
+        node = api.status()["node_id"]
+        api.remove_member(node)
         print(f"{node} left the group; the agent stops")
         return 0
     if cmd.startswith("kv "):
@@ -89,34 +73,33 @@ def run_client(args: argparse.Namespace) -> int:
     raise ClientError(f"unknown command {cmd}", 2)
 
 
-def _kv(api: Api, args: argparse.Namespace) -> int:
-    key = urllib.parse.quote(args.key, safe="/")
+def _kv(api: APIClient, args: argparse.Namespace) -> int:
     op = args.command_name.split()[1]
     if op == "get":
-        status, item = api.call(
-            "GET", f"/v1/kv/{key}{'?stale=1' if args.stale else ''}", ok404=True
-        )
-        if status == 404:
+        try:
+            item = api.kv_get(args.key, stale=args.stale)
+        except APIError as exc:
+            if exc.status != 404:
+                raise
             print(f"no key {args.key!r}", file=sys.stderr)
             return 1
         print(json.dumps(item["value"]))
         return 0
-    query = f"?cas={args.cas}" if args.cas is not None else ""
     if op == "put":
         try:
             value = json.loads(args.value)
         except ValueError:
             value = args.value
-        _, item = api.call("PUT", f"/v1/kv/{key}{query}", {"value": value})
+        item = api.kv_put(args.key, value, cas=args.cas)
     else:
-        _, item = api.call("DELETE", f"/v1/kv/{key}{query}")
+        item = api.kv_delete(args.key, cas=args.cas)
     print(json.dumps(item, sort_keys=True))
     return 0
 
 
-def _status(api: Api, args: argparse.Namespace) -> int:
-    _, st = api.call("GET", "/v1/status")
-    _, members = api.call("GET", "/v1/members")
+def _status(api: APIClient, args: argparse.Namespace) -> int:
+    st = api.status()
+    members = api.members()
     rows = []
     for m in members:
         term: Any = "?"
@@ -124,11 +107,8 @@ def _status(api: Api, args: argparse.Namespace) -> int:
             term = st["term"]
         elif m.get("api_addr"):
             try:
-                _, other = Api("http://" + m["api_addr"], api.token, timeout=1.5).call(
-                    "GET", "/v1/status"
-                )
-                term = other["term"]
-            except ClientError:
+                term = api.for_api_addr(m["api_addr"], timeout=PEER_TIMEOUT).status()["term"]
+            except APIError:
                 term = "down"
         rows.append({**m, "term": term})
     if args.json:
