@@ -31,7 +31,6 @@ import contextlib
 import csv
 import hashlib
 import io
-import json
 import logging
 import os
 import random
@@ -39,13 +38,13 @@ import re
 import signal
 import socket
 import stat
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
+from .apiclient import APIClient, APIError
 from .haproxy_config import (
     ALGORITHMS,
     EQUAL_WEIGHT,
@@ -459,95 +458,36 @@ def plan(
 # --- the cluster side -----------------------------------------------------------------------
 
 
-class ClusterAPI:
-    """The agents' HTTP API, with failover: the URLs given first, then the API addresses of
-    the members the watch reports."""
+async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a daemon thread of its own, awaited: the API client blocks.
 
-    def __init__(self, urls: list[str], token: bytes, session: aiohttp.ClientSession) -> None:
-        if not urls:
-            raise ValueError("at least one API URL is needed")
-        self.given = list(urls)
-        self.learned: list[str] = []
-        self.token = token
-        self.session = session
-        self.current = 0
+    Not the loop's default executor: a long poll still waiting when the syncer stops would
+    hold up the process's exit (``asyncio.run`` joins the executor's threads) for up to
+    ``WATCH_WAIT_S``; a daemon thread is simply left behind.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
 
-    @property
-    def urls(self) -> list[str]:
-        return self.given + [u for u in self.learned if u not in self.given]
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():  # cancelled meanwhile
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
 
-    @property
-    def url(self) -> str:
-        urls = self.urls
-        return urls[self.current % len(urls)]
+    def run() -> None:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the awaiting task
+            ok, value = False, exc
+        else:
+            ok, value = True, result
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, ok, value)
 
-    def fail_over(self, why: str) -> None:
-        old = self.url
-        self.current = (self.current + 1) % len(self.urls)
-        if self.url != old:
-            log.warning("agent API %s: %s; trying %s", old, why, self.url)
-
-    def learn(self, members: Iterable[Mapping[str, Any]]) -> None:
-        current = self.url
-        learned = []
-        for m in members:
-            addr = m.get("api_addr")
-            if isinstance(addr, str) and addr:
-                learned.append(f"http://{addr}")
-        self.learned = sorted(set(learned))
-        self.current = self.urls.index(current) if current in self.urls else 0
-
-    async def request(
-        self, method: str, path: str, body: Any = None, timeout: float = 10.0
-    ) -> tuple[int, Any]:
-        headers = {"Authorization": "Bearer " + self.token.decode()}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        async with self.session.request(
-            method,
-            self.url + path,
-            data=data,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
-            raw = await resp.read()
-            try:
-                payload = json.loads(raw) if raw else None
-            except ValueError:
-                payload = raw.decode(errors="replace")
-            return resp.status, payload
-
-    async def write(self, method: str, path: str, body: Any = None) -> bool:
-        """A KV write through any member (followers forward to the leader); tries each API
-        once. False when none took it (the caller retries on a later round)."""
-        for _ in range(len(self.urls)):
-            try:
-                status, payload = await self.request(method, path, body)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                self.fail_over(f"{method} {path} failed ({type(exc).__name__}: {exc})")
-                continue
-            if status == 200:
-                return True
-            if status == 401:
-                raise BalancerError(
-                    f"the agent at {self.url} refused the API token (401): check --token-file",
-                    EXIT_USAGE,
-                )
-            log.warning("%s %s via %s: %s %s", method, path, self.url, status, payload)
-            if status in (503, 504):
-                return False  # no leader right now: later
-            self.fail_over(f"{method} {path} answered {status}")
-        return False
-
-    async def get_stale(self, key: str) -> Any:
-        """A key's value from the local copy of one member; None when absent or unknown."""
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-            status, payload = await self.request("GET", f"/v1/kv/{key}?stale=1")
-            if status == 200 and isinstance(payload, dict):
-                return payload
-        return None
+    threading.Thread(target=run, name=f"balancer-api-{fn.__name__}", daemon=True).start()
+    return await fut
 
 
 # --- the syncer -----------------------------------------------------------------------------
@@ -566,10 +506,12 @@ class Options:
 
 
 class Balancer:
-    def __init__(self, opts: Options, session: aiohttp.ClientSession) -> None:
+    def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.haproxy = RuntimeAPI(opts.haproxy_socket)
-        self.api = ClusterAPI(opts.api_urls, opts.token, session)
+        # The agents' API, with failover: the URLs given first, then the API addresses of
+        # the members the watch reports (learn()).
+        self.api = APIClient(opts.api_urls, token=opts.token, use_proxy=False, logger=log)
         self.backend = opts.backend
         self.view: dict[str, Any] | None = None
         self.view_index = 0
@@ -644,19 +586,22 @@ class Balancer:
     async def watch(self) -> None:
         failures = 0
         while not self.stop.is_set():
-            path = f"/v1/watch?index={self.view_index}&wait={WATCH_WAIT_S}s"
             try:
-                status, body = await self.api.request("GET", path, timeout=WATCH_WAIT_S + 10)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                status, body = 0, f"{type(exc).__name__}: {exc}".rstrip(": ")
-            if status == 401:
-                raise BalancerError(
-                    f"the agent at {self.api.url} refused the API token (401): check --token-file",
-                    EXIT_USAGE,
+                body = await in_thread(
+                    self.api.watch,
+                    self.view_index,
+                    WATCH_WAIT_S,
+                    timeout=WATCH_WAIT_S + 10,
+                    failover=False,  # this loop fails over itself, also on a useless answer
                 )
-            if status != 200 or not isinstance(body, dict) or "members" not in body:
+                why = ""
+            except APIError as exc:
+                if exc.status == 401:
+                    raise self._token_refused() from None
+                body, why = None, f"{exc.status} {exc.message}" if exc.status else exc.message
+            if not isinstance(body, dict) or "members" not in body:
                 failures += 1
-                why = f"{status} {body}" if status else str(body)
+                why = why or f"unexpected answer {body!r}"
                 self.api.fail_over(f"watch failed ({why[:200]})")
                 if failures % max(1, len(self.api.urls)) == 0:
                     await self._sleep(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(failures, 5)))
@@ -683,6 +628,39 @@ class Balancer:
                 self.view = body
                 self.view_index = index
                 self.wake.set()
+
+    def _token_refused(self) -> BalancerError:
+        return BalancerError(
+            f"the agent at {self.api.base_url} refused the API token (401): check --token-file",
+            EXIT_USAGE,
+        )
+
+    async def write(self, key: str, value: Any = None, delete: bool = False) -> bool:
+        """A KV write through any member (followers forward to the leader; the client fails
+        over while nothing was sent or there is no leader). False when it did not take (the
+        caller retries on a later round: the writes are whole values, safe to repeat)."""
+        what = f"{'DELETE' if delete else 'PUT'} {key}"
+        try:
+            if delete:
+                await in_thread(self.api.kv_delete, key)
+            else:
+                await in_thread(self.api.kv_put, key, value)
+            return True
+        except APIError as exc:
+            if exc.status == 401:
+                raise self._token_refused() from None
+            log.warning("%s via %s: %s", what, self.api.base_url, exc)
+            if exc.status not in (None, 503, 504):
+                self.api.fail_over(f"{what} answered {exc.status}")
+            return False
+
+    async def get_stale(self, key: str) -> Any:
+        """A key's item from the local copy of one member; None when absent or unknown."""
+        try:
+            item = await in_thread(self.api.kv_get, key, stale=True)
+        except APIError:
+            return None
+        return item if isinstance(item, dict) else None
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -861,18 +839,15 @@ class Balancer:
     ) -> None:
         """The KV side of the protocol with the agents (docs/balancer.md)."""
         if not self.registered:
-            self.registered = await self.api.write(
-                "PUT",
-                f"/v1/kv/{REGISTERED_KEY}",
+            self.registered = await self.write(
+                REGISTERED_KEY,
                 {
-                    "value": {
-                        "backend": self.backend,
-                        "host": socket.gethostname(),
-                        "pid": os.getpid(),
-                        "strategy": self.opts.strategy,
-                        "drain_timeout_s": self.opts.drain_timeout,
-                        "at": time.time(),
-                    }
+                    "backend": self.backend,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "strategy": self.opts.strategy,
+                    "drain_timeout_s": self.opts.drain_timeout,
+                    "at": time.time(),
                 },
             )
             if self.registered:
@@ -888,7 +863,7 @@ class Balancer:
             if mid in self.reported:
                 continue
             value = {"backend": self.backend, "at": time.time(), **detail}
-            if await self.api.write("PUT", f"/v1/kv/{DRAINED_PREFIX}{mid}", {"value": value}):
+            if await self.write(f"{DRAINED_PREFIX}{mid}", value):
                 self.reported[mid] = bool(detail.get("timed_out"))
                 log.info(
                     "reported %s drained%s",
@@ -904,7 +879,7 @@ class Balancer:
             if mid in members:
                 self.to_forget.discard(mid)
                 continue
-            if await self.api.write("DELETE", f"/v1/kv/{DRAINED_PREFIX}{mid}"):
+            if await self.write(f"{DRAINED_PREFIX}{mid}", delete=True):
                 self.to_forget.discard(mid)
         # ... and a stale report of a member that is in service (left once, came back with
         # the same id): it would let its next removal skip the drain.
@@ -915,8 +890,8 @@ class Balancer:
             self.reported.pop(mid, None)
             if mid in self.checked_stale_key:
                 continue
-            if await self.api.get_stale(f"{DRAINED_PREFIX}{mid}") is not None:
-                if not await self.api.write("DELETE", f"/v1/kv/{DRAINED_PREFIX}{mid}"):
+            if await self.get_stale(f"{DRAINED_PREFIX}{mid}") is not None:
+                if not await self.write(f"{DRAINED_PREFIX}{mid}", delete=True):
                     continue
                 log.info("deleted a stale drained report of %s (in service)", mid)
             self.checked_stale_key.add(mid)
@@ -965,10 +940,9 @@ class Balancer:
 async def run_balancer(opts: Options) -> int:
     if opts.strategy not in STRATEGIES:
         raise BalancerError(f"unknown strategy {opts.strategy!r}", EXIT_USAGE)
-    async with aiohttp.ClientSession() as session:
-        bal = Balancer(opts, session)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, bal.stop.set)
-            # (run() cancels the loops when stop is set)
-        return await bal.run()
+    bal = Balancer(opts)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, bal.stop.set)
+        # (run() cancels the loops when stop is set)
+    return await bal.run()
