@@ -337,6 +337,49 @@ def hostile_http_requests(g: Group) -> None:
         assert c.get(lead, key)[0] == 404, key
 
 
+def dot_dot_keys(g: Group) -> None:
+    """Dot segments in a key: through the leader and through a follower alike, either
+    refused (4xx) or stored under the key as written; never another key, never another
+    route."""
+    c = g.cluster
+    lead, follower = g.lead_and_follower()
+    c.ok(lead, "PUT", "/v1/kv/hostile/other", {"value": "untouched"})
+    for nid in (lead, follower):
+        for path in ("hostile/a/../other", "hostile/a/%2E%2E/other", "hostile/./other", "../x"):
+            status, payload = c.api(nid, "PUT", f"/v1/kv/{path}", {"value": nid})
+            assert status < 500, (nid, path, status, payload)
+            if status == 200:
+                assert payload["key"] == urllib.parse.unquote(path), (nid, path, payload)
+                assert c.get(lead, payload["key"])[1]["value"] == nid
+            else:
+                assert 400 <= status < 500 and payload["error"], (nid, path, status, payload)
+    assert c.get(lead, "hostile/other")[1]["value"] == "untouched"
+    assert g.members() == ["n1", "n2", "n3"]
+
+
+def malformed_http_requests(g: Group) -> None:
+    """Requests aiohttp's own parser refuses, from anyone (no token needed): a request line
+    or a header over 8190 bytes, a byte a path may not hold, no HTTP at all. Each is a 400,
+    and each costs at most one log line (a traceback a request would let anyone flood
+    the log)."""
+    c = g.cluster
+    lead, follower = g.lead_and_follower()
+    requests = [
+        b"PUT /v1/kv/" + b"k" * 10_240 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /v1/status HTTP/1.1\r\nHost: h\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GET /v1/kv/\xff HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"\x00\x01\x02 not http\r\n\r\n",
+    ]
+    for nid in (lead, follower):
+        host = c.node(nid).host
+        since = log_lines(c)
+        for request in requests:
+            status, _ = raw_http(host, request)
+            assert status == 400, (nid, request[:40], status)
+        logged = new_log(c, since)[nid]
+        assert len(logged) <= len(requests), "\n".join(logged[:40])
+
+
 def msgpack_bombs(g: Group) -> None:
     """Small frames that claim huge msgpack containers, and 16 MiB of empty maps (about
     75 times its size once built by a plain unpacker): the connection is closed and the
@@ -453,6 +496,8 @@ CASES = [
     Case("join_with_a_bad_member_id", KEY_HOLDER, join_with_a_bad_member_id),
     Case("idle_api_connections", NETWORK, idle_api_connections),
     Case("hostile_http_requests", TOKEN, hostile_http_requests),
+    Case("dot_dot_keys", TOKEN, dot_dot_keys),
+    Case("malformed_http_requests", NETWORK, malformed_http_requests),
     Case("msgpack_bombs", KEY_HOLDER, msgpack_bombs),
     Case("raft_port_flood", NETWORK, raft_port_flood),
     Case("storage_quota", TOKEN, storage_quota),

@@ -8,7 +8,13 @@ Errors are JSON ``{"error": "<what went wrong>", ...}``.
 No client input makes a handler answer 500 or print a traceback: an Authorization header that
 is not text is 401, a body that is not UTF-8 JSON, or nests deeper than MAX_JSON_DEPTH, is 400,
 one over ``max_body_bytes`` 413, an id outside the member id grammar (:mod:`.ids`) 400 before
-anything is proposed. What still escapes a handler is a bug: one log line, a JSON 500.
+anything is proposed, a KV key outside :data:`KEY_RULE` (a ``.``, ``..`` or empty segment) 400
+on every member before anything is forwarded. What still escapes a handler is a bug: one log
+line, a JSON 500. A request aiohttp's parser refuses (it never reaches a handler) is a JSON
+400 too, and at most one log line per source address per MALFORMED_LOG_INTERVAL_S.
+
+Forwarding: the leader gets the path and query as they came, still encoded (never parsed
+and normalized again on the way).
 
 Connections: an idle keep-alive connection is closed after KEEPALIVE_S, and at most
 :func:`connection_limit` are open at once (a connection over the cap is answered 503 and
@@ -31,10 +37,20 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from .agent import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
 from .ids import member_id_error, shown
-from .state import StateError, encode_command, validate_cas, validate_key, validate_value
+from .state import (
+    MAX_KEY_BYTES,
+    StateError,
+    encode_command,
+    validate_cas,
+    validate_key,
+    validate_value,
+)
+from .throttle import WarnThrottle
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -51,6 +67,12 @@ KEEPALIVE_S = 30.0
 #: descriptor limit (RLIMIT_NOFILE): the rest is for the Raft transport, storage, mDNS.
 MAX_CONNECTIONS = 1024
 LISTEN_BACKLOG = 128
+#: A request aiohttp's parser refuses costs at most one log line per source per this long.
+MALFORMED_LOG_INTERVAL_S = 10.0
+KEY_RULE = (
+    f"a key is 1-{MAX_KEY_BYTES} bytes of UTF-8 without control characters, segments "
+    "separated by '/', none of them empty, '.' or '..'"
+)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -116,6 +138,18 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
+def key_segment_error(key: str) -> str | None:
+    """None when no '/'-separated segment of ``key`` is empty, ``.`` or ``..``; else why,
+    with :data:`KEY_RULE`. Such a key would name another key, or another route, for any
+    client, proxy or forwarder on the way that normalizes the path (``a/../b`` is ``b``,
+    ``a//b`` is ``a/b`` behind nginx), so the API refuses it."""
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            what = "an empty segment" if not segment else f"a {segment!r} segment"
+            return f"key {shown(key, 120)} has {what}: {KEY_RULE}"
+    return None
+
+
 def _check_id(value: object, what: str) -> str:
     """A member id from a request: 400 saying the rule when it is not one."""
     error = member_id_error(value, what)
@@ -147,6 +181,7 @@ class Api:
         self.requests = 0
         self.errors: dict[int, int] = {}
         self.cap: ConnectionCap | None = None  # set by start_api
+        self.malformed_log = WarnThrottle(log, MALFORMED_LOG_INTERVAL_S)
 
     # ---- middleware --------------------------------------------------------------------------
     @web.middleware
@@ -187,6 +222,26 @@ class Api:
             log.debug("internal error", exc_info=exc)
             return self._count(_error(500, f"internal error ({type(exc).__name__})"))
 
+    def malformed(
+        self, request: web.BaseRequest, status: int, exc: HttpProcessingError
+    ) -> web.Response:
+        """The answer to a request aiohttp's parser refused (a request line or header over
+        8190 bytes, a byte a path may not hold, no HTTP at all): a JSON 400, and at most one
+        warning line per source per MALFORMED_LOG_INTERVAL_S, never a traceback (anyone
+        can send these, with no token)."""
+        self.requests += 1
+        source = request.remote or "an unknown address"
+        what = " ".join(str(exc.message).split())  # aiohttp's own text, over several lines
+        self.malformed_log.warn(
+            source,
+            "API: malformed HTTP request from %s, answered %d: %s: %s",
+            source,
+            status,
+            type(exc).__name__,
+            shown(what, 160),
+        )
+        return self._count(_error(status, f"malformed HTTP request: {what[:200]}"))
+
     def _count(self, resp: web.Response) -> web.Response:
         self.errors[resp.status] = self.errors.get(resp.status, 0) + 1
         return resp
@@ -222,7 +277,9 @@ class Api:
             # connection per forward: a connect error then means the request was never sent.
             self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
             self.session._retry_connection = False  # no public switch for it in aiohttp 3.x
-        url = f"http://{api}{request.rel_url}"
+        # The path as it came, still encoded: a string would be parsed again and normalized
+        # (dot segments resolved, %2F decoded), and the leader would write another key.
+        url = URL(f"http://{api}{request.rel_url.raw_path_qs}", encoded=True)
         headers = {
             "Authorization": request.headers.get("Authorization", ""),
             FORWARDED: self.agent.id,
@@ -331,14 +388,22 @@ class Api:
             }
         )
 
-    def _key(self, request: web.Request) -> str:
+    def _key(self, request: web.Request, *, stored_ok: bool = False) -> str:
+        """The key of a ``/v1/kv/{key}`` route (decoded), checked against :data:`KEY_RULE`
+        by every member before anything is forwarded or proposed. ``stored_ok``: a key that
+        breaks the segment rule but is in the store (written by an older version) can still
+        be read and deleted."""
         try:
-            return validate_key(request.match_info["key"])
+            key = validate_key(request.match_info["key"])
         except StateError as exc:
             raise BadRequest(exc.message) from None
+        error = key_segment_error(key)
+        if error is not None and not (stored_ok and self.agent.state.kv_get(key) is not None):
+            raise BadRequest(error)
+        return key
 
     async def kv_get(self, request: web.Request) -> web.Response:
-        key = self._key(request)
+        key = self._key(request, stored_ok=True)
         if request.query.get("stale") in (None, "0", "false"):
             await self.agent.read_barrier()
         item = self.agent.state.kv_get(key)
@@ -372,7 +437,7 @@ class Api:
         )
 
     async def kv_del(self, request: web.Request) -> web.Response:
-        key = self._key(request)
+        key = self._key(request, stored_ok=True)
         cas = _int_param(request, "cas")
         if not self.agent.is_leader():
             return await self._forward(request, b"")
@@ -602,6 +667,36 @@ class _Counted(asyncio.Protocol):
         self.inner.resume_writing()
 
 
+class _RequestHandler(web.RequestHandler):
+    """aiohttp's connection protocol with one change: a request its parser refuses is
+    answered by :meth:`Api.malformed` (a JSON 400, one throttled line per source) instead of
+    a text/plain 400 and an ERROR with a traceback on ``aiohttp.server`` per request.
+
+    aiohttp has no hook for these requests (they never reach the application or its
+    middlewares): they come to ``handle_error(request, status, exc, message)``, as of
+    aiohttp 3.14. Other errors that come there (a 500 or 504 of aiohttp's own, a bug) keep
+    aiohttp's handling."""
+
+    def __init__(self, manager: web.Server, *, api: Api, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.api = api
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or not 400 <= status < 500:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already sent; cannot send the 400")
+        resp = self.api.malformed(request, status, exc)
+        resp.force_close()
+        return resp
+
+
 class _Listener:
     """What BaseSite.stop() closes: the accept loop and the listening socket."""
 
@@ -619,9 +714,17 @@ class _CappedSite(web.BaseSite):
     listening socket to asyncio, which accepts as fast as connections come, up to the backlog
     at a time, whatever the descriptors left)."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, limit: int) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        limit: int,
+        protocol: Callable[[], asyncio.Protocol],
+    ) -> None:
         super().__init__(runner, backlog=LISTEN_BACKLOG)
         self.host, self.port, self.limit = host, port, limit
+        self.protocol = protocol
         self.cap: ConnectionCap | None = None
         self._serving: set[asyncio.Task[None]] = set()
 
@@ -631,9 +734,7 @@ class _CappedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        server = self._runner.server
-        assert server is not None
-        self.cap = ConnectionCap(server, self.limit)
+        self.cap = ConnectionCap(self.protocol, self.limit)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.create_server((self.host, self.port), family=family, backlog=self._backlog)
         sock.setblocking(False)
@@ -681,15 +782,16 @@ class _CappedSite(web.BaseSite):
 
 async def start_api(agent: Agent) -> web.AppRunner:
     app, api = build_app(agent)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=5.0,
-        keepalive_timeout=KEEPALIVE_S,
-    )
+    handler_args: dict[str, Any] = {"access_log": None, "keepalive_timeout": KEEPALIVE_S}
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, **handler_args)
     await runner.setup()
-    site = _CappedSite(runner, agent.cfg.bind, agent.cfg.api_port, connection_limit())
+    server, loop = runner.server, asyncio.get_running_loop()
+    assert server is not None
+
+    def protocol() -> _RequestHandler:
+        return _RequestHandler(server, api=api, loop=loop, **handler_args)
+
+    site = _CappedSite(runner, agent.cfg.bind, agent.cfg.api_port, connection_limit(), protocol)
     await site.start()
     api.cap = site.cap
     return runner

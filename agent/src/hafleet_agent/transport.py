@@ -74,13 +74,14 @@ import random
 import secrets
 import socket
 import struct
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgpack
+
+from .throttle import WarnThrottle
 
 __all__ = [
     "MIN_KEY_LEN",
@@ -473,36 +474,19 @@ def _valid_id(v: object, *, optional: bool = False) -> bool:
     return isinstance(v, str) and 0 < len(v.encode("utf-8", "replace")) <= _MAX_ID_BYTES
 
 
-class _WarnThrottle:
-    """One warning line per source address per interval; the next says how many were held.
-
-    A flood from one address would otherwise write a line per connection (20,000 lines in
-    a few seconds). Sources are remembered for one interval; past ``_WARN_SOURCES`` of
-    them at once, the others share one entry, so the memory stays bounded too.
-    """
+class _WarnThrottle(WarnThrottle):
+    """A :class:`.throttle.WarnThrottle` on this module's logger that counts the lines it
+    held back in ``stats.warnings_suppressed``."""
 
     def __init__(self, interval: float, stats: TransportStats) -> None:
-        self.interval = interval
+        super().__init__(log, interval, max_sources=_WARN_SOURCES)
         self.stats = stats
-        self._last: dict[str, tuple[float, int]] = {}  # source -> (logged at, held since)
 
-    def warn(self, source: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        key = source
-        if key not in self._last and len(self._last) >= _WARN_SOURCES:
-            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
-            if len(self._last) >= _WARN_SOURCES:
-                key = "other sources"
-        logged_at, held = self._last.get(key, (-self.interval, 0))
-        if now - logged_at < self.interval:
-            self._last[key] = (logged_at, held + 1)
+    def warn(self, source: str, msg: str, *args: object) -> bool:
+        logged = super().warn(source, msg, *args)
+        if not logged:
             self.stats.warnings_suppressed += 1
-            return
-        self._last[key] = (now, 0)
-        if held:
-            msg += " (%d more from %s in the %.0fs before were not logged)"
-            args = (*args, held, key, now - logged_at)
-        log.warning(msg, *args)
+        return logged
 
 
 class Transport:
