@@ -44,7 +44,7 @@ export PATH := $(BIN):$(PATH)
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
 	sanity units build constraints lab clean distclean sim bench-agent bench-balancer bench chaos \
 	molecule release docs-check changelog \
-	collection-link ansible-lint bench-scale
+	collection-link ansible-lint bench-scale vendor
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -117,6 +117,14 @@ pytest: venv ## pytest tests/agent tests/chaos (PYTEST_WORKERS=2 files at a time
 	elif [ $$rc -ne 0 ]; then \
 		exit $$rc; \
 	fi
+
+# The agent's API client is the collection's too: module_utils cannot import the agent (the
+# modules run on managed nodes), so it holds a byte-identical copy (a pytest test in
+# tests/agent/cluster/test_apiclient.py fails when the two differ).
+VENDORED_CLIENT := plugins/module_utils/_api_client.py
+vendor: ## copy agent/src/hafleet_agent/apiclient.py to plugins/module_utils/_api_client.py
+	cp agent/src/hafleet_agent/apiclient.py $(VENDORED_CLIENT)
+	@echo "vendor: $(VENDORED_CLIENT) is agent/src/hafleet_agent/apiclient.py"
 
 # A fresh copy each time, so files deleted from the work tree are gone from it too; its
 # tests/output/ survives, as it holds the venv ansible-test builds for itself (a rerun then

@@ -148,6 +148,7 @@ from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
     HafleetAPIError,
     api_argument_spec,
     client_from_params,
+    fail_json_on_api_error,
     is_voter,
 )
 
@@ -203,7 +204,7 @@ def main():
             result = read_cluster(client)
         except HafleetAPIError as exc:
             if exc.status == 401:
-                module.fail_json(msg=f"the API token was refused: {exc}", status=exc.status)
+                fail_json_on_api_error(module, exc, "the API token was refused")
             errors.append(str(exc))
             continue
         module.exit_json(changed=False, **result)

@@ -148,6 +148,7 @@ from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
     HafleetAPIError,
     api_argument_spec,
     client_from_params,
+    fail_json_on_api_error,
     find_member,
     is_voter,
     member_id_error,
@@ -174,8 +175,7 @@ class MemberModule:
 
     def fail(self, msg, exc=None, **extra):
         if exc is not None:
-            extra.setdefault("status", exc.status)
-            msg = f"{msg}: {exc}"
+            fail_json_on_api_error(self.module, exc, msg, **extra)
         self.module.fail_json(msg=msg, **extra)
 
     def members(self, client=None):
@@ -378,7 +378,7 @@ def main():
     try:
         result = MemberModule(module).run()
     except HafleetAPIError as exc:
-        module.fail_json(msg=str(exc), status=exc.status)
+        fail_json_on_api_error(module, exc)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

@@ -281,14 +281,15 @@ class APIClient:
         but 2xx and when no answer arrived.
         """
         attempts = len(self.urls) if failover else 1
-        for attempt in range(attempts):
+        attempt = 1
+        while True:
             try:
                 return self._once(self.base_url, method, path, body, query, timeout)
             except APIError as exc:
-                if not failover or not exc.retryable or attempt + 1 >= attempts:
+                if not failover or not exc.retryable or attempt >= attempts:
                     raise
+                attempt += 1
                 self.fail_over(f"{exc.method} {path}: {exc.message} ({exc.status or 'no answer'})")
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _once(self, base, method, path, body, query, timeout):
         method = method.upper()

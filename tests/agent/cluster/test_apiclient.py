@@ -16,7 +16,9 @@ from harness import Cluster
 from hafleet_agent import apiclient
 from hafleet_agent.apiclient import APIClient, APIError, api_path
 
-SOURCE = Path(apiclient.__file__)
+REPO = Path(__file__).resolve().parents[3]
+SOURCE = REPO / "agent" / "src" / "hafleet_agent" / "apiclient.py"
+VENDORED = REPO / "plugins" / "module_utils" / "_api_client.py"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,13 @@ def _dead_url() -> str:
 
 
 def test_the_source_is_python_38_syntax() -> None:
+    assert Path(apiclient.__file__).resolve() == SOURCE
     ast.parse(SOURCE.read_text(encoding="utf-8"), feature_version=(3, 8))
+
+
+def test_the_collection_holds_a_byte_identical_copy() -> None:
+    """``make vendor`` writes the copy; a change here without it fails."""
+    assert VENDORED.read_bytes() == SOURCE.read_bytes(), f"run make vendor: {VENDORED} differs"
 
 
 def test_node_routes_health_status_members_weights(cluster: Cluster) -> None:
@@ -91,7 +99,7 @@ def test_kv_routes_through_a_follower(cluster: Cluster) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["a/b c", "q?x=1&y#z", "100%", "../up", "a/../b", "a/./b", "dir/", "ü/€", "+ +", "%2F"],
+    ["a/b c", "q?x=1&y#z", "100%", "a.b/..c", "ü/€", "+ +", "%2F", "a%2Fb"],
 )
 def test_keys_reach_the_agent_unchanged(cluster: Cluster, key: str) -> None:
     """Every key is one path segment: it comes back as it went, also forwarded by a
@@ -108,15 +116,18 @@ def test_keys_reach_the_agent_unchanged(cluster: Cluster, key: str) -> None:
     assert caught.value.status == 404
 
 
-def test_keys_of_dots_only_reach_the_leader_unchanged(cluster: Cluster) -> None:
-    """``.`` and ``..`` go out as they are and the leader stores them under their names (a
-    follower's forwarding folds them today: docs/reliability.md, open cases)."""
+@pytest.mark.parametrize("key", [".", "..", "../up", "a/../b", "a/./b", "dir/", "a//b"])
+def test_keys_with_dot_or_empty_segments_arrive_as_written_and_are_refused(
+    cluster: Cluster, key: str
+) -> None:
+    """No URL normalisation folds them on the way, through a follower neither: the agent
+    sees the key as written and refuses it (400, its message quotes the key)."""
     c = cluster
-    client = _client(c, c.leader())
-    for key in (".", ".."):
-        assert client.kv_put(key, key)["key"] == key
-        assert client.kv_get(key)["value"] == key
-        client.kv_delete(key)
+    for nid in (c.leader(), _follower(c)):
+        with pytest.raises(APIError) as caught:
+            _client(c, nid).kv_put(key, 1)
+        assert caught.value.status == 400, caught.value
+        assert repr(key) in caught.value.message
 
 
 def test_one_path_encoding() -> None:
