@@ -10,12 +10,15 @@ about the syncer's handling of its inputs, not about the agents."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,11 +56,14 @@ def run_balancer(*args: str, timeout: float = 30) -> subprocess.CompletedProcess
 
 
 class FakeAgent:
-    """``/v1/watch`` answers ``view``; KV writes are recorded. ``status`` forces an answer."""
+    """``/v1/watch`` answers ``view``, after ``hold`` seconds when nothing is new (or at
+    once when the fake stops); KV writes are recorded. ``status`` forces an answer."""
 
-    def __init__(self, view: dict[str, Any], status: int = 200) -> None:
+    def __init__(self, view: dict[str, Any], status: int = 200, hold: float = 0.5) -> None:
         self.view = view
         self.status = status
+        self.hold = hold
+        self.holding = 0  # watches that found nothing new and waited
         self.kv: dict[str, Any] = {}
         self.writes: list[tuple[str, str]] = []
         self.port = 0
@@ -96,7 +102,10 @@ class FakeAgent:
         if (err := self._auth(request)) is not None:
             return err
         if int(request.query.get("index", "0")) >= self.view["index"]:
-            await asyncio.sleep(0.5)  # nothing new: a short long-poll
+            self.holding += 1
+            assert self._stop is not None
+            with contextlib.suppress(TimeoutError):  # nothing new: a long poll
+                await asyncio.wait_for(self._stop.wait(), self.hold)
         return web.json_response({**self.view, "changed": True})
 
     async def _kv(self, request: web.Request) -> web.Response:
@@ -368,6 +377,30 @@ def test_member_with_a_bad_address_is_logged_and_the_others_served(
             assert "not balancing to member none: no service address" in log
             assert agent.kv["balancer/registered"]["backend"] == "app"
             syncer.check()
+        finally:
+            syncer.close()
+
+
+def test_sigterm_while_a_watch_waits_stops_the_syncer_at_once(
+    haproxy: HAProxy, tmp_path: Path, token_file: Path
+) -> None:
+    """The API client blocks, so the watch's long poll runs in a thread: a stop must not wait
+    for that poll to end (15 s here)."""
+    with FakeAgent(view({"m1": "127.0.0.1:9001"}), hold=15) as agent:
+        syncer = Syncer(
+            tmp_path, haproxy, [agent.url], token_file, strategy="leastconn", interval=0.2
+        ).start()
+        try:
+            wait_for(lambda: "m1" in haproxy.servers(), 20, "m1 added")
+            wait_for(lambda: agent.holding > 0, 10, "a watch waiting for news")
+            assert syncer.proc is not None
+            started = time.monotonic()
+            syncer.proc.send_signal(signal.SIGTERM)
+            code = syncer.proc.wait(timeout=30)
+            elapsed = time.monotonic() - started
+            assert code == 0, syncer.log()
+            assert elapsed < 5, (elapsed, syncer.log())
+            assert "stopped (" in syncer.log()
         finally:
             syncer.close()
 
