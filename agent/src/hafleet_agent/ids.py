@@ -8,9 +8,10 @@ letter or a digit (shared/DESIGN.md)::
     ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$
 
 The alphabet keeps an id safe everywhere it travels: a log line, a DNS label, an HAProxy
-server name, a URL path segment, a file name. The collection's modules repeat the pattern
-(they cannot import the agent); a change here must be made there too
-(plugins/module_utils/api.py, ``MEMBER_ID_RE``).
+server name, a URL path segment, a file name. The API client repeats the pattern
+(:mod:`hafleet_agent.apiclient`, ``MEMBER_ID_RE``: it is vendored into the collection, whose
+modules cannot import the agent, and stays standard-library only); a change here must be
+made there too (then ``make vendor``). A test checks that the two agree.
 """
 
 from __future__ import annotations

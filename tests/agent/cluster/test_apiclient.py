@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from harness import Cluster
 
-from hafleet_agent import apiclient
+from hafleet_agent import apiclient, ids
 from hafleet_agent.apiclient import APIClient, APIError, api_path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -56,6 +56,15 @@ def test_the_source_is_python_38_syntax() -> None:
 def test_the_collection_holds_a_byte_identical_copy() -> None:
     """``make vendor`` writes the copy; a change here without it fails."""
     assert VENDORED.read_bytes() == SOURCE.read_bytes(), f"run make vendor: {VENDORED} differs"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["n1", "a" * 63, "a" * 64, "node-1.x_y", "-n", ".n", "n\n", "n 1", "", "ü", "n/1", 1, None],
+)
+def test_the_member_id_grammar_is_the_agents(value: object) -> None:
+    assert (apiclient.member_id_error(value) is None) == ids.valid_member_id(value)
+    assert apiclient.MEMBER_ID_RULE == ids.MEMBER_ID_RULE
 
 
 def test_node_routes_health_status_members_weights(cluster: Cluster) -> None:
