@@ -33,7 +33,14 @@ for _p in (REPO / "tests" / "agent", REPO / "tests" / "agent" / "cluster"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import API_PORT, RAFT_PORT, Cluster, holds_for, wait_for  # noqa: E402
+from harness import (  # noqa: E402
+    API_PORT,
+    RAFT_PORT,
+    Cluster,
+    holds_for,
+    refused_idle_connections,  # noqa: F401  (for test_hostile.py)
+    wait_for,
+)
 
 __all__ = [
     "API_PORT",

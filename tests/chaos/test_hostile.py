@@ -17,8 +17,6 @@ docs/reliability.md ("Hostile input") is this table with what each case observed
 from __future__ import annotations
 
 import re
-import select
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -39,6 +37,7 @@ from hostile import (
     memory,
     new_log,
     raw_http,
+    refused_idle_connections,
     wait_for,
 )
 
@@ -265,23 +264,10 @@ def idle_api_connections(g: Group) -> None:
     are answered 503 and closed, n3 stays up and in the group, and answers once they close."""
     c = g.cluster
     node = c.node("n3")
-    socks: list[socket.socket] = []
-    answered: dict[socket.socket, bytes] = {}
+    socks, answered, _ = refused_idle_connections(
+        node.host, API_PORT, 300, API_CAP, WAIT, check=c.check_alive
+    )
     try:
-        for _ in range(300):
-            socks.append(socket.create_connection((node.host, API_PORT), timeout=10))
-
-        def refusals() -> bool:
-            waiting = [s for s in socks if s not in answered]
-            readable, _, _ = select.select(waiting, [], [], 0.2)
-            for s in readable:
-                try:
-                    answered[s] = s.recv(4096)
-                except ConnectionResetError:
-                    answered[s] = b"reset"
-            return len(answered) >= 300 - API_CAP
-
-        wait_for(refusals, WAIT, "the connections over the cap to be refused", check=c.check_alive)
         assert all(a.startswith(b"HTTP/1.1 503") for a in answered.values()), set(answered.values())
         holds_for(node.running, 1.0, "n3 running with 300 connections open")
     finally:

@@ -46,6 +46,7 @@ from .state import (
     MAX_KEY_BYTES,
     StateError,
     encode_command,
+    json_depth_exceeds,
     validate_cas,
     validate_key,
     validate_value,
@@ -105,23 +106,6 @@ def _int_param(request: web.Request, name: str) -> int | None:
     return value
 
 
-def _too_deep(value: Any, limit: int) -> bool:
-    """True when arrays and objects nest deeper than ``limit`` (iterative)."""
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth + 1 > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
 def parse_json(raw: bytes) -> Any:
     """A request body as JSON: 400 when it is not UTF-8 JSON or nests deeper than
     MAX_JSON_DEPTH (the parser's own recursion limit included)."""
@@ -133,7 +117,7 @@ def parse_json(raw: bytes) -> Any:
         raise BadRequest(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    if _too_deep(value, MAX_JSON_DEPTH):
+    if json_depth_exceeds(value, MAX_JSON_DEPTH):
         raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
     return value
 

@@ -28,6 +28,7 @@ import json
 import os
 import random
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -619,3 +620,39 @@ def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[st
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def refused_idle_connections(
+    host: str,
+    port: int,
+    count: int,
+    cap: int,
+    timeout: float,
+    check: Callable[[], None] | None = None,
+) -> tuple[list[socket.socket], dict[socket.socket, bytes], Callable[[], bool]]:
+    """Open ``count`` idle TCP connections to an agent's API and wait (bounded) until it
+    has answered and closed all but ``cap`` of them (its connection cap). Returns the
+    sockets (the caller closes them), the answers of the refused ones, and the function that
+    reads further answers into them (True once ``count - cap`` have answered)."""
+    socks: list[socket.socket] = []
+    answered: dict[socket.socket, bytes] = {}
+    try:
+        for _ in range(count):
+            socks.append(socket.create_connection((host, port), timeout=10))
+
+        def refusals() -> bool:
+            waiting = [s for s in socks if s not in answered]
+            readable, _, _ = select.select(waiting, [], [], 0.2)
+            for s in readable:
+                try:
+                    answered[s] = s.recv(4096)
+                except ConnectionResetError:
+                    answered[s] = b"reset"
+            return len(answered) >= count - cap
+
+        wait_for(refusals, timeout, "the connections over the cap to be refused", check=check)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks, answered, refusals

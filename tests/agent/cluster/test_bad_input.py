@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import select
 import socket
 import sys
 import time
@@ -21,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import API_PORT, RAFT_PORT, Cluster, agent_command, holds_for, wait_for
+from harness import (
+    API_PORT,
+    RAFT_PORT,
+    Cluster,
+    agent_command,
+    holds_for,
+    refused_idle_connections,
+    wait_for,
+)
 
 from hafleet_agent.ids import MEMBER_ID_PATTERN
 
@@ -271,25 +278,12 @@ def test_idle_connections_do_not_eat_every_descriptor(make_cluster: MakeCluster)
     node.argv = ["prlimit", "--nofile=256"] + node.argv
     c.start(node)
     c.wait_agreed()
-    socks: list[socket.socket] = []
-    answered: dict[socket.socket, bytes] = {}
+    # The agent answers those over the cap (a quarter of 256) with a 503 and closes them, one
+    # after the other; the ones within the cap stay open and idle.
+    socks, answered, refusals = refused_idle_connections(
+        node.host, API_PORT, 300, 64, 30, check=c.check_alive
+    )
     try:
-        for _ in range(300):
-            socks.append(socket.create_connection((node.host, API_PORT), timeout=10))
-        # The agent answers those over the cap (a quarter of 256) with a 503 and closes them,
-        # one after the other; the ones within the cap stay open and idle.
-
-        def refusals() -> bool:
-            waiting = [s for s in socks if s not in answered]
-            readable, _, _ = select.select(waiting, [], [], 0.2)
-            for s in readable:
-                try:
-                    answered[s] = s.recv(4096)
-                except ConnectionResetError:
-                    answered[s] = b"reset"
-            return len(answered) >= 300 - 64
-
-        wait_for(refusals, 30, "the connections over the cap to be refused", check=c.check_alive)
         assert all(a.startswith(b"HTTP/1.1 503") for a in answered.values()), set(answered.values())
         holds_for(node.running, 2.0, "the agent running with 300 connections open")
         refusals()
