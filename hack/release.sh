@@ -3,7 +3,8 @@
 #
 # 1. ansible-galaxy collection build -> dist/hafleet-cluster-<version>.tar.gz
 # 2. check the tarball: what the collection needs is in it (roles, plugins, playbooks, the
-#    agent's source), what it must not ship is not (venvs, build trees, caches, dev tooling)
+#    agent's source), what it must not ship is not (venvs, build trees, caches, dev tooling,
+#    the benchmarks)
 # 3. install it with --no-deps into an empty temporary collections path
 # 4. from a directory outside the source tree, with only that path: ansible-playbook
 #    hafleet.cluster.scale -e nodes=3 (the agent is built from agent/ inside the installed
@@ -43,11 +44,12 @@ for need in MANIFEST.json FILES.json README.md meta/runtime.yml \
 	playbooks/scale.yml playbooks/status.yml playbooks/destroy.yml \
 	roles/lab/tasks/main.yml roles/agent/tasks/main.yml roles/balancer/tasks/main.yml \
 	plugins/connection/netns.py plugins/modules/member.py plugins/modules/cluster_info.py \
+	plugins/filter/scale_plan.py plugins/filter/scale_plan.yml plugins/doc_fragments/api.py \
 	agent/pyproject.toml agent/README.md agent/src/hafleet_agent/agent.py \
 	changelogs/changelog.yaml; do
 	grep -qx "$need" "$work/contents" || { echo "release: $need is missing from the tarball" >&2; exit 1; }
 done
-if grep -E '(^|/)(\.venv|\.git|build|dist|\.ansible|__pycache__|\.pytest_cache|\.ruff_cache|\.hypothesis|tests/output|hack)(/|$)|\.pyc$|\.egg-info|^(Makefile|constraints\.txt|ruff\.toml|pytest\.ini)$' \
+if grep -E '(^|/)(\.venv|\.git|build|dist|\.ansible|__pycache__|\.pytest_cache|\.ruff_cache|\.hypothesis|tests/output|hack)(/|$)|^bench(/|$)|\.pyc$|\.egg-info|^(Makefile|constraints\.txt|ruff\.toml|pytest\.ini)$' \
 	"$work/contents" >"$work/junk"; then
 	echo "release: the tarball holds files it must not ship:" >&2
 	head -20 "$work/junk" >&2
