@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
-from hafleet_agent.haproxy_config import (
+from hafleet_agent.balancer.haproxy_config import (
     Settings,
     parse_servers_state,
     render,
-    runtime_command,
-    save_state,
     servers_from_state,
 )
+from hafleet_agent.balancer.process import save_state
+from hafleet_agent.balancer.runtime_api import runtime_command
 
 HERE = Path(__file__).resolve().parent
 # The agents come from the multi-process cluster harness (tests/agent/cluster/harness.py),

@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from balancer_lab import LoadGen, burst, shares  # noqa: E402
 
-from hafleet_agent.balancer import server_id
+from hafleet_agent.balancer.plan import server_id
 
 FORM = 40.0  # bound for a cluster to form on a busy machine
 CONVERGE = 20.0  # bound for the syncer to bring HAProxy in step

@@ -7,7 +7,8 @@ import hashlib
 
 import pytest
 
-from hafleet_agent.balancer import (
+from hafleet_agent.balancer.haproxy_config import EQUAL_WEIGHT, ServerState
+from hafleet_agent.balancer.plan import (
     ID_BASE,
     ID_LIMIT,
     Want,
@@ -15,9 +16,8 @@ from hafleet_agent.balancer import (
     plan,
     server_id,
     split_service_addr,
-    succeeded,
 )
-from hafleet_agent.haproxy_config import EQUAL_WEIGHT, ServerState
+from hafleet_agent.balancer.runtime_api import succeeded
 
 BK = "app"
 
@@ -66,9 +66,9 @@ def test_server_id_never_collides_within_a_backend() -> None:
 
 
 def test_server_id_wraps_within_the_range(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hafleet_agent.balancer as b
+    from hafleet_agent.balancer import plan as plan_module
 
-    monkeypatch.setattr(b, "ID_SPAN", 5)  # ids 1000..1004
+    monkeypatch.setattr(plan_module, "ID_SPAN", 5)  # ids 1000..1004
     start = server_id("a")
     others = {1000 + i for i in range(5)} - {1000 + (start - 1000 + 4) % 5}
     assert server_id("a", others) == 1000 + (start - 1000 + 4) % 5

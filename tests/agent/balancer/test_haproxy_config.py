@@ -4,24 +4,26 @@ servers, weights and drain states the syncer set at run time."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from hafleet_agent.haproxy_config import (
+from hafleet_agent.balancer.haproxy_cli import main as haproxy_cli
+from hafleet_agent.balancer.haproxy_config import (
     ALGORITHMS,
     STRATEGIES,
     ConfigError,
     ServerLine,
     Settings,
     StateParseError,
-    _cli,
     parse_servers_state,
     render,
     servers_from_state,
 )
+from hafleet_agent.balancer.process import save_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from balancer_lab import HAPROXY, HAProxy  # noqa: E402
@@ -173,17 +175,32 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path, strategy: st
 
 
 def test_cli_render_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``hafleet-haproxy render``: the configuration from the role's settings file, with the
+    servers of the state file when asked; a bad setting is an error message and exit 1."""
     state = tmp_path / "state"
     state.write_text(STATE)
     out = tmp_path / "h.cfg"
-    args = ["render", "--backend", "app", "--bind", "127.0.0.1:8080", "--socket", "/s"]
-    assert _cli([*args, "--state-file", str(state), "--servers-from-state", "-o", str(out)]) == 0
+
+    def settings(**change: object) -> str:
+        path = tmp_path / "haproxy.json"
+        value = {"backend": "app", "bind": ["127.0.0.1:8080"], "socket": "/s"}
+        value.update({"state_file": str(state), **change})
+        path.write_text(json.dumps(value))
+        return str(path)
+
+    assert haproxy_cli(["render", "--settings", settings(), "--with-servers", "-o", str(out)]) == 0
     assert "server n2 127.0.0.2:8000 id 1539722035 weight 96 check" in out.read_text()
-    assert _cli([*args, "--state-file", str(tmp_path / "none"), "--servers-from-state"]) == 0
+    assert (out.stat().st_mode & 0o777) == 0o640
+    assert haproxy_cli(["render", "--settings", settings(), "-o", str(out)]) == 0
+    assert "server " not in out.read_text().split("backend app")[1]
+    none = settings(state_file=str(tmp_path / "none"))
+    assert haproxy_cli(["render", "--settings", none, "--with-servers"]) == 0
     assert "server " not in capsys.readouterr().out.split("backend app")[1]
-    assert _cli([*args, "--state-file", "relative"]) == 1
+    assert haproxy_cli(["render", "--settings", settings(state_file="relative")]) == 1
     assert "absolute path" in capsys.readouterr().err
-    assert _cli(["save-state", "--socket", str(tmp_path / "nope.sock"), "--state-file", "x"]) == 1
+    with pytest.raises(OSError):
+        save_state(str(tmp_path / "nope.sock"), str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.timeout(60)

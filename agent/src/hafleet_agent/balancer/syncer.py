@@ -19,55 +19,48 @@ Reconciliation is level-based: every round reads what HAProxy has (``show server
 
 Because it only ever compares, a restart of the syncer or of HAProxy converges from whatever
 ``show servers state`` says. The server name is the member id; the server id is derived from
-it (:func:`server_id`). Every command applied is logged; a command HAProxy refuses stops the
+it (:func:`.plan.server_id`). Every command applied is logged; a command HAProxy refuses stops the
 round, the log says what was applied and what was not, and the next round (after a backoff)
 starts again from HAProxy's state.
+
+The pure parts are in :mod:`.plan`, the socket client in :mod:`.runtime_api`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import hashlib
-import io
 import logging
 import os
 import random
-import re
 import signal
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from .apiclient import APIClient, APIError
+from ..apiclient import APIClient, APIError
 from .haproxy_config import (
     ALGORITHMS,
-    EQUAL_WEIGHT,
     STRATEGIES,
-    ServerState,
     StateParseError,
     parse_servers_state,
     write_atomic,
 )
+from .plan import Action, Plan, Want, desired, plan
+from .runtime_api import HAProxyRefused, HAProxyUnavailable, NoSuchBackend, RuntimeAPI
 
 log = logging.getLogger("hafleet.balancer")
 
 REGISTERED_KEY = "balancer/registered"
 DRAINED_PREFIX = "balancer/drained/"
 
-ID_BASE = 1000
-ID_LIMIT = 2**31 - 1  # HAProxy's server ids are positive 32-bit integers
-ID_SPAN = ID_LIMIT - ID_BASE + 1
-
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_INTERVAL = 1.0
 DRAIN_POLL = 0.2
-COMMAND_TIMEOUT = 5.0
 WATCH_WAIT_S = 10
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
@@ -95,49 +88,8 @@ class BalancerError(Exception):
         self.exit_code = exit_code
 
 
-class HAProxyUnavailable(Exception):
-    """The admin socket cannot be reached (HAProxy stopped, restarting, or never started)."""
-
-
-class HAProxyRefused(Exception):
-    """HAProxy answered a command with an error."""
-
-    def __init__(self, command: str, answer: str) -> None:
-        super().__init__(f"{command!r} -> {answer!r}")
-        self.command = command
-        self.answer = answer
-
-
-class NoSuchBackend(HAProxyRefused):
-    pass
-
-
 class RoundFailed(HAProxyRefused):
     """Some commands of a round were refused (and logged); the round is retried."""
-
-
-# --- server ids -----------------------------------------------------------------------------
-
-
-def server_id(name: str, taken: Iterable[int] = ()) -> int:
-    """A stable numeric server id for member ``name``.
-
-    The first 8 bytes of SHA-256(name), big-endian, modulo the span of ``[1000, 2**31 - 1]``,
-    plus 1000: the same member gets the same id on every balancer and after every restart,
-    and ids stay clear of the small ones HAProxy numbers configured servers with. If that id
-    is already ``taken`` in the backend (two member ids hashing alike: about 1 in 2**31 per
-    pair), the next free one is used, wrapping within the range."""
-    taken = set(taken)
-    digest = hashlib.sha256(name.encode()).digest()
-    candidate = ID_BASE + int.from_bytes(digest[:8], "big") % ID_SPAN
-    for _ in range(len(taken) + 1):
-        if candidate not in taken:
-            return candidate
-        candidate = ID_BASE + (candidate - ID_BASE + 1) % ID_SPAN
-    raise AssertionError("unreachable: more ids taken than there are")
-
-
-# --- the Runtime API ------------------------------------------------------------------------
 
 
 def check_socket_path(path: str) -> None:
@@ -154,305 +106,6 @@ def check_socket_path(path: str) -> None:
         raise BalancerError(f"cannot use {path}: {exc.strerror}", EXIT_USAGE) from None
     if not stat.S_ISSOCK(st.st_mode):
         raise BalancerError(f"{path} is not a Unix socket (--haproxy-socket)", EXIT_USAGE)
-
-
-class RuntimeAPI:
-    """HAProxy's Runtime API over its admin socket: one connection per command."""
-
-    def __init__(self, path: str, timeout: float = COMMAND_TIMEOUT) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    async def command(self, cmd: str) -> str:
-        if "\n" in cmd or ";" in cmd:
-            raise ValueError(f"one command at a time, without ';' or newlines: {cmd!r}")
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.path), self.timeout
-            )
-        except (OSError, TimeoutError) as exc:
-            raise HAProxyUnavailable(f"cannot connect to {self.path}: {exc!r}") from None
-        try:
-            writer.write(cmd.encode() + b"\n")
-            await asyncio.wait_for(writer.drain(), self.timeout)
-            data = await asyncio.wait_for(reader.read(), self.timeout)
-        except (OSError, TimeoutError) as exc:
-            raise HAProxyUnavailable(f"{cmd!r} on {self.path}: {exc!r}") from None
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-        return data.decode(errors="replace")
-
-    async def execute(self, cmd: str) -> str:
-        """A command that changes something; raises HAProxyRefused unless HAProxy says it
-        worked: see :func:`succeeded`."""
-        answer = await self.command(cmd)
-        text = answer.strip()
-        if not succeeded(cmd, text):
-            raise HAProxyRefused(cmd, text)
-        return text
-
-    async def servers_state(self, backend: str) -> list[ServerState]:
-        cmd = f"show servers state {backend}"
-        text = await self.command(cmd)
-        if not text.lstrip().startswith("1"):
-            if "find backend" in text:
-                raise NoSuchBackend(cmd, text.strip())
-            raise HAProxyRefused(cmd, text.strip())
-        try:
-            return [s for s in parse_servers_state(text) if s.backend == backend]
-        except StateParseError as exc:
-            raise HAProxyRefused(cmd, str(exc)) from None
-
-    async def stat(self, backend: str) -> dict[str, dict[str, str]]:
-        """``show stat`` rows of the backend, by server name (and ``BACKEND``)."""
-        cmd = f"show stat {backend} -1 -1"
-        text = await self.command(cmd)
-        if not text.startswith("# "):
-            if "No such proxy" in text:
-                raise NoSuchBackend(cmd, text.strip())
-            raise HAProxyRefused(cmd, text.strip())
-        rows = list(csv.reader(io.StringIO(text[2:])))
-        header = rows[0]
-        out: dict[str, dict[str, str]] = {}
-        for row in rows[1:]:
-            if len(row) < 2:
-                continue
-            rec = dict(zip(header, row, strict=False))
-            if rec.get("pxname") == backend:
-                out[rec["svname"]] = rec
-        if "BACKEND" not in out:
-            raise NoSuchBackend(cmd, text.strip()[:200] or "no such backend")
-        return out
-
-    async def info(self) -> dict[str, str]:
-        text = await self.command("show info")
-        out = {}
-        for line in text.splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                out[key.strip()] = value.strip()
-        if "Pid" not in out:
-            raise HAProxyRefused("show info", text.strip()[:200])
-        return out
-
-    async def backends(self) -> list[str]:
-        text = await self.command("show backend")
-        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-
-
-# What ``set server BK/SRV addr A [port P]`` answers when it worked, in HAProxy 2.x (checked
-# against 2.6.12): "IP changed from 'A0' to 'A'" or "no need to change the addr", then, when
-# a port was given, ", port changed from 'P0' to 'P'" or ", no need to change the port", and
-# " by 'stats socket command'". A refusal is another sentence ("Invalid addr 'x' by ...",
-# "No such server.", "Update for the current server address family is only supported
-# through configuration file"), so the whole answer must match, not a part of it.
-# "nothing changed" is the no-op answer reported for HAProxy 3.x (not checked here).
-_QUOTED = r"'[^'\n]*'"
-_SET_ADDR_DONE = re.compile(
-    rf"(?:IP changed from {_QUOTED} to {_QUOTED}|no need to change the addr)"
-    rf"(?:, (?:port changed from {_QUOTED} to {_QUOTED}|no need to change the port))?"
-    rf"(?: by {_QUOTED})?"
-    rf"|nothing changed(?: by {_QUOTED})?"
-)
-
-
-def succeeded(cmd: str, answer: str) -> bool:
-    """Whether HAProxy's (stripped) ``answer`` to ``cmd`` says the command was applied.
-
-    ``add server`` and ``del server`` say so in words, ``set server ... addr`` describes the
-    change (or that none was needed), the other commands the syncer sends answer nothing.
-    """
-    if cmd.startswith("add server "):
-        return "New server registered" in answer
-    if cmd.startswith("del server "):
-        return "Server deleted" in answer
-    words = cmd.split()
-    if words[:2] == ["set", "server"] and len(words) > 3 and words[3] == "addr":
-        return _SET_ADDR_DONE.fullmatch(answer) is not None
-    return answer == ""
-
-
-# --- what the group wants -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Want:
-    """A member as the backend should hold it."""
-
-    name: str
-    host: str
-    port: int
-    weight: int
-    drain: bool
-
-
-def split_service_addr(addr: str) -> tuple[str, int]:
-    host, sep, port_text = addr.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"bad service address {addr!r}")
-    return host, int(port_text)
-
-
-def desired(view: Mapping[str, Any], strategy: str) -> tuple[dict[str, Want], list[str]]:
-    """The servers the backend should have, from a ``/v1/watch`` answer; and the members
-    left out (with the reason), for the log.
-
-    ``weighted`` takes each member's weight from the committed table; a member the table
-    does not know yet gets the median of the known weights (as the planner does for a
-    newcomer), ``EQUAL_WEIGHT`` when nobody has one. The other strategies give every server
-    ``EQUAL_WEIGHT``."""
-    table = (view.get("weights") or {}).get("weights") or {}
-    members = [m for m in view.get("members") or [] if isinstance(m, Mapping) and m.get("id")]
-    known = sorted(
-        int(w)
-        for w in (table.get(str(m["id"])) for m in members)
-        if isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 256
-    )
-    fallback = known[(len(known) - 1) // 2] if known else EQUAL_WEIGHT
-    wants: dict[str, Want] = {}
-    skipped: list[str] = []
-    for m in members:
-        mid = str(m["id"])
-        addr = m.get("service_addr")
-        if not addr:
-            skipped.append(f"{mid}: no service address")
-            continue
-        try:
-            host, port = split_service_addr(str(addr))
-        except ValueError as exc:
-            skipped.append(f"{mid}: {exc}")
-            continue
-        if strategy == "weighted":
-            w = table.get(mid)
-            weight = (
-                w if isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 256 else fallback
-            )
-        else:
-            weight = EQUAL_WEIGHT
-        wants[mid] = Want(mid, host, port, weight, bool(m.get("draining")))
-    return wants, skipped
-
-
-# --- the plan: a pure function of the two states -----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    command: str
-    server: str
-    why: str
-    starts_drain: bool = False
-    deletes: bool = False
-
-
-@dataclass
-class Plan:
-    actions: list[Action] = field(default_factory=list)
-    drained: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Draining members HAProxy has no session for any more (or whose timeout passed)."""
-    waiting: list[str] = field(default_factory=list)
-    """What is still in progress (drains), for the log and the polling pace."""
-
-
-def _sessions(stats: Mapping[str, Mapping[str, str]], name: str) -> int:
-    row = stats.get(name) or {}
-    total = 0
-    for col in ("scur", "qcur"):
-        with contextlib.suppress(ValueError):
-            total += int(row.get(col) or 0)
-    return total
-
-
-def plan(
-    backend: str,
-    wants: Mapping[str, Want],
-    servers: Iterable[ServerState],
-    stats: Mapping[str, Mapping[str, str]],
-    drain_started: Mapping[str, float],
-    now: float,
-    drain_timeout: float,
-) -> Plan:
-    """The commands that take the backend from ``servers`` to ``wants``, in order."""
-    p = Plan()
-    have = {s.name: s for s in servers}
-    taken = {s.id for s in have.values()}
-
-    def add(cmd: str, name: str, why: str, **kw: Any) -> None:
-        p.actions.append(Action(cmd, name, why, **kw))
-
-    for name, w in sorted(wants.items()):
-        srv = f"{backend}/{name}"
-        host = f"[{w.host}]" if ":" in w.host else w.host
-        s = have.get(name)
-        if s is None:
-            sid = server_id(name, taken)
-            taken.add(sid)
-            add(
-                f"add server {srv} {host}:{w.port} id {sid} weight {w.weight} check",
-                name,
-                "new member",
-            )
-            add(f"enable health {srv}", name, "new member")
-            if w.drain:
-                add(f"set server {srv} state drain", name, "member is draining", starts_drain=True)
-            else:
-                add(f"enable server {srv}", name, "new member")
-            continue
-        if (s.addr, s.port) != (w.host, w.port):
-            add(
-                f"set server {srv} addr {w.host} port {w.port}",
-                name,
-                f"service address {s.addr}:{s.port} -> {w.host}:{w.port}",
-            )
-        if s.check_disabled:
-            add(f"enable health {srv}", name, "health check off")
-        if s.uweight != w.weight:
-            add(f"set server {srv} weight {w.weight}", name, f"weight {s.uweight} -> {w.weight}")
-        if w.drain:
-            if s.maint or not s.drain:
-                add(f"set server {srv} state drain", name, "member is draining", starts_drain=True)
-                continue
-            left = _sessions(stats, name)
-            since = drain_started.get(name, now)
-            if left == 0:
-                p.drained[name] = {"sessions": 0, "timed_out": False}
-            elif now - since >= drain_timeout:
-                p.drained[name] = {"sessions": left, "timed_out": True}
-            else:
-                p.waiting.append(f"{name}: draining, {left} session(s) left")
-        elif s.maint or s.drain:
-            add(f"set server {srv} state ready", name, "member in service")
-
-    for name, s in sorted(have.items()):
-        if name in wants:
-            continue
-        srv = f"{backend}/{name}"
-        if (stats.get(name) or {}).get("bck") == "1":
-            continue  # a backup server of the configuration: not the group's
-        left = _sessions(stats, name)
-        since = drain_started.get(name)
-        timed_out = since is not None and now - since >= drain_timeout
-        if not s.maint and not s.drain:
-            add(f"set server {srv} state drain", name, "member left", starts_drain=True)
-            p.waiting.append(f"{name}: left, draining")
-            continue
-        if left and not timed_out:
-            p.waiting.append(f"{name}: left, {left} session(s) left")
-            continue
-        if not s.maint:
-            add(f"set server {srv} state maint", name, "member left, drained")
-        if left:
-            add(
-                f"shutdown sessions server {srv}",
-                name,
-                f"drain timeout ({drain_timeout:g}s) passed with {left} session(s) left",
-            )
-        add(f"del server {srv}", name, "member left", deletes=True)
-    return p
 
 
 # --- the cluster side -----------------------------------------------------------------------
@@ -570,7 +223,7 @@ class Balancer:
             raise BalancerError(
                 f"backend {self.backend!r} uses 'balance {algo}', but --strategy "
                 f"{self.opts.strategy} needs 'balance {ALGORITHMS[self.opts.strategy]}' "
-                "(render the configuration with hafleet_agent.haproxy_config)",
+                "(render the configuration with hafleet-haproxy render)",
                 EXIT_USAGE,
             )
         log.info(

@@ -12,8 +12,8 @@ present in the configuration won't be restored after a reload operation", manage
 and it restores a server's weight from the state file only when the configured weight equals
 the saved *initial* weight. So a reload goes:
 
-1. dump the live state: ``save_state(socket, state_file)`` (the balancer also rewrites the
-   file after every change it applies, so it is never far behind);
+1. dump the live state: :func:`hafleet_agent.balancer.process.save_state` (the syncer also
+   rewrites the file after every change it applies, so it is never far behind);
 2. render the configuration with the servers of that state
    (``render(..., servers=servers_from_state(...))``): each server line carries the saved
    id, address and initial weight;
@@ -21,23 +21,16 @@ the saved *initial* weight. So a reload goes:
    loads the state file (current weights, drain and maintenance states) and the old process
    finishes its connections.
 
-Command line, for the balancer role and for scripts::
-
-    python -m hafleet_agent.haproxy_config render --backend B --bind ADDR:PORT \
-        --socket PATH --state-file PATH [--strategy S] [--servers-from-state] [-o FILE]
-    python -m hafleet_agent.haproxy_config save-state --socket PATH --state-file PATH
+The command line is ``hafleet-haproxy render`` (:mod:`hafleet_agent.balancer.process`), which
+also starts, reloads and stops HAProxy that way.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
-import socket
-import sys
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,9 +145,10 @@ def render(s: Settings) -> str:
         ids.add(srv.id)
 
     lines = [
-        "# Rendered by hafleet_agent.haproxy_config. The backend's servers are managed at run",
-        "# time by `hafleet-agent balancer` over the admin socket; the server lines below, if",
-        "# any, only carry them over a reload (their state comes from the server-state-file).",
+        "# Rendered by hafleet_agent.balancer.haproxy_config. The backend's servers are",
+        "# managed at run time by `hafleet-agent balancer` over the admin socket; the server",
+        "# lines below, if any, only carry them over a reload (their state comes from the",
+        "# server-state-file).",
         "global",
         f"    stats socket {s.socket_path} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
@@ -303,94 +297,3 @@ def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def runtime_command(socket_path: str, command: str, timeout: float = 5.0) -> str:
-    """One Runtime API command over the admin socket (blocking); returns the answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(socket_path)
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return b"".join(chunks).decode(errors="replace")
-
-
-def save_state(socket_path: str, state_file: str) -> str:
-    """Dump every backend's servers state to ``state_file`` (atomically); returns it."""
-    text = runtime_command(socket_path, "show servers state")
-    parse_servers_state(text)  # refuse to write an error message as the state
-    write_atomic(state_file, text)
-    return text
-
-
-# --- command line ---------------------------------------------------------------------------
-
-
-def _cli(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m hafleet_agent.haproxy_config",
-        description="Render an HAProxy configuration for hafleet, or save the server state "
-        "before a reload.",
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("render", help="print (or write) the configuration")
-    r.add_argument("--backend", required=True)
-    r.add_argument("--frontend", default="hafleet_in")
-    r.add_argument("--bind", required=True, action="append", metavar="ADDR:PORT")
-    r.add_argument("--socket", required=True, metavar="PATH")
-    r.add_argument("--state-file", required=True, metavar="PATH")
-    r.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY)
-    r.add_argument("--health-path", metavar="PATH", help="option httpchk GET PATH")
-    r.add_argument("--maxconn", type=int, default=4096)
-    r.add_argument(
-        "--servers-from-state",
-        action="store_true",
-        help="carry the backend's servers of the state file over (for a reload)",
-    )
-    r.add_argument("-o", "--output", metavar="FILE", help="write here (atomically)")
-    s = sub.add_parser("save-state", help="dump `show servers state` to the state file")
-    s.add_argument("--socket", required=True, metavar="PATH")
-    s.add_argument("--state-file", required=True, metavar="PATH")
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "save-state":
-            save_state(args.socket, args.state_file)
-            return 0
-        servers: list[ServerLine] = []
-        if args.servers_from_state:
-            try:
-                text = Path(args.state_file).read_text()
-            except FileNotFoundError:
-                text = ""
-            if text.strip():
-                servers = servers_from_state(text, args.backend)
-        text = render(
-            Settings(
-                backend=args.backend,
-                frontend=args.frontend,
-                bind=args.bind,
-                socket_path=args.socket,
-                state_file=args.state_file,
-                strategy=args.strategy,
-                servers=servers,
-                health_path=args.health_path,
-                maxconn=args.maxconn,
-            )
-        )
-    except (ConfigError, StateParseError, OSError) as exc:
-        print(f"haproxy_config: {exc}", file=sys.stderr)
-        return 1
-    if args.output:
-        write_atomic(args.output, text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_cli())
