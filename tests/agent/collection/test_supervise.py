@@ -1,5 +1,6 @@
-"""roles/agent/files/hafleet_supervise.py: start, idempotent start, restart on a crash, no
-restart after exit 0 or 2, stop (also of an orphaned child), restart, stale pid files."""
+"""``hafleet-supervise`` (hafleet_agent.supervise, installed with the agent): start, idempotent
+start, restart on a crash, no restart after exit 0 or 2, stop (also of an orphaned child),
+restart, stale pid files."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-SUPERVISE = (
-    Path(__file__).resolve().parents[3] / "roles" / "agent" / "files" / "hafleet_supervise.py"
-)
+# The console script of the virtualenv that runs the tests, run by its Python as the roles do.
+SUPERVISE = Path(sys.executable).parent / "hafleet-supervise"
 
 
 def sv(*args: str) -> dict:
