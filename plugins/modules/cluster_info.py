@@ -16,16 +16,9 @@ author: hafleet maintainers (@hafleet)
 version_added: 0.1.0
 extends_documentation_fragment:
   - hafleet.cluster.api
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; runs the same in check mode.
-  diff_mode:
-    support: full
-    description: Never changes anything, so there is never a difference to show.
-  idempotent:
-    support: full
-    description: Changes nothing; C(changed) is always false.
+  - hafleet.cluster.attributes
+  - hafleet.cluster.attributes.actiongroup_hafleet
+  - hafleet.cluster.attributes.info_module
 options:
   fallback_api_urls:
     description:

@@ -24,18 +24,18 @@ author: hafleet maintainers (@hafleet)
 version_added: 0.1.0
 requirements:
   - Linux with iproute2 (C(ip)), run as root.
+extends_documentation_fragment:
+  - hafleet.cluster.attributes
 attributes:
   check_mode:
     support: full
-    description: Can run in check_mode and return changed status prediction without
-      modifying target.
   diff_mode:
     support: full
-    description: Will return details on what has changed (or possibly needs changing in
-      check_mode), when in diff mode.
+    details:
+      - The bridge's addresses and the lab nodes with their addresses, before and after (in
+        check mode, what they would be).
   idempotent:
     support: full
-    description: A second run with the same arguments reports no change.
 options:
   state:
     description:

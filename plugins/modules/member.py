@@ -21,17 +21,19 @@ author: hafleet maintainers (@hafleet)
 version_added: 0.1.0
 extends_documentation_fragment:
   - hafleet.cluster.api
+  - hafleet.cluster.attributes
+  - hafleet.cluster.attributes.actiongroup_hafleet
 attributes:
   check_mode:
     support: full
-    description: Can run in check_mode and return changed status prediction without
-      modifying the cluster.
+    details:
+      - Predicts the change without modifying the cluster.
   diff_mode:
     support: full
-    description: Returns the member before and after (in check mode, what it would be).
+    details:
+      - Returns the member before and after (in check mode, what it would be).
   idempotent:
     support: full
-    description: A second run with the same arguments reports no change.
 options:
   id:
     description:
