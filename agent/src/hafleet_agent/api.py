@@ -449,7 +449,7 @@ class _Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         agent = self.api.agent
-        r = agent.raw.raft if agent.raw else None
+        r = agent.raw.basic_status() if agent.raw else None
 
         def g(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Any:
             fam = GaugeMetricFamily(name, doc, labels=list(labels or {}))
@@ -459,14 +459,14 @@ class _Collector:
         yield g("hafleet_up", "1 while the agent runs", 1)
         if r is not None:
             yield g("hafleet_raft_term", "current Raft term", r.term)
-            yield g("hafleet_raft_commit_index", "Raft commit index", r.log.committed)
+            yield g("hafleet_raft_commit_index", "Raft commit index", r.commit)
             yield g("hafleet_raft_applied_index", "state machine applied index", agent.state.index)
             yield g(
                 "hafleet_raft_apply_lag",
                 "commit index minus applied index",
-                r.log.committed - agent.state.index,
+                r.commit - agent.state.index,
             )
-            yield g("hafleet_raft_last_index", "last log index", r.log.last_index())
+            yield g("hafleet_raft_last_index", "last log index", r.last_index)
             st = GaugeMetricFamily("hafleet_raft_state", "1 for the current role", labels=["state"])
             current = agent.status()["state"]
             for s in ("leader", "follower", "candidate", "learner"):

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from .log import CompactedError, RaftLog
 from .progress import Progress, ProgressState
+from .quorum import majority, quorum_index
 from .types import (
     ConfChange,
     ConfChangeType,
@@ -139,7 +140,7 @@ class Raft:
             self.on_event(f"{self.id} t{self.term}: {text}")
 
     def quorum(self) -> int:
-        return len(self.voters) // 2 + 1
+        return majority(len(self.voters))
 
     def promotable(self) -> bool:
         return self.id in self.voters
@@ -501,10 +502,7 @@ class Raft:
         self._maybe_commit()
 
     def _maybe_commit(self) -> bool:
-        matches = sorted((self.prs[v].match for v in self.voters if v in self.prs), reverse=True)
-        if len(matches) < self.quorum():
-            return False
-        mci = matches[self.quorum() - 1]
+        mci = quorum_index({nid: pr.match for nid, pr in self.prs.items()}, self.voters)
         # Section 5.4.2: only entries of the current term are committed by counting replicas.
         if mci > self.log.committed and self._may_commit_by_counting(mci):
             self.log.commit_to(mci)
@@ -731,13 +729,7 @@ class Raft:
             return
         self.read_acks[frm] = rnd
         # The newest round that a quorum of voters has answered (we answer each one ourselves).
-        answered = sorted(
-            (self.read_round if v == self.id else self.read_acks.get(v, 0) for v in self.voters),
-            reverse=True,
-        )
-        if len(answered) < self.quorum():
-            return
-        confirmed = answered[self.quorum() - 1]
+        confirmed = quorum_index({**self.read_acks, self.id: self.read_round}, self.voters)
         n = 0
         while n < len(self.read_queue) and self.read_queue[n].round <= confirmed:
             n += 1

@@ -16,10 +16,11 @@ No input may be fed between ``ready()`` and ``advance()``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .core import Config, ProposalDropped, Raft
+from .status import BasicStatus, PeerProgress, basic_status, progress
 from .types import (
     LOCAL_MESSAGES,
     ConfChange,
@@ -257,6 +258,25 @@ class RawNode:
                     self._apply_conf(e)
 
     # ---- introspection ---------------------------------------------------------------------
+    def basic_status(self) -> BasicStatus:
+        """Term, role, leader, log indexes and configuration (status.py)."""
+        return basic_status(self.raft)
+
+    def progress(self) -> Mapping[NodeId, PeerProgress]:
+        """Each member's progress on a leader; empty on any other role."""
+        return progress(self.raft)
+
+    def term_at(self, index: int) -> int:
+        """The term of the entry at ``index`` (0 past the end); raises CompactedError for an
+        index before the last snapshot's."""
+        return self.raft.log.term(index)
+
+    def pending_snapshot_meta(self) -> SnapshotMeta | None:
+        """The meta of a snapshot the core took from the leader and the next ready hands out
+        to persist (None when there is none)."""
+        snap = self.raft.log.pending_snapshot
+        return snap.meta if snap is not None else None
+
     def status(self) -> dict[str, object]:
         r = self.raft
         st: dict[str, object] = {

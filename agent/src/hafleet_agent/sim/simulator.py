@@ -223,12 +223,12 @@ class Simulation:
 
     def leader(self) -> SimNode | None:
         best: SimNode | None = None
+        best_term = -1
         for n in self.alive_nodes():
             assert n.raw is not None
-            if n.raw.raft.state is StateType.LEADER and (
-                best is None or n.raw.raft.term > best.raw.raft.term  # type: ignore[union-attr]
-            ):
-                best = n
+            st = n.raw.basic_status()
+            if st.is_leader and (best is None or st.term > best_term):
+                best, best_term = n, st.term
         return best
 
     # ---- run -------------------------------------------------------------------------------
@@ -430,7 +430,7 @@ class Simulation:
                 node.pending_reads.append((rs.index, rs.context))
             raw.advance(rd)
             self.serve_reads(node)
-            if node.sm.applied - raw.raft.log.first_index() >= self.compact_every:
+            if node.sm.applied - raw.basic_status().first_index >= self.compact_every:
                 snap = raw.compact(node.sm.applied, node.sm.snapshot())
                 if snap is not None:
                     node.disk.save_snapshot(snap)
@@ -713,7 +713,7 @@ class Simulation:
         if lead is None or lead.paused_until > self.now:
             return
         assert lead.raw is not None
-        others = sorted(v for v in lead.raw.raft.voters if v != lead.id)
+        others = sorted(v for v in lead.raw.basic_status().voters if v != lead.id)
         if others:
             to = self.rng.choice(others)
             self.log(f"transfer leadership {lead.id} -> {to}")
@@ -727,12 +727,12 @@ class Simulation:
             return
         raw = lead.raw
         assert raw is not None
-        r = raw.raft
+        r = raw.basic_status()
         cc: ConfChange | None = None
         if r.learners:
             nid = sorted(r.learners)[0]
-            pr = r.prs.get(nid)
-            if pr is not None and pr.match >= r.log.committed:
+            pr = raw.progress().get(nid)
+            if pr is not None and pr.match >= r.commit:
                 cc = ConfChange(ConfChangeType.ADD_VOTER, nid)
             elif self.rng.random() < 0.1:
                 cc = ConfChange(ConfChangeType.REMOVE, nid)  # give up on a learner that lags
@@ -786,11 +786,13 @@ class Simulation:
         if lead is None or len(self.heal_writes_done) < self.cfg.clients:
             return False
         assert lead.raw is not None
-        for v in lead.raw.raft.voters:
+        ls = lead.raw.basic_status()
+        for v in ls.voters:
             n = self.nodes.get(v)
-            if n is None or not n.alive or n.raw is None or n.raw.raft.lead != lead.id:
+            if n is None or not n.alive or n.raw is None:
                 return False
-            if n.raw.raft.log.committed < lead.raw.raft.log.committed:
+            st = n.raw.basic_status()
+            if st.lead != lead.id or st.commit < ls.commit:
                 return False
         return True
 
@@ -798,7 +800,7 @@ class Simulation:
         parts = []
         for n in self.alive_nodes():
             assert n.raw is not None
-            r = n.raw.raft
-            parts.append(f"{n.id}:{r.state.value} t{r.term} lead={r.lead} commit={r.log.committed}")
+            r = n.raw.basic_status()
+            parts.append(f"{n.id}:{r.state.value} t{r.term} lead={r.lead} commit={r.commit}")
         parts.append(f"clients with a committed write: {sorted(self.heal_writes_done)}")
         return "; ".join(parts)
