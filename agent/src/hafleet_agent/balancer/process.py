@@ -30,7 +30,7 @@ from .haproxy_config import (
     servers_from_state,
     write_atomic,
 )
-from .runtime_api import runtime_command
+from .runtime_api import parse_stat, runtime_command
 
 # srv_op_state 2 is "running" (UP); see HAProxy's management guide.
 OP_RUNNING = 2
@@ -207,15 +207,7 @@ def servers(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
     backend = settings["backend"]
     state = runtime_command(settings["socket"], f"show servers state {backend}")
     stat = runtime_command(settings["socket"], f"show stat {backend} -1 -1")
-    sessions = {}
-    up_status = {}
-    lines = stat.lstrip("# ").splitlines()
-    header = lines[0].split(",") if lines else []
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == backend and row.get("svname") not in ("BACKEND", "FRONTEND"):
-            sessions[row["svname"]] = int(row.get("scur") or 0)
-            up_status[row["svname"]] = row.get("status", "")
+    rows = parse_stat(stat, backend)
     out = []
     for srv in parse_servers_state(state):
         if srv.backend != backend:
@@ -228,8 +220,8 @@ def servers(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "up": srv.op_state == OP_RUNNING,
                 "maint": srv.maint,
                 "drain": srv.drain,
-                "status": up_status.get(srv.name, ""),
-                "sessions": sessions.get(srv.name, 0),
+                "status": rows.get(srv.name, {}).get("status", ""),
+                "sessions": int(rows.get(srv.name, {}).get("scur") or 0),
             }
         )
     return sorted(out, key=lambda s: s["name"])

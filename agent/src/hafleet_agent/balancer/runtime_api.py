@@ -93,15 +93,7 @@ class RuntimeAPI:
             if "No such proxy" in text:
                 raise NoSuchBackend(cmd, text.strip())
             raise HAProxyRefused(cmd, text.strip())
-        rows = list(csv.reader(io.StringIO(text[2:])))
-        header = rows[0]
-        out: dict[str, dict[str, str]] = {}
-        for row in rows[1:]:
-            if len(row) < 2:
-                continue
-            rec = dict(zip(header, row, strict=False))
-            if rec.get("pxname") == backend:
-                out[rec["svname"]] = rec
+        out = parse_stat(text, backend)
         if "BACKEND" not in out:
             raise NoSuchBackend(cmd, text.strip()[:200] or "no such backend")
         return out
@@ -152,6 +144,23 @@ def succeeded(cmd: str, answer: str) -> bool:
     if words[:2] == ["set", "server"] and len(words) > 3 and words[3] == "addr":
         return _SET_ADDR_DONE.fullmatch(answer) is not None
     return answer == ""
+
+
+def parse_stat(text: str, backend: str) -> dict[str, dict[str, str]]:
+    """The rows of ``backend`` in a ``show stat`` answer (CSV after ``# ``), by server name
+    (and ``BACKEND``); empty when the answer is not a table."""
+    if not text.startswith("# "):
+        return {}
+    rows = list(csv.reader(io.StringIO(text[2:])))
+    header = rows[0] if rows else []
+    out: dict[str, dict[str, str]] = {}
+    for row in rows[1:]:
+        if len(row) < 2:
+            continue
+        rec = dict(zip(header, row, strict=False))
+        if rec.get("pxname") == backend:
+            out[rec["svname"]] = rec
+    return out
 
 
 def runtime_command(socket_path: str, command: str, timeout: float = COMMAND_TIMEOUT) -> str:
