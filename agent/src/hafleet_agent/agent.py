@@ -434,7 +434,7 @@ class Agent:
         ends the task, and the agent (fail-stop, in _task_done)."""
         loop = asyncio.get_running_loop()
         in_a_row = 0
-        while True:
+        while not self._stop.is_set():
             began = loop.time()
             try:
                 await run()
@@ -563,7 +563,7 @@ class Agent:
         interval = self.cfg.tick_ms / 1000
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        while True:
+        while not self._stop.is_set():
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             if loop.time() - next_at > interval * 5:
@@ -872,9 +872,25 @@ class Agent:
             if not victims:
                 return None
             victim = min(victims, key=lambda q: max(q.last_seen, q.authed or 0.0))
-            del self.peers[victim.node_id]
+            self._forget_peer(victim.node_id)
         p = self.peers[nid] = Peer(nid, raft_addr, source=source, last_seen=now)
         return p
+
+    def _forget_peer(self, nid: str) -> None:
+        """Drop a peer; close the transport's connection to its address too when we dialled
+        it (a hello) and nothing else uses that address, so that the transport keeps no
+        connection per address a forged record ever named."""
+        p = self.peers.pop(nid, None)
+        if p is None or self.transport is None or (p.last_hello is None and p.authed is None):
+            return
+        addr = p.raft_addr
+        if (
+            addr in self.cfg.join
+            or any(q.raft_addr == addr for q in self.peers.values())
+            or any(m.get("raft_addr") == addr for m in self.state.members())
+        ):
+            return
+        self._spawn(self.transport.close_peer(addr), "close-peer")
 
     def _expire_peers(self, now: float) -> None:
         """Forget the peers that are not members, not listed by mDNS and not heard from for
@@ -885,7 +901,7 @@ class Agent:
                 and now - max(p.last_seen, p.authed or 0.0) > PEER_EXPIRE_S
                 and not self.state.has_member(nid)
             ):
-                del self.peers[nid]
+                self._forget_peer(nid)
         for table in (self.reports, self.health_seen):
             for nid in [nid for nid in table if not self.state.has_member(nid)]:
                 del table[nid]
@@ -1348,7 +1364,7 @@ class Agent:
         if self.sampler is None:
             self.sampler = Sampler(self.metrics_source, data_dir=self.cfg.data_dir)
         self.sampler.sample()  # primes cpu_percent (a few /proc reads: no thread needed)
-        while True:
+        while not self._stop.is_set():
             await asyncio.sleep(REPORT_INTERVAL)
             self.metrics = self.sampler.sample()
             self._report_metrics()
@@ -1391,7 +1407,7 @@ class Agent:
     async def _housekeeping(self) -> None:
         """Everyone's chores: answer timed-out reads, keep our member record current, forget
         stale peers and the bookkeeping of non-members."""
-        while True:
+        while not self._stop.is_set():
             await asyncio.sleep(0.25)
             self._expire_reads()
             self._check_own_record()
@@ -1402,8 +1418,12 @@ class Agent:
 
     async def _leader_loop(self) -> None:
         """The leader's chores: promote caught-up learners, mark health, plan weights,
-        share the metrics table."""
-        while True:
+        share the metrics table.
+
+        Every loop here ends once the agent stops, not only when cancelled: on Python 3.11
+        a cancellation can be lost inside ``asyncio.wait_for`` (a write's wait) when its
+        future completes at the same moment, and the stop would then wait for ever."""
+        while not self._stop.is_set():
             await asyncio.sleep(0.25)
             if self.is_leader():
                 try:

@@ -69,6 +69,10 @@ MAX_ID_BYTES = 128
 MAX_PEERS = 256
 #: The most ignored service names remembered for diagnostics (the oldest are forgotten).
 MAX_IGNORED = 256
+#: The most services resolved at the same time; the others wait for a slot, at most
+#: MAX_WAITING of them (a name beyond that is ignored until it is announced again).
+MAX_RESOLVING = 32
+MAX_WAITING = 1024
 MAX_HOST_BYTES = 253
 MAX_LABEL = 63
 
@@ -329,6 +333,7 @@ class Discovery:
         self._names: dict[str, str] = {}  # service name (lowercase) -> node id
         self._ignored: dict[str, str] = {}  # service name -> why
         self._resolving: dict[str, asyncio.Task[None]] = {}
+        self._waiting: dict[str, None] = {}  # names waiting for a resolve slot, in order
         self._dirty: set[str] = set()
         self._waiters: set[asyncio.Future[None]] = set()
         self._update_lock = asyncio.Lock()
@@ -484,6 +489,7 @@ class Discovery:
             self._peers.clear()
             self._names.clear()
             self._ignored.clear()
+            self._waiting.clear()
 
     def _service_info(self, name: str) -> ServiceInfo:
         return ServiceInfo(
@@ -580,6 +586,7 @@ class Discovery:
             if task is not None:
                 task.cancel()
             self._dirty.discard(name)
+            self._waiting.pop(name, None)
             self._forget(name)
         else:
             self._schedule_resolve(name)
@@ -588,6 +595,12 @@ class Discovery:
         task = self._resolving.get(name)
         if task is not None and not task.done():
             self._dirty.add(name)  # resolve again once this one is done
+            return
+        if len(self._resolving) >= MAX_RESOLVING:
+            if name in self._waiting or len(self._waiting) < MAX_WAITING:
+                self._waiting[name] = None
+            else:
+                self._reject(name, f"more than {MAX_WAITING} services wait to be resolved")
             return
         task = asyncio.get_running_loop().create_task(self._resolve(name))
         self._resolving[name] = task
@@ -601,6 +614,10 @@ class Discovery:
         if name in self._dirty and not self._closing:
             self._dirty.discard(name)
             self._schedule_resolve(name)
+        while self._waiting and len(self._resolving) < MAX_RESOLVING and not self._closing:
+            waiting = next(iter(self._waiting))
+            del self._waiting[waiting]
+            self._schedule_resolve(waiting)
 
     async def _resolve(self, name: str) -> None:
         assert self._aiozc is not None

@@ -368,12 +368,20 @@ def test_the_peer_table_is_capped_and_expires(tmp_path: Path) -> None:
         }
         agent._on_mdns_change(announced)
         assert len(agent.peers) == MAX_PEERS
-        # Authenticated peers take the places of peers known only from mDNS.
+        # Authenticated peers take the places of peers known only from mDNS. Each hello is
+        # answered, so the transport dials each address (nothing listens there); the
+        # connections to the addresses of evicted peers are closed again.
+        assert agent.transport is not None
         for i in range(2 * MAX_PEERS):
-            agent._on_frame(peer_info(f"a{i}", cid, 2000 + i), {"k": "hello", "cid": cid})
+            hello = {"id": f"a{i}", "raft_addr": f"127.0.0.9:{2000 + i}", "api_addr": "h:1"}
+            agent._on_frame(peer_info(f"a{i}", cid, 2000 + i), {"k": "hello", "info": hello})
         assert len(agent.peers) == MAX_PEERS
         assert sum(p.authed is not None for p in agent.peers.values()) == MAX_PEERS
         assert f"a{2 * MAX_PEERS - 1}" in agent.peers
+        await until(
+            lambda: len(agent.transport._outbound) == MAX_PEERS,  # type: ignore[union-attr]
+            "the connections to evicted peers closed",
+        )
         # Peers neither members, nor announced, nor heard from for PEER_EXPIRE_S go.
         agent._on_mdns_change({})
         later = time.monotonic() + agent_mod.PEER_EXPIRE_S + 1

@@ -8,6 +8,7 @@ sends no packet itself. They need root and iproute2.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -23,6 +24,8 @@ import pytest
 
 from hafleet_agent.discovery import (
     MAX_IGNORED,
+    MAX_RESOLVING,
+    MAX_WAITING,
     PROTOCOL_VERSION,
     SERVICE_TYPE,
     Discovery,
@@ -302,6 +305,44 @@ def test_the_peer_table_and_the_ignored_list_are_bounded() -> None:
     assert f"o999.{SERVICE_TYPE}" in d.ignored and f"o0.{SERVICE_TYPE}" not in d.ignored
     with pytest.raises(ValueError, match="max_peers"):
         _discovery(max_peers=0)
+
+
+def test_resolves_run_a_bounded_number_at_a_time() -> None:
+    """A flood of announced names resolves MAX_RESOLVING at a time; at most MAX_WAITING wait
+    for a slot, and the names beyond are ignored (until they are announced again)."""
+
+    async def main() -> tuple[int, list[str], dict[str, str]]:
+        d = _discovery()
+        release = asyncio.Event()
+        running, most, done = 0, 0, []
+
+        async def fake_resolve(name: str) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                await release.wait()
+            finally:
+                running -= 1
+            done.append(name)
+
+        d._resolve = fake_resolve  # type: ignore[method-assign]
+        total = MAX_RESOLVING + MAX_WAITING + 5
+        for i in range(total):
+            d._schedule_resolve(f"s{i}.{SERVICE_TYPE}")
+        await asyncio.sleep(0)
+        assert len(d._resolving) == MAX_RESOLVING and len(d._waiting) == MAX_WAITING
+        release.set()
+        async with asyncio.timeout(10):
+            while len(done) < MAX_RESOLVING + MAX_WAITING:
+                await asyncio.sleep(0.01)
+        assert not d._resolving and not d._waiting
+        return most, done, d.ignored
+
+    most, done, ignored = asyncio.run(main())
+    assert most == MAX_RESOLVING
+    assert done[: MAX_RESOLVING + 1][-1] == f"s{MAX_RESOLVING}.{SERVICE_TYPE}"  # in order
+    assert len(ignored) == 5 and all("wait to be resolved" in why for why in ignored.values())
 
 
 def txt_hex(*items: bytes) -> str:
