@@ -1287,8 +1287,9 @@ class Agent:
         founder = obj.get("founder")
         new_cid = _check_cid(obj.get("new_cid"), optional=False)
         raw_members = obj.get("members")
-        if not isinstance(raw_members, list) or not 0 < len(raw_members) <= MAX_PEERS:
-            raise FrameError(f"members must be a list of 1..{MAX_PEERS}")
+        # The founder and at most MAX_PEERS peers it knows.
+        if not isinstance(raw_members, list) or not 0 < len(raw_members) <= MAX_PEERS + 1:
+            raise FrameError(f"members must be a list of 1..{MAX_PEERS + 1}")
         members = [_check_info(m) for m in raw_members]
         ids = sorted(m["id"] for m in members)
         if len(set(ids)) != len(ids):

@@ -209,7 +209,7 @@ def test_frames_with_bad_fields_are_dropped_and_change_nothing(tmp_path: Path) -
                     "k": "found_propose",
                     "founder": "evil",
                     "new_cid": "c1",
-                    "members": [info("evil")] * (MAX_PEERS + 1),
+                    "members": [info("evil")] * (MAX_PEERS + 2),
                 },
             ),
             (
