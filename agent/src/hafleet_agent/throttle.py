@@ -1,4 +1,5 @@
-"""Log lines that anyone on the network can cause, bounded: one per source per interval.
+"""Log lines that anyone on the network can cause, bounded: one per source (and kind) per
+interval.
 
 A flood of bad connections or requests from one address would otherwise write a line each
 (20,000 lines in a few seconds). The transport (a connection that fails the handshake) and the
@@ -40,15 +41,19 @@ class WarnThrottle:
         self.held_total = 0
         self._last: dict[str, tuple[float, int]] = {}  # source -> (logged at, held since)
 
-    def warn(self, source: str, msg: str, *args: object) -> bool:
-        """Log ``msg % args`` unless ``source`` had a line within the interval; True when
-        it was logged."""
+    def warn(self, source: str, msg: str, *args: object, kind: str = "") -> bool:
+        """Log ``msg % args`` unless ``source`` had a line of the same ``kind`` within the
+        interval; True when it was logged. ``kind`` keeps different failures from one source
+        apart (a replayed frame, a forged proof), so each still reaches the log once per
+        interval; it must come from a small fixed set (the code's own reasons), never from
+        the peer's bytes, or the throttle would bound nothing."""
         now = self.clock()
-        key = source
+        key = f"{source} ({kind})" if kind else source
+        label = source
         if key not in self._last and len(self._last) >= self.max_sources:
             self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
             if len(self._last) >= self.max_sources:
-                key = "other sources"
+                key = label = "other sources"
         logged_at, held = self._last.get(key, (now - self.interval, 0))
         if now - logged_at < self.interval:
             self._last[key] = (logged_at, held + 1)
@@ -57,6 +62,6 @@ class WarnThrottle:
         self._last[key] = (now, 0)
         if held:
             msg += " (%d more from %s in the %.0fs before were not logged)"
-            args = (*args, held, key, now - logged_at)
+            args = (*args, held, label, now - logged_at)
         self.logger.log(self.level, msg, *args)
         return True

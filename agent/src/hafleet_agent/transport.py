@@ -474,6 +474,15 @@ def _valid_id(v: object, *, optional: bool = False) -> bool:
     return isinstance(v, str) and 0 < len(v.encode("utf-8", "replace")) <= _MAX_ID_BYTES
 
 
+def _reason_kind(reason: str) -> str:
+    """The kind of a closing reason for the warning throttle: its text up to the first
+    colon, digits left out ("replayed or reordered frame: counter 87, expected 88" and
+    "... counter 90, expected 91" are one kind). The reasons are this module's own texts (and
+    OSError's), so the kinds are few."""
+    head = reason.split(":", 1)[0]
+    return "".join(ch for ch in head if not ch.isdigit())[:80]
+
+
 class _WarnThrottle(WarnThrottle):
     """A :class:`.throttle.WarnThrottle` on this module's logger that counts the lines it
     held back in ``stats.warnings_suppressed``."""
@@ -482,8 +491,8 @@ class _WarnThrottle(WarnThrottle):
         super().__init__(log, interval, max_sources=_WARN_SOURCES)
         self.stats = stats
 
-    def warn(self, source: str, msg: str, *args: object) -> bool:
-        logged = super().warn(source, msg, *args)
+    def warn(self, source: str, msg: str, *args: object, kind: str = "") -> bool:
+        logged = super().warn(source, msg, *args, kind=kind)
         if not logged:
             self.stats.warnings_suppressed += 1
         return logged
@@ -896,7 +905,13 @@ class Transport:
             else:  # a bug here, not the peer's fault: say so loudly, but keep serving
                 log.exception("internal error on the connection from %s", conn.describe())
                 reason = "internal error"
-            self._throttle.warn(source, "closing connection from %s: %s", conn.describe(), reason)
+            self._throttle.warn(
+                source,
+                "closing connection from %s: %s",
+                conn.describe(),
+                reason,
+                kind=_reason_kind(reason),
+            )
         finally:
             await _abort(conn)
 
