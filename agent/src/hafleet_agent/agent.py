@@ -45,6 +45,7 @@ from .ids import MEMBER_ID_RULE, member_id_error, shown, valid_member_id
 from .metrics import HostMetrics, MetricsSource, Sampler
 from .raft.core import Config as RaftConfig
 from .raft.core import ProposalDropped
+from .raft.quorum import has_majority
 from .raft.rawnode import RawNode
 from .raft.storage import RECEIVED_SUFFIX, DiskStorage, StorageError
 from .raft.types import (
@@ -661,7 +662,7 @@ class Agent:
             log.info(
                 "leader is now %s (term %d)%s",
                 lead,
-                self.raw.raft.term if self.raw else 0,
+                self.raw.basic_status().term if self.raw else 0,
                 " - this node" if lead == self.id else "",
             )
             self.last_leader = lead
@@ -680,7 +681,7 @@ class Agent:
         assert raw is not None and self.storage is not None
         if self._compacting:
             return
-        behind = self.state.index - raw.raft.log.first_index()
+        behind = self.state.index - raw.basic_status().first_index
         if behind < self.cfg.snapshot_entries:
             return
         if (
@@ -692,7 +693,7 @@ class Agent:
             # while longer (a compaction now would make it need a newer snapshot at once).
             return
         index = self.state.index
-        meta = SnapshotMeta(index, raw.raft.log.term(index), raw.conf_state_at(index))
+        meta = SnapshotMeta(index, raw.term_at(index), raw.conf_state_at(index))
         self._compacting = True
         self._spawn(self._compact(meta, self.state.snapshot_parts()), "compact")
 
@@ -706,8 +707,9 @@ class Agent:
             if (
                 raw is None
                 or self._stop.is_set()
-                or meta.index <= raw.raft.log.offset  # a snapshot from the leader covers it
-                or raw.raft.log.term(meta.index) != meta.term
+                # a snapshot from the leader covers it
+                or meta.index <= raw.basic_status().snapshot_index
+                or raw.term_at(meta.index) != meta.term
                 or raw.conf_state_at(meta.index) != meta.conf_state
             ):
                 storage.discard_prepared_snapshot(path)
@@ -943,7 +945,7 @@ class Agent:
         # adopting it would leave no room for the terms after it. Refused: any term (of the
         # message, its log, entries or snapshot) above MAX_TERM or more than MAX_TERM_JUMP
         # ahead of ours (codec.py explains both bounds).
-        ours = self.raw.raft.term
+        ours = self.raw.basic_status().term
         bound = min(MAX_TERM, ours + MAX_TERM_JUMP)
         terms = [m.term, m.log_term, *(e.term for e in m.entries)]
         if m.snapshot is not None:
@@ -971,12 +973,12 @@ class Agent:
         assert self.transport is not None
 
         def still_leader(to: str, term: int) -> bool:
-            r = self.raw.raft if self.raw is not None else None
+            st = self.raw.basic_status() if self.raw is not None else None
             return (
-                r is not None
-                and r.state is StateType.LEADER
-                and r.term == term
-                and to in r.prs
+                st is not None
+                and st.is_leader
+                and st.term == term
+                and st.in_config(to)
                 and not self._stop.is_set()
             )
 
@@ -1030,9 +1032,9 @@ class Agent:
         if old is not None and old[1] != prepared:  # one file per index and term
             self.storage.discard_prepared_snapshot(old[1])
         self._on_raft_frame(peer, self.cluster_id, encode_message(m))
-        pending = self.raw.raft.log.pending_snapshot
+        pending = self.raw.pending_snapshot_meta()
         if prepared is not None:
-            if pending is not None and pending.meta == m.snapshot.meta:
+            if pending is not None and pending == m.snapshot.meta:
                 self._received_prepared = (m.snapshot, prepared)
             else:  # the core did not take it (stale, or refused): nothing to install
                 self.storage.discard_prepared_snapshot(prepared)
@@ -1171,8 +1173,7 @@ class Agent:
 
     def in_config(self, node_id: str) -> bool:
         """Whether ``node_id`` is a voter or a learner of the Raft configuration."""
-        r = self.raw.raft if self.raw else None
-        return r is not None and (node_id in r.voters or node_id in r.learners)
+        return self.raw is not None and self.raw.basic_status().in_config(node_id)
 
     def _running_peer(self) -> Peer | None:
         """An authenticated peer (within AUTH_LIVE_S) that belongs to a cluster."""
@@ -1294,7 +1295,7 @@ class Agent:
         ids = sorted(m["id"] for m in members)
         if len(set(ids)) != len(ids):
             raise FrameError("members twice in a founding")
-        if self.cluster_id is not None or self.raw is None or self.raw.raft.term > 0:
+        if self.cluster_id is not None or self.raw is None or self.raw.basic_status().term > 0:
             return  # not fresh any more
         if founder != peer.node_id or self.id not in ids or ids[0] != founder:
             return
@@ -1333,7 +1334,7 @@ class Agent:
                 self._admitting.add(info["id"])
                 self._spawn(self._admit(peer, info), f"admit-{info['id']}")
             return
-        lead = self.raw.raft.lead
+        lead = self.raw.basic_status().lead
         addr = self._addr_of(lead) if lead else None
         if addr:
             self._send(addr, "join", info=info)  # the leader answers the joiner directly
@@ -1374,7 +1375,7 @@ class Agent:
         if self.metrics is None or self.raw is None:
             return
         body = self.metrics.to_dict()
-        lead = self.raw.raft.lead
+        lead = self.raw.basic_status().lead
         if lead == self.id:
             self.reports[self.id] = (time.monotonic(), body)
         elif lead is not None:
@@ -1397,7 +1398,7 @@ class Agent:
         table = obj.get("table")
         if not isinstance(table, dict):
             raise FrameError("table must be a map")
-        if self.raw is None or peer.node_id != self.raw.raft.lead:
+        if self.raw is None or peer.node_id != self.raw.basic_status().lead:
             return
         self.metrics_table = {
             mid: _check_metrics_row(row)
@@ -1483,16 +1484,12 @@ class Agent:
     async def _leader_chores(self) -> None:
         raw = self.raw
         assert raw is not None
-        r = raw.raft
+        st, prs = raw.basic_status(), raw.progress()
         now = time.monotonic()
         # promote learners that caught up
-        for nid in sorted(r.learners):
-            pr = r.prs.get(nid)
-            if (
-                pr is not None
-                and pr.match >= r.log.committed
-                and r.pending_conf_index <= (r.log.applied)
-            ):
+        for nid in sorted(st.learners):
+            pr = prs.get(nid)
+            if pr is not None and pr.match >= st.commit and st.pending_conf_index <= st.applied:
                 log.info("promoting %s to voter (caught up at %d)", nid, pr.match)
                 try:
                     raw.propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, nid))
@@ -1538,12 +1535,11 @@ class Agent:
             await self._plan_weights(now, members)
 
     def _removal_keeps_quorum(self, mid: str) -> bool:
-        r = self.raw.raft if self.raw else None
-        if r is None or mid not in r.voters:
-            return r is not None
-        voters = set(r.voters) - {mid}
+        st = self.raw.basic_status() if self.raw else None
+        if st is None or mid not in st.voters:
+            return st is not None
         healthy = {str(m["id"]) for m in self.state.members() if m.get("healthy", True)}
-        return len(voters) >= 1 and len(voters & healthy) >= len(voters) // 2 + 1
+        return has_majority(st.voters - {mid}, healthy)
 
     def _override(self, mid: str) -> int | None:
         """A pinned weight: the replicated KV key ``weights/override/<id>`` (0..256; 0 drains)
@@ -1559,9 +1555,10 @@ class Agent:
 
     async def _plan_weights(self, now: float, members: list[dict[str, Any]]) -> None:
         assert self.raw is not None
-        if self.planner_term != self.raw.raft.term:
+        term = self.raw.basic_status().term
+        if self.planner_term != term:
             self.planner = WeightPlanner(WeightParams())
-            self.planner_term = self.raw.raft.term
+            self.planner_term = term
         inputs: dict[str, MemberInput] = {}
         for m in members:
             mid = str(m["id"])
@@ -1590,10 +1587,10 @@ class Agent:
 
     # ---- proposals and reads (the API's verbs) -----------------------------------------------
     def is_leader(self) -> bool:
-        return self.raw is not None and self.raw.raft.state is StateType.LEADER
+        return self.raw is not None and self.raw.basic_status().is_leader
 
     def leader_id(self) -> str | None:
-        return self.raw.raft.lead if self.raw else None
+        return self.raw.basic_status().lead if self.raw else None
 
     def leader_api(self) -> str | None:
         lead = self.leader_id()
@@ -1657,7 +1654,7 @@ class Agent:
             raise NoLeader("this node is not a member of a cluster yet")
         if self._stop.is_set():
             raise NoLeader("this node is stopping; the read was not served")
-        if raw.raft.lead is None:
+        if raw.basic_status().lead is None:
             raise NoLeader("no leader known")
         ctx = secrets.token_bytes(12)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -1727,21 +1724,21 @@ class Agent:
         raw = self.raw
         if raw is None or not self.is_leader():
             return self.leader_id()
-        r = raw.raft
-        candidates = [v for v in r.voters if v != self.id]
+        voters, prs = raw.basic_status().voters, raw.progress()
+        candidates = [v for v in voters if v != self.id]
         if to is not None:
-            if to not in r.voters:
+            if to not in voters:
                 raise BadRequest(f"{to!r} is not a voter")
             candidates = [to]
         if not candidates:
             return None
-        target = max(candidates, key=lambda v: (r.prs[v].match, v) if v in r.prs else (-1, v))
+        target = max(candidates, key=lambda v: (prs[v].match, v) if v in prs else (-1, v))
         log.info("handing leadership over to %s", target)
         raw.transfer_leadership(target)
         self._wake.set()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            lead = raw.raft.lead
+            lead = raw.basic_status().lead
             if lead is not None and lead != self.id:
                 return lead
             await self.wait_index(self.state.index, 0.05)
@@ -1763,7 +1760,7 @@ class Agent:
 
     # ---- views -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        r = self.raw.raft if self.raw else None
+        r = self.raw.basic_status() if self.raw else None
         state = "follower"
         if r is not None:
             if r.state is StateType.LEADER:
@@ -1779,14 +1776,14 @@ class Agent:
             "state": state,
             "term": r.term if r else 0,
             "leader_id": r.lead if r else None,
-            "commit_index": r.log.committed if r else 0,
+            "commit_index": r.commit if r else 0,
             "applied_index": self.state.index,
             "members": self.members_view(),
             "version": __version__,
         }
 
     def members_view(self) -> list[dict[str, Any]]:
-        r = self.raw.raft if self.raw else None
+        lead = self.raw.basic_status().lead if self.raw else None
         weights = self.state.weights()["weights"]
         table = (
             self.metrics_table
@@ -1797,7 +1794,7 @@ class Agent:
         for m in self.state.members():
             mid = str(m["id"])
             role = m.get("role")
-            if r is not None and r.lead == mid:
+            if lead is not None and lead == mid:
                 role = "leader"
             out.append(
                 {
@@ -1959,8 +1956,8 @@ async def _wait_removed(agent: Agent) -> None:
     settle = max(2 * agent.cfg.election_timeout_ms / 1000, 4 * agent.cfg.heartbeat_ms / 1000)
     while True:
         index = agent.state.index
-        r = agent.raw.raft if agent.raw is not None else None
-        if agent.removed and r is not None and agent.id not in r.voters | r.learners:
+        st = agent.raw.basic_status() if agent.raw is not None else None
+        if agent.removed and st is not None and not st.in_config(agent.id):
             if await agent.wait_index(index, settle) == index and agent.removed:
                 return
         else:
