@@ -39,14 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .api import start_api
 from .codec import MAX_TERM, MAX_TERM_JUMP, CodecError, decode_message, encode_message
 from .config import AgentConfig, read_secret
 from .ids import MEMBER_ID_RULE, member_id_error, shown, valid_member_id
 from .metrics import HostMetrics, MetricsSource, Sampler
+from .node.errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
 from .raft.core import Config as RaftConfig
 from .raft.core import ProposalDropped
 from .raft.quorum import has_majority
 from .raft.rawnode import RawNode
+from .raft.status import BasicStatus
 from .raft.storage import RECEIVED_SUFFIX, DiskStorage, StorageError
 from .raft.types import (
     ConfChange,
@@ -105,35 +108,6 @@ MAX_TEXT_CHARS = 1000
 MAX_METRICS_FIELDS = 64
 #: A repeated warning about the frames of one peer is logged at most this often.
 DROP_LOG_INTERVAL_S = 10.0
-
-
-class AgentError(Exception):
-    """An error the API answers with ``status`` and ``{"error": message}``."""
-
-    status = 500
-
-    def __init__(self, message: str, status: int | None = None, **extra: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-        self.extra = extra
-
-
-class NoLeader(AgentError):
-    status = 503
-
-
-class Unknown(AgentError):
-    status = 504
-
-
-class NotFound(AgentError):
-    status = 404
-
-
-class BadRequest(AgentError):
-    status = 400
 
 
 @dataclass
@@ -377,8 +351,6 @@ class Agent:
         )
         await self.transport.start()
         self._start_snapshot_transfer()
-        from .api import start_api  # late import: api imports this module's errors
-
         self.api_runner = await start_api(self)
         if cfg.mdns and not await self._start_discovery():
             self._supervise(self._retry_discovery, "discovery")
@@ -1586,6 +1558,9 @@ class Agent:
             )
 
     # ---- proposals and reads (the API's verbs) -----------------------------------------------
+    def raft_status(self) -> BasicStatus | None:
+        return self.raw.basic_status() if self.raw else None
+
     def is_leader(self) -> bool:
         return self.raw is not None and self.raw.basic_status().is_leader
 
@@ -1810,15 +1785,6 @@ class Agent:
                 }
             )
         return out
-
-
-class StateErrorResult(AgentError):
-    """A command that applied with an error (a CAS conflict, a bad field)."""
-
-    def __init__(self, error: dict[str, Any] | None) -> None:
-        error = error or {"status": 500, "message": "unknown error"}
-        super().__init__(str(error.get("message")), status=int(error.get("status", 500)))
-        self.body = error
 
 
 def setup_logging(fmt: str, level: int = logging.INFO) -> None:

@@ -40,8 +40,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-from .agent import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
 from .ids import member_id_error, shown
+from .node.errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
 from .state import (
     MAX_KEY_BYTES,
     StateError,
@@ -54,7 +54,7 @@ from .state import (
 from .throttle import WarnThrottle
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from .node.verbs import NodeVerbs
 
 log = logging.getLogger("hafleet.api")
 
@@ -159,7 +159,7 @@ async def _json_body(request: web.Request, allowed: set[str], required: set[str]
 
 
 class Api:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: NodeVerbs) -> None:
         self.agent = agent
         self.session: aiohttp.ClientSession | None = None
         self.requests = 0
@@ -449,7 +449,7 @@ class _Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         agent = self.api.agent
-        r = agent.raw.basic_status() if agent.raw else None
+        r = agent.raft_status()
 
         def g(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Any:
             fam = GaugeMetricFamily(name, doc, labels=list(labels or {}))
@@ -544,7 +544,7 @@ _SNAPSHOT_RECEIVE_METRICS = {
 }
 
 
-def build_app(agent: Agent) -> tuple[web.Application, Api]:
+def build_app(agent: NodeVerbs) -> tuple[web.Application, Api]:
     api = Api(agent)
     app = web.Application(middlewares=[api.middleware], client_max_size=agent.cfg.max_body_bytes)
     app.router.add_get("/v1/health", api.health)
@@ -764,7 +764,7 @@ class _CappedSite(web.BaseSite):
             log.debug("API connection dropped before it started: %r", exc)
 
 
-async def start_api(agent: Agent) -> web.AppRunner:
+async def start_api(agent: NodeVerbs) -> web.AppRunner:
     app, api = build_app(agent)
     handler_args: dict[str, Any] = {"access_log": None, "keepalive_timeout": KEEPALIVE_S}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, **handler_args)

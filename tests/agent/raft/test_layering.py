@@ -130,9 +130,6 @@ def _package_imports(source: str, rel_pkg: tuple[str, ...] = ()) -> list[tuple[i
     return found
 
 
-@pytest.mark.xfail(
-    strict=True, reason="api.py still imports agent.py's errors and type (issue 14, step 3)"
-)
 def test_api_sees_only_the_node_verbs() -> None:
     bad = [
         f"line {line}: {mod}"
