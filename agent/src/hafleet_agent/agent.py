@@ -44,10 +44,12 @@ from .codec import MAX_TERM, MAX_TERM_JUMP, CodecError, decode_message, encode_m
 from .config import AgentConfig, read_secret
 from .ids import MEMBER_ID_RULE, member_id_error, shown, valid_member_id
 from .metrics import HostMetrics, MetricsSource, Sampler
+from .node.chores import OVERRIDE_PREFIX as OVERRIDE_PREFIX  # tests read it here
+from .node.chores import REPORT_INTERVAL, LeaderChores
 from .node.errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
+from .node.peers import MAX_PEERS, PEER_EXPIRE_S, Peer, PeerTable
 from .raft.core import Config as RaftConfig
 from .raft.core import ProposalDropped
-from .raft.quorum import has_majority
 from .raft.rawnode import RawNode
 from .raft.status import BasicStatus
 from .raft.storage import RECEIVED_SUFFIX, DiskStorage, StorageError
@@ -73,14 +75,11 @@ from .state import (
     validate_member_id,
 )
 from .transport import PeerInfo, Transport
-from .weights import MemberInput, WeightParams, WeightPlanner
 
 log = logging.getLogger("hafleet.agent")
 
 META_FILE = "agent.json"
 FOUND_ACCEPT_TTL = 15.0
-REPORT_INTERVAL = 1.0
-OVERRIDE_PREFIX = "weights/override/"
 
 #: A background task that fails (the sampler, housekeeping, the leader's chores, discovery,
 #: founding and joining) is logged and started again after a back-off that doubles from
@@ -89,16 +88,6 @@ OVERRIDE_PREFIX = "weights/override/"
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 RESTART_RESET_S = 60.0
-#: Peers known besides the member table (from mDNS, hellos, foundings): at most this many.
-#: When full, a new one takes the place of the stalest that is neither a member nor
-#: authenticated lately; an authenticated one may also displace the stalest non-member.
-MAX_PEERS = 256
-#: A peer that is not a member, not listed by mDNS and not heard from for this long is
-#: forgotten.
-PEER_EXPIRE_S = 120.0
-#: A peer counts for founding and joining while its last authenticated frame (or
-#: handshake) is at most this old. mDNS alone never makes a peer count.
-AUTH_LIVE_S = 10.0
 #: A fresh node says hello to a peer that it knows only from mDNS at most this often.
 MDNS_HELLO_S = 2.0
 #: Limits on the fields of the control frames (Raft messages have codec.py's).
@@ -108,31 +97,6 @@ MAX_TEXT_CHARS = 1000
 MAX_METRICS_FIELDS = 64
 #: A repeated warning about the frames of one peer is logged at most this often.
 DROP_LOG_INTERVAL_S = 10.0
-
-
-@dataclass
-class Peer:
-    """A node we know of, from mDNS, a hello, a founding, or the API.
-
-    Only what came over an authenticated connection (the transport's handshake proves the
-    cluster key) sets ``cluster_id``, ``fresh`` and ``authed``; an mDNS record only tells
-    where to say hello (``raft_addr`` while not authenticated, ``in_mdns``)."""
-
-    node_id: str
-    raft_addr: str
-    api_addr: str = ""
-    service_addr: str | None = None
-    cluster_id: str | None = None
-    fresh: bool = True
-    last_seen: float = 0.0  # heard of, by any source
-    source: str = ""
-    in_mdns: bool = False  # listed in the mDNS table right now (records expire on their own)
-    authed: float | None = None  # the last authenticated frame or handshake from it
-    last_hello: float | None = None  # the last hello we sent it because of mDNS
-
-    def authenticated(self, now: float) -> bool:
-        """Heard from over an authenticated connection within AUTH_LIVE_S."""
-        return self.authed is not None and now - self.authed < AUTH_LIVE_S
 
 
 class FrameError(ValueError):
@@ -227,18 +191,31 @@ class Agent:
         self.raw: RawNode | None = None
         self.state = StateMachine()
         self.cluster_id: str | None = None
-        self.peers: dict[str, Peer] = {}
+        # The peers besides the members (node/peers.py); ``peers`` is its dict.
+        self.peer_table = PeerTable(
+            is_member=self.state.has_member,
+            member_addrs=lambda: (m.get("raft_addr") for m in self.state.members()),
+            join_addrs=cfg.join,
+            close_addr=self._close_peer_addr,
+        )
+        self.peers = self.peer_table.peers
         self.transport: Transport | None = None
         self.discovery: Any = None
         self.metrics_source = metrics_source  # None: psutil
         self.sampler: Sampler | None = None  # made by the sampler task (it may fail: EMFILE)
         self.metrics: HostMetrics | None = None
-        self.reports: dict[str, tuple[float, dict[str, Any]]] = {}  # leader: id -> (t, metrics)
-        self.metrics_table: dict[str, dict[str, Any]] = {}  # what the leader last broadcast
-        self.health_seen: dict[str, float] = {}
-        self.joined_at: dict[str, float] = {}
-        self.planner = WeightPlanner(WeightParams())
-        self.planner_term = -1
+        # The leader's chores and their tables: reports, health, join times (node/chores.py).
+        self.chores = LeaderChores(
+            self.id,
+            cfg,
+            self.state,
+            raw=lambda: self.raw,
+            leader_since=lambda: self.leader_since,
+            propose_cmd=self._propose_cmd,
+            propose_conf=self._propose_conf,
+            send=self._send,
+            wake=lambda: self._wake.set(),
+        )
         self._wake = asyncio.Event()
         self._index_event = asyncio.Event()  # replaced by a fresh one at every change
         self._stop = asyncio.Event()
@@ -287,6 +264,15 @@ class Agent:
         self._compacting = False  # a snapshot is being written in a worker thread
         # a snapshot received in chunks and the storage's copy of it, written ahead
         self._received_prepared: tuple[Snapshot, Path] | None = None
+
+    @property
+    def reports(self) -> dict[str, tuple[float, dict[str, Any]]]:
+        """The leader's table of reports: id -> (time, metrics) (node/chores.py)."""
+        return self.chores.reports
+
+    @property
+    def health_seen(self) -> dict[str, float]:
+        return self.chores.health_seen
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -616,10 +602,10 @@ class Agent:
                     log.info("this node was removed from the group (index %d)", e.index)
                 elif was_removed and not self.removed:
                     log.info("this node was added again (index %d)", e.index)
-            if cc.node_id not in self.joined_at and e.index > self._startup_commit:
+            if cc.node_id not in self.chores.joined_at and e.index > self._startup_commit:
                 # A member added while we run (this node too: a founder or a joiner may lead
                 # at once); those of the log we replay at start are old.
-                self.joined_at[cc.node_id] = time.monotonic()
+                self.chores.joined_at[cc.node_id] = time.monotonic()
         pending = self._pending.pop(e.index, None)
         if pending is not None and not pending.future.done():
             if pending.term == e.term:
@@ -817,71 +803,27 @@ class Agent:
     def _note_peer(self, peer: PeerInfo, cid: str | None) -> None:
         """An authenticated frame or handshake from ``peer``."""
         now = time.monotonic()
-        p = self._peer(peer.node_id, peer.addr, "transport", now, authenticated=True)
-        if p is None:
+        if not self.peer_table.note_authenticated(peer.node_id, peer.addr, cid, now):
             return
-        p.raft_addr = peer.addr
-        p.cluster_id = cid
-        p.fresh = cid is None
-        p.last_seen = p.authed = now
         if self.state.has_member(peer.node_id):
-            self.health_seen[peer.node_id] = now
+            self.chores.health_seen[peer.node_id] = now
 
     def _peer(
         self, nid: str, raft_addr: str, source: str, now: float, *, authenticated: bool = False
     ) -> Peer | None:
-        """The peer ``nid``, added if new while the table has room (MAX_PEERS): a new one
-        takes the place of the stalest peer that is neither a member nor authenticated
-        lately, and an authenticated one that of the stalest non-member. None: no room."""
-        p = self.peers.get(nid)
-        if p is not None:
-            return p
-        if len(self.peers) >= MAX_PEERS:
-            self._expire_peers(now)
-        if len(self.peers) >= MAX_PEERS:
-            others = [q for q in self.peers.values() if not self.state.has_member(q.node_id)]
-            victims = [q for q in others if not q.authenticated(now)]
-            if not victims and authenticated:
-                victims = others
-            if not victims:
-                return None
-            victim = min(victims, key=lambda q: max(q.last_seen, q.authed or 0.0))
-            self._forget_peer(victim.node_id)
-        p = self.peers[nid] = Peer(nid, raft_addr, source=source, last_seen=now)
-        return p
+        """The peer ``nid``, added if new while the table has room (PeerTable.get_or_add)."""
+        return self.peer_table.get_or_add(nid, raft_addr, source, now, authenticated=authenticated)
 
-    def _forget_peer(self, nid: str) -> None:
-        """Drop a peer; close the transport's connection to its address too when we dialled
-        it (a hello) and nothing else uses that address, so that the transport keeps no
-        connection per address a forged record ever named."""
-        p = self.peers.pop(nid, None)
-        if p is None or self.transport is None or (p.last_hello is None and p.authed is None):
-            return
-        addr = p.raft_addr
-        if (
-            addr in self.cfg.join
-            or any(q.raft_addr == addr for q in self.peers.values())
-            or any(m.get("raft_addr") == addr for m in self.state.members())
-        ):
-            return
-        self._spawn(self.transport.close_peer(addr), "close-peer")
+    def _close_peer_addr(self, addr: str) -> None:
+        """The peer table forgot the last peer at ``addr``: close the connection to it."""
+        if self.transport is not None:
+            self._spawn(self.transport.close_peer(addr), "close-peer")
 
     def _expire_peers(self, now: float) -> None:
-        """Forget the peers that are not members, not listed by mDNS and not heard from for
-        PEER_EXPIRE_S; and the bookkeeping of ids that are not members."""
-        for nid, p in list(self.peers.items()):
-            if (
-                not p.in_mdns
-                and now - max(p.last_seen, p.authed or 0.0) > PEER_EXPIRE_S
-                and not self.state.has_member(nid)
-            ):
-                self._forget_peer(nid)
-        for table in (self.reports, self.health_seen):
-            for nid in [nid for nid in table if not self.state.has_member(nid)]:
-                del table[nid]
-        for nid, since in list(self.joined_at.items()):
-            if now - since > PEER_EXPIRE_S and not self.state.has_member(nid):
-                del self.joined_at[nid]
+        """Forget the stale peers that are not members, and the bookkeeping of ids that are
+        not members."""
+        self.peer_table.expire(now)
+        self.chores.forget_non_members(now, PEER_EXPIRE_S)
 
     def _on_raft(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
         data = obj.get("m")
@@ -1349,7 +1291,7 @@ class Agent:
         body = self.metrics.to_dict()
         lead = self.raw.basic_status().lead
         if lead == self.id:
-            self.reports[self.id] = (time.monotonic(), body)
+            self.chores.reports[self.id] = (time.monotonic(), body)
         elif lead is not None:
             addr = self._addr_of(lead)
             if addr:
@@ -1363,7 +1305,7 @@ class Agent:
             raise FrameError("metrics must be a small map")
         body = HostMetrics.from_dict(metrics).to_dict()  # ValueError: dropped
         if self.is_leader() and self.state.has_member(peer.node_id):
-            self.reports[peer.node_id] = (time.monotonic(), body)
+            self.chores.reports[peer.node_id] = (time.monotonic(), body)
 
     def _on_metrics_table(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
         """The leader's table of every member's last report (rows of members only)."""
@@ -1372,7 +1314,7 @@ class Agent:
             raise FrameError("table must be a map")
         if self.raw is None or peer.node_id != self.raw.basic_status().lead:
             return
-        self.metrics_table = {
+        self.chores.metrics_table = {
             mid: _check_metrics_row(row)
             for mid, row in table.items()
             if isinstance(mid, str) and self.state.has_member(mid)
@@ -1401,7 +1343,7 @@ class Agent:
             await asyncio.sleep(0.25)
             if self.is_leader():
                 try:
-                    await self._leader_chores()
+                    await self.chores.run_once()
                 except AgentError as exc:
                     log.debug("leader chores: %s", exc.message)
 
@@ -1449,113 +1391,6 @@ class Agent:
                 self._reads.pop(ctx, None)
                 if not fut.done():
                     fut.set_exception(NoLeader("no leader confirmed the read in time"))
-
-    _last_table_push = 0.0
-    _last_plan = 0.0
-
-    async def _leader_chores(self) -> None:
-        raw = self.raw
-        assert raw is not None
-        st, prs = raw.basic_status(), raw.progress()
-        now = time.monotonic()
-        # promote learners that caught up
-        for nid in sorted(st.learners):
-            pr = prs.get(nid)
-            if pr is not None and pr.match >= st.commit and st.pending_conf_index <= st.applied:
-                log.info("promoting %s to voter (caught up at %d)", nid, pr.match)
-                try:
-                    raw.propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, nid))
-                    self._wake.set()
-                except ProposalDropped as exc:
-                    log.debug("promotion of %s postponed: %s", nid, exc)
-                break
-        members = self.state.members()
-        # health: heard from it (any frame) within 3 election timeouts, or a recent report
-        dead_after = max(3.0, 3 * self.cfg.election_timeout_ms / 1000)
-        for m in members:
-            mid = str(m["id"])
-            if mid == self.id:
-                seen = now
-            else:
-                seen = max(self.health_seen.get(mid, 0.0), self.reports.get(mid, (0.0,))[0])
-            if self.leader_since is not None:
-                seen = max(seen, self.leader_since)  # grace after taking over
-            healthy = now - seen < dead_after
-            if bool(m.get("healthy", True)) != healthy:
-                log.warning("member %s is %s", mid, "healthy again" if healthy else "unhealthy")
-                await self._propose_cmd(encode_command("member_health", id=mid, healthy=healthy))
-            if (
-                not healthy
-                and self.cfg.autopilot_cleanup_dead
-                and now - seen > self.cfg.autopilot_dead_after_s
-                and self._removal_keeps_quorum(mid)
-            ):
-                log.warning("autopilot: removing dead member %s", mid)
-                with contextlib.suppress(AgentError):
-                    await self._propose_conf(ConfChange(ConfChangeType.REMOVE, mid))
-        # share the metrics table
-        if now - self._last_table_push >= REPORT_INTERVAL:
-            self._last_table_push = now
-            table = {mid: {"t_age": now - t, **body} for mid, (t, body) in self.reports.items()}
-            self.metrics_table = table
-            for m in members:
-                if m["id"] != self.id and m.get("raft_addr"):
-                    self._send(str(m["raft_addr"]), "metrics_table", table=table)
-        # weights
-        if now - self._last_plan >= REPORT_INTERVAL:
-            self._last_plan = now
-            await self._plan_weights(now, members)
-
-    def _removal_keeps_quorum(self, mid: str) -> bool:
-        st = self.raw.basic_status() if self.raw else None
-        if st is None or mid not in st.voters:
-            return st is not None
-        healthy = {str(m["id"]) for m in self.state.members() if m.get("healthy", True)}
-        return has_majority(st.voters - {mid}, healthy)
-
-    def _override(self, mid: str) -> int | None:
-        """A pinned weight: the replicated KV key ``weights/override/<id>`` (0..256; 0 drains)
-        wins over the leader's ``weight_overrides`` config, so a pin survives a change of
-        leader."""
-        item = self.state.kv_get(f"{OVERRIDE_PREFIX}{mid}")
-        if item is not None:
-            v = item["value"]
-            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 256:
-                return v
-            log.warning("ignoring %s%s = %r: not an integer in 0..256", OVERRIDE_PREFIX, mid, v)
-        return self.cfg.weight_overrides.get(mid)
-
-    async def _plan_weights(self, now: float, members: list[dict[str, Any]]) -> None:
-        assert self.raw is not None
-        term = self.raw.basic_status().term
-        if self.planner_term != term:
-            self.planner = WeightPlanner(WeightParams())
-            self.planner_term = term
-        inputs: dict[str, MemberInput] = {}
-        for m in members:
-            mid = str(m["id"])
-            rep = self.reports.get(mid)
-            metrics = None
-            if rep is not None:
-                with contextlib.suppress(Exception):
-                    metrics = HostMetrics.from_dict(rep[1])
-            pin = self._override(mid)
-            inputs[mid] = MemberInput(
-                metrics=metrics,
-                last_report_time=rep[0] if rep else None,
-                joined_at=self.joined_at.get(mid, 0.0),
-                listening_since=self.leader_since or 0.0,
-                healthy=bool(m.get("healthy", True)),
-                draining=bool(m.get("draining", False)) or pin == 0,
-                override=pin or None,
-            )
-        current = self.state.weights()["weights"]
-        decision = self.planner.plan(now, inputs, current)
-        if decision.commit and decision.table != current:
-            log.info("weights: %s (%s)", decision.table, decision.reason)
-            await self._propose_cmd(
-                encode_command("weights_set", weights=decision.table, reason=decision.reason)
-            )
 
     # ---- proposals and reads (the API's verbs) -----------------------------------------------
     def raft_status(self) -> BasicStatus | None:
@@ -1662,7 +1497,7 @@ class Agent:
         p = self._peer(mid, raft_addr, "api", time.monotonic())
         if p is not None and not p.api_addr:
             p.api_addr, p.service_addr = api_addr, service_addr
-        self.joined_at[mid] = time.monotonic()
+        self.chores.joined_at[mid] = time.monotonic()
         res = await self._propose_conf(ConfChange(ConfChangeType.ADD_LEARNER, mid, ctx))
         if not res.ok:
             raise StateErrorResult(res.error)
@@ -1760,11 +1595,7 @@ class Agent:
     def members_view(self) -> list[dict[str, Any]]:
         lead = self.raw.basic_status().lead if self.raw else None
         weights = self.state.weights()["weights"]
-        table = (
-            self.metrics_table
-            if not self.is_leader()
-            else {mid: body for mid, (_, body) in self.reports.items()}
-        )
+        table = self.chores.view_table(self.is_leader())
         out = []
         for m in self.state.members():
             mid = str(m["id"])
