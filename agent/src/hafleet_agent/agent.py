@@ -30,7 +30,6 @@ import logging
 import os
 import random
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -41,7 +40,7 @@ from typing import Any
 from . import __version__
 from .api import start_api
 from .codec import MAX_TERM, MAX_TERM_JUMP, CodecError, decode_message, encode_message
-from .config import AgentConfig, read_secret
+from .config import AgentConfig
 from .ids import MEMBER_ID_RULE, member_id_error, shown, valid_member_id
 from .metrics import HostMetrics, MetricsSource, Sampler
 from .node.chores import OVERRIDE_PREFIX as OVERRIDE_PREFIX  # tests read it here
@@ -1618,72 +1617,6 @@ class Agent:
         return out
 
 
-def setup_logging(fmt: str, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        obj = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            obj["exc"] = self.formatException(record.exc_info)
-        return json.dumps(obj)
-
-
-async def run_agent(cfg: AgentConfig) -> int:
-    """The body of ``hafleet-agent run``: start, serve until SIGTERM/SIGINT (hand leadership
-    over first) or until removed from the group, stop."""
-    key = read_secret(cfg.key_file, "key")
-    token = read_secret(cfg.token_file, "token")
-    agent = Agent(cfg, key, token)
-    loop = asyncio.get_running_loop()
-    stop_signal = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_signal.set)
-    # `kill -USR1 PID` writes every thread's stack to the log (stderr), even when the event
-    # loop is blocked: what a stuck agent is doing, without stopping it.
-    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
-    try:
-        await agent.start()
-    except (StorageError, OSError) as exc:
-        log.critical("cannot start: %s", exc)
-        await agent.stop(handover=False)
-        return 1
-    waiters = [
-        asyncio.create_task(stop_signal.wait()),
-        asyncio.create_task(agent.wait_stopped()),
-        asyncio.create_task(_wait_removed(agent)),
-    ]
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    for w in waiters:
-        w.cancel()
-    if stop_signal.is_set():
-        log.info("signal received: handing over and stopping")
-    failed = agent.exit_code != 0
-    bound = FAIL_STOP_S if failed else STOP_S
-    stopped = await stop_within(agent, agent.exit_code == 0 and not agent.removed, bound)
-    if failed or not stopped:
-        # Fail-stop: nothing of this process may linger (a storage failure, or a stop that
-        # did not finish: the reason and what still ran are logged). Leave at once, without
-        # the event loop's teardown, which waits for whatever still runs.
-        logging.shutdown()
-        os._exit(agent.exit_code or 1)
-    return agent.exit_code
-
-
 #: Bound on ``Agent.stop`` after a failure (storage): the node must be gone promptly.
 FAIL_STOP_S = 6.0
 #: After a failure the process is gone this long after at the latest, even if its event loop
@@ -1706,56 +1639,3 @@ def exit_later(seconds: float) -> threading.Timer:
     timer.daemon = True
     timer.start()
     return timer
-
-
-#: Bound on a graceful stop: hand-over (2 election timeouts) and the API's 5 s grace included.
-STOP_S = 20.0
-
-
-def _running_tasks() -> str:
-    """The other tasks still running, each with the line it waits on (for a stuck stop)."""
-    out = []
-    for task in asyncio.all_tasks():
-        if task is asyncio.current_task():
-            continue
-        frames = task.get_stack(limit=1)
-        where = (
-            f"{frames[0].f_code.co_filename.rsplit('/', 1)[-1]}:{frames[0].f_lineno} "
-            f"in {frames[0].f_code.co_name}"
-            if frames
-            else "not started"
-        )
-        out.append(f"{task.get_name()} ({where})")
-    return "; ".join(sorted(out)) or "none"
-
-
-async def stop_within(agent: Agent, handover: bool, bound: float) -> bool:
-    """``agent.stop(handover)``, given at most ``bound`` seconds; False (logged, with the
-    tasks still running) when it did not finish in time."""
-    try:
-        async with asyncio.timeout(bound):
-            await agent.stop(handover=handover)
-        return True
-    except TimeoutError:
-        log.critical(
-            "stopping took longer than %.1fs; leaving now. Still running: %s",
-            bound,
-            _running_tasks(),
-        )
-        return False
-
-
-async def _wait_removed(agent: Agent) -> None:
-    """Return once this node's removal is the last word on it: removed, and nothing newer
-    applied for two election timeouts (a removed node gets no more entries; one that was
-    added again and is catching up gets the rest of its log well within that, and its
-    re-add clears the flag). The wait also lets the removal's commit reach the others."""
-    settle = max(2 * agent.cfg.election_timeout_ms / 1000, 4 * agent.cfg.heartbeat_ms / 1000)
-    while True:
-        index = agent.state.index
-        st = agent.raw.basic_status() if agent.raw is not None else None
-        if agent.removed and st is not None and not st.in_config(agent.id):
-            if await agent.wait_index(index, settle) == index and agent.removed:
-                return
-        else:
-            await agent.wait_index(index, 1.0)

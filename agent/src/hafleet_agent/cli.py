@@ -118,8 +118,8 @@ RUN_FLAGS = (
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .agent import run_agent, setup_logging
     from .config import ConfigError, join_host_port, load
+    from .run import run_agent, setup_logging
 
     flags = {name: getattr(args, name) for name in RUN_FLAGS}
     if flags["join"] is not None:
@@ -432,9 +432,9 @@ def _balancer(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
-    from .agent import setup_logging
     from .balancer import BalancerError, Options, run_balancer
     from .config import ConfigError, read_secret
+    from .run import setup_logging
 
     try:
         urls = [

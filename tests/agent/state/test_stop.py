@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from hafleet_agent.agent import stop_within
+from hafleet_agent.run import stop_within
 
 
 class FakeAgent:
