@@ -46,6 +46,14 @@ from .metrics import HostMetrics, MetricsSource, Sampler
 from .node.chores import OVERRIDE_PREFIX as OVERRIDE_PREFIX  # tests read it here
 from .node.chores import REPORT_INTERVAL, LeaderChores
 from .node.errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
+from .node.frames import (
+    MAX_METRICS_FIELDS,
+    MAX_TEXT_CHARS,
+    FrameError,
+    check_cid,
+    check_info,
+    check_metrics_row,
+)
 from .node.peers import MAX_PEERS, PEER_EXPIRE_S, Peer, PeerTable
 from .raft.core import Config as RaftConfig
 from .raft.core import ProposalDropped
@@ -70,8 +78,6 @@ from .state import (
     encode_command,
     encode_snapshot_parts,
     member_context,
-    validate_addr,
-    validate_member_id,
 )
 from .transport import PeerInfo, Transport
 
@@ -89,71 +95,8 @@ RESTART_MAX_S = 30.0
 RESTART_RESET_S = 60.0
 #: A fresh node says hello to a peer that it knows only from mDNS at most this often.
 MDNS_HELLO_S = 2.0
-#: Limits on the fields of the control frames (Raft messages have codec.py's).
-MAX_ADDR_CHARS = 300
-MAX_CID_CHARS = 128
-MAX_TEXT_CHARS = 1000
-MAX_METRICS_FIELDS = 64
 #: A repeated warning about the frames of one peer is logged at most this often.
 DROP_LOG_INTERVAL_S = 10.0
-
-
-class FrameError(ValueError):
-    """A frame whose fields do not fit its kind: it is dropped."""
-
-
-def _check_cid(value: object, *, optional: bool = True) -> str | None:
-    """A cluster id as frames carry it: printable ASCII, 1..MAX_CID_CHARS, or None."""
-    if value is None and optional:
-        return None
-    if (
-        not isinstance(value, str)
-        or not 0 < len(value) <= MAX_CID_CHARS
-        or not value.isascii()
-        or not value.isprintable()
-        or " " in value
-    ):
-        raise FrameError("bad cluster id")
-    return value
-
-
-def _check_addr(value: object, what: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_ADDR_CHARS:
-        raise FrameError(f"{what} must be a HOST:PORT string")
-    try:
-        return validate_addr(value, what)
-    except StateError as exc:
-        raise FrameError(exc.message) from None
-
-
-def _check_info(value: object) -> dict[str, Any]:
-    """A member's info (``my_info()`` of the sender, or of a founding's member), checked:
-    a member id and its addresses; other keys are left out."""
-    if not isinstance(value, dict):
-        raise FrameError("info must be a map")
-    try:
-        mid = validate_member_id(value.get("id"))
-    except StateError as exc:
-        raise FrameError(exc.message) from None
-    service = value.get("service_addr")
-    return {
-        "id": mid,
-        "raft_addr": _check_addr(value.get("raft_addr"), "raft_addr"),
-        "api_addr": _check_addr(value.get("api_addr"), "api_addr"),
-        "service_addr": None if service is None else _check_addr(service, "service_addr"),
-    }
-
-
-def _check_metrics_row(value: object) -> dict[str, Any]:
-    """One row of the leader's metrics table: a small map of names to numbers (or None)."""
-    if not isinstance(value, dict) or len(value) > MAX_METRICS_FIELDS:
-        raise FrameError("a metrics row must be a small map")
-    for k, v in value.items():
-        if not isinstance(k, str) or len(k) > 64:
-            raise FrameError("a metrics field name must be a short string")
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-            raise FrameError(f"metrics field {k!r} must be a number")
-    return value
 
 
 @dataclass
@@ -748,7 +691,7 @@ class Agent:
             log.warning("refusing %s at %s: %s", shown(peer.node_id), peer.remote, MEMBER_ID_RULE)
             return False
         try:
-            _check_cid(peer.cluster_id)
+            check_cid(peer.cluster_id)
         except FrameError:
             log.warning("refusing %s at %s: bad cluster id", peer.node_id, peer.remote)
             return False
@@ -789,7 +732,7 @@ class Agent:
             self._drop(peer, "unknown kind", repr(kind)[:60])
             return
         try:
-            cid = _check_cid(obj.get("cid"))
+            cid = check_cid(obj.get("cid"))
         except FrameError as exc:
             self._drop(peer, f"bad {kind}", str(exc))
             return
@@ -1185,7 +1128,7 @@ class Agent:
         self._wake.set()
 
     def _on_hello(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        info = _check_info(obj.get("info"))
+        info = check_info(obj.get("info"))
         if info["id"] != peer.node_id:
             raise FrameError(f"hello with the info of {info['id']}")
         p = self.peers.get(peer.node_id)
@@ -1199,12 +1142,12 @@ class Agent:
 
     def _on_found_propose(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
         founder = obj.get("founder")
-        new_cid = _check_cid(obj.get("new_cid"), optional=False)
+        new_cid = check_cid(obj.get("new_cid"), optional=False)
         raw_members = obj.get("members")
         # The founder and at most MAX_PEERS peers it knows.
         if not isinstance(raw_members, list) or not 0 < len(raw_members) <= MAX_PEERS + 1:
             raise FrameError(f"members must be a list of 1..{MAX_PEERS + 1}")
-        members = [_check_info(m) for m in raw_members]
+        members = [check_info(m) for m in raw_members]
         ids = sorted(m["id"] for m in members)
         if len(set(ids)) != len(ids):
             raise FrameError("members twice in a founding")
@@ -1229,7 +1172,7 @@ class Agent:
         self._send(peer.addr, "found_accept", new_cid=new_cid)
 
     def _on_found_accept(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        new_cid = _check_cid(obj.get("new_cid"), optional=False)
+        new_cid = check_cid(obj.get("new_cid"), optional=False)
         f = self._founding
         if f is None or new_cid != f.cluster_id:
             return
@@ -1239,7 +1182,7 @@ class Agent:
                 self._found(f)
 
     def _on_join(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        info = _check_info(obj.get("info"))
+        info = check_info(obj.get("info"))
         if self.raw is None or self.cluster_id is None:
             return
         if self.is_leader():
@@ -1314,7 +1257,7 @@ class Agent:
         if self.raw is None or peer.node_id != self.raw.basic_status().lead:
             return
         self.chores.metrics_table = {
-            mid: _check_metrics_row(row)
+            mid: check_metrics_row(row)
             for mid, row in table.items()
             if isinstance(mid, str) and self.state.has_member(mid)
         }
@@ -1376,7 +1319,7 @@ class Agent:
             log.debug("write postponed: %s", exc.message)
 
     def _on_member_update(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        info = _check_info(obj.get("info"))
+        info = check_info(obj.get("info"))
         if info["id"] != peer.node_id:
             raise FrameError(f"member_update with the info of {info['id']}")
         if not self.is_leader() or not self.state.has_member(peer.node_id):
