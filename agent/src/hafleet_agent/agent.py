@@ -1,4 +1,4 @@
-"""``hafleet-agent run``: one process that wires the pieces together.
+"""The node (``Agent``): one cluster member, wiring the pieces together (``run.py`` runs it).
 
 The event loop owns everything; nothing here uses threads. The Raft core is driven by one
 task (``_raft_loop``) that turns every batch of inputs into a ready batch: persist it
@@ -7,17 +7,10 @@ entries to the state machine, wake whoever waits for them. Inputs (ticks, messag
 proposals, reads) are fed to the core synchronously from callbacks and only ever between
 two ready batches, because the drain of a ready batch never awaits.
 
-Founding and joining (``docs/agent.md`` has the long version):
-
-- a node with persisted Raft state never founds again: it restarts from its data dir;
-- a fresh node that finds a running cluster (a peer whose announcement or hello carries a
-  cluster id) asks it to join; the leader adds it as a learner and promotes it once it has
-  caught up;
-- a fresh node with ``bootstrap_expect = N`` waits until it knows N-1 other fresh nodes of
-  its cluster name; the one with the lowest id proposes a founding to the N lowest, and
-  founds (mints the cluster id, bootstraps the Raft log with exactly those N voters) only
-  when all of them accepted. A node accepts one founder at a time, so two clusters cannot
-  form from one fleet of fresh nodes.
+The node composes its parts (``node/``): the peer table (``peers.py``), founding and
+joining (``bootstrap.py``), the leader's chores (``chores.py``), the frame field checks
+(``frames.py``); the HTTP API sees it as ``node.verbs.NodeVerbs``; ``run.py`` runs it as a
+process. ``docs/architecture.md`` draws the layers.
 """
 
 from __future__ import annotations
@@ -33,7 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +36,12 @@ from .codec import MAX_TERM, MAX_TERM_JUMP, CodecError, decode_message, encode_m
 from .config import AgentConfig
 from .ids import MEMBER_ID_RULE, member_id_error, shown, valid_member_id
 from .metrics import HostMetrics, MetricsSource, Sampler
+from .node.bootstrap import Bootstrap
 from .node.chores import OVERRIDE_PREFIX as OVERRIDE_PREFIX  # tests read it here
 from .node.chores import REPORT_INTERVAL, LeaderChores
 from .node.errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
 from .node.frames import (
     MAX_METRICS_FIELDS,
-    MAX_TEXT_CHARS,
     FrameError,
     check_cid,
     check_info,
@@ -84,7 +77,6 @@ from .transport import PeerInfo, Transport
 log = logging.getLogger("hafleet.agent")
 
 META_FILE = "agent.json"
-FOUND_ACCEPT_TTL = 15.0
 
 #: A background task that fails (the sampler, housekeeping, the leader's chores, discovery,
 #: founding and joining) is logged and started again after a back-off that doubles from
@@ -93,8 +85,6 @@ FOUND_ACCEPT_TTL = 15.0
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 RESTART_RESET_S = 60.0
-#: A fresh node says hello to a peer that it knows only from mDNS at most this often.
-MDNS_HELLO_S = 2.0
 #: A repeated warning about the frames of one peer is logged at most this often.
 DROP_LOG_INTERVAL_S = 10.0
 
@@ -103,15 +93,6 @@ DROP_LOG_INTERVAL_S = 10.0
 class _Pending:
     term: int
     future: asyncio.Future[Any]
-
-
-@dataclass
-class _Founding:
-    founder: str
-    members: list[dict[str, Any]]
-    cluster_id: str
-    accepted: set[str] = field(default_factory=set)
-    since: float = 0.0
 
 
 class Agent:
@@ -165,9 +146,6 @@ class Agent:
         self._pending: dict[int, _Pending] = {}
         self._reads: dict[bytes, tuple[asyncio.Future[int], float]] = {}
         self._ready_reads: list[tuple[int, bytes]] = []
-        self._founding: _Founding | None = None  # as founder
-        self._accepted: _Founding | None = None  # as acceptor
-        self._join_target: str | None = None
         self.exit_code = 0
         self.exit_reason = ""
         self.exit_timer: threading.Timer | None = None  # set by fail()
@@ -176,23 +154,42 @@ class Agent:
         self.last_leader: str | None = None
         self.api_runner: Any = None
         self.rng = random.Random(secrets.randbits(64))
+        # Founding and joining (node/bootstrap.py).
+        self.bootstrap = Bootstrap(
+            self.id,
+            cfg,
+            self.rng,
+            self.peers,
+            get_peer=self._peer,
+            raw=lambda: self.raw,
+            cluster_id=lambda: self.cluster_id,
+            adopt_cluster=self._adopt_cluster,
+            in_config=self._in_config,
+            is_leader=self.is_leader,
+            my_info=self.my_info,
+            send=self._send,
+            queued=self._queued,
+            addr_of=self._addr_of,
+            add_member=self.add_member,
+            spawn=self._spawn,
+            wake=lambda: self._wake.set(),
+        )
         self.events: list[str] = []
         #: Failures of the background tasks that were restarted, by task name.
         self.task_failures: dict[str, int] = {}
         #: Frames dropped, by reason ("unknown kind", "bad hello", "term too far ahead", ...).
         self.frames_dropped: dict[str, int] = {}
         self._drop_logged: dict[tuple[str, str], tuple[float, int]] = {}
-        self._admitting: set[str] = set()
         self._last_prune = 0.0
         # The frame kinds a peer may send, and nothing else: a frame names its handler only
         # through this table (never through the agent's attributes).
         self._frame_handlers: dict[str, Callable[[PeerInfo, dict[Any, Any]], None]] = {
             "raft": self._on_raft,
-            "hello": self._on_hello,
-            "found_propose": self._on_found_propose,
-            "found_accept": self._on_found_accept,
-            "join": self._on_join,
-            "join_resp": self._on_join_resp,
+            "hello": self.bootstrap.on_hello,
+            "found_propose": self.bootstrap.on_found_propose,
+            "found_accept": self.bootstrap.on_found_accept,
+            "join": self.bootstrap.on_join,
+            "join_resp": self.bootstrap.on_join_resp,
             "metrics": self._on_metrics,
             "metrics_table": self._on_metrics_table,
             "member_update": self._on_member_update,
@@ -215,6 +212,16 @@ class Agent:
     @property
     def health_seen(self) -> dict[str, float]:
         return self.chores.health_seen
+
+    @property
+    def _admitting(self) -> set[str]:
+        """The joiners whose admission is under way (node/bootstrap.py)."""
+        return self.bootstrap.admitting
+
+    def _queued(self, addr: str) -> bool:
+        """Whether a frame to ``addr`` still waits for a connection."""
+        assert self.transport is not None
+        return self.transport.queued(addr)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -290,7 +297,7 @@ class Agent:
         self._supervise(self._housekeeping, "housekeeping")
         self._supervise(self._leader_loop, "leader")
         if not has_state:
-            self._supervise(self._found_or_join, "bootstrap")
+            self._supervise(self.bootstrap.run, "bootstrap")
         self._wake.set()
         log.info(
             "hafleet-agent %s: node %s raft %s api %s%s",
@@ -781,10 +788,7 @@ class Agent:
         if self.cluster_id is None:
             # A fresh node takes Raft traffic only from the cluster it asked to join or whose
             # founder it accepted.
-            ok = (self._accepted is not None and self._accepted.cluster_id == cid) or (
-                self._join_target is not None and self._join_target == cid
-            )
-            if not ok:
+            if not self.bootstrap.expects(cid):
                 return
         elif cid != self.cluster_id:
             self._drop(peer, "Raft message of another cluster", str(cid))
@@ -974,245 +978,12 @@ class Agent:
         if self.cluster_id is not None and discovery.fresh:  # adopted while it started
             await discovery.update(cluster_id=self.cluster_id, fresh=False)
 
-    async def _found_or_join(self) -> None:
-        """Until this node belongs to a cluster: say hello to the join addresses and to the
-        peers mDNS lists, join a running cluster when an authenticated peer belongs to one,
-        or found one when bootstrap_expect authenticated fresh peers are known."""
-        raw = self.raw
-        assert raw is not None
-        announced = False
-        while self.cluster_id is None or not self._in_config():
-            for addr in self.cfg.join:
-                if addr != self.cfg.raft_addr:
-                    self._send(addr, "hello", info=self.my_info(), fresh=self.cluster_id is None)
-            if self.cluster_id is None:
-                self._hello_mdns_peers()
-                running = self._running_peer()
-                if running is not None:
-                    self._join_target = running.cluster_id
-                    if not announced:
-                        log.info(
-                            "found cluster %s via %s: asking to join",
-                            running.cluster_id,
-                            running.node_id,
-                        )
-                        announced = True
-                    self._send(running.raft_addr, "join", info=self.my_info())
-                elif self.cfg.bootstrap_expect:
-                    self._maybe_found()
-            else:
-                # We adopted a cluster id; wait for the leader's log to make us a member.
-                pass
-            await asyncio.sleep(0.25 + self.rng.random() * 0.25)
-        log.info("member of cluster %s", self.cluster_id)
-
-    def _hello_mdns_peers(self) -> None:
-        """Say hello to the peers mDNS lists that we have not heard from lately (each at
-        most every MDNS_HELLO_S, one hello queued at a time): the handshake proves the
-        key, and the answer tells its cluster id. A forged record gets no answer."""
-        now = time.monotonic()
-        assert self.transport is not None
-        for p in list(self.peers.values()):
-            if not p.in_mdns or p.raft_addr == self.cfg.raft_addr:
-                continue
-            if p.last_hello is not None and now - p.last_hello < MDNS_HELLO_S:
-                continue
-            if p.authed is not None and now - p.authed < MDNS_HELLO_S:
-                continue
-            if self.transport.queued(p.raft_addr):
-                continue  # the last hello still waits for a connection
-            p.last_hello = now
-            self._send(p.raft_addr, "hello", info=self.my_info(), fresh=self.cluster_id is None)
-
     def _in_config(self) -> bool:
         return self.in_config(self.id)
 
     def in_config(self, node_id: str) -> bool:
         """Whether ``node_id`` is a voter or a learner of the Raft configuration."""
         return self.raw is not None and self.raw.basic_status().in_config(node_id)
-
-    def _running_peer(self) -> Peer | None:
-        """An authenticated peer (within AUTH_LIVE_S) that belongs to a cluster."""
-        now = time.monotonic()
-        live = [
-            p
-            for p in self.peers.values()
-            if p.cluster_id and p.authenticated(now) and p.node_id != self.id
-        ]
-        # Any of them will do (a follower relays the join): pick at random, so that a dead
-        # node whose mDNS record has not expired yet does not hold the join up.
-        return self.rng.choice(sorted(live, key=lambda p: p.node_id)) if live else None
-
-    def _fresh_peers(self) -> list[Peer]:
-        """The authenticated (within AUTH_LIVE_S) fresh peers whose addresses we know."""
-        now = time.monotonic()
-        return sorted(
-            (
-                p
-                for p in self.peers.values()
-                if p.fresh
-                and p.cluster_id is None
-                and p.authenticated(now)
-                and p.api_addr
-                and p.node_id != self.id
-            ),
-            key=lambda p: p.node_id,
-        )
-
-    def _maybe_found(self) -> None:
-        n = self.cfg.bootstrap_expect or 0
-        now = time.monotonic()
-        if self._accepted is not None and now - self._accepted.since < FOUND_ACCEPT_TTL:
-            return  # we accepted someone else's founding: wait for it
-        fresh = self._fresh_peers()
-        if len(fresh) + 1 < n:
-            if int(now) % 5 == 0:
-                log.info(
-                    "waiting for %d fresh nodes of cluster %r (bootstrap_expect=%d): know %s",
-                    n - 1,
-                    self.cfg.cluster,
-                    n,
-                    [p.node_id for p in fresh] or "none",
-                )
-            return
-        chosen_ids = sorted([self.id] + [p.node_id for p in fresh])[:n]
-        if chosen_ids[0] != self.id:
-            return  # the lowest id founds
-        f = self._founding
-        if (
-            f is None
-            or sorted(m["id"] for m in f.members) != chosen_ids
-            or (now - f.since > FOUND_ACCEPT_TTL)
-        ):
-            members = [self.my_info()] + [
-                {
-                    "id": p.node_id,
-                    "raft_addr": p.raft_addr,
-                    "api_addr": p.api_addr,
-                    "service_addr": p.service_addr,
-                }
-                for p in fresh
-                if p.node_id in chosen_ids
-            ]
-            members.sort(key=lambda m: m["id"])
-            f = self._founding = _Founding(
-                self.id, members, f"{self.cfg.cluster}-{secrets.token_hex(8)}", {self.id}, now
-            )
-            log.info("proposing to found cluster %s with %s", f.cluster_id, chosen_ids)
-        for m in f.members:
-            if m["id"] not in f.accepted:
-                self._send(
-                    m["raft_addr"],
-                    "found_propose",
-                    founder=self.id,
-                    members=f.members,
-                    new_cid=f.cluster_id,
-                )
-        if len(f.accepted) == n:
-            self._found(f)
-
-    def _found(self, f: _Founding) -> None:
-        assert self.raw is not None
-        voters = [
-            (
-                m["id"],
-                member_context(m["raft_addr"], m["api_addr"], m.get("service_addr")),
-            )
-            for m in f.members
-        ]
-        if not self._adopt_cluster(f.cluster_id, "founded here"):
-            return
-        self.raw.bootstrap(voters)
-        self._founding = None
-        log.info("founded cluster %s with %s", f.cluster_id, [m["id"] for m in f.members])
-        self._wake.set()
-
-    def _on_hello(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        info = check_info(obj.get("info"))
-        if info["id"] != peer.node_id:
-            raise FrameError(f"hello with the info of {info['id']}")
-        p = self.peers.get(peer.node_id)
-        if p is not None:
-            p.api_addr = info["api_addr"]
-            p.service_addr = info["service_addr"]
-        if obj.get("reply") is None:
-            self._send(
-                peer.addr, "hello", info=self.my_info(), fresh=self.cluster_id is None, reply=1
-            )
-
-    def _on_found_propose(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        founder = obj.get("founder")
-        new_cid = check_cid(obj.get("new_cid"), optional=False)
-        raw_members = obj.get("members")
-        # The founder and at most MAX_PEERS peers it knows.
-        if not isinstance(raw_members, list) or not 0 < len(raw_members) <= MAX_PEERS + 1:
-            raise FrameError(f"members must be a list of 1..{MAX_PEERS + 1}")
-        members = [check_info(m) for m in raw_members]
-        ids = sorted(m["id"] for m in members)
-        if len(set(ids)) != len(ids):
-            raise FrameError("members twice in a founding")
-        if self.cluster_id is not None or self.raw is None or self.raw.basic_status().term > 0:
-            return  # not fresh any more
-        if founder != peer.node_id or self.id not in ids or ids[0] != founder:
-            return
-        now = time.monotonic()
-        acc = self._accepted
-        if acc is not None and now - acc.since < FOUND_ACCEPT_TTL:
-            if acc.founder != founder or acc.cluster_id != new_cid:
-                return  # one founder at a time
-        else:
-            assert new_cid is not None
-            self._accepted = _Founding(founder, members, new_cid, since=now)
-            log.info("accepted %s's proposal to found %s", founder, new_cid)
-        for m in members:
-            if m["id"] != self.id and m["id"] not in self.peers:
-                p = self._peer(m["id"], m["raft_addr"], "founding", now)
-                if p is not None:
-                    p.api_addr = m["api_addr"]
-        self._send(peer.addr, "found_accept", new_cid=new_cid)
-
-    def _on_found_accept(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        new_cid = check_cid(obj.get("new_cid"), optional=False)
-        f = self._founding
-        if f is None or new_cid != f.cluster_id:
-            return
-        if peer.node_id in {m["id"] for m in f.members}:
-            f.accepted.add(peer.node_id)
-            if len(f.accepted) == len(f.members) and self.cluster_id is None:
-                self._found(f)
-
-    def _on_join(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        info = check_info(obj.get("info"))
-        if self.raw is None or self.cluster_id is None:
-            return
-        if self.is_leader():
-            if info["id"] not in self._admitting:  # a joiner asks every 0.25-0.5 s
-                self._admitting.add(info["id"])
-                self._spawn(self._admit(peer, info), f"admit-{info['id']}")
-            return
-        lead = self.raw.basic_status().lead
-        addr = self._addr_of(lead) if lead else None
-        if addr:
-            self._send(addr, "join", info=info)  # the leader answers the joiner directly
-
-    async def _admit(self, peer: PeerInfo, info: dict[str, Any]) -> None:
-        try:
-            await self.add_member(
-                info["id"], info["raft_addr"], info["api_addr"], info["service_addr"]
-            )
-            self._send(info["raft_addr"], "join_resp", ok=True)
-        except AgentError as exc:
-            log.warning("join of %s refused: %s", info["id"], exc.message)
-            self._send(info["raft_addr"], "join_resp", ok=False, error=exc.message)
-        finally:
-            self._admitting.discard(info["id"])
-
-    def _on_join_resp(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        ok, error = obj.get("ok"), obj.get("error")
-        if not isinstance(ok, bool) or not (error is None or isinstance(error, str)):
-            raise FrameError("ok must be a bool and error a string")
-        if not ok:
-            log.error("join refused by %s: %s", peer.node_id, (error or "")[:MAX_TEXT_CHARS])
 
     # ---- metrics, health, weights -----------------------------------------------------------
     async def _sampler_loop(self) -> None:
