@@ -805,7 +805,7 @@ class Agent:
         # adopting it would leave no room for the terms after it. Refused: any term (of the
         # message, its log, entries or snapshot) above MAX_TERM or more than MAX_TERM_JUMP
         # ahead of ours (codec.py explains both bounds).
-        ours = self.raw.basic_status().term
+        ours = self.raw.term
         bound = min(MAX_TERM, ours + MAX_TERM_JUMP)
         terms = [m.term, m.log_term, *(e.term for e in m.entries)]
         if m.snapshot is not None:
@@ -1110,10 +1110,10 @@ class Agent:
         return self.raw.basic_status() if self.raw else None
 
     def is_leader(self) -> bool:
-        return self.raw is not None and self.raw.basic_status().is_leader
+        return self.raw is not None and self.raw.is_leader
 
     def leader_id(self) -> str | None:
-        return self.raw.basic_status().lead if self.raw else None
+        return self.raw.lead if self.raw else None
 
     def leader_api(self) -> str | None:
         lead = self.leader_id()

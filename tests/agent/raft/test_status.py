@@ -85,6 +85,7 @@ def test_basic_status_is_what_the_core_holds() -> None:
         assert st.voters == {"n1", "n2", "n3"} and st.learners == {"n4"}
         assert st.in_config("n4") and st.in_config("n1") and not st.in_config("n5")
         assert st.is_leader is (nid == "n1")
+        assert (raw.term, raw.lead, raw.is_leader) == (st.term, st.lead, st.is_leader)
         assert st.lead == "n1"
         assert st.commit == st.last_index > 0
         assert st.pending_conf_index == r.pending_conf_index

@@ -258,6 +258,19 @@ class RawNode:
                     self._apply_conf(e)
 
     # ---- introspection ---------------------------------------------------------------------
+    # The three the driver asks most (every frame, every request): cheap, no view built.
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    @property
+    def lead(self) -> NodeId | None:
+        return self.raft.lead
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft.state is StateType.LEADER
+
     def basic_status(self) -> BasicStatus:
         """Term, role, leader, log indexes and configuration (status.py)."""
         return basic_status(self.raft)
