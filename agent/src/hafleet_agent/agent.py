@@ -1241,6 +1241,18 @@ class Agent:
         log.info("removed %s", mid)
         return {"id": mid, "removed": True, "index": res.index}
 
+    async def hand_over_to_remove_self(self) -> None:
+        """Before the leader's own removal: hand leadership over and wait (up to 5 s) until
+        the new leader's API address is known, so that the removal can go to it. Raises
+        (409) when there is nobody to hand over to."""
+        new = await self.hand_over(timeout=self.write_timeout())
+        if new is None:
+            raise AgentError("the last member cannot remove itself", status=409)
+        for _ in range(50):
+            if self.leader_api() and self.leader_id() != self.id:
+                break
+            await self.wait_index(self.state.index, 0.1)
+
     async def hand_over(self, to: str | None = None, timeout: float = 2.0) -> str | None:
         """Transfer leadership (to ``to`` or the most caught-up voter); returns the new
         leader, or None when there is nobody to hand over to."""

@@ -328,13 +328,7 @@ class Api:
             raise NotFound(f"no member {shown(mid)}")
         if agent.is_leader() and mid == agent.id:
             # The leader hands over first; the new leader does the removal.
-            new = await agent.hand_over(timeout=agent.write_timeout())
-            if new is None:
-                raise AgentError("the last member cannot remove itself", status=409)
-            for _ in range(50):
-                if agent.leader_api() and agent.leader_id() != agent.id:
-                    break
-                await agent.wait_index(agent.state.index, 0.1)
+            await agent.hand_over_to_remove_self()
             if not agent.is_leader():
                 return await self._forward(request, b"", handed_over=True)
         if not agent.is_leader():

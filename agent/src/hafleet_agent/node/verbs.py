@@ -64,6 +64,10 @@ class NodeVerbs(Protocol):
 
     async def hand_over(self, to: str | None = None, timeout: float = 2.0) -> str | None: ...
 
+    async def hand_over_to_remove_self(self) -> None:
+        """On the leader, before its own removal: hand over and wait for the new leader."""
+        ...
+
     async def add_member(
         self, mid: str, raft_addr: str, api_addr: str, service_addr: str | None
     ) -> dict[str, Any]: ...
