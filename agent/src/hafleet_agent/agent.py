@@ -1350,14 +1350,14 @@ FAIL_STOP_S = 6.0
 FAIL_EXIT_S = FAIL_STOP_S + 2.0
 
 
-def exit_later(seconds: float) -> threading.Timer:
+def exit_later(seconds: float, after: str = "a failure") -> threading.Timer:
     """Exit with code 1 in ``seconds`` from a daemon thread, writing every thread's stack to
-    stderr first: the last resort of the fail-stop when the event loop does not come back.
-    Writes with ``os.write`` and faulthandler only: a blocked thread may hold the logging
-    lock."""
+    stderr first: the last resort of the fail-stop (and of a stop) when the event loop does
+    not come back. Writes with ``os.write`` and faulthandler only: a blocked thread may hold
+    the logging lock."""
 
     def leave() -> None:
-        os.write(2, f"CRITICAL still running {seconds:g}s after a failure; exiting now\n".encode())
+        os.write(2, f"CRITICAL still running {seconds:g}s after {after}; exiting now\n".encode())
         faulthandler.dump_traceback(all_threads=True)
         os._exit(1)
 

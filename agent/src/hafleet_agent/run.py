@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 
-from .agent import FAIL_STOP_S, Agent
+from .agent import FAIL_STOP_S, Agent, exit_later
 from .config import AgentConfig, read_secret
 from .raft.storage import StorageError
 
@@ -75,7 +75,11 @@ async def run_agent(cfg: AgentConfig) -> int:
         log.info("signal received: handing over and stopping")
     failed = agent.exit_code != 0
     bound = FAIL_STOP_S if failed else STOP_S
+    # The bound below lives on the event loop; should the loop itself not come back (a call
+    # that blocks it), this thread still ends the process, its stacks written first.
+    backstop = exit_later(bound + BACKSTOP_GRACE_S, "a stop was asked")
     stopped = await stop_within(agent, agent.exit_code == 0 and not agent.removed, bound)
+    backstop.cancel()
     if failed or not stopped:
         # Fail-stop: nothing of this process may linger (a storage failure, or a stop that
         # did not finish: the reason and what still ran are logged). Leave at once, without
@@ -87,6 +91,8 @@ async def run_agent(cfg: AgentConfig) -> int:
 
 #: Bound on a graceful stop: hand-over (2 election timeouts) and the API's 5 s grace included.
 STOP_S = 20.0
+#: After the bound, how long the event loop has to act on it before a thread ends the process.
+BACKSTOP_GRACE_S = 5.0
 
 
 def _running_tasks() -> str:

@@ -115,3 +115,72 @@ print("not reached")
     assert "still running 0.5s after a failure; exiting now" in proc.stderr
     assert "in <module>" in proc.stderr  # the main thread's stack, at the sleep
     assert took < 20
+
+
+def test_a_stop_whose_event_loop_is_blocked_still_exits(tmp_path) -> None:
+    """SIGTERM, then the stop blocks the event loop (so stop_within's bound can never fire):
+    a thread ends the process, stacks first, with code 1, shortly after the bound."""
+    import signal
+    import socket
+    import urllib.request
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    for name in ("key", "token"):
+        path = tmp_path / name
+        path.write_text("s" * 40 + "\n")
+        path.chmod(0o600)
+    raft_port, api_port = free_port(), free_port()
+    script = f"""
+import sys, time
+import hafleet_agent.agent as a
+import hafleet_agent.run as r
+from hafleet_agent.cli import main
+r.STOP_S = 0.5
+r.BACKSTOP_GRACE_S = 0.5
+
+async def blocking_stop(self, handover=True):
+    time.sleep(60)  # a call that never gives the event loop back
+
+a.Agent.stop = blocking_stop
+sys.exit(main(["run", "--node-id", "n1", "--cluster", "stoptest", "--bind", "127.0.0.1",
+    "--raft-port", "{raft_port}", "--api-port", "{api_port}",
+    "--data-dir", {str(tmp_path / "data")!r},
+    "--key-file", {str(tmp_path / "key")!r}, "--token-file", {str(tmp_path / "token")!r},
+    "--bootstrap-expect", "1", "--no-mdns"]))
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{api_port}/v1/health", timeout=2
+                ) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the agent never became healthy"
+            time.sleep(0.2)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err[-2000:]
+    assert "still running 1s after a stop was asked; exiting now" in err, err[-2000:]
+    assert "blocking_stop" in err  # the stack of the blocked main thread
+    assert took < 10
