@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests" / "agent"))
 from netlab import list_links, list_namespaces, remove_by_name  # noqa: E402
 
+from hafleet_agent.supervise import start_time  # noqa: E402  (one reading of /proc/PID/stat)
+
 BIN = Path(sys.executable).parent
 PLAYBOOK_TIMEOUT = 280
 
@@ -72,26 +74,8 @@ def running(pid: int, started: int | None = None) -> bool:
     under load), and until then ``/proc/PID`` stays, holding no memory, socket or file. A test
     that took ``/proc/PID`` for "alive" failed after a clean stop (docs/development.md).
     """
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            stat = handle.read()
-    except OSError:
-        return False
-    # The state follows the command name in parentheses (which may hold spaces or ')').
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return False
-    return started is None or int(fields[19]) == started
-
-
-def start_time(pid: int) -> int | None:
-    """The start time of ``pid`` (clock ticks after boot, /proc/PID/stat field 22)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
+    now = start_time(pid)
+    return now is not None and (started is None or now == started)
 
 
 @dataclass
