@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from hafleet_agent import __version__
+from hafleet_agent.addr import split_host_port
 
 PROG = "hafleet-agent"
 
@@ -60,12 +61,13 @@ def host_port_list(value: str) -> list[tuple[str, int]]:
     result = []
     for item in value.split(","):
         item = item.strip()
-        host, sep, port_text = item.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not sep or not host or ("[" in host or "]" in host):
+        try:
+            host, number = split_host_port(item)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {item!r} ({e})") from None
+        if "[" in host or "]" in host:
             raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {item!r}")
-        result.append((host, port(port_text)))
+        result.append((host, number))
     return result
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .addr import split_host_port as _split_host_port
 from .ids import member_id_error
 
 DEFAULT_RAFT_PORT = 7400
@@ -98,18 +99,10 @@ def join_host_port(host: str, port: int) -> str:
 
 
 def split_host_port(text: str) -> tuple[str, int]:
-    host, sep, port_text = text.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host:
-        raise ConfigError(f"expected HOST:PORT, got {text!r}")
     try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"port must be an integer in {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"port must be in 1..65535 in {text!r}")
-    return host, port
+        return _split_host_port(text.strip())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 _KEYS = {f.name for f in fields(AgentConfig)}

@@ -36,6 +36,8 @@ from typing import Any, Self
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from .addr import split_host_port
+
 __all__ = [
     "PROTOCOL_VERSION",
     "SERVICE_TYPE",
@@ -144,20 +146,19 @@ def parse_host_port(text: str) -> tuple[str, int]:
     HOST is an IPv4 address, a bracketed IPv6 address or a host name; PORT is 1..65535.
     Raises ``InvalidAnnouncement``.
     """
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise InvalidAnnouncement(f"expected HOST:PORT, got {text!r}")
-    if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
+    raw_host, _, port_text = text.rpartition(":")
+    if len(port_text) > 5:
         raise InvalidAnnouncement(f"bad port in {text!r}")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise InvalidAnnouncement(f"port out of range in {text!r}")
-    if host.startswith("[") and host.endswith("]"):
+    try:
+        host, port = split_host_port(text)
+    except ValueError as e:
+        raise InvalidAnnouncement(str(e)) from None
+    if raw_host.startswith("[") and raw_host.endswith("]"):
         try:
-            ipaddress.IPv6Address(host[1:-1])
+            ipaddress.IPv6Address(host)
         except ValueError:
             raise InvalidAnnouncement(f"bad IPv6 address in {text!r}") from None
-        return host[1:-1], port
+        return host, port
     if len(host) > MAX_HOST_BYTES or not _HOSTNAME_RE.fullmatch(host):
         raise InvalidAnnouncement(f"bad host in {text!r}")
     return host, port

@@ -75,6 +75,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from .addr import split_host_port
 from .ids import member_id_error, shown, valid_member_id
 from .raft.types import ConfChange, ConfChangeType, Entry, EntryType
 
@@ -229,19 +230,11 @@ def validate_addr(addr: object, what: str) -> str:
     """``HOST:PORT`` (an IPv6 host in brackets), port 1..65535."""
     if not isinstance(addr, str):
         raise StateError(400, f"{what} must be a HOST:PORT string")
-    host, sep, port = addr.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    ok = (
-        bool(sep)
-        and bool(host)
-        and not _CONTROL_RE.search(host)
-        and not any(c in host for c in "[] /")
-        and port.isascii()
-        and port.isdigit()
-        and 1 <= int(port) <= 65535
-    )
-    if not ok:
+    try:
+        host, _ = split_host_port(addr, what=what)
+    except ValueError:
+        host = ""
+    if not host or _CONTROL_RE.search(host) or any(c in host for c in "[] /"):
         raise StateError(400, f"{what} must be HOST:PORT, got {addr!r}")
     return addr
 

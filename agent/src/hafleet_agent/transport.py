@@ -81,6 +81,7 @@ from typing import Any
 
 import msgpack
 
+from .addr import split_host_port
 from .throttle import WarnThrottle
 
 __all__ = [
@@ -193,17 +194,10 @@ def parse_addr(addr: str) -> tuple[str, int]:
     """Split ``host:port`` or ``[v6]:port`` into ``(host, port)``; ValueError if malformed."""
     if not isinstance(addr, str):
         raise ValueError(f"address must be a str, not {type(addr).__name__}")
-    host, sep, port_s = addr.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
+    raw_host = addr.rpartition(":")[0]
+    if ":" in raw_host and not (raw_host.startswith("[") and raw_host.endswith("]")):
         raise ValueError(f"IPv6 address must be bracketed: {addr!r}")
-    if not sep or not host or not port_s.isascii() or not port_s.isdigit():
-        raise ValueError(f"address must be host:port, got {addr!r}")
-    port = int(port_s)
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {addr!r}")
-    return host, port
+    return split_host_port(addr)
 
 
 def _fmt_addr(sockaddr: Any) -> str:

@@ -34,6 +34,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..addr import split_host_port
+
 STRATEGIES = ("weighted", "roundrobin", "random", "leastconn")
 DEFAULT_STRATEGY = "weighted"
 
@@ -102,12 +104,10 @@ def check_name(value: str, what: str) -> str:
 
 def split_bind(value: str) -> tuple[str, int]:
     """``ADDR:PORT`` or ``[V6]:PORT``."""
-    host, sep, port_text = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ConfigError(f"expected ADDR:PORT, got {value!r}")
-    return host, int(port_text)
+    try:
+        return split_host_port(value, what="bind address")
+    except ValueError:
+        raise ConfigError(f"expected ADDR:PORT, got {value!r}") from None
 
 
 def render(s: Settings) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..addr import split_host_port
 from .haproxy_config import EQUAL_WEIGHT, ServerState
 
 ID_BASE = 1000
@@ -54,12 +55,10 @@ class Want:
 
 
 def split_service_addr(addr: str) -> tuple[str, int]:
-    host, sep, port_text = addr.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"bad service address {addr!r}")
-    return host, int(port_text)
+    try:
+        return split_host_port(addr.strip(), what="service address")
+    except ValueError:
+        raise ValueError(f"bad service address {addr!r}") from None
 
 
 def desired(view: Mapping[str, Any], strategy: str) -> tuple[dict[str, Want], list[str]]:
