@@ -54,8 +54,12 @@ class WarnThrottle:
             self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
             if len(self._last) >= self.max_sources:
                 key = label = "other sources"
-        logged_at, held = self._last.get(key, (now - self.interval, 0))
-        if now - logged_at < self.interval:
+        last = self._last.get(key)
+        # A source (and kind) not seen within the interval logs at once. (Defaulting to
+        # "logged an interval ago" held back the first line whenever the float subtraction
+        # rounded below the interval: it depended on the clock's value.)
+        logged_at, held = last if last is not None else (now - self.interval, 0)
+        if last is not None and now - logged_at < self.interval:
             self._last[key] = (logged_at, held + 1)
             self.held_total += 1
             return False

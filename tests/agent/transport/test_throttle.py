@@ -51,3 +51,16 @@ def test_sources_and_kinds_together_stay_bounded() -> None:
     for i in range(100):
         throttle.warn(f"10.0.0.{i}", "m", kind=f"k{i % 3}")
     assert len(throttle._last) <= 5  # four, then one shared entry for the others
+
+
+def test_the_first_line_of_a_source_is_logged_whatever_the_clock_reads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 100.1 - (100.1 - 0.3) rounds to 0.29999999999999716: a throttle that took an unseen
+    # source as "logged an interval ago" held its first line back at such clock values.
+    clock = Clock()
+    clock.now = 100.1
+    throttle = WarnThrottle(logging.getLogger("hafleet.test"), 0.3, clock=clock)
+    caplog.set_level(logging.WARNING, logger="hafleet.test")
+    assert throttle.warn("10.0.0.9", "first") is True
+    assert [r.getMessage() for r in caplog.records] == ["first"]
