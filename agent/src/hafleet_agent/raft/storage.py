@@ -701,12 +701,7 @@ class DiskStorage:
         content = _encode_snapshot(snap)
         tmp = self.path / (SNAPSHOT_FILE + TMP_SUFFIX)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                _write_all(fd, content)
-                self._sync(fd)
-            finally:
-                os.close(fd)
+            self._write_synced(tmp, content)
             os.replace(tmp, self.snapshot_path)
             self._sync_dir()
         except OSError as exc:
@@ -732,15 +727,20 @@ class DiskStorage:
         if suffix == RECEIVED_SUFFIX:
             path = path.with_name(f"{path.name}-{snap.meta.index}-{snap.meta.term}")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                _write_all(fd, content)
-                self._sync(fd)
-            finally:
-                os.close(fd)
+            self._write_synced(path, content)
         except OSError as exc:
             self._fail(f"{path}: cannot write the snapshot: {exc}", exc)
         return path
+
+    def _write_synced(self, path: Path, content: bytes) -> None:
+        """Create or truncate ``path`` (mode 0600), write ``content`` and fsync it; OSError
+        for the caller to turn into a storage failure."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, content)
+            self._sync(fd)
+        finally:
+            os.close(fd)
 
     def install_prepared_snapshot(self, snap: Snapshot, path: Path) -> bool:
         """Put a snapshot written by :meth:`prepare_snapshot` in force, exactly as
