@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -656,3 +656,16 @@ def refused_idle_connections(
             s.close()
         raise
     return socks, answered, refusals
+
+
+@contextlib.contextmanager
+def founded_cluster(directory: Path, size: int = 3) -> Iterator[Cluster]:
+    """A cluster of ``size`` agents founded together (bootstrap_expect) and agreed on a
+    leader; closed when the block ends, also on failure. For module-scoped fixtures."""
+    cluster = Cluster(directory)
+    try:
+        cluster.add_many(size, bootstrap_expect=size)
+        cluster.wait_agreed()
+        yield cluster
+    finally:
+        cluster.close()

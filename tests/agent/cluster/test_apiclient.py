@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from harness import Cluster
+from harness import Cluster, founded_cluster
 
 from hafleet_agent import apiclient, ids
 from hafleet_agent.apiclient import APIClient, APIError, api_path
@@ -23,13 +23,8 @@ VENDORED = REPO / "plugins" / "module_utils" / "_api_client.py"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("apiclient"))
-    try:
-        c.add_many(3, bootstrap_expect=3)
-        c.wait_agreed()
+    with founded_cluster(tmp_path_factory.mktemp("apiclient")) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _client(c: Cluster, *nodes: str, **kw: object) -> APIClient:

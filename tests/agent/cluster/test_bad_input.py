@@ -25,6 +25,7 @@ from harness import (
     RAFT_PORT,
     Cluster,
     agent_command,
+    founded_cluster,
     holds_for,
     refused_idle_connections,
     wait_for,
@@ -50,13 +51,8 @@ FORGED = re.compile(r"^INFO hafleet\.agent: forged line", re.MULTILINE)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("bad-input"))
-    try:
-        c.add_many(3, bootstrap_expect=3)
-        c.wait_agreed()
+    with founded_cluster(tmp_path_factory.mktemp("bad-input")) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _members(c: Cluster) -> list[str]:

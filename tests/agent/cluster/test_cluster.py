@@ -24,6 +24,7 @@ from harness import (
     RAFT_PORT,
     Cluster,
     agent_command,
+    founded_cluster,
     holds_for,
     run_cli,
     write_secret,
@@ -329,13 +330,8 @@ def test_agent_with_the_wrong_key_is_refused(make_cluster: MakeCluster) -> None:
 
 @pytest.fixture(scope="module")
 def api_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path_factory.mktemp("api"))
-    try:
-        cluster.add_many(3, bootstrap_expect=3)
-        cluster.wait_agreed()
+    with founded_cluster(tmp_path_factory.mktemp("api")) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 def _error(payload: Any) -> str:
