@@ -35,9 +35,10 @@ from .api import start_api
 from .codec import MAX_TERM, MAX_TERM_JUMP, CodecError, decode_message, encode_message
 from .config import AgentConfig
 from .ids import MEMBER_ID_RULE, member_id_error, shown, valid_member_id
+from .keys import DRAINED_PREFIX, REGISTERED_KEY
+from .keys import OVERRIDE_PREFIX as OVERRIDE_PREFIX  # tests read it here
 from .metrics import HostMetrics, MetricsSource, Sampler
 from .node.bootstrap import Bootstrap
-from .node.chores import OVERRIDE_PREFIX as OVERRIDE_PREFIX  # tests read it here
 from .node.chores import REPORT_INTERVAL, LeaderChores
 from .node.errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
 from .node.frames import (
@@ -1231,10 +1232,10 @@ class Agent:
         if not m.get("draining"):
             await self._propose_cmd(encode_command("member_drain", id=mid, draining=True))
         timeout = self.cfg.drain_timeout_s if drain_timeout is None else drain_timeout
-        if timeout > 0 and self.state.kv_get("balancer/registered") is not None:
+        if timeout > 0 and self.state.kv_get(REGISTERED_KEY) is not None:
             deadline = time.monotonic() + timeout
             while (
-                time.monotonic() < deadline and self.state.kv_get(f"balancer/drained/{mid}") is None
+                time.monotonic() < deadline and self.state.kv_get(f"{DRAINED_PREFIX}{mid}") is None
             ):
                 await self.wait_index(self.state.index, min(1.0, deadline - time.monotonic()))
         res = await self._propose_conf(ConfChange(ConfChangeType.REMOVE, mid))

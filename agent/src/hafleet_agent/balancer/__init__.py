@@ -1,7 +1,8 @@
 """The balancer: keeps an HAProxy backend in step with the group (``hafleet-agent balancer``).
 
 - :mod:`.syncer`: the syncer loop (:class:`~.syncer.Balancer`, :class:`~.syncer.Options`,
-  :func:`~.syncer.run_balancer`) and its KV protocol with the agents;
+  :func:`~.syncer.run_balancer`);
+- :mod:`.reports`: its side of the KV protocol with the agents (the keys: :mod:`..keys`);
 - :mod:`.plan`: what the group wants and the commands that take HAProxy there (pure);
 - :mod:`.runtime_api`: HAProxy's Runtime API over the admin socket, and its answers;
 - :mod:`.haproxy_config`: the HAProxy configuration and the server state file;
@@ -12,12 +13,7 @@ docs/balancer.md is the long version.
 
 from __future__ import annotations
 
-from .syncer import (
-    DRAINED_PREFIX,
-    REGISTERED_KEY,
-    BalancerError,
-    Options,
-    run_balancer,
-)
+from ..keys import DRAINED_PREFIX, REGISTERED_KEY
+from .syncer import BalancerError, Options, run_balancer
 
 __all__ = ["DRAINED_PREFIX", "REGISTERED_KEY", "BalancerError", "Options", "run_balancer"]

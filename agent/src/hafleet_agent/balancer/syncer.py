@@ -23,7 +23,8 @@ it (:func:`.plan.server_id`). Every command applied is logged; a command HAProxy
 round, the log says what was applied and what was not, and the next round (after a backoff)
 starts again from HAProxy's state.
 
-The pure parts are in :mod:`.plan`, the socket client in :mod:`.runtime_api`.
+The pure parts are in :mod:`.plan`, the socket client in :mod:`.runtime_api`, the KV reports
+to the agents in :mod:`.reports`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import stat
 import threading
 import time
@@ -50,13 +50,11 @@ from .haproxy_config import (
     parse_servers_state,
     write_atomic,
 )
-from .plan import Action, Plan, Want, desired, plan
+from .plan import Action, Plan, desired, plan
+from .reports import DrainReports
 from .runtime_api import HAProxyRefused, HAProxyUnavailable, NoSuchBackend, RuntimeAPI
 
 log = logging.getLogger("hafleet.balancer")
-
-REGISTERED_KEY = "balancer/registered"
-DRAINED_PREFIX = "balancer/drained/"
 
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_INTERVAL = 1.0
@@ -171,10 +169,13 @@ class Balancer:
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
         self.drain_started: dict[str, float] = {}
-        self.reported: dict[str, bool] = {}  # member id -> reported drained (timed out?)
-        self.checked_stale_key: set[str] = set()
-        self.to_forget: set[str] = set()
-        self.registered = False
+        self.reports = DrainReports(
+            self.write,
+            self.get_stale,
+            backend=opts.backend,
+            strategy=opts.strategy,
+            drain_timeout=opts.drain_timeout,
+        )
         self.haproxy_pid: str | None = None
         self.haproxy_down_since: float | None = None
         self.rounds = 0
@@ -418,7 +419,7 @@ class Balancer:
             for w in p.waiting:
                 log.info("in progress: %s", w)
             self._last_waiting = p.waiting
-        await self._report(view, wants, p, applied)
+        await self.reports.report(view, wants, p)
         if (applied or restarted) and self.opts.state_file:
             await self._save_state()
         if not p.actions and not p.waiting:
@@ -458,7 +459,7 @@ class Balancer:
                 self.drain_started.setdefault(action.server, time.monotonic())
             if action.deletes:
                 self.drain_started.pop(action.server, None)
-                self.to_forget.add(action.server)
+                self.reports.forget(action.server)
         if failed:
             self._log_partial(p, applied, failed)
         return applied, failed
@@ -486,68 +487,6 @@ class Balancer:
             "; ".join(f"{a.command} -> {why!r}" for a, why in failed.values()),
             "; ".join(a.command for a in rest) or "nothing else",
         )
-
-    async def _report(
-        self, view: Mapping[str, Any], wants: Mapping[str, Want], p: Plan, applied: list[Action]
-    ) -> None:
-        """The KV side of the protocol with the agents (docs/balancer.md)."""
-        if not self.registered:
-            self.registered = await self.write(
-                REGISTERED_KEY,
-                {
-                    "backend": self.backend,
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "strategy": self.opts.strategy,
-                    "drain_timeout_s": self.opts.drain_timeout,
-                    "at": time.time(),
-                },
-            )
-            if self.registered:
-                log.info("registered: removals now wait for this balancer to drain")
-        members = {str(m["id"]): m for m in view.get("members") or [] if m.get("id")}
-        # Draining members HAProxy is done with; members with no server at all have nothing
-        # to drain.
-        done = dict(p.drained)
-        for mid, m in members.items():
-            if m.get("draining") and mid not in wants:
-                done.setdefault(mid, {"sessions": 0, "timed_out": False, "no_server": True})
-        for mid, detail in sorted(done.items()):
-            if mid in self.reported:
-                continue
-            value = {"backend": self.backend, "at": time.time(), **detail}
-            if await self.write(f"{DRAINED_PREFIX}{mid}", value):
-                self.reported[mid] = bool(detail.get("timed_out"))
-                log.info(
-                    "reported %s drained%s",
-                    mid,
-                    " (drain timeout passed)" if detail.get("timed_out") else "",
-                )
-        # Forget the reports of members that left (and whose server is gone) ...
-        for mid in list(self.reported):
-            if mid not in members:
-                self.to_forget.add(mid)
-                del self.reported[mid]
-        for mid in sorted(self.to_forget):
-            if mid in members:
-                self.to_forget.discard(mid)
-                continue
-            if await self.write(f"{DRAINED_PREFIX}{mid}", delete=True):
-                self.to_forget.discard(mid)
-        # ... and a stale report of a member that is in service (left once, came back with
-        # the same id): it would let its next removal skip the drain.
-        for mid, m in members.items():
-            if m.get("draining"):
-                self.checked_stale_key.discard(mid)
-                continue
-            self.reported.pop(mid, None)
-            if mid in self.checked_stale_key:
-                continue
-            if await self.get_stale(f"{DRAINED_PREFIX}{mid}") is not None:
-                if not await self.write(f"{DRAINED_PREFIX}{mid}", delete=True):
-                    continue
-                log.info("deleted a stale drained report of %s (in service)", mid)
-            self.checked_stale_key.add(mid)
 
     async def _save_state(self) -> None:
         assert self.opts.state_file

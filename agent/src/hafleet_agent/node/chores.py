@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import AgentConfig
+from ..keys import OVERRIDE_PREFIX
 from ..metrics import HostMetrics
 from ..raft.core import ProposalDropped
 from ..raft.quorum import has_majority
@@ -27,7 +28,6 @@ from .errors import AgentError
 log = logging.getLogger("hafleet.agent")
 
 REPORT_INTERVAL = 1.0
-OVERRIDE_PREFIX = "weights/override/"
 
 
 class LeaderChores:
