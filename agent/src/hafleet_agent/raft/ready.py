@@ -1,0 +1,123 @@
+"""The Ready contract, written once: what a driver does with each ready batch, and in which order.
+
+Every driver of a :class:`RawNode` -- the agent on asyncio, the simulator, the tests -- handles
+a ready batch the same way (etcd-io/raft's ``Ready`` contract, with persisting made strict):
+
+1. **persist** the snapshot, the entries and the hard state, durably, when there are any
+   (``rd.must_sync``). Nothing below happens before that returns: a vote granted, an append
+   acknowledged or a leadership announced must never outlive a crash that loses its reason.
+   A failing write raises; then nothing is sent or applied and the node is not advanced, so
+   the driver can stop (fail-stop) with the core in the state its disk says.
+2. **on_soft_state**: the role or leader changed (for logs and metrics; never persisted).
+3. **send** each message (in order).
+4. **restore** the snapshot into the state machine, then **apply** each committed entry (in
+   order; a configuration change is applied to the core by ``advance``).
+5. **on_read_state**: a linearizable read may be served once the applied index reaches its
+   index (:class:`PendingReads` keeps them until then).
+6. ``advance`` the node; then **after_advance** (serve the reads now due, compact the log).
+
+The side effects come in as callables (:class:`ReadyEffects`), so this module does no I/O of
+its own and the ordering lives here only. :func:`drain` handles batches until the node has no
+more; :func:`handle_ready` handles one batch that the caller took (to show it first, say).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .rawnode import RawNode, Ready
+from .types import Entry, Message, ReadState, Snapshot, SoftState
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyEffects:
+    """What a driver does with a ready batch; :func:`handle_ready` calls these in order."""
+
+    persist: Callable[[Ready], None]
+    """Make ``rd.snapshot``, ``rd.entries`` (replacing any persisted entry at or after the
+    first one's index) and ``rd.hard_state`` durable; called only when ``rd.must_sync``."""
+    send: Callable[[Message], None]
+    restore: Callable[[Snapshot], None]
+    """Replace the state machine with a snapshot from the leader (already persisted)."""
+    apply: Callable[[Entry], None]
+    on_soft_state: Callable[[SoftState], None] | None = None
+    on_read_state: Callable[[ReadState], None] | None = None
+    after_advance: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What handling ready batches did."""
+
+    batches: int = 0
+    snapshots: int = 0  # snapshots restored into the state machine
+    entries: int = 0  # committed entries applied
+    messages: int = 0  # messages handed to send
+
+    @property
+    def changed(self) -> bool:
+        """Whether the state machine moved (someone waiting on it may look again)."""
+        return bool(self.snapshots or self.entries)
+
+    def __add__(self, other: Handled) -> Handled:
+        return Handled(
+            self.batches + other.batches,
+            self.snapshots + other.snapshots,
+            self.entries + other.entries,
+            self.messages + other.messages,
+        )
+
+
+def handle_ready(node: RawNode, rd: Ready, fx: ReadyEffects) -> Handled:
+    """Handle ``rd``, which ``node.ready()`` just returned, and advance the node past it. An
+    exception from an effect propagates and leaves the node not advanced."""
+    if rd.must_sync:
+        fx.persist(rd)
+    if rd.soft_state is not None and fx.on_soft_state is not None:
+        fx.on_soft_state(rd.soft_state)
+    for m in rd.messages:
+        fx.send(m)
+    if rd.snapshot is not None:
+        fx.restore(rd.snapshot)
+    for e in rd.committed_entries:
+        fx.apply(e)
+    if fx.on_read_state is not None:
+        for rs in rd.read_states:
+            fx.on_read_state(rs)
+    node.advance(rd)
+    if fx.after_advance is not None:
+        fx.after_advance()
+    return Handled(1, int(rd.snapshot is not None), len(rd.committed_entries), len(rd.messages))
+
+
+def drain(node: RawNode, fx: ReadyEffects) -> Handled:
+    """Handle ready batches until the node has none left; returns what they held in all. Each
+    batch ends with an advance, so the loop ends once the inputs fed before it are handled
+    (the core hands out at most ``max_committed_per_ready`` committed entries a batch)."""
+    done = Handled()
+    while node.has_ready():
+        done += handle_ready(node, node.ready(), fx)
+    return done
+
+
+class PendingReads:
+    """Read states waiting for the state machine to reach their index, in arrival order."""
+
+    def __init__(self) -> None:
+        self._waiting: list[ReadState] = []
+
+    def add(self, rs: ReadState) -> None:
+        self._waiting.append(rs)
+
+    def due(self, applied: int) -> list[ReadState]:
+        """Take out, in order, every read whose index ``applied`` has reached."""
+        if not self._waiting:
+            return []
+        due = [rs for rs in self._waiting if rs.index <= applied]
+        if due:
+            self._waiting = [rs for rs in self._waiting if rs.index > applied]
+        return due
+
+    def __len__(self) -> int:
+        return len(self._waiting)
