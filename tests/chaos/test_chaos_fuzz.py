@@ -378,7 +378,7 @@ TOKEN = secrets.token_hex(32)
 
 
 class StubAgent:
-    """What api.py uses of an Agent: a leader with a real StateMachine, no Raft."""
+    """What server/api.py uses of an Agent: a leader with a real StateMachine, no Raft."""
 
     def __init__(self) -> None:
         self.cfg = SimpleNamespace(max_body_bytes=64 << 10, election_timeout_ms=300, quota_bytes=0)
@@ -441,7 +441,7 @@ class StubAgent:
 def api_server() -> Iterator[tuple[StubAgent, int]]:
     from aiohttp import web
 
-    from hafleet_agent.api import build_app
+    from hafleet_agent.server import build_app
 
     lt = LoopThread()
     agent = StubAgent()

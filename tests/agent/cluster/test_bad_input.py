@@ -314,7 +314,7 @@ def test_limits_are_reported_in_metrics(cluster: Cluster) -> None:
 
 
 def test_the_refusal_is_well_formed() -> None:
-    from hafleet_agent.api import _REFUSAL
+    from hafleet_agent.server.conn import _REFUSAL
 
     head, _, body = _REFUSAL.partition(b"\r\n\r\n")
     length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
@@ -324,7 +324,7 @@ def test_the_refusal_is_well_formed() -> None:
 def test_an_idle_connection_is_closed_after_the_keepalive_timeout(cluster: Cluster) -> None:
     """aiohttp's default keeps an idle connection for an hour; the agent closes it after
     KEEPALIVE_S (30 s), whether it sent a request or nothing at all."""
-    from hafleet_agent.api import KEEPALIVE_S
+    from hafleet_agent.server.conn import KEEPALIVE_S
 
     host = cluster.node(cluster.leader()).host
     with (
@@ -351,7 +351,7 @@ def test_a_bug_in_a_handler_is_one_log_line_and_a_json_500(
 
     from aiohttp.test_utils import TestClient, TestServer
 
-    from hafleet_agent.api import build_app
+    from hafleet_agent.server import build_app
 
     token = "t" * 40
     agent = SimpleNamespace(cfg=SimpleNamespace(max_body_bytes=1 << 20), token=token.encode())

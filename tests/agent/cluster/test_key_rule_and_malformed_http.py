@@ -6,7 +6,7 @@ Before: ``PUT /v1/kv/h/a/../other`` stored ``h/a/../other`` through the leader a
 a request line over 8190 bytes, a ``\\xff`` in a path or bytes that are not HTTP logged an
 ERROR with a ten-line traceback on ``aiohttp.server``, per request, from anyone.
 
-In-process: the API of ``api.py`` over stub agents (no Raft); the real group is in
+In-process: the API of ``server/api.py`` over stub agents (no Raft); the real group is in
 tests/chaos/test_hostile.py (``dot_dot_keys``, ``malformed_http_requests``).
 """
 
@@ -25,9 +25,10 @@ from harness import API_PORT, lease_subnet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hafleet_agent.api import KEY_RULE, build_app, key_segment_error, start_api
 from hafleet_agent.balancer import DRAINED_PREFIX, REGISTERED_KEY
 from hafleet_agent.ids import MEMBER_ID_PATTERN
+from hafleet_agent.server import build_app, start_api
+from hafleet_agent.server.api import KEY_RULE, key_segment_error
 from hafleet_agent.state import StateMachine, encode_command, validate_key
 from hafleet_agent.throttle import WarnThrottle
 
@@ -73,7 +74,7 @@ def test_the_override_prefix_is_the_agents() -> None:
 
 
 class Stub:
-    """What api.py uses of an Agent for the KV routes: a real StateMachine, no Raft."""
+    """What server/api.py uses of an Agent for the KV routes: a real StateMachine, no Raft."""
 
     def __init__(self, *, leader_api: str | None = None, bind: str = "127.0.0.1") -> None:
         self.cfg = SimpleNamespace(

@@ -1,0 +1,414 @@
+"""The agent's HTTP API (aiohttp): the routes, and the listener that serves them.
+
+The routes, bodies and status codes are the contract of ``shared/DESIGN.md``; docs/api.md
+describes each one. Every route but ``/v1/health`` needs ``Authorization: Bearer <token>``
+(compared in constant time). Writes that reach a follower are forwarded to the leader.
+Errors are JSON ``{"error": "<what went wrong>", ...}``.
+
+No client input makes a handler answer 500 or print a traceback: an Authorization header that
+is not text is 401, a body that is not UTF-8 JSON, or nests deeper than MAX_JSON_DEPTH, is 400,
+one over ``max_body_bytes`` 413, an id outside the member id grammar (:mod:`.ids`) 400 before
+anything is proposed, a KV key outside :data:`KEY_RULE` (a ``.``, ``..`` or empty segment) 400
+on every member before anything is forwarded. What still escapes a handler is a bug: one log
+line, a JSON 500. A request aiohttp's parser refuses (it never reaches a handler) is a JSON
+400 too, and at most one log line per source address per MALFORMED_LOG_INTERVAL_S.
+
+The handlers see the node only through :class:`~hafleet_agent.node.verbs.NodeVerbs` and the
+errors of ``node/errors.py``. Beside them: ``forward.py`` takes a write that reached a
+follower to the leader, ``prom.py`` answers ``/metrics``, ``conn.py`` is the listener (the
+connection cap, keep-alive, requests aiohttp's parser refuses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from ..ids import member_id_error, shown
+from ..node.errors import AgentError, BadRequest, NotFound, StateErrorResult
+from ..state import (
+    MAX_KEY_BYTES,
+    StateError,
+    encode_command,
+    json_depth_exceeds,
+    validate_cas,
+    validate_key,
+    validate_value,
+)
+from ..throttle import WarnThrottle
+from .conn import KEEPALIVE_S, CappedSite, RequestHandler, connection_limit
+from .forward import Forwarder
+from .prom import ApiCounters, exposition
+
+if TYPE_CHECKING:
+    from ..node.verbs import NodeVerbs
+
+log = logging.getLogger("hafleet.api")
+
+MAX_WAIT_S = 300.0
+#: The deepest nesting of arrays and objects a request body may have.
+MAX_JSON_DEPTH = 64
+#: A request aiohttp's parser refuses costs at most one log line per source per this long.
+MALFORMED_LOG_INTERVAL_S = 10.0
+KEY_RULE = (
+    f"a key is 1-{MAX_KEY_BYTES} bytes of UTF-8 without control characters, segments "
+    "separated by '/', none of them empty, '.' or '..'"
+)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``500ms``, ``2m`` or plain seconds."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise BadRequest(f"bad duration {text!r}: use e.g. 30s, 500ms, 2m")
+    value = float(m.group(1))
+    unit = m.group(2) or "s"
+    return value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise BadRequest(f"{name} must be >= 0")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON: 400 when it is not UTF-8 JSON or nests deeper than
+    MAX_JSON_DEPTH (the parser's own recursion limit included)."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    if json_depth_exceeds(value, MAX_JSON_DEPTH):
+        raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def key_segment_error(key: str) -> str | None:
+    """None when no '/'-separated segment of ``key`` is empty, ``.`` or ``..``; else why,
+    with :data:`KEY_RULE`. Such a key would name another key, or another route, for any
+    client, proxy or forwarder on the way that normalizes the path (``a/../b`` is ``b``,
+    ``a//b`` is ``a/b`` behind nginx), so the API refuses it."""
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            what = "an empty segment" if not segment else f"a {segment!r} segment"
+            return f"key {shown(key, 120)} has {what}: {KEY_RULE}"
+    return None
+
+
+def _check_id(value: object, what: str) -> str:
+    """A member id from a request: 400 saying the rule when it is not one."""
+    error = member_id_error(value, what)
+    if error is not None:
+        raise BadRequest(error)
+    assert isinstance(value, str)
+    return value
+
+
+async def _json_body(request: web.Request, allowed: set[str], required: set[str]) -> dict:
+    if not request.can_read_body:
+        raise BadRequest("a JSON body is required")
+    body = parse_json(await request.read())  # over client_max_size: 413
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; allowed: {sorted(allowed)}")
+    missing = sorted(required - set(body))
+    if missing:
+        raise BadRequest(f"missing field(s): {', '.join(missing)}")
+    return body
+
+
+class Api:
+    def __init__(self, agent: NodeVerbs) -> None:
+        self.agent = agent
+        self.forwarder = Forwarder(agent)
+        self.counters = ApiCounters()  # its cap set by start_api
+        self.malformed_log = WarnThrottle(log, MALFORMED_LOG_INTERVAL_S)
+
+    # ---- middleware --------------------------------------------------------------------------
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.counters.requests += 1
+        try:
+            if request.path != "/v1/health":
+                self._check_token(request)
+            return await handler(request)
+        except StateErrorResult as exc:
+            body = dict(exc.body)
+            code = body.pop("error", None)
+            message = body.pop("message", exc.message)
+            body.pop("status", None)
+            return self.counters.count(_error(exc.status, str(message), code=code, **body))
+        except AgentError as exc:
+            return self.counters.count(_error(exc.status, exc.message, **exc.extra))
+        except StateError as exc:
+            return self.counters.count(_error(exc.status, exc.message, code=exc.code, **exc.extra))
+        except web.HTTPRequestEntityTooLarge as exc:
+            return self.counters.count(_error(413, f"body too large: {exc.text or ''}".strip()))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return self.counters.count(_error(exc.status, exc.reason))
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise  # the client went away (or the agent stops): nobody to answer
+        except Exception as exc:
+            # A bug, never bad input (that is a 4xx above): one line, no traceback for the
+            # client; the traceback at debug level for whoever chases the bug.
+            log.error(
+                "internal error in %s %s: %s: %s",
+                request.method,
+                shown(request.path, 200),
+                type(exc).__name__,
+                shown(str(exc), 200),
+            )
+            log.debug("internal error", exc_info=exc)
+            return self.counters.count(_error(500, f"internal error ({type(exc).__name__})"))
+
+    def malformed(
+        self, request: web.BaseRequest, status: int, exc: HttpProcessingError
+    ) -> web.Response:
+        """The answer to a request aiohttp's parser refused (a request line or header over
+        8190 bytes, a byte a path may not hold, no HTTP at all): a JSON 400, and at most one
+        warning line per source per MALFORMED_LOG_INTERVAL_S, never a traceback (anyone
+        can send these, with no token)."""
+        self.counters.requests += 1
+        source = request.remote or "an unknown address"
+        what = " ".join(str(exc.message).split())  # aiohttp's own text, over several lines
+        self.malformed_log.warn(
+            source,
+            "API: malformed HTTP request from %s, answered %d: %s: %s",
+            source,
+            status,
+            type(exc).__name__,
+            shown(what, 160),
+        )
+        return self.counters.count(_error(status, f"malformed HTTP request: {what[:200]}"))
+
+    def _check_token(self, request: web.Request) -> None:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise AgentError("missing API token (Authorization: Bearer <token>)", status=401)
+        try:
+            # aiohttp hands header bytes that are not UTF-8 over as surrogate escapes
+            presented = given.strip().encode("utf-8")
+        except UnicodeEncodeError:
+            raise AgentError("wrong API token (not UTF-8 text)", status=401) from None
+        if not hmac.compare_digest(presented, self.agent.token):
+            raise AgentError("wrong API token", status=401)
+
+    # ---- routes ----------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.agent.status())
+
+    async def members(self, request: web.Request) -> web.Response:
+        return web.json_response(self.agent.members_view())
+
+    async def add_member(self, request: web.Request) -> web.Response:
+        body = await _json_body(
+            request,
+            {"id", "raft_addr", "api_addr", "service_addr"},
+            {"id", "raft_addr", "api_addr"},
+        )
+        _check_id(body["id"], "id")
+        for f in ("raft_addr", "api_addr"):
+            if not isinstance(body[f], str) or not body[f]:
+                raise BadRequest(f"{f} must be a non-empty string")
+        sa = body.get("service_addr")
+        if sa is not None and not isinstance(sa, str):
+            raise BadRequest("service_addr must be a string or null")
+        if not self.agent.is_leader():
+            return await self.forwarder.forward(request, json.dumps(body).encode())
+        return web.json_response(
+            await self.agent.add_member(body["id"], body["raft_addr"], body["api_addr"], sa)
+        )
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        agent = self.agent
+        mid = request.match_info["id"]
+        if not agent.in_config(mid):  # an id an older version let in can still be removed
+            _check_id(mid, "member id")
+        drain = request.query.get("drain_timeout")
+        drain_s = parse_duration(drain) if drain is not None else None
+        if agent.state.member(mid) is None and not agent.in_config(mid):
+            raise NotFound(f"no member {shown(mid)}")
+        if agent.is_leader() and mid == agent.id:
+            # The leader hands over first; the new leader does the removal.
+            await agent.hand_over_to_remove_self()
+            if not agent.is_leader():
+                return await self.forwarder.forward(request, b"", handed_over=True)
+        if not agent.is_leader():
+            return await self.forwarder.forward(request, b"")
+        return web.json_response(await agent.remove_member(mid, drain_s))
+
+    async def transfer(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, {"to"}, set()) if request.can_read_body else {}
+        to = body.get("to")
+        if to is not None:
+            _check_id(to, "to")
+        if not self.agent.is_leader():
+            return await self.forwarder.forward(request, json.dumps(body).encode())
+        new = await self.agent.hand_over(to, timeout=self.agent.write_timeout())
+        if new is None:
+            raise AgentError("there is no other voter to hand leadership to", status=409)
+        return web.json_response({"leader_id": new})
+
+    async def weights(self, request: web.Request) -> web.Response:
+        return web.json_response(self.agent.state.weights())
+
+    async def watch(self, request: web.Request) -> web.Response:
+        index = _int_param(request, "index") or 0
+        wait = parse_duration(request.query.get("wait", "30s"))
+        if wait > MAX_WAIT_S:
+            raise BadRequest(f"wait is at most {MAX_WAIT_S:.0f}s")
+        now = await self.agent.wait_index(index, wait)
+        return web.json_response(
+            {
+                "index": now,
+                "changed": now > index,
+                "leader_id": self.agent.leader_id(),
+                "members": self.agent.members_view(),
+                "weights": self.agent.state.weights(),
+            }
+        )
+
+    def _key(self, request: web.Request, *, stored_ok: bool = False) -> str:
+        """The key of a ``/v1/kv/{key}`` route (decoded), checked against :data:`KEY_RULE`
+        by every member before anything is forwarded or proposed. ``stored_ok``: a key that
+        breaks the segment rule but is in the store (written by an older version) can still
+        be read and deleted."""
+        try:
+            key = validate_key(request.match_info["key"])
+        except StateError as exc:
+            raise BadRequest(exc.message) from None
+        error = key_segment_error(key)
+        if error is not None and not (stored_ok and self.agent.state.kv_get(key) is not None):
+            raise BadRequest(error)
+        return key
+
+    async def kv_get(self, request: web.Request) -> web.Response:
+        key = self._key(request, stored_ok=True)
+        if request.query.get("stale") in (None, "0", "false"):
+            await self.agent.read_barrier()
+        item = self.agent.state.kv_get(key)
+        if item is None:
+            raise NotFound(f"no key {key!r}")
+        return web.json_response(item)
+
+    async def kv_list(self, request: web.Request) -> web.Response:
+        """``GET /v1/kv?prefix=P``: the keys under a prefix, with values (linearizable unless
+        ``stale=1``)."""
+        prefix = request.query.get("prefix", "")
+        if request.query.get("stale") in (None, "0", "false"):
+            await self.agent.read_barrier()
+        state = self.agent.state
+        items = [state.kv_get(k) for k in state.kv_keys(prefix)]
+        return web.json_response({"prefix": prefix, "items": [i for i in items if i]})
+
+    async def kv_put(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        cas = _int_param(request, "cas")
+        body = await _json_body(request, {"value"}, {"value"})
+        validate_cas(cas)
+        validate_value(body["value"])
+        if not self.agent.is_leader():
+            return await self.forwarder.forward(request, json.dumps(body).encode())
+        # The leader's check is the one that counts (a follower's copy may lag): 413 before
+        # anything is proposed when the write would grow the state past quota_bytes.
+        self.agent.state.check_quota(self.agent.cfg.quota_bytes, key, body["value"])
+        return web.json_response(
+            await self.agent.write(encode_command("kv_put", key=key, value=body["value"], cas=cas))
+        )
+
+    async def kv_del(self, request: web.Request) -> web.Response:
+        key = self._key(request, stored_ok=True)
+        cas = _int_param(request, "cas")
+        if not self.agent.is_leader():
+            return await self.forwarder.forward(request, b"")
+        return web.json_response(await self.agent.write(encode_command("kv_del", key=key, cas=cas)))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return exposition(self.agent, self.counters)
+
+
+#: The routes (docs/api.md), in the order they are added: method, path, the Api handler.
+ROUTES = """
+GET     /v1/health               health
+GET     /v1/status               status
+GET     /v1/members              members
+POST    /v1/members              add_member
+DELETE  /v1/members/{id}         remove_member
+POST    /v1/leadership/transfer  transfer
+GET     /v1/weights              weights
+GET     /v1/watch                watch
+GET     /v1/kv                   kv_list
+GET     /v1/kv/{key:.+}          kv_get
+PUT     /v1/kv/{key:.+}          kv_put
+DELETE  /v1/kv/{key:.+}          kv_del
+GET     /metrics                 metrics
+"""
+
+
+def build_app(agent: NodeVerbs) -> tuple[web.Application, Api]:
+    api = Api(agent)
+    app = web.Application(middlewares=[api.middleware], client_max_size=agent.cfg.max_body_bytes)
+    router = app.router
+    add = {"GET": router.add_get, "POST": router.add_post, "PUT": router.add_put}
+    add["DELETE"] = router.add_delete  # add_get adds HEAD as well, as it always did
+    for line in ROUTES.strip().splitlines():
+        method, path, handler = line.split()
+        add[method](path, getattr(api, handler))
+
+    async def close_session(app: web.Application) -> None:
+        await api.forwarder.close()
+
+    app.on_cleanup.append(close_session)
+    return app, api
+
+
+async def start_api(agent: NodeVerbs) -> web.AppRunner:
+    app, api = build_app(agent)
+    handler_args: dict[str, Any] = {"access_log": None, "keepalive_timeout": KEEPALIVE_S}
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, **handler_args)
+    await runner.setup()
+    server, loop = runner.server, asyncio.get_running_loop()
+    assert server is not None
+
+    def protocol() -> RequestHandler:
+        return RequestHandler(server, malformed=api.malformed, loop=loop, **handler_args)
+
+    site = CappedSite(runner, agent.cfg.bind, agent.cfg.api_port, connection_limit(), protocol)
+    await site.start()
+    api.counters.cap = site.cap
+    return runner
