@@ -166,8 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     _add_run(commands)
-    _add_status(commands)
-    _add_members(commands)
+    _add_views(commands)
     _add_leave(commands)
     _add_kv(commands)
     _add_balancer(commands)
@@ -295,21 +294,15 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_status(commands: argparse._SubParsersAction) -> None:
-    status = _command(
-        commands,
-        "status",
-        "show the cluster: node, role, term, leader, cpu, mem, load, weight",
-        _client,
-    )
-    _add_client_options(status)
-    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _add_members(commands: argparse._SubParsersAction) -> None:
-    members = _command(commands, "members", "list the members of the group", _client)
-    _add_client_options(members)
-    members.add_argument("--json", action="store_true", help="print JSON instead of a table")
+def _add_views(commands: argparse._SubParsersAction) -> None:
+    """``status`` and ``members``: a table, or JSON with ``--json``."""
+    for name, help_text in (
+        ("status", "show the cluster: node, role, term, leader, cpu, mem, load, weight"),
+        ("members", "list the members of the group"),
+    ):
+        view = _command(commands, name, help_text, _client)
+        _add_client_options(view)
+        view.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _add_leave(commands: argparse._SubParsersAction) -> None:
