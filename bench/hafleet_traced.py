@@ -25,7 +25,8 @@ import time
 
 from hafleet_agent import agent as agent_mod
 from hafleet_agent import cli
-from hafleet_agent.raft import rawnode, storage
+from hafleet_agent import wal as storage
+from hafleet_agent.raft import rawnode
 from hafleet_agent.raft.types import MessageType as MT
 
 VOTE = {MT.PRE_VOTE, MT.PRE_VOTE_RESP, MT.VOTE, MT.VOTE_RESP}

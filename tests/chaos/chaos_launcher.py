@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     trigger = argv[1]
 
     from hafleet_agent import cli
-    from hafleet_agent.raft import storage
+    from hafleet_agent import wal as storage
 
     def fsync(fd: int) -> None:
         if os.path.exists(trigger):

@@ -53,7 +53,6 @@ from .raft.core import Config as RaftConfig
 from .raft.core import ProposalDropped
 from .raft.rawnode import RawNode
 from .raft.status import BasicStatus
-from .raft.storage import RECEIVED_SUFFIX, DiskStorage, StorageError
 from .raft.types import (
     ConfChange,
     ConfChangeType,
@@ -74,6 +73,7 @@ from .state import (
     member_context,
 )
 from .transport import PeerInfo, Transport
+from .wal import RECEIVED_SUFFIX, DiskStorage, StorageError
 
 log = logging.getLogger("hafleet.agent")
 

@@ -14,7 +14,7 @@ import signal
 
 from .agent import FAIL_STOP_S, Agent, exit_later
 from .config import AgentConfig, read_secret
-from .raft.storage import StorageError
+from .wal import StorageError
 
 log = logging.getLogger("hafleet.agent")
 

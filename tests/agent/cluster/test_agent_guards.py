@@ -25,10 +25,10 @@ import hafleet_agent.agent as agent_mod
 from hafleet_agent.agent import MAX_PEERS, Agent
 from hafleet_agent.codec import encode_message
 from hafleet_agent.config import AgentConfig
-from hafleet_agent.raft.storage import StorageError
 from hafleet_agent.raft.types import Entry, Message, MessageType
 from hafleet_agent.state import encode_command
 from hafleet_agent.transport import PeerInfo
+from hafleet_agent.wal import StorageError
 
 KEY = b"k" * 32
 WAIT = 20.0  # bound on every wait; generous for a busy machine

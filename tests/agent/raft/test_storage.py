@@ -17,15 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hafleet_agent.raft import storage as storage_module
-from hafleet_agent.raft.storage import (
-    LOG_FILE,
-    MAX_RECORD_BYTES,
-    SNAPSHOT_FILE,
-    CorruptSnapshotError,
-    DiskStorage,
-    StorageError,
-)
+from hafleet_agent import wal as storage_module
 from hafleet_agent.raft.types import (
     EMPTY_HARD_STATE,
     ConfState,
@@ -34,6 +26,14 @@ from hafleet_agent.raft.types import (
     HardState,
     Snapshot,
     SnapshotMeta,
+)
+from hafleet_agent.wal import (
+    LOG_FILE,
+    MAX_RECORD_BYTES,
+    SNAPSHOT_FILE,
+    CorruptSnapshotError,
+    DiskStorage,
+    StorageError,
 )
 
 LOG_HEADER_BYTES = 12
@@ -601,7 +601,7 @@ def test_random_histories_match_the_model(data: st.DataObject) -> None:
 CHILD = textwrap.dedent(
     """
     import sys
-    from hafleet_agent.raft.storage import DiskStorage
+    from hafleet_agent.wal import DiskStorage
     from hafleet_agent.raft.types import Entry, HardState
 
     def payload(i):
@@ -620,7 +620,7 @@ CHILD = textwrap.dedent(
 
 
 def test_acknowledged_entries_survive_sigkill(tmp_path: Path) -> None:
-    src = Path(storage_module.__file__).resolve().parents[2]
+    src = Path(storage_module.__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(src)}
     d = tmp_path / "node"
     acked = 0

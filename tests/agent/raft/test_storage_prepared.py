@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hafleet_agent.raft.storage import (
+from hafleet_agent.raft.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from hafleet_agent.wal import (
     LOG_FILE,
     PREPARED_SUFFIX,
     RECEIVED_SUFFIX,
@@ -20,7 +21,6 @@ from hafleet_agent.raft.storage import (
     DiskStorage,
     StorageError,
 )
-from hafleet_agent.raft.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
 
 
 def ent(index: int, term: int = 1) -> Entry:

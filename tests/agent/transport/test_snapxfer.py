@@ -19,7 +19,6 @@ import msgpack
 import pytest
 
 from hafleet_agent.codec import MAX_INDEX, MAX_TERM, encode_message
-from hafleet_agent.raft.storage import RECEIVED_SUFFIX, SNAPSHOT_FILE, DiskStorage
 from hafleet_agent.raft.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
 from hafleet_agent.snapxfer import (
     ACK_KIND,
@@ -29,6 +28,7 @@ from hafleet_agent.snapxfer import (
     SnapshotSender,
 )
 from hafleet_agent.transport import FRAME_OVERHEAD, PeerInfo, Transport
+from hafleet_agent.wal import RECEIVED_SUFFIX, SNAPSHOT_FILE, DiskStorage
 
 KEY = b"correct horse battery staple, 32+ bytes long"
 HOST = "127.0.0.1"

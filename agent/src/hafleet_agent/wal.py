@@ -1,4 +1,5 @@
-"""Durable storage of one Raft node: term/vote/commit, log entries and the latest snapshot.
+"""The write-ahead log of one Raft node: term/vote/commit, log entries and the latest
+snapshot, durable in one data directory (``DiskStorage``).
 
 The core hands the driver what to persist (``Ready.hard_state``, ``Ready.entries``,
 ``Ready.snapshot``); the driver calls :meth:`DiskStorage.save` /
@@ -6,8 +7,8 @@ The core hands the driver what to persist (``Ready.hard_state``, ``Ready.entries
 sends messages or acknowledges anything. On start :meth:`DiskStorage.open` recovers what was
 made durable. Only the standard library is used. Not thread-safe: one driver owns it.
 
-On-disk format (version 1)
-==========================
+Data directory
+==============
 
 A data directory (created with mode 0700 when missing) holds::
 
@@ -16,42 +17,18 @@ A data directory (created with mode 0700 when missing) holds::
     LOCK           flock()ed while a DiskStorage has the directory open
     *.tmp          leftovers of an interrupted atomic replace; deleted on open
 
-All integers are little-endian. Files are created with mode 0600.
+Files are created with mode 0600. The byte formats (version 1) of ``raft.log`` and
+``snapshot.bin`` are specified in :mod:`hafleet_agent.walformat` and
+:mod:`hafleet_agent.snapfile`; this module does the file I/O.
 
-``raft.log`` starts with a 12-byte header, ``magic "HAFLRLOG" | version u32``, followed by
-records::
+Writing
+=======
 
-    length u32 | crc u32 | type u8 | payload (length bytes)
+Every :meth:`~DiskStorage.save` appends exactly one batch to ``raft.log`` with one
+``write()`` followed by one ``fsync()``.
 
-``crc`` is the CRC-32 (zlib) of the type byte followed by the payload; ``length`` is at most
-64 MiB, so a garbage length field is detected. Record types:
-
-=====  ==========  ============================================================================
-type   name        payload
-=====  ==========  ============================================================================
-1      HARD_STATE  term u64 | commit u64 | vote length u16 | vote utf-8 (length 0: no vote)
-2      ENTRY       term u64 | index u64 | entry type u8 | data (the rest of the payload)
-3      BATCH       nbytes u64: the records of this batch, which follow, take exactly nbytes
-=====  ==========  ============================================================================
-
-Every :meth:`~DiskStorage.save` appends exactly one *batch* with one ``write()`` followed
-by one ``fsync()``: a BATCH record, then one ENTRY record per entry, then a HARD_STATE
-record if the hard state changed. A batch is all-or-nothing on recovery. An ENTRY whose
-index is not past the last one supersedes: it replaces that index and drops everything
-after it (how a follower's conflicting tail is overwritten by a new leader). The last
-HARD_STATE wins. Entries are written before the hard state, so a commit index on disk
-never points past the entries of its own batch.
-
-``snapshot.bin``::
-
-    magic "HAFLSNAP" | version u32 | crc u32 (CRC-32 of body) | body length u64 | body
-    body: index u64 | term u64
-          | voter count u32 | per voter: length u16, utf-8
-          | learner count u32 | per learner: length u16, utf-8
-          | data length u64 | data
-
-It is replaced atomically: written to ``snapshot.bin.tmp``, fsync'd, renamed over
-``snapshot.bin``, then the directory is fsync'd. Afterwards the log is compacted the same
+``snapshot.bin`` is replaced atomically: written to ``snapshot.bin.tmp``, fsync'd, renamed
+over ``snapshot.bin``, then the directory is fsync'd. Afterwards the log is compacted the same
 way (``raft.log.tmp`` holding one batch with the entries after the snapshot and the latest
 hard state, fsync, rename, fsync of the directory). Entries after the snapshot are kept only
 if the log holds the snapshot's own index with the snapshot's term (a snapshot taken
@@ -110,29 +87,29 @@ import contextlib
 import fcntl
 import logging
 import os
-import struct
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from types import TracebackType
 from typing import NoReturn
 
-from .types import (
-    EMPTY_HARD_STATE,
-    ConfState,
-    Entry,
-    EntryType,
-    HardState,
-    Snapshot,
-    SnapshotMeta,
+from .raft.types import EMPTY_HARD_STATE, Entry, HardState, Snapshot, SnapshotMeta
+from .snapfile import CorruptSnapshotError, decode_snapshot, encode_snapshot
+from .walformat import (
+    FORMAT_VERSION,
+    MAX_RECORD_BYTES,
+    StorageError,
+    encode_batch,
+    encode_log,
+    scan_log,
 )
 
 __all__ = [
     "FORMAT_VERSION",
     "LOG_FILE",
     "MAX_RECORD_BYTES",
+    "PREPARED_SUFFIX",
+    "RECEIVED_SUFFIX",
     "SNAPSHOT_FILE",
     "CorruptSnapshotError",
     "DiskStorage",
@@ -140,6 +117,8 @@ __all__ = [
     "StorageError",
 ]
 
+# The logger kept its name from when this module was raft/storage.py (log filters and alerts
+# that match it keep working).
 logger = logging.getLogger("hafleet.raft.storage")
 
 LOG_FILE = "raft.log"
@@ -151,38 +130,7 @@ PREPARED_SUFFIX = ".next"
 RECEIVED_SUFFIX = ".received"
 """The same for a snapshot received from the leader (a compaction may run meanwhile)."""
 
-LOG_MAGIC = b"HAFLRLOG"
-SNAP_MAGIC = b"HAFLSNAP"
-FORMAT_VERSION = 1
-MAX_RECORD_BYTES = 64 * 1024 * 1024
-
-REC_HARD_STATE = 1
-REC_ENTRY = 2
-REC_BATCH = 3
-
-_U64_MAX = 2**64 - 1
-_LOG_HEADER = struct.Struct("<8sI")  # magic, version
-_REC_HEADER = struct.Struct("<IIB")  # payload length, crc32(type + payload), type
-_BATCH = struct.Struct("<Q")  # byte length of the batch's records after the BATCH record
-_HARD_STATE = struct.Struct("<QQH")  # term, commit, vote length (vote bytes follow)
-_ENTRY = struct.Struct("<QQB")  # term, index, entry type (data follows)
-_SNAP_HEADER = struct.Struct("<8sIIQ")  # magic, version, crc32(body), body length
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-_SNAP_META = struct.Struct("<QQ")  # index, term
-
-_BATCH_NEEDLE = _U32.pack(_BATCH.size)  # how a BATCH record starts: its length field
-
 FsyncFn = Callable[[int], None]
-
-
-class StorageError(Exception):
-    """Storage cannot be trusted or used; the message names the file concerned."""
-
-
-class CorruptSnapshotError(StorageError):
-    """The snapshot file exists but is damaged; it is refused, never silently ignored."""
 
 
 @dataclass
@@ -197,283 +145,6 @@ class RecoveryReport:
     """Why, e.g. ``"crc mismatch at offset 1234"`` or ``"torn record header ... at offset 9"``."""
     entries: int = 0
     """Entries recovered (after the snapshot)."""
-
-
-class _BadRecordError(Exception):
-    """A record that cannot be read: torn, too long, or with a bad CRC."""
-
-
-# ---- encoding ------------------------------------------------------------------------------
-
-
-def _record(rtype: int, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(bytes((rtype,))))
-    return _REC_HEADER.pack(len(payload), crc, rtype) + payload
-
-
-def _check_u64(what: str, value: int) -> None:
-    if not isinstance(value, int) or not 0 <= value <= _U64_MAX:
-        raise ValueError(f"{what} must be an integer in [0, 2**64), not {value!r}")
-
-
-def _encode_name(what: str, name: str) -> bytes:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{what} must be a non-empty string, not {name!r}")
-    raw = name.encode()
-    if len(raw) > 0xFFFF:
-        raise ValueError(f"{what} is too long ({len(raw)} bytes)")
-    return _U16.pack(len(raw)) + raw
-
-
-def _hard_state_record(hs: HardState) -> bytes:
-    _check_u64("hard state term", hs.term)
-    _check_u64("hard state commit", hs.commit)
-    vote = b"" if hs.vote is None else _encode_name("hard state vote", hs.vote)[2:]
-    return _record(REC_HARD_STATE, _HARD_STATE.pack(hs.term, hs.commit, len(vote)) + vote)
-
-
-def _entry_record(e: Entry) -> bytes:
-    _check_u64("entry term", e.term)
-    _check_u64("entry index", e.index)
-    etype = EntryType(e.type)  # ValueError for an unknown type
-    data = bytes(e.data)
-    if _ENTRY.size + len(data) > MAX_RECORD_BYTES:
-        raise ValueError(f"entry {e.index} is too large ({len(data)} bytes of data)")
-    return _record(REC_ENTRY, _ENTRY.pack(e.term, e.index, etype) + data)
-
-
-def _batch(records: Sequence[bytes]) -> bytes:
-    body = b"".join(records)
-    return _record(REC_BATCH, _BATCH.pack(len(body))) + body
-
-
-def _encode_snapshot(snap: Snapshot) -> bytes:
-    meta = snap.meta
-    _check_u64("snapshot index", meta.index)
-    _check_u64("snapshot term", meta.term)
-    parts = [_SNAP_META.pack(meta.index, meta.term)]
-    for what, names in (("voter", meta.conf_state.voters), ("learner", meta.conf_state.learners)):
-        parts.append(_U32.pack(len(names)))
-        parts.extend(_encode_name(f"snapshot {what}", n) for n in names)
-    data = bytes(snap.data)
-    parts.append(_U64.pack(len(data)))
-    parts.append(data)
-    body = b"".join(parts)
-    return _SNAP_HEADER.pack(SNAP_MAGIC, FORMAT_VERSION, zlib.crc32(body), len(body)) + body
-
-
-# ---- decoding ------------------------------------------------------------------------------
-
-
-def _read_record(data: memoryview, pos: int) -> tuple[int, memoryview, int]:
-    """Read the record at ``pos``: (type, payload, end offset); _BadRecordError if unreadable."""
-    size = len(data)
-    if pos + _REC_HEADER.size > size:
-        raise _BadRecordError(f"torn record header ({size - pos} of {_REC_HEADER.size} bytes)")
-    length, crc, rtype = _REC_HEADER.unpack_from(data, pos)
-    if length > MAX_RECORD_BYTES:
-        raise _BadRecordError(f"record length {length} over the {MAX_RECORD_BYTES}-byte limit")
-    start = pos + _REC_HEADER.size
-    end = start + length
-    if end > size:
-        raise _BadRecordError(f"record of {length} bytes runs past end of file")
-    payload = data[start:end]
-    if zlib.crc32(payload, zlib.crc32(bytes((rtype,)))) != crc:
-        raise _BadRecordError("crc mismatch")
-    return rtype, payload, end
-
-
-def _find_valid_batch(data: memoryview, raw: bytes, start: int) -> int | None:
-    """Offset of the first CRC-valid BATCH record at or after ``start``, if any."""
-    pos = raw.find(_BATCH_NEEDLE, start)
-    while pos != -1:
-        if pos + _REC_HEADER.size < len(raw) and raw[pos + 8] == REC_BATCH:
-            try:
-                _read_record(data, pos)
-            except _BadRecordError:
-                pass
-            else:
-                return pos
-        pos = raw.find(_BATCH_NEEDLE, pos + 1)
-    return None
-
-
-def _decode_hard_state(payload: memoryview) -> HardState:
-    if len(payload) < _HARD_STATE.size:
-        raise ValueError("hard state record too short")
-    term, commit, n = _HARD_STATE.unpack_from(payload)
-    if len(payload) != _HARD_STATE.size + n:
-        raise ValueError("hard state record has a wrong vote length")
-    vote = bytes(payload[_HARD_STATE.size :]).decode() if n else None
-    return HardState(term=term, vote=vote, commit=commit)
-
-
-def _decode_entry(payload: memoryview) -> Entry:
-    if len(payload) < _ENTRY.size:
-        raise ValueError("entry record too short")
-    term, index, etype = _ENTRY.unpack_from(payload)
-    return Entry(term, index, EntryType(etype), bytes(payload[_ENTRY.size :]))
-
-
-@dataclass
-class _LogScan:
-    hard_state: HardState
-    entries: list[Entry]
-    size: int  # bytes in the file
-    cut_at: int | None = None
-    reason: str | None = None
-
-
-def _scan_log(raw: bytes, path: Path) -> _LogScan:
-    """Parse a whole log file; see the module docstring for the recovery rules."""
-    if len(raw) < _LOG_HEADER.size or raw[: len(LOG_MAGIC)] != LOG_MAGIC:
-        raise StorageError(
-            f"{path}: not a hafleet raft log (bad magic {raw[: len(LOG_MAGIC)]!r}); "
-            "refusing to touch it"
-        )
-    _, version = _LOG_HEADER.unpack_from(raw)
-    if version != FORMAT_VERSION:
-        raise StorageError(
-            f"{path}: unsupported raft log format version {version} (this agent reads "
-            f"version {FORMAT_VERSION})"
-        )
-    data = memoryview(raw)
-    size = len(raw)
-    hard_state = EMPTY_HARD_STATE
-    entries: list[Entry] = []
-    pos = _LOG_HEADER.size
-    while pos < size:
-        batch_start = pos
-        try:
-            rtype, payload, pos = _read_record(data, pos)
-        except _BadRecordError as bad:
-            later = _find_valid_batch(data, raw, batch_start + 1)
-            if later is not None:
-                raise StorageError(
-                    f"{path}: {bad} at offset {batch_start}, yet a valid batch follows at "
-                    f"offset {later}: acknowledged data in the middle of the log is corrupt "
-                    "(disk corruption, not a torn write); refusing to start"
-                ) from None
-            return _LogScan(
-                hard_state, entries, size, batch_start, f"{bad} at offset {batch_start}"
-            )
-        if rtype != REC_BATCH or len(payload) != _BATCH.size:
-            raise StorageError(
-                f"{path}: expected a batch record at offset {batch_start}, found a record of "
-                f"type {rtype} and {len(payload)} bytes"
-            )
-        (nbytes,) = _BATCH.unpack(payload)
-        batch_end = pos + nbytes
-        new_entries: list[tuple[int, Entry]] = []
-        new_hs: HardState | None = None
-        while pos < batch_end:
-            try:
-                if pos == size:
-                    raise _BadRecordError(
-                        f"incomplete batch (file ends after {size - batch_start} of its "
-                        f"{batch_end - batch_start} bytes)"
-                    )
-                rtype, payload, nxt = _read_record(data, pos)
-            except _BadRecordError as bad:
-                if size > batch_end:
-                    raise StorageError(
-                        f"{path}: {bad} at offset {pos}, inside the batch at offset "
-                        f"{batch_start} which ends at {batch_end}, but the file goes on to "
-                        f"{size}: acknowledged data in the middle of the log is corrupt "
-                        "(disk corruption, not a torn write); refusing to start"
-                    ) from None
-                return _LogScan(hard_state, entries, size, batch_start, f"{bad} at offset {pos}")
-            if nxt > batch_end:
-                raise StorageError(
-                    f"{path}: record at offset {pos} crosses the end of its batch ({batch_end})"
-                )
-            try:
-                if rtype == REC_ENTRY:
-                    new_entries.append((pos, _decode_entry(payload)))
-                elif rtype == REC_HARD_STATE:
-                    new_hs = _decode_hard_state(payload)
-                else:
-                    raise ValueError(f"unknown record type {rtype}")
-            except ValueError as exc:  # includes UnicodeDecodeError
-                raise StorageError(f"{path}: bad record at offset {pos}: {exc}") from None
-            pos = nxt
-        # the whole batch is intact: apply it
-        for offset, e in new_entries:
-            if entries:
-                first, last = entries[0].index, entries[-1].index
-                if e.index > last + 1 or e.index < first:
-                    raise StorageError(
-                        f"{path}: entry {e.index} at offset {offset} does not fit the log "
-                        f"[{first}, {last}]"
-                    )
-                del entries[e.index - first :]
-            entries.append(e)
-        if new_hs is not None:
-            hard_state = new_hs
-    return _LogScan(hard_state, entries, size)
-
-
-class _SnapReader:
-    def __init__(self, body: bytes, path: Path) -> None:
-        self.body = body
-        self.pos = 0
-        self.path = path
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.body):
-            raise CorruptSnapshotError(f"{self.path}: malformed snapshot body (truncated field)")
-        out = self.body[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, st: struct.Struct) -> tuple[int, ...]:
-        return st.unpack(self.take(st.size))
-
-    def names(self) -> tuple[str, ...]:
-        (count,) = self.unpack(_U32)
-        out = []
-        for _ in range(count):
-            (n,) = self.unpack(_U16)
-            try:
-                out.append(self.take(n).decode())
-            except UnicodeDecodeError:
-                raise CorruptSnapshotError(
-                    f"{self.path}: malformed snapshot body (node id is not utf-8)"
-                ) from None
-        return tuple(out)
-
-
-def _decode_snapshot(raw: bytes, path: Path) -> Snapshot:
-    if len(raw) < _SNAP_HEADER.size:
-        raise CorruptSnapshotError(
-            f"{path}: snapshot file is truncated ({len(raw)} bytes, the header alone needs "
-            f"{_SNAP_HEADER.size})"
-        )
-    magic, version, crc, length = _SNAP_HEADER.unpack_from(raw)
-    if magic != SNAP_MAGIC:
-        raise CorruptSnapshotError(f"{path}: not a hafleet snapshot (bad magic {magic!r})")
-    if version != FORMAT_VERSION:
-        raise StorageError(
-            f"{path}: unsupported snapshot format version {version} (this agent reads "
-            f"version {FORMAT_VERSION})"
-        )
-    body = raw[_SNAP_HEADER.size :]
-    if len(body) != length:
-        raise CorruptSnapshotError(
-            f"{path}: snapshot file is truncated or has trailing garbage: the header says "
-            f"{length} body bytes, the file has {len(body)}"
-        )
-    if zlib.crc32(body) != crc:
-        raise CorruptSnapshotError(f"{path}: snapshot crc mismatch (the file is corrupt)")
-    r = _SnapReader(body, path)
-    index, term = r.unpack(_SNAP_META)
-    voters = r.names()
-    learners = r.names()
-    (n,) = r.unpack(_U64)
-    data = r.take(n)
-    if r.pos != len(body):
-        raise CorruptSnapshotError(f"{path}: malformed snapshot body (trailing bytes)")
-    return Snapshot(SnapshotMeta(index, term, ConfState(voters, learners)), data)
 
 
 def _trim_to_snapshot(entries: list[Entry], meta: SnapshotMeta) -> list[Entry]:
@@ -574,7 +245,7 @@ class DiskStorage:
                 logger.info("%s: removing the leftover of an interrupted write", tmp)
                 tmp.unlink()
         if self.snapshot_path.exists():
-            self.snapshot = _decode_snapshot(self._read(self.snapshot_path), self.snapshot_path)
+            self.snapshot = decode_snapshot(self._read(self.snapshot_path), self.snapshot_path)
         if not self.log_path.exists():
             if not self.snapshot.empty:
                 raise StorageError(
@@ -583,7 +254,7 @@ class DiskStorage:
                 )
             self._rewrite_log()
             return
-        scan = _scan_log(self._read(self.log_path), self.log_path)
+        scan = scan_log(self._read(self.log_path), self.log_path)
         try:
             self._log_fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
             self._log_size = scan.size
@@ -655,7 +326,6 @@ class DiskStorage:
         """
         self._check()
         entries = list(entries)
-        records: list[bytes] = []
         if entries:
             first = entries[0].index
             snap_index = self.snapshot.meta.index
@@ -668,14 +338,11 @@ class DiskStorage:
             for prev, e in pairwise(entries):
                 if e.index != prev.index + 1:
                     raise ValueError(f"entries are not contiguous: {prev.index} then {e.index}")
-            records.extend(_entry_record(e) for e in entries)
-        if hard_state is not None and hard_state != self.hard_state:
-            records.append(_hard_state_record(hard_state))
-        else:
+        if hard_state == self.hard_state:
             hard_state = None
-        if not records:
+        batch = encode_batch(entries, hard_state)
+        if not batch:
             return
-        batch = _batch(records)
         assert self._log_fd is not None
         try:
             _write_all(self._log_fd, batch)
@@ -698,17 +365,13 @@ class DiskStorage:
         self._check()
         if snap.meta.index <= self.snapshot.meta.index:
             return
-        content = _encode_snapshot(snap)
+        content = encode_snapshot(snap)
         tmp = self.path / (SNAPSHOT_FILE + TMP_SUFFIX)
         try:
             self._write_synced(tmp, content)
-            os.replace(tmp, self.snapshot_path)
-            self._sync_dir()
         except OSError as exc:
             self._fail(f"{self.snapshot_path}: cannot save the snapshot: {exc}", exc)
-        self.snapshot = snap
-        self.entries = list(_trim_to_snapshot(self.entries, snap.meta))
-        self._rewrite_log()
+        self._put_in_force(snap, tmp, "save")
 
     def prepare_snapshot(self, snap: Snapshot, suffix: str = PREPARED_SUFFIX) -> Path:
         """Write ``snap`` to a file of its own (``snapshot.bin.next``, or another
@@ -722,7 +385,7 @@ class DiskStorage:
         if suffix not in (PREPARED_SUFFIX, RECEIVED_SUFFIX):
             raise ValueError(f"unknown suffix {suffix!r}")
         self._check()
-        content = _encode_snapshot(snap)
+        content = encode_snapshot(snap)
         path = self.path / (SNAPSHOT_FILE + suffix)
         if suffix == RECEIVED_SUFFIX:
             path = path.with_name(f"{path.name}-{snap.meta.index}-{snap.meta.term}")
@@ -751,15 +414,20 @@ class DiskStorage:
         if snap.meta.index <= self.snapshot.meta.index:
             self.discard_prepared_snapshot(path)
             return False
+        self._put_in_force(snap, path, "install")
+        return True
+
+    def _put_in_force(self, snap: Snapshot, path: Path, verb: str) -> None:
+        """Rename the synced snapshot file ``path`` over ``snapshot.bin``, fsync the directory
+        and compact the log to the snapshot."""
         try:
             os.replace(path, self.snapshot_path)
             self._sync_dir()
         except OSError as exc:
-            self._fail(f"{self.snapshot_path}: cannot install the snapshot: {exc}", exc)
+            self._fail(f"{self.snapshot_path}: cannot {verb} the snapshot: {exc}", exc)
         self.snapshot = snap
         self.entries = list(_trim_to_snapshot(self.entries, snap.meta))
         self._rewrite_log()
-        return True
 
     def discard_prepared_snapshot(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -767,12 +435,7 @@ class DiskStorage:
 
     def _rewrite_log(self) -> None:
         """Atomically replace the log with one batch: :attr:`entries` + :attr:`hard_state`."""
-        records = [_entry_record(e) for e in self.entries]
-        if self.hard_state != EMPTY_HARD_STATE:
-            records.append(_hard_state_record(self.hard_state))
-        content = _LOG_HEADER.pack(LOG_MAGIC, FORMAT_VERSION)
-        if records:
-            content += _batch(records)
+        content = encode_log(self.entries, self.hard_state)
         tmp = self.path / (LOG_FILE + TMP_SUFFIX)
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
         fd: int | None = None
@@ -804,12 +467,7 @@ class DiskStorage:
     def __enter__(self) -> DiskStorage:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
