@@ -81,7 +81,7 @@ MAX_U64 = (1 << 64) - 1
 MAX_TERM = 1 << 62
 """The largest term a decoded message may carry.
 
-Terms and indexes are u64 on disk (raft/storage.py) and on the wire. A peer that could
+Terms and indexes are u64 on disk (wal.py) and on the wire. A peer that could
 hand us 2**64 - 1 would leave no room for the next election's term + 1, which no longer
 fits: every member that adopted it would fail at its next campaign, and again at every
 restart, since the term is on disk. Decoding stops at 2**62, so a member always keeps
