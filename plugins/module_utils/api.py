@@ -9,8 +9,10 @@ The client itself is :mod:`._api_client`, a byte-identical copy of the agent's
 one path encoding, one error class with the HTTP status and the agent's message. This module
 adds what Ansible needs around it: the connection options every module takes
 (:func:`api_argument_spec`, doc fragment ``api``), a client from module parameters, reading
-the token file, and :func:`fail_json_on_api_error`, which turns an API error into one
-``fail_json``.
+the token file, :func:`fail_json_on_api_error`, which turns an API error into one
+``fail_json``, and :class:`HafleetModule`, the base of every module that talks to an agent
+(in community.docker's style: it merges the common options into the module's own and maps
+API errors to a failure once).
 
 Status codes (see :mod:`._api_client`): 400 bad input, 401 no or wrong token, 403 not
 allowed, 404 absent, 409 CAS conflict, 413 body too large, 503 no leader (never proposed,
@@ -47,6 +49,7 @@ __all__ = [
     "USER_AGENT",
     "HafleetAPIClient",
     "HafleetAPIError",
+    "HafleetModule",
     "api_argument_spec",
     "api_path",
     "client_from_params",
@@ -174,3 +177,53 @@ def fail_json_on_api_error(module, exc, msg=None, **extra):
     if getattr(exc, "maybe_applied", False):
         extra.setdefault("maybe_applied", True)
     module.fail_json(msg=text, **extra)
+
+
+class HafleetModule:
+    """An :class:`~ansible.module_utils.basic.AnsibleModule` with the API options and one
+    client: the base of every module that talks to an agent.
+
+    ``argument_spec`` holds the module's own options; the connection options of
+    :func:`api_argument_spec` are merged in, and :data:`API_MUTUALLY_EXCLUSIVE` joins
+    ``mutually_exclusive``. :attr:`client` is made from them on first use.
+    :meth:`run` calls the module's work and exits with what it returns; an API error that
+    escapes it fails the module with its status (:func:`fail_json_on_api_error`), a
+    ``ValueError`` (a bad URL, say) with its message.
+    """
+
+    def __init__(self, argument_spec, mutually_exclusive=(), **kwargs):
+        from ansible.module_utils.basic import AnsibleModule
+
+        spec = api_argument_spec()
+        spec.update(argument_spec)
+        self.module = AnsibleModule(
+            argument_spec=spec,
+            mutually_exclusive=API_MUTUALLY_EXCLUSIVE + list(mutually_exclusive),
+            **kwargs,
+        )
+        self.params = self.module.params
+        self._client = None
+
+    @property
+    def client(self):
+        """A :class:`HafleetAPIClient` of O(api_url), with the token and TLS options."""
+        if self._client is None:
+            self._client = client_from_params(self.params)
+        return self._client
+
+    def fail(self, msg=None, exc=None, **extra):
+        """Fail the module: with ``exc``, an API error, its status and ``msg`` (what was
+        being done) before its message; else ``msg``."""
+        if exc is not None:
+            fail_json_on_api_error(self.module, exc, msg, **extra)
+        self.module.fail_json(msg=msg, **extra)
+
+    def run(self, work):
+        """``work()``'s result dict is the module's; its errors fail the module once."""
+        try:
+            result = work()
+        except HafleetAPIError as exc:
+            self.fail(exc=exc)
+        except ValueError as exc:
+            self.fail(str(exc))
+        self.module.exit_json(**result)

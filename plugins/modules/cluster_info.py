@@ -133,15 +133,10 @@ metrics:
   sample: {"hafleet-node1": {"cpu_count": 4, "cpu_percent": 3.5, "load1": 0.2}}
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
-    API_MUTUALLY_EXCLUSIVE,
     HafleetAPIClient,
     HafleetAPIError,
-    api_argument_spec,
-    client_from_params,
-    fail_json_on_api_error,
+    HafleetModule,
     is_voter,
 )
 
@@ -169,39 +164,37 @@ def read_cluster(client):
     )
 
 
-def main():
-    argument_spec = api_argument_spec()
-    argument_spec.update(fallback_api_urls=dict(type="list", elements="str", default=[]))
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=API_MUTUALLY_EXCLUSIVE,
-        supports_check_mode=True,
-    )
-    try:
-        first = client_from_params(module.params)
-        clients = [first] + [
-            HafleetAPIClient(
-                url,
-                token=first.token,
-                timeout=first.timeout,
-                validate_certs=first.validate_certs,
-                ca_path=first.ca_path,
-            )
-            for url in module.params["fallback_api_urls"]
-        ]
-    except (HafleetAPIError, ValueError) as exc:
-        module.fail_json(msg=str(exc))
+def read_first(base):
+    """:func:`read_cluster` from O(api_url), else from each of O(fallback_api_urls) in turn;
+    a refused token fails at once."""
+    first = base.client
+    clients = [first] + [
+        HafleetAPIClient(
+            url,
+            token=first.token,
+            timeout=first.timeout,
+            validate_certs=first.validate_certs,
+            ca_path=first.ca_path,
+        )
+        for url in base.params["fallback_api_urls"]
+    ]
     errors = []
     for client in clients:
         try:
-            result = read_cluster(client)
+            return dict(changed=False, **read_cluster(client))
         except HafleetAPIError as exc:
             if exc.status == 401:
-                fail_json_on_api_error(module, exc, "the API token was refused")
+                base.fail("the API token was refused", exc)
             errors.append(str(exc))
-            continue
-        module.exit_json(changed=False, **result)
-    module.fail_json(msg="no agent answered: " + "; ".join(errors), errors=errors)
+    base.fail("no agent answered: " + "; ".join(errors), errors=errors)
+
+
+def main():
+    base = HafleetModule(
+        argument_spec=dict(fallback_api_urls=dict(type="list", elements="str", default=[])),
+        supports_check_mode=True,
+    )
+    base.run(lambda: read_first(base))
 
 
 if __name__ == "__main__":

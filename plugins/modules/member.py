@@ -14,7 +14,8 @@ description:
     caught up. An agent that starts fresh and finds the cluster joins by itself, so this is
     mostly for nodes that cannot be discovered, or to add a node ahead of starting it.
   - V(absent) drains the node (the balancer stops sending it new requests and waits for the
-    ones in flight), then removes it. A leader hands leadership over first. The removed
+    ones in flight), then removes it. A leader hands leadership over first; the agent does
+    that itself when it is asked to remove itself (C(DELETE /v1/members/{id})). The removed
     agent stops by itself.
   - The cluster never goes below one member; removing the last one fails.
 author: hafleet maintainers (@hafleet)
@@ -78,13 +79,18 @@ options:
     type: float
   transfer_leadership:
     description:
-      - When the member to remove is the leader, hand leadership over explicitly before the
-        removal, to O(handover_to) or to the most caught-up voter.
+      - When the member to remove is the leader and O(handover_to) is set, ask the leader to
+        hand leadership over to O(handover_to) (C(POST /v1/leadership/transfer)) before the
+        removal, which then goes to the new leader.
+      - Without O(handover_to), or with V(false), the removal goes to the leader, which hands
+        leadership over by itself to the most caught-up voter before it is removed; a leader
+        is never removed without a hand-over.
     type: bool
     default: true
   handover_to:
     description:
-      - The voter to hand leadership to when the leader is removed.
+      - The voter to hand leadership to when the leader is removed (with
+        O(transfer_leadership)). It must be another voter of the cluster.
     type: str
 notes:
   - A member that exists with other addresses is not changed; the module fails and says so.
@@ -143,14 +149,9 @@ removal:
   sample: {"id": "web4", "removed": true, "index": 412}
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
-    API_MUTUALLY_EXCLUSIVE,
     HafleetAPIError,
-    api_argument_spec,
-    client_from_params,
-    fail_json_on_api_error,
+    HafleetModule,
     find_member,
     is_voter,
     member_id_error,
@@ -170,15 +171,11 @@ def _view(member):
 
 
 class MemberModule:
-    def __init__(self, module):
-        self.module = module
-        self.params = module.params
-        self.client = client_from_params(module.params)
-
-    def fail(self, msg, exc=None, **extra):
-        if exc is not None:
-            fail_json_on_api_error(self.module, exc, msg, **extra)
-        self.module.fail_json(msg=msg, **extra)
+    def __init__(self, base):
+        self.module = base.module
+        self.params = base.params
+        self.client = base.client
+        self.fail = base.fail
 
     def members(self, client=None):
         return (client or self.client).members()
@@ -279,8 +276,15 @@ class MemberModule:
             self.fail("cannot find the leader", exc)
         if leader is None:
             self.fail("no leader is known; try again when the cluster has one")
-        if status.get("leader_id") == p["id"] and p["transfer_leadership"]:
+        if (
+            status.get("leader_id") == p["id"]
+            and p["transfer_leadership"]
+            and p["handover_to"] is not None
+        ):
             leader = self.hand_over(leader, others)
+        # Otherwise a leader asked to remove itself hands over by itself (to the most
+        # caught-up voter) and passes the removal on to the new leader: the agent's
+        # DELETE /v1/members/{id} is the one implementation of "hand over, then remove".
 
         # The answer comes after the drain: give it the drain's time and some.
         drain = p["drain_timeout"] if p["drain_timeout"] is not None else DEFAULT_DRAIN_S
@@ -298,31 +302,23 @@ class MemberModule:
         return result
 
     def hand_over(self, leader, others):
+        """Ask the leader to hand leadership to O(handover_to) (``POST
+        /v1/leadership/transfer``, which answers once the new leader is known); returns a
+        client of the new leader, to which the removal goes."""
         p = self.params
         to = p["handover_to"]
-        if to is not None and not is_voter(find_member(others, to)):
+        if not is_voter(find_member(others, to)):
             self.fail(f"handover_to {to!r} is not another voter of the cluster")
         try:
-            leader.transfer_leadership(to)
+            answer = leader.transfer_leadership(to)
         except HafleetAPIError as exc:
             self.fail(f"could not hand leadership over from {p['id']}", exc)
-
-        def new_leader():
-            for member in others:
-                client = self.client.for_api_addr(member["api_addr"])
-                try:
-                    status = client.status()
-                except HafleetAPIError:
-                    continue
-                lead = status.get("leader_id")
-                if lead and lead != p["id"]:
-                    return client.leader_client(status)
-            return None
-
-        client = wait_until(new_leader, min(30.0, p["wait_timeout"]), interval=0.2)
-        if client is None:
-            self.fail(f"leadership did not move away from {p['id']} in time")
-        return client
+        new = find_member(others, (answer or {}).get("leader_id"))
+        if new is None or not new.get("api_addr"):
+            # Not one of the others: the member to remove still leads, and hands over
+            # by itself when asked to remove itself.
+            return leader
+        return self.client.for_api_addr(new["api_addr"])
 
     def wait_absent(self, others):
         p = self.params
@@ -353,37 +349,28 @@ class MemberModule:
 
 
 def main():
-    argument_spec = api_argument_spec()
-    argument_spec.update(
-        id=dict(type="str", required=True),
-        state=dict(type="str", choices=["present", "absent"], default="present"),
-        raft_addr=dict(type="str"),
-        api_addr=dict(type="str"),
-        service_addr=dict(type="str"),
-        wait=dict(type="bool", default=True),
-        wait_timeout=dict(type="float", default=120.0),
-        drain_timeout=dict(type="float"),
-        transfer_leadership=dict(type="bool", default=True),
-        handover_to=dict(type="str"),
-    )
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=API_MUTUALLY_EXCLUSIVE,
+    base = HafleetModule(
+        argument_spec=dict(
+            id=dict(type="str", required=True),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            raft_addr=dict(type="str"),
+            api_addr=dict(type="str"),
+            service_addr=dict(type="str"),
+            wait=dict(type="bool", default=True),
+            wait_timeout=dict(type="float", default=120.0),
+            drain_timeout=dict(type="float"),
+            transfer_leadership=dict(type="bool", default=True),
+            handover_to=dict(type="str"),
+        ),
         required_if=[("state", "present", ["raft_addr", "api_addr"])],
         supports_check_mode=True,
     )
     for name in ("id", "handover_to"):
-        if module.params[name] is not None:
-            error = member_id_error(module.params[name], name)
+        if base.params[name] is not None:
+            error = member_id_error(base.params[name], name)
             if error is not None:  # refused before any call to the cluster
-                module.fail_json(msg=error)
-    try:
-        result = MemberModule(module).run()
-    except HafleetAPIError as exc:
-        fail_json_on_api_error(module, exc)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+                base.fail(error)
+    base.run(lambda: MemberModule(base).run())
 
 
 if __name__ == "__main__":

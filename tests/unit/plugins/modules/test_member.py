@@ -144,6 +144,51 @@ def test_absent_hands_leadership_over_before_removing_the_leader(cluster):
     assert "n1" not in cluster.members
 
 
+def test_absent_of_the_leader_without_handover_to_leaves_the_hand_over_to_the_agent(cluster):
+    result = run_module(member.main, args(cluster, node="n2", id="n1", state="absent"))
+
+    assert result["changed"] is True
+    kinds = [(r["node"], r["method"], r["path"]) for r in writes(cluster)]
+    # One request: the leader, asked to remove itself, hands over and removes (the agent's
+    # DELETE /v1/members/{id}); the module does not hand over itself.
+    assert kinds == [("n1", "DELETE", "/v1/members/n1")]
+    assert result["removal"] == {"id": "n1", "removed": True, "index": 50}
+    assert result["leader_id"] == "n2"
+    assert "n1" not in cluster.members
+
+
+def test_absent_of_the_leader_without_transfer_leadership_ignores_handover_to(cluster):
+    result = run_module(
+        member.main,
+        args(cluster, id="n1", state="absent", transfer_leadership=False, handover_to="n3"),
+    )
+
+    assert result["changed"] is True
+    kinds = [(r["node"], r["method"], r["path"]) for r in writes(cluster)]
+    assert kinds == [("n1", "DELETE", "/v1/members/n1")]
+    assert "n1" not in cluster.members
+
+
+def test_handover_to_a_member_that_does_not_vote_fails_before_any_write(cluster):
+    cluster.add_node("n4", role="learner")
+    for target in ("n4", "n1", "n9"):
+        result = run_module(member.main, args(cluster, id="n1", state="absent", handover_to=target))
+
+        assert result["failed"] is True
+        assert f"handover_to {target!r} is not another voter" in result["msg"]
+    assert writes(cluster) == []
+    assert cluster.leader == "n1"
+
+
+def test_handover_to_is_not_asked_for_when_the_member_is_not_the_leader(cluster):
+    result = run_module(member.main, args(cluster, id="n3", state="absent", handover_to="n2"))
+
+    assert result["changed"] is True
+    kinds = [(r["node"], r["method"], r["path"]) for r in writes(cluster)]
+    assert kinds == [("n1", "DELETE", "/v1/members/n3")]
+    assert cluster.leader == "n1"
+
+
 def test_absent_in_check_mode_changes_nothing(cluster):
     result = run_module(
         member.main, args(cluster, id="n1", state="absent"), check_mode=True, diff=True
