@@ -26,7 +26,6 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from .keys import OVERRIDE_PREFIX as OVERRIDE_PREFIX  # tests read it here
 from .metrics import HostMetrics, MetricsSource, Sampler
 from .node.bootstrap import Bootstrap
 from .node.chores import REPORT_INTERVAL, LeaderChores
+from .node.driver import Driver
 from .node.errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
 from .node.frames import (
     MAX_METRICS_FIELDS,
@@ -49,27 +49,20 @@ from .node.frames import (
     check_metrics_row,
 )
 from .node.peers import MAX_PEERS, PEER_EXPIRE_S, Peer, PeerTable
-from .raft.core import Config as RaftConfig
-from .raft.core import ProposalDropped
 from .raft.rawnode import RawNode
 from .raft.status import BasicStatus
 from .raft.types import (
     ConfChange,
     ConfChangeType,
-    EntryType,
     Message,
     Snapshot,
-    SnapshotMeta,
     StateType,
 )
 from .snapxfer import ACK_KIND, CHUNK_KIND, SnapshotReceiver, SnapshotSender
 from .state import (
-    SnapshotParts,
     StateError,
     StateMachine,
-    conf_change_error,
     encode_command,
-    encode_snapshot_parts,
     member_context,
 )
 from .transport import PeerInfo, Transport
@@ -90,12 +83,6 @@ RESTART_RESET_S = 60.0
 DROP_LOG_INTERVAL_S = 10.0
 
 
-@dataclass
-class _Pending:
-    term: int
-    future: asyncio.Future[Any]
-
-
 class Agent:
     def __init__(
         self,
@@ -111,10 +98,25 @@ class Agent:
         self.id = cfg.node_id
         self.started_at = time.monotonic()
         self.data_dir = Path(cfg.data_dir)
-        self.storage: DiskStorage | None = None
-        self.raw: RawNode | None = None
         self.state = StateMachine()
         self.cluster_id: str | None = None
+        self._stop = asyncio.Event()
+        self.rng = random.Random(secrets.randbits(64))
+        # The core, its log and the state machine, and the Ready loop (node/driver.py).
+        self.driver = Driver(
+            self.id,
+            cfg,
+            self.state,
+            self.rng,
+            stopping=self._stop,
+            cluster_id=lambda: self.cluster_id,
+            send=self._send_raft,
+            save_snapshot=self._save_received_snapshot,
+            on_conf_change=self._on_conf_change,
+            sending_snapshot=lambda: self.snap_sender is not None and self.snap_sender.busy(),
+            spawn=self._spawn,
+            fail=self.fail,
+        )
         # The peers besides the members (node/peers.py); ``peers`` is its dict.
         self.peer_table = PeerTable(
             is_member=self.state.has_member,
@@ -135,26 +137,16 @@ class Agent:
             self.state,
             raw=lambda: self.raw,
             leader_since=lambda: self.leader_since,
-            propose_cmd=self._propose_cmd,
-            propose_conf=self._propose_conf,
+            propose_cmd=self.driver.propose_cmd,
+            propose_conf=self.driver.propose_conf,
             send=self._send,
-            wake=lambda: self._wake.set(),
+            wake=self.driver.wake,
         )
-        self._wake = asyncio.Event()
-        self._index_event = asyncio.Event()  # replaced by a fresh one at every change
-        self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._pending: dict[int, _Pending] = {}
-        self._reads: dict[bytes, tuple[asyncio.Future[int], float]] = {}
-        self._ready_reads: list[tuple[int, bytes]] = []
         self.exit_code = 0
         self.exit_reason = ""
         self.exit_timer: threading.Timer | None = None  # set by fail()
-        self.removed = False
-        self.leader_since: float | None = None
-        self.last_leader: str | None = None
         self.api_runner: Any = None
-        self.rng = random.Random(secrets.randbits(64))
         # Founding and joining (node/bootstrap.py).
         self.bootstrap = Bootstrap(
             self.id,
@@ -173,7 +165,7 @@ class Agent:
             addr_of=self._addr_of,
             add_member=self.add_member,
             spawn=self._spawn,
-            wake=lambda: self._wake.set(),
+            wake=self.driver.wake,
         )
         self.events: list[str] = []
         #: Failures of the background tasks that were restarted, by task name.
@@ -201,9 +193,39 @@ class Agent:
         # Their frames: CHUNK_KIND and ACK_KIND, handled by _on_snap_chunk and _on_snap_ack.
         self.snap_sender: SnapshotSender | None = None
         self.snap_receiver: SnapshotReceiver | None = None
-        self._compacting = False  # a snapshot is being written in a worker thread
         # a snapshot received in chunks and the storage's copy of it, written ahead
         self._received_prepared: tuple[Snapshot, Path] | None = None
+
+    # ---- the driver's parts (node/driver.py) ------------------------------------------------
+    @property
+    def raw(self) -> RawNode | None:
+        return self.driver.raw
+
+    @raw.setter
+    def raw(self, raw: RawNode | None) -> None:
+        self.driver.raw = raw
+
+    @property
+    def storage(self) -> DiskStorage | None:
+        return self.driver.storage
+
+    @property
+    def removed(self) -> bool:
+        """This node was removed from the group (the last word of the log on it)."""
+        return self.driver.removed
+
+    @property
+    def leader_since(self) -> float | None:
+        return self.driver.leader_since
+
+    @property
+    def last_leader(self) -> str | None:
+        return self.driver.last_leader
+
+    def _on_conf_change(self, cc: ConfChange) -> None:
+        """A member added (or changed) while we run: its join time, for the autopilot."""
+        if cc.node_id not in self.chores.joined_at:
+            self.chores.joined_at[cc.node_id] = time.monotonic()
 
     @property
     def reports(self) -> dict[str, tuple[float, dict[str, Any]]]:
@@ -229,34 +251,9 @@ class Agent:
         cfg = self.cfg
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._load_meta()
-        self.storage = DiskStorage.open(self.data_dir)
-        rep = self.storage.report
-        if rep.truncated_bytes:
-            log.warning(
-                "recovered the Raft log: cut %d bytes at offset %s (%s)",
-                rep.truncated_bytes,
-                rep.truncated_at,
-                rep.reason,
-            )
-        st = self.storage
-        has_state = st.hard_state.term > 0 or bool(st.entries) or not st.snapshot.empty
-        raft_cfg = RaftConfig(
-            self.id,
-            self.rng,
-            election_tick=cfg.election_tick,
-            heartbeat_tick=cfg.heartbeat_tick,
-        )
-        if st.snapshot.meta.index:
-            self.state.restore(st.snapshot.data, st.snapshot.meta.index)
-        self.raw = RawNode(
-            raft_cfg,
-            st.hard_state,
-            st.snapshot,
-            list(st.entries),
-            on_event=self._core_event,
-            check_conf_change=conf_change_error,  # the state machine's rule: both agree
-        )
-        self._startup_commit = st.hard_state.commit
+        has_state = self.driver.open(self.data_dir)
+        st = self.driver.storage
+        assert st is not None
         if has_state:
             if self.cluster_id is None:
                 raise StorageError(
@@ -292,14 +289,14 @@ class Agent:
             self._supervise(self._retry_discovery, "discovery")
         # The Raft driver persists (fsync) what the core hands it: a failure there is
         # fail-stop. The other tasks are restarted after a failure (see _supervised).
-        self._spawn(self._raft_loop(), "raft", critical=True)
-        self._spawn(self._ticker(), "ticker", critical=True)
+        self._spawn(self.driver.raft_loop(), "raft", critical=True)
+        self._spawn(self.driver.ticker(), "ticker", critical=True)
         self._supervise(self._sampler_loop, "sampler")
         self._supervise(self._housekeeping, "housekeeping")
         self._supervise(self._leader_loop, "leader")
         if not has_state:
             self._supervise(self.bootstrap.run, "bootstrap")
-        self._wake.set()
+        self.driver.wake()
         log.info(
             "hafleet-agent %s: node %s raft %s api %s%s",
             __version__,
@@ -388,14 +385,7 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for p in self._pending.values():
-            if not p.future.done():
-                p.future.set_exception(Unknown("the agent is stopping"))
-        for fut, _ in self._reads.values():
-            if not fut.done():
-                fut.set_exception(NoLeader("the agent is stopping; the read was not served"))
-        self._reads.clear()
-        self._index_event.set()  # long polls return now rather than at their timeout
+        self.driver.release_waiters()
         if self.api_runner is not None:
             await self.api_runner.cleanup()
         if self.discovery is not None:
@@ -403,8 +393,7 @@ class Agent:
                 await self.discovery.stop()
         if self.transport is not None:
             await self.transport.stop()
-        if self.storage is not None:
-            self.storage.close()
+        self.driver.close()
         log.info("stopped")
 
     # ---- meta (cluster id) -----------------------------------------------------------------
@@ -463,187 +452,6 @@ class Agent:
 
             self._supervise(announce, "mdns-update")
         return True
-
-    # ---- the Raft driver -------------------------------------------------------------------
-    def _core_event(self, text: str) -> None:
-        log.debug("raft: %s", text)
-
-    async def _ticker(self) -> None:
-        interval = self.cfg.tick_ms / 1000
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while not self._stop.is_set():
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            if loop.time() - next_at > interval * 5:
-                next_at = loop.time()  # we were frozen: do not replay the missed ticks
-            if self.raw is not None and self.cluster_id is not None:
-                self.raw.tick()
-                self._pump()  # right here: one loop wake-up a tick, not two
-
-    async def _raft_loop(self) -> None:
-        while not self._stop.is_set():
-            await self._wake.wait()
-            self._wake.clear()
-            self._pump()
-
-    def _pump(self) -> None:
-        """Drain the core's ready batches; wake whoever waits for the state to change."""
-        if self._stop.is_set():
-            return
-        try:
-            changed = self._drain_ready()
-        except StorageError as exc:
-            self.fail(f"storage failed, state could not be made durable: {exc}")
-            return
-        if changed:
-            event, self._index_event = self._index_event, asyncio.Event()
-            event.set()
-
-    def _drain_ready(self) -> bool:
-        raw, storage = self.raw, self.storage
-        assert raw is not None and storage is not None
-        changed = False
-        while raw.has_ready():
-            rd = raw.ready()
-            if rd.snapshot is not None:
-                self._save_received_snapshot(rd.snapshot)
-            if rd.entries or rd.hard_state is not None:
-                storage.save(rd.hard_state, rd.entries)
-            for m in rd.messages:
-                self._send_raft(m)
-            if rd.snapshot is not None:
-                self.state.restore(rd.snapshot.data, rd.snapshot.meta.index)
-                log.info("installed a snapshot at index %d", rd.snapshot.meta.index)
-                changed = True
-            for e in rd.committed_entries:
-                self._apply(e)
-                changed = True
-            raw.advance(rd)
-            if rd.soft_state is not None:
-                self._on_soft_state(rd.soft_state.state, rd.soft_state.lead)
-            self._ready_reads.extend((rs.index, rs.context) for rs in rd.read_states)
-            self._serve_reads()
-            self._maybe_compact()
-        return changed
-
-    def _apply(self, e: Any) -> None:
-        # Never raises for what an entry holds (state.py): an entry the state cannot apply is
-        # a recorded no-op with an error result, which its proposer (if any) gets below.
-        res = self.state.apply_entry(e)
-        if res.error is not None and (res.status == 400 or res.status >= 500):
-            log.warning(
-                "entry %d (%s) applied as a no-op: %s; data %s",
-                e.index,
-                e.type.name.lower(),
-                res.error.get("message"),
-                shown(e.data),
-            )
-        if e.type is EntryType.CONF_CHANGE and res.ok:
-            cc = ConfChange.decode(e.data)  # the state decoded it: it decodes
-            log.info("membership: %s %r (index %d)", cc.type.name.lower(), cc.node_id, e.index)
-            if cc.node_id == self.id:
-                # A node may be removed and later added again under the same id (scale in,
-                # then out): replaying the log it meets its old removal first. Only the last
-                # word counts, and _wait_removed acts on it once the log has settled.
-                was_removed = self.removed
-                self.removed = cc.type is ConfChangeType.REMOVE
-                if self.removed and not was_removed:
-                    log.info("this node was removed from the group (index %d)", e.index)
-                elif was_removed and not self.removed:
-                    log.info("this node was added again (index %d)", e.index)
-            if cc.node_id not in self.chores.joined_at and e.index > self._startup_commit:
-                # A member added while we run (this node too: a founder or a joiner may lead
-                # at once); those of the log we replay at start are old.
-                self.chores.joined_at[cc.node_id] = time.monotonic()
-        pending = self._pending.pop(e.index, None)
-        if pending is not None and not pending.future.done():
-            if pending.term == e.term:
-                pending.future.set_result(res)
-            else:
-                pending.future.set_exception(
-                    NoLeader("leadership changed before the write committed; it was not applied")
-                )
-
-    def _on_soft_state(self, state: StateType, lead: str | None) -> None:
-        if lead != self.last_leader:
-            log.info(
-                "leader is now %s (term %d)%s",
-                lead,
-                self.raw.basic_status().term if self.raw else 0,
-                " - this node" if lead == self.id else "",
-            )
-            self.last_leader = lead
-        if state is StateType.LEADER:
-            self.leader_since = time.monotonic()
-        else:
-            self.leader_since = None
-
-    def _maybe_compact(self) -> None:
-        """Compact once ``snapshot_entries`` entries were applied since the last snapshot.
-        Only a copy of the state is taken here (cheap); encoding it and writing the snapshot
-        file run in a worker thread (``_compact``), so a large state does not stall the loop
-        (heartbeats, appends and reads go on); the snapshot is put in force back on the loop,
-        between two ready batches."""
-        raw = self.raw
-        assert raw is not None and self.storage is not None
-        if self._compacting:
-            return
-        behind = self.state.index - raw.basic_status().first_index
-        if behind < self.cfg.snapshot_entries:
-            return
-        if (
-            self.snap_sender is not None
-            and self.snap_sender.busy()
-            and behind < 2 * self.cfg.snapshot_entries
-        ):
-            # A member catches up through a chunked snapshot: keep the entries after it a
-            # while longer (a compaction now would make it need a newer snapshot at once).
-            return
-        index = self.state.index
-        meta = SnapshotMeta(index, raw.term_at(index), raw.conf_state_at(index))
-        self._compacting = True
-        self._spawn(self._compact(meta, self.state.snapshot_parts()), "compact")
-
-    async def _compact(self, meta: SnapshotMeta, parts: SnapshotParts) -> None:
-        storage = self.storage
-        assert storage is not None
-        try:
-            data = await asyncio.to_thread(encode_snapshot_parts, parts)
-            path = await asyncio.to_thread(storage.prepare_snapshot, Snapshot(meta, data))
-            raw = self.raw
-            if (
-                raw is None
-                or self._stop.is_set()
-                # a snapshot from the leader covers it
-                or meta.index <= raw.basic_status().snapshot_index
-                or raw.term_at(meta.index) != meta.term
-                or raw.conf_state_at(meta.index) != meta.conf_state
-            ):
-                storage.discard_prepared_snapshot(path)
-                return
-            snap = raw.compact(meta.index, data)
-            if snap is None:
-                storage.discard_prepared_snapshot(path)
-            elif storage.install_prepared_snapshot(snap, path):
-                log.info("snapshot at index %d (%d bytes)", meta.index, len(data))
-        except StorageError as exc:
-            self.fail(f"storage failed, state could not be made durable: {exc}")
-        finally:
-            self._compacting = False
-
-    def _serve_reads(self) -> None:
-        if not self._ready_reads:
-            return
-        keep = []
-        for index, ctx in self._ready_reads:
-            if self.state.index >= index:
-                entry = self._reads.pop(ctx, None)
-                if entry is not None and not entry[0].done():
-                    entry[0].set_result(index)
-            else:
-                keep.append((index, ctx))
-        self._ready_reads = keep
 
     # ---- messages --------------------------------------------------------------------------
     def _addr_of(self, node_id: str) -> str | None:
@@ -827,7 +635,7 @@ class Agent:
         except ValueError as exc:
             log.warning("Raft message from %s refused: %s", peer.node_id, exc)
             return
-        self._wake.set()
+        self.driver.wake()
 
     # ---- snapshots larger than a frame (snapxfer.py) ----------------------------------------
     def _start_snapshot_transfer(self) -> None:
@@ -846,7 +654,7 @@ class Agent:
         def report_failure(to: str) -> None:
             if self.raw is not None:
                 self.raw.report_snapshot(to, False)
-                self._wake.set()
+                self.driver.wake()
 
         def reply(addr: str, body: dict[str, Any]) -> None:
             self._send(addr, body.pop("k"), **body)
@@ -1039,7 +847,7 @@ class Agent:
         stale peers and the bookkeeping of non-members."""
         while not self._stop.is_set():
             await asyncio.sleep(0.25)
-            self._expire_reads()
+            self.driver.expire_reads()
             self._check_own_record()
             now = time.monotonic()
             if now - self._last_prune >= 5.0:
@@ -1086,7 +894,7 @@ class Agent:
 
     async def _write_quietly(self, data: bytes) -> None:
         try:
-            await self._propose_cmd(data)
+            await self.driver.propose_cmd(data)
         except AgentError as exc:
             log.debug("write postponed: %s", exc.message)
 
@@ -1098,23 +906,27 @@ class Agent:
             return
         self._spawn(self._write_quietly(encode_command("member_put", **info)), "member-put")
 
-    def _expire_reads(self) -> None:
-        now = time.monotonic()
-        for ctx, (fut, deadline) in list(self._reads.items()):
-            if now > deadline:
-                self._reads.pop(ctx, None)
-                if not fut.done():
-                    fut.set_exception(NoLeader("no leader confirmed the read in time"))
-
-    # ---- proposals and reads (the API's verbs) -----------------------------------------------
+    # ---- the API's verbs --------------------------------------------------------------------
     def raft_status(self) -> BasicStatus | None:
-        return self.raw.basic_status() if self.raw else None
+        return self.driver.raft_status()
 
     def is_leader(self) -> bool:
-        return self.raw is not None and self.raw.is_leader
+        return self.driver.is_leader()
 
     def leader_id(self) -> str | None:
-        return self.raw.lead if self.raw else None
+        return self.driver.leader_id()
+
+    def write_timeout(self) -> float:
+        return self.driver.write_timeout()
+
+    async def write(self, data: bytes) -> dict[str, Any]:
+        return await self.driver.write(data)
+
+    async def read_barrier(self) -> None:
+        await self.driver.read_barrier()
+
+    async def wait_index(self, index: int, timeout: float) -> int:
+        return await self.driver.wait_index(index, timeout)
 
     def leader_api(self) -> str | None:
         lead = self.leader_id()
@@ -1125,67 +937,6 @@ class Agent:
             return str(api)
         p = self.peers.get(lead)
         return p.api_addr if p and p.api_addr else None
-
-    def write_timeout(self) -> float:
-        return max(3.0, 10 * self.cfg.election_timeout_ms / 1000)
-
-    async def _propose_cmd(self, data: bytes) -> Any:
-        return await self._propose(lambda raw: raw.propose(data))
-
-    async def _propose_conf(self, cc: ConfChange) -> Any:
-        return await self._propose(lambda raw: raw.propose_conf_change(cc))
-
-    async def _propose(self, append: Callable[[RawNode], tuple[int, int]]) -> Any:
-        """Append on the leader's log and wait until it is applied (503 if not appended)."""
-        raw = self.raw
-        if raw is None or self.cluster_id is None:
-            raise NoLeader("this node is not a member of a cluster yet")
-        if self._stop.is_set():
-            # Nothing would ever apply it (the Raft loop has stopped), and a handler waiting
-            # for it would hold the API's shutdown up.
-            raise NoLeader("this node is stopping; the write was not proposed")
-        try:
-            term, index = append(raw)
-        except ProposalDropped as exc:
-            raise NoLeader(f"not proposed: {exc}") from None
-        return await self._wait_applied(term, index)
-
-    async def _wait_applied(self, term: int, index: int) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[index] = _Pending(term, fut)
-        self._wake.set()
-        try:
-            return await asyncio.wait_for(fut, self.write_timeout())
-        except TimeoutError:
-            self._pending.pop(index, None)
-            raise Unknown(
-                f"the write was proposed at index {index} but not applied within "
-                f"{self.write_timeout():.0f}s; it may still be"
-            ) from None
-
-    async def write(self, data: bytes) -> dict[str, Any]:
-        """Propose a state command on the leader; the caller (the API) forwards when we are
-        not the leader. Returns the apply result body or raises the error."""
-        res = await self._propose_cmd(data)
-        if not res.ok:
-            raise StateErrorResult(res.error)
-        return res.result or {}
-
-    async def read_barrier(self) -> None:
-        """Linearizable read point: ReadIndex, then wait until applied reaches it."""
-        raw = self.raw
-        if raw is None or self.cluster_id is None:
-            raise NoLeader("this node is not a member of a cluster yet")
-        if self._stop.is_set():
-            raise NoLeader("this node is stopping; the read was not served")
-        if raw.basic_status().lead is None:
-            raise NoLeader("no leader known")
-        ctx = secrets.token_bytes(12)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reads[ctx] = (fut, time.monotonic() + self.write_timeout())
-        raw.read_index(ctx)
-        self._wake.set()
-        await fut
 
     async def add_member(
         self, mid: str, raft_addr: str, api_addr: str, service_addr: str | None
@@ -1212,7 +963,7 @@ class Agent:
         if p is not None and not p.api_addr:
             p.api_addr, p.service_addr = api_addr, service_addr
         self.chores.joined_at[mid] = time.monotonic()
-        res = await self._propose_conf(ConfChange(ConfChangeType.ADD_LEARNER, mid, ctx))
+        res = await self.driver.propose_conf(ConfChange(ConfChangeType.ADD_LEARNER, mid, ctx))
         if not res.ok:
             raise StateErrorResult(res.error)
         log.info("added %s as a learner", mid)
@@ -1230,7 +981,7 @@ class Agent:
             # which the member table dropped (state.py). Nothing to drain; remove it.
             m = {"draining": True}
         if not m.get("draining"):
-            await self._propose_cmd(encode_command("member_drain", id=mid, draining=True))
+            await self.driver.propose_cmd(encode_command("member_drain", id=mid, draining=True))
         timeout = self.cfg.drain_timeout_s if drain_timeout is None else drain_timeout
         if timeout > 0 and self.state.kv_get(REGISTERED_KEY) is not None:
             deadline = time.monotonic() + timeout
@@ -1238,7 +989,7 @@ class Agent:
                 time.monotonic() < deadline and self.state.kv_get(f"{DRAINED_PREFIX}{mid}") is None
             ):
                 await self.wait_index(self.state.index, min(1.0, deadline - time.monotonic()))
-        res = await self._propose_conf(ConfChange(ConfChangeType.REMOVE, mid))
+        res = await self.driver.propose_conf(ConfChange(ConfChangeType.REMOVE, mid))
         log.info("removed %s", mid)
         return {"id": mid, "removed": True, "index": res.index}
 
@@ -1271,7 +1022,7 @@ class Agent:
         target = max(candidates, key=lambda v: (prs[v].match, v) if v in prs else (-1, v))
         log.info("handing leadership over to %s", target)
         raw.transfer_leadership(target)
-        self._wake.set()
+        self.driver.wake()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             lead = raw.basic_status().lead
@@ -1279,20 +1030,6 @@ class Agent:
                 return lead
             await self.wait_index(self.state.index, 0.05)
         raise Unknown(f"leadership transfer to {target} did not finish in {timeout:.1f}s")
-
-    async def wait_index(self, index: int, timeout: float) -> int:
-        """Wait until the state's index passes ``index`` (or the timeout); returns it."""
-        if self.state.index > index or timeout <= 0:
-            return self.state.index
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.state.index <= index and not self._stop.is_set():
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._index_event.wait(), left)
-        return self.state.index
 
     # ---- views -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

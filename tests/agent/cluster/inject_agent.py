@@ -66,7 +66,7 @@ async def inject(agent: Any) -> None:
         entry = Entry(0, 0, kind, data)
         for _ in range(100):  # a pending conf change or the term's first entry: retry
             try:
-                res = await agent._propose(lambda raw, e=entry: raw._propose(e))
+                res = await agent.driver.propose(lambda raw, e=entry: raw._propose(e))
             except agent_mod.NoLeader:
                 await asyncio.sleep(0.1)
                 continue

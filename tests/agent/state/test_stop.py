@@ -77,12 +77,12 @@ def test_a_stopping_agent_proposes_and_reads_nothing(tmp_path) -> None:
         agent.exit_timer.cancel()  # it would end this process (the test) in a few seconds
         errors = []
         with pytest.raises(NoLeader) as write:
-            await agent._propose(lambda raw: pytest.fail("appended while stopping"))
+            await agent.driver.propose(lambda raw: pytest.fail("appended while stopping"))
         errors.append(str(write.value))
         with pytest.raises(NoLeader) as read:
             await agent.read_barrier()
         errors.append(str(read.value))
-        assert not agent._pending and not agent._reads
+        assert not agent.driver.pending and not agent.driver.reads
         return errors
 
     errors = asyncio.run(main())

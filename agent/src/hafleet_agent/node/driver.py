@@ -1,0 +1,425 @@
+"""The Raft driver: the core (``RawNode``), its write-ahead log (``DiskStorage``) and the
+replicated state machine, driven by one task.
+
+The event loop owns everything; nothing here uses threads but the compaction's worker. The
+core is driven by one task (``raft_loop``) that turns every batch of inputs into a ready
+batch, handled by ``raft/ready.py`` in its one order: persist it (``DiskStorage.save``
+fsyncs before it returns), send its messages, apply its committed entries to the state
+machine; then the reads now due are served, the log compacted when due, and whoever waits
+for the state woken. Inputs (ticks, messages, proposals, reads) are fed to the core
+synchronously from callbacks and only ever between two ready batches, because the drain of
+a ready batch never awaits.
+
+The driver sees the rest of the node through what is passed in: a callable that sends one
+Raft message, the state machine, the config, the cluster id, the node's stop event, and a
+few hooks (spawn a task, fail-stop, a snapshot from the leader to save, a configuration
+change applied, is a snapshot being sent in chunks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import AgentConfig
+from ..ids import shown
+from ..raft.core import Config as RaftConfig
+from ..raft.core import ProposalDropped
+from ..raft.rawnode import RawNode, Ready
+from ..raft.ready import PendingReads, ReadyEffects, drain
+from ..raft.status import BasicStatus
+from ..raft.types import (
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    Message,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+    StateType,
+)
+from ..state import SnapshotParts, StateMachine, conf_change_error, encode_snapshot_parts
+from ..wal import DiskStorage, StorageError
+from .errors import NoLeader, StateErrorResult, Unknown
+
+log = logging.getLogger("hafleet.agent")
+
+
+@dataclass
+class _Pending:
+    term: int
+    future: asyncio.Future[Any]
+
+
+class Driver:
+    def __init__(
+        self,
+        node_id: str,
+        cfg: AgentConfig,
+        state: StateMachine,
+        rng: random.Random,
+        *,
+        stopping: asyncio.Event,
+        cluster_id: Callable[[], str | None],
+        send: Callable[[Message], None],
+        save_snapshot: Callable[[Snapshot], None],
+        on_conf_change: Callable[[ConfChange], None],
+        sending_snapshot: Callable[[], bool],
+        spawn: Callable[..., None],
+        fail: Callable[[str], None],
+    ) -> None:
+        """``save_snapshot``: make a snapshot from the leader durable (before it is applied);
+        ``on_conf_change``: a configuration change applied while the node runs (not one of
+        the log replayed at start); ``sending_snapshot``: a member catches up through a
+        chunked snapshot (compaction waits a while)."""
+        self.id = node_id
+        self.cfg = cfg
+        self.state = state
+        self.rng = rng
+        self._stop = stopping
+        self._cluster_id = cluster_id
+        self._save_snapshot = save_snapshot
+        self._on_conf_change = on_conf_change
+        self._sending_snapshot = sending_snapshot
+        self._spawn = spawn
+        self._fail = fail
+        self.storage: DiskStorage | None = None
+        self.raw: RawNode | None = None
+        self._wake = asyncio.Event()
+        self._index_event = asyncio.Event()  # replaced by a fresh one at every change
+        self.pending: dict[int, _Pending] = {}
+        self.reads: dict[bytes, tuple[asyncio.Future[int], float]] = {}
+        self._ready_reads = PendingReads()  # confirmed by the leader, not applied yet
+        self._startup_commit = 0
+        self.removed = False
+        self.leader_since: float | None = None
+        self.last_leader: str | None = None
+        self._compacting = False  # a snapshot is being written in a worker thread
+        self._effects = ReadyEffects(
+            persist=self._persist,
+            send=send,
+            restore=self._restore,
+            apply=self._apply,
+            on_soft_state=self._on_soft_state,
+            on_read_state=self._ready_reads.add,
+            after_advance=self._after_advance,
+        )
+
+    def open(self, data_dir: Path) -> bool:
+        """Open the storage (recovering a torn log) and make the core from it; whether it
+        held Raft state (a node with state never founds again)."""
+        self.storage = DiskStorage.open(data_dir)
+        rep = self.storage.report
+        if rep.truncated_bytes:
+            log.warning(
+                "recovered the Raft log: cut %d bytes at offset %s (%s)",
+                rep.truncated_bytes,
+                rep.truncated_at,
+                rep.reason,
+            )
+        st = self.storage
+        has_state = st.hard_state.term > 0 or bool(st.entries) or not st.snapshot.empty
+        raft_cfg = RaftConfig(
+            self.id,
+            self.rng,
+            election_tick=self.cfg.election_tick,
+            heartbeat_tick=self.cfg.heartbeat_tick,
+        )
+        if st.snapshot.meta.index:
+            self.state.restore(st.snapshot.data, st.snapshot.meta.index)
+        self.raw = RawNode(
+            raft_cfg,
+            st.hard_state,
+            st.snapshot,
+            list(st.entries),
+            on_event=self._core_event,
+            check_conf_change=conf_change_error,  # the state machine's rule: both agree
+        )
+        self._startup_commit = st.hard_state.commit
+        return has_state
+
+    def wake(self) -> None:
+        """New input for the core: the Raft loop drains it."""
+        self._wake.set()
+
+    def release_waiters(self) -> None:
+        """The node stops: fail the writes and reads still waiting, end the long polls now
+        rather than at their timeout."""
+        for p in self.pending.values():
+            if not p.future.done():
+                p.future.set_exception(Unknown("the agent is stopping"))
+        for fut, _ in self.reads.values():
+            if not fut.done():
+                fut.set_exception(NoLeader("the agent is stopping; the read was not served"))
+        self.reads.clear()
+        self._index_event.set()
+
+    def close(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
+
+    # ---- the Ready loop --------------------------------------------------------------------
+    def _core_event(self, text: str) -> None:
+        log.debug("raft: %s", text)
+
+    async def ticker(self) -> None:
+        interval = self.cfg.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not self._stop.is_set():
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if loop.time() - next_at > interval * 5:
+                next_at = loop.time()  # we were frozen: do not replay the missed ticks
+            if self.raw is not None and self._cluster_id() is not None:
+                self.raw.tick()
+                self._pump()  # right here: one loop wake-up a tick, not two
+
+    async def raft_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            self._pump()
+
+    def _pump(self) -> None:
+        """Drain the core's ready batches; wake whoever waits for the state to change."""
+        if self._stop.is_set():
+            return
+        try:
+            changed = self._drain_ready()
+        except StorageError as exc:
+            self._fail(f"storage failed, state could not be made durable: {exc}")
+            return
+        if changed:
+            event, self._index_event = self._index_event, asyncio.Event()
+            event.set()
+
+    def _drain_ready(self) -> bool:
+        """Handle every ready batch (raft/ready.py); whether the state machine moved."""
+        assert self.raw is not None
+        return drain(self.raw, self._effects).changed
+
+    def _persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self._save_snapshot(rd.snapshot)
+        if rd.entries or rd.hard_state is not None:
+            assert self.storage is not None
+            self.storage.save(rd.hard_state, rd.entries)
+
+    def _restore(self, snap: Snapshot) -> None:
+        self.state.restore(snap.data, snap.meta.index)
+        log.info("installed a snapshot at index %d", snap.meta.index)
+
+    def _after_advance(self) -> None:
+        self._serve_reads()
+        self._maybe_compact()
+
+    def _apply(self, e: Entry) -> None:
+        # Never raises for what an entry holds (state.py): an entry the state cannot apply is
+        # a recorded no-op with an error result, which its proposer (if any) gets below.
+        res = self.state.apply_entry(e)
+        if res.error is not None and (res.status == 400 or res.status >= 500):
+            log.warning(
+                "entry %d (%s) applied as a no-op: %s; data %s",
+                e.index,
+                e.type.name.lower(),
+                res.error.get("message"),
+                shown(e.data),
+            )
+        if e.type is EntryType.CONF_CHANGE and res.ok:
+            cc = ConfChange.decode(e.data)  # the state decoded it: it decodes
+            log.info("membership: %s %r (index %d)", cc.type.name.lower(), cc.node_id, e.index)
+            if cc.node_id == self.id:
+                # A node may be removed and later added again under the same id (scale in,
+                # then out): replaying the log it meets its old removal first. Only the last
+                # word counts, and run.py's _wait_removed acts on it once the log has settled.
+                was_removed = self.removed
+                self.removed = cc.type is ConfChangeType.REMOVE
+                if self.removed and not was_removed:
+                    log.info("this node was removed from the group (index %d)", e.index)
+                elif was_removed and not self.removed:
+                    log.info("this node was added again (index %d)", e.index)
+            if e.index > self._startup_commit:
+                # A change while we run (this node too: a founder or a joiner may lead at
+                # once); those of the log we replay at start are old.
+                self._on_conf_change(cc)
+        pending = self.pending.pop(e.index, None)
+        if pending is not None and not pending.future.done():
+            if pending.term == e.term:
+                pending.future.set_result(res)
+            else:
+                pending.future.set_exception(
+                    NoLeader("leadership changed before the write committed; it was not applied")
+                )
+
+    def _on_soft_state(self, soft: SoftState) -> None:
+        lead = soft.lead
+        if lead != self.last_leader:
+            log.info(
+                "leader is now %s (term %d)%s",
+                lead,
+                self.raw.basic_status().term if self.raw else 0,
+                " - this node" if lead == self.id else "",
+            )
+            self.last_leader = lead
+        if soft.state is StateType.LEADER:
+            self.leader_since = time.monotonic()
+        else:
+            self.leader_since = None
+
+    def _maybe_compact(self) -> None:
+        """Compact once ``snapshot_entries`` entries were applied since the last snapshot.
+        Only a copy of the state is taken here (cheap); encoding it and writing the snapshot
+        file run in a worker thread (``_compact``), so a large state does not stall the loop
+        (heartbeats, appends and reads go on); the snapshot is put in force back on the loop,
+        between two ready batches."""
+        raw = self.raw
+        assert raw is not None and self.storage is not None
+        if self._compacting:
+            return
+        behind = self.state.index - raw.basic_status().first_index
+        if behind < self.cfg.snapshot_entries:
+            return
+        if self._sending_snapshot() and behind < 2 * self.cfg.snapshot_entries:
+            # A member catches up through a chunked snapshot: keep the entries after it a
+            # while longer (a compaction now would make it need a newer snapshot at once).
+            return
+        index = self.state.index
+        meta = SnapshotMeta(index, raw.term_at(index), raw.conf_state_at(index))
+        self._compacting = True
+        self._spawn(self._compact(meta, self.state.snapshot_parts()), "compact")
+
+    async def _compact(self, meta: SnapshotMeta, parts: SnapshotParts) -> None:
+        storage = self.storage
+        assert storage is not None
+        try:
+            data = await asyncio.to_thread(encode_snapshot_parts, parts)
+            path = await asyncio.to_thread(storage.prepare_snapshot, Snapshot(meta, data))
+            raw = self.raw
+            if (
+                raw is None
+                or self._stop.is_set()
+                # a snapshot from the leader covers it
+                or meta.index <= raw.basic_status().snapshot_index
+                or raw.term_at(meta.index) != meta.term
+                or raw.conf_state_at(meta.index) != meta.conf_state
+            ):
+                storage.discard_prepared_snapshot(path)
+                return
+            snap = raw.compact(meta.index, data)
+            if snap is None:
+                storage.discard_prepared_snapshot(path)
+            elif storage.install_prepared_snapshot(snap, path):
+                log.info("snapshot at index %d (%d bytes)", meta.index, len(data))
+        except StorageError as exc:
+            self._fail(f"storage failed, state could not be made durable: {exc}")
+        finally:
+            self._compacting = False
+
+    def _serve_reads(self) -> None:
+        for rs in self._ready_reads.due(self.state.index):
+            entry = self.reads.pop(rs.context, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_result(rs.index)
+
+    def expire_reads(self) -> None:
+        now = time.monotonic()
+        for ctx, (fut, deadline) in list(self.reads.items()):
+            if now > deadline:
+                self.reads.pop(ctx, None)
+                if not fut.done():
+                    fut.set_exception(NoLeader("no leader confirmed the read in time"))
+
+    # ---- views -----------------------------------------------------------------------------
+    def raft_status(self) -> BasicStatus | None:
+        return self.raw.basic_status() if self.raw else None
+
+    def is_leader(self) -> bool:
+        return self.raw is not None and self.raw.is_leader
+
+    def leader_id(self) -> str | None:
+        return self.raw.lead if self.raw else None
+
+    def write_timeout(self) -> float:
+        return max(3.0, 10 * self.cfg.election_timeout_ms / 1000)
+
+    # ---- proposals and reads ---------------------------------------------------------------
+    async def propose_cmd(self, data: bytes) -> Any:
+        return await self.propose(lambda raw: raw.propose(data))
+
+    async def propose_conf(self, cc: ConfChange) -> Any:
+        return await self.propose(lambda raw: raw.propose_conf_change(cc))
+
+    async def propose(self, append: Callable[[RawNode], tuple[int, int]]) -> Any:
+        """Append on the leader's log and wait until it is applied (503 if not appended)."""
+        raw = self.raw
+        if raw is None or self._cluster_id() is None:
+            raise NoLeader("this node is not a member of a cluster yet")
+        if self._stop.is_set():
+            # Nothing would ever apply it (the Raft loop has stopped), and a handler waiting
+            # for it would hold the API's shutdown up.
+            raise NoLeader("this node is stopping; the write was not proposed")
+        try:
+            term, index = append(raw)
+        except ProposalDropped as exc:
+            raise NoLeader(f"not proposed: {exc}") from None
+        return await self._wait_applied(term, index)
+
+    async def _wait_applied(self, term: int, index: int) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[index] = _Pending(term, fut)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, self.write_timeout())
+        except TimeoutError:
+            self.pending.pop(index, None)
+            raise Unknown(
+                f"the write was proposed at index {index} but not applied within "
+                f"{self.write_timeout():.0f}s; it may still be"
+            ) from None
+
+    async def write(self, data: bytes) -> dict[str, Any]:
+        """Propose a state command on the leader; the caller (the API) forwards when we are
+        not the leader. Returns the apply result body or raises the error."""
+        res = await self.propose_cmd(data)
+        if not res.ok:
+            raise StateErrorResult(res.error)
+        return res.result or {}
+
+    async def read_barrier(self) -> None:
+        """Linearizable read point: ReadIndex, then wait until applied reaches it."""
+        raw = self.raw
+        if raw is None or self._cluster_id() is None:
+            raise NoLeader("this node is not a member of a cluster yet")
+        if self._stop.is_set():
+            raise NoLeader("this node is stopping; the read was not served")
+        if raw.basic_status().lead is None:
+            raise NoLeader("no leader known")
+        ctx = secrets.token_bytes(12)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.reads[ctx] = (fut, time.monotonic() + self.write_timeout())
+        raw.read_index(ctx)
+        self._wake.set()
+        await fut
+
+    async def wait_index(self, index: int, timeout: float) -> int:
+        """Wait until the state's index passes ``index`` (or the timeout); returns it."""
+        if self.state.index > index or timeout <= 0:
+            return self.state.index
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.state.index <= index and not self._stop.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._index_event.wait(), left)
+        return self.state.index
