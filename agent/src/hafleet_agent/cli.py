@@ -16,11 +16,10 @@ from collections.abc import Callable, Sequence
 
 from hafleet_agent import __version__
 from hafleet_agent.addr import split_host_port
+from hafleet_agent.config import DEFAULT_API_PORT, DEFAULT_RAFT_PORT
 
 PROG = "hafleet-agent"
 
-DEFAULT_RAFT_PORT = 7400
-DEFAULT_API_PORT = 7480
 DEFAULT_API_URL = f"http://127.0.0.1:{DEFAULT_API_PORT}"
 
 EXIT_NOT_IMPLEMENTED = 2

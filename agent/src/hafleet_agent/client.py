@@ -16,7 +16,8 @@ from typing import Any
 from .apiclient import APIClient, APIError
 from .config import ConfigError, read_secret
 
-#: The CLI's timeout for one call: a removal drains first (agent default 10 s, up to 30 s).
+#: The CLI's timeout for one call: a removal waits for the drain first (the agent's
+#: drain_timeout_s, config.AgentConfig: 10 s by default; up to 30 s still fits).
 TIMEOUT = 35.0
 #: For the other members' terms in ``status``.
 PEER_TIMEOUT = 1.5
