@@ -160,7 +160,8 @@ from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
 
 # What the diff compares: a member's identity, not its changing role, weight or metrics.
 DIFF_KEYS = ("id", "raft_addr", "api_addr", "service_addr")
-# The agent's own default drain_timeout_s, for the removal's HTTP timeout.
+# The agent's own default drain_timeout_s (hafleet_agent.config.AgentConfig), for the
+# removal's HTTP timeout; tests/agent/test_collection_constants.py holds it to the agent's.
 DEFAULT_DRAIN_S = 10.0
 
 
