@@ -24,10 +24,11 @@ commit=3 entries=[2/4 EntryNormal ""]``), messages lost to a partition or a cras
 change of a node's role or term (``n2 became follower at term 2``) right after the input that
 caused it.
 
-The interpreter drives real :class:`RawNode` instances exactly as the agent does (persist the
-ready batch, send its messages, apply its committed entries, advance) over an in-memory network
-and an in-memory storage model that keeps only what a ready handed over for persistence - so a
-``crash`` loses precisely what was never persisted. Node ids are ``n1``, ``n2``, ...; commands
+The interpreter drives real :class:`RawNode` instances exactly as the agent does, through the
+one Ready loop (``raft/ready.py``: persist the ready batch, send its messages, apply its
+committed entries, advance) over an in-memory network and an in-memory storage model that keeps
+only what a ready handed over for persistence - so a ``crash`` loses precisely what was never
+persisted. Node ids are ``n1``, ``n2``, ...; commands
 take ``1`` or ``n1``.
 
 Commands
@@ -86,6 +87,7 @@ from pathlib import Path
 
 from hafleet_agent.raft.core import Config, ProposalDropped
 from hafleet_agent.raft.rawnode import RawNode, Ready
+from hafleet_agent.raft.ready import ReadyEffects, handle_ready
 from hafleet_agent.raft.types import (
     ConfChange,
     ConfChangeType,
@@ -355,6 +357,14 @@ class Node:
     applied: list[tuple[int, str]] = field(default_factory=list)  # the state machine
     snapshot_index: int = 0  # the state machine's snapshot base
 
+    def restore(self, snap: Snapshot) -> None:
+        self.applied = [(snap.meta.index, d) for d in json.loads(snap.data)]
+        self.snapshot_index = snap.meta.index
+
+    def apply(self, e: Entry) -> None:
+        if e.type is EntryType.NORMAL and e.data:
+            self.applied.append((e.index, e.data.decode()))
+
 
 # ---------------------------------------------------------------------------------------------
 # The environment
@@ -588,18 +598,15 @@ class Env:
             self.emit("ReadStates:")
             for rs in rd.read_states:
                 self.emit(f"  index={rs.index} ctx={fmt_bytes(rs.context)}")
-        # The driver loop: persist, send, apply, advance.
-        node.storage.save(rd)
-        self.net.extend((node.id, m) for m in rd.messages)
-        if rd.snapshot is not None:
-            node.applied = [(rd.snapshot.meta.index, d) for d in json.loads(rd.snapshot.data)]
-            node.snapshot_index = rd.snapshot.meta.index
-        conf = False
-        for e in rd.committed_entries:
-            if e.type is EntryType.NORMAL and e.data:
-                node.applied.append((e.index, e.data.decode()))
-            conf = conf or e.type is EntryType.CONF_CHANGE
-        self._watch(node.id, lambda: raw.advance(rd))
+        # The driver loop, the agent's own (raft/ready.py): persist, send, apply, advance.
+        fx = ReadyEffects(
+            persist=node.storage.save,
+            send=lambda m: self.net.append((node.id, m)),
+            restore=node.restore,
+            apply=node.apply,
+        )
+        self._watch(node.id, lambda: handle_ready(raw, rd, fx))
+        conf = any(e.type is EntryType.CONF_CHANGE for e in rd.committed_entries)
         if conf:
             st = raw.status()
             self.emit(

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..raft.core import Config, ProposalDropped
-from ..raft.rawnode import RawNode
+from ..raft.rawnode import RawNode, Ready
+from ..raft.ready import PendingReads, ReadyEffects, drain
 from ..raft.types import (
     ConfChange,
     ConfChangeType,
@@ -29,7 +30,9 @@ from ..raft.types import (
     HardState,
     Message,
     NodeId,
+    ReadState,
     Snapshot,
+    SoftState,
     StateType,
 )
 from .checkers import InvariantChecker, Violation
@@ -134,7 +137,14 @@ class _OpRecord:
     done: bool = False
 
 
+class CrashedMidWrite(Exception):
+    """The simulated process died in the middle of a write: the disk keeps what reached it."""
+
+
 class SimNode:
+    """One simulated process: the real core, driven by the one Ready loop (raft/ready.py)
+    over a simulated disk and network."""
+
     def __init__(self, sim: Simulation, nid: NodeId) -> None:
         self.sim = sim
         self.id = nid
@@ -145,9 +155,18 @@ class SimNode:
         self.raw: RawNode | None = None
         self.sm = KVStateMachine()
         self.pending_ops: dict[int, tuple[int, str]] = {}  # index -> (term, op id)
-        self.pending_reads: list[tuple[int, bytes]] = []
+        self.pending_reads = PendingReads()
         self.torn_crash_armed = False
         self.paused_until = 0.0
+        self.effects = ReadyEffects(
+            persist=self._persist,
+            send=sim.send,
+            restore=self._restore,
+            apply=self._apply,
+            on_soft_state=self._on_soft_state,
+            on_read_state=self._on_read_state,
+            after_advance=self._after_advance,
+        )
 
     def start(self) -> None:
         d = self.disk
@@ -164,10 +183,103 @@ class SimNode:
         )
         self.sm = KVStateMachine.restore(d.snapshot.data, d.snapshot.meta.index)
         self.pending_ops = {}
-        self.pending_reads = []
+        self.pending_reads = PendingReads()
         self.alive = True
         self.torn_crash_armed = False
         self.paused_until = 0.0
+
+    # ---- the driver loop, as the agent runs it ---------------------------------------------
+    def process(self) -> None:
+        """Handle every ready batch the inputs fed so far produced."""
+        if not self.alive:
+            return
+        assert self.raw is not None
+        try:
+            drain(self.raw, self.effects)
+        except CrashedMidWrite:
+            self.sim.crash(self)
+            self.sim.at(self.sim.rng.uniform(5, 300), "restart", self.id)
+
+    def _persist(self, rd: Ready) -> None:
+        sim = self.sim
+        if (
+            rd.soft_state is not None
+            and rd.soft_state.state is StateType.LEADER
+            and "torn" in sim.faults
+            and sim.phase == "chaos"
+            and sim.rng.random() < 0.3
+        ):
+            # Die while writing the first entry of a new term, before sending it.
+            self.torn_crash_armed = True
+        if self.torn_crash_armed:
+            # The driver writes the snapshot (atomically: all or nothing), then the entries
+            # and the hard state as one appended batch, of which a torn write keeps a prefix.
+            snap_ok = rd.snapshot is None or sim.rng.random() < 0.5
+            if rd.snapshot is not None and snap_ok:
+                self.disk.save_snapshot(rd.snapshot)
+            cut = sim.rng.randrange(0, len(rd.entries) + 1) if snap_ok else 0
+            whole = snap_ok and cut == len(rd.entries) and sim.rng.random() < 0.5
+            self.disk.save(rd.hard_state if whole else None, rd.entries[:cut])
+            snap_txt = "-" if rd.snapshot is None else snap_ok
+            sim.log(
+                f"{self.id} crashed mid-write: snapshot={snap_txt} "
+                f"entries={cut}/{len(rd.entries)} hard_state={whole}"
+            )
+            raise CrashedMidWrite(self.id)
+        if rd.snapshot is not None:
+            self.disk.save_snapshot(rd.snapshot)
+        if rd.entries or rd.hard_state is not None:
+            self.disk.save(rd.hard_state, rd.entries)
+        assert self.raw is not None
+        sim.checker.on_persist(self.id, self.raw, rd.entries)
+
+    def _on_soft_state(self, ss: SoftState) -> None:
+        sim = self.sim
+        if ss.state is not StateType.LEADER:
+            return
+        sim.stats["leaders elected"] += 1
+        if sim.faults & {"crash", "torn"} and sim.phase == "chaos":
+            if sim.rng.random() < 0.3:
+                # A leader that dies young leaves entries of its term on a minority:
+                # the raw material of the paper's figure 8.
+                when = sim.rng.uniform(0.5, 8.0)
+                sim.at(when, "crash_node", self.id, self.incarnation)
+        if "partition" in sim.faults and sim.phase == "chaos":
+            if sim.rng.random() < 0.2:
+                # Cut a new leader off mid-replication: its entries reach some nodes.
+                sim.at(sim.rng.uniform(0.3, 5.0), "isolate", self.id)
+
+    def _restore(self, snap: Snapshot) -> None:
+        self.sim.stats["snapshots installed"] += 1
+        self.sm = KVStateMachine.restore(snap.data, snap.meta.index)
+
+    def _apply(self, e: Entry) -> None:
+        sim = self.sim
+        sim.checker.on_apply(self.id, e)
+        if e.type is EntryType.NORMAL:
+            op_id, result = self.sm.apply(e.index, e.data)
+            sim.resolve_write(self, e, op_id, result)
+        else:
+            self.sm.skip(e.index)
+            cc = ConfChange.decode(e.data)
+            if e.index not in sim.conf_seen and e.term > 1:
+                sim.conf_seen.add(e.index)
+                sim.stats[f"conf changes committed ({cc.type.name})"] += 1
+            sim.on_conf_applied(self, cc)
+
+    def _on_read_state(self, rs: ReadState) -> None:
+        self.pending_reads.add(rs)
+
+    def _after_advance(self) -> None:
+        sim, raw = self.sim, self.raw
+        assert raw is not None
+        for rs in self.pending_reads.due(self.sm.applied):
+            sim.read_done(self, rs.context)
+        if self.sm.applied - raw.basic_status().first_index >= sim.compact_every:
+            snap = raw.compact(self.sm.applied, self.sm.snapshot())
+            if snap is not None:
+                self.disk.save_snapshot(snap)
+                sim.stats["log compactions"] += 1
 
 
 class Simulation:
@@ -242,7 +354,7 @@ class Simulation:
             assert node.raw is not None
             node.raw.bootstrap([(i, b"") for i in ids])
             self.at(self.rng.uniform(0, cfg.tick_ms), "tick", nid, node.incarnation)
-            self.process(node)
+            node.process()
         for c in range(cfg.clients):
             self.at(self.rng.uniform(0, 50), "client", c)
         self.schedule_faults()
@@ -298,7 +410,7 @@ class Simulation:
                 assert node.raw is not None
                 if node.paused_until <= self.now:  # a frozen process misses its ticks
                     node.raw.tick()
-                    self.process(node)
+                    node.process()
                 self.at(self.cfg.tick_ms, "tick", nid, inc)
         elif kind == "deliver":
             (m,) = args
@@ -313,7 +425,7 @@ class Simulation:
                 return
             assert node.raw is not None
             node.raw.step(m)
-            self.process(node)
+            node.process()
         elif kind == "client":
             (c,) = args
             self.client_op(c)  # type: ignore[arg-type]
@@ -360,82 +472,7 @@ class Simulation:
         else:
             raise AssertionError(kind)
 
-    # ---- the driver loop, as the agent runs it ---------------------------------------------
-    def process(self, node: SimNode) -> None:
-        raw = node.raw
-        assert raw is not None
-        while node.alive and raw.has_ready():
-            rd = raw.ready()
-            if (
-                rd.soft_state is not None
-                and rd.soft_state.state is StateType.LEADER
-                and "torn" in self.faults
-                and self.phase == "chaos"
-                and self.rng.random() < 0.3
-            ):
-                # Die while writing the first entry of a new term, before sending it.
-                node.torn_crash_armed = True
-            if node.torn_crash_armed and rd.must_sync:
-                # The driver writes the snapshot (atomically: all or nothing), then the entries
-                # and the hard state as one appended batch, of which a torn write keeps a prefix.
-                snap_ok = rd.snapshot is None or self.rng.random() < 0.5
-                if rd.snapshot is not None and snap_ok:
-                    node.disk.save_snapshot(rd.snapshot)
-                cut = self.rng.randrange(0, len(rd.entries) + 1) if snap_ok else 0
-                whole = snap_ok and cut == len(rd.entries) and self.rng.random() < 0.5
-                node.disk.save(rd.hard_state if whole else None, rd.entries[:cut])
-                snap_txt = "-" if rd.snapshot is None else snap_ok
-                self.log(
-                    f"{node.id} crashed mid-write: snapshot={snap_txt} "
-                    f"entries={cut}/{len(rd.entries)} hard_state={whole}"
-                )
-                self.crash(node)
-                self.at(self.rng.uniform(5, 300), "restart", node.id)
-                return
-            if rd.snapshot is not None:
-                node.disk.save_snapshot(rd.snapshot)
-            if rd.entries or rd.hard_state is not None:
-                node.disk.save(rd.hard_state, rd.entries)
-            self.checker.on_persist(node.id, raw, rd.entries)
-            if rd.soft_state is not None and rd.soft_state.state is StateType.LEADER:
-                self.stats["leaders elected"] += 1
-                if self.faults & {"crash", "torn"} and self.phase == "chaos":
-                    if self.rng.random() < 0.3:
-                        # A leader that dies young leaves entries of its term on a minority:
-                        # the raw material of the paper's figure 8.
-                        when = self.rng.uniform(0.5, 8.0)
-                        self.at(when, "crash_node", node.id, node.incarnation)
-                if "partition" in self.faults and self.phase == "chaos":
-                    if self.rng.random() < 0.2:
-                        # Cut a new leader off mid-replication: its entries reach some nodes.
-                        self.at(self.rng.uniform(0.3, 5.0), "isolate", node.id)
-            for m in rd.messages:
-                self.send(m)
-            if rd.snapshot is not None:
-                self.stats["snapshots installed"] += 1
-                node.sm = KVStateMachine.restore(rd.snapshot.data, rd.snapshot.meta.index)
-            for e in rd.committed_entries:
-                self.checker.on_apply(node.id, e)
-                if e.type is EntryType.NORMAL:
-                    op_id, result = node.sm.apply(e.index, e.data)
-                    self.resolve_write(node, e, op_id, result)
-                else:
-                    node.sm.skip(e.index)
-                    cc = ConfChange.decode(e.data)
-                    if e.index not in self.conf_seen and e.term > 1:
-                        self.conf_seen.add(e.index)
-                        self.stats[f"conf changes committed ({cc.type.name})"] += 1
-                    self.on_conf_applied(node, cc)
-            for rs in rd.read_states:
-                node.pending_reads.append((rs.index, rs.context))
-            raw.advance(rd)
-            self.serve_reads(node)
-            if node.sm.applied - raw.basic_status().first_index >= self.compact_every:
-                snap = raw.compact(node.sm.applied, node.sm.snapshot())
-                if snap is not None:
-                    node.disk.save_snapshot(snap)
-                    self.stats["log compactions"] += 1
-
+    # ---- the network -----------------------------------------------------------------------
     def send(self, m: Message) -> None:
         if m.to == m.frm:
             return
@@ -465,7 +502,7 @@ class Simulation:
             f"snapshot={node.disk.snapshot.meta.index} entries={len(node.disk.entries)}"
         )
         self.at(self.rng.uniform(0, self.cfg.tick_ms), "tick", node.id, node.incarnation)
-        self.process(node)
+        node.process()
 
     # ---- clients ---------------------------------------------------------------------------
     def pick_node(self) -> SimNode | None:
@@ -521,7 +558,7 @@ class Simulation:
             self.reads[ctx] = op_id
             node.raw.read_index(ctx)
             self.log(f"client {c}: {op_id} get {key} via {node.id}")
-            self.process(node)
+            node.process()
         else:
             data = encode_command(op_id, kind, key, value, expected)
             try:
@@ -539,7 +576,7 @@ class Simulation:
                 f"client {c}: {op_id} {kind} {key}={value} exp={expected} "
                 f"at {node.id} {term}/{index}"
             )
-            self.process(node)
+            node.process()
 
     def complete(self, op_id: str, output: object, ok: bool = True) -> None:
         rec = self.ops[op_id]
@@ -571,18 +608,11 @@ class Simulation:
             # Another entry took our index: ours can never be applied (log matching).
             self.complete(want, None, ok=False)
 
-    def serve_reads(self, node: SimNode) -> None:
-        if not node.pending_reads:
-            return
-        keep = []
-        for index, ctx in node.pending_reads:
-            if node.sm.applied >= index:
-                op_id = self.reads.get(ctx)
-                if op_id is not None and not self.ops[op_id].done:
-                    self.complete(op_id, node.sm.get(self.ops[op_id].key))
-            else:
-                keep.append((index, ctx))
-        node.pending_reads = keep
+    def read_done(self, node: SimNode, ctx: bytes) -> None:
+        """A read that ``node`` confirmed has its index applied there: answer it."""
+        op_id = self.reads.get(ctx)
+        if op_id is not None and not self.ops[op_id].done:
+            self.complete(op_id, node.sm.get(self.ops[op_id].key))
 
     def check_history(self) -> None:
         ops = [
@@ -719,7 +749,7 @@ class Simulation:
             self.log(f"transfer leadership {lead.id} -> {to}")
             self.stats["transfers requested"] += 1
             lead.raw.transfer_leadership(to)
-            self.process(lead)
+            lead.process()
 
     def fault_membership(self) -> None:
         lead = self.leader()
@@ -757,7 +787,7 @@ class Simulation:
             self.log(f"membership: {lead.id} proposes {cc.type.name} {cc.node_id}")
         except ProposalDropped as exc:
             self.log(f"membership: {cc.type.name} {cc.node_id} dropped: {exc}")
-        self.process(lead)
+        lead.process()
 
     def on_conf_applied(self, node: SimNode, cc: ConfChange) -> None:
         if cc.type is ConfChangeType.REMOVE:
