@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
-import json
 import logging
 import os
 import random
@@ -48,14 +47,15 @@ from .node.frames import (
     check_info,
     check_metrics_row,
 )
+from .node.meta import META_FILE, load_cluster_id, save_cluster_id
 from .node.peers import MAX_PEERS, PEER_EXPIRE_S, Peer, PeerTable
+from .node.snapshots import SnapshotTransfer
 from .raft.rawnode import RawNode
 from .raft.status import BasicStatus
 from .raft.types import (
     ConfChange,
     ConfChangeType,
     Message,
-    Snapshot,
     StateType,
 )
 from .snapxfer import ACK_KIND, CHUNK_KIND, SnapshotReceiver, SnapshotSender
@@ -66,11 +66,9 @@ from .state import (
     member_context,
 )
 from .transport import PeerInfo, Transport
-from .wal import RECEIVED_SUFFIX, DiskStorage, StorageError
+from .wal import DiskStorage, StorageError
 
 log = logging.getLogger("hafleet.agent")
-
-META_FILE = "agent.json"
 
 #: A background task that fails (the sampler, housekeeping, the leader's chores, discovery,
 #: founding and joining) is logged and started again after a back-off that doubles from
@@ -111,9 +109,9 @@ class Agent:
             stopping=self._stop,
             cluster_id=lambda: self.cluster_id,
             send=self._send_raft,
-            save_snapshot=self._save_received_snapshot,
+            save_snapshot=lambda snap: self.snapshots.save_received(snap),
             on_conf_change=self._on_conf_change,
-            sending_snapshot=lambda: self.snap_sender is not None and self.snap_sender.busy(),
+            sending_snapshot=lambda: self.snapshots.busy(),
             spawn=self._spawn,
             fail=self.fail,
         )
@@ -167,6 +165,20 @@ class Agent:
             spawn=self._spawn,
             wake=self.driver.wake,
         )
+        # Snapshots too large for one frame travel in chunks (node/snapshots.py); its sender
+        # and receiver are made in start(), once the transport runs.
+        self.snapshots = SnapshotTransfer(
+            self.id,
+            self.data_dir,
+            self.driver,
+            cluster_id=lambda: self.cluster_id,
+            stopping=self._stop,
+            spawn=self._spawn,
+            send=self._send,
+            deliver_raft=self._on_raft_frame,
+        )
+        self.snap_sender: SnapshotSender | None = None
+        self.snap_receiver: SnapshotReceiver | None = None
         self.events: list[str] = []
         #: Failures of the background tasks that were restarted, by task name.
         self.task_failures: dict[str, int] = {}
@@ -186,15 +198,9 @@ class Agent:
             "metrics": self._on_metrics,
             "metrics_table": self._on_metrics_table,
             "member_update": self._on_member_update,
-            CHUNK_KIND: self._on_snap_chunk,
-            ACK_KIND: self._on_snap_ack,
+            CHUNK_KIND: self.snapshots.on_chunk,
+            ACK_KIND: self.snapshots.on_ack,
         }
-        # Snapshots too large for one frame travel in chunks (snapxfer.py); made in start().
-        # Their frames: CHUNK_KIND and ACK_KIND, handled by _on_snap_chunk and _on_snap_ack.
-        self.snap_sender: SnapshotSender | None = None
-        self.snap_receiver: SnapshotReceiver | None = None
-        # a snapshot received in chunks and the storage's copy of it, written ahead
-        self._received_prepared: tuple[Snapshot, Path] | None = None
 
     # ---- the driver's parts (node/driver.py) ------------------------------------------------
     @property
@@ -250,7 +256,7 @@ class Agent:
     async def start(self) -> None:
         cfg = self.cfg
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._load_meta()
+        self.cluster_id = load_cluster_id(self.data_dir, self.id, cfg.cluster)
         has_state = self.driver.open(self.data_dir)
         st = self.driver.storage
         assert st is not None
@@ -283,7 +289,8 @@ class Agent:
             cluster_id=lambda: self.cluster_id,
         )
         await self.transport.start()
-        self._start_snapshot_transfer()
+        self.snapshots.start(self.transport)
+        self.snap_sender, self.snap_receiver = self.snapshots.sender, self.snapshots.receiver
         self.api_runner = await start_api(self)
         if cfg.mdns and not await self._start_discovery():
             self._supervise(self._retry_discovery, "discovery")
@@ -396,40 +403,7 @@ class Agent:
         self.driver.close()
         log.info("stopped")
 
-    # ---- meta (cluster id) -----------------------------------------------------------------
-    def _load_meta(self) -> None:
-        path = self.data_dir / META_FILE
-        if not path.exists():
-            return
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot read {path}: {exc}") from None
-        if meta.get("node_id") != self.id or meta.get("cluster") != self.cfg.cluster:
-            raise StorageError(
-                f"{self.data_dir} belongs to node {meta.get('node_id')!r} of cluster "
-                f"{meta.get('cluster')!r}, not node {self.id!r} of {self.cfg.cluster!r}; "
-                "use another --data-dir or the matching --node-id/--cluster"
-            )
-        self.cluster_id = meta.get("cluster_id")
-
-    def _save_meta(self) -> None:
-        path = self.data_dir / META_FILE
-        tmp = path.with_suffix(".tmp")
-        data = {"node_id": self.id, "cluster": self.cfg.cluster, "cluster_id": self.cluster_id}
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(data).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(self.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
+    # ---- the cluster id (node/meta.py) -----------------------------------------------------
     def _adopt_cluster(self, cluster_id: str, how: str) -> bool:
         """Take ``cluster_id`` for good (written to agent.json); False when that failed, and
         then the agent is failing (a storage failure: fail-stop)."""
@@ -439,7 +413,7 @@ class Agent:
             raise AssertionError(f"cluster id {self.cluster_id} cannot become {cluster_id}")
         self.cluster_id = cluster_id
         try:
-            self._save_meta()
+            save_cluster_id(self.data_dir, self.id, self.cfg.cluster, cluster_id)
         except OSError as exc:
             self.fail(f"storage failed, cannot record the cluster id in {META_FILE}: {exc}")
             return False
@@ -636,95 +610,6 @@ class Agent:
             log.warning("Raft message from %s refused: %s", peer.node_id, exc)
             return
         self.driver.wake()
-
-    # ---- snapshots larger than a frame (snapxfer.py) ----------------------------------------
-    def _start_snapshot_transfer(self) -> None:
-        assert self.transport is not None
-
-        def still_leader(to: str, term: int) -> bool:
-            st = self.raw.basic_status() if self.raw is not None else None
-            return (
-                st is not None
-                and st.is_leader
-                and st.term == term
-                and st.in_config(to)
-                and not self._stop.is_set()
-            )
-
-        def report_failure(to: str) -> None:
-            if self.raw is not None:
-                self.raw.report_snapshot(to, False)
-                self.driver.wake()
-
-        def reply(addr: str, body: dict[str, Any]) -> None:
-            self._send(addr, body.pop("k"), **body)
-
-        self.snap_sender = SnapshotSender(
-            transport=self.transport,
-            cluster_id=lambda: self.cluster_id,
-            spawn=self._spawn,
-            still_leader=still_leader,
-            report_failure=report_failure,
-        )
-        storage = self.storage
-        assert storage is not None
-        self.snap_receiver = SnapshotReceiver(
-            node_id=self.id,
-            data_dir=self.data_dir,
-            deliver=self._deliver_snapshot,
-            reply=reply,
-            spawn=self._spawn,
-            prepare=lambda snap: storage.prepare_snapshot(snap, RECEIVED_SUFFIX),
-        )
-
-    def _on_snap_chunk(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        # Chunks only from our own cluster: a node adopts its cluster id from the Raft
-        # messages that always come before a snapshot (the leader probes first).
-        if self.snap_receiver is None or self.cluster_id is None:
-            return
-        if obj.get("cid") != self.cluster_id:
-            log.debug("snapshot chunk of cluster %r from %s: dropped", obj.get("cid"), peer.node_id)
-            return
-        self.snap_receiver.on_chunk(peer, obj)
-
-    def _on_snap_ack(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        if self.snap_sender is not None and obj.get("cid") == self.cluster_id:
-            self.snap_sender.on_ack(peer.node_id, obj)
-
-    def _deliver_snapshot(self, peer: PeerInfo, m: Message, prepared: Path | None) -> None:
-        """A snapshot received in chunks, checksum verified: the core gets it as if it had
-        come in one Raft frame, through the same checks (sender, cluster, term bounds).
-        ``prepared``: the storage's copy of it, already written (off the loop); the driver
-        puts it in force when the core hands the snapshot over to be saved."""
-        assert self.storage is not None and self.raw is not None and m.snapshot is not None
-        old, self._received_prepared = self._received_prepared, None
-        if old is not None and old[1] != prepared:  # one file per index and term
-            self.storage.discard_prepared_snapshot(old[1])
-        self._on_raft_frame(peer, self.cluster_id, encode_message(m))
-        pending = self.raw.pending_snapshot_meta()
-        if prepared is not None:
-            if pending is not None and pending == m.snapshot.meta:
-                self._received_prepared = (m.snapshot, prepared)
-            else:  # the core did not take it (stale, or refused): nothing to install
-                self.storage.discard_prepared_snapshot(prepared)
-
-    def _save_received_snapshot(self, snap: Snapshot) -> None:
-        """Make a snapshot from the leader durable (in the ready loop, before anything that
-        depends on it): by renaming the copy written ahead when it is the one prepared."""
-        assert self.storage is not None
-        prep, self._received_prepared = self._received_prepared, None
-        if (
-            prep is not None
-            and prep[0].meta == snap.meta
-            and prep[0].data == snap.data
-            and prep[1].exists()
-        ):
-            self.storage.install_prepared_snapshot(snap, prep[1])
-            log.debug("snapshot %d: the copy written ahead is in force", snap.meta.index)
-            return
-        if prep is not None:
-            self.storage.discard_prepared_snapshot(prep[1])
-        self.storage.save_snapshot(snap)
 
     # ---- founding and joining ---------------------------------------------------------------
     def my_info(self) -> dict[str, Any]:
