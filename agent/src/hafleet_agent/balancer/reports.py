@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..keys import DRAINED_PREFIX, REGISTERED_KEY
@@ -25,28 +26,20 @@ from .plan import Plan, Want
 log = logging.getLogger("hafleet.balancer")
 
 
+@dataclass
 class DrainReports:
     """The KV reports of one syncer; ``write(key, value=None, delete=False)`` and
     ``get_stale(key)`` reach the agents (:meth:`.syncer.Balancer.write`, ``get_stale``)."""
 
-    def __init__(
-        self,
-        write: Callable[..., Awaitable[bool]],
-        get_stale: Callable[[str], Awaitable[Any]],
-        *,
-        backend: str,
-        strategy: str,
-        drain_timeout: float,
-    ) -> None:
-        self.write = write
-        self.get_stale = get_stale
-        self.backend = backend
-        self.strategy = strategy
-        self.drain_timeout = drain_timeout
-        self.registered = False
-        self.reported: dict[str, bool] = {}  # member id -> reported drained (timed out?)
-        self.checked_stale_key: set[str] = set()
-        self.to_forget: set[str] = set()
+    write: Callable[..., Awaitable[bool]]
+    get_stale: Callable[[str], Awaitable[Any]]
+    backend: str
+    strategy: str
+    drain_timeout: float
+    registered: bool = False
+    reported: dict[str, bool] = field(default_factory=dict)  # id -> reported (timed out?)
+    checked_stale_key: set[str] = field(default_factory=set)
+    to_forget: set[str] = field(default_factory=set)
 
     def forget(self, member_id: str) -> None:
         """The server of ``member_id`` is deleted: its drained mark goes too (once it has

@@ -170,11 +170,7 @@ class Balancer:
         self.stop = asyncio.Event()
         self.drain_started: dict[str, float] = {}
         self.reports = DrainReports(
-            self.write,
-            self.get_stale,
-            backend=opts.backend,
-            strategy=opts.strategy,
-            drain_timeout=opts.drain_timeout,
+            self.write, self.get_stale, opts.backend, opts.strategy, opts.drain_timeout
         )
         self.haproxy_pid: str | None = None
         self.haproxy_down_since: float | None = None
