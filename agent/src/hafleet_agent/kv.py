@@ -1,0 +1,137 @@
+"""The key-value store of the replicated state: its records, the rules of a put and a delete
+(``cas``), and the size each key adds to the state, which the storage quota counts.
+
+:class:`hafleet_agent.state.StateMachine` holds one :class:`KVStore` and calls it for the
+``kv_put`` and ``kv_del`` commands (validated before, by :mod:`hafleet_agent.commands`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from .commands import JSON, StateError
+
+KV_RECORD_OVERHEAD = 64
+"""What a key costs beyond its bytes and its value's: about its record's share of a snapshot
+(``{"create_index":..,"modify_index":..,"value":..}``)."""
+
+
+# encode_json's settings in one encoder made once (json.dumps makes a new one per call with
+# these arguments): a restore counts every key of the store, and that is most of its cost.
+_SIZE_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def kv_record_bytes(key: str, value: JSON) -> int:
+    """One key's share of the state for the quota: key, encoded value and the overhead."""
+    encoded = _SIZE_ENCODER.encode(value)
+    size = len(encoded) if encoded.isascii() else len(encoded.encode("utf-8"))
+    return len(key.encode("utf-8")) + size + KV_RECORD_OVERHEAD
+
+
+class KVStore:
+    """The records by key, ``{"value", "create_index", "modify_index"}`` each (a snapshot holds
+    them as they are), and each key's share of the state for the quota."""
+
+    records: dict[str, dict[str, JSON]]
+
+    def __init__(self) -> None:
+        self.load({})
+
+    def load(self, records: dict[str, dict[str, JSON]]) -> None:
+        """Take ``records`` (a snapshot's) as the store and count their sizes."""
+        self.records = records
+        self._sizes: dict[str, int] = {  # key -> its share of the state (quota)
+            k: kv_record_bytes(k, rec.get("value") if isinstance(rec, dict) else None)
+            for k, rec in records.items()
+        }
+        self._bytes = sum(self._sizes.values())
+
+    # ---- commands ------------------------------------------------------------------------
+    def put(self, index: int, key: str, value: JSON, cas: int | None) -> dict[str, JSON]:
+        """``kv_put`` at entry ``index``: StateError 409 ``cas`` when the condition fails."""
+        rec = self.records.get(key)
+        self._check_cas(key, rec, cas)
+        value = copy.deepcopy(value)
+        if rec is None:
+            rec = {"create_index": index}
+            self.records[key] = rec
+        rec["value"] = value
+        rec["modify_index"] = index
+        self._account(key, kv_record_bytes(key, value))
+        return {"key": key, "value": copy.deepcopy(value), "modify_index": index}
+
+    def delete(self, key: str, cas: int | None) -> dict[str, JSON]:
+        """``kv_del``: StateError 409 ``cas`` when the condition fails."""
+        rec = self.records.get(key)
+        self._check_cas(key, rec, cas)
+        deleted = self.records.pop(key, None) is not None
+        self._account(key, 0)
+        return {"key": key, "value": None, "modify_index": 0, "deleted": deleted}
+
+    @staticmethod
+    def _check_cas(key: str, rec: dict[str, JSON] | None, cas: int | None) -> None:
+        if cas is None:
+            return
+        current = 0 if rec is None else rec["modify_index"]
+        if current != cas:
+            raise StateError(
+                409,
+                f"key {key!r} has modify_index {current}, not {cas}",
+                "cas",
+                current_index=current,
+            )
+
+    # ---- queries -------------------------------------------------------------------------
+    def get(self, key: str, detail: bool = False) -> dict[str, JSON] | None:
+        """``{"key", "value", "modify_index"}`` (and ``create_index`` with ``detail``), or
+        None when absent."""
+        rec = self.records.get(key)
+        if rec is None:
+            return None
+        out = {
+            "key": key,
+            "value": copy.deepcopy(rec["value"]),
+            "modify_index": rec["modify_index"],
+        }
+        if detail:
+            out["create_index"] = rec["create_index"]
+        return out
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self.records if k.startswith(prefix))
+
+    # ---- size and quota --------------------------------------------------------------------
+    def size(self) -> int:
+        """The KV store's size as the quota counts it (:func:`kv_record_bytes` summed)."""
+        return self._bytes
+
+    def check_quota(self, quota: int, key: str, value: JSON) -> None:
+        """Raise 413 ``quota_exceeded`` when putting ``value`` at ``key`` would grow the KV
+        store past ``quota`` bytes (0: no quota). A write that does not grow it (a delete, a
+        smaller value) always passes, so a store over its quota can be cleaned up."""
+        if quota <= 0:
+            return
+        new = kv_record_bytes(key, value)
+        after = self._bytes - self._sizes.get(key, 0) + new
+        if after > quota and after > self._bytes:
+            raise StateError(
+                413,
+                f"the write would grow the replicated state to {after} bytes, over its quota of "
+                f"{quota} (quota_bytes); delete keys or raise the quota",
+                "quota_exceeded",
+                quota_bytes=quota,
+                state_bytes=self._bytes,
+            )
+
+    def _account(self, key: str, size: int) -> None:
+        self._bytes += size - self._sizes.pop(key, 0)
+        if size:
+            self._sizes[key] = size
+
+    def copy_records(self) -> dict[str, dict[str, JSON]]:
+        """A copy of the records that shares the values (the store never changes a value in
+        place, it replaces it)."""
+        return {key: dict(rec) for key, rec in self.records.items()}
