@@ -5,6 +5,7 @@ is durable."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -45,6 +46,7 @@ class Driver:
         self.applied: list[int] = []
         self.events: list[str] = []
         self.fail_writes = False
+        self.check_send: Callable[[Message], None] | None = None  # looks at what goes out
         self.fx = ReadyEffects(
             persist=self.persist,
             send=self.send,
@@ -67,6 +69,8 @@ class Driver:
         self.events.append("persist")
 
     def send(self, m: Message) -> None:
+        if self.check_send is not None:
+            self.check_send(m)
         self.sent.append(m)
         self.events.append(f"send {m.type.name}")
 
@@ -178,42 +182,37 @@ def test_a_failed_write_sends_nothing_applies_nothing_and_does_not_advance() -> 
     assert d.events == []
 
 
-def test_an_append_is_acknowledged_only_once_it_is_on_disk() -> None:
+def _claims_only_what_is_on_disk(d: Driver, m: Message) -> None:
+    """A message may speak only of what is durable: its term, an entry it acknowledges, a vote
+    it grants."""
+    assert d.hard_state.term >= m.term, f"{m.type.name} of term {m.term}, disk has {d.hard_state}"
+    if m.type is MT.APP_RESP and not m.reject:
+        assert m.index in d.disk, f"acknowledged {m.index}, disk holds {sorted(d.disk)}"
+    if m.type is MT.VOTE_RESP and not m.reject:
+        assert d.hard_state.vote == m.to, f"granted {m.to}, disk has {d.hard_state}"
+
+
+@pytest.mark.parametrize(
+    ("incoming", "answer"),
+    [
+        (_append_from_leader(), "APP_RESP"),
+        # n3 campaigns for term 2 with a log as long as n2's (3 entries of term 1)
+        (Message(MT.VOTE, to="n2", frm="n3", term=2, log_term=1, index=3), "VOTE_RESP"),
+    ],
+    ids=["append", "vote"],
+)
+def test_an_answer_leaves_only_once_what_it_claims_is_on_disk(
+    incoming: Message, answer: str
+) -> None:
     d = Driver()
     drain(d.raw, d.fx)
-    checked: list[int] = []
-
-    def send(m: Message) -> None:
-        if m.type is MT.APP_RESP and not m.reject:
-            assert m.index in d.disk, f"acknowledged {m.index}, disk holds {sorted(d.disk)}"
-            assert d.hard_state.term >= m.term
-            checked.append(m.index)
-        d.send(m)
-
-    fx = ReadyEffects(d.persist, send, d.restore, d.apply, after_advance=d.fx.after_advance)
-    d.raw.step(_append_from_leader())
+    d.check_send = lambda m: _claims_only_what_is_on_disk(d, m)
+    d.raw.step(incoming)
     d.events.clear()
-    done = drain(d.raw, fx)
-    assert checked == [4]
-    assert d.events[:2] == ["persist", "send APP_RESP"]
+    done = drain(d.raw, d.fx)
+    assert [m.type.name for m in d.sent] == [answer] and not d.sent[0].reject
+    assert d.events.index("persist") < d.events.index(f"send {answer}")
     assert done.batches == 1 and done.messages == 1
-
-
-def test_a_vote_is_on_disk_before_it_is_granted() -> None:
-    d = Driver()
-    drain(d.raw, d.fx)
-    granted: list[HardState] = []
-
-    def send(m: Message) -> None:
-        if m.type is MT.VOTE_RESP and not m.reject:
-            granted.append(d.hard_state)
-        d.send(m)
-
-    fx = ReadyEffects(d.persist, send, d.restore, d.apply)
-    # n3 campaigns for term 2 with a log as long as n2's (3 entries of term 1).
-    d.raw.step(Message(MT.VOTE, to="n2", frm="n3", term=2, log_term=1, index=3))
-    drain(d.raw, fx)
-    assert granted == [HardState(2, "n3", 3)]
 
 
 # ---- several batches -------------------------------------------------------------------------

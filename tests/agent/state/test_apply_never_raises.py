@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hafleet_agent.ids import valid_member_id
 from hafleet_agent.raft.core import Config
 from hafleet_agent.raft.rawnode import RawNode
+from hafleet_agent.raft.ready import ReadyEffects, drain
 from hafleet_agent.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from hafleet_agent.state import (
     MAX_JSON_DEPTH,
@@ -250,10 +251,13 @@ def test_out_of_order_is_still_a_driver_bug() -> None:
 
 def _drain(node: RawNode, sm: StateMachine) -> list:
     results = []
-    while node.has_ready():
-        rd = node.ready()
-        results.extend(sm.apply_entry(e) for e in rd.committed_entries)
-        node.advance(rd)
+    fx = ReadyEffects(
+        persist=lambda rd: None,  # in memory only: the core holds its log
+        send=lambda m: None,  # a single voter has no one to send to
+        restore=lambda snap: sm.restore(snap.data, snap.meta.index),
+        apply=lambda e: results.append(sm.apply_entry(e)),
+    )
+    drain(node, fx)
     return results
 
 

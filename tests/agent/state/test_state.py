@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hafleet_agent.raft import ready
 from hafleet_agent.raft.core import Config
 from hafleet_agent.raft.rawnode import RawNode
+from hafleet_agent.raft.ready import ReadyEffects
 from hafleet_agent.raft.types import ConfChange, ConfChangeType, Entry, EntryType, StateType
 from hafleet_agent.state import (
     MAX_KEY_BYTES,
@@ -461,12 +463,13 @@ def test_driven_by_a_single_node_raft_group() -> None:
     results: list[ApplyResult] = []
 
     def drain() -> None:
-        while node.has_ready():
-            rd = node.ready()
-            if rd.snapshot is not None:
-                sm.restore(rd.snapshot.data, rd.snapshot.meta.index)
-            results.extend(sm.apply_entry(e) for e in rd.committed_entries)
-            node.advance(rd)
+        fx = ReadyEffects(
+            persist=lambda rd: None,  # in memory only: the core holds its log
+            send=lambda m: None,  # a single voter has no one to send to
+            restore=lambda snap: sm.restore(snap.data, snap.meta.index),
+            apply=lambda e: results.append(sm.apply_entry(e)),
+        )
+        ready.drain(node, fx)
 
     drain()  # the founding configuration is applied before the node may campaign
     node.campaign()
