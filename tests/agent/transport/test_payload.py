@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hafleet_agent import transport as tr
+from hafleet_agent import wire
 
-SMALL = tr._SMALL_PAYLOAD
+SMALL = wire._SMALL_PAYLOAD
 PAD = b"p" * SMALL  # a bin that pushes any value onto the item-by-item path
 
 values = st.recursive(
@@ -47,12 +47,12 @@ def same(a: object, b: object) -> bool:
 def test_both_paths_build_what_msgpack_builds(value: object, single: bool) -> None:
     packed = msgpack.packb(value, use_single_float=single)
     expected = msgpack.unpackb(packed, raw=False, strict_map_key=True)
-    assert same(tr._unpack(packed), expected)  # small: msgpack with limits
+    assert same(wire.unpack_payload(packed), expected)  # small: msgpack with limits
     for big in (b"\x92" + packed + msgpack.packb(PAD), msgpack.packb([value, PAD])):
         assert len(big) > SMALL
-        got = tr._unpack(big)  # large: the walker
+        got = wire.unpack_payload(big)  # large: the walker
         assert same(got, msgpack.unpackb(big, raw=False, strict_map_key=True))
-        assert same(tr._unpack(memoryview(big)), got)
+        assert same(wire.unpack_payload(memoryview(big)), got)
 
 
 @given(st.binary(max_size=64), st.integers(0, 3))
@@ -70,8 +70,8 @@ def test_the_walker_refuses_what_msgpack_refuses(tail: bytes, cut: int) -> None:
     ):
         expected = None  # extension types are refused on purpose
     try:
-        got = tr._unpack(data)
-    except tr._ProtocolError:
+        got = wire.unpack_payload(data)
+    except wire.ProtocolError:
         got = None
     assert same(got, expected)
 
@@ -89,30 +89,32 @@ def test_the_walker_refuses_what_msgpack_refuses(tail: bytes, cut: int) -> None:
         msgpack.packb([PAD]) + b"\xc0",  # trailing bytes on the walker's path
         msgpack.packb([PAD])[:-1],  # truncated
         b"\x91" * 40 + msgpack.packb(PAD),  # nested deeper than MAX_PAYLOAD_DEPTH
-        b"\x92\xdd" + (tr.MAX_PAYLOAD_ITEMS).to_bytes(4, "big") + b"\xc0" * tr.MAX_PAYLOAD_ITEMS,
+        b"\x92\xdd"
+        + (wire.MAX_PAYLOAD_ITEMS).to_bytes(4, "big")
+        + b"\xc0" * wire.MAX_PAYLOAD_ITEMS,
     ],
 )
 def test_refused_payloads_raise_a_protocol_error(data: bytes) -> None:
-    with pytest.raises(tr._ProtocolError, match="payload is not one msgpack value"):
-        tr._unpack(data)
+    with pytest.raises(wire.ProtocolError, match="payload is not one msgpack value"):
+        wire.unpack_payload(data)
 
 
 def test_the_item_budget_is_exact() -> None:
     # the outer array, the inner array and its elements: MAX_PAYLOAD_ITEMS in all
-    n = tr.MAX_PAYLOAD_ITEMS - 3
+    n = wire.MAX_PAYLOAD_ITEMS - 3
     ok = b"\x92\xdd" + n.to_bytes(4, "big") + b"\xc0" * n + msgpack.packb(PAD)
-    assert tr._unpack(ok)[1] == PAD
+    assert wire.unpack_payload(ok)[1] == PAD
     over = b"\x92\xdd" + (n + 1).to_bytes(4, "big") + b"\xc0" * (n + 1) + msgpack.packb(PAD)
-    with pytest.raises(tr._ProtocolError, match="items"):
-        tr._unpack(over)
+    with pytest.raises(wire.ProtocolError, match="items"):
+        wire.unpack_payload(over)
 
 
 def peak(data: bytes) -> int:
     gc.collect()
     tracemalloc.start()
     try:
-        with contextlib.suppress(tr._ProtocolError):
-            tr._unpack(data)
+        with contextlib.suppress(wire.ProtocolError):
+            wire.unpack_payload(data)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -1,0 +1,336 @@
+"""One connection of the transport, and one destination's outbound queue (asyncio).
+
+:class:`Conn` is an accepted or dialled socket with the session and the peer its handshake
+gave it; :func:`read_frame` reads one frame off it through :class:`.wire.FrameDecoder`.
+:class:`Outbound` is the bounded queue of one destination address and the task that dials
+it, writes the queue in order and reconnects with back-off; it asks its owner (the
+:class:`.transport.Transport`) to dial and to read. Lines go to the ``hafleet.transport``
+logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from .wire import Closed, FrameDecoder, ProtocolError, Session
+
+__all__ = [
+    "Conn",
+    "Outbound",
+    "PeerInfo",
+    "Refused",
+    "TransportStats",
+    "abort",
+    "fmt_addr",
+    "read_frame",
+    "reason",
+    "tune",
+]
+
+log = logging.getLogger("hafleet.transport")
+
+_BATCH_BYTES = 1 << 20  # frames sealed and written together before the next drain
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """Who is at the other end of an authenticated connection (from its hello)."""
+
+    node_id: str
+    cluster: str
+    cluster_id: str | None
+    addr: str
+    """The peer's advertised Raft address, ``host:port``."""
+    remote: str
+    """The socket's remote address as seen here, ``host:port``."""
+    outbound: bool
+    """True when we dialled the connection."""
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters for metrics; they only go up."""
+
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    connects: int = 0
+    """Outbound connections that completed the handshake and hellos."""
+    reconnects: int = 0
+    """Of those, the ones to an address that had been connected before."""
+    connect_failures: int = 0
+    inbound_accepted: int = 0
+    auth_failures: int = 0
+    """Handshakes that did not complete, and frames with a bad tag or counter."""
+    protocol_errors: int = 0
+    """Oversize or truncated frames, undecodable payloads, bad hellos, stalled peers."""
+    peers_refused: int = 0
+    """Hellos that ``accept_peer`` refused (or that claimed our own node id)."""
+    handshakes_refused: int = 0
+    """Connections closed at once: too many in the handshake (from their source, or all)."""
+    warnings_suppressed: int = 0
+    """Inbound warnings not logged because their source had one logged recently."""
+    drops_queue_full: int = 0
+    drops_too_large: int = 0
+    drops_discarded: int = 0
+    """Queued frames thrown away: refused peer, ``close_peer``, ``stop``."""
+    callback_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Refused(Closed):
+    """``accept_peer`` said no (or the peer claims our own node id)."""
+
+
+def fmt_addr(sockaddr: Any) -> str:
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        host = str(sockaddr[0])
+        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+    return str(sockaddr)
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int, what: str) -> bytes:
+    """One frame body of at most ``limit`` bytes; Closed on EOF, truncation or oversize.
+
+    It reads exactly what the frame needs, so the next frame stays in ``reader``."""
+    decoder = FrameDecoder(limit, what)
+    while (body := decoder.next_frame()) is None:
+        try:
+            decoder.feed(await reader.readexactly(decoder.wanted()))
+        except asyncio.IncompleteReadError as e:
+            decoder.feed(e.partial)
+            decoder.end()  # raises: the reason the stream ended here
+    return body
+
+
+@dataclass(slots=True)
+class Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    remote: str
+    session: Session | None = None
+    peer: PeerInfo | None = None
+
+    def describe(self) -> str:
+        who = f" (node {self.peer.node_id})" if self.peer is not None else ""
+        return f"{self.remote}{who}"
+
+
+def reason(e: BaseException) -> str:
+    """The text a closing line gives for ``e``."""
+    if isinstance(e, Closed):
+        return str(e)
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def tune(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+async def abort(conn: Conn) -> None:
+    """Drop the connection now (unsent bytes included) and wait until the socket is closed."""
+    conn.writer.transport.abort()
+    try:
+        await conn.writer.wait_closed()
+    except Exception:  # the reason was logged already; the socket is closed either way
+        pass
+
+
+class Owner(Protocol):
+    """What an :class:`Outbound` needs of the transport that owns it."""
+
+    stats: TransportStats
+    queue_limit: int
+    queue_bytes: int
+    backoff_initial: float
+    backoff_max: float
+    write_timeout: float
+    rng: random.Random
+
+    async def dial(self, addr: str) -> Conn:
+        """An authenticated, accepted connection to ``addr`` (or an exception)."""
+        ...
+
+    async def read_loop(self, conn: Conn) -> None:
+        """Deliver ``conn``'s frames until EOF (returns) or a violation (raises)."""
+        ...
+
+    def count_failure(self, e: BaseException, *, authenticated: bool) -> None:
+        """Count the failure ``e`` in the stats."""
+        ...
+
+
+class Outbound:
+    """The queue and the connection manager of one destination address."""
+
+    __slots__ = (
+        "addr",
+        "owner",
+        "queue",
+        "queued_bytes",
+        "wakeup",
+        "task",
+        "conn",
+        "ever_connected",
+        "failures",
+        "overflowing",
+    )
+
+    def __init__(self, addr: str, owner: Owner) -> None:
+        self.addr = addr
+        self.owner = owner
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.conn: Conn | None = None
+        self.ever_connected = False
+        self.failures = 0
+        self.overflowing = False
+
+    def start(self) -> None:
+        """Start the task that connects and writes (on the running loop)."""
+        self.task = asyncio.get_running_loop().create_task(
+            self.run(), name=f"hafleet-transport-out-{self.addr}"
+        )
+
+    def offer(self, payload: bytes) -> bool:
+        """Queue ``payload``; False (and counted) when the queue is full: the new frame is
+        the one dropped."""
+        owner, size = self.owner, len(payload)
+        if len(self.queue) >= owner.queue_limit or self.queued_bytes + size > owner.queue_bytes:
+            owner.stats.drops_queue_full += 1
+            if not self.overflowing:
+                self.overflowing = True
+                log.warning("send queue for %s is full: dropping new frames", self.addr)
+            return False
+        if len(self.queue) < owner.queue_limit // 2:
+            self.overflowing = False  # warn again at the next overflow, not at every drop
+        self.queue.append(payload)
+        self.queued_bytes += size
+        self.wakeup.set()
+        return True
+
+    def discard(self) -> int:
+        n = len(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        return n
+
+    async def run(self) -> None:
+        """Connect while frames wait, write them in order, reconnect with back-off."""
+        owner, stats = self.owner, self.owner.stats
+        while True:
+            if not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            try:
+                conn = await owner.dial(self.addr)
+            except asyncio.CancelledError:
+                raise
+            except Refused as e:
+                n = self.discard()
+                stats.drops_discarded += n
+                log.warning("refusing %s: %s; discarded %d queued frames", self.addr, e, n)
+                await self._backoff()
+                continue
+            except Exception as e:
+                stats.connect_failures += 1
+                level = logging.WARNING if self.failures == 0 else logging.DEBUG
+                log.log(level, "cannot connect to %s: %s", self.addr, reason(e))
+                await self._backoff()
+                continue
+            stats.connects += 1
+            if self.ever_connected:
+                stats.reconnects += 1
+            self.ever_connected = True
+            self.conn = conn
+            log.info("connected to %s", conn.describe())
+            loop = asyncio.get_running_loop()
+            since = loop.time()
+            try:
+                await self._pump(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                owner.count_failure(e, authenticated=True)
+                log.warning("closing connection to %s: %s", conn.describe(), reason(e))
+            finally:
+                self.conn = None
+                await abort(conn)
+            # A connection that lived a while starts the back-off afresh; one that died at
+            # once (a peer that closes right after the hellos) keeps escalating it.
+            if loop.time() - since >= owner.backoff_max:
+                self.failures = 0
+            await self._backoff()
+
+    async def _backoff(self) -> None:
+        owner = self.owner
+        delay = min(owner.backoff_max, owner.backoff_initial * 2 ** min(self.failures, 30))
+        self.failures += 1
+        await asyncio.sleep(delay * (0.5 + 0.5 * owner.rng.random()))
+
+    async def _pump(self, conn: Conn) -> None:
+        """Write queued frames until the connection fails; its reader watches for EOF."""
+        reader_task = asyncio.get_running_loop().create_task(self.owner.read_loop(conn))
+        reader_task.add_done_callback(lambda _t: self.wakeup.set())
+        assert conn.session is not None
+        writer, stats = conn.writer, self.owner.stats
+        try:
+            while True:
+                if reader_task.done():
+                    reader_task.result()  # raises the reason
+                    raise Closed("connection closed by the peer")
+                if not self.queue:
+                    self.wakeup.clear()
+                    await self.wakeup.wait()
+                    continue
+                batch: list[bytes] = []
+                batch_bytes = 0
+                while self.queue and batch_bytes < _BATCH_BYTES:
+                    payload = self.queue.popleft()
+                    self.queued_bytes -= len(payload)
+                    sealed = conn.session.seal(payload)
+                    batch.append(sealed)
+                    batch_bytes += len(sealed)
+                writer.writelines(batch)
+                stats.frames_sent += len(batch)
+                stats.bytes_sent += batch_bytes
+                await self._drain(conn)
+        finally:
+            reader_task.cancel()
+            await asyncio.gather(reader_task, return_exceptions=True)
+
+    async def _drain(self, conn: Conn) -> None:
+        """Wait for the socket buffer to drain; a peer that reads nothing is cut off."""
+        transport = conn.writer.transport
+        timeout = self.owner.write_timeout
+        last = transport.get_write_buffer_size()
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    await conn.writer.drain()
+                return
+            except TimeoutError:
+                size = transport.get_write_buffer_size()
+                if size >= last:
+                    raise ProtocolError(
+                        f"peer stopped reading: no progress for {timeout:g}s "
+                        f"with {size} bytes unsent"
+                    ) from None
+                last = size

@@ -1,0 +1,508 @@
+"""The agents' wire format, sans I/O: framing, the handshake, sealed frames, payloads.
+
+Nothing here reads or writes a socket, sleeps or knows asyncio: these are the bytes
+:mod:`hafleet_agent.transport` puts on a connection and the checks it applies to the bytes
+it reads (tests/agent/transport/test_wire.py holds this module to that). docs/transport.md
+explains the choices; this docstring is the wire specification.
+
+Framing
+    Every frame on the wire, before and after authentication, is ``length u32 BE | body``
+    (:func:`frame`, :class:`FrameDecoder`). A body longer than the limit closes the
+    connection at once (nothing is read): HANDSHAKE_MAX (128) bytes for the handshake
+    frames, HELLO_MAX (4 KiB) for the hellos, ``max_frame`` (default 64 MiB) afterwards.
+
+Handshake (``key``: the shared cluster key; ``H(k, m)``: HMAC-SHA256; ``|``: concatenation;
+``P = b"hafleet/v1"``; nonces are 32 bytes from :func:`secrets.token_bytes`)
+    1. client -> server: ``P | nonce_c``                                    (42 bytes)
+    2. server -> client: ``P | nonce_s | H(key, P | b" server" | nonce_c | nonce_s)``
+    3. client -> server: ``H(key, P | b" client" | nonce_c | nonce_s)``       (32 bytes)
+
+    Each side checks the other's proof with :func:`hmac.compare_digest` before it sends
+    anything authenticated; the client checks the server's proof before it reveals its
+    own. The different labels stop a proof from being reflected back. Both sides then
+    derive the session key ``S = H(key, P | nonce_c | nonce_s)``; the key itself never
+    crosses the wire and is never logged.
+
+Authenticated frames (:class:`Session`)
+    ``body = counter u64 BE | payload | tag``, ``tag = H(S, dir | counter | payload)``
+    where ``dir`` is one byte, 1 for client -> server and 2 for server -> client. The
+    counter starts at 0 in each direction and goes up by exactly one a frame. The
+    receiver checks the tag first (a bad tag: tampered, truncated or from another
+    connection, whose session key differs), then the counter (a good tag with the wrong
+    counter: replayed or reordered). ``payload`` is one msgpack value
+    (:func:`unpack_payload`).
+
+Hellos (:func:`hello_payload`, :func:`parse_hello`)
+    The first authenticated frame in each direction (counter 0) is a hello, a msgpack map
+    ``{"node_id": str, "cluster": str, "cluster_id": str | None, "addr": "host:port"}``
+    (``addr``: the sender's advertised Raft address). The client sends its hello right
+    after its proof; the server reads it, asks ``accept_peer`` and answers with its own
+    hello only if accepted (else it closes); the client then asks its own
+    ``accept_peer`` about the server's hello before it sends anything else. Every later
+    frame is delivered to ``on_frame``. Servers send nothing after their hello.
+
+A violation raises :class:`Closed` (its subclasses :class:`AuthError` and
+:class:`ProtocolError`); its message is the reason the transport logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import struct
+
+import msgpack
+
+from .addr import split_host_port
+
+__all__ = [
+    "COUNTER_LEN",
+    "FRAME_OVERHEAD",
+    "HANDSHAKE_MAX",
+    "HELLO_MAX",
+    "MAX_PAYLOAD_DEPTH",
+    "MAX_PAYLOAD_ITEMS",
+    "MIN_KEY_LEN",
+    "NONCE_LEN",
+    "PROTOCOL",
+    "TAG_LEN",
+    "AuthError",
+    "Closed",
+    "FrameDecoder",
+    "ProtocolError",
+    "Session",
+    "check_opening",
+    "check_client_proof",
+    "check_server_proof",
+    "opening",
+    "client_proof",
+    "frame",
+    "hello_payload",
+    "new_nonce",
+    "parse_addr",
+    "parse_hello",
+    "server_proof",
+    "unpack_payload",
+    "valid_id",
+]
+
+PROTOCOL = b"hafleet/v1"
+MIN_KEY_LEN = 32
+NONCE_LEN = 32
+TAG_LEN = 32
+COUNTER_LEN = 8
+FRAME_OVERHEAD = 4 + COUNTER_LEN + TAG_LEN
+"""Bytes a payload gains on the wire: the length header, the counter and the tag."""
+HANDSHAKE_MAX = 128
+"""The longest body of a handshake frame (steps 1-3)."""
+HELLO_MAX = 4096
+"""The longest body of a hello frame."""
+
+_MAX_ID_BYTES = 255
+_DIR_C2S = b"\x01"
+_DIR_S2C = b"\x02"
+_ONE_SHOT_MAC = 1 << 16
+_HELLO_KEYS = ("node_id", "cluster", "cluster_id", "addr")
+
+
+class Closed(Exception):
+    """The connection must close; the message is the reason that gets logged.
+
+    Exactly this class (no subclass): the peer ended the stream cleanly between frames."""
+
+
+class AuthError(Closed):
+    """A proof, tag or counter that does not check out (or a peer that is not hafleet/v1)."""
+
+
+class ProtocolError(Closed):
+    """Oversize or truncated frames, undecodable payloads, malformed hellos."""
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6]:port`` into ``(host, port)``; ValueError if malformed."""
+    if not isinstance(addr, str):
+        raise ValueError(f"address must be a str, not {type(addr).__name__}")
+    raw_host = addr.rpartition(":")[0]
+    if ":" in raw_host and not (raw_host.startswith("[") and raw_host.endswith("]")):
+        raise ValueError(f"IPv6 address must be bracketed: {addr!r}")
+    return split_host_port(addr)
+
+
+def valid_id(v: object, *, optional: bool = False) -> bool:
+    """A node id or cluster name (or id) a hello may carry: a str of 1 to 255 bytes."""
+    if v is None:
+        return optional
+    return isinstance(v, str) and 0 < len(v.encode("utf-8", "replace")) <= _MAX_ID_BYTES
+
+
+# ---- framing --------------------------------------------------------------------------------
+
+
+def frame(body: bytes) -> bytes:
+    """``body`` with its length header."""
+    return len(body).to_bytes(4, "big") + body
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame bodies of at most ``limit`` bytes.
+
+    :meth:`feed` takes bytes in chunks of any size; :meth:`next_frame` returns the next
+    whole body (or None until one is complete) and raises :class:`ProtocolError` as soon
+    as a length header exceeds ``limit`` (which the caller may change between frames);
+    :meth:`end` says what the end of the stream means here. :meth:`wanted` is how many
+    more bytes the next step needs, so a reader that feeds exactly that never reads past
+    the frame it is after. ``what`` names the frame in the reasons.
+    """
+
+    __slots__ = ("limit", "what", "_buf", "_pos", "_more", "_have", "_length")
+
+    def __init__(self, limit: int, what: str = "a frame") -> None:
+        self.limit = limit
+        self.what = what
+        self._buf = b""  # the bytes being parsed, from _pos on
+        self._pos = 0
+        self._more: list[bytes] = []  # chunks fed after _buf
+        self._have = 0  # bytes fed and not yet taken
+        self._length: int | None = None  # the current body's length, once its header is read
+
+    def buffered(self) -> int:
+        """Bytes fed and not yet returned (the current frame's header excluded once read)."""
+        return self._have
+
+    def wanted(self) -> int:
+        """How many more bytes the current header or body needs (0: call next_frame)."""
+        need = (4 if self._length is None else self._length) - self._have
+        return need if need > 0 else 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if data:
+            chunk = bytes(data)  # a bytes object is kept as it is, not copied
+            self._more.append(chunk)
+            self._have += len(chunk)
+
+    def _take(self, n: int) -> bytes:
+        pos, buf = self._pos, self._buf
+        end = pos + n
+        if end > len(buf):  # join what is left with what came since
+            more = self._more
+            if pos < len(buf):
+                more.insert(0, buf[pos:])
+            buf = self._buf = more[0] if len(more) == 1 else b"".join(more)  # one: no copy
+            self._more = []
+            pos, end = 0, n
+        self._pos = end
+        self._have -= n
+        return buf[pos:end]  # the whole buffer is returned as it is, not copied
+
+    def next_frame(self) -> bytes | None:
+        """The next whole body, or None; ProtocolError for a length over the limit."""
+        n = self._length
+        if n is None:
+            if self._have < 4:
+                return None
+            n = int.from_bytes(self._take(4), "big")
+            if n > self.limit:
+                raise ProtocolError(
+                    f"{self.what}: frame of {n} bytes exceeds the limit of {self.limit}"
+                )
+            self._length = n
+        if self._have < n:
+            return None
+        self._length = None
+        return self._take(n)
+
+    def frames(self) -> list[bytes]:
+        """Every whole body buffered now, in order (next_frame until it returns None)."""
+        out = []
+        while (body := self.next_frame()) is not None:
+            out.append(body)
+        return out
+
+    def end(self) -> None:
+        """The stream ended: always raises. Exactly :class:`Closed` when it ended between
+        frames; ProtocolError when it cut a header or a body short."""
+        have = self.buffered()
+        if self._length is not None:
+            raise ProtocolError(
+                f"truncated frame: {have} of {self._length} bytes, then end of stream ({self.what})"
+            )
+        if have:
+            raise ProtocolError(f"truncated frame header while reading {self.what}")
+        raise Closed(f"connection closed by the peer while reading {self.what}")
+
+
+# ---- the handshake --------------------------------------------------------------------------
+
+
+def new_nonce() -> bytes:
+    return secrets.token_bytes(NONCE_LEN)
+
+
+def _proof(key: bytes, label: bytes, nonce_c: bytes, nonce_s: bytes) -> bytes:
+    return hmac.digest(key, PROTOCOL + label + nonce_c + nonce_s, "sha256")
+
+
+def opening(nonce_c: bytes) -> bytes:
+    """Step 1's body."""
+    return PROTOCOL + nonce_c
+
+
+def check_opening(body: bytes) -> bytes:
+    """The server's check of step 1; returns ``nonce_c``."""
+    if len(body) != len(PROTOCOL) + NONCE_LEN or not body.startswith(PROTOCOL):
+        raise AuthError(f"the client does not speak {PROTOCOL.decode()}")
+    return body[len(PROTOCOL) :]
+
+
+def server_proof(key: bytes, nonce_c: bytes, nonce_s: bytes) -> bytes:
+    """Step 2's body: the server's nonce and its proof of the key."""
+    return PROTOCOL + nonce_s + _proof(key, b" server", nonce_c, nonce_s)
+
+
+def check_server_proof(key: bytes, nonce_c: bytes, body: bytes) -> bytes:
+    """The client's check of step 2; returns ``nonce_s``."""
+    if len(body) != len(PROTOCOL) + NONCE_LEN + TAG_LEN or not body.startswith(PROTOCOL):
+        raise AuthError(f"the server does not speak {PROTOCOL.decode()}")
+    nonce_s = body[len(PROTOCOL) : len(PROTOCOL) + NONCE_LEN]
+    if not hmac.compare_digest(body[-TAG_LEN:], _proof(key, b" server", nonce_c, nonce_s)):
+        raise AuthError("the server failed to prove the cluster key")
+    return nonce_s
+
+
+def client_proof(key: bytes, nonce_c: bytes, nonce_s: bytes) -> bytes:
+    """Step 3's body."""
+    return _proof(key, b" client", nonce_c, nonce_s)
+
+
+def check_client_proof(key: bytes, nonce_c: bytes, nonce_s: bytes, body: bytes) -> None:
+    """The server's check of step 3."""
+    if not hmac.compare_digest(body, _proof(key, b" client", nonce_c, nonce_s)):
+        raise AuthError("the client failed to prove the cluster key")
+
+
+# ---- authenticated frames -------------------------------------------------------------------
+
+
+class Session:
+    """Seals and opens the authenticated frames of one connection."""
+
+    __slots__ = ("_key", "_mac", "_send_dir", "_recv_dir", "send_counter", "recv_counter")
+
+    def __init__(self, session_key: bytes, *, client: bool) -> None:
+        self._key = session_key
+        self._mac = hmac.new(session_key, digestmod=hashlib.sha256)
+        self._send_dir = _DIR_C2S if client else _DIR_S2C
+        self._recv_dir = _DIR_S2C if client else _DIR_C2S
+        self.send_counter = 0
+        self.recv_counter = 0
+
+    @classmethod
+    def after_handshake(
+        cls, key: bytes, nonce_c: bytes, nonce_s: bytes, *, client: bool
+    ) -> Session:
+        """The session of a connection whose handshake exchanged these nonces."""
+        return cls(hmac.digest(key, PROTOCOL + nonce_c + nonce_s, "sha256"), client=client)
+
+    def _tag(self, direction: bytes, *parts: bytes | memoryview) -> bytes:
+        # One C call for the usual small frame; a large one is hashed in place, not copied.
+        if sum(map(len, parts)) <= _ONE_SHOT_MAC:
+            return hmac.digest(self._key, b"".join((direction, *parts)), "sha256")
+        h = self._mac.copy()
+        h.update(direction)
+        for part in parts:
+            h.update(part)
+        return h.digest()
+
+    def seal(self, payload: bytes) -> bytes:
+        """The next frame of ``payload``, length header included."""
+        counter = self.send_counter.to_bytes(COUNTER_LEN, "big")
+        self.send_counter += 1
+        tag = self._tag(self._send_dir, counter, payload)
+        body_len = COUNTER_LEN + len(payload) + TAG_LEN
+        return b"".join((body_len.to_bytes(4, "big"), counter, payload, tag))
+
+    def open(self, body: bytes) -> memoryview:
+        """The payload of the next frame's body; AuthError or ProtocolError if it is not."""
+        if len(body) < COUNTER_LEN + TAG_LEN:
+            raise ProtocolError(f"authenticated frame too short ({len(body)} bytes)")
+        view = memoryview(body)
+        tag = self._tag(self._recv_dir, view[:-TAG_LEN])
+        if not hmac.compare_digest(tag, view[-TAG_LEN:]):
+            raise AuthError("frame failed authentication (tampered, or from another connection)")
+        counter = int.from_bytes(view[:COUNTER_LEN], "big")
+        if counter != self.recv_counter:
+            raise AuthError(
+                f"replayed or reordered frame: counter {counter}, expected {self.recv_counter}"
+            )
+        self.recv_counter += 1
+        return view[COUNTER_LEN:-TAG_LEN]
+
+
+# ---- payloads ------------------------------------------------------------------------------
+
+_SMALL_PAYLOAD = 32 << 10
+"""Payloads up to this size are unpacked by msgpack itself (see :func:`unpack_payload`)."""
+MAX_PAYLOAD_ITEMS = 1 << 16
+"""The most msgpack items (values, keys and containers) one larger payload may hold."""
+MAX_PAYLOAD_DEPTH = 32
+"""The deepest nesting of arrays and maps one larger payload may hold."""
+_FIXED = {  # type byte -> (size, decoder) of the fixed-size scalars
+    0xCA: (4, struct.Struct(">f").unpack_from),
+    0xCB: (8, struct.Struct(">d").unpack_from),
+    **{
+        b: (struct.calcsize(fmt), struct.Struct(fmt).unpack_from)
+        for b, fmt in zip(
+            range(0xCC, 0xD4), (">B", ">H", ">I", ">Q", ">b", ">h", ">i", ">q"), strict=True
+        )
+    },
+}
+_LENGTH_SIZE = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
+_LENGTH_SIZE.update({0xDC: 2, 0xDD: 4, 0xDE: 2, 0xDF: 4})
+
+
+def _no_ext(code: int, data: bytes) -> object:
+    raise ValueError(f"extension type {code}")
+
+
+def unpack_payload(payload: memoryview | bytes) -> object:
+    """The one msgpack value of ``payload``; ProtocolError for anything else.
+
+    Decoding must not cost much more than the payload itself, whoever sent it: a msgpack
+    item of one byte (an empty map, say) becomes an object of 60-80 bytes, so a generic
+    unpacker lets a frame expand about 75-fold. Small payloads (at most 32 KiB, the
+    hellos and nearly every frame) go to msgpack with every length bounded by the payload,
+    which caps them at a few MB whatever they hold. Larger ones are read item by item by
+    :class:`_Walker`, which refuses more than MAX_PAYLOAD_ITEMS items or MAX_PAYLOAD_DEPTH
+    levels before it builds them: their cost is their bytes plus at most 65,536 small
+    objects. Extension types are never valid (the agent sends none), map keys are str
+    or bytes.
+    """
+    try:
+        if len(payload) <= _SMALL_PAYLOAD:
+            n = len(payload)
+            return msgpack.unpackb(
+                payload,
+                raw=False,
+                strict_map_key=True,
+                max_str_len=n,
+                max_bin_len=n,
+                max_array_len=n,
+                max_map_len=n // 2,
+                max_ext_len=0,
+                ext_hook=_no_ext,
+            )
+        return _Walker(memoryview(payload)).unpack()
+    except ProtocolError:
+        raise
+    except Exception as e:
+        raise ProtocolError(f"payload is not one msgpack value ({type(e).__name__})") from None
+
+
+class _Walker:
+    """Reads one msgpack value item by item, with a budget of items and of depth.
+
+    It builds what ``msgpack.unpackb(raw=False, strict_map_key=True)`` builds, but checks
+    each item's type byte and length before it makes the object, so hostile input is
+    refused before it costs memory. Python is slower than msgpack's C per item, which is
+    why only large payloads (few items, mostly one large bin) come here.
+    """
+
+    __slots__ = ("buf", "pos", "items")
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.items = 0
+
+    def unpack(self) -> object:
+        obj = self._value(0)
+        if self.pos != len(self.buf):
+            raise ProtocolError(
+                f"payload is not one msgpack value ({len(self.buf) - self.pos} bytes after it)"
+            )
+        return obj
+
+    def _take(self, n: int) -> memoryview:
+        start, end = self.pos, self.pos + n
+        if end > len(self.buf):
+            raise ProtocolError("payload is not one msgpack value (truncated)")
+        self.pos = end
+        return self.buf[start:end]
+
+    def _value(self, depth: int) -> object:
+        self.items += 1
+        if self.items > MAX_PAYLOAD_ITEMS:
+            raise ProtocolError(
+                f"payload is not one msgpack value (more than {MAX_PAYLOAD_ITEMS} items)"
+            )
+        b = self._take(1)[0]
+        if b <= 0x7F:
+            return b
+        if b >= 0xE0:
+            return b - 0x100
+        if 0xA0 <= b <= 0xBF:
+            return str(self._take(b - 0xA0), "utf-8")
+        if b <= 0x9F:
+            return self._container(b, b & 0x0F, depth)
+        if b in _FIXED:
+            size, decode = _FIXED[b]
+            return decode(self._take(size))[0]
+        if b == 0xC0:
+            return None
+        if b in (0xC2, 0xC3):
+            return b == 0xC3
+        if b not in _LENGTH_SIZE:  # 0xc1, the extension types
+            raise ProtocolError("payload is not one msgpack value (an extension type)")
+        n = int.from_bytes(self._take(_LENGTH_SIZE[b]), "big")
+        if b <= 0xC6:
+            return bytes(self._take(n))
+        if b <= 0xDB:
+            return str(self._take(n), "utf-8")
+        return self._container(b, n, depth)
+
+    def _container(self, b: int, n: int, depth: int) -> object:
+        if depth >= MAX_PAYLOAD_DEPTH:
+            raise ProtocolError(
+                f"payload is not one msgpack value (nested deeper than {MAX_PAYLOAD_DEPTH})"
+            )
+        is_map = b <= 0x8F or b >= 0xDE
+        # every item takes at least one byte: a count beyond the payload is a lie
+        if (2 * n if is_map else n) > len(self.buf) - self.pos:
+            raise ProtocolError("payload is not one msgpack value (truncated)")
+        if not is_map:
+            return [self._value(depth + 1) for _ in range(n)]
+        out: dict[object, object] = {}
+        for _ in range(n):
+            key = self._value(depth + 1)
+            if type(key) is not str and type(key) is not bytes:
+                raise ProtocolError("payload is not one msgpack value (a map key not str)")
+            out[key] = self._value(depth + 1)
+        return out
+
+
+# ---- hellos ---------------------------------------------------------------------------------
+
+
+def hello_payload(node_id: str, cluster: str, cluster_id: str | None, addr: str) -> bytes:
+    """A hello's payload (to be sealed as the first frame)."""
+    return msgpack.packb(
+        {"node_id": node_id, "cluster": cluster, "cluster_id": cluster_id, "addr": addr}
+    )
+
+
+def parse_hello(payload: memoryview | bytes) -> tuple[str, str, str | None, str]:
+    """``(node_id, cluster, cluster_id, addr)`` of a hello's payload; ProtocolError if it
+    is not a well-formed hello (unknown extra keys are ignored)."""
+    hello = unpack_payload(payload)
+    if not isinstance(hello, dict) or any(k not in hello for k in _HELLO_KEYS):
+        raise ProtocolError("malformed hello")
+    node_id, cluster, cluster_id, addr = (hello[k] for k in _HELLO_KEYS)
+    if not (valid_id(node_id) and valid_id(cluster) and valid_id(cluster_id, optional=True)):
+        raise ProtocolError("malformed hello")
+    try:
+        parse_addr(addr)
+    except ValueError:
+        raise ProtocolError("malformed hello: bad addr") from None
+    return node_id, cluster, cluster_id, addr
