@@ -25,8 +25,8 @@ from harness import API_PORT, lease_subnet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hafleet_agent.balancer import DRAINED_PREFIX, REGISTERED_KEY
 from hafleet_agent.ids import MEMBER_ID_PATTERN
+from hafleet_agent.keys import DRAINED_PREFIX, OVERRIDE_PREFIX, REGISTERED_KEY
 from hafleet_agent.server import build_app, start_api
 from hafleet_agent.server.api import KEY_RULE, key_segment_error
 from hafleet_agent.state import StateMachine, encode_command, validate_key
@@ -34,7 +34,6 @@ from hafleet_agent.throttle import WarnThrottle
 
 TOKEN = "t" * 40
 AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
-OVERRIDE_PREFIX = "weights/override/"  # agent.py's, without importing the whole agent
 
 
 # ---- the key rule ---------------------------------------------------------------------------
