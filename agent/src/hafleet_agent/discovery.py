@@ -2,8 +2,8 @@
 
 Every agent registers ``<node-label>._hafleet._tcp.local.`` (DNS-SD over multicast DNS, with
 python-zeroconf's asyncio API) and browses the same service type. The TXT record carries
-what a peer needs to decide whether and how to contact this node (the schema is in
-docs/discovery.md)::
+what a peer needs to decide whether and how to contact this node (built and checked in
+:mod:`hafleet_agent.discovery_records`; the schema is in docs/discovery.md)::
 
     cluster=<cluster name>  cid=<cluster id, empty while fresh>  id=<node id>
     raft=<host:port>  api=<host:port>  fresh=1|0  v=<protocol version>
@@ -22,21 +22,28 @@ what that means for hosts with other interfaces and for several agents on one ho
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
 import ipaddress
 import logging
-import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from .addr import split_host_port
+from .discovery_records import (
+    PROTOCOL_VERSION,
+    InvalidAnnouncement,
+    PeerAnnouncement,
+    check_cluster_id,
+    check_text,
+    dns_label,
+    format_host_port,
+    parse_announcement,
+    parse_host_port,
+    txt_record,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -54,8 +61,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_hafleet._tcp.local."
-#: The discovery protocol version announced as ``v``; a peer may announce a newer one.
-PROTOCOL_VERSION = 1
 
 #: TTL (seconds) of every record we announce. RFC 6762 suggests 75 minutes for PTR records;
 #: a shorter one lets a peer that vanished without a goodbye (crash, power loss) drop out of
@@ -64,7 +69,6 @@ DEFAULT_TTL = 120
 #: How long to wait for a browsed service's SRV, TXT and A records.
 DEFAULT_RESOLVE_TIMEOUT = 3.0
 
-MAX_ID_BYTES = 128
 #: The most peers the table holds; an announcement of a further node id is ignored while it
 #: is full ("peer table full"). Anyone on the segment can announce: the table must not grow
 #: with what they announce.
@@ -75,13 +79,7 @@ MAX_IGNORED = 256
 #: MAX_WAITING of them (a name beyond that is ignored until it is announced again).
 MAX_RESOLVING = 32
 MAX_WAITING = 1024
-MAX_HOST_BYTES = 253
-MAX_LABEL = 63
 
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
-_CLUSTER_ID_RE = re.compile(r"[\x21-\x7e]+")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::"})
 
 
@@ -91,179 +89,6 @@ class DiscoveryError(RuntimeError):
 
 class DiscoveryClosed(DiscoveryError):
     """The discovery was stopped while a caller waited on it."""
-
-
-class InvalidAnnouncement(ValueError):
-    """A TXT record (or a value of ours) that does not fit the schema."""
-
-
-# --- names --------------------------------------------------------------------------------------
-
-
-def dns_label(text: str, max_length: int = MAX_LABEL) -> str:
-    """A DNS label (``[a-z0-9-]``, no leading or trailing hyphen) that stands for ``text``.
-
-    ``text`` is returned unchanged when it already is such a label and fits ``max_length``.
-    Otherwise: lowercased, every run of other characters replaced by one ``-``, trimmed to fit,
-    and suffixed with ``-`` + the first 8 hex digits of the SHA-256 of ``text`` (UTF-8), so
-    that two ids that differ only in the replaced characters (``web_1``, ``web.1``, ``Web-1``)
-    still get different labels. The result depends on ``text`` alone.
-    """
-    if not 10 <= max_length <= MAX_LABEL:
-        raise ValueError(f"max_length must be in 10..{MAX_LABEL}, got {max_length}")
-    if len(text) <= max_length and _LABEL_RE.fullmatch(text):
-        return text
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    base = base[: max_length - len(digest) - 1].rstrip("-")
-    return f"{base}-{digest}" if base else f"x{digest}"
-
-
-# --- field validation ---------------------------------------------------------------------------
-
-
-def _check_text(what: str, value: str, *, allow_empty: bool = False) -> str:
-    if not value:
-        if allow_empty:
-            return value
-        raise InvalidAnnouncement(f"{what} is empty")
-    if _CONTROL_RE.search(value) or value != value.strip():
-        raise InvalidAnnouncement(f"{what} has control characters or surrounding whitespace")
-    if len(value.encode("utf-8")) > MAX_ID_BYTES:
-        raise InvalidAnnouncement(f"{what} is longer than {MAX_ID_BYTES} bytes")
-    return value
-
-
-def _check_cluster_id(value: str) -> str:
-    if value and not (len(value) <= MAX_ID_BYTES and _CLUSTER_ID_RE.fullmatch(value)):
-        raise InvalidAnnouncement("cid must be printable ASCII without spaces")
-    return value
-
-
-def parse_host_port(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> ``(host, port)``; IPv6 in brackets (``[fd00::1]:7400``).
-
-    HOST is an IPv4 address, a bracketed IPv6 address or a host name; PORT is 1..65535.
-    Raises ``InvalidAnnouncement``.
-    """
-    raw_host, _, port_text = text.rpartition(":")
-    if len(port_text) > 5:
-        raise InvalidAnnouncement(f"bad port in {text!r}")
-    try:
-        host, port = split_host_port(text)
-    except ValueError as e:
-        raise InvalidAnnouncement(str(e)) from None
-    if raw_host.startswith("[") and raw_host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise InvalidAnnouncement(f"bad IPv6 address in {text!r}") from None
-        return host, port
-    if len(host) > MAX_HOST_BYTES or not _HOSTNAME_RE.fullmatch(host):
-        raise InvalidAnnouncement(f"bad host in {text!r}")
-    return host, port
-
-
-def _format_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# --- announcements ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PeerAnnouncement:
-    """What one peer announces. Equality ignores ``last_seen``.
-
-    ``raft_addr`` and ``api_addr`` are ``host:port`` exactly as announced; ``addresses`` are
-    the IPv4 addresses of the announcing host's mDNS record; ``last_seen`` is
-    ``time.monotonic()`` when the announcement was last resolved (added or changed).
-    """
-
-    node_id: str
-    cluster: str
-    cluster_id: str
-    raft_addr: str
-    api_addr: str
-    fresh: bool
-    version: int
-    addresses: tuple[str, ...]
-    service_name: str
-    last_seen: float = field(default=0.0, compare=False)
-
-    @property
-    def raft_endpoint(self) -> tuple[str, int]:
-        return parse_host_port(self.raft_addr)
-
-    @property
-    def api_endpoint(self) -> tuple[str, int]:
-        return parse_host_port(self.api_addr)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (addresses as a list)."""
-        result = dataclasses.asdict(self)
-        result["addresses"] = list(self.addresses)
-        return result
-
-
-_REQUIRED_KEYS = ("cluster", "cid", "id", "raft", "api", "fresh", "v")
-
-
-def parse_announcement(
-    service_name: str,
-    properties: Mapping[bytes, bytes | None],
-    addresses: Sequence[str] = (),
-    last_seen: float = 0.0,
-) -> PeerAnnouncement:
-    """Turn a resolved service's TXT properties into a ``PeerAnnouncement``.
-
-    Keys are matched case-insensitively (RFC 6763 6.4); unknown keys are ignored, so that a
-    later version can add fields. Raises ``InvalidAnnouncement`` naming the first bad field.
-    """
-    fields: dict[str, str] = {}
-    for raw_key, raw_value in properties.items():
-        try:
-            key = raw_key.decode("ascii").lower()
-        except UnicodeDecodeError:
-            continue
-        if key not in _REQUIRED_KEYS:
-            continue
-        if key in fields:
-            raise InvalidAnnouncement(f"duplicate key {key!r}")
-        if raw_value is None:
-            raise InvalidAnnouncement(f"{key} has no value")
-        try:
-            fields[key] = raw_value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidAnnouncement(f"{key} is not UTF-8") from None
-    missing = [key for key in _REQUIRED_KEYS if key not in fields]
-    if missing:
-        raise InvalidAnnouncement(f"missing {', '.join(missing)}")
-    if fields["fresh"] not in ("0", "1"):
-        raise InvalidAnnouncement(f"fresh must be 0 or 1, got {fields['fresh']!r}")
-    version_text = fields["v"]
-    if not (version_text.isascii() and version_text.isdigit() and len(version_text) <= 4):
-        raise InvalidAnnouncement(f"v must be a small integer, got {version_text!r}")
-    version = int(version_text)
-    if version < 1:
-        raise InvalidAnnouncement("v must be at least 1")
-    for key in ("raft", "api"):
-        try:
-            parse_host_port(fields[key])
-        except InvalidAnnouncement as exc:
-            raise InvalidAnnouncement(f"{key}: {exc}") from None
-    return PeerAnnouncement(
-        node_id=_check_text("id", fields["id"]),
-        cluster=_check_text("cluster", fields["cluster"]),
-        cluster_id=_check_cluster_id(fields["cid"]),
-        raft_addr=fields["raft"],
-        api_addr=fields["api"],
-        fresh=fields["fresh"] == "1",
-        version=version,
-        addresses=tuple(sorted(set(addresses))),
-        service_name=service_name,
-        last_seen=last_seen,
-    )
 
 
 # --- the discovery ------------------------------------------------------------------------------
@@ -303,12 +128,12 @@ class Discovery:
         resolve_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
         max_peers: int = MAX_PEERS,
     ) -> None:
-        self.node_id = _check_text("node_id", node_id)
-        self.cluster = _check_text("cluster", cluster)
+        self.node_id = check_text("node_id", node_id)
+        self.cluster = check_text("cluster", cluster)
         self.interfaces = _check_interfaces(interfaces)
         self.raft_addr = self._announced_addr("raft_addr", raft_addr)
         self.api_addr = self._announced_addr("api_addr", api_addr)
-        self._cluster_id = _check_cluster_id(cluster_id)
+        self._cluster_id = check_cluster_id(cluster_id)
         self._fresh = bool(fresh)
         if ttl < 1:
             raise ValueError(f"ttl must be at least 1, got {ttl}")
@@ -346,7 +171,7 @@ class Discovery:
             raise ValueError(f"{what}: {exc}") from None
         if host in _UNSPECIFIED_HOSTS:
             host = self.interfaces[0]
-        return _format_host_port(host, port)
+        return format_host_port(host, port)
 
     # --- state -------------------------------------------------------------------------------
 
@@ -361,15 +186,14 @@ class Discovery:
     @property
     def txt(self) -> dict[str, str]:
         """The TXT record we announce (or will announce), as strings."""
-        return {
-            "cluster": self.cluster,
-            "cid": self._cluster_id,
-            "id": self.node_id,
-            "raft": self.raft_addr,
-            "api": self.api_addr,
-            "fresh": "1" if self._fresh else "0",
-            "v": str(PROTOCOL_VERSION),
-        }
+        return txt_record(
+            cluster=self.cluster,
+            cluster_id=self._cluster_id,
+            node_id=self.node_id,
+            raft_addr=self.raft_addr,
+            api_addr=self.api_addr,
+            fresh=self._fresh,
+        )
 
     @property
     def service_name(self) -> str:
@@ -507,7 +331,7 @@ class Discovery:
     async def update(self, *, cluster_id: str | None = None, fresh: bool | None = None) -> bool:
         """Change what we announce and re-announce it if started; returns whether it changed."""
         async with self._update_lock:
-            new_cid = self._cluster_id if cluster_id is None else _check_cluster_id(cluster_id)
+            new_cid = self._cluster_id if cluster_id is None else check_cluster_id(cluster_id)
             new_fresh = self._fresh if fresh is None else bool(fresh)
             if (new_cid, new_fresh) == (self._cluster_id, self._fresh):
                 return False
