@@ -186,14 +186,8 @@ class Discovery:
     @property
     def txt(self) -> dict[str, str]:
         """The TXT record we announce (or will announce), as strings."""
-        return txt_record(
-            cluster=self.cluster,
-            cluster_id=self._cluster_id,
-            node_id=self.node_id,
-            raft_addr=self.raft_addr,
-            api_addr=self.api_addr,
-            fresh=self._fresh,
-        )
+        ids = (self.cluster, self._cluster_id, self.node_id)
+        return txt_record(*ids, self.raft_addr, self.api_addr, fresh=self._fresh)
 
     @property
     def service_name(self) -> str:

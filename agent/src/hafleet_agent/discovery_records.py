@@ -169,7 +169,7 @@ _REQUIRED_KEYS = ("cluster", "cid", "id", "raft", "api", "fresh", "v")
 
 
 def txt_record(
-    *, cluster: str, cluster_id: str, node_id: str, raft_addr: str, api_addr: str, fresh: bool
+    cluster: str, cluster_id: str, node_id: str, raft_addr: str, api_addr: str, *, fresh: bool
 ) -> dict[str, str]:
     """The TXT record a node announces, as strings (what :func:`parse_announcement` reads)."""
     return {
