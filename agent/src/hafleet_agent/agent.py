@@ -30,25 +30,22 @@ from typing import Any
 
 from . import __version__
 from .api import start_api
-from .codec import MAX_TERM, MAX_TERM_JUMP, CodecError, decode_message, encode_message
+from .codec import MAX_TERM_JUMP as MAX_TERM_JUMP  # tests read it here
+from .codec import encode_message
 from .config import AgentConfig
-from .ids import MEMBER_ID_RULE, member_id_error, shown, valid_member_id
+from .ids import member_id_error
 from .keys import DRAINED_PREFIX, REGISTERED_KEY
 from .keys import OVERRIDE_PREFIX as OVERRIDE_PREFIX  # tests read it here
-from .metrics import HostMetrics, MetricsSource, Sampler
+from .metrics import HostMetrics, MetricsSource
 from .node.bootstrap import Bootstrap
-from .node.chores import REPORT_INTERVAL, LeaderChores
+from .node.chores import LeaderChores
 from .node.driver import Driver
 from .node.errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
-from .node.frames import (
-    MAX_METRICS_FIELDS,
-    FrameError,
-    check_cid,
-    check_info,
-    check_metrics_row,
-)
+from .node.inbox import FrameHandler, Inbox
 from .node.meta import META_FILE, load_cluster_id, save_cluster_id
-from .node.peers import MAX_PEERS, PEER_EXPIRE_S, Peer, PeerTable
+from .node.peers import MAX_PEERS as MAX_PEERS  # tests read it here
+from .node.peers import PEER_EXPIRE_S, Peer, PeerTable
+from .node.reports import Reporter
 from .node.snapshots import SnapshotTransfer
 from .raft.rawnode import RawNode
 from .raft.status import BasicStatus
@@ -77,8 +74,6 @@ log = logging.getLogger("hafleet.agent")
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 RESTART_RESET_S = 60.0
-#: A repeated warning about the frames of one peer is logged at most this often.
-DROP_LOG_INTERVAL_S = 10.0
 
 
 class Agent:
@@ -125,9 +120,6 @@ class Agent:
         self.peers = self.peer_table.peers
         self.transport: Transport | None = None
         self.discovery: Any = None
-        self.metrics_source = metrics_source  # None: psutil
-        self.sampler: Sampler | None = None  # made by the sampler task (it may fail: EMFILE)
-        self.metrics: HostMetrics | None = None
         # The leader's chores and their tables: reports, health, join times (node/chores.py).
         self.chores = LeaderChores(
             self.id,
@@ -155,7 +147,7 @@ class Agent:
             raw=lambda: self.raw,
             cluster_id=lambda: self.cluster_id,
             adopt_cluster=self._adopt_cluster,
-            in_config=self._in_config,
+            in_config=lambda: self.driver.in_config(self.id),
             is_leader=self.is_leader,
             my_info=self.my_info,
             send=self._send,
@@ -175,32 +167,53 @@ class Agent:
             stopping=self._stop,
             spawn=self._spawn,
             send=self._send,
-            deliver_raft=self._on_raft_frame,
+            deliver_raft=lambda peer, cid, data: self.inbox.on_raft_frame(peer, cid, data),
         )
         self.snap_sender: SnapshotSender | None = None
         self.snap_receiver: SnapshotReceiver | None = None
-        self.events: list[str] = []
+        # Metrics to the leader and our own member record (node/reports.py).
+        self.reporter = Reporter(
+            self.id,
+            cfg,
+            self.state,
+            self.driver,
+            self.chores,
+            metrics_source=metrics_source,
+            stopping=self._stop,
+            my_info=self.my_info,
+            addr_of=self._addr_of,
+            send=self._send,
+            spawn=self._spawn,
+        )
         #: Failures of the background tasks that were restarted, by task name.
         self.task_failures: dict[str, int] = {}
-        #: Frames dropped, by reason ("unknown kind", "bad hello", "term too far ahead", ...).
-        self.frames_dropped: dict[str, int] = {}
-        self._drop_logged: dict[tuple[str, str], tuple[float, int]] = {}
         self._last_prune = 0.0
+        # What a peer may send, checked (node/inbox.py).
+        self.inbox = Inbox(
+            self.id,
+            cfg.cluster,
+            self.driver,
+            cluster_id=lambda: self.cluster_id,
+            note_peer=self._note_peer,
+            expects=self.bootstrap.expects,
+            adopt_cluster=self._adopt_cluster,
+        )
         # The frame kinds a peer may send, and nothing else: a frame names its handler only
-        # through this table (never through the agent's attributes).
-        self._frame_handlers: dict[str, Callable[[PeerInfo, dict[Any, Any]], None]] = {
-            "raft": self._on_raft,
+        # through this table (never through the node's attributes).
+        self._frame_handlers: dict[str, FrameHandler] = {
+            "raft": self.inbox.on_raft,
             "hello": self.bootstrap.on_hello,
             "found_propose": self.bootstrap.on_found_propose,
             "found_accept": self.bootstrap.on_found_accept,
             "join": self.bootstrap.on_join,
             "join_resp": self.bootstrap.on_join_resp,
-            "metrics": self._on_metrics,
-            "metrics_table": self._on_metrics_table,
-            "member_update": self._on_member_update,
+            "metrics": self.reporter.on_metrics,
+            "metrics_table": self.reporter.on_metrics_table,
+            "member_update": self.reporter.on_member_update,
             CHUNK_KIND: self.snapshots.on_chunk,
             ACK_KIND: self.snapshots.on_ack,
         }
+        self.inbox.handlers = self._frame_handlers
 
     # ---- the driver's parts (node/driver.py) ------------------------------------------------
     @property
@@ -227,6 +240,16 @@ class Agent:
     @property
     def last_leader(self) -> str | None:
         return self.driver.last_leader
+
+    @property
+    def metrics(self) -> HostMetrics | None:
+        """This host's last sample (node/reports.py)."""
+        return self.reporter.metrics
+
+    @property
+    def frames_dropped(self) -> dict[str, int]:
+        """Frames dropped, by reason (node/inbox.py)."""
+        return self.inbox.frames_dropped
 
     def _on_conf_change(self, cc: ConfChange) -> None:
         """A member added (or changed) while we run: its join time, for the autopilot."""
@@ -284,8 +307,8 @@ class Agent:
             bind_host=cfg.bind,
             port=cfg.raft_port,
             advertise=cfg.raft_addr,
-            on_frame=self._on_frame,
-            accept_peer=self._accept_peer,
+            on_frame=self.inbox.on_frame,
+            accept_peer=self.inbox.accept_peer,
             cluster_id=lambda: self.cluster_id,
         )
         await self.transport.start()
@@ -298,7 +321,7 @@ class Agent:
         # fail-stop. The other tasks are restarted after a failure (see _supervised).
         self._spawn(self.driver.raft_loop(), "raft", critical=True)
         self._spawn(self.driver.ticker(), "ticker", critical=True)
-        self._supervise(self._sampler_loop, "sampler")
+        self._supervise(self.reporter.sampler_loop, "sampler")
         self._supervise(self._housekeeping, "housekeeping")
         self._supervise(self._leader_loop, "leader")
         if not has_state:
@@ -462,76 +485,6 @@ class Agent:
             log.debug("cannot send %s to %r: %s", kind, addr, exc)
             return False
 
-    def _accept_peer(self, peer: PeerInfo) -> bool:
-        """Asked by the transport once a peer has proved the cluster key (either side of
-        the connection): keep it or not. Kept peers are noted as authenticated."""
-        if peer.cluster != self.cfg.cluster:
-            log.warning("refusing %s at %s: cluster %r", peer.node_id, peer.remote, peer.cluster)
-            return False
-        if self.cluster_id and peer.cluster_id and peer.cluster_id != self.cluster_id:
-            log.warning(
-                "refusing %s at %s: it belongs to cluster id %s, not %s",
-                peer.node_id,
-                peer.remote,
-                peer.cluster_id,
-                self.cluster_id,
-            )
-            return False
-        if not valid_member_id(peer.node_id):
-            log.warning("refusing %s at %s: %s", shown(peer.node_id), peer.remote, MEMBER_ID_RULE)
-            return False
-        try:
-            check_cid(peer.cluster_id)
-        except FrameError:
-            log.warning("refusing %s at %s: bad cluster id", peer.node_id, peer.remote)
-            return False
-        self._note_peer(peer, peer.cluster_id)
-        return True
-
-    def _drop(self, peer: PeerInfo, why: str, detail: str = "") -> None:
-        """Count a dropped frame; warn at most once per DROP_LOG_INTERVAL_S per peer and
-        reason (a peer sending garbage in a loop must not flood the log)."""
-        self.frames_dropped[why] = self.frames_dropped.get(why, 0) + 1
-        now = time.monotonic()
-        key = (peer.node_id, why)
-        last, suppressed = self._drop_logged.get(key, (None, 0))
-        if last is not None and now - last < DROP_LOG_INTERVAL_S:
-            self._drop_logged[key] = (last, suppressed + 1)
-            return
-        if len(self._drop_logged) >= MAX_PEERS:
-            self._drop_logged.clear()
-        self._drop_logged[key] = (now, 0)
-        log.warning(
-            "frame from %s at %s dropped: %s%s%s",
-            peer.node_id,
-            peer.remote,
-            why,
-            f" ({detail[:200]})" if detail else "",
-            f"; {suppressed} more like it since the last warning" if suppressed else "",
-        )
-
-    def _on_frame(self, peer: PeerInfo, obj: object) -> None:
-        """Every frame of an authenticated peer: dispatched through ``_frame_handlers`` (the
-        kinds a peer may send; anything else is dropped), after its fields were checked."""
-        if not isinstance(obj, dict):
-            self._drop(peer, "malformed frame", "not a map")
-            return
-        kind = obj.get("k")
-        handler = self._frame_handlers.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            self._drop(peer, "unknown kind", repr(kind)[:60])
-            return
-        try:
-            cid = check_cid(obj.get("cid"))
-        except FrameError as exc:
-            self._drop(peer, f"bad {kind}", str(exc))
-            return
-        self._note_peer(peer, cid)
-        try:
-            handler(peer, obj)
-        except (FrameError, StateError, KeyError, TypeError, ValueError) as exc:
-            self._drop(peer, f"bad {kind}", str(exc))
-
     def _note_peer(self, peer: PeerInfo, cid: str | None) -> None:
         """An authenticated frame or handshake from ``peer``."""
         now = time.monotonic()
@@ -557,60 +510,6 @@ class Agent:
         self.peer_table.expire(now)
         self.chores.forget_non_members(now, PEER_EXPIRE_S)
 
-    def _on_raft(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        data = obj.get("m")
-        if not isinstance(data, bytes):
-            raise FrameError("m must be bytes")
-        self._on_raft_frame(peer, obj.get("cid"), data)
-
-    def _on_raft_frame(self, peer: PeerInfo, cid: object, data: object) -> None:
-        if self.raw is None or not isinstance(data, bytes):
-            return
-        if cid is None:
-            return
-        if self.cluster_id is None:
-            # A fresh node takes Raft traffic only from the cluster it asked to join or whose
-            # founder it accepted.
-            if not self.bootstrap.expects(cid):
-                return
-        elif cid != self.cluster_id:
-            self._drop(peer, "Raft message of another cluster", str(cid))
-            return
-        try:
-            m = decode_message(data)
-        except CodecError as exc:
-            self._drop(peer, "undecodable Raft message", str(exc))
-            return
-        if m.frm != peer.node_id or m.to != self.id:
-            self._drop(peer, "Raft message of another sender", f"{m.frm}->{m.to}")
-            return
-        # A term far ahead of ours is no election we missed but a faulty or hostile peer:
-        # adopting it would leave no room for the terms after it. Refused: any term (of the
-        # message, its log, entries or snapshot) above MAX_TERM or more than MAX_TERM_JUMP
-        # ahead of ours (codec.py explains both bounds).
-        ours = self.raw.term
-        bound = min(MAX_TERM, ours + MAX_TERM_JUMP)
-        terms = [m.term, m.log_term, *(e.term for e in m.entries)]
-        if m.snapshot is not None:
-            terms.append(m.snapshot.meta.term)
-        if max(terms) > bound:
-            self._drop(
-                peer,
-                "term too far ahead",
-                f"{m.type.name} with term {max(terms)}; ours is {ours}, the bound {bound}",
-            )
-            return
-        if self.cluster_id is None and not self._adopt_cluster(
-            str(cid), f"first Raft message from {peer.node_id}"
-        ):
-            return
-        try:
-            self.raw.step(m)
-        except ValueError as exc:
-            log.warning("Raft message from %s refused: %s", peer.node_id, exc)
-            return
-        self.driver.wake()
-
     # ---- founding and joining ---------------------------------------------------------------
     def my_info(self) -> dict[str, Any]:
         return {
@@ -621,23 +520,8 @@ class Agent:
         }
 
     def _on_mdns_change(self, peers: dict[str, Any]) -> None:
-        """The mDNS table changed. A record is a hint of where a peer might be, nothing
-        more: it sets no cluster id and no freshness, and a peer counts for founding and
-        joining only once it has answered a hello over an authenticated connection."""
-        now = time.monotonic()
-        for p in self.peers.values():
-            p.in_mdns = p.node_id in peers
-        for nid, ann in peers.items():
-            if not valid_member_id(nid):
-                continue
-            p = self._peer(nid, ann.raft_addr, "mdns", now)
-            if p is None:
-                continue
-            p.in_mdns = True
-            p.last_seen = max(p.last_seen, now)
-            if not p.authenticated(now):
-                p.raft_addr = ann.raft_addr
-                p.api_addr = p.api_addr or ann.api_addr
+        """The mDNS table changed (Discovery's callback): hints for the peer table."""
+        self.peer_table.on_mdns(peers, time.monotonic())
 
     async def _start_discovery(self) -> bool:
         """Start mDNS; False (logged) when it could not start (``_retry_discovery`` then
@@ -672,68 +556,18 @@ class Agent:
         if self.cluster_id is not None and discovery.fresh:  # adopted while it started
             await discovery.update(cluster_id=self.cluster_id, fresh=False)
 
-    def _in_config(self) -> bool:
-        return self.in_config(self.id)
-
     def in_config(self, node_id: str) -> bool:
         """Whether ``node_id`` is a voter or a learner of the Raft configuration."""
-        return self.raw is not None and self.raw.basic_status().in_config(node_id)
+        return self.driver.in_config(node_id)
 
-    # ---- metrics, health, weights -----------------------------------------------------------
-    async def _sampler_loop(self) -> None:
-        """Sample the host every REPORT_INTERVAL and report. A failing reading (psutil
-        cannot open /proc files once the descriptors are used up: EMFILE) ends the task,
-        which _supervised starts again after its back-off; the reports resume with it."""
-        if self.sampler is None:
-            self.sampler = Sampler(self.metrics_source, data_dir=self.cfg.data_dir)
-        self.sampler.sample()  # primes cpu_percent (a few /proc reads: no thread needed)
-        while not self._stop.is_set():
-            await asyncio.sleep(REPORT_INTERVAL)
-            self.metrics = self.sampler.sample()
-            self._report_metrics()
-
-    def _report_metrics(self) -> None:
-        if self.metrics is None or self.raw is None:
-            return
-        body = self.metrics.to_dict()
-        lead = self.raw.basic_status().lead
-        if lead == self.id:
-            self.chores.reports[self.id] = (time.monotonic(), body)
-        elif lead is not None:
-            addr = self._addr_of(lead)
-            if addr:
-                self._send(addr, "metrics", metrics=body)
-
-    def _on_metrics(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        """A member's report to the leader; reports of non-members are ignored (the table
-        holds members only), and a report is kept in its parsed, bounded form."""
-        metrics = obj.get("metrics")
-        if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS_FIELDS:
-            raise FrameError("metrics must be a small map")
-        body = HostMetrics.from_dict(metrics).to_dict()  # ValueError: dropped
-        if self.is_leader() and self.state.has_member(peer.node_id):
-            self.chores.reports[peer.node_id] = (time.monotonic(), body)
-
-    def _on_metrics_table(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        """The leader's table of every member's last report (rows of members only)."""
-        table = obj.get("table")
-        if not isinstance(table, dict):
-            raise FrameError("table must be a map")
-        if self.raw is None or peer.node_id != self.raw.basic_status().lead:
-            return
-        self.chores.metrics_table = {
-            mid: check_metrics_row(row)
-            for mid, row in table.items()
-            if isinstance(mid, str) and self.state.has_member(mid)
-        }
-
+    # ---- the loops: everyone's housekeeping, the leader's chores ------------------------------
     async def _housekeeping(self) -> None:
         """Everyone's chores: answer timed-out reads, keep our member record current, forget
         stale peers and the bookkeeping of non-members."""
         while not self._stop.is_set():
             await asyncio.sleep(0.25)
             self.driver.expire_reads()
-            self._check_own_record()
+            self.reporter.check_own_record()
             now = time.monotonic()
             if now - self._last_prune >= 5.0:
                 self._last_prune = now
@@ -753,43 +587,6 @@ class Agent:
                     await self.chores.run_once()
                 except AgentError as exc:
                     log.debug("leader chores: %s", exc.message)
-
-    _last_self_check = 0.0
-
-    def _check_own_record(self) -> None:
-        """Make the replicated member record hold our current addresses (a founder that
-        learned of us over mDNS did not know our service address; flags may change)."""
-        now = time.monotonic()
-        if now - self._last_self_check < 2.0 or not self._in_config():
-            return
-        self._last_self_check = now
-        rec = self.state.member(self.id)
-        mine = self.my_info()
-        if rec is None or all(
-            rec.get(k) == mine[k] for k in ("raft_addr", "api_addr", "service_addr")
-        ):
-            return
-        if self.is_leader():
-            self._spawn(self._write_quietly(encode_command("member_put", **mine)), "member-put")
-        else:
-            lead = self.leader_id()
-            addr = self._addr_of(lead) if lead else None
-            if addr:
-                self._send(addr, "member_update", info=mine)
-
-    async def _write_quietly(self, data: bytes) -> None:
-        try:
-            await self.driver.propose_cmd(data)
-        except AgentError as exc:
-            log.debug("write postponed: %s", exc.message)
-
-    def _on_member_update(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
-        info = check_info(obj.get("info"))
-        if info["id"] != peer.node_id:
-            raise FrameError(f"member_update with the info of {info['id']}")
-        if not self.is_leader() or not self.state.has_member(peer.node_id):
-            return
-        self._spawn(self._write_quietly(encode_command("member_put", **info)), "member-put")
 
     # ---- the API's verbs --------------------------------------------------------------------
     def raft_status(self) -> BasicStatus | None:

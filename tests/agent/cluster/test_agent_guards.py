@@ -2,9 +2,10 @@
 peer may send it, what a failing background task does, how big its tables may grow.
 
 The agent runs on 127.0.X.1 of a leased loopback /24 (harness.py), founds a cluster of one
-(``bootstrap_expect = 1``) and is handed frames through ``_on_frame``, the transport's
-callback, as if an authenticated peer had sent them. ``exit_later`` (the fail-stop's last
-resort, which ends the process) is replaced by an inert timer: this process is pytest.
+(``bootstrap_expect = 1``) and is handed frames through ``inbox.on_frame``, the
+transport's callback, as if an authenticated peer had sent them. ``exit_later`` (the
+fail-stop's last resort, which ends the process) is replaced by an inert timer: this process
+is pytest.
 """
 
 from __future__ import annotations
@@ -162,9 +163,9 @@ def test_only_the_listed_frame_kinds_reach_a_handler(tmp_path: Path) -> None:
         kinds: list[Any] = ["frame", "soft_state", "raft_frame", "task_done", "_on_frame"]
         kinds += ["start", "stop", "__init__", "pump", "adopt_cluster", "", "x" * 5000, 7, None]
         for kind in kinds:
-            agent._on_frame(evil, {"k": kind, "cid": cid, "state": 1, "lead": "evil"})
+            agent.inbox.on_frame(evil, {"k": kind, "cid": cid, "state": 1, "lead": "evil"})
         for garbage in ([], "hello", b"\x00", 3, {}, {"cid": cid}):
-            agent._on_frame(evil, garbage)
+            agent.inbox.on_frame(evil, garbage)
         assert agent.frames_dropped.get("unknown kind") == len(kinds) + 2
         assert agent.frames_dropped.get("malformed frame") == 4
         assert (agent.last_leader, agent.leader_since, agent.raw.raft.term) == before
@@ -231,7 +232,7 @@ def test_frames_with_bad_fields_are_dropped_and_change_nothing(tmp_path: Path) -
             ("bad raft", {"k": "raft", "m": "text"}),
         ]
         for _why, frame in bad:
-            agent._on_frame(evil, {"cid": cid, **frame})
+            agent.inbox.on_frame(evil, {"cid": cid, **frame})
         want: dict[str, int] = {}
         for why, _frame in bad:
             want[why] = want.get(why, 0) + 1
@@ -240,7 +241,7 @@ def test_frames_with_bad_fields_are_dropped_and_change_nothing(tmp_path: Path) -
         assert agent.peers["evil"].api_addr == ""  # no hello got through
         assert not agent._admitting and [m["id"] for m in agent.state.members()] == ["g1"]
         # A well-formed report, but from a node that is not a member: ignored.
-        agent._on_frame(evil, {"k": "metrics", "cid": cid, "metrics": good_metrics})
+        agent.inbox.on_frame(evil, {"k": "metrics", "cid": cid, "metrics": good_metrics})
         assert "evil" not in agent.reports
         assert not agent.frames_dropped.keys() - want.keys()
         assert agent.is_leader() and not agent._stop.is_set()
@@ -281,7 +282,7 @@ def test_a_raft_term_far_ahead_is_refused(tmp_path: Path) -> None:
             },
         ]
         for frame in far:
-            agent._on_frame(evil, frame)
+            agent.inbox.on_frame(evil, frame)
         assert agent.raw.raft.term == ours
         assert sum(agent.frames_dropped.values()) == len(far)
         # It keeps leading through more than an election timeout: nothing was adopted.
@@ -291,7 +292,7 @@ def test_a_raft_term_far_ahead_is_refused(tmp_path: Path) -> None:
             "the agent leading at its own term",
         )
         # A plausible higher term still goes through to Raft (the leader steps down).
-        agent._on_frame(evil, _raft(cid, term=ours + 1))
+        agent.inbox.on_frame(evil, _raft(cid, term=ours + 1))
         assert agent.raw.raft.term == ours + 1
 
     run_agent(tmp_path, body)
@@ -374,7 +375,7 @@ def test_the_peer_table_is_capped_and_expires(tmp_path: Path) -> None:
         assert agent.transport is not None
         for i in range(2 * MAX_PEERS):
             hello = {"id": f"a{i}", "raft_addr": f"127.0.0.9:{2000 + i}", "api_addr": "h:1"}
-            agent._on_frame(peer_info(f"a{i}", cid, 2000 + i), {"k": "hello", "info": hello})
+            agent.inbox.on_frame(peer_info(f"a{i}", cid, 2000 + i), {"k": "hello", "info": hello})
         assert len(agent.peers) == MAX_PEERS
         assert sum(p.authed is not None for p in agent.peers.values()) == MAX_PEERS
         assert f"a{2 * MAX_PEERS - 1}" in agent.peers

@@ -348,6 +348,10 @@ class Driver:
     def leader_id(self) -> str | None:
         return self.raw.lead if self.raw else None
 
+    def in_config(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a voter or a learner of the Raft configuration."""
+        return self.raw is not None and self.raw.basic_status().in_config(node_id)
+
     def write_timeout(self) -> float:
         return max(3.0, 10 * self.cfg.election_timeout_ms / 1000)
 

@@ -7,8 +7,11 @@ transport's connection to an address."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from ..ids import valid_member_id
 
 #: Peers known besides the member table (from mDNS, hellos, foundings): at most this many.
 #: When full, a new one takes the place of the stalest that is neither a member nor
@@ -85,6 +88,24 @@ class PeerTable:
             self.forget(victim.node_id)
         p = peers[nid] = Peer(nid, raft_addr, source=source, last_seen=now)
         return p
+
+    def on_mdns(self, announced: Mapping[str, Any], now: float) -> None:
+        """The mDNS table changed. A record is a hint of where a peer might be, nothing
+        more: it sets no cluster id and no freshness, and a peer counts for founding and
+        joining only once it has answered a hello over an authenticated connection."""
+        for p in self.peers.values():
+            p.in_mdns = p.node_id in announced
+        for nid, ann in announced.items():
+            if not valid_member_id(nid):
+                continue
+            p = self.get_or_add(nid, ann.raft_addr, "mdns", now)
+            if p is None:
+                continue
+            p.in_mdns = True
+            p.last_seen = max(p.last_seen, now)
+            if not p.authenticated(now):
+                p.raft_addr = ann.raft_addr
+                p.api_addr = p.api_addr or ann.api_addr
 
     def note_authenticated(self, nid: str, addr: str, cid: str | None, now: float) -> bool:
         """An authenticated frame or handshake from ``nid`` at ``addr``; False when the
