@@ -9,22 +9,8 @@ checksum of the whole and only then hands its core the very ``MsgSnap`` the lead
 made (:class:`SnapshotReceiver`). The core itself knows nothing of chunks.
 docs/transport.md ("Snapshots larger than a frame") explains the choices.
 
-Frames (msgpack maps on the authenticated transport, like every agent frame)
-
-``snap_chunk`` (leader -> follower), one per chunk, in order::
-
-    {"k": "snap_chunk", "cid": cluster id, "x": transfer id (str),
-     "term": the MsgSnap's term, "index": snapshot index, "sterm": snapshot term,
-     "total": size of the snapshot data, "sum": SHA-256 of the whole data (32 bytes),
-     "off": offset of this chunk, "data": the chunk (bin, at most CHUNK_BYTES),
-     "voters": [ids], "learners": [ids]}        (the member lists in the first chunk only)
-
-``snap_ack`` (follower -> leader), once per transfer: ``{"k": "snap_ack", "cid": ...,
-"x": transfer id, "index": snapshot index, "ok": bool, "reason": str}``. ``ok`` means the
-checksum matched and the snapshot went to the core (whose answer, an append response,
-tells the leader's core the rest); a refusal (a chunk out of order, a checksum mismatch, a
-write error) makes the leader report the snapshot as failed to its core, which tries again
-later.
+The ``snap_chunk`` and ``snap_ack`` frames are built and checked in
+:mod:`hafleet_agent.snapframes`, whose docstring is their format.
 
 Sending never blocks the event loop for long: the checksum is computed once per snapshot
 (index, term) in a thread and cached; each chunk is a 1 MiB slice queued only when the
@@ -46,8 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .codec import MAX_INDEX, MAX_TERM
 from .raft.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
+from .snapframes import (
+    ACK_KIND,
+    CHUNK_KIND,
+    MAX_CHUNK_BYTES,
+    ChunkStart,
+    ack_frame,
+    check_chunk,
+    check_start,
+    chunk_frame,
+)
 
 __all__ = [
     "ACK_KIND",
@@ -60,12 +55,8 @@ __all__ = [
 
 log = logging.getLogger("hafleet.snapxfer")
 
-CHUNK_KIND = "snap_chunk"
-ACK_KIND = "snap_ack"
 CHUNK_BYTES = 1 << 20
 """Snapshot data per chunk frame."""
-MAX_CHUNK_BYTES = 16 << 20
-"""The largest chunk a receiver takes (a sender may pick a smaller chunk size)."""
 MAX_TOTAL_BYTES = 1 << 40
 """The largest snapshot a receiver takes (a sanity bound; the quota keeps states far below)."""
 INLINE_MARGIN = 64 << 10
@@ -75,7 +66,6 @@ PART_FILE = "snapshot.recv.part"
 """The file a snapshot being received is written to, in the data dir."""
 DISK_RESERVE_BYTES = 64 << 20
 """Free space a receiver keeps beyond the snapshot's size (for the Raft log)."""
-_MAX_IDS = 1 << 16
 _MAX_REASON = 200
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
@@ -310,21 +300,9 @@ class SnapshotSender:
                 await asyncio.sleep(self.poll_interval)
                 continue
             n = min(self.chunk_bytes, total - off)
-            frame: dict[str, Any] = {
-                "k": CHUNK_KIND,
-                "cid": self._cluster_id(),
-                "x": x.xid,
-                "term": x.term,
-                "index": x.index,
-                "sterm": x.snap_term,
-                "total": total,
-                "sum": digest,
-                "off": off,
-                "data": data[off : off + n].tobytes(),
-            }
-            if off == 0:
-                frame["voters"] = list(conf.voters)
-                frame["learners"] = list(conf.learners)
+            head = (self._cluster_id(), x.xid, x.term, x.index, x.snap_term, total, digest)
+            chunk = data[off : off + n].tobytes()
+            frame = chunk_frame(*head, off, chunk, conf if off == 0 else None)
             if not tr.send(x.addr, frame):
                 self._check_stall(loop, progress_at)
                 await asyncio.sleep(self.poll_interval * 10)
@@ -359,13 +337,7 @@ class _Incoming:
     peer: Any  # the sender's PeerInfo (node_id, addr)
     frm: str
     addr: str
-    term: int
-    index: int
-    snap_term: int
-    total: int
-    digest: bytes
-    voters: tuple[str, ...]
-    learners: tuple[str, ...]
+    head: ChunkStart  # what the first chunk said of the whole
     fd: int | None
     started: float
     received: int = 0
@@ -417,11 +389,7 @@ class SnapshotReceiver:
     def on_chunk(self, peer: Any, obj: dict[str, Any]) -> None:
         """Take one chunk; raises ValueError/TypeError/KeyError for a malformed frame."""
         frm, addr = peer.node_id, peer.addr
-        xid = _str(obj["x"], "x", 64)
-        off = _uint(obj["off"], "off")
-        data = obj["data"]
-        if not isinstance(data, bytes) or len(data) > MAX_CHUNK_BYTES:
-            raise ValueError("data must be bin of at most 16 MiB")
+        xid, off, data = check_chunk(obj)
         cur = self._cur
         if off == 0:
             if cur is not None:
@@ -429,7 +397,7 @@ class SnapshotReceiver:
                     raise ValueError("a transfer started twice")
                 log.info(
                     "snapshot %d from %s: dropped for a new transfer from %s",
-                    cur.index,
+                    cur.head.index,
                     cur.frm,
                     frm,
                 )
@@ -443,8 +411,8 @@ class SnapshotReceiver:
         elif off != cur.received:
             self._abort(f"chunk at offset {off}, expected {cur.received} (a chunk was lost)")
             return
-        if cur.received + len(data) > cur.total or (not data and cur.total):
-            self._abort(f"chunk of {len(data)} bytes at {off} overruns the total {cur.total}")
+        if cur.received + len(data) > cur.head.total or (not data and cur.head.total):
+            self._abort(f"chunk of {len(data)} bytes at {off} overruns the total {cur.head.total}")
             return
         try:
             assert cur.fd is not None
@@ -454,7 +422,7 @@ class SnapshotReceiver:
             return
         cur.received += len(data)
         self.stats["bytes_received"] += len(data)
-        if cur.received == cur.total:
+        if cur.received == cur.head.total:
             os.close(cur.fd)
             cur.fd = None
             self._spawn(self._finish(cur), f"snapshot-from-{frm}")
@@ -462,28 +430,11 @@ class SnapshotReceiver:
     # ---- internals -------------------------------------------------------------------------
     def _start(self, peer: Any, xid: str, obj: dict[str, Any]) -> _Incoming | None:
         frm, addr = peer.node_id, peer.addr
-        total = _uint(obj["total"], "total")
-        digest = obj["sum"]
-        if not isinstance(digest, bytes) or len(digest) != 32:
-            raise ValueError("sum must be 32 bytes")
-        cur = _Incoming(
-            xid=xid,
-            peer=peer,
-            frm=frm,
-            addr=addr,
-            # bounded as the codec bounds them in a Raft frame (codec.MAX_TERM says why)
-            term=_uint(obj["term"], "term", MAX_TERM),
-            index=_uint(obj["index"], "index", MAX_INDEX),
-            snap_term=_uint(obj["sterm"], "sterm", MAX_TERM),
-            total=total,
-            digest=digest,
-            voters=_ids(obj["voters"], "voters"),
-            learners=_ids(obj["learners"], "learners"),
-            fd=None,
-            started=time.monotonic(),
-        )
+        head = check_start(obj)
+        total = head.total
+        cur = _Incoming(xid, peer, frm, addr, head, fd=None, started=time.monotonic())
         if total > self.max_total:
-            self._refuse(frm, addr, xid, cur.index, f"{total} bytes is over the limit")
+            self._refuse(frm, addr, xid, head.index, f"{total} bytes is over the limit")
             return None
         # The part file, then the snapshot file the storage writes (the part file is gone
         # by then) must fit, with room to spare for the Raft log: a full disk would make its
@@ -498,7 +449,7 @@ class SnapshotReceiver:
                 frm,
                 addr,
                 xid,
-                cur.index,
+                head.index,
                 f"not enough disk space: {_mib(total)} to receive, {_mib(free)} free "
                 f"(keeping {_mib(DISK_RESERVE_BYTES)} for the log)",
             )
@@ -506,10 +457,10 @@ class SnapshotReceiver:
         try:
             cur.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            self._refuse(frm, addr, xid, cur.index, f"cannot create {self.path}: {exc}")
+            self._refuse(frm, addr, xid, head.index, f"cannot create {self.path}: {exc}")
             return None
         self._cur = cur
-        log.info("receiving snapshot %d (%s) from %s", cur.index, _mib(total), frm)
+        log.info("receiving snapshot %d (%s) from %s", head.index, _mib(total), frm)
         return cur
 
     def _discard(self) -> None:
@@ -524,7 +475,7 @@ class SnapshotReceiver:
         cur = self._cur
         assert cur is not None
         self._discard()
-        self._refuse(cur.frm, cur.addr, cur.xid, cur.index, reason)
+        self._refuse(cur.frm, cur.addr, cur.xid, cur.head.index, reason)
 
     def _refuse(self, frm: str, addr: str, xid: str, index: object, reason: str) -> None:
         if xid in self._refused:
@@ -532,7 +483,7 @@ class SnapshotReceiver:
         self._refused = [*self._refused[-15:], xid]
         self.stats["refused"] += 1
         log.warning("snapshot from %s refused: %s", frm, reason)
-        self._reply(addr, {"k": ACK_KIND, "x": xid, "index": index, "ok": False, "reason": reason})
+        self._reply(addr, ack_frame(xid, index, reason))
 
     async def _finish(self, cur: _Incoming) -> None:
         path = self.path
@@ -550,23 +501,23 @@ class SnapshotReceiver:
         if self._cur is not cur:
             return  # a newer transfer took its place meanwhile
         self._discard()
-        if len(data) != cur.total or digest != cur.digest:
-            self._refuse(cur.frm, cur.addr, cur.xid, cur.index, "checksum mismatch")
+        h = cur.head
+        if len(data) != h.total or digest != h.digest:
+            self._refuse(cur.frm, cur.addr, cur.xid, h.index, "checksum mismatch")
             return
         msg = Message(
             MessageType.SNAP,
             to=self.node_id,
             frm=cur.frm,
-            term=cur.term,
+            term=h.term,
             snapshot=Snapshot(
-                SnapshotMeta(cur.index, cur.snap_term, ConfState(cur.voters, cur.learners)),
-                data,
+                SnapshotMeta(h.index, h.snap_term, ConfState(h.voters, h.learners)), data
             ),
         )
         log.info(
             "received snapshot %d (%s) from %s in %.1fs",
-            cur.index,
-            _mib(cur.total),
+            h.index,
+            _mib(h.total),
             cur.frm,
             time.monotonic() - cur.started,
         )
@@ -577,7 +528,7 @@ class SnapshotReceiver:
             prepared = await asyncio.to_thread(self._prepare, msg.snapshot)
         self.stats["completed"] += 1
         self._deliver(cur.peer, msg, prepared)
-        self._reply(cur.addr, {"k": ACK_KIND, "x": cur.xid, "index": cur.index, "ok": True})
+        self._reply(cur.addr, ack_frame(cur.xid, cur.head.index))
 
 
 def _free_bytes(path: Path) -> int:
@@ -590,24 +541,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
-
-
-def _uint(v: object, what: str, limit: int = (1 << 64) - 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
-        raise ValueError(f"{what} must be an integer in 0..{limit}")
-    return v
-
-
-def _str(v: object, what: str, limit: int) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= limit:
-        raise ValueError(f"{what} must be a non-empty string of at most {limit} characters")
-    return v
-
-
-def _ids(v: object, what: str) -> tuple[str, ...]:
-    if not isinstance(v, list) or len(v) > _MAX_IDS:
-        raise ValueError(f"{what} must be a list of node ids")
-    out = tuple(_str(i, what, 255) for i in v)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{what} has duplicates")
-    return out
