@@ -109,7 +109,8 @@ _HELLO_KEYS = ("node_id", "cluster", "cluster_id", "addr")
 class Closed(Exception):
     """The connection must close; the message is the reason that gets logged.
 
-    Exactly this class (no subclass): the peer ended the stream cleanly between frames."""
+    Raised as this class itself (not a subclass) only when the peer ended the stream
+    cleanly between frames."""
 
 
 class AuthError(Closed):
