@@ -24,12 +24,13 @@ DEB_PACKAGES := haproxy iproute2 shellcheck nftables
 COLLECTION_ROOT := build/ansible_collections
 COLLECTION_DIR := $(COLLECTION_ROOT)/hafleet/cluster
 # Left out of the copy that ansible-test checks: the junk that build_ignore leaves out too,
-# and the agent's Python project (agent/, tests/agent/, tests/chaos/, bench/). The agent is
-# a standalone asyncio application held to ruff and pytest; ansible-test's pylint profile encodes
-# ansible-core's own conventions (no variable named `_`, ...) that do not apply to it.
+# and the agent's Python project (agent/, tests/agent/, tests/chaos/, tests/support/, bench/).
+# The agent is a standalone asyncio application held to ruff and pytest; ansible-test's pylint
+# profile encodes ansible-core's own conventions (no variable named `_`, ...) that do not
+# apply to it.
 COPY_EXCLUDES := ./.git ./.venv ./build ./dist ./.ansible ./tests/output '*/tests/output' \
 	'__pycache__' '*.pyc' '.pytest_cache' '.ruff_cache' '.hypothesis' '*.egg-info' '*.tar.gz' \
-	./agent ./tests/agent ./tests/chaos ./bench
+	./agent ./tests/agent ./tests/chaos ./tests/support ./bench
 
 # The copy sits inside this git work tree, where build/ is ignored: left to itself,
 # ansible-test would find the outer .git and list no file. Naming the content root stops
@@ -47,9 +48,10 @@ export PATH := $(BIN):$(PATH)
 	collection-link ansible-lint bench-scale vendor
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/[$$](TEST_STAGES)/$(TEST_STAGES)/' \
+		| awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-test: ## everything CI runs: system packages, .venv, lint, pytest, sanity, units
+test: ## every stage CI runs (.ci/run), in order: $(TEST_STAGES)
 	@for stage in $(TEST_STAGES); do \
 		start=$$(date +%s); \
 		echo "==> make $$stage"; \
@@ -113,7 +115,7 @@ PYTEST_XDIST = $(if $(filter-out 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dis
 pytest: venv ## pytest tests/agent tests/chaos (PYTEST_WORKERS=2 files at a time)
 	@rc=0; $(BIN)/pytest $(PYTEST_XDIST) tests/agent tests/chaos || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
-		echo "pytest: no tests collected in tests/agent (exit 5), treated as success"; \
+		echo "pytest: no tests collected in tests/agent tests/chaos (exit 5), treated as success"; \
 	elif [ $$rc -ne 0 ]; then \
 		exit $$rc; \
 	fi
@@ -146,10 +148,10 @@ collection-copy: ## copy the tree to build/ansible_collections/hafleet/cluster f
 ansible-test-shim: venv ## put the offline pip bootstrap where ansible-test looks for it
 	@$(BIN)/python hack/install_get_pip_shim.py
 
-sanity: venv ansible-test-shim collection-copy ## ansible-test sanity --venv on the collection copy
+sanity: venv ansible-test-shim collection-copy ## ansible-test sanity --venv on the collection copy (no ignore file)
 	cd $(COLLECTION_DIR) && $(ANSIBLE_TEST) sanity --venv --python $(ANSIBLE_TEST_PYTHON)
 
-units: venv ansible-test-shim collection-copy ## ansible-test units --venv on the collection copy
+units: venv ansible-test-shim collection-copy ## ansible-test units --venv on the collection copy (tests/unit)
 	cd $(COLLECTION_DIR) && $(ANSIBLE_TEST) units --venv --python $(ANSIBLE_TEST_PYTHON)
 
 build: venv ## ansible-galaxy collection build into dist/
@@ -195,9 +197,10 @@ bench: venv ## hafleet vs etcd, PySyncObj; scale.yml -> docs/benchmarks.md (~30-
 # agents in lab namespaces (about 45 minutes), then the fuzzers with FUZZ_EXAMPLES examples.
 CHAOS_RUNS ?= 20
 FUZZ_EXAMPLES ?= 5000
-chaos: venv system-deps ## chaos scenarios on real agents, CHAOS_RUNS=20 runs each, + long fuzzing
+chaos: venv system-deps ## chaos scenarios on real agents (root), CHAOS_RUNS=20 runs each, then FUZZ_EXAMPLES=5000 fuzzing
 	@rc=0; start=$$(date +%s); \
-	$(BIN)/python tests/chaos/run_chaos.py --runs $(CHAOS_RUNS) --json build/chaos-report.json \
+	PYTHONPATH=$(CURDIR)/tests/support $(BIN)/python tests/chaos/run_chaos.py \
+		--runs $(CHAOS_RUNS) --json build/chaos-report.json \
 		|| rc=$$?; \
 	HFCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider -q \
 		tests/chaos/test_chaos_fuzz.py || rc=$$?; \

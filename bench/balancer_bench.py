@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent / "tests" / "agent" / "balancer"))
+sys.path[:0] = [str(ROOT.parent / "tests" / d) for d in ("agent/balancer", "support")]
 from balancer_lab import Lab, LoadGen, burst, kill, wait_for  # noqa: E402
 
 FORM = 60.0

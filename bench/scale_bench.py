@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOADGEN = REPO / "tests" / "agent" / "collection" / "loadgen.py"
-sys.path.insert(0, str(REPO / "tests" / "agent"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 from netlab import list_links, list_namespaces  # noqa: E402
 
 LAB_URL = "http://127.0.0.1:8080/"

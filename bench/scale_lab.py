@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "agent" / "collection"))
+sys.path[:0] = [str(REPO / "tests" / "agent" / "collection"), str(REPO / "tests" / "support")]
 
 from labtest import Load, TestLab, free_port  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Real agents in lab network namespaces, and a fault injector over them.
 
 ``ChaosLab`` builds a ``NetLab`` (bridge ``<prefix>0`` holding ``<subnet>.1``, namespaces
-``<prefix>-n1..nN``; tests/agent/netlab.py) and runs one ``hafleet-agent run`` per namespace,
+``<prefix>-n1..nN``; tests/support/netlab.py) and runs one ``hafleet-agent run`` per namespace,
 node ``nI`` on ``<subnet>.<I+1>`` with the default ports, started with ``ip netns exec`` (which
 execs, so the PID we hold is the agent's own). The pytest process stays in the root namespace
 and reaches every node's API through the bridge address: client traffic never crosses a
@@ -34,9 +34,7 @@ name, unmount our mounts by exact path, then the NetLab teardown (processes star
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
 import shutil
 import signal
@@ -47,15 +45,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-for _p in (REPO / "tests" / "agent", REPO / "tests" / "agent" / "cluster"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+import netlab
+from agents import (
+    API_PORT,  # noqa: F401  (the scenarios and test_chaos.py import it from here)
+    RAFT_PORT,
+    Node,
+    agent_command,
+    kill_all,
+)
+from harness import Cluster
+from netlab import NetLab
 
-import harness  # noqa: E402
-from harness import API_PORT, RAFT_PORT, Cluster, Node, agent_command, write_secret  # noqa: E402
-from netlab import NetLab  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 PREFIX = os.environ.get("HFCH_PREFIX", "hfch")
 SUBNET = os.environ.get("HFCH_SUBNET", "10.81.0")
@@ -111,18 +112,7 @@ class ChaosCluster(Cluster):
     def __init__(self, lab: ChaosLab, base_dir: Path, name: str) -> None:  # noqa: D107
         self.lab = lab
         self.x = 0
-        self.name = name
-        self.dir = base_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.heartbeat_ms = HEARTBEAT_MS
-        self.election_timeout_ms = ELECTION_TIMEOUT_MS
-        self.config: dict[str, Any] = {}
-        self.key_file = write_secret(self.dir / "key")
-        self.token_file = write_secret(self.dir / "token")
-        self.token = self.token_file.read_text().strip()
-        self.nodes: dict[str, Node] = {}
-        self.last_view = {}
-        self.closed = False
+        self._setup(base_dir, name, HEARTBEAT_MS, ELECTION_TIMEOUT_MS)
         self.mounts: list[Path] = []
         self.fsync_triggers: dict[str, Path] = {}
         self.paused: set[str] = set()
@@ -154,46 +144,16 @@ class ChaosCluster(Cluster):
             data_dir.mkdir(mode=0o700)
             _run(["mount", "-t", "tmpfs", "-o", f"size={data_tmpfs},mode=0700", "tmpfs", data_dir])
             self.mounts.append(data_dir)
-        run_args = [
-            "run",
-            "--node-id",
-            node_id,
-            "--cluster",
-            self.name,
-            "--bind",
-            host,
-            "--raft-port",
-            str(RAFT_PORT),
-            "--api-port",
-            str(API_PORT),
-            "--data-dir",
-            str(data_dir),
-            "--key-file",
-            str(self.key_file),
-            "--token-file",
-            str(self.token_file),
-            "--heartbeat-ms",
-            str(self.heartbeat_ms),
-            "--election-timeout-ms",
-            str(self.election_timeout_ms),
-        ]
-        if bootstrap_expect is not None:
-            run_args += ["--bootstrap-expect", str(bootstrap_expect)]
-        join = list(join)
-        if join:
-            run_args += ["--join", ",".join(join)]
-        run_args += ["--mdns", "--mdns-interface", host] if mdns else ["--no-mdns"]
-        if config:
-            path = self.dir / f"{node_id}.toml"
-            path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in sorted(config.items())))
-            run_args += ["--config", str(path)]
+        args = self.run_args(
+            node_id, host, data_dir, config, bootstrap_expect=bootstrap_expect, join=join, mdns=mdns
+        )
         if fsync_fail:
             trigger = self.dir / f"{node_id}.fail-fsync"
             self.fsync_triggers[node_id] = trigger
             cmd = [sys.executable, str(LAUNCHER), "--fsync-fail-file", str(trigger), "--"]
         else:
             cmd = agent_command()
-        argv = ["ip", "netns", "exec", self.lab.netlab.ns(index), *cmd, *run_args]
+        argv = ["ip", "netns", "exec", self.lab.netlab.ns(index), *cmd, *args]
         node = Node(node_id, index, host, data_dir, self.dir / f"{node_id}.log", argv)
         self.nodes[node_id] = node
         if start:
@@ -257,18 +217,7 @@ class ChaosCluster(Cluster):
         if self.closed:
             return
         self.closed = True
-        errors: list[str] = []
-        for node in self.nodes.values():
-            if node.proc is not None and node.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(node.proc.pid, signal.SIGCONT)
-                    os.kill(node.proc.pid, signal.SIGKILL)
-        for node in self.nodes.values():
-            if node.proc is not None:
-                try:
-                    node.proc.wait(timeout=harness.EXIT_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    errors.append(f"{node.id} (pid {node.proc.pid}) did not die")
+        errors = kill_all(node.proc for node in self.nodes.values())
         for path in reversed(self.mounts):
             res = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=10)
             if res.returncode != 0 and os.path.ismount(path):
@@ -420,8 +369,6 @@ def cleanup(prefix: str = PREFIX) -> None:
     subprocess.run(
         [NFT, "delete", "table", "bridge", f"{prefix}_chaos"], capture_output=True, timeout=10
     )
-    import netlab
-
     netlab.cleanup(prefix)
 
 

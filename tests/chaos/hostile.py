@@ -18,7 +18,6 @@ import json
 import secrets
 import select
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,20 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-for _p in (REPO / "tests" / "agent", REPO / "tests" / "agent" / "cluster"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from harness import (  # noqa: E402
-    API_PORT,
-    RAFT_PORT,
+from agents import API_PORT, RAFT_PORT, holds_for, wait_for
+from harness import (
     Cluster,
-    holds_for,
     refused_idle_connections,  # noqa: F401  (for test_hostile.py)
-    wait_for,
 )
 
 __all__ = [

@@ -1,8 +1,12 @@
 """``make chaos``: every chaos scenario many times, with totals.
 
-    python tests/chaos/run_chaos.py [--runs 20] [--scenarios a,b] [--seed 1000] [--long]
-                                    [--json build/chaos-report.json]
-    python tests/chaos/run_chaos.py --markdown build/chaos-report.json   # the table, no run
+    PYTHONPATH=tests/support python tests/chaos/run_chaos.py [--runs 20] [--scenarios a,b]
+        [--seed 1000] [--long] [--json build/chaos-report.json]
+    PYTHONPATH=tests/support python tests/chaos/run_chaos.py --markdown build/chaos-report.json
+
+(``--markdown`` prints the table of a saved report and runs nothing.) tests/support holds the
+lab network and the agent processes; pytest finds it through pytest.ini, a script through
+``PYTHONPATH`` (``make chaos`` sets it).
 
 Each run is one ``chaos_scenarios.run_scenario`` with its own seed (the seed picks the target
 node and the variant: even seeds fill the leader's disk, odd a follower's, and so on), in a
@@ -28,9 +32,8 @@ from pathlib import Path
 
 os.environ.setdefault("HFCH_PREFIX", "hfchc")
 os.environ.setdefault("HFCH_SUBNET", "10.81.1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import chaoslab  # noqa: E402
+import chaoslab  # noqa: E402  (after the defaults above: it reads them when imported)
 from chaos_scenarios import RECOVERY_BOUND_S, SCENARIOS, RunResult, run_scenario  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Real HAProxy, demo backends, the syncer and a load generator, on loopback: the pieces the
 balancer's integration tests and ``bench/balancer_bench.py`` put together.
 
-Every process is started in its own session with ``PR_SET_PDEATHSIG`` = SIGKILL (it dies
+Every process is started with tests/support/agents.py's :func:`spawn` (its own session, dies
 with the test process) and is stopped by its PID in ``close()``. Traffic goes only to
 127.0.0.0/8. Waiting is always polling with a deadline (:func:`wait_for`).
 
@@ -12,8 +12,6 @@ to 107 bytes; pytest's tmp_path can be longer).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -26,9 +24,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import aiohttp
+from agents import EXIT_TIMEOUT, Node, agent_command, spawn, tail, wait_for
+from agents import signal_and_reap as kill
+from fakeload_agent import write_metrics
+from harness import Cluster
 
 from hafleet_agent.balancer.haproxy_config import (
     Settings,
@@ -40,92 +42,9 @@ from hafleet_agent.balancer.process import save_state
 from hafleet_agent.balancer.runtime_api import runtime_command
 
 HERE = Path(__file__).resolve().parent
-# The agents come from the multi-process cluster harness (tests/agent/cluster/harness.py),
-# imported when a lab is made.
-CLUSTER_DIR = HERE.parent / "cluster"
-
-from fakeload_agent import write_metrics  # noqa: E402  (this directory is on sys.path)
-
-if TYPE_CHECKING:
-    from harness import Node
-
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 FAKELOAD_AGENT = HERE / "fakeload_agent.py"
 SERVICE_PORT = 8000
-EXIT_TIMEOUT = 15.0
-
-T = TypeVar("T")
-
-
-def agent_command() -> list[str]:
-    """The installed ``hafleet-agent`` console script next to this interpreter."""
-    script = Path(sys.executable).with_name("hafleet-agent")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "hafleet_agent"]
-
-
-def wait_for(
-    predicate: Callable[[], T],
-    timeout: float,
-    what: str,
-    interval: float = 0.05,
-    check: Callable[[], None] | None = None,
-) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned), at most ``timeout``
-    seconds; OSError counts as "not yet". ``check`` may raise to fail early."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        if check is not None:
-            check()
-        try:
-            result = predicate()
-        except OSError as exc:
-            result, last = None, exc
-        else:
-            last = result
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {timeout:g} s waiting for {what}; last: {last!r}"
-            )
-        time.sleep(interval)
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-
-
-def kill(proc: subprocess.Popen | None, sig: int = signal.SIGKILL) -> None:
-    """Signal one process by its PID and reap it."""
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, sig)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=EXIT_TIMEOUT)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
 
 
 # --- HAProxy ----------------------------------------------------------------------------------
@@ -466,10 +385,6 @@ class Lab:
     of HAProxy instances (frontends on ``127.0.X.200+``) and syncers."""
 
     def __init__(self, base: Path) -> None:
-        if str(CLUSTER_DIR) not in sys.path:
-            sys.path.insert(0, str(CLUSTER_DIR))
-        from harness import Cluster
-
         self.base = base
         self.cluster = Cluster(base)
         self.dir = self.cluster.dir

@@ -4,15 +4,12 @@ failed test's report ends with the tail of every log."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from balancer_lab import Lab  # noqa: E402
+from balancer_lab import Lab
 
 _LABS: list[Lab] = []
 

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,9 +24,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from balancer_lab import HAProxy, Syncer, agent_command, kill, wait_for  # noqa: E402
+from balancer_lab import HAProxy, Syncer, agent_command, kill, wait_for
 
 TOKEN = "b" * 64
 pytestmark = pytest.mark.timeout(60)

@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from balancer_lab import LoadGen, burst, shares  # noqa: E402
+from balancer_lab import LoadGen, burst, shares
 
 from hafleet_agent.balancer.plan import server_id
 

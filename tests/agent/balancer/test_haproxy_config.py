@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from balancer_lab import HAPROXY, HAProxy
 
 from hafleet_agent.balancer.haproxy_cli import main as haproxy_cli
 from hafleet_agent.balancer.haproxy_config import (
@@ -24,9 +24,6 @@ from hafleet_agent.balancer.haproxy_config import (
     servers_from_state,
 )
 from hafleet_agent.balancer.process import save_state
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from balancer_lab import HAPROXY, HAProxy  # noqa: E402
 
 HEADER = (
     "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "

@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from balancer_lab import HAPROXY
 
 from hafleet_agent.balancer.runtime_api import runtime_command
 from hafleet_agent.supervise import Proc, start_time, stop_processes
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from balancer_lab import HAPROXY  # noqa: E402
 
 # The console script of the virtualenv that runs the tests, run by its Python as the role does.
 HELPER = Path(sys.executable).parent / "hafleet-haproxy"

@@ -1,16 +1,13 @@
-"""Fixtures of the multi-process cluster tests (see harness.py)."""
+"""Fixtures of the multi-process cluster tests (see tests/support/harness.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Cluster, active_clusters  # noqa: E402
+from harness import Cluster, active_clusters
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -17,7 +17,7 @@ def lab():
     if clash:
         pytest.fail(
             f"a lab of these tests is still there ({', '.join(sorted(clash))}); remove it "
-            "with: python tests/agent/netlab.py --cleanup hfct"
+            "with: python tests/support/netlab.py --cleanup hfct"
         )
     cache = REPO / "build" / "collection-tests"
     cache.mkdir(parents=True, exist_ok=True)

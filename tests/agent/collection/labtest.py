@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from agents import running
+from netlab import list_links, list_namespaces, remove_by_name
+
+from hafleet_agent.supervise import start_time  # one reading of /proc/PID/stat
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "agent"))
-from netlab import list_links, list_namespaces, remove_by_name  # noqa: E402
-
-from hafleet_agent.supervise import start_time  # noqa: E402  (one reading of /proc/PID/stat)
 
 BIN = Path(sys.executable).parent
 PLAYBOOK_TIMEOUT = 280
@@ -62,20 +62,6 @@ def collections_path() -> Path:
         except FileExistsError:
             pass
     return root
-
-
-def running(pid: int, started: int | None = None) -> bool:
-    """Whether ``pid`` is a process that has not exited: a zombie (state Z) has exited. With
-    ``started`` (its start time, :func:`start_time`), only if it is still that process: PIDs
-    wrap at 32768 here and a make test run starts processes by the ten thousand.
-
-    HAProxy runs with ``-D``: its parent exits, so it becomes a child of PID 1. On this machine
-    kind PID 1 (not an init system) reaps orphans lazily, about 1.5-2 s after they exit (more
-    under load), and until then ``/proc/PID`` stays, holding no memory, socket or file. A test
-    that took ``/proc/PID`` for "alive" failed after a clean stop (docs/development.md).
-    """
-    now = start_time(pid)
-    return now is not None and (started is None or now == started)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netlab import NetLab
 
 from hafleet_agent.discovery import (
     MAX_IGNORED,
@@ -37,8 +38,6 @@ from hafleet_agent.discovery import (
 )
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from netlab import NetLab  # noqa: E402
 
 HELPER = HERE / "mdns_node.py"
 AGENT_SRC = HERE.parents[2] / "agent" / "src"

@@ -9,19 +9,15 @@ crashed run makes its X unusable rather than part of a test. X is never reused w
 test session either. Data dirs, logs, config files and the key and token files (mode 0600)
 live under the test's ``tmp_path``.
 
-Every process is started in its own session, with ``PR_SET_PDEATHSIG`` = SIGKILL (it dies
-with the test process), and stopped by its PID in ``close()``, which the fixtures run in
-their finalizers whatever the test's outcome. ``conftest.py`` appends the tail of every
-agent's log to the report of a failed test.
-
-Waiting is always ``wait_for(predicate, timeout, what)``: poll, bounded, and a timeout names
-what it waited for and the last thing it saw. Nothing sleeps in place of a condition.
+The processes themselves (start in their own session, dying with the test process; stop
+by PID; logs; waiting with a deadline) are agents.py's; ``close()`` stops them, and the
+fixtures run it in their finalizers whatever the test's outcome. The cluster tests'
+``conftest.py`` appends the tail of every agent's log to the report of a failed test.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import http.client
 import json
@@ -32,25 +28,32 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-RAFT_PORT = 7400
-API_PORT = 7480
+from agents import (
+    API_PORT,
+    EXIT_TIMEOUT,
+    RAFT_PORT,
+    Node,
+    agent_command,
+    holds_for,  # noqa: F401  (the cluster tests import it from here)
+    kill_all,
+    run_args,
+    wait_for,
+    write_config,
+    write_secret,
+)
+
 HEARTBEAT_MS = 50
 ELECTION_TIMEOUT_MS = 300
 #: Bounds for the waits; generous, because the machine running the tests may be busy.
 FORM_TIMEOUT = 40.0
 ELECT_TIMEOUT = 20.0
-EXIT_TIMEOUT = 15.0
 HTTP_TIMEOUT = 10.0
-POLL_INTERVAL = 0.05
 
 LOCK_DIR = Path(tempfile.gettempdir()) / "hafleet-cluster-tests"
 SUBNETS = range(100, 255)
@@ -63,69 +66,8 @@ _USED: set[int] = set()
 _DEFAULT = object()
 
 
-def agent_command() -> list[str]:
-    """The installed ``hafleet-agent`` console script next to this interpreter."""
-    script = Path(sys.executable).with_name("hafleet-agent")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "hafleet_agent"]
-
-
 def active_clusters() -> list[Cluster]:
     return list(_ACTIVE)
-
-
-def write_secret(path: Path, secret: str | None = None) -> Path:
-    """A key or token file: 64 hex characters, mode 0600 from the start."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, ((secret or secrets.token_hex(32)) + "\n").encode())
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
-    return path
-
-
-def wait_for(
-    predicate: Callable[[], T],
-    timeout: float,
-    what: str,
-    interval: float = POLL_INTERVAL,
-    check: Callable[[], None] | None = None,
-    describe: Callable[[], str] | None = None,
-) -> T:
-    """Poll ``predicate`` until it returns something truthy, which is returned. Connection
-    errors count as "not yet". ``check`` runs before each poll and may raise to fail early;
-    ``describe`` says what was seen last when the time is up."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        if check is not None:
-            check()
-        try:
-            result = predicate()
-        except (OSError, http.client.HTTPException) as exc:
-            result, last = None, exc
-        else:
-            last = result
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            seen = describe() if describe is not None else repr(last)
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {seen}")
-        time.sleep(interval)
-
-
-def holds_for(
-    predicate: Callable[[], bool], seconds: float, what: str, interval: float = 0.1
-) -> None:
-    """Assert that ``predicate`` stays true for ``seconds`` (a bounded negative check)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        assert predicate(), f"{what} stopped holding"
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(interval)
 
 
 # --- loopback subnet leases -----------------------------------------------------------------
@@ -175,55 +117,7 @@ def lease_subnet(count: int = MAX_NODES) -> SubnetLease:
     raise RuntimeError(f"no free loopback subnet 127.0.X.0/24 with X in {SUBNETS}")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    """PR_SET_PDEATHSIG: the agent gets SIGKILL when the thread that started it ends, so
-    ``start()`` uses it only from the main thread (whose end is the test process's)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 # --- nodes and clusters ---------------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    id: str
-    index: int
-    host: str
-    data_dir: Path
-    log_path: Path
-    argv: list[str]
-    proc: subprocess.Popen[bytes] | None = None
-    #: False once the test killed or stopped it, or expects it to stop by itself.
-    expect_running: bool = False
-    starts: int = 0
-    exit_codes: list[int] = field(default_factory=list)
-
-    @property
-    def raft_addr(self) -> str:
-        return f"{self.host}:{RAFT_PORT}"
-
-    @property
-    def api_addr(self) -> str:
-        return f"{self.host}:{API_PORT}"
-
-    @property
-    def api_url(self) -> str:
-        return f"http://{self.api_addr}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
 
 class Cluster:
@@ -239,19 +133,27 @@ class Cluster:
     ) -> None:
         self.lease = lease_subnet()
         self.x = self.lease.x
-        self.name = f"t{self.x}-{secrets.token_hex(3)}"
-        self.dir = base_dir / f"cluster-127.0.{self.x}"
-        self.dir.mkdir(parents=True)
+        name = f"t{self.x}-{secrets.token_hex(3)}"
+        self._setup(base_dir / f"cluster-127.0.{self.x}", name, heartbeat_ms, election_timeout_ms)
+        self.config = dict(config or {})
+        _ACTIVE.append(self)
+
+    def _setup(
+        self, directory: Path, name: str, heartbeat_ms: int, election_timeout_ms: int
+    ) -> None:
+        """The directory, name, timing, key and token of a cluster wherever its nodes run."""
+        self.name = name
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.heartbeat_ms = heartbeat_ms
         self.election_timeout_ms = election_timeout_ms
-        self.config = dict(config or {})
+        self.config: dict[str, Any] = {}
         self.key_file = write_secret(self.dir / "key")
         self.token_file = write_secret(self.dir / "token")
         self.token = self.token_file.read_text().strip()
         self.nodes: dict[str, Node] = {}
         self.last_view: dict[str, Any] = {}  # what the last agreement check saw, for errors
         self.closed = False
-        _ACTIVE.append(self)
 
     def __repr__(self) -> str:
         return f"<Cluster {self.name} 127.0.{self.x}.0/24 {sorted(self.nodes)}>"
@@ -285,48 +187,48 @@ class Cluster:
         assert node_id not in self.nodes
         host = self.host(index)
         data_dir = self.dir / node_id
-        argv = agent_command() + [
-            "run",
-            "--node-id",
-            node_id,
-            "--cluster",
-            self.name,
-            "--bind",
-            host,
-            "--raft-port",
-            str(RAFT_PORT),
-            "--api-port",
-            str(API_PORT),
-            "--data-dir",
-            str(data_dir),
-            "--key-file",
-            str(key_file or self.key_file),
-            "--token-file",
-            str(self.token_file),
-            "--heartbeat-ms",
-            str(self.heartbeat_ms),
-            "--election-timeout-ms",
-            str(self.election_timeout_ms),
-        ]
-        if bootstrap_expect is not None:
-            argv += ["--bootstrap-expect", str(bootstrap_expect)]
-        join = list(join)
-        if join:
-            argv += ["--join", ",".join(join)]
-        argv += ["--mdns", "--mdns-interface", host] if mdns else ["--no-mdns"]
         settings = {**self.config, **(config or {})}
-        if settings:
-            config_path = self.dir / f"{node_id}.toml"
-            config_path.write_text(
-                "".join(f"{k} = {json.dumps(v)}\n" for k, v in sorted(settings.items()))
-            )
-            argv += ["--config", str(config_path)]
+        argv = agent_command() + self.run_args(
+            node_id,
+            host,
+            data_dir,
+            settings,
+            key_file=key_file,
+            bootstrap_expect=bootstrap_expect,
+            join=join,
+            mdns=mdns,
+        )
         argv += list(extra_args)
         node = Node(node_id, index, host, data_dir, self.dir / f"{node_id}.log", argv)
         self.nodes[node_id] = node
         if start:
             self.start(node)
         return node
+
+    def run_args(
+        self,
+        node_id: str,
+        host: str,
+        data_dir: Path,
+        settings: dict[str, Any] | None,
+        key_file: Path | None = None,
+        **flags: Any,
+    ) -> list[str]:
+        """``run`` and its flags for a node of this cluster (its name, key, token and timing);
+        ``settings`` go to a TOML ``--config``; ``flags``: bootstrap_expect, join, mdns."""
+        config_file = write_config(self.dir / f"{node_id}.toml", settings) if settings else None
+        return run_args(
+            node_id,
+            cluster=self.name,
+            host=host,
+            data_dir=data_dir,
+            key_file=key_file or self.key_file,
+            token_file=self.token_file,
+            heartbeat_ms=self.heartbeat_ms,
+            election_timeout_ms=self.election_timeout_ms,
+            config_file=config_file,
+            **flags,
+        )
 
     def add_many(self, count: int, **kwargs: Any) -> list[Node]:
         """``count`` nodes that all know all the others' Raft addresses (unless ``join`` or
@@ -338,24 +240,7 @@ class Cluster:
         return [self.add(**kwargs) for _ in indexes]
 
     def start(self, node: str | Node) -> Node:
-        node = self.node(node)
-        assert not node.running(), f"{node.id} is already running"
-        main_thread = threading.current_thread() is threading.main_thread()
-        with node.log_path.open("ab") as log:
-            log.write(f"===== harness: start #{node.starts + 1} of {node.id} =====\n".encode())
-            log.flush()
-            node.proc = subprocess.Popen(
-                node.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if main_thread else None,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        node.starts += 1
-        node.expect_running = True
-        return node
+        return self.node(node).start()
 
     def restart(self, node: str | Node) -> Node:
         """Start a node again with the same flags and data dir (it must have stopped)."""
@@ -413,27 +298,14 @@ class Cluster:
             return
         self.closed = True
         try:
-            for node in self.nodes.values():
-                if node.proc is not None and node.proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(node.proc.pid, signal.SIGKILL)
-            for node in self.nodes.values():
-                if node.proc is not None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        node.proc.wait(timeout=EXIT_TIMEOUT)
+            kill_all(node.proc for node in self.nodes.values())
         finally:
             self.lease.release()
             with contextlib.suppress(ValueError):
                 _ACTIVE.remove(self)
 
     def logs_tail(self, lines: int = 40) -> str:
-        out = []
-        for node in self.nodes.values():
-            state = "running" if node.running() else f"exited {node.proc and node.proc.poll()}"
-            tail = node.log().splitlines()[-lines:]
-            out.append(f"--- {node.id} ({node.host}, pid {node.pid}, {state}) last lines:")
-            out += tail
-        return "\n".join(out)
+        return "\n".join(node.report(lines) for node in self.nodes.values())
 
     # ---- HTTP API --------------------------------------------------------------------------
     def api(
@@ -469,11 +341,7 @@ class Cluster:
             payload = resp.read()
         finally:
             conn.close()
-        try:
-            parsed = json.loads(payload) if payload else None
-        except ValueError:
-            parsed = payload.decode(errors="replace")
-        return resp.status, parsed
+        return resp.status, parse_body(payload)
 
     def ok(self, node: str | Node, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         """A request that must answer 200; returns the parsed body."""
@@ -511,10 +379,9 @@ class Cluster:
             return [n.id for n in self.nodes.values() if n.running()]
         return [self.node(n).id for n in nodes]
 
-    def agreed(self, nodes: Iterable[str | Node] | None = None) -> dict[str, dict] | None:
-        """The statuses of ``nodes`` when they all agree on one cluster id, one leader (who
-        says it leads) and one member table in which every one of them is a voter."""
-        ids = self._ids(nodes)
+    def _statuses(self, ids: Iterable[str]) -> dict[str, dict] | None:
+        """``/v1/status`` of each of ``ids``, or None at the first that does not answer;
+        ``last_view`` keeps a summary of what was seen, for the message of a timeout."""
         statuses = {}
         self.last_view = {}
         for nid in ids:
@@ -523,6 +390,15 @@ class Cluster:
             if st is None:
                 return None
             statuses[nid] = st
+        return statuses
+
+    def agreed(self, nodes: Iterable[str | Node] | None = None) -> dict[str, dict] | None:
+        """The statuses of ``nodes`` when they all agree on one cluster id, one leader (who
+        says it leads) and one member table in which every one of them is a voter."""
+        ids = self._ids(nodes)
+        statuses = self._statuses(ids)
+        if statuses is None:
+            return None
         views = {
             (
                 st["cluster_id"],
@@ -565,14 +441,10 @@ class Cluster:
         ids = self._ids(nodes)
 
         def known() -> str | None:
-            leads = set()
-            self.last_view = {}
-            for nid in ids:
-                st = self.status(nid)
-                self.last_view[nid] = _summary(st)
-                if st is None:
-                    return None
-                leads.add(st["leader_id"])
+            statuses = self._statuses(ids)
+            if statuses is None:
+                return None
+            leads = {st["leader_id"] for st in statuses.values()}
             if len(leads) != 1:
                 return None
             lead = leads.pop()
@@ -597,6 +469,14 @@ class Cluster:
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, timeout=timeout)
+
+
+def parse_body(payload: bytes) -> Any:
+    """An API answer's body: parsed JSON, None when empty, else its text."""
+    try:
+        return json.loads(payload) if payload else None
+    except ValueError:
+        return payload.decode(errors="replace")
 
 
 def _summary(st: dict[str, Any] | None) -> Any:

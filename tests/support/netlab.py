@@ -18,7 +18,7 @@
 Every name is derived from ``prefix`` and removed by its exact name on exit, also when the
 body or the setup fails; processes started with ``run_in`` are stopped by their PID first.
 Names that already exist are never taken over: setup fails and names them (a crashed run,
-or a concurrent test with the same prefix). ``python tests/agent/netlab.py --cleanup PREFIX``
+or a concurrent test with the same prefix). ``python tests/support/netlab.py --cleanup PREFIX``
 removes the leftovers of a crashed run. Needs root and iproute2.
 
 Tests that share the machine must use distinct prefixes. By convention tests use prefixes
@@ -152,7 +152,7 @@ class NetLab:
             raise NetLabError(
                 f"lab names already exist: {', '.join(clash)} (a crashed run or a concurrent "
                 f"test with prefix {self.prefix!r}; clean up with "
-                f"`python tests/agent/netlab.py --cleanup {self.prefix}`)"
+                f"`python tests/support/netlab.py --cleanup {self.prefix}`)"
             )
         self._up = True
         try:
