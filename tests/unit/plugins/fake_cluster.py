@@ -80,6 +80,12 @@ class FakeCluster:
         self.servers[node_id] = server
         self.threads.append(thread)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
     def close(self):
         for server in self.servers.values():
             server.shutdown()

@@ -18,11 +18,8 @@ from ansible_collections.hafleet.cluster.tests.unit.plugins.fake_cluster import 
 
 @pytest.fixture(name="cluster")
 def cluster_fixture():
-    cluster = FakeCluster(ids=("n1", "n2", "n3"), leader="n2")
-    try:
+    with FakeCluster(ids=("n1", "n2", "n3"), leader="n2") as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 def load(tmp_path, text, name="lab.hafleet.yml"):

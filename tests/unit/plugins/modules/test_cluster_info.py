@@ -14,11 +14,8 @@ from ansible_collections.hafleet.cluster.tests.unit.plugins.modules.utils import
 
 @pytest.fixture(name="cluster")
 def cluster_fixture():
-    cluster = FakeCluster(ids=("n1", "n2", "n3"), leader="n2")
-    try:
+    with FakeCluster(ids=("n1", "n2", "n3"), leader="n2") as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 def test_reads_leader_term_members_weights_and_metrics(cluster):

@@ -14,11 +14,8 @@ from ansible_collections.hafleet.cluster.tests.unit.plugins.modules.utils import
 
 @pytest.fixture(name="cluster")
 def cluster_fixture():
-    cluster = FakeCluster()
-    try:
+    with FakeCluster() as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 def args(cluster, node="n2", **extra):
