@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..raft.log import CompactedError
+from ..raft.rawnode import RawNode
 from ..raft.types import Entry, NodeId, StateType
-
-if TYPE_CHECKING:
-    from ..raft.rawnode import RawNode
-    from .simulator import SimNode
 
 
 class Violation(Exception):
@@ -21,6 +18,14 @@ class Violation(Exception):
 
     def __str__(self) -> str:
         return f"{self.prop}: {self.detail}"
+
+
+class CheckedNode(Protocol):
+    """What the checkers look at of a simulated node (``node.SimNode``)."""
+
+    id: NodeId
+    alive: bool
+    raw: RawNode | None
 
 
 class InvariantChecker:
@@ -44,7 +49,7 @@ class InvariantChecker:
         self.leader_view: dict[NodeId, tuple[int, int, int]] = {}  # term, last index, last term
         self.commit_seen: dict[NodeId, int] = {}
 
-    def check_nodes(self, now: float, nodes: Iterable[SimNode]) -> None:
+    def check_nodes(self, now: float, nodes: Iterable[CheckedNode]) -> None:
         for node in nodes:
             if not node.alive or node.raw is None:
                 self.leader_view.pop(node.id, None)

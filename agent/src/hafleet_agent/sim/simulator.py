@@ -4,11 +4,11 @@ One ``random.Random(seed)`` decides everything: message delays, losses, partitio
 crashes, client operations. The same seed replays the same run event for event, so a
 failing seed is a reproducible bug report (``--seed X --trace``).
 
-The simulated node is the real core (``RawNode``) driven exactly as the agent drives it:
-persist the ready batch (to a simulated disk that keeps only what was "fsync'd"), send
-its messages, apply its committed entries, advance. After every event the invariant
-checker looks at every node (``checkers.py``); at the end the client history goes
-through the linearizability checker and a liveness check.
+The simulated node (``node.py``) is the real core (``RawNode``) driven by the agent's own
+Ready loop (``raft/ready.py``): persist the ready batch (to a simulated disk that keeps only
+what was "fsync'd"), send its messages (over ``network.py``), apply its committed entries,
+advance. After every event the invariant checker looks at every node (``checkers.py``); at
+the end the client history goes through the linearizability checker and a liveness check.
 """
 
 from __future__ import annotations
@@ -20,24 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..raft.core import Config, ProposalDropped
-from ..raft.rawnode import RawNode, Ready
-from ..raft.ready import PendingReads, ReadyEffects, drain
-from ..raft.types import (
-    ConfChange,
-    ConfChangeType,
-    Entry,
-    EntryType,
-    HardState,
-    Message,
-    NodeId,
-    ReadState,
-    Snapshot,
-    SoftState,
-    StateType,
-)
+from ..raft.types import ConfChange, ConfChangeType, Entry, Message, NodeId
 from .checkers import InvariantChecker, Violation
 from .linearizability import Op, check_kv_history
-from .model import KVStateMachine, encode_command
+from .model import encode_command
+from .network import SimNetwork
+from .node import SimNode
 
 ALL_FAULTS = (
     "crash",  # kill -9 and restart, losing nothing that was fsync'd
@@ -99,30 +87,6 @@ class SeedResult:
     stats: Counter[str] = field(default_factory=Counter)
 
 
-class SimDisk:
-    """What survives a crash: exactly what was saved (fsync'd) before it."""
-
-    def __init__(self) -> None:
-        self.hard_state = HardState()
-        self.snapshot = Snapshot()
-        self.entries: list[Entry] = []
-
-    def save(self, hs: HardState | None, entries: list[Entry]) -> None:
-        if entries:
-            first = entries[0].index
-            self.entries = [e for e in self.entries if e.index < first] + list(entries)
-        if hs is not None:
-            self.hard_state = hs
-
-    def save_snapshot(self, snap: Snapshot) -> None:
-        idx, term = snap.meta.index, snap.meta.term
-        if idx <= self.snapshot.meta.index:
-            return
-        keep = any(e.index == idx and e.term == term for e in self.entries)
-        self.entries = [e for e in self.entries if e.index > idx] if keep else []
-        self.snapshot = snap
-
-
 @dataclass
 class _OpRecord:
     client: int
@@ -135,151 +99,6 @@ class _OpRecord:
     output: object = None
     ok: bool = True
     done: bool = False
-
-
-class CrashedMidWrite(Exception):
-    """The simulated process died in the middle of a write: the disk keeps what reached it."""
-
-
-class SimNode:
-    """One simulated process: the real core, driven by the one Ready loop (raft/ready.py)
-    over a simulated disk and network."""
-
-    def __init__(self, sim: Simulation, nid: NodeId) -> None:
-        self.sim = sim
-        self.id = nid
-        self.disk = SimDisk()
-        self.incarnation = 0
-        self.alive = False
-        self.removed = False
-        self.raw: RawNode | None = None
-        self.sm = KVStateMachine()
-        self.pending_ops: dict[int, tuple[int, str]] = {}  # index -> (term, op id)
-        self.pending_reads = PendingReads()
-        self.torn_crash_armed = False
-        self.paused_until = 0.0
-        self.effects = ReadyEffects(
-            persist=self._persist,
-            send=sim.send,
-            restore=self._restore,
-            apply=self._apply,
-            on_soft_state=self._on_soft_state,
-            on_read_state=self._on_read_state,
-            after_advance=self._after_advance,
-        )
-
-    def start(self) -> None:
-        d = self.disk
-        cfg = Config(
-            self.id,
-            random.Random(f"{self.sim.cfg.seed}/{self.id}/{self.incarnation}"),
-            election_tick=self.sim.cfg.election_tick,
-            heartbeat_tick=self.sim.cfg.heartbeat_tick,
-            max_inflight=self.sim.max_inflight,
-            max_entries_per_msg=self.sim.max_entries_per_msg,
-        )
-        self.raw = RawNode(
-            cfg, d.hard_state, d.snapshot, list(d.entries), on_event=self.sim.core_event
-        )
-        self.sm = KVStateMachine.restore(d.snapshot.data, d.snapshot.meta.index)
-        self.pending_ops = {}
-        self.pending_reads = PendingReads()
-        self.alive = True
-        self.torn_crash_armed = False
-        self.paused_until = 0.0
-
-    # ---- the driver loop, as the agent runs it ---------------------------------------------
-    def process(self) -> None:
-        """Handle every ready batch the inputs fed so far produced."""
-        if not self.alive:
-            return
-        assert self.raw is not None
-        try:
-            drain(self.raw, self.effects)
-        except CrashedMidWrite:
-            self.sim.crash(self)
-            self.sim.at(self.sim.rng.uniform(5, 300), "restart", self.id)
-
-    def _persist(self, rd: Ready) -> None:
-        sim = self.sim
-        if (
-            rd.soft_state is not None
-            and rd.soft_state.state is StateType.LEADER
-            and "torn" in sim.faults
-            and sim.phase == "chaos"
-            and sim.rng.random() < 0.3
-        ):
-            # Die while writing the first entry of a new term, before sending it.
-            self.torn_crash_armed = True
-        if self.torn_crash_armed:
-            # The driver writes the snapshot (atomically: all or nothing), then the entries
-            # and the hard state as one appended batch, of which a torn write keeps a prefix.
-            snap_ok = rd.snapshot is None or sim.rng.random() < 0.5
-            if rd.snapshot is not None and snap_ok:
-                self.disk.save_snapshot(rd.snapshot)
-            cut = sim.rng.randrange(0, len(rd.entries) + 1) if snap_ok else 0
-            whole = snap_ok and cut == len(rd.entries) and sim.rng.random() < 0.5
-            self.disk.save(rd.hard_state if whole else None, rd.entries[:cut])
-            snap_txt = "-" if rd.snapshot is None else snap_ok
-            sim.log(
-                f"{self.id} crashed mid-write: snapshot={snap_txt} "
-                f"entries={cut}/{len(rd.entries)} hard_state={whole}"
-            )
-            raise CrashedMidWrite(self.id)
-        if rd.snapshot is not None:
-            self.disk.save_snapshot(rd.snapshot)
-        if rd.entries or rd.hard_state is not None:
-            self.disk.save(rd.hard_state, rd.entries)
-        assert self.raw is not None
-        sim.checker.on_persist(self.id, self.raw, rd.entries)
-
-    def _on_soft_state(self, ss: SoftState) -> None:
-        sim = self.sim
-        if ss.state is not StateType.LEADER:
-            return
-        sim.stats["leaders elected"] += 1
-        if sim.faults & {"crash", "torn"} and sim.phase == "chaos":
-            if sim.rng.random() < 0.3:
-                # A leader that dies young leaves entries of its term on a minority:
-                # the raw material of the paper's figure 8.
-                when = sim.rng.uniform(0.5, 8.0)
-                sim.at(when, "crash_node", self.id, self.incarnation)
-        if "partition" in sim.faults and sim.phase == "chaos":
-            if sim.rng.random() < 0.2:
-                # Cut a new leader off mid-replication: its entries reach some nodes.
-                sim.at(sim.rng.uniform(0.3, 5.0), "isolate", self.id)
-
-    def _restore(self, snap: Snapshot) -> None:
-        self.sim.stats["snapshots installed"] += 1
-        self.sm = KVStateMachine.restore(snap.data, snap.meta.index)
-
-    def _apply(self, e: Entry) -> None:
-        sim = self.sim
-        sim.checker.on_apply(self.id, e)
-        if e.type is EntryType.NORMAL:
-            op_id, result = self.sm.apply(e.index, e.data)
-            sim.resolve_write(self, e, op_id, result)
-        else:
-            self.sm.skip(e.index)
-            cc = ConfChange.decode(e.data)
-            if e.index not in sim.conf_seen and e.term > 1:
-                sim.conf_seen.add(e.index)
-                sim.stats[f"conf changes committed ({cc.type.name})"] += 1
-            sim.on_conf_applied(self, cc)
-
-    def _on_read_state(self, rs: ReadState) -> None:
-        self.pending_reads.add(rs)
-
-    def _after_advance(self) -> None:
-        sim, raw = self.sim, self.raw
-        assert raw is not None
-        for rs in self.pending_reads.due(self.sm.applied):
-            sim.read_done(self, rs.context)
-        if self.sm.applied - raw.basic_status().first_index >= sim.compact_every:
-            snap = raw.compact(self.sm.applied, self.sm.snapshot())
-            if snap is not None:
-                self.disk.save_snapshot(snap)
-                sim.stats["log compactions"] += 1
 
 
 class Simulation:
@@ -295,11 +114,7 @@ class Simulation:
         self.trace: deque[str] = deque(maxlen=400)
         self.nodes: dict[NodeId, SimNode] = {}
         self.next_node = cfg.nodes + 1
-        self.blocked: set[tuple[NodeId, NodeId]] = set()
-        self.loss = 0.0
-        self.dup = 0.0
-        self.jitter_ms = 2.0
-        self.spike = 0.0
+        self.net = SimNetwork(self.rng, lambda delay, m: self.at(delay, "deliver", m))
         self.phase = "chaos"
         self.heal_started = 0.0
         self.heal_writes_done: set[int] = set()
@@ -329,6 +144,17 @@ class Simulation:
     def at(self, delay: float, kind: str, *args: object) -> None:
         self.seq += 1
         heapq.heappush(self.queue, (self.now + delay, self.seq, kind, args))
+
+    def node_config(self, nid: NodeId, incarnation: int) -> Config:
+        """The core's configuration of a node's incarnation (its rng is seeded by both)."""
+        return Config(
+            nid,
+            random.Random(f"{self.cfg.seed}/{nid}/{incarnation}"),
+            election_tick=self.cfg.election_tick,
+            heartbeat_tick=self.cfg.heartbeat_tick,
+            max_inflight=self.max_inflight,
+            max_entries_per_msg=self.max_entries_per_msg,
+        )
 
     def alive_nodes(self) -> list[SimNode]:
         return [n for _, n in sorted(self.nodes.items()) if n.alive]
@@ -418,7 +244,7 @@ class Simulation:
             node = self.nodes.get(m.to)  # type: ignore[arg-type]
             if node is None or not node.alive:
                 return
-            if (m.frm, m.to) in self.blocked:
+            if self.net.cuts(m.frm, m.to):
                 return  # the partition came up while the message was in flight
             if node.paused_until > self.now:
                 self.at(node.paused_until - self.now, "deliver", m)  # waits in the socket
@@ -455,8 +281,7 @@ class Simulation:
         elif kind == "isolate":
             (nid,) = args
             if self.phase == "chaos":
-                everyone = sorted(self.nodes)
-                self.blocked |= {(nid, o) for o in everyone} | {(o, nid) for o in everyone}
+                self.net.isolate(nid, sorted(self.nodes))  # type: ignore[arg-type]
                 self.log(f"network: {nid} isolated")
                 self.stats["network: young leader isolated"] += 1
         elif kind == "restart":
@@ -474,16 +299,7 @@ class Simulation:
 
     # ---- the network -----------------------------------------------------------------------
     def send(self, m: Message) -> None:
-        if m.to == m.frm:
-            return
-        if (m.frm, m.to) in self.blocked or self.rng.random() < self.loss:
-            return
-        delay = 0.5 + self.rng.uniform(0, self.jitter_ms)
-        if self.spike and self.rng.random() < self.spike:
-            delay += self.rng.uniform(50, 400)
-        self.at(delay, "deliver", m)
-        if self.dup and self.rng.random() < self.dup:
-            self.at(delay + self.rng.uniform(0, 30), "deliver", m)
+        self.net.send(m)
 
     # ---- crashes ---------------------------------------------------------------------------
     def crash(self, node: SimNode) -> None:
@@ -682,61 +498,11 @@ class Simulation:
             self.crash(node)
 
     def fault_net(self) -> None:
-        f = self.faults
-        ids = [n.id for n in self.alive_nodes()]
-        choices = []
-        if "partition" in f:
-            choices += ["heal", "isolate_leader", "split", "random_cut"]
-        if "asym" in f:
-            choices += ["heal", "one_way", "leader_deaf", "leader_mute"]
-        if "loss" in f:
-            choices.append("loss")
-        if "dup" in f:
-            choices.append("dup")
-        if "reorder" in f:
-            choices.append("reorder")
-        if "delay" in f:
-            choices.append("delay")
-        what = self.rng.choice(choices)
         lead = self.leader()
-        everyone = sorted(self.nodes)
-        if what == "heal":
-            self.blocked = set()
-        elif what == "isolate_leader" and lead is not None:
-            self.blocked = {(lead.id, o) for o in everyone} | {(o, lead.id) for o in everyone}
-        elif what == "split" and ids:
-            shuffled = everyone[:]
-            self.rng.shuffle(shuffled)
-            minority = set(shuffled[: len(shuffled) // 2])
-            self.blocked = {
-                (a, b) for a in everyone for b in everyone if (a in minority) != (b in minority)
-            }
-        elif what == "random_cut":
-            self.blocked = {
-                (a, b) for a in everyone for b in everyone if a < b and self.rng.random() < 0.3
-            }
-            self.blocked |= {(b, a) for a, b in self.blocked}
-        elif what == "one_way":
-            self.blocked = {
-                (a, b) for a in everyone for b in everyone if a != b and self.rng.random() < 0.25
-            }
-        elif what == "leader_deaf" and lead is not None:
-            self.blocked = {(o, lead.id) for o in everyone}
-        elif what == "leader_mute" and lead is not None:
-            self.blocked = {(lead.id, o) for o in everyone}
-        elif what == "loss":
-            self.loss = self.rng.choice([0.0, 0.02, 0.1, 0.3])
-        elif what == "dup":
-            self.dup = self.rng.choice([0.0, 0.05, 0.2])
-        elif what == "reorder":
-            self.jitter_ms = self.rng.choice([2.0, 20.0, 60.0])
-        elif what == "delay":
-            self.spike = self.rng.choice([0.0, 0.01, 0.05])
+        alive = [n.id for n in self.alive_nodes()]
+        what = self.net.fault(self.faults, lead and lead.id, alive, sorted(self.nodes))
         self.stats[f"network: {what}"] += 1
-        self.log(
-            f"network: {what} blocked={len(self.blocked)} loss={self.loss} dup={self.dup} "
-            f"jitter={self.jitter_ms} spike={self.spike}"
-        )
+        self.log(f"network: {what} {self.net.describe()}")
 
     def fault_transfer(self) -> None:
         lead = self.leader()
@@ -801,9 +567,7 @@ class Simulation:
     def heal(self) -> None:
         self.phase = "heal"
         self.heal_started = self.now
-        self.blocked = set()
-        self.loss = self.dup = self.spike = 0.0
-        self.jitter_ms = 2.0
+        self.net.heal()
         self.log("=== faults healed: every node restarts, the network is whole ===")
         for node in list(self.nodes.values()):
             node.torn_crash_armed = False
