@@ -48,19 +48,6 @@ FUZZ = settings(
 SLOW_FUZZ = settings(FUZZ, max_examples=max(20, EXAMPLES // 5))
 KEY = secrets.token_bytes(32)
 
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=12)
-    | st.binary(max_size=12),
-    lambda inner: (
-        st.lists(inner, max_size=12) | st.dictionaries(st.text(max_size=6), inner, max_size=5)
-    ),
-    max_leaves=30,
-)
-
 
 @st.composite
 def mutated(draw: st.DrawFn, data: bytes) -> bytes:
