@@ -101,14 +101,15 @@ def fmt_addr(sockaddr: Any) -> str:
 async def read_frame(reader: asyncio.StreamReader, limit: int, what: str) -> bytes:
     """One frame body of at most ``limit`` bytes; Closed on EOF, truncation or oversize.
 
-    It reads exactly what the frame needs, so the next frame stays in ``reader``."""
+    It reads exactly what the frame needs, so the next frame stays in ``reader`` (the
+    handshake's frames; the transport's read loop then reads larger pieces)."""
     decoder = FrameDecoder(limit, what)
-    while (body := decoder.next_frame()) is None:
-        try:
+    try:
+        while (body := decoder.next_frame()) is None:
             decoder.feed(await reader.readexactly(decoder.wanted()))
-        except asyncio.IncompleteReadError as e:
-            decoder.feed(e.partial)
-            decoder.end()  # raises: the reason the stream ended here
+    except asyncio.IncompleteReadError as e:
+        decoder.feed(e.partial)
+        decoder.end()  # raises: the reason the stream ended here
     return body
 
 

@@ -62,6 +62,7 @@ from .wire import (
     PROTOCOL,
     AuthError,
     Closed,
+    FrameDecoder,
     ProtocolError,
     Session,
     check_client_proof,
@@ -103,6 +104,7 @@ FIRST_FRAME_TIMEOUT = 2.0
 WARN_INTERVAL = 10.0
 """Inbound warnings about one source address: at most one line per this many seconds."""
 _WARN_SOURCES = 1024  # distinct source addresses the warning throttle remembers
+_READ_BYTES = 1 << 16  # read at least this much at a time after the hellos
 
 
 # tests/chaos/test_chaos_fuzz.py reaches these through this module, by these names.
@@ -452,14 +454,21 @@ class Transport:
         """Deliver authenticated frames until EOF (returns) or a violation (raises)."""
         assert conn.session is not None and conn.peer is not None
         session, peer, reader, stats = conn.session, conn.peer, conn.reader, self.stats
+        decoder = FrameDecoder(self.max_frame)
         while True:
-            try:
-                body = await read_frame(reader, self.max_frame, "a frame")
-            except Closed as e:
-                if type(e) is Closed:  # a clean end of stream between frames
-                    log.debug("%s closed the connection", conn.describe())
-                    return
-                raise
+            body = decoder.next_frame()
+            if body is None:  # read what has come, a whole large body at once
+                data = await reader.read(max(decoder.wanted(), _READ_BYTES))
+                if not data:
+                    try:
+                        decoder.end()
+                    except Closed as e:
+                        if type(e) is Closed:  # a clean end of stream between frames
+                            log.debug("%s closed the connection", conn.describe())
+                            return
+                        raise
+                decoder.feed(data)
+                continue
             payload = session.open(body)
             obj = unpack_payload(payload)
             stats.frames_received += 1

@@ -8,8 +8,9 @@ explains the choices; this docstring is the wire specification.
 Framing
     Every frame on the wire, before and after authentication, is ``length u32 BE | body``
     (:func:`frame`, :class:`FrameDecoder`). A body longer than the limit closes the
-    connection at once (nothing is read): HANDSHAKE_MAX (128) bytes for the handshake
-    frames, HELLO_MAX (4 KiB) for the hellos, ``max_frame`` (default 64 MiB) afterwards.
+    connection as soon as its length header is in (the body is not waited for):
+    HANDSHAKE_MAX (128) bytes for the handshake frames, HELLO_MAX (4 KiB) for the hellos,
+    ``max_frame`` (default 64 MiB) afterwards.
 
 Handshake (``key``: the shared cluster key; ``H(k, m)``: HMAC-SHA256; ``|``: concatenation;
 ``P = b"hafleet/v1"``; nonces are 32 bytes from :func:`secrets.token_bytes`)
@@ -51,6 +52,7 @@ import hashlib
 import hmac
 import secrets
 import struct
+from typing import NoReturn
 
 import msgpack
 
@@ -221,7 +223,7 @@ class FrameDecoder:
             out.append(body)
         return out
 
-    def end(self) -> None:
+    def end(self) -> NoReturn:
         """The stream ended: always raises. Exactly :class:`Closed` when it ended between
         frames; ProtocolError when it cut a header or a body short."""
         have = self.buffered()
