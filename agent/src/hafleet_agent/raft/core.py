@@ -4,6 +4,12 @@ Messages, ticks and proposals go in through :meth:`Raft.step` and :meth:`Raft.ti
 what must be persisted, sent and applied comes out through :class:`RawNode.ready`
 (see ``rawnode.py``). No I/O, no clock, no threads: time is the number of ticks the
 driver delivers and randomness is the ``rng`` object the driver passes in.
+
+:class:`Raft` holds the state and the protocol but for the leader's side: elections (PreVote,
+CheckQuorum's lease), the follower, role changes, ticks, membership. The leader's steps --
+replication, commitment, proposals, heartbeats, transfer, ReadIndex -- are
+:class:`~.leader.LeaderRole` (``leader.py``), which it mixes in; the ReadIndex bookkeeping is
+``readonly.py``.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .log import CompactedError, RaftLog
+from .leader import LeaderRole, ProposalDropped
+from .log import RaftLog
 from .progress import Progress, ProgressState
-from .quorum import majority, quorum_index
+from .quorum import majority
+from .readonly import ReadOnly
 from .types import (
     ConfChange,
     ConfChangeType,
@@ -40,10 +48,6 @@ class Rng(Protocol):
     def randrange(self, start: int, stop: int) -> int: ...
 
 
-class ProposalDropped(Exception):
-    """The proposal was not appended (no leader here, a transfer under way, a pending change)."""
-
-
 @dataclass
 class Config:
     id: NodeId
@@ -66,29 +70,7 @@ class Config:
             raise ValueError("max_inflight and max_entries_per_msg must be > 0")
 
 
-@dataclass
-class _ReadRequest:
-    index: int
-    frm: NodeId | None
-    context: bytes
-    round: int  # the heartbeat round that confirms this read (and every later one)
-
-
-_MAX_ROUND_DIGITS = 19
-
-
-def _round_context(rnd: int) -> bytes:
-    """A ReadIndex round as a heartbeat carries it (followers echo it back untouched)."""
-    return str(rnd).encode()
-
-
-def _parse_round(ctx: bytes) -> int | None:
-    if not ctx or len(ctx) > _MAX_ROUND_DIGITS or not ctx.isdigit():
-        return None
-    return int(ctx)
-
-
-class Raft:
+class Raft(LeaderRole):
     def __init__(
         self,
         config: Config,
@@ -124,13 +106,7 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = self.election_timeout
-        self.read_queue: list[_ReadRequest] = []
-        self.pending_read_index: list[Message] = []
-        # ReadIndex rounds: the leader numbers them (never reused by this object; a round of an
-        # earlier term cannot be answered since the answers carry that term), and remembers
-        # the newest round each node has answered in this term.
-        self.read_round = 0
-        self.read_acks: dict[NodeId, int] = {}
+        self.reads = ReadOnly()  # the leader's ReadIndex rounds (readonly.py)
         self._rebuild_progress()
         self.become_follower(self.term, None)
 
@@ -200,9 +176,7 @@ class Raft:
                 fresh.match = last
             self.prs[nid] = fresh
         self.pending_conf_index = 0
-        self.read_queue = []
-        self.pending_read_index = []
-        self.read_acks = {}
+        self.reads.reset()
 
     def abort_leader_transfer(self) -> None:
         self.lead_transferee = None
@@ -492,256 +466,6 @@ class Raft:
         self.prs = {}
         self._rebuild_progress()
         return True
-
-    # ---- leader --------------------------------------------------------------------------
-    def _append(self, entries: Sequence[Entry]) -> None:
-        last = self.log.last_index()
-        stamped = [Entry(self.term, last + i + 1, e.type, e.data) for i, e in enumerate(entries)]
-        self.log.append(stamped)
-        self.prs[self.id].maybe_update(self.log.last_index())
-        self._maybe_commit()
-
-    def _maybe_commit(self) -> bool:
-        mci = quorum_index({nid: pr.match for nid, pr in self.prs.items()}, self.voters)
-        # Section 5.4.2: only entries of the current term are committed by counting replicas.
-        if mci > self.log.committed and self._may_commit_by_counting(mci):
-            self.log.commit_to(mci)
-            if self.pending_read_index and self._committed_in_term():
-                pending, self.pending_read_index = self.pending_read_index, []
-                for rm in pending:
-                    self._start_read_index(rm)
-            return True
-        return False
-
-    def _may_commit_by_counting(self, index: int) -> bool:
-        """Section 5.4.2: only an entry of the current term is committed by counting replicas;
-        earlier ones are committed with it, by the log matching property."""
-        return self.log.term(index) == self.term
-
-    def _committed_in_term(self) -> bool:
-        return self.log.term(self.log.committed) == self.term
-
-    def _send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
-        pr = self.prs[to]
-        if pr.is_paused():
-            return False
-        try:
-            prev_term = self.log.term(pr.next - 1)
-            entries = self.log.slice(
-                pr.next, self.log.last_index() + 1, self.cfg.max_entries_per_msg
-            )
-        except CompactedError:
-            return self._send_snapshot(to, pr)
-        if not entries and not send_if_empty:
-            return False
-        self.send(
-            Message(
-                MT.APP,
-                to=to,
-                index=pr.next - 1,
-                log_term=prev_term,
-                entries=tuple(entries),
-                commit=self.log.committed,
-            )
-        )
-        if pr.state is ProgressState.REPLICATE:
-            if entries:
-                pr.optimistic_update(entries[-1].index)
-                pr.inflights.add(entries[-1].index)
-        elif pr.state is ProgressState.PROBE:
-            pr.probe_sent = True
-        return True
-
-    def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
-        if not pr.recent_active:
-            return False  # no snapshot to a follower we have not heard from lately
-        snap = self.log.snapshot
-        if snap.empty:
-            raise AssertionError("log compacted but no snapshot available")
-        self._event(f"sending snapshot at {snap.meta.index} to {to}")
-        self.send(Message(MT.SNAP, to=to, snapshot=snap))
-        pr.become_snapshot(snap.meta.index)
-        return True
-
-    def _bcast_append(self) -> None:
-        for nid in sorted(self.prs):
-            if nid != self.id:
-                self._send_append(nid)
-
-    def _bcast_heartbeat(self, ctx: bytes = b"") -> None:
-        for nid in sorted(self.prs):
-            if nid == self.id:
-                continue
-            commit = min(self.prs[nid].match, self.log.committed)
-            self.send(Message(MT.HEARTBEAT, to=nid, commit=commit, context=ctx))
-
-    def _quorum_active(self) -> bool:
-        active = 0
-        for nid in self.voters:
-            pr = self.prs.get(nid)
-            if nid == self.id or (pr is not None and pr.recent_active):
-                active += 1
-        for nid, pr in self.prs.items():
-            if nid != self.id:
-                pr.recent_active = False
-        return active >= self.quorum()
-
-    def _step_leader(self, m: Message) -> None:
-        if m.type is MT.BEAT:
-            # While reads wait, every heartbeat carries the newest round: if the heartbeats of
-            # a read's own round were lost, the answers to these confirm it (and all before).
-            self._bcast_heartbeat(_round_context(self.read_round) if self.read_queue else b"")
-            return
-        if m.type is MT.CHECK_QUORUM:
-            if not self._quorum_active():
-                self._event("stepping down: no quorum heard within the election timeout")
-                self.become_follower(self.term, None)
-            return
-        if m.type is MT.PROP:
-            self._propose(m)
-            return
-        if m.type is MT.READ_INDEX:
-            if self.quorum() == 1 and self.id in self.voters:
-                self._answer_read(m.frm, self.log.committed, m.context)
-            elif not self._committed_in_term():
-                self.pending_read_index.append(m)
-            else:
-                self._start_read_index(m)
-            return
-        if m.type is MT.TRANSFER_LEADER:
-            self._transfer(m.frm)
-            return
-        pr = self.prs.get(m.frm) if m.frm is not None else None
-        if pr is None:
-            return
-        if m.type is MT.APP_RESP:
-            pr.recent_active = True
-            self._on_append_resp(m, pr)
-        elif m.type is MT.HEARTBEAT_RESP:
-            pr.recent_active = True
-            pr.probe_sent = False
-            if pr.state is ProgressState.REPLICATE and pr.inflights.full():
-                # Appends were lost (or the follower restarted): free a slot so that the next
-                # append goes out, is rejected if need be, and replication backs off from there.
-                pr.inflights.free_first()
-            # A follower behind gets what it misses; a probing one gets an append even when it
-            # is caught up (then empty), whose answer puts it back into replicate at once.
-            # (A follower in snapshot state is paused: nothing is sent to it.)
-            if pr.match < self.log.last_index() or pr.state is ProgressState.PROBE:
-                self._send_append(m.frm)
-            if m.context:
-                self._ack_read(m.frm, m.context)
-        elif m.type is MT.SNAP_STATUS:
-            if pr.state is ProgressState.SNAPSHOT:
-                if m.reject:
-                    pr.pending_snapshot = 0
-                pr.become_probe()
-                pr.probe_sent = True  # wait for a heartbeat response before probing again
-        elif m.type is MT.UNREACHABLE:
-            if pr.state is ProgressState.REPLICATE:
-                pr.become_probe()
-
-    def _propose(self, m: Message) -> None:
-        if not m.entries:
-            raise ProposalDropped("empty proposal")
-        if self.id not in self.prs:
-            raise ProposalDropped("this node was removed from the group")
-        if self.lead_transferee is not None:
-            raise ProposalDropped(f"leadership is being transferred to {self.lead_transferee}")
-        for e in m.entries:
-            if e.type is EntryType.CONF_CHANGE:
-                if self.pending_conf_index > self.log.applied:
-                    raise ProposalDropped(
-                        "a configuration change is pending (or this term's first entry "
-                        "is not applied yet)"
-                    )
-                self.pending_conf_index = self.log.last_index() + 1
-        self._append(m.entries)
-        self._bcast_append()
-
-    def _on_append_resp(self, m: Message, pr: Progress) -> None:
-        if m.reject:
-            probe = m.reject_hint
-            if m.log_term > 0:
-                probe = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
-            if pr.maybe_decr_to(m.index, probe):
-                if pr.state is ProgressState.REPLICATE:
-                    pr.become_probe()
-                self._send_append(m.frm)
-            return
-        was_paused = pr.is_paused()
-        updated = pr.maybe_update(m.index)
-        if not updated and not (pr.match == m.index and pr.state is ProgressState.PROBE):
-            return
-        if pr.state is ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
-            pr.become_probe()
-            pr.become_replicate()
-        elif pr.state is ProgressState.REPLICATE:
-            pr.inflights.free_le(m.index)
-        if self._maybe_commit():
-            self._bcast_append()
-        elif was_paused:
-            self._send_append(m.frm)
-        while self._send_append(m.frm, send_if_empty=False):
-            pass
-        if m.frm == self.lead_transferee and pr.match == self.log.last_index():
-            self._event(f"{m.frm} caught up: sending TimeoutNow")
-            self.send(Message(MT.TIMEOUT_NOW, to=m.frm))
-
-    def _transfer(self, transferee: NodeId | None) -> None:
-        if transferee is None:
-            return
-        pr = self.prs.get(transferee)
-        if pr is None or pr.learner:
-            self._event(f"ignoring transfer to {transferee}: not a voter")
-            return
-        if self.lead_transferee is not None:
-            if self.lead_transferee == transferee:
-                return
-            self._event(f"transfer to {self.lead_transferee} aborted for one to {transferee}")
-            self.abort_leader_transfer()
-        if transferee == self.id:
-            return  # we lead already; a pending transfer was cancelled just above
-        self.election_elapsed = 0  # the transfer must finish within an election timeout
-        self.lead_transferee = transferee
-        self._event(f"transferring leadership to {transferee}")
-        if pr.match == self.log.last_index():
-            self.send(Message(MT.TIMEOUT_NOW, to=transferee))
-        else:
-            self._send_append(transferee)
-
-    # ---- linearizable reads (ReadIndex) --------------------------------------------------
-    def _start_read_index(self, m: Message) -> None:
-        # A new round: its heartbeats leave after the read arrived, so a quorum answering them
-        # (or any later round) shows that we still led after the read arrived. The round, not
-        # the caller's context, ties the answers to the reads: contexts may repeat (a retry).
-        self.read_round += 1
-        self.read_queue.append(_ReadRequest(self.log.committed, m.frm, m.context, self.read_round))
-        self._bcast_heartbeat(_round_context(self.read_round))
-
-    def _ack_read(self, frm: NodeId, ctx: bytes) -> None:
-        rnd = _parse_round(ctx)
-        if rnd is None or rnd > self.read_round or not self.read_queue:
-            return  # not a round of ours, or nothing waits for one
-        if rnd <= self.read_acks.get(frm, 0):
-            return
-        self.read_acks[frm] = rnd
-        # The newest round that a quorum of voters has answered (we answer each one ourselves).
-        confirmed = quorum_index({**self.read_acks, self.id: self.read_round}, self.voters)
-        n = 0
-        while n < len(self.read_queue) and self.read_queue[n].round <= confirmed:
-            n += 1
-        done, self.read_queue = self.read_queue[:n], self.read_queue[n:]
-        for r in done:
-            self._answer_read(r.frm, r.index, r.context)
-
-    def _answer_read(self, frm: NodeId | None, index: int, ctx: bytes) -> None:
-        if frm is None or frm == self.id:
-            self.read_states.append(ReadState(index, ctx))
-        else:
-            self.send(Message(MT.READ_INDEX_RESP, to=frm, index=index, context=ctx))
 
     # ---- configuration -------------------------------------------------------------------
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
