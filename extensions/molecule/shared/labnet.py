@@ -1,15 +1,13 @@
 # Copyright: hafleet contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Make and remove a molecule scenario's own lab network, independently of the roles.
+"""Remove a molecule scenario's lab network and its processes, independently of the roles.
 
-    labnet.py up --bridge B --subnet CIDR --prefix P --veth V --nodes N [--offset 10]
     labnet.py down --bridge B --prefix P --veth V [--root DIR]
 
-``up`` makes a bridge holding the subnet's first address and, per node, a namespace PN
-with ``lo`` up, an ``eth0`` on the bridge with address offset+N and a default route via
-the bridge (host IP forwarding is left alone, so nothing leaves). It is idempotent.
-
-``down`` removes everything a scenario may have left, even after a failed converge:
+The network is made by the collection's ``hafleet.cluster.lab_network`` module (create.yml):
+a bridge holding the subnet's first address and, per node N, a namespace PN with an ``eth0``
+on the bridge and a veth VN. ``down`` removes everything a scenario may have left, even after
+a failed converge, also when Ansible cannot run (``make release``'s clean-up):
 every process that lives in one of the namespaces named exactly PN (``ip netns pids``),
 every process named by a pid file under ROOT whose command line mentions ROOT (HAProxy and
 the syncers run in the root namespace), the namespaces, the veths VN, the bridge, ROOT.
@@ -19,7 +17,6 @@ Processes are stopped by PID (SIGTERM, then SIGKILL after 10 s). Prints one JSON
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import re
@@ -44,43 +41,6 @@ def namespaces(prefix: str) -> list[str]:
     out = ip("-j", "netns", "list").stdout.strip() or "[]"
     pattern = re.compile("^" + re.escape(prefix) + "[1-9][0-9]*$")
     return sorted(n["name"] for n in json.loads(out) if pattern.match(n["name"]))
-
-
-def up(a: argparse.Namespace) -> dict:
-    net = ipaddress.ip_network(a.subnet)
-    hosts = list(net.hosts())
-    gw = hosts[0]
-    changed = False
-    if a.bridge not in links():
-        ip("link", "add", a.bridge, "type", "bridge")
-        changed = True
-    addrs = ip("-j", "addr", "show", "dev", a.bridge).stdout
-    if f'"{gw}"' not in addrs:
-        ip("addr", "add", f"{gw}/{net.prefixlen}", "dev", a.bridge)
-        changed = True
-    ip("link", "set", a.bridge, "up")
-    nodes = []
-    existing = set(namespaces(a.prefix))
-    for i in range(1, a.nodes + 1):
-        ns, veth = f"{a.prefix}{i}", f"{a.veth}{i}"
-        addr = hosts[a.offset + i - 1]
-        if ns not in existing:
-            ip("netns", "add", ns)
-            changed = True
-        if veth not in links():
-            ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            ip("link", "set", veth, "master", a.bridge, "up")
-            changed = True
-        ip("-n", ns, "link", "set", "lo", "up")
-        ip("-n", ns, "link", "set", "eth0", "multicast", "on", "up")
-        if f'"{addr}"' not in ip("-n", ns, "-j", "addr", "show", "dev", "eth0").stdout:
-            ip("-n", ns, "addr", "add", f"{addr}/{net.prefixlen}", "dev", "eth0")
-            changed = True
-        if "default" not in ip("-n", ns, "route", "show", "default").stdout:
-            ip("-n", ns, "route", "add", "default", "via", str(gw))
-            changed = True
-        nodes.append({"name": ns, "index": i, "address": str(addr)})
-    return {"changed": changed, "bridge": a.bridge, "gateway": str(gw), "nodes": nodes}
 
 
 def alive(pid: int) -> bool:
@@ -162,18 +122,15 @@ def down(a: argparse.Namespace) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("action", choices=["down"])
     p.add_argument("--bridge", required=True)
     p.add_argument("--prefix", required=True)
     p.add_argument("--veth", required=True)
-    p.add_argument("--subnet", default="10.83.0.0/24")
-    p.add_argument("--nodes", type=int, default=0)
-    p.add_argument("--offset", type=int, default=10)
     p.add_argument("--root", default="")
     a = p.parse_args()
     if len(a.bridge) > 15 or len(a.veth) + 3 > 15:
         p.error("interface names are at most 15 characters")
-    print(json.dumps(up(a) if a.action == "up" else down(a)))
+    print(json.dumps(down(a)))
     return 0
 
 
