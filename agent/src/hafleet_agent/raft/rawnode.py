@@ -10,7 +10,8 @@ The driver loop is always the same, whatever runs it (asyncio, the simulator):
    serve ``rd.read_states`` once applied reaches their index
 6. ``node.advance(rd)``
 
-No input may be fed between ``ready()`` and ``advance()``.
+No input may be fed between ``ready()`` and ``advance()``. ``ready.py`` writes this loop once
+(``drain(node, effects)``), and every driver uses it.
 """
 
 from __future__ import annotations
