@@ -7,7 +7,7 @@ every member still runs, and the group takes a write through every member. At th
 every acknowledged write reads back with its value, and after every member was killed
 (SIGKILL) and started again the group has a leader within RESTART_BOUND_S and serves writes.
 
-The group: harness.Cluster (tests/agent/cluster/harness.py) on a leased 127.0.X.0/24, n3
+The group: harness.Cluster (tests/support/harness.py) on a leased 127.0.X.0/24, n3
 started under ``prlimit --nofile=256`` (its API connection cap is then 64), every member with
 ``quota_bytes = QUOTA``. A forged mDNS record is the one input not repeated here:
 tests/agent/cluster/test_forged_mdns.py founds fresh groups next to a forger on loopback.
