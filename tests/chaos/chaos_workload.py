@@ -35,6 +35,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness import parse_body
+
 from hafleet_agent.sim.linearizability import CheckResult, Op, check_kv_history
 
 CLIENT_TIMEOUT = 3.0
@@ -85,11 +87,7 @@ def request(
             return Reply(None, error=repr(exc))
     finally:
         conn.close()
-    try:
-        parsed = json.loads(payload) if payload else None
-    except ValueError:
-        parsed = payload.decode(errors="replace")
-    return Reply(resp.status, parsed)
+    return Reply(resp.status, parse_body(payload))
 
 
 @dataclass
