@@ -5,7 +5,7 @@
 The agent's code is not changed: three methods are wrapped before the command line runs,
 and each appends one line to FILE (line-buffered; every member writes its own file):
 
-    <unix time> send <TYPE> <from> <to> <term> <reject>   Agent._send_raft (a ready batch,
+    <unix time> send <TYPE> <from> <to> <term> <reject>   Outbox.send_raft (a ready batch,
                                                           after its fsync)
     <unix time> recv <TYPE> <from> <to> <term> <reject>   RawNode.step (the frame decoded)
     <unix time> save <ms> <entries> <term>                DiskStorage.save with a hard state
@@ -23,9 +23,9 @@ import os
 import sys
 import time
 
-from hafleet_agent import agent as agent_mod
 from hafleet_agent import cli
 from hafleet_agent import wal as storage
+from hafleet_agent.node.outbox import Outbox
 from hafleet_agent.raft import rawnode
 from hafleet_agent.raft.types import MessageType as MT
 
@@ -41,7 +41,7 @@ def _emit(*parts: object) -> None:
 
 
 def _wrap() -> None:
-    step, send, save = rawnode.RawNode.step, agent_mod.Agent._send_raft, storage.DiskStorage.save
+    step, send, save = rawnode.RawNode.step, Outbox.send_raft, storage.DiskStorage.save
 
     def traced_step(self, m):  # noqa: ANN001, ANN202
         if m.type in VOTE:
@@ -66,7 +66,7 @@ def _wrap() -> None:
                 _emit("save", f"{ms:.3f}", len(entries), hard_state.term)
 
     rawnode.RawNode.step = traced_step
-    agent_mod.Agent._send_raft = traced_send
+    Outbox.send_raft = traced_send
     storage.DiskStorage.save = traced_save
 
 

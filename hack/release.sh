@@ -45,7 +45,7 @@ for need in MANIFEST.json FILES.json README.md meta/runtime.yml \
 	roles/lab/tasks/main.yml roles/agent/tasks/main.yml roles/balancer/tasks/main.yml \
 	plugins/connection/netns.py plugins/modules/member.py plugins/modules/cluster_info.py \
 	plugins/filter/scale_plan.py plugins/filter/scale_plan.yml plugins/doc_fragments/api.py \
-	agent/pyproject.toml agent/README.md agent/src/hafleet_agent/agent.py \
+	agent/pyproject.toml agent/README.md agent/src/hafleet_agent/node/node.py \
 	changelogs/changelog.yaml; do
 	grep -qx "$need" "$work/contents" || { echo "release: $need is missing from the tarball" >&2; exit 1; }
 done

@@ -394,7 +394,7 @@ class StubAgent:
         return 1.0
 
     async def write(self, data: bytes) -> dict[str, Any]:
-        from hafleet_agent.agent import StateErrorResult
+        from hafleet_agent.node.errors import StateErrorResult
 
         res = self.state.apply(self.next_index, data)
         self.next_index += 1

@@ -1,7 +1,9 @@
-"""The composition root of ``hafleet-agent run``: read the secrets, make the node, serve
-until SIGTERM/SIGINT or until the node is removed from the group, stop within a bound, and
-fail-stop (leave at once) when the stop does not finish or the node failed. Logging is set up
-here too. The node itself (``agent.Agent``) knows nothing of signals or of the process."""
+"""The composition root of ``hafleet-agent run``: read the secrets, make the node and its
+HTTP API (``serve_api``), serve until SIGTERM/SIGINT or until the node is removed from the
+group, stop within a bound, and fail-stop (leave at once) when the stop does not finish or
+the node failed. Logging is set up here too. The node itself (``node.node.Node``) knows
+nothing of signals, of the process or of the HTTP server; this is the one module that
+imports both the node and the server."""
 
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 
-from .agent import FAIL_STOP_S, Agent, exit_later
 from .config import AgentConfig, read_secret
+from .node.node import Node, Serve
+from .node.tasks import FAIL_STOP_S, exit_later
+from .server import start_api
 from .wal import StorageError
 
 log = logging.getLogger("hafleet.agent")
@@ -44,12 +49,23 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(obj)
 
 
+def serve_api(node: Node) -> Serve:
+    """What ``node.start(serve=...)`` awaits: the HTTP API of ``node``, started once the
+    node's transport listens and before it founds or joins; ``node.stop`` closes it."""
+
+    async def serve() -> Callable[[], Awaitable[None]]:
+        runner = await start_api(node)
+        return runner.cleanup
+
+    return serve
+
+
 async def run_agent(cfg: AgentConfig) -> int:
     """The body of ``hafleet-agent run``: start, serve until SIGTERM/SIGINT (hand leadership
     over first) or until removed from the group, stop."""
     key = read_secret(cfg.key_file, "key")
     token = read_secret(cfg.token_file, "token")
-    agent = Agent(cfg, key, token)
+    agent = Node(cfg, key, token)
     loop = asyncio.get_running_loop()
     stop_signal = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -58,7 +74,7 @@ async def run_agent(cfg: AgentConfig) -> int:
     # loop is blocked: what a stuck agent is doing, without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     try:
-        await agent.start()
+        await agent.start(serve=serve_api(agent))
     except (StorageError, OSError) as exc:
         log.critical("cannot start: %s", exc)
         await agent.stop(handover=False)
@@ -112,7 +128,7 @@ def _running_tasks() -> str:
     return "; ".join(sorted(out)) or "none"
 
 
-async def stop_within(agent: Agent, handover: bool, bound: float) -> bool:
+async def stop_within(agent: Node, handover: bool, bound: float) -> bool:
     """``agent.stop(handover)``, given at most ``bound`` seconds; False (logged, with the
     tasks still running) when it did not finish in time."""
     try:
@@ -128,7 +144,7 @@ async def stop_within(agent: Agent, handover: bool, bound: float) -> bool:
         return False
 
 
-async def _wait_removed(agent: Agent) -> None:
+async def _wait_removed(agent: Node) -> None:
     """Return once this node's removal is the last word on it: removed, and nothing newer
     applied for two election timeouts (a removed node gets no more entries; one that was
     added again and is catching up gets the rest of its log well within that, and its

@@ -3,7 +3,7 @@ the group's log (what an older agent, or a bug, could have committed), then reco
 results under the KV key ``inject/done``. For test_bad_input.py only.
 
 Usage: ``python inject_agent.py run --node-id ... (the flags of hafleet-agent run)``. The
-entries go through the agent's own proposal path (``Agent._propose``), so they are
+entries go through the agent's own proposal path (``Driver.propose``), so they are
 replicated, committed and applied by every member exactly like any other entry.
 """
 
@@ -15,8 +15,9 @@ import sys
 import time
 from typing import Any
 
-from hafleet_agent import agent as agent_mod
 from hafleet_agent.cli import main
+from hafleet_agent.node.errors import NoLeader
+from hafleet_agent.node.node import Node
 from hafleet_agent.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from hafleet_agent.state import encode_command, member_context
 
@@ -67,7 +68,7 @@ async def inject(agent: Any) -> None:
         for _ in range(100):  # a pending conf change or the term's first entry: retry
             try:
                 res = await agent.driver.propose(lambda raw, e=entry: raw._propose(e))
-            except agent_mod.NoLeader:
+            except NoLeader:
                 await asyncio.sleep(0.1)
                 continue
             results[name] = [res.index, res.status]
@@ -78,16 +79,16 @@ async def inject(agent: Any) -> None:
     await agent.write(encode_command("kv_put", key="inject/done", value=results))
 
 
-_original_start = agent_mod.Agent.start
+_original_start = Node.start
 _tasks: list[asyncio.Task[None]] = []
 
 
-async def _start(self: Any) -> None:
-    await _original_start(self)
+async def _start(self: Any, *args: Any, **kwargs: Any) -> None:
+    await _original_start(self, *args, **kwargs)
     _tasks.append(asyncio.create_task(inject(self), name="inject"))
 
 
-agent_mod.Agent.start = _start  # type: ignore[method-assign]
+Node.start = _start  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

@@ -22,10 +22,12 @@ from typing import Any
 import pytest
 from harness import lease_subnet
 
-import hafleet_agent.agent as agent_mod
-from hafleet_agent.agent import MAX_PEERS, Agent
-from hafleet_agent.codec import encode_message
+import hafleet_agent.node.node as node_mod
+import hafleet_agent.node.tasks as tasks_mod
+from hafleet_agent.codec import MAX_TERM_JUMP, encode_message
 from hafleet_agent.config import AgentConfig
+from hafleet_agent.node.node import Node
+from hafleet_agent.node.peers import MAX_PEERS, PEER_EXPIRE_S
 from hafleet_agent.raft.types import Entry, Message, MessageType
 from hafleet_agent.state import encode_command
 from hafleet_agent.transport import PeerInfo
@@ -83,7 +85,7 @@ class FakeSource:
 @pytest.fixture(autouse=True)
 def no_process_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     """fail() arms a timer that exits the process: an inert one here."""
-    monkeypatch.setattr(agent_mod, "exit_later", lambda seconds: threading.Timer(seconds, print))
+    monkeypatch.setattr(node_mod, "exit_later", lambda seconds: threading.Timer(seconds, print))
 
 
 async def until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
@@ -104,11 +106,11 @@ async def holds(predicate: Callable[[], bool], seconds: float, what: str) -> Non
 
 def run_agent(
     tmp_path: Path,
-    body: Callable[[Agent], Awaitable[None]],
+    body: Callable[[Node], Awaitable[None]],
     source: Any = None,
     *,
     lead: bool = True,
-) -> Agent:
+) -> Node:
     """Start a one-node cluster, wait until it leads (unless ``lead`` is false), run
     ``body``, stop it."""
     lease = lease_subnet(count=1)
@@ -123,7 +125,7 @@ def run_agent(
             heartbeat_ms=50,
             election_timeout_ms=300,
         )
-        agent = Agent(cfg, KEY, b"t" * 32, metrics_source=source)
+        agent = Node(cfg, KEY, b"t" * 32, metrics_source=source)
 
         async def main() -> None:
             await agent.start()
@@ -155,7 +157,7 @@ def test_only_the_listed_frame_kinds_reach_a_handler(tmp_path: Path) -> None:
     """``{"k": "frame"}`` used to recurse into the dispatcher, ``{"k": "soft_state"}`` to
     overwrite the leader bookkeeping: kinds outside the table are dropped and counted."""
 
-    async def body(agent: Agent) -> None:
+    async def body(agent: Node) -> None:
         assert agent.raw is not None
         cid = agent.cluster_id
         evil = peer_info("evil", cid)
@@ -175,7 +177,7 @@ def test_only_the_listed_frame_kinds_reach_a_handler(tmp_path: Path) -> None:
 
 
 def test_frames_with_bad_fields_are_dropped_and_change_nothing(tmp_path: Path) -> None:
-    async def body(agent: Agent) -> None:
+    async def body(agent: Node) -> None:
         cid = agent.cluster_id
         evil = peer_info("evil", cid)
         good_metrics = {
@@ -239,7 +241,7 @@ def test_frames_with_bad_fields_are_dropped_and_change_nothing(tmp_path: Path) -
         assert agent.frames_dropped == want
         assert "someone-else" not in agent.peers and "evil" in agent.peers
         assert agent.peers["evil"].api_addr == ""  # no hello got through
-        assert not agent._admitting and [m["id"] for m in agent.state.members()] == ["g1"]
+        assert not agent.bootstrap.admitting and [m["id"] for m in agent.state.members()] == ["g1"]
         # A well-formed report, but from a node that is not a member: ignored.
         agent.inbox.on_frame(evil, {"k": "metrics", "cid": cid, "metrics": good_metrics})
         assert "evil" not in agent.reports
@@ -258,14 +260,14 @@ def test_a_raft_term_far_ahead_is_refused(tmp_path: Path) -> None:
     """One authenticated frame with term 2**64-1 used to be adopted, and the next election
     (term + 1) no longer fit: every member that took it died, and again at each restart."""
 
-    async def body(agent: Agent) -> None:
+    async def body(agent: Node) -> None:
         assert agent.raw is not None
         cid = agent.cluster_id
         evil = peer_info("evil", cid)
         ours = agent.raw.raft.term
         far = [
             _raft(cid, term=(1 << 64) - 1),
-            _raft(cid, term=ours + agent_mod.MAX_TERM_JUMP + 1),
+            _raft(cid, term=ours + MAX_TERM_JUMP + 1),
             _raft(cid, term=ours, log_term=(1 << 64) - 1),
             {
                 "k": "raft",
@@ -306,11 +308,11 @@ def test_a_failing_sampler_is_restarted_with_back_off_and_reports_resume(
 ) -> None:
     """Readings 2, 3 and 4 fail with EMFILE (the priming reading is 0): the sampler task
     dies three times, is started again after 0.1, 0.2, 0.4 s, and the agent reports again."""
-    monkeypatch.setattr(agent_mod, "RESTART_MIN_S", 0.1)
-    monkeypatch.setattr(agent_mod, "RESTART_MAX_S", 0.4)
+    monkeypatch.setattr(tasks_mod, "RESTART_MIN_S", 0.1)
+    monkeypatch.setattr(tasks_mod, "RESTART_MAX_S", 0.4)
     source = FakeSource(fail={2, 3, 4})
 
-    async def body(agent: Agent) -> None:
+    async def body(agent: Node) -> None:
         await until(lambda: len(source.failed_at) == 3, "three failed readings")
         last_failure = source.failed_at[-1]
         await until(
@@ -328,7 +330,7 @@ def test_a_failing_sampler_is_restarted_with_back_off_and_reports_resume(
 def test_a_storage_failure_still_stops_the_agent(tmp_path: Path) -> None:
     """The WAL path stays fail-stop: a failed save stops the agent with exit code 1."""
 
-    async def body(agent: Agent) -> None:
+    async def body(agent: Node) -> None:
         assert agent.storage is not None
 
         def broken(*args: Any, **kwargs: Any) -> None:
@@ -349,7 +351,7 @@ def test_a_storage_error_in_a_restartable_task_is_not_retried(tmp_path: Path) ->
         def virtual_memory(self) -> Any:
             raise StorageError("the data dir is gone (test)")
 
-    async def body(agent: Agent) -> None:
+    async def body(agent: Node) -> None:
         await asyncio.wait_for(agent.wait_stopped(), WAIT)
         assert agent.exit_code == 1 and "sampler" in agent.exit_reason
         assert "sampler" not in agent.task_failures
@@ -361,7 +363,7 @@ def test_a_storage_error_in_a_restartable_task_is_not_retried(tmp_path: Path) ->
 
 
 def test_the_peer_table_is_capped_and_expires(tmp_path: Path) -> None:
-    async def body(agent: Agent) -> None:
+    async def body(agent: Node) -> None:
         cid = agent.cluster_id
         announced = {
             f"m{i}": SimpleNamespace(raft_addr=f"127.0.0.9:{1000 + i}", api_addr="127.0.0.9:1")
@@ -385,7 +387,7 @@ def test_the_peer_table_is_capped_and_expires(tmp_path: Path) -> None:
         )
         # Peers neither members, nor announced, nor heard from for PEER_EXPIRE_S go.
         agent._on_mdns_change({})
-        later = time.monotonic() + agent_mod.PEER_EXPIRE_S + 1
+        later = time.monotonic() + PEER_EXPIRE_S + 1
         agent.reports["ghost"] = (0.0, {})
         agent.health_seen["ghost"] = 0.0
         agent._expire_peers(later)

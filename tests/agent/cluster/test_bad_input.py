@@ -385,9 +385,10 @@ def test_a_member_an_older_version_let_in_can_still_be_removed(tmp_path: Path) -
     import aiohttp
     from harness import lease_subnet
 
-    from hafleet_agent.agent import Agent
     from hafleet_agent.config import AgentConfig
+    from hafleet_agent.node.node import Node
     from hafleet_agent.raft.types import ConfChange, ConfChangeType
+    from hafleet_agent.run import serve_api
 
     lease = lease_subnet(1)
     host = f"127.0.{lease.x}.1"
@@ -402,10 +403,10 @@ def test_a_member_an_older_version_let_in_can_still_be_removed(tmp_path: Path) -
         heartbeat_ms=50,
         election_timeout_ms=300,
     )
-    agent = Agent(cfg, b"k" * 40, token.encode())
+    agent = Node(cfg, b"k" * 40, token.encode())
 
     async def main() -> None:
-        await agent.start()
+        await agent.start(serve=serve_api(agent))
         try:
             r = agent.raw.raft
             for _ in range(400):

@@ -64,9 +64,9 @@ def test_the_keys_the_agent_and_the_balancer_write_fit_the_rule(member_id: str) 
 
 
 def test_the_override_prefix_is_the_agents() -> None:
-    from hafleet_agent import agent
+    from hafleet_agent.node import chores
 
-    assert agent.OVERRIDE_PREFIX == OVERRIDE_PREFIX
+    assert chores.OVERRIDE_PREFIX == OVERRIDE_PREFIX
 
 
 # ---- in-process API -------------------------------------------------------------------------

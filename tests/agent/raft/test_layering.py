@@ -151,3 +151,53 @@ def test_import_reader() -> None:
     assert mods == ["agent", "node.verbs", "agent", "agent", "node"]
     assert [m for _, m in _package_imports("from ..agent import x", ("node",))] == ["agent"]
     assert [m for _, m in _package_imports("from .errors import x", ("node",))] == ["node.errors"]
+
+
+def _modules() -> list[tuple[str, list[tuple[int, str]]]]:
+    """(path relative to the package, its imports of package modules) of every module."""
+    out = []
+    for p in sorted(PKG_DIR.rglob("*.py")):
+        rel = p.relative_to(PKG_DIR)
+        out.append((rel.as_posix(), _package_imports(p.read_text(), rel.parts[:-1])))
+    return out
+
+
+def _is_server(mod: str) -> bool:
+    return mod in ("api", "server") or mod.startswith("server.")
+
+
+def _is_node(mod: str) -> bool:
+    return mod == "node" or mod.startswith("node.")
+
+
+def test_the_node_never_imports_the_server() -> None:
+    """The node knows nothing of the HTTP server: run.py starts the API with it."""
+    bad = [
+        f"{path} line {line}: {mod}"
+        for path, imports in _modules()
+        if path.startswith("node/")
+        for line, mod in imports
+        if _is_server(mod)
+    ]
+    assert not bad, f"node/ imports the HTTP server: {', '.join(bad)}"
+
+
+def test_run_is_the_only_module_that_imports_both_node_and_server() -> None:
+    """The composition root: the one module outside node/ and server/ that imports both
+    (server/ itself imports only node/errors.py and node/verbs.py, checked above)."""
+    both = [
+        path
+        for path, imports in _modules()
+        if not path.startswith(("node/", "server/"))
+        and any(_is_node(m) for _, m in imports)
+        and any(_is_server(m) for _, m in imports)
+    ]
+    assert both == ["run.py"]
+
+
+def test_layering_readers() -> None:
+    imports = _package_imports("from ..server import start_api\nfrom .. import api\n", ("node",))
+    assert [m for _, m in imports] == ["server", "api"]
+    assert all(_is_server(m) for _, m in imports)
+    assert _is_server("server.api") and not _is_server("serverless") and not _is_server("apiclient")
+    assert _is_node("node.node") and _is_node("node") and not _is_node("nodes")

@@ -65,11 +65,12 @@ def test_a_stopping_agent_proposes_and_reads_nothing(tmp_path) -> None:
     """After ``fail()`` (or a stop began) a write is refused at once as not proposed, and a
     read as not served: nothing would complete them any more, and a request waiting for
     them would hold the API's shutdown up (make chaos, disk_full seed 1012)."""
-    from hafleet_agent.agent import Agent, NoLeader
     from hafleet_agent.config import AgentConfig
+    from hafleet_agent.node.errors import NoLeader
+    from hafleet_agent.node.node import Node
 
     async def main() -> list[str]:
-        agent = Agent(AgentConfig(node_id="n1", data_dir=str(tmp_path)), b"k" * 32, "token")
+        agent = Node(AgentConfig(node_id="n1", data_dir=str(tmp_path)), b"k" * 32, "token")
         agent.raw = object()  # type: ignore[assignment]  # a member, as far as these checks go
         agent.cluster_id = "c1"
         agent.fail("storage failed (test)")
@@ -97,10 +98,10 @@ def test_a_failed_agent_whose_event_loop_is_blocked_still_exits(tmp_path) -> Non
     first, when the event loop never comes back after a failure."""
     script = f"""
 import time
-import hafleet_agent.agent as a
+import hafleet_agent.node.node as a
 from hafleet_agent.config import AgentConfig
 a.FAIL_EXIT_S = 0.5
-agent = a.Agent(AgentConfig(node_id="n1", data_dir={str(tmp_path)!r}), b"k" * 32, "t")
+agent = a.Node(AgentConfig(node_id="n1", data_dir={str(tmp_path)!r}), b"k" * 32, "t")
 agent.fail("storage failed (test)")
 time.sleep(30)  # the event loop would be stuck here
 print("not reached")
@@ -136,7 +137,7 @@ def test_a_stop_whose_event_loop_is_blocked_still_exits(tmp_path) -> None:
     raft_port, api_port = free_port(), free_port()
     script = f"""
 import sys, time
-import hafleet_agent.agent as a
+import hafleet_agent.node.node as a
 import hafleet_agent.run as r
 from hafleet_agent.cli import main
 r.STOP_S = 0.5
@@ -145,7 +146,7 @@ r.BACKSTOP_GRACE_S = 0.5
 async def blocking_stop(self, handover=True):
     time.sleep(60)  # a call that never gives the event loop back
 
-a.Agent.stop = blocking_stop
+a.Node.stop = blocking_stop
 sys.exit(main(["run", "--node-id", "n1", "--cluster", "stoptest", "--bind", "127.0.0.1",
     "--raft-port", "{raft_port}", "--api-port", "{api_port}",
     "--data-dir", {str(tmp_path / "data")!r},

@@ -49,6 +49,7 @@ from ..raft.types import (
 from ..state import SnapshotParts, StateMachine, conf_change_error, encode_snapshot_parts
 from ..wal import DiskStorage, StorageError
 from .errors import NoLeader, StateErrorResult, Unknown
+from .meta import META_FILE
 
 log = logging.getLogger("hafleet.agent")
 
@@ -115,7 +116,8 @@ class Driver:
 
     def open(self, data_dir: Path) -> bool:
         """Open the storage (recovering a torn log) and make the core from it; whether it
-        held Raft state (a node with state never founds again)."""
+        held Raft state (a node with state never founds again; one whose cluster id is
+        unknown does not start)."""
         self.storage = DiskStorage.open(data_dir)
         rep = self.storage.report
         if rep.truncated_bytes:
@@ -144,6 +146,22 @@ class Driver:
             check_conf_change=conf_change_error,  # the state machine's rule: both agree
         )
         self._startup_commit = st.hard_state.commit
+        if has_state:
+            if self._cluster_id() is None:
+                raise StorageError(
+                    f"{data_dir} holds Raft state but no {META_FILE}: refusing to start "
+                    "a node whose cluster is unknown"
+                )
+            log.info(
+                "restarting from %s: term %d, commit %d, %d entries after snapshot %d",
+                data_dir,
+                st.hard_state.term,
+                st.hard_state.commit,
+                len(st.entries),
+                st.snapshot.meta.index,
+            )
+        else:
+            log.info("fresh node %s of cluster %r", self.id, self.cfg.cluster)
         return has_state
 
     def wake(self) -> None:

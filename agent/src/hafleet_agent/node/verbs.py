@@ -1,8 +1,8 @@
 """The node as the HTTP API sees it: the verbs it calls and the read-only parts it shows.
 
-``api.py`` types its node with :class:`NodeVerbs` and imports nothing else of the node (a
-layering test checks), so the API and the node no longer import each other: the node starts
-the API, the API calls the node's verbs."""
+``server/`` types its node with :class:`NodeVerbs` and imports nothing else of the node (a
+layering test checks), and the node imports nothing of the server: ``run.py`` starts the API
+with the node (``node.node.Node`` implements this protocol), the API calls its verbs."""
 
 from __future__ import annotations
 

@@ -1,25 +1,28 @@
-"""The node (``Agent``): one cluster member, wiring the pieces together (``run.py`` runs it).
+"""The node (``Node``): one cluster member, its parts composed (``run.py`` runs it as a
+process and starts its HTTP API).
 
-The event loop owns everything; nothing here uses threads. The Raft core is driven by one
-task (``_raft_loop``) that turns every batch of inputs into a ready batch: persist it
-(``DiskStorage.save`` fsyncs before it returns), send its messages, apply its committed
-entries to the state machine, wake whoever waits for them. Inputs (ticks, messages,
-proposals, reads) are fed to the core synchronously from callbacks and only ever between
-two ready batches, because the drain of a ready batch never awaits.
+The node owns its lifecycle (start, stop, fail-stop), the table of the frame kinds a peer
+may send, the membership verbs (add, remove, hand over; the leader's hand-over before its
+own removal) and the views the API shows (status, members). Its parts get their
+collaborators passed in and import nothing of this module:
 
-The node composes its parts (``node/``): the peer table (``peers.py``), founding and
-joining (``bootstrap.py``), the leader's chores (``chores.py``), the frame field checks
-(``frames.py``); the HTTP API sees it as ``node.verbs.NodeVerbs``; ``run.py`` runs it as a
-process. ``docs/architecture.md`` draws the layers.
+- ``driver.py``: the Raft core, its write-ahead log and the state machine; the Ready loop,
+  proposals, linearizable reads, compaction;
+- ``inbox.py``: the checks of what a peer sends and the dispatch through the frame table;
+- ``peers.py``, ``mdns.py``: the peer table and mDNS;
+- ``bootstrap.py``: founding and joining; ``chores.py``: the leader's chores;
+- ``reports.py``: metrics to the leader, our own member record;
+- ``snapshots.py``: snapshots larger than a frame; ``meta.py``: the cluster id on disk;
+- ``tasks.py``: background tasks, their restarts and the fail-stop.
+
+The HTTP API sees the node as ``verbs.NodeVerbs``. ``docs/architecture.md`` draws the layers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import logging
-import os
 import random
 import secrets
 import threading
@@ -28,55 +31,40 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .api import start_api
-from .codec import MAX_TERM_JUMP as MAX_TERM_JUMP  # tests read it here
-from .codec import encode_message
-from .config import AgentConfig
-from .ids import member_id_error
-from .keys import DRAINED_PREFIX, REGISTERED_KEY
-from .keys import OVERRIDE_PREFIX as OVERRIDE_PREFIX  # tests read it here
-from .metrics import HostMetrics, MetricsSource
-from .node.bootstrap import Bootstrap
-from .node.chores import LeaderChores
-from .node.driver import Driver
-from .node.errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
-from .node.inbox import FrameHandler, Inbox
-from .node.meta import META_FILE, load_cluster_id, save_cluster_id
-from .node.peers import MAX_PEERS as MAX_PEERS  # tests read it here
-from .node.peers import PEER_EXPIRE_S, Peer, PeerTable
-from .node.reports import Reporter
-from .node.snapshots import SnapshotTransfer
-from .raft.rawnode import RawNode
-from .raft.status import BasicStatus
-from .raft.types import (
-    ConfChange,
-    ConfChangeType,
-    Message,
-    StateType,
-)
-from .snapxfer import ACK_KIND, CHUNK_KIND, SnapshotReceiver, SnapshotSender
-from .state import (
-    StateError,
-    StateMachine,
-    encode_command,
-    member_context,
-)
-from .transport import PeerInfo, Transport
-from .wal import DiskStorage, StorageError
+from .. import __version__
+from ..config import AgentConfig
+from ..ids import member_id_error
+from ..keys import DRAINED_PREFIX, REGISTERED_KEY
+from ..metrics import HostMetrics, MetricsSource
+from ..raft.rawnode import RawNode
+from ..raft.status import BasicStatus
+from ..raft.types import ConfChange, ConfChangeType, StateType
+from ..snapxfer import ACK_KIND, CHUNK_KIND, SnapshotReceiver, SnapshotSender
+from ..state import StateError, StateMachine, encode_command, member_context
+from ..transport import PeerInfo, Transport
+from ..wal import DiskStorage
+from .bootstrap import Bootstrap
+from .chores import LeaderChores
+from .driver import Driver
+from .errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
+from .inbox import FrameHandler, Inbox
+from .mdns import Mdns
+from .meta import META_FILE, load_cluster_id, save_cluster_id
+from .outbox import Outbox
+from .peers import PEER_EXPIRE_S, PeerTable
+from .reports import Reporter
+from .snapshots import SnapshotTransfer
+from .tasks import FAIL_EXIT_S, Tasks, exit_later
 
 log = logging.getLogger("hafleet.agent")
 
-#: A background task that fails (the sampler, housekeeping, the leader's chores, discovery,
-#: founding and joining) is logged and started again after a back-off that doubles from
-#: RESTART_MIN_S up to RESTART_MAX_S; one that ran RESTART_RESET_S without failing starts the
-#: back-off afresh. Storage failures and the Raft driver's tasks are fail-stop instead.
-RESTART_MIN_S = 0.5
-RESTART_MAX_S = 30.0
-RESTART_RESET_S = 60.0
+#: What the composition root starts with the node (run.py: the HTTP API): awaited once the
+#: transport listens, before the node founds, joins or runs its Raft loop; the callable it
+#: returns is awaited by ``stop`` (after the tasks, before discovery and the transport).
+Serve = Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
 
 
-class Agent:
+class Node:
     def __init__(
         self,
         cfg: AgentConfig,
@@ -95,21 +83,8 @@ class Agent:
         self.cluster_id: str | None = None
         self._stop = asyncio.Event()
         self.rng = random.Random(secrets.randbits(64))
-        # The core, its log and the state machine, and the Ready loop (node/driver.py).
-        self.driver = Driver(
-            self.id,
-            cfg,
-            self.state,
-            self.rng,
-            stopping=self._stop,
-            cluster_id=lambda: self.cluster_id,
-            send=self._send_raft,
-            save_snapshot=lambda snap: self.snapshots.save_received(snap),
-            on_conf_change=self._on_conf_change,
-            sending_snapshot=lambda: self.snapshots.busy(),
-            spawn=self._spawn,
-            fail=self.fail,
-        )
+        # Background tasks, their restarts and the fail-stop (node/tasks.py).
+        self.tasks = Tasks(self._stop, self.fail)
         # The peers besides the members (node/peers.py); ``peers`` is its dict.
         self.peer_table = PeerTable(
             is_member=self.state.has_member,
@@ -118,8 +93,33 @@ class Agent:
             close_addr=self._close_peer_addr,
         )
         self.peers = self.peer_table.peers
+        # Frames out, to the addresses of the member and peer tables (node/outbox.py).
+        self.outbox = Outbox(
+            self.state, self.peers, raw=lambda: self.raw, cluster_id=lambda: self.cluster_id
+        )
+        # The core, its log and the state machine, and the Ready loop (node/driver.py).
+        self.driver = Driver(
+            self.id,
+            cfg,
+            self.state,
+            self.rng,
+            stopping=self._stop,
+            cluster_id=lambda: self.cluster_id,
+            send=self.outbox.send_raft,
+            save_snapshot=lambda snap: self.snapshots.save_received(snap),
+            on_conf_change=self._on_conf_change,
+            sending_snapshot=lambda: self.snapshots.busy(),
+            spawn=self.tasks.spawn,
+            fail=self.fail,
+        )
         self.transport: Transport | None = None
-        self.discovery: Any = None
+        self.mdns = Mdns(
+            self.id,
+            cfg,
+            cluster_id=lambda: self.cluster_id,
+            on_change=self._on_mdns_change,
+            supervise=self.tasks.supervise,
+        )
         # The leader's chores and their tables: reports, health, join times (node/chores.py).
         self.chores = LeaderChores(
             self.id,
@@ -129,32 +129,31 @@ class Agent:
             leader_since=lambda: self.leader_since,
             propose_cmd=self.driver.propose_cmd,
             propose_conf=self.driver.propose_conf,
-            send=self._send,
+            send=self.outbox.send,
             wake=self.driver.wake,
         )
-        self._tasks: list[asyncio.Task[Any]] = []
         self.exit_code = 0
         self.exit_reason = ""
         self.exit_timer: threading.Timer | None = None  # set by fail()
-        self.api_runner: Any = None
+        self._unserve: Callable[[], Awaitable[None]] | None = None  # what start()'s serve gave
         # Founding and joining (node/bootstrap.py).
         self.bootstrap = Bootstrap(
             self.id,
             cfg,
             self.rng,
             self.peers,
-            get_peer=self._peer,
+            get_peer=self.peer_table.get_or_add,
             raw=lambda: self.raw,
             cluster_id=lambda: self.cluster_id,
             adopt_cluster=self._adopt_cluster,
             in_config=lambda: self.driver.in_config(self.id),
             is_leader=self.is_leader,
             my_info=self.my_info,
-            send=self._send,
-            queued=self._queued,
-            addr_of=self._addr_of,
+            send=self.outbox.send,
+            queued=lambda addr: self.transport is not None and self.transport.queued(addr),
+            addr_of=self.outbox.addr_of,
             add_member=self.add_member,
-            spawn=self._spawn,
+            spawn=self.tasks.spawn,
             wake=self.driver.wake,
         )
         # Snapshots too large for one frame travel in chunks (node/snapshots.py); its sender
@@ -165,8 +164,8 @@ class Agent:
             self.driver,
             cluster_id=lambda: self.cluster_id,
             stopping=self._stop,
-            spawn=self._spawn,
-            send=self._send,
+            spawn=self.tasks.spawn,
+            send=self.outbox.send,
             deliver_raft=lambda peer, cid, data: self.inbox.on_raft_frame(peer, cid, data),
         )
         self.snap_sender: SnapshotSender | None = None
@@ -181,12 +180,10 @@ class Agent:
             metrics_source=metrics_source,
             stopping=self._stop,
             my_info=self.my_info,
-            addr_of=self._addr_of,
-            send=self._send,
-            spawn=self._spawn,
+            addr_of=self.outbox.addr_of,
+            send=self.outbox.send,
+            spawn=self.tasks.spawn,
         )
-        #: Failures of the background tasks that were restarted, by task name.
-        self.task_failures: dict[str, int] = {}
         self._last_prune = 0.0
         # What a peer may send, checked (node/inbox.py).
         self.inbox = Inbox(
@@ -266,40 +263,18 @@ class Agent:
         return self.chores.health_seen
 
     @property
-    def _admitting(self) -> set[str]:
-        """The joiners whose admission is under way (node/bootstrap.py)."""
-        return self.bootstrap.admitting
-
-    def _queued(self, addr: str) -> bool:
-        """Whether a frame to ``addr`` still waits for a connection."""
-        assert self.transport is not None
-        return self.transport.queued(addr)
+    def task_failures(self) -> dict[str, int]:
+        """Failures of the background tasks that were restarted, by name (node/tasks.py)."""
+        return self.tasks.failures
 
     # ---- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, serve: Serve | None = None) -> None:
+        """Open the storage and the core, listen for peers, then ``serve`` (see Serve), then
+        set the node going: mDNS, the Raft loop and ticker, the loops, founding or joining."""
         cfg = self.cfg
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.cluster_id = load_cluster_id(self.data_dir, self.id, cfg.cluster)
         has_state = self.driver.open(self.data_dir)
-        st = self.driver.storage
-        assert st is not None
-        if has_state:
-            if self.cluster_id is None:
-                raise StorageError(
-                    f"{self.data_dir} holds Raft state but no {META_FILE}: refusing to start "
-                    "a node whose cluster is unknown"
-                )
-            log.info(
-                "restarting from %s: term %d, commit %d, %d entries after snapshot %d",
-                self.data_dir,
-                st.hard_state.term,
-                st.hard_state.commit,
-                len(st.entries),
-                st.snapshot.meta.index,
-            )
-        else:
-            log.info("fresh node %s of cluster %r", self.id, cfg.cluster)
-
         self.transport = Transport(
             node_id=self.id,
             cluster=cfg.cluster,
@@ -314,18 +289,20 @@ class Agent:
         await self.transport.start()
         self.snapshots.start(self.transport)
         self.snap_sender, self.snap_receiver = self.snapshots.sender, self.snapshots.receiver
-        self.api_runner = await start_api(self)
-        if cfg.mdns and not await self._start_discovery():
-            self._supervise(self._retry_discovery, "discovery")
+        self.outbox.start(self.transport, self.snap_sender)
+        if serve is not None:
+            self._unserve = await serve()
+        if cfg.mdns:
+            await self.mdns.start()
         # The Raft driver persists (fsync) what the core hands it: a failure there is
-        # fail-stop. The other tasks are restarted after a failure (see _supervised).
-        self._spawn(self.driver.raft_loop(), "raft", critical=True)
-        self._spawn(self.driver.ticker(), "ticker", critical=True)
-        self._supervise(self.reporter.sampler_loop, "sampler")
-        self._supervise(self._housekeeping, "housekeeping")
-        self._supervise(self._leader_loop, "leader")
+        # fail-stop. The other tasks are restarted after a failure (node/tasks.py).
+        self.tasks.spawn(self.driver.raft_loop(), "raft", critical=True)
+        self.tasks.spawn(self.driver.ticker(), "ticker", critical=True)
+        self.tasks.supervise(self.reporter.sampler_loop, "sampler")
+        self.tasks.supervise(self._housekeeping, "housekeeping")
+        self.tasks.supervise(self._leader_loop, "leader")
         if not has_state:
-            self._supervise(self.bootstrap.run, "bootstrap")
+            self.tasks.supervise(self.bootstrap.run, "bootstrap")
         self.driver.wake()
         log.info(
             "hafleet-agent %s: node %s raft %s api %s%s",
@@ -335,63 +312,6 @@ class Agent:
             cfg.api_addr,
             f" service {cfg.service_addr}" if cfg.service_addr else "",
         )
-
-    def _spawn(self, coro: Any, name: str, *, critical: bool = False) -> None:
-        """Run ``coro`` as a task of the agent (cancelled by ``stop``). When it fails: a
-        critical task, or any StorageError, stops the agent (fail-stop); any other failure
-        is logged and that is all (loops that must go on run under ``_supervise``)."""
-        task = asyncio.create_task(coro, name=f"hafleet-{name}")
-        task.add_done_callback(lambda t: self._task_done(t, critical))
-        self._tasks.append(task)
-
-    def _task_done(self, task: asyncio.Task[Any], critical: bool = False) -> None:
-        with contextlib.suppress(ValueError):
-            self._tasks.remove(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            return
-        if critical or isinstance(exc, StorageError):
-            log.critical("task %s failed: %r; stopping", task.get_name(), exc, exc_info=exc)
-            self.fail(f"internal error in {task.get_name()}: {exc}")
-        else:
-            log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
-
-    def _supervise(self, run: Callable[[], Awaitable[None]], name: str) -> None:
-        """Run ``run()`` as a task that is started again whenever it fails (until it returns
-        or the agent stops)."""
-        self._spawn(self._supervised(run, name), name)
-
-    async def _supervised(self, run: Callable[[], Awaitable[None]], name: str) -> None:
-        """A failure is logged (the traceback the first time in a row) and ``run`` starts
-        again after a back-off of RESTART_MIN_S doubling up to RESTART_MAX_S; a run that
-        lasted RESTART_RESET_S starts the back-off afresh. A StorageError is not retried: it
-        ends the task, and the agent (fail-stop, in _task_done)."""
-        loop = asyncio.get_running_loop()
-        in_a_row = 0
-        while not self._stop.is_set():
-            began = loop.time()
-            try:
-                await run()
-                return
-            except StorageError:
-                raise
-            except Exception as exc:
-                if loop.time() - began >= RESTART_RESET_S:
-                    in_a_row = 0
-                delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** min(in_a_row, 16))
-                in_a_row += 1
-                self.task_failures[name] = self.task_failures.get(name, 0) + 1
-                log.error(
-                    "task %s failed (%d in a row): %r; starting it again in %.1fs",
-                    name,
-                    in_a_row,
-                    exc,
-                    delay,
-                    exc_info=exc if in_a_row == 1 else None,
-                )
-            await asyncio.sleep(delay)
 
     def fail(self, reason: str) -> None:
         """Stop serving: the node cannot go on safely (e.g. an fsync failed)."""
@@ -411,16 +331,11 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.hand_over(timeout=self.cfg.election_timeout_ms / 1000 * 2)
         self._stop.set()
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.cancel_all()
         self.driver.release_waiters()
-        if self.api_runner is not None:
-            await self.api_runner.cleanup()
-        if self.discovery is not None:
-            with contextlib.suppress(Exception):
-                await self.discovery.stop()
+        if self._unserve is not None:
+            await self._unserve()
+        await self.mdns.stop()
         if self.transport is not None:
             await self.transport.stop()
         self.driver.close()
@@ -441,50 +356,10 @@ class Agent:
             self.fail(f"storage failed, cannot record the cluster id in {META_FILE}: {exc}")
             return False
         log.info("cluster %s: id %s (%s)", self.cfg.cluster, cluster_id, how)
-        if self.discovery is not None:
-            discovery = self.discovery
-
-            async def announce() -> None:
-                await discovery.update(cluster_id=cluster_id, fresh=False)
-
-            self._supervise(announce, "mdns-update")
+        self.mdns.announce(cluster_id)
         return True
 
-    # ---- messages --------------------------------------------------------------------------
-    def _addr_of(self, node_id: str) -> str | None:
-        addr = self.state.member_field(node_id, "raft_addr")
-        if addr:
-            return str(addr)
-        p = self.peers.get(node_id)
-        return p.raft_addr if p else None
-
-    def _send_raft(self, m: Message) -> None:
-        assert m.to is not None and self.transport is not None
-        addr = self._addr_of(m.to)
-        if addr is None:
-            log.debug("no address for %s: dropping %s", m.to, m.type.name)
-            return
-        if (
-            m.snapshot is not None
-            and self.snap_sender is not None
-            and not self.snap_sender.fits_one_frame(m.snapshot)
-        ):
-            self.snap_sender.send(addr, m)  # in chunks; a failure is reported later
-            return
-        frame = {"k": "raft", "cid": self.cluster_id, "m": encode_message(m)}
-        if not self.transport.send(addr, frame) and self.raw is not None:
-            self.raw.report_unreachable(m.to)
-
-    def _send(self, addr: str, kind: str, **body: Any) -> bool:
-        assert self.transport is not None
-        body["k"] = kind
-        body["cid"] = self.cluster_id
-        try:
-            return self.transport.send(addr, body)
-        except ValueError as exc:  # an address the transport cannot dial (from mDNS, say)
-            log.debug("cannot send %s to %r: %s", kind, addr, exc)
-            return False
-
+    # ---- peers ----------------------------------------------------------------------------
     def _note_peer(self, peer: PeerInfo, cid: str | None) -> None:
         """An authenticated frame or handshake from ``peer``."""
         now = time.monotonic()
@@ -493,16 +368,10 @@ class Agent:
         if self.state.has_member(peer.node_id):
             self.chores.health_seen[peer.node_id] = now
 
-    def _peer(
-        self, nid: str, raft_addr: str, source: str, now: float, *, authenticated: bool = False
-    ) -> Peer | None:
-        """The peer ``nid``, added if new while the table has room (PeerTable.get_or_add)."""
-        return self.peer_table.get_or_add(nid, raft_addr, source, now, authenticated=authenticated)
-
     def _close_peer_addr(self, addr: str) -> None:
         """The peer table forgot the last peer at ``addr``: close the connection to it."""
         if self.transport is not None:
-            self._spawn(self.transport.close_peer(addr), "close-peer")
+            self.tasks.spawn(self.transport.close_peer(addr), "close-peer")
 
     def _expire_peers(self, now: float) -> None:
         """Forget the stale peers that are not members, and the bookkeeping of ids that are
@@ -522,39 +391,6 @@ class Agent:
     def _on_mdns_change(self, peers: dict[str, Any]) -> None:
         """The mDNS table changed (Discovery's callback): hints for the peer table."""
         self.peer_table.on_mdns(peers, time.monotonic())
-
-    async def _start_discovery(self) -> bool:
-        """Start mDNS; False (logged) when it could not start (``_retry_discovery`` then
-        tries again in the background)."""
-        try:
-            await self._new_discovery()
-        except Exception as exc:  # mDNS is a convenience: --join still works without it
-            log.warning("mDNS discovery could not start on %s: %s", self.cfg.mdns_interface, exc)
-            return False
-        return True
-
-    async def _retry_discovery(self) -> None:
-        await asyncio.sleep(RESTART_MIN_S)
-        await self._new_discovery()  # raises until it starts: _supervised backs off
-        log.info("mDNS discovery started on %s", self.cfg.mdns_interface)
-
-    async def _new_discovery(self) -> None:
-        from .discovery import Discovery
-
-        discovery = Discovery(
-            node_id=self.id,
-            cluster=self.cfg.cluster,
-            raft_addr=self.cfg.raft_addr,
-            api_addr=self.cfg.api_addr,
-            interfaces=self.cfg.mdns_interface,
-            cluster_id=self.cluster_id or "",
-            fresh=self.cluster_id is None,
-            on_change=self._on_mdns_change,
-        )
-        await discovery.start()
-        self.discovery = discovery
-        if self.cluster_id is not None and discovery.fresh:  # adopted while it started
-            await discovery.update(cluster_id=self.cluster_id, fresh=False)
 
     def in_config(self, node_id: str) -> bool:
         """Whether ``node_id`` is a voter or a learner of the Raft configuration."""
@@ -641,7 +477,7 @@ class Agent:
             ctx = member_context(raft_addr, api_addr, service_addr)
         except StateError as exc:
             raise BadRequest(exc.message) from None
-        p = self._peer(mid, raft_addr, "api", time.monotonic())
+        p = self.peer_table.get_or_add(mid, raft_addr, "api", time.monotonic())
         if p is not None and not p.api_addr:
             p.api_addr, p.service_addr = api_addr, service_addr
         self.chores.joined_at[mid] = time.monotonic()
@@ -761,27 +597,3 @@ class Agent:
                 }
             )
         return out
-
-
-#: Bound on ``Agent.stop`` after a failure (storage): the node must be gone promptly.
-FAIL_STOP_S = 6.0
-#: After a failure the process is gone this long after at the latest, even if its event loop
-#: is blocked (a thread's timer; the stop's own bound needs a running loop).
-FAIL_EXIT_S = FAIL_STOP_S + 2.0
-
-
-def exit_later(seconds: float, after: str = "a failure") -> threading.Timer:
-    """Exit with code 1 in ``seconds`` from a daemon thread, writing every thread's stack to
-    stderr first: the last resort of the fail-stop (and of a stop) when the event loop does
-    not come back. Writes with ``os.write`` and faulthandler only: a blocked thread may hold
-    the logging lock."""
-
-    def leave() -> None:
-        os.write(2, f"CRITICAL still running {seconds:g}s after {after}; exiting now\n".encode())
-        faulthandler.dump_traceback(all_threads=True)
-        os._exit(1)
-
-    timer = threading.Timer(seconds, leave)
-    timer.daemon = True
-    timer.start()
-    return timer

@@ -1,0 +1,77 @@
+"""What the node sends its peers: Raft messages (``send_raft``: in one frame, or in chunks
+through the snapshot sender when a snapshot does not fit one) and control frames (``send``),
+each to the address the member table or the peer table has for the node.
+
+The outbox sees the node through what is passed in: the state machine (the members'
+addresses), the peer table, the Raft node (to report a peer unreachable) and the cluster id;
+``start`` hands it the transport and the snapshot sender once they run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..codec import encode_message
+from ..raft.rawnode import RawNode
+from ..raft.types import Message
+from ..snapxfer import SnapshotSender
+from ..state import StateMachine
+from ..transport import Transport
+from .peers import Peer
+
+log = logging.getLogger("hafleet.agent")
+
+
+class Outbox:
+    def __init__(
+        self,
+        state: StateMachine,
+        peers: dict[str, Peer],
+        *,
+        raw: Callable[[], RawNode | None],
+        cluster_id: Callable[[], str | None],
+    ) -> None:
+        self.state = state
+        self.peers = peers
+        self._raw = raw
+        self._cluster_id = cluster_id
+        self.transport: Transport | None = None
+        self.snap_sender: SnapshotSender | None = None
+
+    def start(self, transport: Transport, snap_sender: SnapshotSender | None) -> None:
+        self.transport, self.snap_sender = transport, snap_sender
+
+    def addr_of(self, node_id: str) -> str | None:
+        addr = self.state.member_field(node_id, "raft_addr")
+        if addr:
+            return str(addr)
+        p = self.peers.get(node_id)
+        return p.raft_addr if p else None
+
+    def send_raft(self, m: Message) -> None:
+        assert m.to is not None and self.transport is not None
+        addr = self.addr_of(m.to)
+        if addr is None:
+            log.debug("no address for %s: dropping %s", m.to, m.type.name)
+            return
+        if (
+            m.snapshot is not None
+            and self.snap_sender is not None
+            and not self.snap_sender.fits_one_frame(m.snapshot)
+        ):
+            self.snap_sender.send(addr, m)  # in chunks; a failure is reported later
+            return
+        frame = {"k": "raft", "cid": self._cluster_id(), "m": encode_message(m)}
+        if not self.transport.send(addr, frame) and (raw := self._raw()) is not None:
+            raw.report_unreachable(m.to)
+
+    def send(self, addr: str, kind: str, **body: Any) -> bool:
+        assert self.transport is not None
+        body["k"] = kind
+        body["cid"] = self._cluster_id()
+        try:
+            return self.transport.send(addr, body)
+        except ValueError as exc:  # an address the transport cannot dial (from mDNS, say)
+            log.debug("cannot send %s to %r: %s", kind, addr, exc)
+            return False
