@@ -143,8 +143,11 @@ leader_id:
   type: str
   sample: web1
 removal:
-  description: The agent's answer to the removal.
-  returned: when a member was removed (not in check mode)
+  description:
+    - The agent's answer to the removal.
+    - Missing when the answer was lost (HTTP 504 or none) and the module saw the member go
+      by reading the member list again.
+  returned: when a member was removed and the agent's answer arrived (not in check mode)
   type: dict
   sample: {"id": "web4", "removed": true, "index": 412}
 """
