@@ -14,7 +14,8 @@ import pytest
 from hafleet_agent.raft.core import Raft
 from hafleet_agent.raft.log import RaftLog
 from hafleet_agent.sim import __main__ as sim_cli
-from hafleet_agent.sim.simulator import ALL_FAULTS, SimConfig, Simulation, parse_faults
+from hafleet_agent.sim.config import ALL_FAULTS, SimConfig, parse_faults
+from hafleet_agent.sim.simulator import Simulation
 
 SUMMARY = re.compile(r"^seeds=(\d+) passed=(\d+) failed=(\d+) events=(\d+) sim_seconds=[\d.]+$")
 

@@ -16,7 +16,8 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
-from .simulator import ALL_FAULTS, SeedResult, SimConfig, Simulation, parse_faults
+from .config import ALL_FAULTS, SeedResult, SimConfig, parse_faults
+from .simulator import Simulation
 
 
 def parse_seeds(text: str) -> range:
