@@ -131,3 +131,15 @@ def test_forget_non_members() -> None:
     chores.forget_non_members(100.0, 10.0)
     assert set(chores.reports) == set(chores.health_seen) == {"b"}
     assert set(chores.joined_at) == {"b", "new"}
+
+
+def test_member_changed_keeps_the_first_time_it_saw_a_change() -> None:
+    chores, _ = _chores(FakeRaw({"a"}, set(), {}), _state(["a"]))
+    before = time.monotonic()
+    chores.member_changed("b")
+    first = chores.joined_at["b"]
+    assert before <= first <= time.monotonic()
+    chores.joined_at["c"] = 1.0
+    chores.member_changed("c")  # promoted later: still the time it joined
+    chores.member_changed("b")
+    assert chores.joined_at == {"b": first, "c": 1.0}

@@ -73,6 +73,12 @@ class LeaderChores:
             if now - since > expire_s and not self.state.has_member(nid):
                 del self.joined_at[nid]
 
+    def member_changed(self, node_id: str) -> None:
+        """A configuration change of ``node_id`` applied while we run: when it joined, for
+        the autopilot (the first change we see; those of the log replayed at start are old)."""
+        if node_id not in self.joined_at:
+            self.joined_at[node_id] = time.monotonic()
+
     def view_table(self, leading: bool) -> dict[str, dict[str, Any]]:
         """Each member's last metrics: the leader's own reports, or what it last shared."""
         if leading:

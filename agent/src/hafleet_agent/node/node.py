@@ -107,7 +107,7 @@ class Node:
             cluster_id=lambda: self.cluster_id,
             send=self.outbox.send_raft,
             save_snapshot=lambda snap: self.snapshots.save_received(snap),
-            on_conf_change=self._on_conf_change,
+            on_conf_change=lambda cc: self.chores.member_changed(cc.node_id),
             sending_snapshot=lambda: self.snapshots.busy(),
             spawn=self.tasks.spawn,
             fail=self.fail,
@@ -247,11 +247,6 @@ class Node:
     def frames_dropped(self) -> dict[str, int]:
         """Frames dropped, by reason (node/inbox.py)."""
         return self.inbox.frames_dropped
-
-    def _on_conf_change(self, cc: ConfChange) -> None:
-        """A member added (or changed) while we run: its join time, for the autopilot."""
-        if cc.node_id not in self.chores.joined_at:
-            self.chores.joined_at[cc.node_id] = time.monotonic()
 
     @property
     def reports(self) -> dict[str, tuple[float, dict[str, Any]]]:
