@@ -95,11 +95,12 @@ class SimNode:
         self.pending_reads = PendingReads()
         self.torn_crash_armed = False
         self.paused_until = 0.0
+        # persist, send, restore, apply; then the optional hooks
         self.effects = ReadyEffects(
-            persist=self._persist,
-            send=sim.send,
-            restore=self._restore,
-            apply=self._apply,
+            self._persist,
+            sim.send,
+            self._restore,
+            self._apply,
             on_soft_state=self._on_soft_state,
             on_read_state=self._on_read_state,
             after_advance=self._after_advance,
