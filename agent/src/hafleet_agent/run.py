@@ -2,8 +2,8 @@
 HTTP API (``serve_api``), serve until SIGTERM/SIGINT or until the node is removed from the
 group, stop within a bound, and fail-stop (leave at once) when the stop does not finish or
 the node failed. Logging is set up here too. The node itself (``node.node.Node``) knows
-nothing of signals, of the process or of the HTTP server; this is the one module that
-imports both the node and the server."""
+nothing of signals, of the process or of the HTTP server; outside node/ and server/ this
+is the one module that imports both (test_layering checks)."""
 
 from __future__ import annotations
 
