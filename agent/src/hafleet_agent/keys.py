@@ -2,10 +2,11 @@
 
 The KV store (``/v1/kv/{key}``, ``hafleet-agent kv``) is the operator's; these few keys are
 also read or written by the agent and by ``hafleet-agent balancer``, and their meaning is a
-contract (docs/balancer.md, "The KV protocol"; docs/agent.md, weight overrides). This module
-is their one home: the node (:mod:`.node.chores`, the removal in :mod:`.agent`) and the
-balancer (:mod:`.balancer.syncer`) import them from here, and a test holds the collection's
-files to them. Pure: the standard library only, no import of the agent.
+contract (docs/balancer.md, "The protocol with the agents"; docs/agent.md, weight
+overrides). This module is their one home: the node (:mod:`.node.chores`, the removal in
+:mod:`.node.node`) and the balancer (:mod:`.balancer.reports`) import them from here, and a
+test holds the collection's files to them. Pure: the standard library only, no import of
+the agent.
 
 Every key fits the API's key rule (segments separated by ``/``, none empty, ``.`` or
 ``..``): a member id starts with a letter or a digit.

@@ -1,4 +1,5 @@
-"""The balancer's side of the KV protocol with the agents (docs/balancer.md, "The KV protocol").
+"""The balancer's side of the KV protocol with the agents (docs/balancer.md, "The protocol
+with the agents").
 
 The syncer tells the agents what HAProxy has done through a few replicated KV keys
 (:mod:`hafleet_agent.keys`): ``balancer/registered`` once it has checked HAProxy and has a
