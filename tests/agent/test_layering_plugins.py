@@ -13,39 +13,17 @@ functions and ``try`` blocks, and ``importlib.import_module``/``__import__`` of 
 
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
 
 import pytest
+from layering import imported_modules
 
 import hafleet_agent
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "plugins"
 APICLIENT = Path(list(hafleet_agent.__path__)[0]) / "apiclient.py"
-
-
-def imported_modules(source: str) -> list[tuple[int, str]]:
-    """``(line, module)`` for every import in ``source``; a relative import is ``.name``."""
-    found: list[tuple[int, str]] = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            found.append((node.lineno, "." * node.level + (node.module or "")))
-        elif (
-            isinstance(node, ast.Call)
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-            and (
-                (isinstance(node.func, ast.Name) and node.func.id == "__import__")
-                or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
-            )
-        ):
-            found.append((node.lineno, node.args[0].value))
-    return found
 
 
 def plugin_files() -> list[Path]:
@@ -83,7 +61,7 @@ def test_apiclient_imports_only_the_standard_library() -> None:
     [
         ("import hafleet_agent.keys", [(1, "hafleet_agent.keys")]),
         ("def f():\n    from hafleet_agent import keys", [(2, "hafleet_agent")]),
-        ("from . import api", [(1, ".")]),
+        ("from . import api", [(1, ".api")]),
         ("from ..config import X", [(1, "..config")]),
         (
             "import importlib\nimportlib.import_module('hafleet_agent')",

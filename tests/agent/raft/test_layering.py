@@ -11,6 +11,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from layering import package_imports
 
 import hafleet_agent
 
@@ -108,35 +109,13 @@ def test_checker_allows(source: str) -> None:
 API_MAY_IMPORT = frozenset({"node.errors", "node.verbs"})
 
 
-def _package_imports(source: str, rel_pkg: tuple[str, ...] = ()) -> list[tuple[int, str]]:
-    """(line, module relative to the package) of every import of a hafleet_agent module, in
-    the source of a module of the subpackage ``rel_pkg`` (() for the top)."""
-    found: list[tuple[int, str]] = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = list(rel_pkg[: len(rel_pkg) - (node.level - 1)])
-                mod = ".".join(base + ([node.module] if node.module else []))
-                names = [mod] if node.module else [".".join(base + [a.name]) for a in node.names]
-                found.extend((node.lineno, n) for n in names)
-            elif node.module and node.module.startswith("hafleet_agent"):
-                found.append((node.lineno, node.module.removeprefix("hafleet_agent").lstrip(".")))
-        elif isinstance(node, ast.Import):
-            found.extend(
-                (node.lineno, a.name.removeprefix("hafleet_agent").lstrip("."))
-                for a in node.names
-                if a.name.startswith("hafleet_agent")
-            )
-    return found
-
-
 def test_api_sees_only_the_node_verbs() -> None:
     paths = sorted((PKG_DIR / "server").glob("*.py"))
     assert PKG_DIR / "server" / "api.py" in paths
     bad = [
         f"server/{path.name} line {line}: {mod}"
         for path in paths
-        for line, mod in _package_imports(path.read_text(), ("server",))
+        for line, mod in package_imports(path.read_text(), ("server",))
         if mod == "agent" or (mod.startswith("node") and mod not in API_MAY_IMPORT)
     ]
     assert not bad, f"server/ imports the node's insides: {', '.join(bad)}"
@@ -147,10 +126,10 @@ def test_import_reader() -> None:
         "from .agent import Agent\nfrom .node.verbs import NodeVerbs\nfrom . import agent\n"
         "import hafleet_agent.agent\nfrom hafleet_agent.node import chores\n"
     )
-    mods = [m for _, m in _package_imports(source)]
+    mods = [m for _, m in package_imports(source)]
     assert mods == ["agent", "node.verbs", "agent", "agent", "node"]
-    assert [m for _, m in _package_imports("from ..agent import x", ("node",))] == ["agent"]
-    assert [m for _, m in _package_imports("from .errors import x", ("node",))] == ["node.errors"]
+    assert [m for _, m in package_imports("from ..agent import x", ("node",))] == ["agent"]
+    assert [m for _, m in package_imports("from .errors import x", ("node",))] == ["node.errors"]
 
 
 def _modules() -> list[tuple[str, list[tuple[int, str]]]]:
@@ -158,7 +137,7 @@ def _modules() -> list[tuple[str, list[tuple[int, str]]]]:
     out = []
     for p in sorted(PKG_DIR.rglob("*.py")):
         rel = p.relative_to(PKG_DIR)
-        out.append((rel.as_posix(), _package_imports(p.read_text(), rel.parts[:-1])))
+        out.append((rel.as_posix(), package_imports(p.read_text(), rel.parts[:-1])))
     return out
 
 
@@ -196,7 +175,7 @@ def test_run_is_the_only_module_that_imports_both_node_and_server() -> None:
 
 
 def test_layering_readers() -> None:
-    imports = _package_imports("from ..server import start_api\nfrom .. import api\n", ("node",))
+    imports = package_imports("from ..server import start_api\nfrom .. import api\n", ("node",))
     assert [m for _, m in imports] == ["server", "api"]
     assert all(_is_server(m) for _, m in imports)
     assert _is_server("server.api") and not _is_server("serverless") and not _is_server("apiclient")

@@ -4,10 +4,10 @@ without exception: the durable log (file I/O by design) lives outside, in ``wal.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from layering import imported_modules
 
 import hafleet_agent.raft
 
@@ -45,34 +45,10 @@ def _core_modules() -> list[Path]:
     return sorted(RAFT_DIR.rglob("*.py"))
 
 
-def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, module) for every import anywhere in the tree, nested ones included."""
-    found: list[tuple[int, str]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.extend((node.lineno, alias.name) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module:
-                found.append((node.lineno, node.module))
-                # ``from os import path`` and ``from importlib import ...`` are both caught by
-                # the module; ``from . import x`` stays inside the package (level > 0).
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name | ast.Attribute)
-            and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
-            in ("__import__", "import_module")
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-        ):
-            found.append((node.lineno, node.args[0].value))
-    return found
-
-
 def forbidden_imports(source: str) -> list[str]:
     hits = []
-    for line, module in imported_modules(ast.parse(source)):
-        if module.split(".")[0] in FORBIDDEN:
+    for line, module in imported_modules(source):
+        if module[:1] != "." and module.split(".")[0] in FORBIDDEN:
             hits.append(f"line {line}: {module}")
     return hits
 

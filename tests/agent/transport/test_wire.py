@@ -4,7 +4,6 @@ byte against HMAC computed here."""
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import hmac
 import subprocess
@@ -15,6 +14,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layering import absolute_tops
 
 from hafleet_agent import wire
 
@@ -24,13 +24,7 @@ NO_IO = {"asyncio", "socket", "selectors", "select", "ssl", "threading"}
 
 
 def test_wire_names_no_io_module_in_any_import() -> None:
-    tree = ast.parse(Path(wire.__file__).read_text())
-    top = set()
-    for node in ast.walk(tree):  # nested imports too
-        if isinstance(node, ast.Import):
-            top |= {alias.name.partition(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            top.add(node.module.partition(".")[0])
+    top = {name for _, name in absolute_tops(Path(wire.__file__).read_text())}  # nested too
     assert "hmac" in top  # the walk sees the module's imports
     assert not top & NO_IO
 
