@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from layering import absolute_tops
+from layering import IO_MODULES, absolute_tops
 
 import hafleet_agent
 
@@ -29,33 +29,8 @@ SANS_IO = (
     "ids.py",
     "addr.py",
 )
-#: Reading or writing files, sockets, event loops, threads, processes, signals.
-NO_IO = frozenset(
-    {
-        "asyncio",
-        "socket",
-        "socketserver",
-        "select",
-        "selectors",
-        "ssl",
-        "os",
-        "io",
-        "fcntl",
-        "mmap",
-        "shutil",
-        "tempfile",
-        "subprocess",
-        "signal",
-        "threading",
-        "multiprocessing",
-        "concurrent",
-        "http",
-        "urllib",
-        "aiohttp",
-        "psutil",
-        "zeroconf",
-    }
-)
+#: I/O, and the libraries that do I/O for the agent.
+NO_IO = IO_MODULES | {"http", "urllib", "aiohttp", "psutil", "zeroconf"}
 
 
 @pytest.mark.parametrize("rel", SANS_IO)

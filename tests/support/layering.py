@@ -6,6 +6,30 @@ from __future__ import annotations
 
 import ast
 
+#: Modules that read or write files, talk over sockets, run event loops, threads, processes
+#: or signals. The pure core forbids more (the clock, randomness, pathlib: test_purity).
+IO_MODULES = frozenset(
+    {
+        "asyncio",
+        "socket",
+        "socketserver",
+        "select",
+        "selectors",
+        "ssl",
+        "os",
+        "io",
+        "fcntl",
+        "mmap",
+        "shutil",
+        "tempfile",
+        "subprocess",
+        "signal",
+        "threading",
+        "multiprocessing",
+        "concurrent",
+    }
+)
+
 
 def imported_modules(source: str) -> list[tuple[int, str]]:
     """``(line, module)`` for every import anywhere in ``source``, nested ones included, and

@@ -80,6 +80,24 @@ def transfer_to(cluster: Cluster, target: str) -> None:
     cluster.wait_for(lambda: cluster.leader() == target, FORM_TIMEOUT, f"{target} to lead")
 
 
+def catches_up_by_snapshot(cluster: Cluster, lead: str, behind: str, tag: str) -> None:
+    """``lead`` leads and compacts past what ``behind`` has while ``behind`` is down; back, it
+    must install ``lead``'s snapshot (the snapshot's bytes on the wire and on disk)."""
+    transfer_to(cluster, lead)
+    installs = cluster.node(behind).log().count("installed a snapshot at index")
+    cluster.kill9(behind)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: cluster.put(lead, f"compat/{tag}/{i}", i), range(150)))
+    cluster.restart(behind)
+    cluster.wait_for(
+        lambda: cluster.node(behind).log().count("installed a snapshot at index") > installs,
+        FORM_TIMEOUT,
+        f"{behind} to install {lead}'s snapshot",
+    )
+    cluster.wait_agreed()
+    stale_value(cluster, behind, f"compat/{tag}/149", 149)
+
+
 def writes_read_back_everywhere(cluster: Cluster, tag: str, count: int = 10) -> None:
     nodes = list(cluster.nodes)
     for i in range(count):
@@ -109,18 +127,7 @@ def test_an_earlier_agent_and_this_one_form_a_group_both_ways(
 
     # snapshots over the wire: an earlier leader compacts while this checkout's n3 is down,
     # then n3 catches up by installing the earlier one's snapshot (and the reverse below)
-    transfer_to(cluster, "n1")
-    cluster.kill9("n3")
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: cluster.put("n1", f"compat/snap/{i}", i), range(150)))
-    cluster.restart("n3")
-    cluster.wait_for(
-        lambda: "installed a snapshot at index" in cluster.node("n3").log(),
-        FORM_TIMEOUT,
-        "this checkout's n3 to install the earlier leader's snapshot",
-    )
-    cluster.wait_agreed()
-    stale_value(cluster, "n3", "compat/snap/149", 149)
+    catches_up_by_snapshot(cluster, lead="n1", behind="n3", tag="snap")
 
     # disk: each version restarts on a data directory the other one wrote
     for nid, as_src in (("n2", None), ("n3", src)):
@@ -133,16 +140,5 @@ def test_an_earlier_agent_and_this_one_form_a_group_both_ways(
         stale_value(cluster, nid, "compat/snap/149", 149)
     # now n1 and n3 run the earlier agent, n2 this checkout: it leads, and an earlier
     # follower installs its snapshot
-    transfer_to(cluster, "n2")
-    cluster.kill9("n1")
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: cluster.put("n2", f"compat/snap2/{i}", i), range(150)))
-    cluster.restart("n1")
-    cluster.wait_for(
-        lambda: cluster.node("n1").log().count("installed a snapshot at index") >= 1,
-        FORM_TIMEOUT,
-        "the earlier n1 to install this checkout's snapshot",
-    )
-    cluster.wait_agreed()
+    catches_up_by_snapshot(cluster, lead="n2", behind="n1", tag="snap2")
     writes_read_back_everywhere(cluster, "mixed-end")
-    stale_value(cluster, "n1", "compat/snap2/149", 149)
