@@ -11,7 +11,10 @@ a failed converge, also when Ansible cannot run (``make release``'s clean-up):
 every process that lives in one of the namespaces named exactly PN (``ip netns pids``),
 every process named by a pid file under ROOT whose command line mentions ROOT (HAProxy and
 the syncers run in the root namespace), the namespaces, the veths VN, the bridge, ROOT.
-Processes are stopped by PID (SIGTERM, then SIGKILL after 10 s). Prints one JSON line.
+Processes are stopped by PID and start time (SIGTERM, then SIGKILL after 10 s) with the
+agent's own pid-file logic (``hafleet_agent.supervise``): run it with the interpreter that has
+the agent, the checkout's .venv (molecule's ``ansible_playbook_python``; ``make release`` puts
+.venv/bin first on PATH). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from hafleet_agent.supervise import Proc, stop_processes
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -43,37 +46,12 @@ def namespaces(prefix: str) -> list[str]:
     return sorted(n["name"] for n in json.loads(out) if pattern.match(n["name"]))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is as good as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def stop(pids: set[int]) -> list[int]:
-    pids = {p for p in pids if p > 1 and p != os.getpid() and alive(p)}
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    return sorted(pids)
+    """SIGTERM, up to 10 s, then SIGKILL: by PID and start time (a recycled PID is spared)."""
+    procs = [Proc.of(p) for p in sorted(pids) if p > 1 and p != os.getpid()]
+    procs = [p for p in procs if p.alive()]
+    stop_processes(procs, timeout=10.0)
+    return [p.pid for p in procs]
 
 
 def pidfile_pids(root: Path) -> set[int]:
