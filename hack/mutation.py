@@ -62,6 +62,7 @@ TESTS = [
     "tests/agent/transport/test_codec_caps.py",
     "tests/agent/transport/test_codec_strict.py",
     "tests/agent/balancer/test_balancer_plan.py",
+    "tests/agent/balancer/test_balancer_plan_branches.py",
 ]
 # Repository files that some of those tests read by path (relative to the repository root).
 TEST_DATA = ["plugins/module_utils/_api_client.py"]
@@ -424,30 +425,43 @@ class MessageParams:
 
     def __init__(self, source: str, package: Path | None = None) -> None:
         tree = ast.parse(source)
-        # the __init__ of the exception classes defined here or imported from the package
+        # the __init__ of the exception classes, and the functions, defined here or imported
+        # from the package (``from .commands import StateError``, ``from ..addr import x``)
         self.inits: dict[str, ast.FunctionDef] = {}
-        trees = [tree]
+        self.defs: dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]] = {}
+        local: set[str] = set()
+        trees = [(tree, None)]
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and package is not None and node.level == 1:
-                other = package / ((node.module or "").replace(".", "/") + ".py")
+            if isinstance(node, ast.ImportFrom) and package is not None and node.level >= 1:
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.parent
+                other = base / ((node.module or "").replace(".", "/") + ".py")
                 if other.is_file():
-                    trees.append(ast.parse(other.read_text()))
-        for t in trees:
+                    trees.append((ast.parse(other.read_text()), {a.name for a in node.names}))
+        for t, names in trees:
             for node in ast.walk(t):
                 if isinstance(node, ast.ClassDef):
                     for item in node.body:
                         if isinstance(item, ast.FunctionDef) and item.name == "__init__":
                             self.inits[node.name] = item
-        self.defs: dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]] = {}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                self.defs.setdefault(node.name, []).append(node)
+            body = ast.walk(t) if names is None else t.body
+            for node in body:
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    if names is None or node.name in names:
+                        self.defs.setdefault(node.name, []).append(node)
+                        if names is None:
+                            local.add(node.name)
         self.parents: dict[ast.AST, ast.AST] = {}
-        for node in ast.walk(tree):
-            for child in ast.iter_child_nodes(node):
-                self.parents[child] = node
+        for t, _ in trees:
+            for node in ast.walk(t):
+                for child in ast.iter_child_nodes(node):
+                    self.parents[child] = node
         self.ok: set[tuple[str, str]] = {
-            (name, p) for name, fns in self.defs.items() for fn in fns for p in _params(fn)
+            (name, p)
+            for name, fns in self.defs.items()
+            for fn in fns
+            for p in [*_params(fn), *(a.arg for a in fn.args.kwonlyargs)]
         }
         # local names bound to methods (``uint, array = r.uint, r.array``)
         self.alias: dict[str, str] = {}
@@ -462,7 +476,7 @@ class MessageParams:
                         self.alias[t.id] = v.attr
         # functions whose result only ever goes into messages (codec's _kind)
         self.functions: set[str] = set()
-        for name in self.defs:
+        for name in sorted(local):
             calls = [
                 n for n in ast.walk(tree) if isinstance(n, ast.Call) and self.callee(n) == name
             ]
@@ -598,10 +612,15 @@ def _in_message(change: Change, params: MessageParams) -> bool:
                 return all(params.message_arg(node, *params._arg_of(node, d)) for d in dropped)
             kw = node.keywords[index].arg if name == "keywords" else None
             return params.message_arg(node, index if name == "args" else None, kw)
-        if i == len(change.path) - 1 and index is not None and _is_text(before):
-            kw = node.keywords[index].arg if name == "keywords" else None
-            pos = index if name == "args" else None
-            if params.is_message(params.callee(node), pos, kw):
+        last = i == len(change.path) - 1 or (name == "keywords" and i == len(change.path) - 2)
+        if last and _is_text(before):
+            if index is None:  # arguments dropped: the parameters' defaults take their place
+                dropped = before if isinstance(before, list) else [before]
+                args = [params._arg_of(node, d) for d in dropped]
+            else:
+                kw = node.keywords[index].arg if name == "keywords" else None
+                args = [(index if name == "args" else None, kw)]
+            if all(params.is_message(params.callee(node), pos, kw) for pos, kw in args):
                 return True
         # any other call: the change may still sit inside an enclosing message
     return False

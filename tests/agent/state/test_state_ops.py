@@ -256,3 +256,23 @@ def test_quota_counts_the_growth_only() -> None:
         a.sm.check_quota(grown - 1, "j", 1)
     # a store already over a lowered quota may still shrink
     a.sm.check_quota(10, "k", "x")
+
+
+def test_a_bug_in_an_operation_is_an_internal_error_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = Applier()
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("boom\nline")
+
+    monkeypatch.setattr(a.sm._kv, "put", broken)
+    res = a.do("kv_put", key="k", value=1)
+    assert res.status == 500 and a.sm.index == 1  # the index advances all the same
+    assert res.error == {
+        "error": "internal",
+        "status": 500,
+        "message": "applying the entry failed: RuntimeError: 'boom\\nline'",
+    }
+    assert (res.rid, res.op) == ("r1", "kv_put")
+    monkeypatch.setattr(a.sm, "_apply_conf", broken)
+    res = a.conf(ConfChangeType.ADD_VOTER, "n1")
+    assert res.status == 500 and res.error["error"] == "internal" and a.sm.index == 2

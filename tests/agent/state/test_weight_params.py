@@ -11,6 +11,7 @@ import pytest
 
 from hafleet_agent.metrics import HostMetrics
 from hafleet_agent.weights import (
+    MAX_REASON_CHARS,
     MemberInput,
     WeightParams,
     WeightPlanner,
@@ -19,6 +20,7 @@ from hafleet_agent.weights import (
     clamp_weight,
     memory_factor,
     moved,
+    scale_weight,
 )
 
 IDLE = HostMetrics(
@@ -194,3 +196,48 @@ def test_formula_pieces_at_their_edges() -> None:
     assert moved(10, 11, strict) and not moved(10, 10, strict)
     loose = WeightParams(deadband=0.5, deadband_min=0)
     assert not moved(100, 150, loose) and moved(100, 151, loose)
+
+
+def test_small_totals_and_references_are_not_special() -> None:
+    assert memory_factor(0, 1, 0.2) == 0.0  # one byte, none available: no capacity
+    assert memory_factor(1, 1, 0.2) == 1.0
+    assert scale_weight(0.5, 1.0) == 128  # a best score of one core is a reference too
+    assert scale_weight(0.5, 0.5) == 256 and scale_weight(0.0, 0.0) == 256
+
+
+def test_structural_reasons_list_every_member() -> None:
+    planner = WeightPlanner(WeightParams(score_alpha=1.0))
+    two = {"a": reporting(IDLE, 0.0), "b": reporting(IDLE, 0.0)}
+    planner.plan(0.0, two)
+    four = {**two, "c": reporting(IDLE, 1.0), "d": reporting(IDLE, 1.0)}
+    assert planner.plan(1.0, four).reason == "joined: c, d"
+    assert planner.plan(2.0, {"c": reporting(IDLE, 2.0), "d": reporting(IDLE, 2.0)}).reason == (
+        "left: a, b"
+    )
+    pinned = {"c": reporting(IDLE, 3.0, override=9), "d": reporting(IDLE, 3.0)}
+    assert planner.plan(3.0, pinned).reason == "c: normal -> override 9"
+    back = {"c": reporting(IDLE, 4.0), "d": reporting(IDLE, 4.0)}
+    assert planner.plan(4.0, back).reason == "c: override 9 -> normal"
+
+
+def test_a_reason_of_exactly_the_limit_is_kept_whole() -> None:
+    limit = MAX_REASON_CHARS
+    names = {}
+    # "joined: " + ids joined by ", ": pick ids whose reason is exactly the limit long
+    prefix = "joined: "
+    count = 10
+    width = (limit - len(prefix) - 2 * (count - 1)) // count
+    ids = [f"{i}".rjust(width, "m") for i in range(count)]
+    pad = limit - len(prefix + ", ".join(ids))
+    ids[-1] = "m" * pad + ids[-1]
+    for mid in ids:
+        names[mid] = reporting(IDLE, 1.0)
+    planner = WeightPlanner()
+    planner.plan(0.0, {"a": reporting(IDLE, 0.0)})
+    d = planner.plan(1.0, {"a": reporting(IDLE, 1.0), **names})
+    assert d.reason == prefix + ", ".join(sorted(ids)) and len(d.reason) == limit
+    longer = {"m" + mid: inp for mid, inp in names.items()}
+    planner = WeightPlanner()
+    planner.plan(0.0, {"a": reporting(IDLE, 0.0)})
+    d = planner.plan(1.0, {"a": reporting(IDLE, 1.0), **longer})
+    assert len(d.reason) == limit and d.reason.endswith("...")
