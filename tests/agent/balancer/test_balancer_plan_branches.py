@@ -4,6 +4,8 @@ edges of what the group wants (median weights, bad rows, session counts)."""
 
 from __future__ import annotations
 
+import pytest
+
 from hafleet_agent.balancer.haproxy_config import EQUAL_WEIGHT, ServerState
 from hafleet_agent.balancer.plan import Want, desired, plan, server_id
 
@@ -228,3 +230,22 @@ def test_desired_skips_rows_without_an_id_and_reads_draining() -> None:
     assert wants == {}
     wants, _ = desired({"members": [member("z", 3)]}, "leastconn")
     assert wants["z"].weight == EQUAL_WEIGHT and not wants["z"].drain
+
+
+def test_new_members_added_together_get_distinct_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hafleet_agent.balancer import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "ID_SPAN", 3)  # ids 1000..1002: collisions are certain
+    p = run([wanted("a"), wanted("b"), wanted("c")], [], {})
+    ids = [a.command.split(" id ")[1].split()[0] for a in p.actions if a.command.startswith("add")]
+    assert sorted(ids) == ["1000", "1001", "1002"]
+
+
+def test_the_median_counts_weights_of_zero_and_256() -> None:
+    members = [member(m, i) for i, m in enumerate("abcd", 1)]
+    wants, _ = desired(view({"a": 0, "b": 0, "c": 10}, *members), "weighted")
+    assert wants["d"].weight == 0  # known 0, 0, 10: the median is 0
+    wants, _ = desired(view({"a": 256, "b": 256, "c": 10}, *members), "weighted")
+    assert wants["d"].weight == 256
+    wants, _ = desired(view({"a": 257, "b": 257, "c": 10}, *members), "weighted")
+    assert {m: w.weight for m, w in wants.items()} == {"a": 10, "b": 10, "c": 10, "d": 10}
