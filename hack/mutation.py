@@ -585,13 +585,16 @@ def _in_message(change: Change, params: MessageParams) -> bool:
         before = [n for n in before if n not in change.after]  # the dropped arguments
     for i in range(len(change.path) - 1, -1, -1):
         node, name, index = change.path[i]
-        if isinstance(node, ast.arguments) and name == "defaults" and index is not None:
+        if isinstance(node, ast.arguments) and name in ("defaults", "kw_defaults"):
             fn = change.path[i - 1][0] if i else None
-            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and _is_text(before):
+            if index is None or not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                return False
+            if name == "defaults":
                 names = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args)]
                 param = names[len(names) - len(node.defaults) + index]
-                return (_orig(fn), param) in params.ok
-            return False
+            else:
+                param = fn.args.kwonlyargs[index].arg
+            return _is_text(before) and (_orig(fn), param) in params.ok
         if not isinstance(node, ast.Call) or name not in ("args", "keywords"):
             continue
         if _is_log_call(node):
@@ -613,7 +616,8 @@ def _in_message(change: Change, params: MessageParams) -> bool:
             kw = node.keywords[index].arg if name == "keywords" else None
             return params.message_arg(node, index if name == "args" else None, kw)
         last = i == len(change.path) - 1 or (name == "keywords" and i == len(change.path) - 2)
-        if last and _is_text(before):
+        # a parameter that only reaches messages: whatever is handed to it is message text
+        if last:
             if index is None:  # arguments dropped: the parameters' defaults take their place
                 dropped = before if isinstance(before, list) else [before]
                 args = [params._arg_of(node, d) for d in dropped]

@@ -84,7 +84,7 @@ def test_member_put_checks_both_raft_and_api_addresses() -> None:
 
 @pytest.mark.parametrize(
     "addr",
-    ["host:80", "10.0.0.1:65535", "[fd00::1]:1", "fd00::1:80", "a.b-c_d:7400"],
+    ["host:80", "10.0.0.1:65535", "[fd00::1]:1", "fd00::1:80", "a.b-c_d:7400", "XX.X:80"],
 )
 def test_addresses_accepted(addr: str) -> None:
     assert validate_addr(addr, "raft_addr") == addr
