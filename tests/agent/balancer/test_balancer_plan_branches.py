@@ -37,7 +37,15 @@ def run(wants: list[Want], have: list[ServerState], st: dict, started=None, now=
 
 
 def cmds(p) -> list[str]:
+    """The commands, each checked to name the server its action is for (the syncer keys
+    drains and deletions by ``Action.server``)."""
+    for a in p.actions:
+        assert f" {BACKEND}/{a.server} " in f" {a.command} ", (a.server, a.command)
     return [a.command for a in p.actions]
+
+
+def described(p) -> list[tuple[str, str]]:
+    return list(zip(cmds(p), [a.why for a in p.actions], strict=True))
 
 
 def test_every_new_member_is_added_after_one_that_starts_draining() -> None:
@@ -128,7 +136,7 @@ def test_members_that_left_are_each_handled() -> None:
     st["spare"]["bck"] = "1"
     started = {"l2": 100.0, "l4": 60.0}
     p = run([wanted("keep")], have, st, started, now=110.0)
-    assert [(a.command, a.why) for a in p.actions] == [
+    assert described(p) == [
         ("set server web/l1 state drain", "member left"),
         ("set server web/l3 state maint", "member left, drained"),
         ("del server web/l3", "member left"),
@@ -175,12 +183,12 @@ def test_sessions_count_current_and_queued_and_skip_garbage() -> None:
 
 def test_a_moved_address_gives_its_reason() -> None:
     p = run([wanted("a")], [state("a", addr="10.9.0.9")], sessions(a=0))
-    assert [(a.command, a.why) for a in p.actions] == [
+    assert described(p) == [
         ("set server web/a addr 10.1.0.1 port 80", "service address 10.9.0.9:80 -> 10.1.0.1:80")
     ]
     unchecked = state("b", checks=ServerState.CHECK_CONFIGURED)
     p = run([wanted("b")], [unchecked], sessions(b=0))
-    assert [(a.command, a.why) for a in p.actions] == [("enable health web/b", "health check off")]
+    assert described(p) == [("enable health web/b", "health check off")]
 
 
 def view(weights: dict | None, *members: dict) -> dict:
