@@ -64,8 +64,9 @@ TESTS = [
     "tests/agent/balancer/test_balancer_plan.py",
     "tests/agent/balancer/test_balancer_plan_branches.py",
 ]
-# Repository files that some of those tests read by path (relative to the repository root).
-TEST_DATA = ["plugins/module_utils/_api_client.py"]
+# Repository files that some of those tests read by path (relative to the repository root),
+# and the helpers every test may import (pytest.ini: pythonpath = tests/support).
+TEST_DATA = ["plugins/module_utils/_api_client.py", "tests/support"]
 SOURCE_TEXT_TESTS = {"test_purity.py", "test_layering.py"}
 # Tests left out of the mutation run: the codec's size and memory checks at the real caps
 # (65,536 entries and members) take a minute each through mutmut's trampolines, for every
@@ -80,6 +81,7 @@ THRESHOLD = 90.0
 PYTEST_INI = """\
 [pytest]
 testpaths = tests
+pythonpath = tests/support
 addopts = -p no:cacheprovider -p no:randomly
 """
 
@@ -293,7 +295,10 @@ def prepare(modules: list[str], ignore: list[str]) -> None:
             shutil.copy2(path, dest)
     for name in TEST_DATA:
         (WORK / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, WORK / name)
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, WORK / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, WORK / name)
     (WORK / "tests" / "conftest.py").write_text(CONFTEST.replace("@SLOW@", repr(SLOW_TESTS)))
     (WORK / "pytest.ini").write_text(PYTEST_INI)
     wanted = {f"src/hafleet_agent/{m}" for m in modules}
