@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from hafleet_agent import commands
 from hafleet_agent.commands import (
     MAX_JSON_DEPTH,
     MAX_META_BYTES,
@@ -21,9 +22,7 @@ from hafleet_agent.commands import (
     encode_command,
     json_depth_exceeds,
     member_context,
-    op_of,
     parse_command,
-    rid_of,
     validate_addr,
     validate_key,
 )
@@ -146,14 +145,14 @@ def test_rid_limits() -> None:
         with pytest.raises(StateError, match="rid must be a string"):
             check_command({"op": "kv_del", "rid": rid, "key": "k", "cas": None})
     check_command({"op": "kv_del", "key": "k", "cas": None})  # no rid at all is fine
-    assert rid_of({"rid": "r" * MAX_RID_CHARS}) == "r" * MAX_RID_CHARS
-    assert rid_of({"rid": "r" * (MAX_RID_CHARS + 1)}) is None
-    assert rid_of({"rid": 7}) is None and rid_of({}) is None
+    assert commands.rid_of({"rid": "r" * MAX_RID_CHARS}) == "r" * MAX_RID_CHARS
+    assert commands.rid_of({"rid": "r" * (MAX_RID_CHARS + 1)}) is None
+    assert commands.rid_of({"rid": 7}) is None and commands.rid_of({}) is None
 
 
 def test_ops_and_their_fields() -> None:
-    assert op_of({"op": "kv_put"}) == "kv_put"
-    assert op_of({"op": "nope"}) is None and op_of({"op": ["kv_put"]}) is None
+    assert commands.op_of({"op": "kv_put"}) == "kv_put"
+    assert commands.op_of({"op": "nope"}) is None and commands.op_of({"op": ["kv_put"]}) is None
     for op in ("member_del", "member_health", "member_drain"):
         assert "member id" in refused(op, id="-x", healthy=True, draining=True).message
     assert refused("member_health", id="n1", healthy=1).message == "healthy must be true or false"

@@ -23,23 +23,10 @@ from hafleet_agent.weights import (
     scale_weight,
 )
 
+# An idle 4-core host with all its memory free; the fields the score does not read are 0.
 IDLE = HostMetrics(
-    timestamp=0.0,
-    cpu_count=4,
-    cpu_percent=0.0,
-    load1=0.0,
-    load5=0.0,
-    load15=0.0,
-    mem_total=1000,
-    mem_available=1000,
-    mem_percent=0.0,
-    swap_percent=0.0,
-    disk_percent=None,
-    disk_free=None,
-    net_sent_rate=None,
-    net_recv_rate=None,
-    process_rss=1,
-    uptime=1.0,
+    **dict.fromkeys((f.name for f in dataclasses.fields(HostMetrics)), 0.0)
+    | {"cpu_count": 4, "mem_total": 1000, "mem_available": 1000}
 )
 SATURATED = dataclasses.replace(IDLE, cpu_percent=100.0)
 LOW_MEMORY = dataclasses.replace(IDLE, mem_available=100)  # 10 % available

@@ -17,15 +17,8 @@ from hafleet_agent.codec import (
     message_from_wire,
     message_to_wire,
 )
-from hafleet_agent.raft.types import (
-    ConfState,
-    Entry,
-    EntryType,
-    Message,
-    MessageType,
-    Snapshot,
-    SnapshotMeta,
-)
+from hafleet_agent.raft import types as rt
+from hafleet_agent.raft.types import ConfState, Entry, Message, MessageType, Snapshot
 
 CAP = 3
 
@@ -42,13 +35,13 @@ def app(entries: int = 0, voters: int = 0, learners: int = 0) -> Message:
         conf = ConfState(
             tuple(f"v{i}" for i in range(voters)), tuple(f"l{i}" for i in range(learners))
         )
-        snap = Snapshot(SnapshotMeta(9, 2, conf), b"data")
+        snap = Snapshot(rt.SnapshotMeta(9, 2, conf), b"data")
     return Message(
         MessageType.APP,
         to="b",
         frm="a",
         term=2,
-        entries=tuple(Entry(2, i + 1, EntryType.NORMAL, b"x") for i in range(entries)),
+        entries=tuple(Entry(2, i + 1, rt.EntryType.NORMAL, b"x") for i in range(entries)),
         snapshot=snap,
     )
 
@@ -205,8 +198,8 @@ def test_message_from_wire_checks_the_other_fields() -> None:
     good = to_wire_unchecked(app(entries=1, voters=1))
     m = message_from_wire(good)
     assert (m.type, m.to, m.frm, m.reject, m.context) == (MessageType.APP, "b", "a", False, b"")
-    assert m.entries == (Entry(2, 1, EntryType.NORMAL, b"x"),)
-    assert m.snapshot == Snapshot(SnapshotMeta(9, 2, ConfState(("v0",), ())), b"data")
+    assert m.entries == (Entry(2, 1, rt.EntryType.NORMAL, b"x"),)
+    assert m.snapshot == Snapshot(rt.SnapshotMeta(9, 2, ConfState(("v0",), ())), b"data")
     for position, bad, match in (
         (0, int(MessageType.HUP), "unknown or local message type"),
         (0, 9999, "unknown or local message type"),

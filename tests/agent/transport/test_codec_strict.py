@@ -8,15 +8,8 @@ import msgpack
 import pytest
 
 from hafleet_agent.codec import CodecError, decode_message, encode_message, message_from_wire
-from hafleet_agent.raft.types import (
-    ConfState,
-    Entry,
-    EntryType,
-    Message,
-    MessageType,
-    Snapshot,
-    SnapshotMeta,
-)
+from hafleet_agent.raft import types as rt
+from hafleet_agent.raft.types import ConfState, Entry, Message, MessageType, Snapshot
 
 
 def wire_of(m: Message) -> list:
@@ -38,7 +31,7 @@ def test_an_entry_or_a_snapshot_with_one_element_too_many_is_too_long() -> None:
         to="b",
         frm="a",
         entries=(Entry(1, 1),),
-        snapshot=Snapshot(SnapshotMeta(1, 1, ConfState(("a",)))),
+        snapshot=Snapshot(rt.SnapshotMeta(1, 1, ConfState(("a",)))),
     )
     wire = wire_of(base)
     wire[6][0].append(b"")
@@ -55,16 +48,16 @@ def test_an_entry_or_a_snapshot_with_one_element_too_many_is_too_long() -> None:
 
 
 def test_message_from_wire_keeps_the_entry_type() -> None:
-    m = Message(MessageType.APP, to="b", frm="a", entries=(Entry(2, 5, EntryType.CONF_CHANGE),))
+    m = Message(MessageType.APP, to="b", frm="a", entries=(Entry(2, 5, rt.EntryType.CONF_CHANGE),))
     decoded = message_from_wire(wire_of(m))
-    assert decoded.entries[0].type is EntryType.CONF_CHANGE and decoded == m
+    assert decoded.entries[0].type is rt.EntryType.CONF_CHANGE and decoded == m
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        Entry(1, 1, 0),  # type: ignore[arg-type]  # an int, not an EntryType
-        (1, 1, EntryType.NORMAL, b""),
+        Entry(1, 1, 0),  # type: ignore[arg-type]  # an int, not an rt.EntryType
+        (1, 1, rt.EntryType.NORMAL, b""),
     ],
 )
 def test_the_encoder_refuses_what_is_not_an_entry(bad: object) -> None:
@@ -76,10 +69,10 @@ def test_the_encoder_refuses_what_is_not_an_entry(bad: object) -> None:
 def test_the_encoder_refuses_a_malformed_snapshot() -> None:
     for snap, match in (
         (Snapshot(meta=(1, 1)), "not a Snapshot"),  # type: ignore[arg-type]
-        ((SnapshotMeta(1, 1), b""), "not a Snapshot"),
-        (Snapshot(SnapshotMeta(1, 1, ConfState(("a",), None))), "must be sequences"),  # type: ignore[arg-type]
-        (Snapshot(SnapshotMeta(1, 1, ConfState(None, ("a",)))), "must be sequences"),  # type: ignore[arg-type]
-        (Snapshot(SnapshotMeta(1, 1, ("a",))), "not a ConfState"),  # type: ignore[arg-type]
+        ((rt.SnapshotMeta(1, 1), b""), "not a Snapshot"),
+        (Snapshot(rt.SnapshotMeta(1, 1, ConfState(("a",), None))), "must be sequences"),  # type: ignore[arg-type]
+        (Snapshot(rt.SnapshotMeta(1, 1, ConfState(None, ("a",)))), "must be sequences"),  # type: ignore[arg-type]
+        (Snapshot(rt.SnapshotMeta(1, 1, ("a",))), "not a ConfState"),  # type: ignore[arg-type]
     ):
         m = Message(MessageType.SNAP, to="b", frm="a", snapshot=snap)  # type: ignore[arg-type]
         with pytest.raises(CodecError, match=match):
