@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from .config import AgentConfig, read_secret
 from .node.node import Node, Serve
 from .node.tasks import FAIL_STOP_S, exit_later
+from .sdnotify import Notifier
 from .server import start_api
 from .wal import StorageError
 
@@ -73,12 +74,15 @@ async def run_agent(cfg: AgentConfig) -> int:
     # `kill -USR1 PID` writes every thread's stack to the log (stderr), even when the event
     # loop is blocked: what a stuck agent is doing, without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    # Under systemd (Type=notify): ready once the API serves; the start job waits for it.
+    notifier = Notifier.from_env()
     try:
         await agent.start(serve=serve_api(agent))
     except (StorageError, OSError) as exc:
         log.critical("cannot start: %s", exc)
         await agent.stop(handover=False)
         return 1
+    notifier.ready(f"node {cfg.node_id} of {cfg.cluster}: the API serves on {cfg.api_addr}")
     waiters = [
         asyncio.create_task(stop_signal.wait()),
         asyncio.create_task(agent.wait_stopped()),
@@ -89,6 +93,10 @@ async def run_agent(cfg: AgentConfig) -> int:
         w.cancel()
     if stop_signal.is_set():
         log.info("signal received: handing over and stopping")
+    notifier.stopping(
+        "stopping: "
+        + ("a signal" if stop_signal.is_set() else "removed" if agent.removed else "the node ended")
+    )
     failed = agent.exit_code != 0
     bound = FAIL_STOP_S if failed else STOP_S
     # The bound below lives on the event loop; should the loop itself not come back (a call
