@@ -372,6 +372,14 @@ def _add_balancer(commands: argparse._SubParsersAction) -> None:
         ),
     )
     balancer.add_argument(
+        "--api-file",
+        metavar="FILE",
+        help=(
+            "a file of more agent API URLs (one a line, or comma-separated; # comments), "
+            "tried after --api's; read again whenever it changes, so a new list needs no restart"
+        ),
+    )
+    balancer.add_argument(
         "--token-file",
         metavar="FILE",
         help="file holding the API token (mode 0600; default: $HAFLEET_TOKEN_FILE)",
@@ -433,7 +441,7 @@ def _balancer(args: argparse.Namespace) -> int:
     try:
         urls = [
             api_url(u.strip())
-            for item in (args.api or [DEFAULT_API_URL])
+            for item in (args.api or ([] if args.api_file else [DEFAULT_API_URL]))
             for u in item.split(",")
             if u.strip()
         ]
@@ -462,6 +470,7 @@ def _balancer(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         interval=args.interval,
         state_file=args.state_file,
+        api_file=args.api_file,
     )
     try:
         return asyncio.run(run_balancer(opts))

@@ -215,14 +215,14 @@ class Syncer:
     ) -> None:
         self.haproxy = haproxy
         self.log_path = log_dir / f"syncer-{haproxy.backend}.log"
+        api_urls = list(api_urls)  # none: the syncer reads them from --api-file (extra)
         self.argv = agent_command() + [
             "balancer",
             "--haproxy-socket",
             haproxy.socket,
             "--backend",
             haproxy.backend,
-            "--api",
-            ",".join(api_urls),
+            *(["--api", ",".join(api_urls)] if api_urls else []),
             "--token-file",
             str(token_file),
             "--strategy",

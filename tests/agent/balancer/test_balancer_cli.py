@@ -26,6 +26,8 @@ import pytest
 from aiohttp import web
 from balancer_lab import HAProxy, Syncer, agent_command, kill, wait_for
 
+from hafleet_agent.balancer.syncer import parse_api_urls
+
 TOKEN = "b" * 64
 pytestmark = pytest.mark.timeout(60)
 
@@ -495,3 +497,74 @@ def _free_port() -> int:
 
 def test_json_view_helper_is_valid() -> None:
     json.dumps(view({"a": "127.0.0.1:1"}))
+
+
+# --- the agents' URLs from a file (--api-file) ------------------------------------------------
+
+
+def test_api_url_file_format() -> None:
+    text = "# the pool\nhttp://10.0.0.11:7480/\nhttp://10.0.0.12:7480, https://h3:7480  # tls\n\n"
+    assert parse_api_urls(text + "http://10.0.0.11:7480\n") == [
+        "http://10.0.0.11:7480",
+        "http://10.0.0.12:7480",
+        "https://h3:7480",
+    ]
+    assert parse_api_urls("# nothing yet\n") == []
+    with pytest.raises(
+        ValueError, match="expected an http:// or https:// URL, got '10.0.0.1:7480'"
+    ):
+        parse_api_urls("http://10.0.0.11:7480\n10.0.0.1:7480\n")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read --api-file"),
+        ("", "names no agent API URL"),
+        ("127.0.0.1:7480\n", "expected an http:// or https:// URL"),
+    ],
+)
+def test_bad_api_file(
+    haproxy: HAProxy, token_file: Path, tmp_path: Path, content: str | None, message: str
+) -> None:
+    urls = tmp_path / "api-urls"
+    if content is not None:
+        urls.write_text(content)
+    done = run_balancer(
+        "--haproxy-socket", haproxy.socket, "--backend", "app", "--strategy", "leastconn",
+        "--token-file", str(token_file), "--api-file", str(urls),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert haproxy.servers() == {}
+
+
+def test_api_file_is_read_again_when_it_changes(
+    haproxy: HAProxy, tmp_path: Path, token_file: Path
+) -> None:
+    """roles/balancer hands the syncer a new member list through the file: the running syncer
+    takes it (no restart), and a file it cannot use keeps the list it has."""
+    urls = tmp_path / "api-urls"
+    urls.write_text("http://127.0.0.1:9\n")  # nothing answers there
+    with FakeAgent(view({"m1": "127.0.0.1:9001"})) as agent:
+        syncer = Syncer(
+            tmp_path, haproxy, [], token_file, strategy="leastconn", interval=0.2,
+            extra=["--api-file", str(urls)],
+        ).start()  # fmt: skip
+        try:
+            wait_for(lambda: "http://127.0.0.1:9" in syncer.log(), 20, "the first list in use")
+            assert haproxy.servers() == {}
+            assert syncer.proc is not None
+            pid = syncer.proc.pid
+            urls.write_text(f"# rewritten\n{agent.url}\n")
+            wait_for(lambda: "m1" in haproxy.servers(), 20, "m1 added through the new list")
+            assert f"agent APIs from {urls}: {agent.url}" in syncer.log()
+            urls.write_text("not-a-url\n")
+            wait_for(lambda: "not-a-url" in syncer.log(), 20, "the bad list refused")
+            assert f"still using {agent.url}" in syncer.log()
+            agent.view = {**view({"m1": "127.0.0.1:9001", "m2": "127.0.0.1:9002"}), "index": 8}
+            wait_for(lambda: "m2" in haproxy.servers(), 20, "m2 added through the kept list")
+            assert syncer.proc.pid == pid
+            syncer.check()
+        finally:
+            syncer.close()

@@ -141,6 +141,67 @@ async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await fut
 
 
+# --- the agents' URLs from a file ------------------------------------------------------------
+
+
+def parse_api_urls(text: str) -> list[str]:
+    """The agent API URLs of a URL file: separated by newlines, commas or blanks; ``#`` starts
+    a comment. Each must be an http:// or https:// URL (ValueError otherwise)."""
+    urls: list[str] = []
+    for line in text.splitlines():
+        for word in line.split("#", 1)[0].replace(",", " ").split():
+            if not word.startswith(("http://", "https://")):
+                raise ValueError(f"expected an http:// or https:// URL, got {word!r}")
+            url = word.rstrip("/")
+            if url not in urls:
+                urls.append(url)
+    return urls
+
+
+class APIURLFile:
+    """A file of agent API URLs that is read again whenever it changes (its inode, size or
+    modification time), so that whoever manages the syncer (roles/balancer) can hand it a new
+    member list without restarting it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+
+    def read(self) -> list[str]:
+        """The URLs (at least one); BalancerError when the file cannot be used. A file that
+        cannot be used counts as read too: changed() is true again only once it changes."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                self._seen = self._stat(os.fstat(f.fileno()))
+                text = f.read()
+        except OSError as exc:
+            self._seen = None
+            raise BalancerError(
+                f"cannot read --api-file {self.path}: {exc.strerror}", EXIT_USAGE
+            ) from None
+        except UnicodeDecodeError:
+            raise BalancerError(f"--api-file {self.path} is not UTF-8 text", EXIT_USAGE) from None
+        try:
+            urls = parse_api_urls(text)
+        except ValueError as exc:
+            raise BalancerError(f"--api-file {self.path}: {exc}", EXIT_USAGE) from None
+        if not urls:
+            raise BalancerError(f"--api-file {self.path} names no agent API URL", EXIT_USAGE)
+        return urls
+
+    def changed(self) -> bool:
+        """Whether the file differs from the one read last (or is gone, or back)."""
+        try:
+            now: tuple[int, int, int] | None = self._stat(os.stat(self.path))
+        except OSError:
+            now = None
+        return now != self._seen
+
+    @staticmethod
+    def _stat(st: os.stat_result) -> tuple[int, int, int]:
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 # --- the syncer -----------------------------------------------------------------------------
 
 
@@ -154,6 +215,8 @@ class Options:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     interval: float = DEFAULT_INTERVAL
     state_file: str | None = None
+    # A file of more agent API URLs (after api_urls), re-read whenever it changes.
+    api_file: str | None = None
 
 
 class Balancer:
@@ -162,7 +225,9 @@ class Balancer:
         self.haproxy = RuntimeAPI(opts.haproxy_socket)
         # The agents' API, with failover: the URLs given first, then the API addresses of
         # the members the watch reports (learn()).
-        self.api = APIClient(opts.api_urls, token=opts.token, use_proxy=False, logger=log)
+        self.url_file = APIURLFile(opts.api_file) if opts.api_file else None
+        self.file_urls = self.url_file.read() if self.url_file else []
+        self.api = APIClient(self._given(), token=opts.token, use_proxy=False, logger=log)
         self.backend = opts.backend
         self.view: dict[str, Any] | None = None
         self.view_index = 0
@@ -233,9 +298,32 @@ class Balancer:
         )
 
     # ---- watching the group ----------------------------------------------------------------
+    def _given(self) -> list[str]:
+        return self.opts.api_urls + [u for u in self.file_urls if u not in self.opts.api_urls]
+
+    def reread_url_file(self) -> None:
+        """Take the URL file's new list when it changed; keep the old one (and say why) when
+        the new one cannot be used. The URL in use stays in use if it is still listed."""
+        if self.url_file is None or not self.url_file.changed():
+            return
+        try:
+            urls = self.url_file.read()
+        except BalancerError as exc:
+            log.warning("%s; still using %s", exc, ", ".join(self.api.given))
+            return
+        if urls == self.file_urls:
+            return
+        current = self.api.base_url
+        self.file_urls = urls
+        self.api.given = self._given()
+        listed = self.api.urls
+        self.api.current = listed.index(current) if current in listed else 0
+        log.info("agent APIs from %s: %s", self.opts.api_file, ", ".join(urls))
+
     async def watch(self) -> None:
         failures = 0
         while not self.stop.is_set():
+            self.reread_url_file()
             try:
                 body = await in_thread(
                     self.api.watch,
@@ -504,7 +592,7 @@ class Balancer:
             self.opts.strategy,
             ALGORITHMS[self.opts.strategy],
             self.opts.drain_timeout,
-            ", ".join(self.opts.api_urls),
+            ", ".join(self.api.given),
         )
         tasks = [
             asyncio.create_task(self.watch(), name="balancer-watch"),
