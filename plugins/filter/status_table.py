@@ -1,0 +1,157 @@
+# Copyright: hafleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""hafleet.cluster.status_table: the table of playbooks/status.yml, as a list of lines.
+
+A list, not one string with newlines: ansible-core's default callback prints a string's
+newlines as ``\\n`` on one line, and a list one line each, with any result format.
+The documentation is in status_table.yml beside this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ansible.errors import AnsibleFilterError
+
+HEADER = ("NODE", "ROLE", "HEALTH", "WEIGHT", "HAPROXY", "CPU", "MEM", "LOAD1", "SERVICE")
+# Numbers are right-aligned; the last column is never padded (no trailing blanks).
+RIGHT = frozenset(("WEIGHT", "CPU", "MEM", "LOAD1"))
+GAP = "  "
+
+
+def _mapping(value, what):
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise AnsibleFilterError(f"status_table: {what} must be a dict, got {type(value).__name__}")
+    return value
+
+
+def _list(value, what):
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise AnsibleFilterError(f"status_table: {what} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _number(value, fmt):
+    """``value`` formatted with ``fmt``, or ``-`` when it is missing or not a number."""
+    if value is None or isinstance(value, bool):
+        return "-"
+    try:
+        return fmt % float(value)
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _dash(value):
+    return "-" if value is None or value == "" else str(value)
+
+
+def _health(member):
+    if member.get("draining"):
+        return "draining"
+    return "ok" if member.get("healthy") else "DOWN"
+
+
+def _haproxy(server):
+    if not server:
+        return "-"
+    text = "UP" if server.get("up") else "DOWN"
+    if server.get("maint"):
+        text += " maint"
+    if server.get("drain"):
+        text += " drain"
+    return f"{text} w{_dash(server.get('weight'))} {_dash(server.get('sessions'))}cx"
+
+
+def _cpu(metrics):
+    percent = _number(metrics.get("cpu_percent"), "%.0f%%")
+    count = metrics.get("cpu_count")
+    if percent == "-" or count is None or isinstance(count, bool):
+        return "-"
+    try:
+        return f"{percent}/{int(count)}c"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _row(member, server):
+    metrics = _mapping(member.get("metrics"), f"the metrics of {member.get('id')}")
+    return (
+        _dash(member.get("id")),
+        _dash(member.get("role")),
+        _health(member),
+        _dash(member.get("weight")),
+        _haproxy(server),
+        _cpu(metrics),
+        _number(metrics.get("mem_percent"), "%.0f%%"),
+        _number(metrics.get("load1"), "%.2f"),
+        _dash(member.get("service_addr")),
+    )
+
+
+def _columns(rows):
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = []
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            if i == len(row) - 1:
+                cells.append(cell)
+            elif HEADER[i] in RIGHT:
+                cells.append(cell.rjust(widths[i]))
+            else:
+                cells.append(cell.ljust(widths[i]))
+        lines.append(GAP.join(cells).rstrip())
+    return lines
+
+
+def status_table(cluster, servers=None, listen=None, strategy="roundrobin", provider="lab"):
+    """The fleet as lines: the cluster, a header, a row a member (sorted by id), the voters,
+    HAProxy. Prose lines stay short and free of ": " so that the yaml result format neither
+    quotes nor folds them.
+
+    ``cluster`` is what hafleet.cluster.cluster_info returns ({} when no agent answers);
+    ``servers`` HAProxy's servers as the balancer role's ``servers`` tasks read them, or None
+    when they were not read (HAProxy on another host).
+    """
+    cluster = _mapping(cluster, "the cluster")
+    if not cluster:
+        return [
+            f"no cluster answers (provider {provider})",
+            "bring one up with ansible-playbook hafleet.cluster.scale -e nodes=N",
+        ]
+    members = [_mapping(m, "a member") for m in _list(cluster.get("members"), "members")]
+    read = servers is not None
+    servers = [_mapping(s, "a server") for s in _list(servers, "servers")]
+    by_name = {str(s.get("name")): s for s in servers}
+    node = _mapping(cluster.get("node"), "node")
+    weights = _mapping(cluster.get("weights"), "weights")
+    first = (
+        f"cluster {_dash(cluster.get('cluster'))} ({_dash(cluster.get('cluster_id'))})"
+        f"  leader {_dash(cluster.get('leader_id'))}  term {_dash(cluster.get('term'))}"
+        f"  commit {_dash(node.get('commit_index'))}  weights v{_dash(weights.get('version'))}"
+    )
+    rows = [HEADER] + [
+        _row(m, by_name.get(str(m.get("id"))))
+        for m in sorted(members, key=lambda m: str(m.get("id")))
+    ]
+    where = ", ".join(str(a) for a in _list(listen, "listen")) or "-"
+    if read:
+        up = sum(1 for s in servers if s.get("up"))
+        serving = f"has {up} of {len(servers)} server(s) up"
+    else:
+        serving = "(its servers were not read)"
+    votes = (
+        f"{len(_list(cluster.get('voters'), 'voters'))} voter(s), "
+        f"{len(_list(cluster.get('learners'), 'learners'))} learner(s)"
+    )
+    return [first, *_columns(rows), votes, f"HAProxy {where} ({strategy}) {serving}"]
+
+
+class FilterModule:
+    def filters(self):
+        return {"status_table": status_table}

@@ -1,0 +1,118 @@
+"""playbooks/status.yml's table as ansible-playbook prints it, without the checkout's settings.
+
+A Galaxy user runs the playbooks with ansible-core's defaults: the default callback and its
+default (JSON) result format, where a string's newlines print as ``\\n`` on one line. The
+"Show the table" task of status.yml, taken from the playbook itself, runs on localhost with a
+cluster as cluster_info returns it, once with an empty ansible.cfg and once with the
+checkout's (the yaml result format): each row must be a line of its own both times.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import yaml
+from labtest import BIN, REPO, collections_path
+
+CLUSTER = {
+    "cluster": "prod",
+    "cluster_id": "5d1f0c2a",
+    "leader_id": "web1",
+    "term": 3,
+    "node": {"commit_index": 120},
+    "weights": {"version": 4},
+    "voters": ["web1", "web2"],
+    "learners": [],
+    "members": [
+        {
+            "id": name,
+            "role": role,
+            "healthy": True,
+            "draining": False,
+            "weight": weight,
+            "service_addr": f"10.0.0.1{i}:8080",
+            "metrics": {"cpu_count": 4, "cpu_percent": 3.5, "mem_percent": 31.0, "load1": 0.2},
+        }
+        for i, (name, role, weight) in enumerate(
+            [("web1", "leader", 128), ("web2", "follower", 96)], start=1
+        )
+    ],
+}
+SERVERS = [
+    {"name": "web1", "up": True, "maint": False, "drain": False, "weight": 128, "sessions": 0},
+    {"name": "web2", "up": False, "maint": True, "drain": False, "weight": 96, "sessions": 2},
+]
+ROWS = [
+    "NODE  ROLE      HEALTH  WEIGHT  HAPROXY               CPU  MEM  LOAD1  SERVICE",
+    "web1  leader    ok         128  UP w128 0cx         4%/4c  31%   0.20  10.0.0.11:8080",
+    "web2  follower  ok          96  DOWN maint w96 2cx  4%/4c  31%   0.20  10.0.0.12:8080",
+    "2 voter(s), 0 learner(s)",
+    "HAProxy 10.0.0.5:8080 (roundrobin) has 1 of 2 server(s) up",
+]
+
+
+def table_task():
+    plays = yaml.safe_load((REPO / "playbooks" / "status.yml").read_text())
+    tasks = [task for play in plays for task in play["tasks"] if task["name"] == "Show the table"]
+    assert len(tasks) == 1, tasks
+    return tasks[0]
+
+
+@pytest.fixture(scope="module")
+def playbook(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("status-output")
+    play = {
+        "name": "The status table alone",
+        "hosts": "localhost",
+        "gather_facts": False,
+        "vars": {
+            "hafleet_cluster": CLUSTER,
+            "balancer_servers": SERVERS,
+            "hafleet_balancer_listen": ["10.0.0.5:8080"],
+            "hafleet_strategy": "roundrobin",
+            "hafleet_provider": "inventory",
+        },
+        "tasks": [table_task()],
+    }
+    (tmp / "table.yml").write_text(yaml.safe_dump([play], sort_keys=False))
+    (tmp / "ansible.cfg").write_text("")
+    return tmp
+
+
+def run(playbook, config):
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(config),
+        "ANSIBLE_COLLECTIONS_PATH": str(collections_path()),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+    }
+    for name in ("ANSIBLE_STDOUT_CALLBACK", "ANSIBLE_CALLBACK_RESULT_FORMAT"):
+        env.pop(name, None)
+    out = subprocess.run(
+        [str(BIN / "ansible-playbook"), "table.yml"],
+        cwd=playbook,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.splitlines()
+
+
+def test_default_settings_print_a_line_a_row(playbook):
+    lines = [line.strip() for line in run(playbook, playbook / "ansible.cfg")]
+    for row in ROWS:
+        assert f'"{row}",' in lines or f'"{row}"' in lines, (row, lines)
+    assert not any("\\n" in line for line in lines)
+
+
+def test_the_checkouts_yaml_format_prints_a_line_a_row(playbook):
+    lines = [line.strip() for line in run(playbook, REPO / "ansible.cfg")]
+    for row in ROWS:
+        assert f"- {row}" in lines, (row, lines)
