@@ -45,7 +45,7 @@ export PATH := $(BIN):$(PATH)
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
 	sanity units build constraints lab clean distclean sim bench-agent bench-balancer bench chaos \
 	molecule release docs-check changelog \
-	collection-link ansible-lint bench-scale vendor mutation
+	collection-link ansible-lint bench-scale vendor mutation wheelhouse
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/[$$](TEST_STAGES)/$(TEST_STAGES)/' \
@@ -127,6 +127,16 @@ VENDORED_CLIENT := plugins/module_utils/_api_client.py
 vendor: ## copy agent/src/hafleet_agent/apiclient.py to plugins/module_utils/_api_client.py
 	cp agent/src/hafleet_agent/apiclient.py $(VENDORED_CLIENT)
 	@echo "vendor: $(VENDORED_CLIENT) is agent/src/hafleet_agent/apiclient.py"
+
+# The agent's wheelhouse for hosts without a package index: the agent's wheel, its
+# dependencies' wheels pinned by constraints.txt, and setuptools (the agent's build backend),
+# so that the directory also serves an offline build: the agent role's
+# agent_wheelhouse_pip_args="--no-index --find-links DIR". roles/agent/files/build_wheelhouse.sh,
+# which the role runs on the controller too.
+WHEELHOUSE := build/wheelhouse
+wheelhouse: venv ## the agent's and its dependencies' wheels (constraints.txt) + setuptools in build/wheelhouse
+	rm -rf $(WHEELHOUSE)
+	roles/agent/files/build_wheelhouse.sh $(BIN)/python agent $(WHEELHOUSE) constraints.txt --with-build-backend
 
 # A fresh copy each time, so files deleted from the work tree are gone from it too; its
 # tests/output/ survives, as it holds the venv ansible-test builds for itself (a rerun then
