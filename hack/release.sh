@@ -41,6 +41,7 @@ mkdir -p "$src/dist"
 echo "release: checking the tarball's contents"
 tar -tzf "$tarball" | sed 's|^\./||' | sort >"$work/contents"
 for need in MANIFEST.json FILES.json README.md meta/runtime.yml \
+	meta/execution-environment.yml meta/ee-requirements.txt meta/ee-bindep.txt \
 	playbooks/scale.yml playbooks/status.yml playbooks/destroy.yml \
 	roles/lab/tasks/main.yml roles/agent/tasks/main.yml roles/balancer/tasks/main.yml \
 	plugins/connection/netns.py plugins/modules/member.py plugins/modules/cluster_info.py \
