@@ -45,7 +45,7 @@ export PATH := $(BIN):$(PATH)
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
 	sanity units build constraints lab clean distclean sim bench-agent bench-balancer bench chaos \
 	molecule release docs-check changelog \
-	collection-link ansible-lint bench-scale vendor mutation wheelhouse
+	collection-link ansible-lint bench-scale vendor mutation wheelhouse machines machines-destroy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/[$$](TEST_STAGES)/$(TEST_STAGES)/' \
@@ -240,6 +240,25 @@ lab: system-deps venv collection-link ## bring up N lab nodes behind HAProxy (ro
 		$(BIN)/ansible-playbook playbooks/scale.yml -e nodes=$(LAB_NODES) $(LAB_ARGS)
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_LINK_ROOT) \
 		$(BIN)/ansible-playbook playbooks/status.yml $(LAB_ARGS)
+
+# The machines lab (root; docs/machines.md): NODES pool machines (3 unless given) and BALANCERS
+# balancer machines, Debian 12 with systemd and sshd in systemd-nspawn containers on a bridge of
+# their own; writes $(MACHINES_OUT)/hosts.yml. A lab beside the default one: MACHINES_PREFIX=hfmx-
+# MACHINES_BRIDGE=hfmx1 MACHINES_SUBNET=10.79.9.0/24 MACHINES_OUT=build/machines-hfmx.
+BALANCERS ?= 1
+MACHINES_PREFIX ?= hafleet-
+MACHINES_BRIDGE ?= hafleet1
+MACHINES_SUBNET ?= 10.78.0.0/24
+MACHINES_OUT ?= build/machines
+MACHINES_DEB_PACKAGES := debootstrap systemd-container apt-cacher-ng nftables iproute2 openssh-client
+MACHINES_ARGS = --prefix $(MACHINES_PREFIX) --bridge $(MACHINES_BRIDGE) --subnet $(MACHINES_SUBNET) \
+	--out $(MACHINES_OUT)
+machines: venv ## Debian 12 machines over SSH (root): make machines NODES=3 BALANCERS=1 -> build/machines/hosts.yml
+	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(MACHINES_DEB_PACKAGES)"
+	$(BIN)/python hack/machines.py up --nodes $(LAB_NODES) --balancers $(BALANCERS) $(MACHINES_ARGS)
+
+machines-destroy: venv ## remove every machine, namespace, link, mount, cgroup, process and file of make machines
+	$(BIN)/python hack/machines.py down $(MACHINES_ARGS)
 
 # Molecule scenarios (extensions/molecule: molecule's collection-level layout), each on its own
 # bridge and namespaces in 10.83.0.0/16, never the lab's: lab, agent, balancer, scale. Root.
