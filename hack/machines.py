@@ -13,6 +13,7 @@ namespace, link, mount, cgroup, process and file the lab's state records, also a
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import fcntl
 import os
@@ -101,8 +102,9 @@ def up(host: Host) -> int:
     changed |= host.write_outputs()
     booted = time.monotonic()
     for m in boot:
-        host.boot(m)
         say(f"{m.name} ({m.role}, {m.address}): booting")
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(boot))) as pool:
+        list(pool.map(host.boot, boot))
     if boot:
         host.wait_ready(boot, host.ready_timeout, booted)
     changed |= the_plan.changes

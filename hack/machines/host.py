@@ -213,6 +213,11 @@ class Host:
         d = self.machine_dir(m.name)
         pidfile = d / "supervise.pid"
         self.state.add(m.name, "supervisor", str(pidfile))
+        if not self.running(pidfile):
+            # A supervisor killed on its own leaves its nspawn running: stop that orphan (by
+            # its pid file) and whatever else is left in the cgroup before booting again.
+            self.stop_supervisor(str(pidfile))
+            kill_cgroup(m.name)
         cg = [str(p) for p in cgroup_dirs(m.name)]
         nspawn = [
             "systemd-nspawn",
@@ -333,7 +338,9 @@ class Host:
         items = [r for r in reversed(self.state.resources) if r["owner"] in owners]
         stops = [r for r in items if r["kind"] == "supervisor"]
         with concurrent.futures.ThreadPoolExecutor(max(1, len(stops))) as pool:
-            for r, result in zip(stops, pool.map(self.stop_supervisor, stops), strict=True):
+            for r, result in zip(
+                stops, pool.map(self.stop_supervisor, [r["name"] for r in stops]), strict=True
+            ):
                 if result:
                     problems.append(f"{r['name']}: {result}")
         for r in items:
@@ -347,9 +354,9 @@ class Host:
                 problems.append(str(exc))
         return problems
 
-    def stop_supervisor(self, r: dict) -> str | None:
+    def stop_supervisor(self, pidfile: str) -> str | None:
         out = run(
-            [str(self.supervise), "stop", "--pidfile", r["name"], "--timeout", "45"],
+            [str(self.supervise), "stop", "--pidfile", pidfile, "--timeout", "45"],
             check=False,
             timeout=120,
         )
@@ -358,17 +365,20 @@ class Host:
         return None
 
 
+def kill_cgroup(name: str) -> None:
+    """SIGKILL what is left in a machine's own cgroup (ours, by that cgroup) and wait, bounded."""
+    for pid in cgroup_pids(name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while cgroup_pids(name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def remove_resource(r: dict) -> None:
     kind, name = r["kind"], r["name"]
     if kind == "cgroup":
-        pids = cgroup_pids(name)
-        if pids:  # left in the machine's own cgroup after nspawn stopped: ours, by cgroup
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
-            deadline = time.monotonic() + 10
-            while cgroup_pids(name) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        kill_cgroup(name)
         for top in cgroup_dirs(name):
             if top.is_dir():
                 for sub in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
@@ -73,6 +74,7 @@ class State:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.Lock()  # machines boot side by side
         self.data: dict = {"spec": None, "resources": []}
         if path.exists():
             self.data = json.loads(path.read_text(encoding="utf-8"))
@@ -96,14 +98,16 @@ class State:
         return {"owner": owner, "kind": kind, "name": name} in self.data["resources"]
 
     def add(self, owner: str, kind: str, name: str) -> None:
-        if not self.has(owner, kind, name):
-            self.data["resources"].append({"owner": owner, "kind": kind, "name": name})
-            self.save()
+        with self.lock:
+            if not self.has(owner, kind, name):
+                self.data["resources"].append({"owner": owner, "kind": kind, "name": name})
+                self.save()
 
     def drop(self, resource: dict) -> None:
-        if resource in self.data["resources"]:
-            self.data["resources"].remove(resource)
-            self.save()
+        with self.lock:
+            if resource in self.data["resources"]:
+                self.data["resources"].remove(resource)
+                self.save()
 
     def save(self) -> None:
         if not self.path.parent.is_dir():  # the lab's directory itself was just removed
