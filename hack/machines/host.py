@@ -213,6 +213,8 @@ class Host:
         d = self.machine_dir(m.name)
         pidfile = d / "supervise.pid"
         self.state.add(m.name, "supervisor", str(pidfile))
+        # nspawn makes this directory and, /run being no tmpfs here, refuses to remove it.
+        self.state.add(m.name, "dir", f"/run/systemd/nspawn/propagate/{m.name}")
         if not self.running(pidfile):
             # A supervisor killed on its own leaves its nspawn running: stop that orphan (by
             # its pid file) and whatever else is left in the cgroup before booting again.
