@@ -2,13 +2,14 @@
 
 A Galaxy user runs the playbooks with ansible-core's defaults: the default callback and its
 default (JSON) result format, where a string's newlines print as ``\\n`` on one line. The
-"Show the table" task of status.yml, taken from the playbook itself, runs on localhost with a
-cluster as cluster_info returns it, once with an empty ansible.cfg and once with the
+"Show the table" task of status.yml, taken from the playbook itself, runs on localhost with the
+cluster cluster_info's RETURN documentation shows, once with an empty ansible.cfg and once with the
 checkout's (the yaml result format): each row must be a line of its own both times.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 
@@ -16,39 +17,42 @@ import pytest
 import yaml
 from labtest import BIN, REPO, collections_path
 
-CLUSTER = {
-    "cluster": "prod",
-    "cluster_id": "5d1f0c2a",
-    "leader_id": "web1",
-    "term": 3,
-    "node": {"commit_index": 120},
-    "weights": {"version": 4},
-    "voters": ["web1", "web2"],
-    "learners": [],
-    "members": [
-        {
-            "id": name,
-            "role": role,
-            "healthy": True,
-            "draining": False,
-            "weight": weight,
-            "service_addr": f"10.0.0.1{i}:8080",
-            "metrics": {"cpu_count": 4, "cpu_percent": 3.5, "mem_percent": 31.0, "load1": 0.2},
-        }
-        for i, (name, role, weight) in enumerate(
-            [("web1", "leader", 128), ("web2", "follower", 96)], start=1
-        )
-    ],
-}
+
+def documented_cluster():
+    """What cluster_info returns, as its RETURN documentation's samples show it."""
+    source = (REPO / "plugins" / "modules" / "cluster_info.py").read_text()
+    tree = ast.parse(source)
+    text = next(
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "RETURN"
+    )
+    return {key: spec["sample"] for key, spec in yaml.safe_load(text).items()}
+
+
 SERVERS = [
-    {"name": "web1", "up": True, "maint": False, "drain": False, "weight": 128, "sessions": 0},
-    {"name": "web2", "up": False, "maint": True, "drain": False, "weight": 96, "sessions": 2},
+    {
+        "name": "hafleet-node1",
+        "up": True,
+        "maint": False,
+        "drain": True,
+        "weight": 0,
+        "sessions": 3,
+    },
+    {
+        "name": "hafleet-node2",
+        "up": False,
+        "maint": True,
+        "drain": False,
+        "weight": 9,
+        "sessions": 0,
+    },
 ]
 ROWS = [
-    "NODE  ROLE      HEALTH  WEIGHT  HAPROXY               CPU  MEM  LOAD1  SERVICE",
-    "web1  leader    ok         128  UP w128 0cx         4%/4c  31%   0.20  10.0.0.11:8080",
-    "web2  follower  ok          96  DOWN maint w96 2cx  4%/4c  31%   0.20  10.0.0.12:8080",
-    "2 voter(s), 0 learner(s)",
+    "cluster hafleet (5d1f0c2a)  leader hafleet-node1  term 3  commit 120  weights v4",
+    "NODE           ROLE    HEALTH  WEIGHT  HAPROXY            CPU  MEM  LOAD1  SERVICE",
+    "hafleet-node1  leader  ok         128  UP drain w0 3cx  4%/4c    -   0.20  10.77.0.11:8080",
+    "3 voter(s), 0 learner(s)",
     "HAProxy 10.0.0.5:8080 (roundrobin) has 1 of 2 server(s) up",
 ]
 
@@ -68,7 +72,7 @@ def playbook(tmp_path_factory):
         "hosts": "localhost",
         "gather_facts": False,
         "vars": {
-            "hafleet_cluster": CLUSTER,
+            "hafleet_cluster": documented_cluster(),
             "balancer_servers": SERVERS,
             "hafleet_balancer_listen": ["10.0.0.5:8080"],
             "hafleet_strategy": "roundrobin",
