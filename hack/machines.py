@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import os
 import sys
@@ -151,15 +152,7 @@ def status(host: Host) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    lab = P.Lab(
-        prefix=args.prefix,
-        bridge=args.bridge,
-        subnet=args.subnet,
-        nodes=args.nodes,
-        balancers=args.balancers,
-        pool_start=args.pool_start,
-        balancer_start=args.balancer_start,
-    )
+    lab = P.Lab(**{f.name: getattr(args, f.name) for f in dataclasses.fields(P.Lab)})
     try:
         lab.check()
     except P.PlanError as exc:
