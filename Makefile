@@ -243,16 +243,16 @@ lab: system-deps venv collection-link ## bring up N lab nodes behind HAProxy (ro
 
 # The machines lab (root; docs/machines.md): NODES pool machines (3 unless given) and BALANCERS
 # balancer machines, Debian 12 with systemd and sshd in systemd-nspawn containers on a bridge of
-# their own; writes $(MACHINES_OUT)/hosts.yml. A lab beside the default one: MACHINES_PREFIX=hfmx-
-# MACHINES_BRIDGE=hfmx1 MACHINES_SUBNET=10.79.9.0/24 MACHINES_OUT=build/machines-hfmx.
+# their own; writes build/machines/hosts.yml. A lab beside the default one: MACHINES_PREFIX=hfmx-
+# MACHINES_BRIDGE=hfmx1 MACHINES_SUBNET=10.79.9.0/24 (its files: build/machines-hfmx/).
 BALANCERS ?= 1
 MACHINES_PREFIX ?= hafleet-
 MACHINES_BRIDGE ?= hafleet1
 MACHINES_SUBNET ?= 10.78.0.0/24
-MACHINES_OUT ?= build/machines
+MACHINES_OUT ?=
 MACHINES_DEB_PACKAGES := debootstrap systemd-container apt-cacher-ng nftables iproute2 openssh-client
 MACHINES_ARGS = --prefix $(MACHINES_PREFIX) --bridge $(MACHINES_BRIDGE) --subnet $(MACHINES_SUBNET) \
-	--out $(MACHINES_OUT)
+	$(if $(MACHINES_OUT),--out $(MACHINES_OUT))
 machines: venv ## Debian 12 machines over SSH (root): make machines NODES=3 BALANCERS=1 -> build/machines/hosts.yml
 	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(MACHINES_DEB_PACKAGES)"
 	$(BIN)/python hack/machines.py up --nodes $(LAB_NODES) --balancers $(BALANCERS) $(MACHINES_ARGS)

@@ -44,8 +44,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=REPO / "build" / "machines",
-        help="where hosts.yml, the key and known_hosts go",
+        default=None,
+        help="where hosts.yml, the key and known_hosts go (build/machines[-NAME])",
     )
     parser.add_argument(
         "--cache-dir",
@@ -122,9 +122,9 @@ def down(host: Host, lock: Path) -> int:
     if not host.state.resources:
         say(f"down: lab {host.lab.name} has nothing recorded")
     problems = host.remove(owners)
-    for path in (host.out, lock, host.dir.parent):
-        with contextlib.suppress(OSError):
-            path.unlink() if path == lock else path.rmdir()
+    with contextlib.suppress(OSError):
+        lock.unlink()
+        host.dir.parent.rmdir()  # the state root, when no other lab is left in it
     if problems:
         return die("down left: " + "; ".join(problems))
     say(f"down: lab {host.lab.name} removed")
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         return die("run as root (namespaces, mounts, cgroups)")
     if args.command != "status" and not args.supervise.exists():
         return die(f"{args.supervise} is missing: make venv")
-    host = Host(lab, args.state_root, args.cache_dir, args.out.resolve(), args.supervise)
+    out = args.out or REPO / "build" / lab.out_name
+    host = Host(lab, args.state_root, args.cache_dir, out.resolve(), args.supervise)
     host.ready_timeout = args.ready_timeout
     try:
         with locked(args.state_root, lab.name) as lock:

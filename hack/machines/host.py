@@ -70,6 +70,7 @@ class Host:
         run(["ip", "link", "set", self.lab.bridge, "up"])
         changed |= self.forward_block()
         changed |= self.package_cache()
+        self.state.add("lab", "rmdir", str(self.out))
         self.out.mkdir(parents=True, exist_ok=True)
         for path in (self.key, Path(f"{self.key}.pub"), self.known_hosts, self.inventory):
             self.state.add("lab", "file", str(path))
@@ -409,6 +410,9 @@ def remove_resource(r: dict) -> None:
     elif kind == "file":
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
+    elif kind == "rmdir":  # a directory of ours that may hold files of others: only if empty
+        with contextlib.suppress(OSError):
+            os.rmdir(name)
     elif kind == "dir":
         shutil.rmtree(name, ignore_errors=True)
         if os.path.exists(name):

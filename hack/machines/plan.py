@@ -67,6 +67,13 @@ class Lab:
         return self.prefix.rstrip("-")
 
     @property
+    def out_name(self) -> str:
+        """The default directory (under build/) of its inventory, key and known_hosts: the
+        default lab's is build/machines, another lab's build/machines-NAME, so two labs
+        never write (or remove) each other's files."""
+        return "machines" if self.name == Lab.prefix.rstrip("-") else f"machines-{self.name}"
+
+    @property
     def network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.subnet, strict=True)
 

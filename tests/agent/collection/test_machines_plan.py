@@ -204,3 +204,55 @@ def test_the_rootfs_key_names_its_suite_and_changes_with_its_content(monkeypatch
     assert key.startswith("bookworm-") and len(key) == len("bookworm-") + 12
     monkeypatch.setattr(P, "ROOTFS_REVISION", P.ROOTFS_REVISION + 1)
     assert P.rootfs_key() != key
+
+
+def test_each_lab_has_its_own_out_directory() -> None:
+    assert P.Lab().out_name == "machines"
+    assert P.Lab(prefix="hfmx-").out_name == "machines-hfmx"
+    assert P.Lab(prefix="hafleet").out_name == "machines"  # the same lab name, hafleet
+
+
+def test_state_records_before_making_and_reads_back(tmp_path: Path) -> None:
+    from machines.resources import State
+
+    path = tmp_path / "lab" / "state.json"
+    path.parent.mkdir()
+    state = State(path)
+    assert state.spec() is None and state.resources == []
+    state.load(P.Lab(prefix="hfmx-", bridge="hfmx1", subnet="10.79.9.0/24"))
+    state.load(P.Lab())  # the first spec stays: a lab is not redefined under its state
+    state.add("lab", "bridge", "hfmx1")
+    state.add("hfmx-m1", "netns", "hfmx-m1")
+    state.add("hfmx-m1", "netns", "hfmx-m1")  # once
+    state.add("hfmx-m2", "mount", "/x/merged")
+    again = State(path)
+    assert again.spec() == {"prefix": "hfmx-", "bridge": "hfmx1", "subnet": "10.79.9.0/24"}
+    assert [(r["owner"], r["kind"], r["name"]) for r in again.resources] == [
+        ("lab", "bridge", "hfmx1"),
+        ("hfmx-m1", "netns", "hfmx-m1"),
+        ("hfmx-m2", "mount", "/x/merged"),
+    ]
+    assert again.machines() == {"hfmx-m1", "hfmx-m2"}
+    assert again.has("hfmx-m1", "netns", "hfmx-m1")
+    assert not again.has("hfmx-m2", "netns", "hfmx-m1")
+    again.drop({"owner": "hfmx-m1", "kind": "netns", "name": "hfmx-m1"})
+    assert State(path).machines() == {"hfmx-m2"}
+    path.unlink()
+    path.parent.rmdir()  # down removed the lab's directory: dropping the rest writes nothing
+    again.drop(again.resources[0])
+    assert not path.parent.exists()
+
+
+def test_write_reports_a_change_only_when_the_text_differs(tmp_path: Path) -> None:
+    from machines.resources import read_text, write
+
+    target = tmp_path / "etc" / "hostname"
+    assert write(target, "m1\n", mode=0o600)
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert not write(target, "m1\n")
+    assert write(target, "m2\n") and read_text(target) == "m2\n"
+    link = tmp_path / "machine-id"
+    link.symlink_to(target)
+    assert write(link, "m2\n")  # a link is replaced by a file of its own, never written through
+    assert not link.is_symlink() and read_text(target) == "m2\n"
+    assert read_text(tmp_path / "missing") == ""
