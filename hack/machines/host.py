@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -58,6 +59,9 @@ class Host:
         self.state.add("lab", "dir", str(self.dir))
         if not self.state.has("lab", "bridge", self.lab.bridge) and link_exists(self.lab.bridge):
             raise HostError(f"link {self.lab.bridge} exists and is not this lab's: pick another")
+        taken = subnet_users(self.lab.network, but=self.lab.bridge)
+        if taken:
+            raise HostError(f"{self.lab.subnet} is in use on {', '.join(taken)}: pick another")
         self.state.add("lab", "bridge", self.lab.bridge)
         if not link_exists(self.lab.bridge):
             say(f"bridge {self.lab.bridge} {self.lab.bridge_address}/{self.lab.network.prefixlen}")
@@ -422,6 +426,17 @@ def remove_resource(r: dict) -> None:
 
 
 # ---- small helpers -------------------------------------------------------------------------
+
+
+def subnet_users(network, but: str) -> list[str]:
+    """The interfaces other than ``but`` with an address in ``network`` (another lab's)."""
+    found = []
+    for link in json.loads(run(["ip", "-j", "-4", "addr", "show"]) or "[]"):
+        for info in link.get("addr_info", []):
+            address = ipaddress.IPv4Address(info["local"])
+            if link["ifname"] != but and address in network:
+                found.append(f"{link['ifname']} ({address})")
+    return found
 
 
 def link_exists(name: str) -> bool:
