@@ -17,20 +17,21 @@ STAMP := $(VENV)/.hafleet-installed
 
 # Tools installed into .venv, all pinned by constraints.txt.
 VENV_TOOLS := ansible-core ansible-lint ruff pytest pytest-timeout pytest-xdist hypothesis \
-	antsibull-changelog molecule
+	antsibull-changelog molecule mutmut
 DEB_PACKAGES := haproxy iproute2 shellcheck nftables
 
 # ansible-test only runs inside a real .../ansible_collections/NAMESPACE/NAME directory.
 COLLECTION_ROOT := build/ansible_collections
 COLLECTION_DIR := $(COLLECTION_ROOT)/hafleet/cluster
 # Left out of the copy that ansible-test checks: the junk that build_ignore leaves out too,
-# and the agent's Python project (agent/, tests/agent/, tests/chaos/, tests/support/, bench/).
-# The agent is a standalone asyncio application held to ruff and pytest; ansible-test's pylint
+# the agent's Python project (agent/, tests/agent/, tests/chaos/, tests/support/, bench/) and
+# the developer tools in hack/ (not in the tarball either; make lint holds them to ruff and
+# shellcheck). The agent is a standalone asyncio application held to ruff and pytest; ansible-test's pylint
 # profile encodes ansible-core's own conventions (no variable named `_`, ...) that do not
 # apply to it.
 COPY_EXCLUDES := ./.git ./.venv ./build ./dist ./.ansible ./tests/output '*/tests/output' \
 	'__pycache__' '*.pyc' '.pytest_cache' '.ruff_cache' '.hypothesis' '*.egg-info' '*.tar.gz' \
-	./agent ./tests/agent ./tests/chaos ./tests/support ./bench
+	./agent ./tests/agent ./tests/chaos ./tests/support ./bench ./hack
 
 # The copy sits inside this git work tree, where build/ is ignored: left to itself,
 # ansible-test would find the outer .git and list no file. Naming the content root stops
@@ -98,9 +99,10 @@ $(STAMP): constraints.txt agent/pyproject.toml
 		$(VENV_TOOLS) -e 'agent[test]'
 	@touch $@
 
-lint: venv ## ruff check and ruff format --check
+lint: venv ## ruff check and ruff format --check; shellcheck of hack/*.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	shellcheck hack/*.sh
 
 format: venv ## ruff format and apply ruff's safe fixes
 	$(BIN)/ruff check --fix .
