@@ -98,18 +98,20 @@ class Host:
         return changed
 
     def forward_block(self) -> bool:
-        """An nftables table that drops whatever would be forwarded from or to the bridge:
-        the guests reach the host's own addresses only (the package cache), never beyond."""
+        """An nftables table that drops whatever would be routed from or to the bridge: the
+        guests reach each other and the host's own addresses (the package cache), nothing
+        beyond (plan.nft_rules)."""
         table = self.lab.nft_table
         self.state.add("lab", "nft", table)
-        if run(["nft", "list", "table", "inet", table], check=False, quiet=True) is not None:
+        listed = run(["nft", "list", "table", "inet", table], check=False, quiet=True)
+        if listed is not None and P.NFT_MARK in listed:
             return False
-        rules = (
-            f"table inet {table} {{\n chain forward {{\n"
-            "  type filter hook forward priority -10; policy accept;\n"
-            f'  iifname "{self.lab.bridge}" drop\n  oifname "{self.lab.bridge}" drop\n }}\n}}\n'
+        # Made if missing, then removed and made again in one transaction: an older revision
+        # of the table is replaced, never left beside the new one.
+        run(
+            ["nft", "-f", "-"],
+            stdin=f"table inet {table}\ndelete table inet {table}\n" + P.nft_rules(self.lab),
         )
-        run(["nft", "-f", "-"], stdin=rules)
         return True
 
     def package_cache(self) -> bool:

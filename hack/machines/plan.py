@@ -146,6 +146,27 @@ class Lab:
         return out
 
 
+NFT_MARK = "hafleet machines r2"
+
+
+def nft_rules(lab: Lab) -> str:
+    """The lab's nftables table: forwarding between the bridge and any other interface is
+    dropped. Traffic inside the bridge passes: with br_netfilter loaded (and
+    bridge-nf-call-iptables=1, as on this machine kind), bridged frames also cross this hook,
+    with the bridge as both input and output."""
+    br = lab.bridge
+    return (
+        f"table inet {lab.nft_table} {{\n"
+        "  chain forward {\n"
+        f'    comment "{NFT_MARK}"\n'
+        "    type filter hook forward priority -10; policy accept;\n"
+        f'    iifname "{br}" oifname != "{br}" drop\n'
+        f'    oifname "{br}" iifname != "{br}" drop\n'
+        "  }\n"
+        "}\n"
+    )
+
+
 def rootfs_key() -> str:
     """Names the rootfs in the shared cache: the suite, the packages and the revision."""
     text = f"{SUITE} {' '.join(PACKAGES)} {ROOTFS_REVISION}"

@@ -256,3 +256,18 @@ def test_write_reports_a_change_only_when_the_text_differs(tmp_path: Path) -> No
     assert write(link, "m2\n")  # a link is replaced by a file of its own, never written through
     assert not link.is_symlink() and read_text(target) == "m2\n"
     assert read_text(tmp_path / "missing") == ""
+
+
+def test_nft_rules_drop_routing_to_and_from_the_bridge_but_not_within_it() -> None:
+    lab = P.Lab(prefix="hfmx-", bridge="hfmx1", subnet="10.79.9.0/24")
+    rules = [line.strip() for line in P.nft_rules(lab).splitlines()]
+    assert rules[0] == "table inet hafleet_machines_hfmx1 {"
+    assert f'comment "{P.NFT_MARK}"' in rules  # how up sees that the table is current
+    assert "type filter hook forward priority -10; policy accept;" in rules
+    drops = [line for line in rules if line.endswith("drop")]
+    # Bridged frames cross the forward hook with the bridge as input and output (br_netfilter):
+    # a plain `iifname "hfmx1" drop` cut the machines off from each other.
+    assert drops == [
+        'iifname "hfmx1" oifname != "hfmx1" drop',
+        'oifname "hfmx1" iifname != "hfmx1" drop',
+    ]
