@@ -247,6 +247,10 @@ def hosts_yml(lab: Lab, key: Path, known_hosts: Path) -> str:
         for m in members:
             lines.append(f"        {m.name}:")
             lines.append(f"          ansible_host: {m.address}")
+        if role == "pool":
+            # The machines run no service of their own: the agent's demo service answers on
+            # the service port, so requests through HAProxy reach every node.
+            lines += ["      vars:", "        agent_demo_service: true"]
     lines += [
         "  vars:",
         f"    ansible_user: {USER}",

@@ -110,6 +110,8 @@ def test_hosts_yml_groups_and_connection_vars() -> None:
         "          ansible_host: 10.79.9.11",
         "        hfmx-m2:",
         "          ansible_host: 10.79.9.12",
+        "      vars:",
+        "        agent_demo_service: true",
         "    hafleet_balancer:",
         "      hosts:",
         "        hfmx-lb1:",
