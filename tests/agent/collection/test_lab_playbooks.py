@@ -302,6 +302,8 @@ def test_status_prints_a_table(lab):
     assert "NODE" in run.out and "ROLE" in run.out and "HAPROXY" in run.out
     assert re.search(r"hfct-node1 +leader ", run.out)
     assert "1 voter(s), 0 learner(s)" in run.out
+    # HAProxy's view, read where it runs (the controller in the lab).
+    assert f"HAProxy 127.0.0.1:{lab.port} (weighted) has 1 of 1 server(s) up" in run.out
     assert run.changed() == 0
 
 

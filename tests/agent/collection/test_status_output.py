@@ -74,7 +74,7 @@ def playbook(tmp_path_factory):
         "vars": {
             "hafleet_cluster": documented_cluster(),
             "balancer_servers": SERVERS,
-            "hafleet_balancer_listen": ["10.0.0.5:8080"],
+            "hafleet_haproxy_addresses": ["10.0.0.5:8080"],
             "hafleet_strategy": "roundrobin",
             "hafleet_provider": "inventory",
         },
