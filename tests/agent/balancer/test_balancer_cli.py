@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from balancer_lab import HAProxy, Syncer, agent_command, kill, wait_for
 
-from hafleet_agent.balancer.syncer import parse_api_urls
+from hafleet_agent.balancer.inputs import parse_api_urls
 
 TOKEN = "b" * 64
 pytestmark = pytest.mark.timeout(60)

@@ -24,7 +24,7 @@ round, the log says what was applied and what was not, and the next round (after
 starts again from HAProxy's state.
 
 The pure parts are in :mod:`.plan`, the socket client in :mod:`.runtime_api`, the KV reports
-to the agents in :mod:`.reports`.
+to the agents in :mod:`.reports`, the checks of its inputs (socket, URL file) in :mod:`.inputs`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import signal
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +47,14 @@ from .haproxy_config import (
     StateParseError,
     parse_servers_state,
     write_atomic,
+)
+from .inputs import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    APIURLFile,
+    BalancerError,
+    check_socket_path,
 )
 from .plan import Action, Plan, desired, plan
 from .reports import DrainReports
@@ -64,10 +70,6 @@ BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 UNAVAILABLE_BACKOFF_MAX = 1.0
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
 # What HAProxy's `balance` shows in `show stat` (the `algo` column) for each strategy;
 # 2.6 shows "unknown" for random.
 _ALGO_SHOWN = {
@@ -78,32 +80,8 @@ _ALGO_SHOWN = {
 }
 
 
-class BalancerError(Exception):
-    """Stops the balancer with ``exit_code`` and this message."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 class RoundFailed(HAProxyRefused):
     """Some commands of a round were refused (and logged); the round is retried."""
-
-
-def check_socket_path(path: str) -> None:
-    """Refuse, with a clear message, a path that cannot be HAProxy's admin socket."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise BalancerError(
-            f"HAProxy admin socket {path} does not exist: start HAProxy with "
-            f"'stats socket {path} level admin' in its global section, or fix --haproxy-socket",
-            EXIT_USAGE,
-        ) from None
-    except OSError as exc:
-        raise BalancerError(f"cannot use {path}: {exc.strerror}", EXIT_USAGE) from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise BalancerError(f"{path} is not a Unix socket (--haproxy-socket)", EXIT_USAGE)
 
 
 # --- the cluster side -----------------------------------------------------------------------
@@ -139,67 +117,6 @@ async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
     threading.Thread(target=run, name=f"balancer-api-{fn.__name__}", daemon=True).start()
     return await fut
-
-
-# --- the agents' URLs from a file ------------------------------------------------------------
-
-
-def parse_api_urls(text: str) -> list[str]:
-    """The agent API URLs of a URL file: separated by newlines, commas or blanks; ``#`` starts
-    a comment. Each must be an http:// or https:// URL (ValueError otherwise)."""
-    urls: list[str] = []
-    for line in text.splitlines():
-        for word in line.split("#", 1)[0].replace(",", " ").split():
-            if not word.startswith(("http://", "https://")):
-                raise ValueError(f"expected an http:// or https:// URL, got {word!r}")
-            url = word.rstrip("/")
-            if url not in urls:
-                urls.append(url)
-    return urls
-
-
-class APIURLFile:
-    """A file of agent API URLs that is read again whenever it changes (its inode, size or
-    modification time), so that whoever manages the syncer (roles/balancer) can hand it a new
-    member list without restarting it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._seen: tuple[int, int, int] | None = None
-
-    def read(self) -> list[str]:
-        """The URLs (at least one); BalancerError when the file cannot be used. A file that
-        cannot be used counts as read too: changed() is true again only once it changes."""
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                self._seen = self._stat(os.fstat(f.fileno()))
-                text = f.read()
-        except OSError as exc:
-            self._seen = None
-            raise BalancerError(
-                f"cannot read --api-file {self.path}: {exc.strerror}", EXIT_USAGE
-            ) from None
-        except UnicodeDecodeError:
-            raise BalancerError(f"--api-file {self.path} is not UTF-8 text", EXIT_USAGE) from None
-        try:
-            urls = parse_api_urls(text)
-        except ValueError as exc:
-            raise BalancerError(f"--api-file {self.path}: {exc}", EXIT_USAGE) from None
-        if not urls:
-            raise BalancerError(f"--api-file {self.path} names no agent API URL", EXIT_USAGE)
-        return urls
-
-    def changed(self) -> bool:
-        """Whether the file differs from the one read last (or is gone, or back)."""
-        try:
-            now: tuple[int, int, int] | None = self._stat(os.stat(self.path))
-        except OSError:
-            now = None
-        return now != self._seen
-
-    @staticmethod
-    def _stat(st: os.stat_result) -> tuple[int, int, int]:
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 # --- the syncer -----------------------------------------------------------------------------
