@@ -46,7 +46,8 @@ export PATH := $(BIN):$(PATH)
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
 	sanity units build constraints lab clean distclean sim bench-agent bench-balancer bench chaos \
 	molecule release docs-check changelog \
-	collection-link ansible-lint bench-scale vendor mutation wheelhouse machines machines-destroy
+	collection-link ansible-lint bench-scale vendor mutation wheelhouse machines machines-destroy \
+	molecule-machines
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/[$$](TEST_STAGES)/$(TEST_STAGES)/' \
@@ -272,6 +273,17 @@ molecule: system-deps venv ## molecule test of every scenario (root): roles lab,
 	@mkdir -p build/collections/ansible_collections/hafleet
 	@ln -sfn ../../../.. build/collections/ansible_collections/hafleet/cluster
 	@hack/molecule_lanes.sh $(BIN) $(MOLECULE_LANES)
+
+# The machines scenario (root; docs/molecule.md): playbooks/scale.yml -e provider=inventory
+# -e nodes=3 over SSH against 3 pool machines and a balancer machine of make machines' kind
+# (prefix hfmolm-, bridge hfmolm1, 10.79.20.0/24; the rootfs built once, then shared), a rerun
+# with changed=0, verify (systemd, voters, traffic through the balancer machine, kill -9), destroy.
+# Not part of make test.
+molecule-machines: venv ## molecule test -s machines (root): the real-host path on machines over SSH
+	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(MACHINES_DEB_PACKAGES)"
+	@mkdir -p build/collections/ansible_collections/hafleet
+	@ln -sfn ../../../.. build/collections/ansible_collections/hafleet/cluster
+	@hack/molecule_lanes.sh $(BIN) machines
 
 # The release path, from the built tarball alone (root): build it, install it into an empty
 # collections path, run hafleet.cluster.scale with nodes=3 from outside the source tree (the agent
