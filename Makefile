@@ -47,7 +47,7 @@ export PATH := $(BIN):$(PATH)
 	sanity units build constraints lab clean distclean sim bench-agent bench-balancer bench chaos \
 	molecule release docs-check changelog \
 	collection-link ansible-lint bench-scale vendor mutation wheelhouse machines machines-destroy \
-	molecule-machines
+	molecule-machines machines-e2e
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/[$$](TEST_STAGES)/$(TEST_STAGES)/' \
@@ -290,6 +290,13 @@ molecule-machines: venv ## molecule test -s machines (root): the real-host path 
 # is built from the agent/ inside the tarball), then hafleet.cluster.destroy. hack/release.sh.
 release: system-deps venv ## build the tarball, install it into a temp path, scale a lab to 3 from it, destroy
 	hack/release.sh
+
+# The real-host path end to end from the released tarball (root; docs/machines.md): 5 pool + 1
+# balancer machines (hfe2e-, bridge hfe2e1, 10.79.30.0/24), scale 0->5, 5->5 (changed=0), 5->3->5
+# under load through the balancer machine with 0 failed requests, a reboot, destroy, down.
+machines-e2e: venv ## the installed tarball on 5+1 machines: scale, load, reboot, destroy (root)
+	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(MACHINES_DEB_PACKAGES)"
+	hack/machines_e2e.sh
 
 # Every module's and plugin's docs render with ansible-doc, without a warning.
 docs-check: venv ## ansible-doc renders every module, plugin and role without warnings

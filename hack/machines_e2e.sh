@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# make machines-e2e: the real-host path end to end, from the released tarball (root).
+#
+# 1. ansible-galaxy collection build, install the tarball with --no-deps into an empty
+#    temporary collections path; every playbook below runs from THAT copy by FQCN
+#    (hafleet.cluster.scale / destroy), from a directory outside the checkout, with an
+#    ansible.cfg and a HOME of its own (no checkout ansible.cfg).
+# 2. hack/machines.py up: 5 pool machines and 1 balancer machine of the lab hfe2e
+#    (hfe2e-m1..5, hfe2e-lb1; bridge hfe2e1, 10.79.30.0/24; files under the work directory).
+# 3. scale 0->5 (timed); 5->5 again, whose recap must say changed=0 everywhere.
+# 4. loadgen.py through the balancer machine's address:8080 while the fleet scales 5->3 and
+#    3->5: every request must succeed.
+# 5. reboot one pool machine (systemctl reboot over SSH): bounded wait for a new boot id, then
+#    for the node to be a voter again with a leader.
+# 6. hafleet.cluster.destroy: no hafleet unit, user or file is left on the pool machines.
+# 7. hack/machines.py down. A summary of timings and request counts is printed at the end.
+# Any failed check exits non-zero; everything made is removed on exit (trap), also on failure.
+set -euo pipefail
+src=$(cd "$(dirname "$0")/.." && pwd)
+venv_bin="$src/.venv/bin"
+export PATH="$venv_bin:$PATH"
+version=$(sed -n 's/^version: *//p' "$src/galaxy.yml")
+tarball="$src/dist/hafleet-cluster-$version.tar.gz"
+work=$(mktemp -d /tmp/hafleet-machines-e2e.XXXXXX)
+out="$work/machines"
+lab_args=(--prefix hfe2e- --bridge hfe2e1 --subnet 10.79.30.0/24 --out "$out")
+pool_size=5
+small=3
+cluster=hfe2e
+victim=hfe2e-m2
+summary=()
+
+note() { echo "machines-e2e: $*"; }
+fail() {
+	echo "machines-e2e: FAILED: $*" >&2
+	exit 1
+}
+record() { summary+=("$1"); }
+
+cleanup() {
+	local rc=$?
+	trap - EXIT
+	note "cleaning up"
+	if [ -f "$out/hosts.yml" ] && [ -d "$work/collections/ansible_collections/hafleet/cluster" ] && [ -z "${destroyed:-}" ]; then
+		(cd "$work/run" && ansible-playbook -i "$out/hosts.yml" hafleet.cluster.destroy \
+			-e @"$work/run/vars.yml" -e nodes="$pool_size" >"$work/destroy-on-exit.log" 2>&1) || true
+	fi
+	if [ -n "${load_pid:-}" ]; then kill "$load_pid" 2>/dev/null || true; fi
+	python3 "$src/hack/machines.py" down "${lab_args[@]}" >"$work/down-on-exit.log" 2>&1 || {
+		echo "machines-e2e: hack/machines.py down failed:" >&2
+		tail -20 "$work/down-on-exit.log" >&2
+		[ "$rc" -ne 0 ] || rc=1
+	}
+	rm -rf "$work"
+	if [ "${#summary[@]}" -gt 0 ]; then
+		echo "machines-e2e: summary"
+		printf '  %s\n' "${summary[@]}"
+	fi
+	[ "$rc" -eq 0 ] && echo "machines-e2e: OK" || echo "machines-e2e: FAILED (exit $rc)" >&2
+	exit "$rc"
+}
+trap cleanup EXIT
+
+secs() { python3 -c 'import sys, time; print(f"{time.monotonic() - float(sys.argv[1]):.1f}")' "$1"; }
+now() { python3 -c 'import time; print(time.monotonic())'; }
+
+# The recap's changed= and failed= of a playbook's log, checked.
+check_recap() { # log, max changed ("any" or a number)
+	python3 - "$1" "$2" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read().split("PLAY RECAP", 1)
+if len(text) < 2:
+    sys.exit("no PLAY RECAP in the log")
+rows = re.findall(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", text[1], re.M)
+if not rows:
+    sys.exit("no hosts in the recap")
+bad = [r for r in rows if int(r[3]) or int(r[4])]
+if bad:
+    sys.exit(f"unreachable or failed hosts: {bad}")
+changed = sum(int(r[2]) for r in rows)
+if sys.argv[2] != "any" and changed > int(sys.argv[2]):
+    sys.exit(f"changed={changed} in the recap: {[(r[0], r[2]) for r in rows if int(r[2])]}")
+print(changed)
+PY
+}
+
+play() { # name, log, then ansible-playbook arguments
+	local name=$1 log=$2
+	shift 2
+	note "ansible-playbook $name $*"
+	if ! (cd "$work/run" && ansible-playbook -i "$out/hosts.yml" "$name" -e @vars.yml "$@" >"$log" 2>&1); then
+		tail -40 "$log" >&2
+		fail "ansible-playbook $name $* (log above)"
+	fi
+}
+
+# The cluster as one node's API sees it: prints "<state> <leader> <voters,...>" or fails.
+api_view() { # address
+	python3 - "$1" "$HOME/.hafleet/$cluster/token" <<'PY'
+import json, sys, urllib.request
+addr, token = sys.argv[1], open(sys.argv[2]).read().strip()
+def get(path):
+    req = urllib.request.Request(f"http://{addr}:7480{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=3) as answer:
+        return json.load(answer)
+status = get("/v1/status")
+members = get("/v1/members")
+# The leader's row says "leader" (it votes too).
+voters = sorted(m["id"] for m in members if m.get("role") in ("voter", "leader"))
+print(status["state"], status.get("leader_id"), ",".join(voters))
+PY
+}
+
+# Requests through the balancer until one batch reaches the expected nodes (bounded).
+wait_balanced() { # expected node count
+	local tries
+	for tries in $(seq 1 60); do
+		if python3 - "http://$lb_addr:8080/" "$1" <<'PY'; then return 0; fi
+import json, sys, urllib.request
+seen = set()
+try:
+    for _ in range(40):
+        with urllib.request.urlopen(sys.argv[1], timeout=3) as answer:
+            seen.add(json.load(answer)["node"])
+except OSError:
+    sys.exit(1)
+sys.exit(0 if len(seen) == int(sys.argv[2]) else 1)
+PY
+		sleep 1
+	done
+	fail "the balancer did not reach $1 nodes within $tries tries"
+}
+
+ssh_to() { # host address, command...
+	local addr=$1
+	shift
+	ssh -i "$out/id_ed25519" -o BatchMode=yes -o ConnectTimeout=3 -o StrictHostKeyChecking=yes \
+		-o UserKnownHostsFile="$out/known_hosts" "deploy@$addr" "$@"
+}
+
+addr_of() { # host name
+	python3 - "$out/hosts.yml" "$1" <<'PY'
+import sys, yaml
+inv = yaml.safe_load(open(sys.argv[1]))
+def walk(group):
+    for name, host in (group.get("hosts") or {}).items():
+        yield name, host
+    for child in (group.get("children") or {}).values():
+        yield from walk(child or {})
+print(dict(walk(inv["hafleet_machines"]))[sys.argv[2]]["ansible_host"])
+PY
+}
+
+t_all=$(now)
+note "building $tarball"
+mkdir -p "$src/dist"
+(cd "$src" && ansible-galaxy collection build --force --output-path dist >/dev/null)
+
+mkdir -p "$work/collections" "$work/run" "$work/home"
+export HOME="$work/home"
+export ANSIBLE_COLLECTIONS_PATH="$work/collections"
+export ANSIBLE_CONFIG="$work/run/ansible.cfg"
+printf '[defaults]\ninterpreter_python = auto_silent\nforks = 16\n[connection]\npipelining = true\n' >"$ANSIBLE_CONFIG"
+note "installing the tarball into an empty collections path"
+ansible-galaxy collection install --force --no-deps --offline -p "$work/collections" "$tarball" >/dev/null
+[ -f "$work/collections/ansible_collections/hafleet/cluster/MANIFEST.json" ] || fail "the collection did not install"
+printf 'provider: inventory\nhafleet_cluster_name: %s\n' "$cluster" >"$work/run/vars.yml"
+
+note "hack/machines.py up: $pool_size pool machines, 1 balancer machine"
+t=$(now)
+python3 "$src/hack/machines.py" up --nodes "$pool_size" --balancers 1 "${lab_args[@]}" >"$work/up.log" 2>&1 ||
+	{ tail -30 "$work/up.log" >&2; fail "hack/machines.py up"; }
+record "machines up (5 pool + 1 balancer): $(secs "$t") s"
+lb_addr=$(addr_of hfe2e-lb1)
+victim_addr=$(addr_of "$victim")
+pool_addrs=()
+for i in $(seq 1 "$pool_size"); do pool_addrs+=("$(addr_of "hfe2e-m$i")"); done
+
+t=$(now)
+play hafleet.cluster.scale "$work/scale-0-5.log" -e nodes=$pool_size
+changed=$(check_recap "$work/scale-0-5.log" any) || fail "scale 0->5 recap"
+record "scale 0->5: $(secs "$t") s (changed=$changed)"
+view=$(api_view "${pool_addrs[0]}") || fail "the API after scale 0->5"
+[ "$(echo "$view" | cut -d' ' -f3)" = "hfe2e-m1,hfe2e-m2,hfe2e-m3,hfe2e-m4,hfe2e-m5" ] || fail "voters after 0->5: $view"
+
+t=$(now)
+play hafleet.cluster.scale "$work/scale-5-5.log" -e nodes=$pool_size
+check_recap "$work/scale-5-5.log" 0 >/dev/null || fail "scale 5->5 is not idempotent"
+record "scale 5->5: $(secs "$t") s (changed=0)"
+
+wait_balanced "$pool_size"
+note "load through http://$lb_addr:8080/ while scaling 5->3->5"
+load_out="$work/load.json"
+python3 "$src/tests/agent/collection/loadgen.py" --url "http://$lb_addr:8080/" --rate 50 \
+	--duration 900 --stop-file "$work/load.stop" --concurrency 32 --timeout 5 \
+	--out "$load_out" --ready-file "$work/load.ready" >"$work/load.log" 2>&1 &
+load_pid=$!
+for _ in $(seq 1 100); do
+	[ -e "$work/load.ready" ] && break
+	kill -0 "$load_pid" 2>/dev/null || fail "loadgen ended before its first answer"
+	sleep 0.1
+done
+[ -e "$work/load.ready" ] || fail "loadgen had no answer within 10 s"
+t=$(now)
+play hafleet.cluster.scale "$work/scale-5-3.log" -e nodes=$small
+check_recap "$work/scale-5-3.log" any >/dev/null || fail "scale 5->3 recap"
+record "scale 5->3 under load: $(secs "$t") s"
+view=$(api_view "${pool_addrs[0]}") || fail "the API after scale 5->3"
+[ "$(echo "$view" | cut -d' ' -f3)" = "hfe2e-m1,hfe2e-m2,hfe2e-m3" ] || fail "voters after 5->3: $view"
+t=$(now)
+play hafleet.cluster.scale "$work/scale-3-5.log" -e nodes=$pool_size
+check_recap "$work/scale-3-5.log" any >/dev/null || fail "scale 3->5 recap"
+record "scale 3->5 under load: $(secs "$t") s"
+wait_balanced "$pool_size"
+touch "$work/load.stop"
+wait "$load_pid" || true
+load_pid=
+[ -f "$load_out" ] || fail "loadgen wrote no summary"
+load_line=$(python3 - "$load_out" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"sent={s.get('sent')} ok={s.get('ok')} failed={s.get('failed')} nodes={len(s['by_node'])} "
+      f"failures={s.get('failures') or {}} p99={s['latency_ms']['p99']} ms")
+sys.exit(0 if s.get("failed") == 0 and s.get("ok", 0) > 0 and s.get("sent") == s.get("ok") else 1)
+PY
+) || fail "requests failed under load: $load_line"
+record "load through $lb_addr:8080 across 5->3->5: $load_line"
+
+note "rebooting $victim"
+boot_before=$(ssh_to "$victim_addr" cat /proc/sys/kernel/random/boot_id)
+t=$(now)
+ssh_to "$victim_addr" sudo systemctl reboot || true
+boot_after=$boot_before
+for _ in $(seq 1 120); do
+	boot_after=$(ssh_to "$victim_addr" cat /proc/sys/kernel/random/boot_id 2>/dev/null) || boot_after=$boot_before
+	[ "$boot_after" != "$boot_before" ] && break
+	sleep 1
+done
+[ "$boot_after" != "$boot_before" ] || fail "$victim did not come back from its reboot within 120 tries"
+t_ssh=$(secs "$t")
+view=
+for _ in $(seq 1 120); do
+	view=$(api_view "$victim_addr" 2>/dev/null) || view=
+	case "$view" in
+	leader\ hfe2e-m*\ hfe2e-m1,hfe2e-m2,hfe2e-m3,hfe2e-m4,hfe2e-m5 | follower\ hfe2e-m*\ hfe2e-m1,hfe2e-m2,hfe2e-m3,hfe2e-m4,hfe2e-m5) break ;;
+	esac
+	view=
+	sleep 1
+done
+[ -n "$view" ] || fail "$victim is not a voter with a leader within 120 tries after its reboot"
+record "reboot of $victim: ssh back after $t_ssh s, a voter again after $(secs "$t") s ($view)"
+
+t=$(now)
+play hafleet.cluster.destroy "$work/destroy.log" -e nodes=$pool_size
+check_recap "$work/destroy.log" any >/dev/null || fail "destroy recap"
+destroyed=1
+left=""
+for i in $(seq 1 "$pool_size"); do
+	addr=${pool_addrs[$((i - 1))]}
+	# shellcheck disable=SC2016 # expanded on the machine
+	found=$(ssh_to "$addr" 'for f in /etc/systemd/system/hafleet-agent.service /etc/systemd/system/hafleet-agent-demo.service /etc/hafleet-agent /var/lib/hafleet-agent /var/log/hafleet-agent /run/hafleet-agent /opt/hafleet-agent; do [ ! -e "$f" ] || echo "$f"; done
+		systemctl list-units --all --no-legend "hafleet*" | sed "s/^/unit /"
+		getent passwd hafleet-agent | sed "s/^/user /"; true') || fail "ssh to hfe2e-m$i after destroy"
+	[ -z "$found" ] || left+="hfe2e-m$i: $(echo "$found" | tr '\n' ' ')"$'\n'
+done
+[ -z "$left" ] || fail "destroy left behind:"$'\n'"$left"
+record "destroy: $(secs "$t") s, no hafleet unit, user or file left on the pool machines"
+
+t=$(now)
+python3 "$src/hack/machines.py" down "${lab_args[@]}" >"$work/down.log" 2>&1 ||
+	{ tail -30 "$work/down.log" >&2; fail "hack/machines.py down"; }
+record "machines down: $(secs "$t") s"
+record "total: $(secs "$t_all") s"
