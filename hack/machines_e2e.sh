@@ -17,10 +17,7 @@
 # Any failed check exits non-zero; everything made is removed on exit (trap), also on failure.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
-venv_bin="$src/.venv/bin"
-export PATH="$venv_bin:$PATH"
-version=$(sed -n 's/^version: *//p' "$src/galaxy.yml")
-tarball="$src/dist/hafleet-cluster-$version.tar.gz"
+export PATH="$src/.venv/bin:$PATH"
 work=$(mktemp -d /tmp/hafleet-machines-e2e.XXXXXX)
 out="$work/machines"
 lab_args=(--prefix hfe2e- --bridge hfe2e1 --subnet 10.79.30.0/24 --out "$out")
@@ -152,9 +149,12 @@ PY
 }
 
 t_all=$(now)
-note "building $tarball"
+note "building the tarball into $src/dist"
 mkdir -p "$src/dist"
-(cd "$src" && ansible-galaxy collection build --force --output-path dist >/dev/null)
+# "Created collection for hafleet.cluster at /…/dist/hafleet-cluster-<version>.tar.gz"
+tarball=$(cd "$src" && ansible-galaxy collection build --force --output-path dist | sed -n 's/^Created collection .* at //p')
+[ -f "$tarball" ] || fail "ansible-galaxy collection build made no tarball"
+note "built $tarball"
 
 mkdir -p "$work/collections" "$work/run" "$work/home"
 export HOME="$work/home"
