@@ -38,7 +38,7 @@ COPY_EXCLUDES := ./.git ./.venv ./build ./dist ./.ansible ./tests/output '*/test
 # its search there, and it takes every file of the copy.
 ANSIBLE_TEST := ANSIBLE_TEST_CONTENT_ROOT=$(CURDIR)/$(COLLECTION_DIR) ansible-test
 
-TEST_STAGES := system-deps venv lint ansible-lint pytest sanity units molecule
+TEST_STAGES := system-deps venv lint ansible-lint pytest sanity units molecule molecule-machines
 
 # ansible-test and ansible-galaxy find their tools on PATH.
 export PATH := $(BIN):$(PATH)
