@@ -1,4 +1,4 @@
-"""The one ``HOST:PORT`` parser.
+"""The one ``HOST:PORT`` parser, and the one check of an agent API's base URL.
 
 Every place that reads a ``HOST:PORT`` (flags, config, announcements, peer addresses,
 service addresses, HAProxy binds) splits it here and adds its own checks and wording.
@@ -27,3 +27,11 @@ def split_host_port(text: str, *, what: str = "address") -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise ValueError(f"{what} port must be in 1..65535 in {text!r}")
     return host, port
+
+
+def api_base_url(value: str) -> str:
+    """An agent API's base URL as given on a flag or in a URL file: it must start with
+    ``http://`` or ``https://`` (ValueError otherwise); a trailing ``/`` is dropped."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from hafleet_agent import __version__
-from hafleet_agent.addr import split_host_port
+from hafleet_agent.addr import api_base_url, split_host_port
 from hafleet_agent.config import DEFAULT_API_PORT, DEFAULT_RAFT_PORT
 
 PROG = "hafleet-agent"
@@ -71,10 +71,11 @@ def host_port_list(value: str) -> list[tuple[str, int]]:
 
 
 def api_url(value: str) -> str:
-    """The base URL of an agent's HTTP API."""
-    if not value.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {value!r}")
-    return value.rstrip("/")
+    """The base URL of an agent's HTTP API (:func:`.addr.api_base_url`), for argparse."""
+    try:
+        return api_base_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _int(value: str, what: str) -> int:

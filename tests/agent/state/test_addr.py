@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hafleet_agent.addr import split_host_port
+from hafleet_agent.addr import api_base_url, split_host_port
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,23 @@ def test_what_names_the_value() -> None:
 def test_not_a_string() -> None:
     with pytest.raises(ValueError, match="must be a HOST:PORT string, not int"):
         split_host_port(7400)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://127.0.0.1:7480", "http://127.0.0.1:7480"),
+        ("https://a.example:7480/", "https://a.example:7480"),
+        ("http://h:1//", "http://h:1"),
+        ("http://X/", "http://X"),  # only slashes go
+    ],
+)
+def test_an_api_base_url_loses_its_trailing_slashes(value: str, expected: str) -> None:
+    assert api_base_url(value) == expected
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:7480", "ftp://h:1", "HTTP://h:1", "", " http://h:1"])
+def test_an_api_base_url_needs_an_http_scheme(value: str) -> None:
+    with pytest.raises(ValueError, match="expected an http:// or https:// URL, got ") as info:
+        api_base_url(value)
+    assert repr(value) in str(info.value)

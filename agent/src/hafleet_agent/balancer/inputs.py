@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import stat
 
+from ..addr import api_base_url
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -45,9 +47,7 @@ def parse_api_urls(text: str) -> list[str]:
     urls: list[str] = []
     for line in text.splitlines():
         for word in line.split("#", 1)[0].replace(",", " ").split():
-            if not word.startswith(("http://", "https://")):
-                raise ValueError(f"expected an http:// or https:// URL, got {word!r}")
-            url = word.rstrip("/")
+            url = api_base_url(word)
             if url not in urls:
                 urls.append(url)
     return urls
