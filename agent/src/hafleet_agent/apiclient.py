@@ -243,6 +243,28 @@ class APIClient:
         urls = self.urls
         self.current = urls.index(current) if current in urls else 0
 
+    def avoid(self, members, why):
+        """Move off the URL of a member in ``members`` (``/v1/members`` or ``/v1/watch``
+        entries) when another URL is left: e.g. one that is draining and about to leave the
+        group, whose answers to calls in flight would be cut off. Logged like a failover."""
+        scheme = urlsplit(self.given[0]).scheme or "http"
+        shun = set()
+        for member in members or []:
+            addr = member.get("api_addr")
+            if isinstance(addr, str) and addr:
+                shun.add(f"{scheme}://{addr}")
+        urls = self.urls
+        if self.base_url not in shun:
+            return
+        for step in range(1, len(urls)):
+            candidate = (self.current + step) % len(urls)
+            if urls[candidate] not in shun:
+                old = self.base_url
+                self.current = candidate
+                if self.logger is not None:
+                    self.logger.warning("agent API %s: %s; trying %s", old, why, self.base_url)
+                return
+
     def for_api_addr(self, api_addr, timeout=None):
         """A client like this one (token, TLS settings) of one agent, given its ``host:port``
         API address."""

@@ -220,3 +220,21 @@ def test_bad_urls_are_refused() -> None:
         APIClient([])
     with pytest.raises(ValueError):
         APIClient().url("v1/health")
+
+
+def test_avoid_moves_off_a_leaving_members_url_when_another_is_left() -> None:
+    client = APIClient(["http://127.0.0.1:1", "http://127.0.0.2:1"])
+    client.learn([{"api_addr": "127.0.0.3:1"}])
+    leaving = [{"id": "a", "api_addr": "127.0.0.1:1"}, {"id": "c", "api_addr": "127.0.0.3:1"}]
+    client.avoid([], "nothing to avoid")
+    assert client.base_url == "http://127.0.0.1:1"
+    client.avoid(leaving, "draining")
+    assert client.base_url == "http://127.0.0.2:1"
+    client.avoid(leaving, "draining")  # not on a shunned URL: stays
+    assert client.base_url == "http://127.0.0.2:1"
+    client.current = 2  # on 127.0.0.3: the next URL not shunned wraps around to .2
+    client.avoid(leaving, "draining")
+    assert client.base_url == "http://127.0.0.2:1"
+    only = APIClient("http://127.0.0.1:1")
+    only.avoid(leaving, "draining")  # nowhere else to go: stays
+    assert only.base_url == "http://127.0.0.1:1"

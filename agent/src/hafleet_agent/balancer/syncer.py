@@ -279,6 +279,13 @@ class Balancer:
                 await self._sleep(0.5)
                 continue
             self.api.learn(body["members"])
+            # A draining member is about to leave: a drain report written through it could
+            # commit and remove it before its answer comes back (the syncer would not know
+            # its report took). Talk to a member that stays.
+            self.api.avoid(
+                [m for m in body["members"] if isinstance(m, dict) and m.get("draining")],
+                "it is draining (leaving the group)",
+            )
             if self.view is None or index > self.view_index or body.get("changed"):
                 self.view = body
                 self.view_index = index
