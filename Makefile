@@ -44,7 +44,7 @@ TEST_STAGES := system-deps venv lint ansible-lint pytest sanity units molecule m
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help test system-deps venv lint format pytest collection-copy ansible-test-shim \
-	sanity units build constraints lab clean distclean sim bench-agent bench-balancer bench chaos \
+	sanity units build constraints agent-constraints lab clean distclean sim bench-agent bench-balancer bench chaos \
 	molecule release docs-check changelog \
 	collection-link ansible-lint bench-scale vendor mutation wheelhouse machines machines-destroy \
 	molecule-machines machines-e2e
@@ -137,9 +137,9 @@ vendor: ## copy agent/src/hafleet_agent/apiclient.py to plugins/module_utils/_ap
 # agent_wheelhouse_pip_args="--no-index --find-links DIR". roles/agent/files/build_wheelhouse.sh,
 # which the role runs on the controller too.
 WHEELHOUSE := build/wheelhouse
-wheelhouse: venv ## the agent's and its dependencies' wheels (constraints.txt) + setuptools in build/wheelhouse
+wheelhouse: venv ## the agent's and its dependencies' wheels (agent/constraints.txt) + setuptools in build/wheelhouse
 	rm -rf $(WHEELHOUSE)
-	roles/agent/files/build_wheelhouse.sh $(BIN)/python agent $(WHEELHOUSE) constraints.txt --with-build-backend
+	roles/agent/files/build_wheelhouse.sh $(BIN)/python agent $(WHEELHOUSE) agent/constraints.txt --with-build-backend
 
 # A fresh copy each time, so files deleted from the work tree are gone from it too; its
 # tests/output/ survives, as it holds the venv ansible-test builds for itself (a rerun then
@@ -183,6 +183,10 @@ constraints: ## regenerate constraints.txt from an unpinned install into a throw
 	} > "$$tmp/constraints.txt"; \
 	mv "$$tmp/constraints.txt" constraints.txt; \
 	echo "constraints: wrote constraints.txt"
+	$(MAKE) agent-constraints
+
+agent-constraints: venv ## agent/constraints.txt: constraints.txt's pins of the agent's runtime dependencies (shipped in the collection)
+	$(BIN)/python hack/agent_constraints.py
 
 # The long simulator run: make sim SEEDS=10000 [NODES=5] [FAULTS=all] [STEPS=3000]
 SEEDS ?= 10000
