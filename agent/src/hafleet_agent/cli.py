@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_leave(commands)
     _add_kv(commands)
     _add_balancer(commands)
+    _add_ca(commands)
     return parser
 
 
@@ -480,6 +481,51 @@ def _balancer(args: argparse.Namespace) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _add_ca(commands: argparse._SubParsersAction) -> None:
+    ca = _command(commands, "ca", "make the cluster CA and the agents' certificates")
+    ops = ca.add_subparsers(dest="ca_command", metavar="OP", required=True)
+    init = _command(
+        ops, "init", "make DIR/ca.crt and DIR/ca.key (0600); never overwrites", _ca, "ca init"
+    )
+    init.add_argument("--dir", required=True, metavar="DIR", help="where the CA's files go")
+    issue = _command(
+        ops,
+        "issue",
+        "make DIR/ID.crt and DIR/ID.key (0600), signed by the CA in DIR, binding the node id",
+        _ca,
+        "ca issue",
+    )
+    issue.add_argument("--dir", required=True, metavar="DIR", help="the CA's directory")
+    issue.add_argument("--node-id", required=True, metavar="ID", help="the agent's node id")
+    issue.add_argument(
+        "--address",
+        required=True,
+        action="append",
+        metavar="ADDR",
+        help="an IP address or DNS name the agent is reached at (repeatable)",
+    )
+    issue.add_argument(
+        "--days", type=positive_int, default=825, metavar="N", help="validity (default: 825)"
+    )
+
+
+def _ca(args: argparse.Namespace) -> int:
+    from . import ca
+
+    try:
+        if args.ca_command == "init":
+            cert, key = ca.init_ca(args.dir)
+            print(f"wrote {cert} and {key} (keep {key} secret: it signs every certificate)")
+        else:
+            out = ca.issue(args.dir, args.node_id, args.address, days=args.days)
+            verb = "replaced" if out.replaced else "wrote"
+            print(f"{verb} {out.cert_path} and {out.key_path} for node {args.node_id}")
+    except ca.CAError as exc:
+        print(f"{PROG} {args.command_name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # --- entry point ----------------------------------------------------------------------------
