@@ -105,6 +105,7 @@ RUN_FLAGS = (
     "data_dir",
     "key_file",
     "token_file",
+    "read_token_file",
     "bootstrap_expect",
     "join",
     "mdns",
@@ -237,6 +238,12 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         "--token-file",
         metavar="FILE",
         help="file holding the API token (at least 32 characters, mode 0600)",
+    )
+    run.add_argument(
+        "--read-token-file",
+        metavar="FILE",
+        help="file holding a token that may only read: GET routes, watch, metrics; writes "
+        "get 403 (at least 32 characters, mode 0600; not the --token-file token)",
     )
     run.add_argument(
         "--bootstrap-expect",

@@ -41,6 +41,7 @@ class AgentConfig:
     data_dir: str = "/var/lib/hafleet-agent"
     key_file: str = ""
     token_file: str = ""
+    read_token_file: str = ""  # a token that may only read (server/audit.py)
     bootstrap_expect: int | None = None
     join: list[str] = field(default_factory=list)
     mdns: bool = True
@@ -212,6 +213,7 @@ def _check_type(cfg: AgentConfig) -> None:
         "data_dir": (str,),
         "key_file": (str,),
         "token_file": (str,),
+        "read_token_file": (str,),
         "heartbeat_ms": (int,),
         "election_timeout_ms": (int,),
         "log_format": (str,),

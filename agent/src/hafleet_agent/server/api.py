@@ -2,7 +2,9 @@
 
 The routes, bodies and status codes are the contract of ``shared/DESIGN.md``; docs/api.md
 describes each one. Every route but ``/v1/health`` needs ``Authorization: Bearer <token>``
-(compared in constant time). Writes that reach a follower are forwarded to the leader.
+(compared in constant time): the admin token, or the read token for reads only (403 on a
+write); each write and each refused token is a line of the audit log (``audit.py``). Writes
+that reach a follower are forwarded to the leader.
 Errors are JSON ``{"error": "<what went wrong>", ...}``.
 
 No client input makes a handler answer 500 or print a traceback: an Authorization header that
@@ -22,7 +24,6 @@ connection cap, keep-alive, requests aiohttp's parser refuses).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -44,6 +45,7 @@ from ..state import (
     validate_value,
 )
 from ..throttle import WarnThrottle
+from .audit import NONE, READ, READ_METHODS, SCOPE, WHAT, Audit, load_read_token, scope_of
 from .conn import KEEPALIVE_S, CappedSite, RequestHandler, connection_limit
 from .forward import Forwarder
 from .prom import ApiCounters, exposition
@@ -69,6 +71,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+def _error_text(body: str | None) -> str:
+    """The ``error`` of a JSON error body ("" when there is none)."""
+    try:
+        return str(json.loads(body or "").get("error", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def parse_duration(text: str) -> float:
@@ -152,14 +162,34 @@ class Api:
         self.forwarder = Forwarder(agent)
         self.counters = ApiCounters()  # its cap set by start_api
         self.malformed_log = WarnThrottle(log, MALFORMED_LOG_INTERVAL_S)
+        self.read_token = load_read_token(agent.cfg, agent.token)  # audit.py; None: no such token
+        self.audit = Audit()
 
     # ---- middleware --------------------------------------------------------------------------
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count, check the token and its scope, answer, and audit (server/audit.py)."""
         self.counters.requests += 1
         try:
+            resp = await self._answer(request, handler)
+        except web.HTTPException as exc:  # a status below 400, re-raised
+            self.audit.answered(request, exc.status)
+            raise
+        except BaseException:
+            self.audit.answered(request, None)  # cancelled: no answer sent
+            raise
+        error = resp.text if isinstance(resp, web.Response) and resp.status in (401, 403) else ""
+        self.audit.answered(request, resp.status, _error_text(error))
+        return resp
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
             if request.path != "/v1/health":
-                self._check_token(request)
+                request[SCOPE] = self._check_token(request)
+                if request[SCOPE] == READ and request.method not in READ_METHODS:
+                    raise AgentError(
+                        "this token may only read; a write needs the admin token", status=403
+                    )
             return await handler(request)
         except StateErrorResult as exc:
             body = dict(exc.body)
@@ -212,7 +242,8 @@ class Api:
         )
         return self.counters.count(_error(status, f"malformed HTTP request: {what[:200]}"))
 
-    def _check_token(self, request: web.Request) -> None:
+    def _check_token(self, request: web.Request) -> str:
+        """The scope of the request's token (audit.ADMIN or audit.READ); 401 for none."""
         auth = request.headers.get("Authorization", "")
         scheme, _, given = auth.partition(" ")
         if scheme.lower() != "bearer" or not given:
@@ -222,8 +253,10 @@ class Api:
             presented = given.strip().encode("utf-8")
         except UnicodeEncodeError:
             raise AgentError("wrong API token (not UTF-8 text)", status=401) from None
-        if not hmac.compare_digest(presented, self.agent.token):
+        scope = scope_of(presented, self.agent.token, self.read_token)
+        if scope == NONE:
             raise AgentError("wrong API token", status=401)
+        return scope
 
     # ---- routes ----------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -241,7 +274,7 @@ class Api:
             {"id", "raft_addr", "api_addr", "service_addr"},
             {"id", "raft_addr", "api_addr"},
         )
-        _check_id(body["id"], "id")
+        request[WHAT] = ("member", _check_id(body["id"], "id"))
         for f in ("raft_addr", "api_addr"):
             if not isinstance(body[f], str) or not body[f]:
                 raise BadRequest(f"{f} must be a non-empty string")
@@ -276,7 +309,7 @@ class Api:
         body = await _json_body(request, {"to"}, set()) if request.can_read_body else {}
         to = body.get("to")
         if to is not None:
-            _check_id(to, "to")
+            request[WHAT] = ("to", _check_id(to, "to"))
         if not self.agent.is_leader():
             return await self.forwarder.forward(request, json.dumps(body).encode())
         new = await self.agent.hand_over(to, timeout=self.agent.write_timeout())

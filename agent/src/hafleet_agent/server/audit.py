@@ -1,0 +1,121 @@
+"""The API's tokens and its audit log: who may do what, and a line for each write.
+
+Two tokens (docs/security.md, "Tokens and audit"): the admin token (``--token-file``) may call
+every route; the read token (``--read-token-file``, optional) may call the reads (GET, HEAD)
+and gets 403 on every write. :func:`scope_of` says which one a request presented, comparing
+in constant time against both.
+
+The audit log is the logger ``hafleet.audit``:
+
+* every write the API answers (PUT, POST, DELETE with a valid token) is one INFO line, in
+  logfmt: ``write scope=admin source=10.0.0.5 method=PUT path=/v1/kv/a key=a status=200``
+  (``forwarded_by=ID`` when a follower forwarded it; ``status=none`` when no answer was sent);
+* a refused token (401, or 403 for the read token writing) is a WARNING line in the same form
+  (``refused ... status=401 reason="wrong API token"``), at most one per source address per
+  REFUSED_LOG_INTERVAL_S: the next one says how many were not logged. Anyone can send these.
+
+Reads are not logged (the Prometheus counters count them). Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+
+from ..config import ConfigError, read_secret
+from ..throttle import WarnThrottle
+
+audit_log = logging.getLogger("hafleet.audit")
+
+ADMIN, READ, NONE = "admin", "read", "none"
+#: The methods the read token may use.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: A refused token costs at most one log line per source address per this long.
+REFUSED_LOG_INTERVAL_S = 10.0
+#: The request's scope, set by the middleware (``request[SCOPE]``), and what a write is about
+#: when its path does not say it (``request[WHAT] = ("member", id)``).
+SCOPE: Any = getattr(web, "RequestKey", lambda name, t: name)("hafleet_scope", str)
+WHAT: Any = getattr(web, "RequestKey", lambda name, t: name)("hafleet_audit_what", tuple)
+FORWARDED = "X-Hafleet-Forwarded"  # forward.py's header (the sender's node id), as claimed
+
+_PLAIN = re.compile(r"^[A-Za-z0-9._/:%@\[\]+-]{1,200}$")
+_MAX_VALUE = 200
+
+
+def load_read_token(cfg: Any, admin: bytes) -> bytes | None:
+    """The read token of ``cfg.read_token_file`` (the token file rules: mode 0600, at least
+    32 characters), or None when none is configured. It must differ from the admin token."""
+    path = getattr(cfg, "read_token_file", "") or ""
+    if not path:
+        return None
+    token = read_secret(path, "read token")
+    if hmac.compare_digest(token, admin):
+        raise ConfigError(
+            f"the read token in {path} is the admin token (--token-file): give it a token "
+            "of its own (e.g. openssl rand -hex 32)"
+        )
+    return token
+
+
+def scope_of(presented: bytes, admin: bytes, read: bytes | None) -> str:
+    """ADMIN, READ or NONE; both comparisons are made, in constant time, whatever the first
+    one found."""
+    is_admin = hmac.compare_digest(presented, admin)
+    is_read = read is not None and hmac.compare_digest(presented, read)
+    return ADMIN if is_admin else READ if is_read else NONE
+
+
+def value(text: object) -> str:
+    """A logfmt value: as it is when plain, else JSON-quoted (no raw control character, no
+    space or quote that would split the line); cut to _MAX_VALUE characters."""
+    s = str(text)
+    if len(s) > _MAX_VALUE:
+        s = s[: _MAX_VALUE - 3] + "..."
+    return s if _PLAIN.match(s) else json.dumps(s)
+
+
+class Audit:
+    """The API's audit lines (see the module's docstring)."""
+
+    def __init__(self, logger: logging.Logger = audit_log) -> None:
+        self.log = logger
+        self.refusals = WarnThrottle(logger, REFUSED_LOG_INTERVAL_S)
+        self.writes = 0
+        self.refused = 0
+
+    def _fields(self, request: web.BaseRequest, status: int | None) -> str:
+        parts = [
+            f"scope={request.get(SCOPE, NONE)}",
+            f"source={value(request.remote or 'unknown')}",
+        ]
+        forwarded = request.headers.get(FORWARDED)
+        if forwarded:
+            parts.append(f"forwarded_by={value(forwarded)}")
+        parts += [f"method={value(request.method)}", f"path={value(request.raw_path)}"]
+        what = request.get(WHAT)
+        if what is None:
+            info = getattr(request, "match_info", None) or {}
+            if "key" in info:
+                what = ("key", info["key"])
+            elif "id" in info:
+                what = ("member", info["id"])
+        if what is not None:
+            parts.append(f"{what[0]}={value(what[1])}")
+        parts.append(f"status={status if status is not None else 'none'}")
+        return " ".join(parts)
+
+    def answered(self, request: web.BaseRequest, status: int | None, error: str = "") -> None:
+        """After the API answered ``request`` with ``status`` (None: no answer was sent)."""
+        if status in (401, 403):
+            self.refused += 1
+            source = request.remote or "unknown"
+            line = f"refused {self._fields(request, status)} reason={value(error or '?')}"
+            self.refusals.warn(source, "%s", line)
+        elif request.method not in READ_METHODS:
+            self.writes += 1
+            self.log.info("write %s", self._fields(request, status))
