@@ -7,6 +7,11 @@ socket (``stats socket PATH level admin expose-fd listeners``) and a ``server-st
 ``server-template``: its servers are added, weighted, drained and deleted at run time over
 the socket.
 
+Least privilege (docs/security.md): with ``user``/``group``/``chroot`` set, HAProxy binds its
+sockets and reads its files as the user it starts as, then its workers chroot (Debian's
+``/var/lib/haproxy``) and switch to that user; the admin socket can be given a mode and a group
+(``660`` and the syncer's group), so that the syncer speaks to it without root.
+
 Reloads. HAProxy forgets a server added at run time when it reloads ("a dynamic server not
 present in the configuration won't be restored after a reload operation", management.txt),
 and it restores a server's weight from the state file only when the configured weight equals
@@ -51,6 +56,10 @@ EQUAL_WEIGHT = 100
 """The weight of every server under the strategies that do not use the capacity table."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+"""A user or group name HAProxy may switch to (Debian's rule for system accounts)."""
+_MODE = re.compile(r"^0?[0-7]{3}$")
+_HOST = re.compile(r"^[A-Za-z0-9_.:%-]{1,253}$")
 
 
 class ConfigError(ValueError):
@@ -94,6 +103,16 @@ class Settings:
     hard_stop_after: str | None = "120s"
     """How long an old process may keep finishing its connections after a reload."""
     nbthread: int | None = None
+    user: str | None = None
+    group: str | None = None
+    """``user``/``group``: what HAProxy's processes switch to after binding (the master too,
+    unless it runs master-worker: then only the workers)."""
+    chroot: str | None = None
+    """A directory each worker chroots into after it has bound and loaded its files."""
+    socket_mode: str = "600"
+    socket_group: str | None = None
+    """The admin socket's mode and group (``660`` and the syncer's group: the syncer needs no
+    root). Its owner stays the user HAProxy starts as."""
 
 
 def check_name(value: str, what: str) -> str:
@@ -124,7 +143,8 @@ def render(s: Settings) -> str:
     for b in s.bind:
         host, port = split_bind(b)
         binds.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    for path, what in ((s.socket_path, "socket path"), (s.state_file, "state file")):
+    paths = [(s.socket_path, "socket path"), (s.state_file, "state file")]
+    for path, what in paths + ([(s.chroot, "chroot")] if s.chroot is not None else []):
         if not path.startswith("/") or any(c.isspace() for c in path):
             raise ConfigError(f"the {what} must be an absolute path without spaces: {path!r}")
     if s.health_path is not None and (
@@ -133,10 +153,17 @@ def render(s: Settings) -> str:
         raise ConfigError(
             f"the health path must start with '/' and hold no space: {s.health_path!r}"
         )
+    for value, what in ((s.user, "user"), (s.group, "group"), (s.socket_group, "socket group")):
+        if value is not None and not _ACCOUNT.match(value):
+            raise ConfigError(f"the {what} {value!r} is not a valid user or group name")
+    if not _MODE.match(s.socket_mode):
+        raise ConfigError(f"the socket mode must be octal, such as 660: {s.socket_mode!r}")
     names: set[str] = set()
     ids: set[int] = set()
     for srv in s.servers:
         check_name(srv.name, "server name")
+        if not _HOST.match(srv.host):
+            raise ConfigError(f"server {srv.name}: {srv.host!r} is not an address")
         if srv.name in names or srv.id in ids:
             raise ConfigError(f"server {srv.name} (id {srv.id}) appears twice")
         if not 0 <= srv.weight <= 256:
@@ -150,11 +177,21 @@ def render(s: Settings) -> str:
         "# lines below, if any, only carry them over a reload (their state comes from the",
         "# server-state-file).",
         "global",
-        f"    stats socket {s.socket_path} mode 600 level admin expose-fd listeners",
+    ]
+    if s.chroot:
+        lines.append(f"    chroot {s.chroot}")
+    socket_group = f" group {s.socket_group}" if s.socket_group else ""
+    lines += [
+        f"    stats socket {s.socket_path} mode {s.socket_mode}{socket_group} level admin"
+        " expose-fd listeners",
         "    stats timeout 30s",
         f"    server-state-file {s.state_file}",
         f"    maxconn {s.maxconn}",
     ]
+    if s.user:
+        lines.append(f"    user {s.user}")
+    if s.group:
+        lines.append(f"    group {s.group}")
     if s.nbthread:
         lines.append(f"    nbthread {s.nbthread}")
     if s.hard_stop_after:
@@ -288,10 +325,12 @@ def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
+            # fchmod, not chmod(tmp): the directory may be writable by a less trusted user
+            # (the syncer's state directory), who could swap the name for a link.
+            os.fchmod(f.fileno(), mode)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -7,7 +7,9 @@ systemd unit's ExecStartPre/ExecReload. The backend's servers are managed at run
 (``"failed": True`` and ``"msg"`` when it did not work), printed as one JSON line.
 
 The settings file is JSON: ``backend``, ``frontend``, ``bind`` (list of ADDR:PORT),
-``socket``, ``state_file``, ``strategy``, ``health_path``, ``maxconn``.
+``socket``, ``state_file``, ``strategy``, ``health_path``, ``maxconn``; optional, for least
+privilege: ``user``, ``group``, ``chroot``, ``socket_mode``, ``socket_group`` (empty or missing:
+HAProxy stays the user it starts as, the socket 600).
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ def render_text(settings: Mapping[str, Any], with_servers: bool) -> str:
             servers=servers,
             health_path=settings.get("health_path") or None,
             maxconn=int(settings.get("maxconn") or 4096),
+            user=settings.get("user") or None,
+            group=settings.get("group") or None,
+            chroot=settings.get("chroot") or None,
+            socket_mode=str(settings.get("socket_mode") or "600"),
+            socket_group=settings.get("socket_group") or None,
         )
     )
 
