@@ -115,6 +115,9 @@ RUN_FLAGS = (
     "election_timeout_ms",
     "log_format",
     "quota_bytes",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
 )
 
 
@@ -299,6 +302,20 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="the most the replicated KV store may hold; larger writes get 413 (0: no quota; "
         "default: 512 MiB)",
+    )
+    run.add_argument(
+        "--tls-ca-file",
+        metavar="FILE",
+        help="the cluster CA (hafleet-agent ca init): with --tls-cert-file and --tls-key-file, "
+        "mutual TLS between agents and HTTPS for the API (all three or none)",
+    )
+    run.add_argument(
+        "--tls-cert-file",
+        metavar="FILE",
+        help="this agent's certificate (hafleet-agent ca issue); it must name --node-id",
+    )
+    run.add_argument(
+        "--tls-key-file", metavar="FILE", help="the certificate's private key (mode 0600)"
     )
 
 

@@ -8,6 +8,7 @@ a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -15,10 +16,13 @@ import stat
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .addr import split_host_port as _split_host_port
 from .ids import member_id_error
+
+if TYPE_CHECKING:
+    from .tls import TLSConfig
 
 DEFAULT_RAFT_PORT = 7400
 DEFAULT_API_PORT = 7480
@@ -50,6 +54,10 @@ class AgentConfig:
     heartbeat_ms: int = 100
     election_timeout_ms: int = 300
     log_format: str = "text"
+    # Mutual TLS between agents and HTTPS for the API (tls.py): all three or none.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     # file-only settings
     weight_overrides: dict[str, int] = field(default_factory=dict)
     autopilot_cleanup_dead: bool = False
@@ -63,6 +71,27 @@ class AgentConfig:
     quota_bytes: int = DEFAULT_QUOTA_BYTES
 
     # ---- derived -------------------------------------------------------------------------
+    @functools.cached_property
+    def tls(self) -> TLSConfig | None:
+        """The TLS files read and their SSL contexts made (once); None without the
+        ``tls_*`` settings. ConfigError when the files cannot be used, or when the
+        certificate names another node id than ``node_id``."""
+        if not self.tls_ca_file:
+            return None
+        from .tls import TLSConfig, TLSError
+
+        try:
+            tls = TLSConfig.load(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        except TLSError as exc:
+            raise ConfigError(str(exc)) from None
+        if tls.node_id != self.node_id:
+            raise ConfigError(
+                f"TLS certificate {self.tls_cert_file} names node {tls.node_id!r}, but this "
+                f"node's id is {self.node_id!r} (issue one with hafleet-agent ca issue "
+                f"--node-id {self.node_id})"
+            )
+        return tls
+
     @property
     def advertise_host(self) -> str:
         return self.advertise or self.bind
@@ -200,6 +229,20 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("snapshot_entries must be at least 10")
     if cfg.quota_bytes < 0:
         raise ConfigError("quota_bytes must be >= 0 (0: no quota)")
+    tls_given = [bool(cfg.tls_ca_file), bool(cfg.tls_cert_file), bool(cfg.tls_key_file)]
+    if any(tls_given) and not all(tls_given):
+        missing = [
+            f"--{name.replace('_', '-')}"
+            for name, given in zip(TLS_KEYS, tls_given, strict=True)
+            if not given
+        ]
+        raise ConfigError(
+            "TLS needs all three of --tls-ca-file, --tls-cert-file and --tls-key-file "
+            f"(or none of them); missing: {', '.join(missing)}"
+        )
+
+
+TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 
 
 def _check_type(cfg: AgentConfig) -> None:
@@ -227,6 +270,9 @@ def _check_type(cfg: AgentConfig) -> None:
         "drain_timeout_s": (int, float),
         "max_body_bytes": (int,),
         "quota_bytes": (int,),
+        "tls_ca_file": (str,),
+        "tls_cert_file": (str,),
+        "tls_key_file": (str,),
     }
     for name, types in expect.items():
         v = getattr(cfg, name)

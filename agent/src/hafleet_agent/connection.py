@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -25,11 +26,13 @@ __all__ = [
     "Outbound",
     "PeerInfo",
     "Refused",
+    "TLSFailed",
     "TransportStats",
     "abort",
     "fmt_addr",
     "read_frame",
     "reason",
+    "tls_reason",
     "tune",
 ]
 
@@ -51,6 +54,10 @@ class PeerInfo:
     """The socket's remote address as seen here, ``host:port``."""
     outbound: bool
     """True when we dialled the connection."""
+    certified: bool = False
+    """True when ``node_id`` is the one the peer's TLS certificate names (mutual TLS): the
+    peer may speak as that node only. False without TLS (the hello's word, bound by no more
+    than the cluster key every member holds)."""
 
 
 @dataclass(slots=True)
@@ -88,7 +95,13 @@ class TransportStats:
 
 
 class Refused(Closed):
-    """``accept_peer`` said no (or the peer claims our own node id)."""
+    """``accept_peer`` said no (or the peer claims our own node id, or a node id its TLS
+    certificate does not name)."""
+
+
+class TLSFailed(Closed):
+    """The TLS handshake failed: no certificate, one of another CA, an expired one, an
+    address the certificate does not name, or no TLS at all."""
 
 
 def fmt_addr(sockaddr: Any) -> str:
@@ -120,6 +133,8 @@ class Conn:
     remote: str
     session: Session | None = None
     peer: PeerInfo | None = None
+    cert_id: str | None = None
+    """With TLS: the node id the peer's certificate names (None: it names none)."""
 
     def describe(self) -> str:
         who = f" (node {self.peer.node_id})" if self.peer is not None else ""
@@ -132,7 +147,19 @@ def reason(e: BaseException) -> str:
         return str(e)
     if isinstance(e, TimeoutError):
         return "timed out"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS: {tls_reason(e)}"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def tls_reason(e: ssl.SSLError) -> str:
+    """The TLS library's reason for a failure, without its source location: "certificate
+    verify failed: certificate has expired", "tlsv13 alert certificate required"."""
+    if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
+        return f"certificate verify failed: {e.verify_message}"
+    if e.reason:
+        return str(e.reason).replace("_", " ").lower()
+    return str(e) or type(e).__name__
 
 
 def tune(writer: asyncio.StreamWriter) -> None:

@@ -61,11 +61,39 @@ def serve_api(node: Node) -> Serve:
     return serve
 
 
+def log_tls(cfg: AgentConfig) -> None:
+    """Say at start whether the agent's traffic is encrypted (one line); load the TLS files
+    (ConfigError when they cannot be used)."""
+    tls = cfg.tls
+    if tls is None:
+        log.warning(
+            "TLS is off: Raft traffic and the API are not encrypted (Raft is authenticated by "
+            "the cluster key, the API by its token); give --tls-ca-file, --tls-cert-file and "
+            "--tls-key-file for mutual TLS between agents and HTTPS"
+        )
+        return
+    log.info(
+        "TLS is on: mutual TLS on the Raft port, HTTPS on the API; certificate %s (node %s), CA %s",
+        tls.cert_file,
+        tls.node_id,
+        tls.ca_file,
+    )
+    if not tls.covers_host(cfg.advertise_host):
+        log.warning(
+            "TLS certificate %s does not name this node's address %s: peers and clients "
+            "that dial it will refuse it (issue it with --address %s)",
+            tls.cert_file,
+            cfg.advertise_host,
+            cfg.advertise_host,
+        )
+
+
 async def run_agent(cfg: AgentConfig) -> int:
     """The body of ``hafleet-agent run``: start, serve until SIGTERM/SIGINT (hand leadership
     over first) or until removed from the group, stop."""
     key = read_secret(cfg.key_file, "key")
     token = read_secret(cfg.token_file, "token")
+    log_tls(cfg)
     agent = Node(cfg, key, token)
     loop = asyncio.get_running_loop()
     stop_signal = asyncio.Event()

@@ -18,6 +18,14 @@ Delivery
     drained, so a slow peer costs at most its queue; one that reads nothing for
     ``write_timeout`` is cut off. Received frames go to ``on_frame`` in order, on the loop.
 
+TLS
+    Given a :class:`.tls.TLSConfig`, every connection is mutual TLS first (the listener
+    takes a plain TCP connection and runs the TLS handshake itself, so a failed one is
+    logged like any other refusal, with the TLS library's reason), and the HMAC handshake
+    runs inside it as before. The node id of the peer's certificate binds its hello: a hello
+    naming another id is refused, and ``PeerInfo.certified`` tells the node that
+    ``node_id`` is the certificate's.
+
 Failure handling
     Any violation (bad proof, bad tag, wrong counter, oversize, truncation, garbage,
     bad msgpack or hello, handshake timeout) closes that connection with a line on the
@@ -37,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import Callable
 
 import msgpack
@@ -46,14 +55,17 @@ from .connection import (
     Outbound,
     PeerInfo,
     Refused,
+    TLSFailed,
     TransportStats,
     abort,
     fmt_addr,
     read_frame,
     reason,
+    tls_reason,
     tune,
 )
 from .throttle import WarnThrottle
+from .tls import TLSConfig, peer_node_id
 from .wire import (
     FRAME_OVERHEAD,
     HANDSHAKE_MAX,
@@ -166,6 +178,7 @@ class Transport:
         connect_timeout: float = 5.0,
         handshake_timeout: float = 5.0,
         write_timeout: float = 10.0,
+        tls: TLSConfig | None = None,
     ) -> None:
         if not isinstance(key, bytes):
             raise TypeError("the cluster key must be bytes")
@@ -206,6 +219,7 @@ class Transport:
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
         self.write_timeout = write_timeout
+        self.tls = tls
         self.stats = TransportStats()
         self._server: asyncio.Server | None = None
         self._outbound: dict[str, Outbound] = {}
@@ -332,9 +346,24 @@ class Transport:
     async def dial(self, addr: str) -> Conn:
         """An authenticated, accepted connection to ``addr`` (for an :class:`Outbound`)."""
         host, port = parse_addr(addr)
+        tls = self.tls
         async with asyncio.timeout(self.connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            if tls is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        host,
+                        port,
+                        ssl=tls.peer_client,
+                        server_hostname=host,
+                        ssl_handshake_timeout=self.handshake_timeout,
+                    )
+                except ssl.SSLError as e:
+                    raise TLSFailed(f"TLS handshake failed: {tls_reason(e)}") from None
         conn = Conn(reader, writer, fmt_addr(writer.get_extra_info("peername")))
+        if tls is not None:
+            conn.cert_id = peer_node_id(writer.get_extra_info("peercert"))
         try:
             tune(writer)
             async with asyncio.timeout(self.handshake_timeout):
@@ -409,6 +438,8 @@ class Transport:
             try:
                 tune(writer)
                 async with asyncio.timeout(self.handshake_timeout):
+                    if self.tls is not None:
+                        await self._start_tls(conn, self.tls)
                     await self._server_handshake(conn)
             finally:
                 self._handshake_done(source)
@@ -435,6 +466,17 @@ class Transport:
             )
         finally:
             await abort(conn)
+
+    async def _start_tls(self, conn: Conn, tls: TLSConfig) -> None:
+        """The listener's side of mutual TLS on an accepted connection; TLSFailed (with the
+        TLS library's reason: no certificate, another CA, expired ...) when it fails."""
+        try:
+            await conn.writer.start_tls(tls.peer_server)
+        except ssl.SSLError as e:
+            raise TLSFailed(f"TLS handshake failed: {tls_reason(e)}") from None
+        except ConnectionError as e:
+            raise TLSFailed(f"TLS handshake failed: {reason(e)}") from None
+        conn.cert_id = peer_node_id(conn.writer.get_extra_info("peercert"))
 
     async def _server_handshake(self, conn: Conn) -> None:
         async with asyncio.timeout(min(FIRST_FRAME_TIMEOUT, self.handshake_timeout)):
@@ -486,7 +528,14 @@ class Transport:
     def _check_hello(self, conn: Conn, body: bytes, *, outbound: bool) -> PeerInfo:
         assert conn.session is not None
         node_id, cluster, cluster_id, addr = parse_hello(conn.session.open(body))
-        peer = PeerInfo(node_id, cluster, cluster_id, addr, conn.remote, outbound)
+        certified = self.tls is not None
+        peer = PeerInfo(node_id, cluster, cluster_id, addr, conn.remote, outbound, certified)
+        if certified and node_id != conn.cert_id:
+            # A valid certificate of the cluster speaks for its own node only.
+            raise Refused(
+                f"its hello names node {node_id!r} but its certificate names "
+                + (repr(conn.cert_id) if conn.cert_id else "no node id")
+            )
         conn.peer = peer
         if node_id == self.node_id:
             raise Refused("the peer claims our own node id")

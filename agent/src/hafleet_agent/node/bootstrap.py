@@ -305,6 +305,11 @@ class Bootstrap:
         info = check_info(obj.get("info"))
         if self._raw() is None or self._cluster_id() is None:
             return
+        if self.is_leader() and peer.certified and info["id"] != peer.node_id:
+            # A join a follower relayed. Under TLS a node joins only in its own name (its
+            # certificate's): say hello to it instead, so it knows the leader and asks it.
+            self._send(info["raft_addr"], "hello", info=self.my_info(), fresh=False)
+            return
         if self.is_leader():
             if info["id"] not in self.admitting:  # a joiner asks every 0.25-0.5 s
                 self.admitting.add(info["id"])

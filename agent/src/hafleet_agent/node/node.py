@@ -280,6 +280,7 @@ class Node:
             on_frame=self.inbox.on_frame,
             accept_peer=self.inbox.accept_peer,
             cluster_id=lambda: self.cluster_id,
+            tls=cfg.tls,
         )
         await self.transport.start()
         self.snapshots.start(self.transport)
