@@ -441,7 +441,15 @@ async def start_api(agent: NodeVerbs) -> web.AppRunner:
     def protocol() -> RequestHandler:
         return RequestHandler(server, malformed=api.malformed, loop=loop, **handler_args)
 
-    site = CappedSite(runner, agent.cfg.bind, agent.cfg.api_port, connection_limit(), protocol)
+    tls = agent.cfg.tls  # HTTPS with the agent's certificate when TLS is on
+    site = CappedSite(
+        runner,
+        agent.cfg.bind,
+        agent.cfg.api_port,
+        connection_limit(),
+        protocol,
+        ssl_context=tls.api_server if tls is not None else None,
+    )
     await site.start()
     api.counters.cap = site.cap
     return runner

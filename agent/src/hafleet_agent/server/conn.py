@@ -12,12 +12,15 @@ import contextlib
 import logging
 import resource
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from ..throttle import WarnThrottle
 
 log = logging.getLogger("hafleet.api")
 
@@ -27,6 +30,8 @@ KEEPALIVE_S = 30.0
 #: descriptor limit (RLIMIT_NOFILE): the rest is for the Raft transport, storage, mDNS.
 MAX_CONNECTIONS = 1024
 LISTEN_BACKLOG = 128
+#: With HTTPS: a connection that has not finished its TLS handshake after this long is closed.
+TLS_HANDSHAKE_S = 10.0
 
 #: The answer to a request aiohttp's parser refused: (request, status, what the parser said).
 Malformed = Callable[[web.BaseRequest, int, HttpProcessingError], web.StreamResponse]
@@ -157,6 +162,13 @@ class _Listener:
         self.sock.close()
 
 
+def _peer_host(conn: socket.socket) -> str:
+    try:
+        return str(conn.getpeername()[0])
+    except (OSError, IndexError, TypeError):
+        return "?"
+
+
 class CappedSite(web.BaseSite):
     """A TCP site that accepts through a :class:`ConnectionCap` (aiohttp's TCPSite hands the
     listening socket to asyncio, which accepts as fast as connections come, up to the backlog
@@ -169,16 +181,21 @@ class CappedSite(web.BaseSite):
         port: int,
         limit: int,
         protocol: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, backlog=LISTEN_BACKLOG)
+        super().__init__(runner, backlog=LISTEN_BACKLOG, ssl_context=ssl_context)
         self.host, self.port, self.limit = host, port, limit
         self.protocol = protocol
+        # A failed TLS handshake (plain HTTP to the HTTPS port, an old client): one line per
+        # source address per 10 s.
+        self._tls_throttle = WarnThrottle(log, 10.0)
         self.cap: ConnectionCap | None = None
         self._serving: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         await super().start()
@@ -218,11 +235,28 @@ class CappedSite(web.BaseSite):
             return made[-1]
 
         try:
-            await loop.connect_accepted_socket(factory, conn, ssl=self._ssl_context)
+            source = _peer_host(conn)
+            await loop.connect_accepted_socket(
+                factory,
+                conn,
+                ssl=self._ssl_context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_S if self._ssl_context else None,
+            )
         except Exception as exc:  # e.g. a failed TLS handshake: the slot is free again
             if made:
                 made[0].release()
             else:
                 cap.open -= 1
             conn.close()
-            log.debug("API connection dropped before it started: %r", exc)
+            if isinstance(exc, ssl.SSLError | TimeoutError) and self._ssl_context is not None:
+                why = exc.reason if isinstance(exc, ssl.SSLError) else None
+                self._tls_throttle.warn(
+                    source,
+                    "refusing an API connection from %s: TLS handshake failed (%s)",
+                    source,
+                    str(why or type(exc).__name__).replace("_", " ").lower()
+                    + (": plain HTTP to the HTTPS port?" if why == "HTTP_REQUEST" else ""),
+                    kind=type(exc).__name__,
+                )
+            else:
+                log.debug("API connection dropped before it started: %r", exc)

@@ -3,7 +3,8 @@
 The leader gets the path and query as they came, still encoded (never parsed and
 normalized again on the way). A forwarded request carries FORWARDED (the sender's id) and is
 not forwarded again. A connect error means the request was never sent (503, not proposed);
-no answer after it was sent means it may be applied (504).
+no answer after it was sent means it may be applied (504). With TLS on, the leader is
+reached over HTTPS and its certificate checked against the cluster CA (and its address).
 """
 
 from __future__ import annotations
@@ -44,11 +45,17 @@ class Forwarder:
             # when the first one breaks; a failed connect on that retry would turn a write the
             # leader may have applied into a 503 "not proposed". No retries and a fresh
             # connection per forward: a connect error then means the request was never sent.
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            tls = self.agent.cfg.tls
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    force_close=True, ssl=tls.api_client if tls is not None else True
+                )
+            )
             self.session._retry_connection = False  # no public switch for it in aiohttp 3.x
         # The path as it came, still encoded: a string would be parsed again and normalized
         # (dot segments resolved, %2F decoded), and the leader would write another key.
-        url = URL(f"http://{api}{request.rel_url.raw_path_qs}", encoded=True)
+        scheme = "https" if self.agent.cfg.tls is not None else "http"
+        url = URL(f"{scheme}://{api}{request.rel_url.raw_path_qs}", encoded=True)
         headers = {
             "Authorization": request.headers.get("Authorization", ""),
             FORWARDED: self.agent.id,
