@@ -31,10 +31,20 @@ options:
     type: float
     default: 10
   validate_certs:
-    description: Verify the TLS certificate when O(api_url) uses C(https).
+    description:
+      - When O(api_url) uses C(https), verify the agent's TLS certificate - it must chain to
+        O(ca_path) (else to the system's CAs) and name the host of the URL - before anything,
+        the token included, is sent.
+      - Set to V(false) only on a test bench; the connection is then encrypted but not
+        authenticated.
     type: bool
     default: true
   ca_path:
-    description: A CA bundle to verify the API's certificate with.
+    description:
+      - A PEM file (or a directory of hashed certificates) on the host the module runs on,
+        holding the CA that the agents' certificates chain to, such as the C(ca.crt) of
+        C(hafleet-agent ca init). Only these CAs are trusted then.
+      - If not set, the environment variable E(HAFLEET_CA_FILE) is used; if neither is set,
+        the system's CAs.
     type: path
 """

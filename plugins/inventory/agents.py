@@ -57,9 +57,22 @@ options:
     type: float
     default: 10
   validate_certs:
-    description: Verify the TLS certificate of C(https) URLs.
+    description:
+      - Verify the TLS certificate of C(https) URLs - it must chain to O(ca_path) (else to
+        the system's CAs) and name the host of the URL - before the token is sent.
+      - Set to V(false) only on a test bench.
     type: bool
     default: true
+  ca_path:
+    description:
+      - A PEM file (or a directory of hashed certificates) on the controller holding the CA
+        that the agents' certificates chain to, such as the C(ca.crt) of
+        C(hafleet-agent ca init). Only these CAs are trusted then.
+      - If not set, the environment variable E(HAFLEET_CA_FILE) is used; if neither is set,
+        the system's CAs.
+    type: path
+    env:
+      - name: HAFLEET_CA_FILE
   group_prefix:
     description: Prefix of the groups this plugin makes.
     type: str
@@ -84,8 +97,9 @@ api_token_file: /var/lib/hafleet-lab/secrets/token
 
 # prod.hafleet.yml: more groups with the constructed features
 # plugin: hafleet.cluster.agents
-# api_urls: [http://10.0.0.11:7480]
+# api_urls: [https://10.0.0.11:7480]
 # api_token_file: ~/.hafleet/hafleet/token
+# ca_path: ~/.hafleet/hafleet/ca.crt   # the cluster CA (hafleet-agent ca init)
 # keyed_groups:
 #   - key: "'healthy' if hafleet_healthy else 'unhealthy'"
 #     prefix: hafleet
@@ -135,6 +149,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             token=token,
             timeout=self.get_option("api_timeout"),
             validate_certs=self.get_option("validate_certs"),
+            ca_path=self.get_option("ca_path"),
         )
 
     def _token(self):

@@ -18,6 +18,12 @@ One method per route (docs: the project's design, "HTTP API"); JSON in and out;
 
 ``status`` is ``None`` when no HTTP answer arrived (refused, timeout, TLS failure).
 
+TLS: ``https://`` URLs are verified against ``ca_path`` (a PEM file of the cluster CA, or a
+directory of hashed certificates) when given, else against the system's CAs; the agent's
+certificate must name the host of the URL. ``validate_certs=False`` skips both checks (for
+a test bench only). A certificate that does not verify is an :class:`APIError` that says so,
+with ``sent=False``: the handshake failed before the request went out.
+
 Paths: every key or member id is quoted as ONE path segment, ``/`` included
 (:func:`api_path`), so a key never adds or removes levels on the way (``a/../b`` has no dot
 segment for a proxy or a forwarding follower to fold away). The agent decodes ``%2F`` back
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import socket
 import ssl
@@ -140,6 +147,26 @@ def _seconds(value):
     return f"{float(value):g}s"
 
 
+def tls_context(validate_certs=True, ca_path=None):
+    """The client's ``ssl.SSLContext``: the agent's certificate verified against ``ca_path``
+    (a PEM file, or a directory of hashed certificates; only those CAs are trusted) or else
+    the system's CAs, its name checked against the URL's host; nothing checked when
+    ``validate_certs`` is false. ValueError when ``ca_path`` cannot be loaded."""
+    if ca_path:
+        ca_path = os.path.expanduser(str(ca_path))
+    try:
+        if ca_path and os.path.isdir(ca_path):
+            context = ssl.create_default_context(capath=ca_path)
+        else:
+            context = ssl.create_default_context(cafile=ca_path or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the CA file {ca_path}: {exc}") from None
+    if not validate_certs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """The API never redirects: a 3xx is an error, not a hop to somewhere else (with the
     token)."""
@@ -195,11 +222,10 @@ class APIClient:
         self.use_proxy = use_proxy
         self.user_agent = user_agent
         self.logger = logger
-        if ssl_context is None and any(u.startswith("https://") for u in given):
-            ssl_context = ssl.create_default_context(cafile=ca_path)
-            if not validate_certs:
-                ssl_context.check_hostname = False
-                ssl_context.verify_mode = ssl.CERT_NONE
+        if ssl_context is None and (
+            ca_path or not validate_certs or any(u.startswith("https://") for u in given)
+        ):
+            ssl_context = tls_context(validate_certs, ca_path)
         self.ssl_context = ssl_context
         handlers = [_NoRedirect()]
         if not use_proxy:
@@ -333,6 +359,10 @@ class APIClient:
         except urllib.error.URLError as exc:
             # urllib raises URLError while connecting and sending: never sent when refused.
             reason = exc.reason
+            if isinstance(reason, ssl.SSLError):  # the handshake: nothing was sent yet
+                raise APIError(
+                    self._tls_failure(reason), method=method, url=url, sent=False
+                ) from None
             sent = not isinstance(reason, (ConnectionRefusedError, socket.gaierror))
             raise APIError(f"request failed: {reason}", method=method, url=url, sent=sent) from None
         except (OSError, http.client.HTTPException) as exc:
@@ -346,6 +376,17 @@ class APIClient:
             raise APIError(
                 f"the answer is not JSON: {exc}", status=status, method=method, url=url
             ) from None
+
+    def _tls_failure(self, reason):
+        """What went wrong in a TLS handshake, said plainly."""
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            against = f"the CA in {self.ca_path}" if self.ca_path else "the system's CAs"
+            detail = reason.verify_message or reason.reason or str(reason)
+            return (
+                f"TLS: the agent's certificate did not verify against {against}: {detail} "
+                "(give the cluster CA with --ca-file / ca_path)"
+            )
+        return f"TLS handshake failed: {reason}"
 
     # ---- the routes ------------------------------------------------------------------------
 

@@ -148,7 +148,7 @@ def api_argument_spec():
         api_token_file=dict(type="path", fallback=(env_fallback, ["HAFLEET_API_TOKEN_FILE"])),
         api_timeout=dict(type="float", default=DEFAULT_TIMEOUT),
         validate_certs=dict(type="bool", default=True),
-        ca_path=dict(type="path"),
+        ca_path=dict(type="path", fallback=(env_fallback, ["HAFLEET_CA_FILE"])),
     )
 
 

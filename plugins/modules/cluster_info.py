@@ -52,6 +52,13 @@ EXAMPLES = r"""
   until: cluster.voters | length == 3
   retries: 60
   delay: 1
+
+- name: Read the cluster over HTTPS with a token that may only read
+  hafleet.cluster.cluster_info:
+    api_url: https://10.0.0.11:7480
+    api_token_file: /etc/hafleet-agent/read-token
+    ca_path: /etc/hafleet-agent/ca.crt
+  register: cluster
 """
 
 RETURN = r"""

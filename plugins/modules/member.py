@@ -118,6 +118,15 @@ EXAMPLES = r"""
     drain_timeout: 15
     api_url: http://10.0.0.11:7480
     api_token_file: /etc/hafleet-agent/token
+
+- name: Add a node through an agent that serves HTTPS (its certificate checked against the CA)
+  hafleet.cluster.member:
+    id: web5
+    raft_addr: 10.0.0.15:7400
+    api_addr: 10.0.0.15:7480
+    api_url: https://10.0.0.11:7480
+    api_token_file: /etc/hafleet-agent/token
+    ca_path: /etc/hafleet-agent/ca.crt
 """
 
 RETURN = r"""

@@ -203,6 +203,12 @@ def _add_client_options(sub: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="file holding the API token (mode 0600)",
     )
+    sub.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="the cluster CA (PEM) that an https:// agent's certificate must chain to "
+        "(default: $HAFLEET_CA_FILE, else the system's CAs)",
+    )
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
@@ -411,6 +417,12 @@ def _add_balancer(commands: argparse._SubParsersAction) -> None:
         help="file holding the API token (mode 0600; default: $HAFLEET_TOKEN_FILE)",
     )
     balancer.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="the cluster CA (PEM) that https:// agents' certificates must chain to "
+        "(default: $HAFLEET_CA_FILE, else the system's CAs)",
+    )
+    balancer.add_argument(
         "--strategy",
         choices=("weighted", "roundrobin", "random", "leastconn"),
         default="weighted",
@@ -497,6 +509,7 @@ def _balancer(args: argparse.Namespace) -> int:
         interval=args.interval,
         state_file=args.state_file,
         api_file=args.api_file,
+        ca_file=args.ca_file or os.environ.get("HAFLEET_CA_FILE") or None,
     )
     try:
         return asyncio.run(run_balancer(opts))

@@ -2,7 +2,9 @@
 
 They speak the HTTP API of one agent (``--api``, default ``http://127.0.0.1:7480``) with the
 token from ``--token-file`` (or the ``HAFLEET_TOKEN_FILE`` environment variable), through
-:mod:`hafleet_agent.apiclient`; this module parses the arguments and formats the answers.
+:mod:`hafleet_agent.apiclient`; an ``https://`` agent's certificate is verified against
+``--ca-file`` (or ``HAFLEET_CA_FILE``; else the system's CAs). This module parses the
+arguments and formats the answers.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def _token(args: argparse.Namespace) -> bytes:
 def run_client(args: argparse.Namespace) -> int:
     token = _token(args)
     try:
-        api = APIClient(args.api, token=token, timeout=TIMEOUT)
+        ca_file = getattr(args, "ca_file", None) or os.environ.get("HAFLEET_CA_FILE") or None
+        api = APIClient(args.api, token=token, timeout=TIMEOUT, ca_path=ca_file)
     except ValueError as exc:
         raise ClientError(str(exc), 2) from None
     try:

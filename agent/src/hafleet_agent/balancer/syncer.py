@@ -134,6 +134,9 @@ class Options:
     state_file: str | None = None
     # A file of more agent API URLs (after api_urls), re-read whenever it changes.
     api_file: str | None = None
+    # The cluster CA (PEM) that https:// agents' certificates must chain to (else the
+    # system's CAs).
+    ca_file: str | None = None
 
 
 class Balancer:
@@ -144,7 +147,12 @@ class Balancer:
         # the members the watch reports (learn()).
         self.url_file = APIURLFile(opts.api_file) if opts.api_file else None
         self.file_urls = self.url_file.read() if self.url_file else []
-        self.api = APIClient(self._given(), token=opts.token, use_proxy=False, logger=log)
+        try:
+            self.api = APIClient(
+                self._given(), token=opts.token, use_proxy=False, logger=log, ca_path=opts.ca_file
+            )
+        except ValueError as exc:  # a CA file that cannot be loaded
+            raise BalancerError(str(exc), EXIT_USAGE) from None
         self.backend = opts.backend
         self.view: dict[str, Any] | None = None
         self.view_index = 0
@@ -291,7 +299,14 @@ class Balancer:
                 self.view_index = index
                 self.wake.set()
 
-    def _token_refused(self) -> BalancerError:
+    def _token_refused(self, status: int = 401) -> BalancerError:
+        if status == 403:
+            return BalancerError(
+                f"the agent at {self.api.base_url} answered 403: the token of --token-file may "
+                "only read, and the balancer writes (its registration, drain reports); give it "
+                "the admin token",
+                EXIT_USAGE,
+            )
         return BalancerError(
             f"the agent at {self.api.base_url} refused the API token (401): check --token-file",
             EXIT_USAGE,
@@ -309,8 +324,8 @@ class Balancer:
                 await in_thread(self.api.kv_put, key, value)
             return True
         except APIError as exc:
-            if exc.status == 401:
-                raise self._token_refused() from None
+            if exc.status in (401, 403):
+                raise self._token_refused(exc.status) from None
             log.warning("%s via %s: %s", what, self.api.base_url, exc)
             if exc.status not in (None, 503, 504):
                 self.api.fail_over(f"{what} answered {exc.status}")

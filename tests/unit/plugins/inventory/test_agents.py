@@ -115,6 +115,15 @@ def test_no_answer_is_a_parser_error(cluster, tmp_path):
         load(tmp_path, config(cluster, "n1", "n2"))
 
 
+def test_the_tls_options_reach_the_client(cluster, tmp_path):
+    """O(ca_path) is passed to the client: one that cannot be loaded fails every URL."""
+    missing = tmp_path / "missing-ca.pem"
+    with pytest.raises(AnsibleParserError, match="cannot load the CA file .*missing-ca.pem"):
+        load(tmp_path, config(cluster, extra=f"ca_path: {missing}\n"))
+    inventory = load(tmp_path, config(cluster, extra="validate_certs: false\n"))
+    assert set(inventory.hosts) == {"n1", "n2", "n3"}
+
+
 def test_only_hafleet_files_are_read(tmp_path):
     plugin = inventory_loader.get("hafleet.cluster.agents")
     other = tmp_path / "hosts.yml"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
     USER_AGENT,
     HafleetAPIClient,
     HafleetAPIError,
+    api_argument_spec,
     api_path,
     client_from_params,
     fail_json_on_api_error,
@@ -382,6 +384,26 @@ def test_client_from_params_reads_the_token_file(agent, tmp_path):
     assert client.token == TOKEN and client.base_url == agent.base_url
     assert client.kv_put("p", 1)["value"] == 1
     assert agent.requests[-1]["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_the_tls_options_reach_the_client(tmp_path):
+    """O(ca_path) and O(validate_certs) (true by default; E(HAFLEET_CA_FILE) stands in for
+    O(ca_path)) reach the client; the verification itself is tested against a real HTTPS
+    server in tests/agent/cluster/test_client_tls.py (the same client file)."""
+    spec = api_argument_spec()
+    assert spec["validate_certs"] == {"type": "bool", "default": True}
+    assert spec["ca_path"]["type"] == "path"
+    assert spec["ca_path"]["fallback"][1] == ["HAFLEET_CA_FILE"]
+    params = {"api_url": "https://127.0.0.1:1", "api_token": TOKEN}
+    client = client_from_params(params)
+    assert client.validate_certs is True and client.ca_path is None
+    assert client.ssl_context.verify_mode == ssl.CERT_REQUIRED
+    assert client.ssl_context.check_hostname is True
+    client = client_from_params({**params, "validate_certs": False})
+    assert client.ssl_context.verify_mode == ssl.CERT_NONE
+    missing = str(tmp_path / "missing-ca.pem")
+    with pytest.raises(ValueError, match="cannot load the CA file .*missing-ca.pem"):
+        client_from_params({**params, "ca_path": missing})
 
 
 class FakeModule:
