@@ -269,6 +269,8 @@ class Node:
     expect_running: bool = False
     starts: int = 0
     exit_codes: list[int] = field(default_factory=list)
+    #: Started with the --tls-* flags: its API speaks HTTPS.
+    tls: bool = False
 
     @property
     def raft_addr(self) -> str:
@@ -280,7 +282,7 @@ class Node:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_addr}"
+        return f"{'https' if self.tls else 'http'}://{self.api_addr}"
 
     @property
     def pid(self) -> int | None:

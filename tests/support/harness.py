@@ -9,6 +9,11 @@ crashed run makes its X unusable rather than part of a test. X is never reused w
 test session either. Data dirs, logs, config files and the key and token files (mode 0600)
 live under the test's ``tmp_path``.
 
+``Cluster(..., tls=True)`` runs the agents with TLS: a cluster CA made with ``hafleet-agent
+ca init`` in ``DIR/tls``, each node's certificate (``ca issue --node-id nI --address
+127.0.X.I``) given with ``--tls-ca-file/--tls-cert-file/--tls-key-file``; ``api()`` then
+speaks HTTPS and checks the agent's certificate against that CA (``ssl_context``).
+
 The processes themselves (start in their own session, dying with the test process; stop
 by PID; logs; waiting with a deadline) are agents.py's; ``close()`` stops them, and the
 fixtures run it in their finalizers whatever the test's outcome. The cluster tests'
@@ -27,6 +32,7 @@ import secrets
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -130,12 +136,15 @@ class Cluster:
         heartbeat_ms: int = HEARTBEAT_MS,
         election_timeout_ms: int = ELECTION_TIMEOUT_MS,
         config: dict[str, Any] | None = None,
+        tls: bool = False,
     ) -> None:
         self.lease = lease_subnet()
         self.x = self.lease.x
         name = f"t{self.x}-{secrets.token_hex(3)}"
         self._setup(base_dir / f"cluster-127.0.{self.x}", name, heartbeat_ms, election_timeout_ms)
         self.config = dict(config or {})
+        if tls:
+            self.enable_tls()
         _ACTIVE.append(self)
 
     def _setup(
@@ -154,6 +163,42 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         self.last_view: dict[str, Any] = {}  # what the last agreement check saw, for errors
         self.closed = False
+        self.tls_dir: Path | None = None
+        self.ssl_context: ssl.SSLContext | None = None
+
+    # ---- TLS -------------------------------------------------------------------------------
+    def enable_tls(self) -> None:
+        """Make the cluster CA (``hafleet-agent ca init``); nodes added from now on run with
+        TLS and a certificate of it, and ``api()`` speaks HTTPS checking it."""
+        self.tls_dir = self.dir / "tls"
+        done = run_cli("ca", "init", "--dir", str(self.tls_dir))
+        assert done.returncode == 0, done.stderr
+        self.ssl_context = ssl.create_default_context(cafile=str(self.tls_dir / "ca.crt"))
+
+    def issue(self, node_id: str, *addresses: str) -> tuple[Path, Path]:
+        """``hafleet-agent ca issue`` for ``node_id``: (certificate, key)."""
+        assert self.tls_dir is not None, "enable_tls() first"
+        args = ["ca", "issue", "--dir", str(self.tls_dir), "--node-id", node_id]
+        for a in addresses:
+            args += ["--address", a]
+        done = run_cli(*args)
+        assert done.returncode == 0, done.stderr
+        return self.tls_dir / f"{node_id}.crt", self.tls_dir / f"{node_id}.key"
+
+    def tls_args(self, node_id: str, host: str) -> list[str]:
+        """The ``--tls-*`` flags of a node (its certificate issued when missing)."""
+        assert self.tls_dir is not None
+        cert, key = self.tls_dir / f"{node_id}.crt", self.tls_dir / f"{node_id}.key"
+        if not cert.exists():
+            self.issue(node_id, host)
+        return [
+            "--tls-ca-file",
+            str(self.tls_dir / "ca.crt"),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+        ]
 
     def __repr__(self) -> str:
         return f"<Cluster {self.name} 127.0.{self.x}.0/24 {sorted(self.nodes)}>"
@@ -198,8 +243,11 @@ class Cluster:
             join=join,
             mdns=mdns,
         )
+        if self.tls_dir is not None:
+            argv += self.tls_args(node_id, host)
         argv += list(extra_args)
         node = Node(node_id, index, host, data_dir, self.dir / f"{node_id}.log", argv)
+        node.tls = self.tls_dir is not None
         self.nodes[node_id] = node
         if start:
             self.start(node)
@@ -323,7 +371,13 @@ class Cluster:
         """One request to a node's API: ``(status, parsed JSON)`` (the text if not JSON).
         ``token=None`` sends no Authorization header; ``raw`` sends bytes as the body."""
         node = self.node(node)
-        conn = http.client.HTTPConnection(node.host, API_PORT, timeout=timeout)
+        conn: http.client.HTTPConnection
+        if self.ssl_context is not None and node.tls:
+            conn = http.client.HTTPSConnection(
+                node.host, API_PORT, timeout=timeout, context=self.ssl_context
+            )
+        else:
+            conn = http.client.HTTPConnection(node.host, API_PORT, timeout=timeout)
         try:
             hdrs: dict[str, str] = {}
             tok = self.token if token is _DEFAULT else token

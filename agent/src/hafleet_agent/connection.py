@@ -157,6 +157,8 @@ def tls_reason(e: ssl.SSLError) -> str:
     verify failed: certificate has expired", "tlsv13 alert certificate required"."""
     if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
         return f"certificate verify failed: {e.verify_message}"
+    if e.reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST"):
+        return f"{e.reason.replace('_', ' ').lower()} (the peer does not speak TLS?)"
     if e.reason:
         return str(e.reason).replace("_", " ").lower()
     return str(e) or type(e).__name__

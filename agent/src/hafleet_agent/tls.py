@@ -21,6 +21,7 @@ TLS 1.2 is the least version taken; Python's ``ssl`` (OpenSSL) does the work.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import ssl
@@ -69,7 +70,8 @@ class TLSConfig:
     def load(cls, ca_file: str, cert_file: str, key_file: str) -> TLSConfig:
         """Read and check the three files and make the contexts; TLSError when they do not
         fit (missing, unreadable, a key readable by others, a key that is not the
-        certificate's, a certificate not of the CA, or one that names no node id)."""
+        certificate's, a certificate not of the CA, expired or not yet valid, or one that
+        names no node id)."""
         for what, path in (("CA", ca_file), ("certificate", cert_file), ("key", key_file)):
             if not path:
                 raise TLSError(f"no TLS {what} file given")
@@ -100,6 +102,17 @@ class TLSConfig:
             )
         if not any(_issued_by(cert, c) for c in ca_certs):
             raise TLSError(f"TLS certificate {cert_file} is not signed by the CA in {ca_file}")
+        now = dt.datetime.now(dt.UTC)
+        if cert.not_valid_after_utc <= now:
+            raise TLSError(
+                f"TLS certificate {cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} "
+                "UTC: peers would refuse it; issue a new one (hafleet-agent ca issue)"
+            )
+        if cert.not_valid_before_utc > now:
+            raise TLSError(
+                f"TLS certificate {cert_file} is not valid before "
+                f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is the clock right?)"
+            )
 
         def context(purpose: ssl.Purpose, *, own: bool, verify: bool) -> ssl.SSLContext:
             server = purpose is ssl.Purpose.CLIENT_AUTH

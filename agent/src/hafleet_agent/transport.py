@@ -129,7 +129,11 @@ def _reason_kind(reason: str) -> str:
     colon, digits left out ("replayed or reordered frame: counter 87, expected 88" and
     "... counter 90, expected 91" are one kind). The reasons are this module's own texts (and
     OSError's), so the kinds are few."""
-    head = reason.split(":", 1)[0]
+    # A failed TLS handshake's kind is its reason too (OpenSSL's few fixed texts): another
+    # CA, an expired certificate, no TLS at all are different failures.
+    head = (
+        ":".join(reason.split(":", 3)[:3]) if reason.startswith("TLS") else reason.split(":", 1)[0]
+    )
     return "".join(ch for ch in head if not ch.isdigit())[:80]
 
 

@@ -44,6 +44,13 @@ def test_kinds_are_few_however_the_numbers_change() -> None:
     assert a == b == "replayed or reordered frame"
     assert _reason_kind("ConnectionResetError: [Errno 104] reset") == "ConnectionResetError"
     assert len(_reason_kind("x" * 500)) == 80
+    # a failed TLS handshake's kind holds its reason: another CA and an expired certificate
+    # are two kinds, each logged once per interval
+    other_ca = _reason_kind("TLS handshake failed: certificate verify failed: unable to get")
+    expired = _reason_kind(
+        "TLS handshake failed: certificate verify failed: certificate has expired"
+    )
+    assert other_ca != expired and expired.endswith("certificate has expired")
 
 
 def test_sources_and_kinds_together_stay_bounded() -> None:
