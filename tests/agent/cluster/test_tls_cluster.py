@@ -240,3 +240,15 @@ def test_without_tls_the_agent_says_it_is_unencrypted(make_cluster: MakeCluster)
     lines = [ln for ln in node.log().splitlines() if "TLS is off" in ln]
     assert len(lines) == 1 and "WARNING" in lines[0], lines
     assert cluster.api(node, "GET", "/v1/health", token=None)[0] == 200  # plain HTTP as before
+
+
+def test_a_node_joins_through_a_follower_under_tls(make_cluster: MakeCluster) -> None:
+    """A relayed join names the joiner, not the follower that relays it: under TLS the leader
+    does not admit it but says hello to the joiner, which then asks the leader itself."""
+    cluster = tls_cluster(make_cluster)
+    lead = cluster.leader()
+    follower = next(nid for nid in cluster.nodes if nid != lead)
+    joiner = cluster.add("n4", join=[cluster.node(follower).raft_addr])
+    cluster.wait_agreed()
+    assert "n4" in cluster.member_ids(lead)
+    assert cluster.ok(joiner, "GET", "/v1/status")["leader_id"] == lead

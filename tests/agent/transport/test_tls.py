@@ -323,3 +323,28 @@ def test_the_python_ssl_view_of_an_issued_certificate_names_the_node(pki: Path) 
             await server.wait_closed()
 
     run(main())
+
+
+def test_two_cas_in_the_ca_file_trust_both_during_a_ca_change(pki: Path, tmp_path: Path) -> None:
+    """security.md's CA change: with both CAs in --tls-ca-file, a node of the old CA and a
+    node of the new one talk."""
+    both = tmp_path / "both.crt"
+    both.write_bytes((pki / "ca.crt").read_bytes() + (pki / "other" / "ca.crt").read_bytes())
+    old = TLSConfig.load(str(both), str(pki / "n2.crt"), str(pki / "n2.key"))
+    new = TLSConfig.load(str(both), str(pki / "other" / "n1.crt"), str(pki / "other" / "n1.key"))
+
+    async def main() -> None:
+        ia, ib = Inbox(), Inbox()
+        a = make("n1", ia, tls=new)
+        b = make("n2", ib, tls=old)
+        await a.start()
+        await b.start()
+        try:
+            assert a.send(addr(b), {"x": 1}) and b.send(addr(a), {"y": 2})
+            await ib.wait_for(1)
+            await ia.wait_for(1)
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(main())
