@@ -77,7 +77,7 @@ class Stub:
 
     def __init__(self, *, leader_api: str | None = None, bind: str = "127.0.0.1") -> None:
         self.cfg = SimpleNamespace(
-            max_body_bytes=1 << 20, quota_bytes=0, bind=bind, api_port=API_PORT
+            max_body_bytes=1 << 20, quota_bytes=0, bind=bind, api_port=API_PORT, tls=None
         )
         self.token = TOKEN.encode()
         self.id = "n2"
