@@ -348,3 +348,13 @@ def test_two_cas_in_the_ca_file_trust_both_during_a_ca_change(pki: Path, tmp_pat
             await b.stop()
 
     run(main())
+
+
+def test_the_toml_keys_name_the_files_too(pki: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    conf.write_text("".join(f'{k} = "{v}"\n' for k, v in _files(pki, "n2").items()))
+    cfg = load(str(conf), {"node_id": "n2", "mdns": False})
+    assert cfg.tls is not None and cfg.tls.node_id == "n2"
+    # the certificate from the file must still name the node id the flags give
+    with pytest.raises(ConfigError, match="names node 'n2', but this node's id is 'n1'"):
+        _ = load(str(conf), {"node_id": "n1", "mdns": False}).tls
