@@ -11,12 +11,15 @@ cannot be loaded is a usage error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import json
+import logging
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -399,3 +402,32 @@ def test_the_balancer_command_reads_ca_file(
     monkeypatch.setenv("HAFLEET_CA_FILE", str(tmp_path / "also-missing.pem"))
     assert cli.main(argv) == 2
     assert "also-missing.pem" in capsys.readouterr().err
+
+
+def test_the_syncer_says_when_no_agent_verifies(
+    agent: FakeAgent, pki: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """One agent whose certificate does not verify: the watch logs why (no failover line is
+    logged with a single URL) and keeps trying, the token never sent."""
+    caplog.set_level(logging.WARNING, logger="hafleet.balancer")
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "no agent gave a view" in r.getMessage()]
+
+    async def main() -> None:
+        bal = _balancer(agent.url, tmp_path, str(pki["other"]))
+        task = asyncio.create_task(bal.watch())
+        try:
+            deadline = time.monotonic() + 20
+            while not said() and time.monotonic() < deadline and not task.done():
+                await asyncio.sleep(0.05)
+        finally:
+            bal.stop.set()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    assert said(), caplog.text
+    assert "did not verify against the CA in" in said()[0]
+    assert agent.seen == []

@@ -267,7 +267,12 @@ class Balancer:
                 why = why or f"unexpected answer {body!r}"
                 self.api.fail_over(f"watch failed ({why[:200]})")
                 if failures % max(1, len(self.api.urls)) == 0:
-                    await self._sleep(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(failures, 5)))
+                    # A round of every URL without a view (a failover alone logs only when
+                    # there is another URL: one agent whose certificate does not verify
+                    # would go unsaid).
+                    delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(failures, 5))
+                    log.warning("no agent gave a view (%s); retrying in %.1fs", why[:300], delay)
+                    await self._sleep(delay)
                 continue
             failures = 0
             index = int(body.get("index") or 0)
