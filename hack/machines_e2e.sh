@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make machines-e2e: the real-host path end to end, from the released tarball (root).
 #
-# 1. ansible-galaxy collection build, install the tarball with --no-deps into an empty
+# 1. a snapshot of the checkout's HEAD; ansible-galaxy collection build of it, install the tarball with --no-deps into an empty
 #    temporary collections path; every playbook below runs from THAT copy by FQCN
 #    (hafleet.cluster.scale / destroy), from a directory outside the checkout, with an
 #    ansible.cfg and a HOME of its own (no checkout ansible.cfg).
@@ -12,8 +12,11 @@
 #    3->5: every request must succeed.
 # 5. reboot one pool machine (systemctl reboot over SSH): bounded wait for a new boot id, then
 #    for the node to be a voter again with a leader.
-# 6. hafleet.cluster.destroy: no hafleet unit, user or file is left on the pool machines.
-# 7. hack/machines.py down. A summary of timings and request counts is printed at the end.
+# 6. a rolling upgrade to the next version (a copy of the source with the version bumped,
+#    built and installed over the first) by the scale playbook under load: every request
+#    succeeds, every node reports the new version and is a voter again.
+# 7. hafleet.cluster.destroy: no hafleet unit, user or file is left on the pool machines.
+# 8. hack/machines.py down. A summary of timings and request counts is printed at the end.
 # Any failed check exits non-zero; everything made is removed on exit (trap), also on failure.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -148,11 +151,55 @@ print(dict(walk(inv["hafleet_machines"]))[sys.argv[2]]["ansible_host"])
 PY
 }
 
+# loadgen.py through the balancer machine's address:8080 until stop_load (bounded: 900 s).
+start_load() { # name
+	load_name=$1
+	rm -f "$work/load.stop" "$work/load.ready"
+	python3 "$src/tests/agent/collection/loadgen.py" --url "http://$lb_addr:8080/" --rate 50 \
+		--duration 900 --stop-file "$work/load.stop" --concurrency 32 --timeout 5 \
+		--out "$work/load-$load_name.json" --ready-file "$work/load.ready" >"$work/load-$load_name.log" 2>&1 &
+	load_pid=$!
+	for _ in $(seq 1 100); do
+		[ -e "$work/load.ready" ] && break
+		kill -0 "$load_pid" 2>/dev/null || fail "loadgen ended before its first answer"
+		sleep 0.1
+	done
+	[ -e "$work/load.ready" ] || fail "loadgen had no answer within 10 s"
+}
+
+# Stops the load; sets load_line to its summary; fails unless every request succeeded.
+stop_load() {
+	touch "$work/load.stop"
+	wait "$load_pid" || true
+	load_pid=
+	[ -f "$work/load-$load_name.json" ] || fail "loadgen wrote no summary"
+	load_line=$(python3 - "$work/load-$load_name.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"sent={s.get('sent')} ok={s.get('ok')} failed={s.get('failed')} nodes={len(s['by_node'])} "
+      f"failures={s.get('failures') or {}} p99={s['latency_ms']['p99']} ms")
+sys.exit(0 if s.get("failed") == 0 and s.get("ok", 0) > 0 and s.get("sent") == s.get("ok") else 1)
+PY
+	) || fail "requests failed under load ($load_name): $load_line"
+}
+
 t_all=$(now)
+# One snapshot of the source: the checkout's HEAD commit (a tree outside git: its files).
+# Both versions below are built from it, so work going on in the checkout meanwhile does not
+# leak into the "upgrade"; commit what you want tested.
+mkdir -p "$work/src"
+if git -C "$src" rev-parse --verify -q HEAD >/dev/null 2>&1; then
+	note "snapshot of HEAD ($(git -C "$src" rev-parse --short HEAD)) in $work/src"
+	git -C "$src" archive --format=tar HEAD | tar -C "$work/src" -xf -
+else
+	note "snapshot of $src in $work/src"
+	tar -C "$src" --exclude=./.venv --exclude='*/.venv' --exclude=./build --exclude=./dist \
+		--exclude='*/__pycache__' --exclude=./.ansible --exclude='*/.ansible' -cf - . | tar -C "$work/src" -xf -
+fi
 note "building the tarball into $src/dist"
 mkdir -p "$src/dist"
 # "Created collection for hafleet.cluster at /…/dist/hafleet-cluster-<version>.tar.gz"
-tarball=$(cd "$src" && ansible-galaxy collection build --force --output-path dist | sed -n 's/^Created collection .* at //p')
+tarball=$(cd "$work/src" && ansible-galaxy collection build --force --output-path "$src/dist" | sed -n 's/^Created collection .* at //p')
 [ -f "$tarball" ] || fail "ansible-galaxy collection build made no tarball"
 note "built $tarball"
 
@@ -190,17 +237,7 @@ record "scale 5->5: $(secs "$t") s (changed=0)"
 
 wait_balanced "$pool_size"
 note "load through http://$lb_addr:8080/ while scaling 5->3->5"
-load_out="$work/load.json"
-python3 "$src/tests/agent/collection/loadgen.py" --url "http://$lb_addr:8080/" --rate 50 \
-	--duration 900 --stop-file "$work/load.stop" --concurrency 32 --timeout 5 \
-	--out "$load_out" --ready-file "$work/load.ready" >"$work/load.log" 2>&1 &
-load_pid=$!
-for _ in $(seq 1 100); do
-	[ -e "$work/load.ready" ] && break
-	kill -0 "$load_pid" 2>/dev/null || fail "loadgen ended before its first answer"
-	sleep 0.1
-done
-[ -e "$work/load.ready" ] || fail "loadgen had no answer within 10 s"
+start_load scale
 t=$(now)
 play hafleet.cluster.scale "$work/scale-5-3.log" -e nodes=$small
 check_recap "$work/scale-5-3.log" any >/dev/null || fail "scale 5->3 recap"
@@ -212,18 +249,7 @@ play hafleet.cluster.scale "$work/scale-3-5.log" -e nodes=$pool_size
 check_recap "$work/scale-3-5.log" any >/dev/null || fail "scale 3->5 recap"
 record "scale 3->5 under load: $(secs "$t") s"
 wait_balanced "$pool_size"
-touch "$work/load.stop"
-wait "$load_pid" || true
-load_pid=
-[ -f "$load_out" ] || fail "loadgen wrote no summary"
-load_line=$(python3 - "$load_out" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-print(f"sent={s.get('sent')} ok={s.get('ok')} failed={s.get('failed')} nodes={len(s['by_node'])} "
-      f"failures={s.get('failures') or {}} p99={s['latency_ms']['p99']} ms")
-sys.exit(0 if s.get("failed") == 0 and s.get("ok", 0) > 0 and s.get("sent") == s.get("ok") else 1)
-PY
-) || fail "requests failed under load: $load_line"
+stop_load
 record "load through $lb_addr:8080 across 5->3->5: $load_line"
 
 note "rebooting $victim"
@@ -249,6 +275,58 @@ for _ in $(seq 1 120); do
 done
 [ -n "$view" ] || fail "$victim is not a voter with a leader within 120 tries after its reboot"
 record "reboot of $victim: ssh back after $t_ssh s, a voter again after $(secs "$t") s ($view)"
+
+# A rolling upgrade: the next version of the collection (version bumped in a copy of the
+# source, built and installed over the first into the same collections path), applied by the
+# same scale playbook under load. The agent role sees a new source digest, installs the new
+# wheel on each host and restarts one agent at a time (each a healthy voter served by HAProxy
+# before the next); every request through the balancer must succeed.
+version=$(sed -n 's/^version: *//p' "$work/src/galaxy.yml")
+next_version=$(python3 -c 'import sys; a, b, c = sys.argv[1].split("-")[0].split(".")[:3]; print(f"{a}.{b}.{int(c) + 1}")' "$version")
+note "making version $next_version of the collection (from $version)"
+mkdir -p "$work/next-dist"
+cp -a "$work/src" "$work/next"
+sed -i "s/^version: .*/version: $next_version/" "$work/next/galaxy.yml"
+sed -i "s/^version = \".*\"/version = \"$next_version\"/" "$work/next/agent/pyproject.toml"
+sed -i "s/^__version__ = \".*\"/__version__ = \"$next_version\"/" "$work/next/agent/src/hafleet_agent/__init__.py"
+next_tarball=$(cd "$work/next" && ansible-galaxy collection build --force --output-path "$work/next-dist" | sed -n 's/^Created collection .* at //p')
+[ -f "$next_tarball" ] || fail "ansible-galaxy collection build made no tarball of $next_version"
+ansible-galaxy collection install --force --no-deps --offline -p "$work/collections" "$next_tarball" >/dev/null
+installed=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["collection_info"]["version"])' \
+	"$work/collections/ansible_collections/hafleet/cluster/MANIFEST.json")
+[ "$installed" = "$next_version" ] || fail "installed $installed, not $next_version"
+wait_balanced "$pool_size"
+note "rolling upgrade to $next_version under load through http://$lb_addr:8080/"
+start_load upgrade
+t=$(now)
+play hafleet.cluster.scale "$work/upgrade.log" -e nodes=$pool_size
+changed=$(check_recap "$work/upgrade.log" any) || fail "upgrade recap"
+t_upgrade=$(secs "$t")
+wait_balanced "$pool_size"
+stop_load
+versions=$(python3 - "$HOME/.hafleet/$cluster/token" "${pool_addrs[@]}" <<'PY'
+import json, sys, urllib.request
+token = open(sys.argv[1]).read().strip()
+out = []
+for addr in sys.argv[2:]:
+    req = urllib.request.Request(f"http://{addr}:7480/v1/status", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=3) as answer:
+        status = json.load(answer)
+    out.append(f"{status['node_id']}={status.get('version')}/{status['state']}")
+print(" ".join(out))
+PY
+) || fail "the API after the upgrade"
+for v in $versions; do
+	case "$v" in
+	*="$next_version"/leader | *="$next_version"/follower) ;;
+	*) fail "after the upgrade: $versions (want every node at $next_version, a voter)" ;;
+	esac
+done
+view=$(api_view "${pool_addrs[0]}") || fail "the API after the upgrade"
+[ "$(echo "$view" | cut -d' ' -f3)" = "hfe2e-m1,hfe2e-m2,hfe2e-m3,hfe2e-m4,hfe2e-m5" ] || fail "voters after the upgrade: $view"
+restarts=$(grep -c 'TASK \[hafleet.cluster.agent : Restart the agent (systemd' "$work/upgrade.log" || true)
+record "rolling upgrade $version -> $next_version: $t_upgrade s (changed=$changed, $restarts agent restarts one at a time), every node at $next_version"
+record "load through $lb_addr:8080 during the upgrade: $load_line"
 
 t=$(now)
 play hafleet.cluster.destroy "$work/destroy.log" -e nodes=$pool_size
