@@ -297,8 +297,9 @@ release: system-deps venv ## build the tarball, install it into a temp path, sca
 
 # The real-host path end to end from the released tarball (root; docs/machines.md): 5 pool + 1
 # balancer machines (hfe2e-, bridge hfe2e1, 10.79.30.0/24), scale 0->5, 5->5 (changed=0), 5->3->5
-# under load through the balancer machine with 0 failed requests, a reboot, destroy, down.
-machines-e2e: venv ## the installed tarball on 5+1 machines: scale, load, reboot, destroy (root)
+# under load through the balancer machine with 0 failed requests, a reboot, a rolling upgrade to
+# the next version under load (0 failed), destroy, down.
+machines-e2e: venv ## the installed tarball on 5+1 machines: scale, load, reboot, rolling upgrade, destroy (root)
 	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(MACHINES_DEB_PACKAGES)"
 	hack/machines_e2e.sh
 
