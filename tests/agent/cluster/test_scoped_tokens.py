@@ -84,6 +84,38 @@ def test_the_read_token_reads_and_every_write_is_403_and_audited(
     assert read not in log and c.token not in log  # tokens are never logged
 
 
+def test_a_write_through_a_follower_is_audited_on_both(make_cluster: Any, tmp_path: Path) -> None:
+    """The follower logs the client's write (and its answer, relayed from the leader); the
+    leader logs the forwarded one with ``forwarded_by``. The read token is refused by the
+    follower itself, never forwarded; it reads through a follower too."""
+    c: Cluster = make_cluster()
+    read_file = write_secret(tmp_path / "read-token")
+    read = read_file.read_text().strip()
+    c.add_many(3, bootstrap_expect=3, extra_args=["--read-token-file", str(read_file)])
+    c.wait_agreed()
+    leader = c.leader()
+    follower = c.followers()[0]
+    c.ok(follower, "PUT", "/v1/kv/via", {"value": "f"})
+    assert c.api(follower, "GET", "/v1/kv/via", token=read)[1]["value"] == "f"
+    assert c.api(follower, "DELETE", "/v1/kv/via", token=read)[0] == 403
+
+    def audit(node: str) -> list[str]:
+        return [ln for ln in c.node(node).log().splitlines() if "hafleet.audit: " in ln]
+
+    mine = [ln for ln in audit(follower) if "path=/v1/kv/via" in ln]
+    assert len(mine) == 2, mine
+    assert "write scope=admin source=127.0." in mine[0] and "status=200" in mine[0], mine
+    assert "forwarded_by" not in mine[0]
+    assert "refused scope=read" in mine[1] and "status=403" in mine[1], mine
+    theirs = [ln for ln in audit(leader) if "path=/v1/kv/via" in ln]
+    assert len(theirs) == 1, theirs
+    assert re.search(
+        rf"write scope=admin source=127\.0\.\d+\.\d+ forwarded_by={follower} method=PUT "
+        r"path=/v1/kv/via key=via status=200",
+        theirs[0],
+    ), theirs
+
+
 @pytest.mark.parametrize(
     ("mode", "same", "error"),
     [
