@@ -58,6 +58,7 @@ def scale_plan(
     pool=None,
     raft_port=7400,
     api_port=7480,
+    tls=False,
 ):
     """The plan for ``nodes`` nodes; the keys are documented in scale_plan.yml (RETURN)."""
     if provider not in PROVIDERS:
@@ -100,7 +101,9 @@ def scale_plan(
         "unmanaged": [member for member in members if member not in node_addresses],
         "bootstrap_expect": nodes if fresh else None,
         "join": _addresses(join_via, node_addresses, raft_port),
-        "api_urls": _addresses(targets, node_addresses, api_port, scheme="http://"),
+        "api_urls": _addresses(
+            targets, node_addresses, api_port, scheme="https://" if tls else "http://"
+        ),
     }
 
 

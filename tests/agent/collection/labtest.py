@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -179,14 +180,26 @@ class TestLab:
                 found[str(pidfile.relative_to(self.root))] = pid
         return found
 
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificates the lab's clients trust (the agent role's controller_secrets)."""
+        return self.root / "secrets" / "ca.crt"
+
+    def api_url(self, i: int) -> str:
+        return f"https://{self.address(i)}:7480"
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Verifies the agents' certificates against the lab's CA (and their addresses)."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
     def api(self, i: int, path: str):
         import urllib.request
 
         token = (self.root / "secrets" / "token").read_text().strip()
         req = urllib.request.Request(
-            f"http://{self.address(i)}:7480{path}", headers={"Authorization": f"Bearer {token}"}
+            f"{self.api_url(i)}{path}", headers={"Authorization": f"Bearer {token}"}
         )
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5, context=self.tls_context()) as resp:
             return json.load(resp)
 
     def cleanup(self) -> list[str]:
