@@ -246,6 +246,13 @@ def test_plan(args, expected):
     assert {key: plan[key] for key in expected} == expected
 
 
+def test_tls_gives_https_api_urls():
+    plan = scale_plan(2, node_addresses=lab(2), lab_prefix="n", tls=True)
+
+    assert plan["api_urls"] == ["https://10.77.0.11:7480", "https://10.77.0.12:7480"]
+    assert plan["join"] == ["10.77.0.11:7400", "10.77.0.12:7400"]  # Raft: no scheme
+
+
 @pytest.mark.parametrize(
     ("nodes", "args", "message"),
     [
