@@ -9,6 +9,12 @@ CID is empty), asks every target to let it join through a transport with a rando
 speaks to them without any key (a hello with no handshake, a handshake with a made-up
 proof), and calls the API's POST /v1/members without a token and with a made-up one. Then
 it prints one JSON line: what it did and whether anything let it in.
+
+With ``--tls-dir DIR`` (a cluster under TLS) it speaks TLS too, as an outsider can: with a
+certificate for node ``forged`` of *another* CA (``DIR/forged.crt``, ``DIR/forged.key``) and
+trusting the cluster's CA as well as its own (``DIR/trust.crt``: the cluster CA is public), so
+its side of the handshake accepts the agents and theirs must refuse it; its API calls go over
+HTTPS (the cluster CA checked) without a token or with a made-up one.
 """
 
 from __future__ import annotations
@@ -20,23 +26,30 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import sys
+from pathlib import Path
 
 import msgpack
 
 from hafleet_agent.discovery import Discovery
+from hafleet_agent.tls import TLSConfig
 from hafleet_agent.transport import PROTOCOL, Transport
 
 NODE_ID = "forged"
 
 
-def api_attempts(apis: list[str], bind: str) -> list[int]:
+def api_attempts(apis: list[str], bind: str, context: ssl.SSLContext | None = None) -> list[int]:
     codes = []
     body = json.dumps({"id": NODE_ID, "raft_addr": f"{bind}:7400", "api_addr": f"{bind}:7480"})
     for api in apis:
         host, port = api.rsplit(":", 1)
         for headers in ({}, {"Authorization": "Bearer " + secrets.token_hex(32)}):
-            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            conn: http.client.HTTPConnection
+            if context is not None:
+                conn = http.client.HTTPSConnection(host, int(port), timeout=5, context=context)
+            else:
+                conn = http.client.HTTPConnection(host, int(port), timeout=5)
             try:
                 conn.request("POST", "/v1/members", body=body, headers=headers)
                 codes.append(conn.getresponse().status)
@@ -83,6 +96,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     cid = args.cluster_id or None
     accepted: list[str] = []
     frames: list[str] = []
+    tls = None
+    if args.tls_dir:
+        d = Path(args.tls_dir)
+        tls = TLSConfig.load(str(d / "trust.crt"), str(d / "forged.crt"), str(d / "forged.key"))
 
     def accept(peer) -> bool:  # type: ignore[no-untyped-def]
         accepted.append(peer.node_id)
@@ -98,6 +115,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         on_frame=lambda peer, obj: frames.append(peer.node_id),
         accept_peer=accept,
         cluster_id=lambda: cid,
+        tls=tls,
     )
     await transport.start()
     disc = Discovery(
@@ -142,9 +160,14 @@ def main() -> int:
     p.add_argument("--targets", required=True)
     p.add_argument("--apis", required=True)
     p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--tls-dir", default="", help="speak TLS with DIR/forged.crt (another CA)")
     args = p.parse_args()
     report = asyncio.run(main_async(args))
-    report["api_status"] = api_attempts([a for a in args.apis.split(",") if a], args.bind)
+    context = None
+    if args.tls_dir:
+        context = ssl.create_default_context(cafile=str(Path(args.tls_dir) / "trust.crt"))
+    apis = [a for a in args.apis.split(",") if a]
+    report["api_status"] = api_attempts(apis, args.bind, context)
     report["raw_closed"] = raw_attempts([t for t in args.targets.split(",") if t])
     report["pid"] = os.getpid()
     print(json.dumps(report), flush=True)

@@ -14,6 +14,15 @@ data frame of the busiest live connection and waits until the node closes it:
 - ``cross``: a data frame recorded on an earlier connection is injected first (its tag was
   made with another session key).
 
+Under TLS (``tls=True``) the proxy cannot read the frames: it splits the stream into TLS
+records instead (``type u8 | version u16 | length u16 | body``) and makes the same four
+manipulations on an application-data record (type 23) past the first
+``_TLS_HANDSHAKE_RECORDS`` of its connection; TLS must then refuse the record (its AEAD tag
+covers the record's sequence number, so a replayed, reordered or foreign record fails as a
+flipped bit does) and close the connection. A connection's node is then the one whose lab
+address it comes from (``peers``). A session replay under TLS is answered by a fresh server
+handshake, which the recorded client records cannot complete.
+
 ``replay_session()`` sends a whole recorded session (handshake included) on a new connection:
 the server's fresh nonce makes the recorded proof worthless. Server -> client bytes are
 forwarded untouched. Every thread and socket is closed by ``stop()``; each wait is bounded.
@@ -33,6 +42,11 @@ _HANDSHAKE_FRAMES = 3  # nonce, proof, hello
 _SESSION_FRAMES = 12  # frames kept of each connection for a session replay
 _COUNTER = 8
 _TAG = 32
+_TLS_HEADER = 5
+_TLS_APPDATA = 23
+#: Type-23 records of a connection not attacked: under TLS 1.3 the client's certificate,
+#: its proof and Finished travel as such records too.
+_TLS_HANDSHAKE_RECORDS = 4
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -78,7 +92,11 @@ class RaftProxy:
         target_host: str,
         raft_port: int = 7400,
         api_port: int = 7480,
+        tls: bool = False,
+        peers: dict[str, str] | None = None,
     ) -> None:
+        self.tls = tls
+        self.peers = dict(peers or {})  # source address -> node id (under TLS)
         self.listen = listen
         self.api_listen = api_listen
         self.target = (target_host, raft_port)
@@ -166,7 +184,57 @@ class RaftProxy:
             conn = _Conn(len(self.conns), client, server)
             self.conns.append(conn)
         self._thread(self._pipe, server, client, conn)
-        self._thread(self._frames, conn)
+        if self.tls:
+            with contextlib.suppress(OSError):
+                conn.node = self.peers.get(client.getpeername()[0])
+            self._thread(self._records, conn)
+        else:
+            self._thread(self._frames, conn)
+
+    def _records(self, conn: _Conn) -> None:
+        """The client -> server stream as TLS records, attacked like ``_frames`` does."""
+        appdata = 0
+        held: bytes | None = None
+        while True:
+            header = _recv_exact(conn.client, _TLS_HEADER)
+            body = _recv_exact(conn.client, int.from_bytes(header[3:5], "big")) if header else None
+            if header is None or body is None:
+                break
+            record = header + body
+            if len(conn.frames) < _SESSION_FRAMES:
+                conn.frames.append(record)
+            out = [record]
+            if header[0] == _TLS_APPDATA:
+                appdata += 1
+            if header[0] == _TLS_APPDATA and appdata > _TLS_HANDSHAKE_RECORDS:
+                conn.data_frames += 1
+                conn.last_frame = time.monotonic()
+                if held is not None:
+                    out, held = [record, held], None
+                elif conn.armed is not None:
+                    kind, conn.armed = conn.armed, None
+                    conn.attacked = kind
+                    if kind == "replay":
+                        out = [record, record]
+                    elif kind == "tamper":
+                        mutable = bytearray(record)
+                        mutable[_TLS_HEADER + len(body) // 2] ^= 0x01
+                        out = [bytes(mutable)]
+                    elif kind == "reorder":
+                        held, out = record, []
+                    elif kind == "cross":
+                        assert self.old_data_frame is not None
+                        out = [self.old_data_frame, record]
+                elif conn.attacked is None:
+                    self.old_data_frame = record
+            try:
+                for r in out:
+                    conn.server.sendall(r)
+            except OSError:
+                break
+        _close(conn.client)
+        _close(conn.server)
+        conn.closed.set()
 
     def _frames(self, conn: _Conn) -> None:
         n = 0
@@ -256,13 +324,18 @@ class RaftProxy:
     def recorded_session(self) -> bytes:
         with self.lock:
             full = [c for c in self.conns if len(c.frames) >= _HANDSHAKE_FRAMES + 2]
+            if self.tls:  # a session whose ClientHello was recorded
+                full = [c for c in full if c.frames[0][:1] == b"\x16"]
         assert full, "no recorded session with data frames"
         return b"".join(full[0].frames)
 
 
-def replay_session(data: bytes, target: tuple[str, int], timeout: float) -> str:
+def replay_session(data: bytes, target: tuple[str, int], timeout: float, tls: bool = False) -> str:
     """Send a recorded client session to ``target`` on a new connection; "closed" when the
-    server ends it (as it must: the recorded proof answers another nonce)."""
+    server ends it (as it must: the recorded proof answers another nonce; under TLS the
+    recorded records were made with another handshake's keys). Without TLS the server must
+    not send more than its own handshake frame; under TLS it answers the replayed
+    ClientHello with a fresh handshake, so no bound is put on the bytes."""
     deadline = time.monotonic() + timeout
     with socket.create_connection(target, timeout=timeout) as s:
         with contextlib.suppress(OSError):
@@ -279,6 +352,6 @@ def replay_session(data: bytes, target: tuple[str, int], timeout: float) -> str:
             if not chunk:
                 return "closed"
             received += len(chunk)
-            if received > 78:  # the server's handshake frame: 74 bytes and its header
+            if received > 78 and not tls:  # the server's handshake frame: 74 bytes and its header
                 return f"server sent more than its handshake ({received} bytes)"
     return "still open"

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -39,7 +40,8 @@ from chaoslab import (
     ChaosLab,
     netem_available,
 )
-from harness import wait_for
+from chaoslab import TLS as DEFAULT_TLS
+from harness import run_cli, wait_for
 
 from hafleet_agent.sim.linearizability import Op
 
@@ -92,8 +94,11 @@ class RunResult:
 class Run:
     """One scenario run: the lab, the cluster, the workload and the result."""
 
-    def __init__(self, name: str, seed: int, base_dir: Path, nodes: int, long: bool) -> None:
+    def __init__(
+        self, name: str, seed: int, base_dir: Path, nodes: int, long: bool, tls: bool = DEFAULT_TLS
+    ) -> None:
         self.name = name
+        self.tls = tls
         self.seed = seed
         self.long = long
         self.result = RunResult(name, seed)
@@ -112,12 +117,22 @@ class Run:
 
     def form(self, n: int, election_timeout_ms: int | None = None, **kwargs: Any) -> str:
         """Start ``n`` agents on lab nodes 1..n, wait until they agree; returns the leader."""
-        self.cluster = self.lab.cluster(self.base_dir / "cluster", f"hfch-{self.seed}")
+        self.cluster = self.lab.cluster(
+            self.base_dir / "cluster", f"hfch-{self.seed}", tls=self.tls
+        )
         if election_timeout_ms is not None:
             self.c.election_timeout_ms = election_timeout_ms
         self.c.add_many(n, **kwargs)
         self.c.wait_agreed(timeout=FORM_TIMEOUT)
         return self.c.leader()
+
+    @property
+    def ctx(self) -> ssl.SSLContext | None:
+        """The clients' TLS context (the cluster CA) under TLS, else None (plain HTTP)."""
+        return self.c.ssl_context
+
+    def health(self, host: str) -> Reply:
+        return request(host, API_PORT, "GET", "/v1/health", None, timeout=0.5, context=self.ctx)
 
     def addr(self, node: str) -> tuple[str, int]:
         return (self.c.node(node).host, API_PORT)
@@ -125,7 +140,12 @@ class Run:
     def start_load(self, nodes: list[str] | None = None, **kw: Any) -> Workload:
         ids = nodes or list(self.c.nodes)
         self.workload = Workload(
-            [self.addr(n) for n in ids], self.c.token, seed=self.seed, tag=f"s{self.seed}", **kw
+            [self.addr(n) for n in ids],
+            self.c.token,
+            seed=self.seed,
+            tag=f"s{self.seed}",
+            context=self.ctx,
+            **kw,
         ).start()
         return self.workload
 
@@ -154,6 +174,7 @@ class Run:
             self.c.token,
             {"value": value},
             timeout=timeout,
+            context=self.ctx,
         )
         t1 = time.monotonic()
         if rep.status == 200:
@@ -210,8 +231,7 @@ class Run:
 
         def stopped_serving() -> bool:
             return n.proc.poll() is not None or (
-                "stopping:" in n.log()
-                and request(n.host, API_PORT, "GET", "/v1/health", None, timeout=0.5).status is None
+                "stopping:" in n.log() and self.health(n.host).status is None
             )
 
         self.c.expect_exit(node)
@@ -250,7 +270,7 @@ class Run:
         self.c.restart(node)
         n = self.c.node(node)
         wait_for(
-            lambda: request(n.host, API_PORT, "GET", "/v1/health", None, timeout=0.5).status == 200,
+            lambda: self.health(n.host).status == 200,
             FORM_TIMEOUT,
             f"{node} to start",
             check=self.c.check_alive,
@@ -502,7 +522,13 @@ def paused_leader(run: Run) -> None:
         value = f"paused-{i}"
         t0 = time.monotonic()
         rep = request(
-            *run.addr(lead), "PUT", f"/v1/kv/{key}", run.c.token, {"value": value}, timeout=15.0
+            *run.addr(lead),
+            "PUT",
+            f"/v1/kv/{key}",
+            run.c.token,
+            {"value": value},
+            timeout=15.0,
+            context=run.ctx,
         )
         t1 = time.monotonic()
         answers[value] = rep
@@ -532,7 +558,9 @@ def paused_leader(run: Run) -> None:
     for i in range(len(senders)):
         value = f"paused-{i}"
         if answers.get(value) is not None and answers[value].status == 200:
-            final = request(*run.addr(new), "GET", f"/v1/kv/{w.tag}/paused/{i}", run.c.token)
+            final = request(
+                *run.addr(new), "GET", f"/v1/kv/{w.tag}/paused/{i}", run.c.token, context=run.ctx
+            )
             if final.status != 200 or final.body["value"] != value:
                 run.result.lost_acked += 1
                 run.result.problem(
@@ -589,12 +617,30 @@ def fsync_error(run: Run) -> None:
 def forged_peer(run: Run) -> None:
     """A process on the bridge announces itself over mDNS with the cluster's name (and its
     cluster id, and as a fresh node) but has no key; it asks to join every node and speaks
-    to them without the key. It must never appear in /v1/members."""
+    to them without the key. It must never appear in /v1/members.
+
+    Under TLS it also has no certificate of the cluster CA: it dials with one of another CA
+    (trusting the cluster CA, so its own side accepts the agents) and must be refused at the
+    TLS handshake, which the refusing agent logs; ``forged_peer_plain`` is the same without
+    TLS (the HMAC handshake alone refuses it)."""
     run.form(3, mdns=True)
     st = run.c.status("n1")
     assert st is not None
     run.start_load()
     forger_addr = run.lab.netlab.addr(4)
+    tls_args: list[str] = []
+    if run.c.tls_dir is not None:
+        foreign = run.base_dir / "foreign-ca"
+        for argv in (
+            ("ca", "init", "--dir", str(foreign)),
+            ("ca", "issue", "--dir", str(foreign), "--node-id", "forged", "--address", forger_addr),
+        ):
+            done = run_cli(*argv)
+            assert done.returncode == 0, done.stderr
+        (foreign / "trust.crt").write_text(
+            (foreign / "ca.crt").read_text() + (run.c.tls_dir / "ca.crt").read_text()
+        )
+        tls_args = ["--tls-dir", str(foreign)]
     proc = run.lab.netlab.run_in(
         4,
         [
@@ -612,6 +658,7 @@ def forged_peer(run: Run) -> None:
             ",".join(n.api_addr for n in run.c.nodes.values()),
             "--seconds",
             "6" if run.long else "4",
+            *tls_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -644,6 +691,14 @@ def forged_peer(run: Run) -> None:
     if failures < 1:
         run.result.problem("no node counted the forger's failed handshakes")
     run.result.notes.append(f"auth failures counted: {failures}")
+    if tls_args:
+        logs = "\n".join(n.log() for n in run.c.nodes.values())
+        refused = f"closing connection from {forger_addr}"
+        lines = [x for x in logs.splitlines() if refused in x and "TLS handshake failed" in x]
+        if not lines:
+            run.result.problem(f"no node logged the forger's refused TLS handshake ({refused})")
+        else:
+            run.result.notes.append(f"refusal: {lines[0][-160:]}")
     run.finish()
 
 
@@ -651,12 +706,19 @@ def replay_tamper(run: Run) -> None:
     """n3 is reached through a raw TCP proxy that records the Raft frames sent to it. The
     proxy replays a frame, flips a bit in one, swaps two, moves one into another connection,
     and replays a whole recorded session on a new connection. n3 must close each such
-    connection and apply nothing of it; the cluster stays consistent."""
+    connection and apply nothing of it; the cluster stays consistent.
+
+    Under TLS the proxy sees TLS records, not frames, and makes the same manipulations on
+    them: TLS itself must refuse each (n3 logs the TLS error) before the HMAC layer sees
+    anything; ``replay_tamper_plain`` runs the attacks on the HMAC frames (no TLS)."""
     bridge = run.lab.netlab.bridge_addr
+    tls = run.tls
     proxy = RaftProxy(
         listen=(bridge, RAFT_PORT),
         api_listen=(bridge, API_PORT),
         target_host=run.lab.netlab.addr(3),
+        tls=tls,
+        peers={run.lab.netlab.addr(i): f"n{i}" for i in (1, 2)},
     )
     proxy.start()
     try:
@@ -678,28 +740,40 @@ def replay_tamper(run: Run) -> None:
             results[attack] = proxy.attack(attack, SERVE_TIMEOUT, node=run.c.leader())
             run.wait_acks(3)
         results["session-replay"] = replay_session(
-            proxy.recorded_session(), (run.lab.netlab.addr(3), RAFT_PORT), timeout=10
+            proxy.recorded_session(), (run.lab.netlab.addr(3), RAFT_PORT), timeout=10, tls=tls
         )
         run.result.notes.append(f"attacks: {results}")
         for attack, outcome in results.items():
             if outcome != "closed":
                 run.result.problem(f"{attack}: connection not closed by n3 ({outcome})")
+        # Without TLS each attack fails the HMAC layer (five authentication failures); under
+        # TLS a bad record after the handshake is a TLS error of an authenticated connection
+        # (logged, not counted as such), and only the session replay fails a handshake.
+        want = 1 if tls else 5
         after = run.c.wait_for(
             lambda: (
-                (v := _metric(run, "n3", "hafleet_transport_auth_failures")) >= before + 5 and v
+                (v := _metric(run, "n3", "hafleet_transport_auth_failures")) >= before + want and v
             ),
             10,
-            "n3 to count five authentication failures",
+            f"n3 to count {want} authentication failures",
         )
         run.result.notes.append(f"n3 auth failures {before} -> {after}")
         log = run.c.node("n3").log()
-        for text in (
-            "replayed or reordered frame",
-            "frame failed authentication",
-            "failed to prove the cluster key",
-        ):
+        texts = (
+            ("TLS: ",)
+            if tls
+            else (
+                "replayed or reordered frame",
+                "frame failed authentication",
+                "failed to prove the cluster key",
+            )
+        )
+        for text in texts:
             if text not in log:
                 run.result.problem(f"n3's log does not say {text!r}")
+        if tls:
+            lines = [x for x in log.splitlines() if "closing connection from" in x and "TLS" in x]
+            run.result.notes.append("n3 refused: " + " | ".join(x[-120:] for x in lines[:4]))
         t = time.monotonic()
         run.wait_whole(t)
         run.finish()
@@ -744,7 +818,7 @@ def api_abuse(run: Run) -> None:
     ]
     for node in (lead, follower):
         for name, method, path, headers, body, want in cases:
-            code, answer = _raw_request(run.c.node(node).host, method, path, headers, body)
+            code, answer = _raw_request(run.c.node(node).host, method, path, headers, body, run.ctx)
             if code != want:
                 run.result.problem(f"{name} on {node}: {method} {path} -> {code}, want {want}")
             elif not (isinstance(answer, dict) and "error" in answer):
@@ -758,9 +832,12 @@ def api_abuse(run: Run) -> None:
         if "evil" in run.c.member_ids(node):
             run.result.problem("a member was added without a token")
     # a slow client that sends a header and stops must not hold the node up
-    with socket.create_connection((run.c.node(lead).host, API_PORT), timeout=5) as s:
+    with open_api(run.c.node(lead).host, run.ctx) as s:
         s.sendall(b"PUT /v1/kv/abuse/slow HTTP/1.1\r\nContent-Length: 100\r\n")
         run.wait_acks(3)
+    if run.ctx is not None:  # under TLS: a client that opens and never says hello
+        with socket.create_connection((run.c.node(lead).host, API_PORT), timeout=5):
+            run.wait_acks(3)
     if len(run.c.member_ids(lead)) != 3:
         run.result.problem("membership changed")
     run.wait_acks()
@@ -770,10 +847,31 @@ def api_abuse(run: Run) -> None:
 # ---- helpers -------------------------------------------------------------------------------
 
 
+def open_api(host: str, context: ssl.SSLContext | None, timeout: float = 5.0) -> socket.socket:
+    """A raw connection to a node's API, TLS-wrapped (the CA checked) when ``context``."""
+    sock = socket.create_connection((host, API_PORT), timeout=timeout)
+    if context is None:
+        return sock
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def _raw_request(
-    host: str, method: str, path: str, headers: dict[str, str], body: bytes | None
+    host: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int | None, Any]:
-    conn = http.client.HTTPConnection(host, API_PORT, timeout=10)
+    conn: http.client.HTTPConnection
+    if context is not None:
+        conn = http.client.HTTPSConnection(host, API_PORT, timeout=10, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, API_PORT, timeout=10)
     try:
         hdrs = {"Content-Type": "application/json", **headers}
         try:
@@ -819,7 +917,14 @@ SCENARIOS: dict[str, tuple[Scenario, int]] = {
     "forged_peer": (forged_peer, 4),
     "replay_tamper": (replay_tamper, 3),
     "api_abuse": (api_abuse, 3),
+    "forged_peer_plain": (forged_peer, 4),
+    "replay_tamper_plain": (replay_tamper, 3),
 }
+#: Scenarios that run without TLS whatever CHAOS_TLS says: the attacks on the HMAC layer
+#: (the key, the frames' tags and counters) that TLS would stop first. ``make chaos`` runs
+#: them; ``make test`` leaves them out (test_chaos.py), and with CHAOS_TLS=0 they are the
+#: same as their namesakes, so they are skipped.
+PLAIN_ONLY = ("forged_peer_plain", "replay_tamper_plain")
 
 
 def run_scenario(name: str, seed: int, base_dir: Path, *, long: bool = False) -> RunResult:
@@ -827,7 +932,11 @@ def run_scenario(name: str, seed: int, base_dir: Path, *, long: bool = False) ->
     result), always cleans up."""
     fn, nodes = SCENARIOS[name]
     t0 = time.monotonic()
-    run = Run(name, seed, base_dir, nodes, long)
+    if name in PLAIN_ONLY and not DEFAULT_TLS:
+        result = RunResult(name, seed)
+        result.skipped = f"CHAOS_TLS=0: the same as {name.removesuffix('_plain')}"
+        return result
+    run = Run(name, seed, base_dir, nodes, long, tls=DEFAULT_TLS and name not in PLAIN_ONLY)
     try:
         with run.lab:
             try:

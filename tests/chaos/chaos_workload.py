@@ -29,6 +29,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import ssl
 import threading
 import time
 from collections import Counter
@@ -66,8 +67,15 @@ def request(
     body: Any = None,
     *,
     timeout: float = CLIENT_TIMEOUT,
+    context: ssl.SSLContext | None = None,
 ) -> Reply:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    """One API request. ``context``: HTTPS checking the agent's certificate with it (a
+    failed TLS handshake is an ``OSError`` while connecting: nothing was sent)."""
+    conn: http.client.HTTPConnection
+    if context is not None:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         try:
             conn.connect()
@@ -111,8 +119,10 @@ class Workload:
         pace: float = 0.02,
         max_ops: int = 5000,
         tag: str = "w",
+        context: ssl.SSLContext | None = None,
     ) -> None:
         self.addrs = list(addrs)
+        self.context = context  # HTTPS with this context (the cluster CA) when given
         self.token = token
         self.clients = clients
         self.keys = [f"{tag}/r{i}" for i in range(keys)]
@@ -158,6 +168,9 @@ class Workload:
         return not self._stop.is_set()
 
     # ---- recording -----------------------------------------------------------------------
+    def _request(self, *args: Any, **kw: Any) -> Reply:
+        return request(*args, context=self.context, **kw)
+
     def _unique(self, client: int) -> str:
         with self._lock:
             self._seq += 1
@@ -225,7 +238,7 @@ class Workload:
 
     def put(self, client: int, addr: tuple[str, int], key: str, value: str) -> Reply:
         t0 = time.monotonic()
-        rep = request(*addr, "PUT", f"/v1/kv/{key}", self.token, {"value": value})
+        rep = self._request(*addr, "PUT", f"/v1/kv/{key}", self.token, {"value": value})
         t1 = time.monotonic()
         kind = self._classify(rep, (200,))
         if kind == "unexpected":
@@ -244,7 +257,7 @@ class Workload:
 
     def get(self, client: int, addr: tuple[str, int], key: str) -> Reply:
         t0 = time.monotonic()
-        rep = request(*addr, "GET", f"/v1/kv/{key}", self.token)
+        rep = self._request(*addr, "GET", f"/v1/kv/{key}", self.token)
         t1 = time.monotonic()
         if rep.status == 200:
             op = Op(client=client, kind="get", key=key, call=t0, ret=t1, output=rep.body["value"])
@@ -271,7 +284,7 @@ class Workload:
         value = self._unique(client)
         addr = rng.choice(self.addrs)
         t0 = time.monotonic()
-        rep = request(*addr, "PUT", f"/v1/kv/{key}?cas={index}", self.token, {"value": value})
+        rep = self._request(*addr, "PUT", f"/v1/kv/{key}?cas={index}", self.token, {"value": value})
         t1 = time.monotonic()
         common = {"client": client, "kind": "cas", "key": key, "value": value, "call": t0}
         if rep.status == 200:
@@ -294,7 +307,7 @@ class Workload:
 
     def delete(self, client: int, addr: tuple[str, int], key: str) -> None:
         t0 = time.monotonic()
-        rep = request(*addr, "DELETE", f"/v1/kv/{key}", self.token)
+        rep = self._request(*addr, "DELETE", f"/v1/kv/{key}", self.token)
         t1 = time.monotonic()
         kind = self._classify(rep, (200,))
         if kind == "unexpected":
@@ -335,7 +348,7 @@ class Workload:
         deadline = time.monotonic() + 20
         while True:
             t0 = time.monotonic()
-            rep = request(*addr, "GET", f"/v1/kv/{key}", self.token)
+            rep = self._request(*addr, "GET", f"/v1/kv/{key}", self.token)
             t1 = time.monotonic()
             if rep.status in (200, 404):
                 value = rep.body["value"] if rep.status == 200 else None

@@ -27,6 +27,13 @@ Faults (all undone by ``close()``, which runs whatever the outcome):
   ``fail_fsync`` has created a trigger file (the storage's injectable ``fsync_fn``; no
   agent code is changed).
 
+TLS: on by default, as the collection deploys the agents (``CHAOS_TLS=0`` in the environment:
+plain, the HMAC layer alone). A TLS cluster makes its CA with ``hafleet-agent ca init`` and
+each node's certificate with ``ca issue`` (its lab address, and its ``advertise`` address
+when it has one), runs every agent with ``--tls-*``, and ``api()`` speaks HTTPS checking the
+CA (``ssl_context``). ``ChaosLab.cluster(..., tls=False)`` forces a plain cluster (the
+scenarios that test the HMAC layer itself run that way too).
+
 Cleanup order: resume paused processes, SIGKILL every agent by PID, delete the nft table by
 name, unmount our mounts by exact path, then the NetLab teardown (processes started with
 ``run_in`` by PID, namespaces and links by exact name).
@@ -60,6 +67,8 @@ HERE = Path(__file__).resolve().parent
 
 PREFIX = os.environ.get("HFCH_PREFIX", "hfch")
 SUBNET = os.environ.get("HFCH_SUBNET", "10.81.0")
+#: Agents run with mutual TLS and the HTTPS API unless CHAOS_TLS=0.
+TLS = os.environ.get("CHAOS_TLS", "1") != "0"
 HEARTBEAT_MS = 50
 ELECTION_TIMEOUT_MS = 300
 #: Transport reconnection back-off ceiling (transport.py backoff_max): after a heal, a link
@@ -109,10 +118,12 @@ class ChaosCluster(Cluster):
     (namespace, address, launcher) and ``close``.
     """
 
-    def __init__(self, lab: ChaosLab, base_dir: Path, name: str) -> None:  # noqa: D107
+    def __init__(self, lab: ChaosLab, base_dir: Path, name: str, tls: bool = TLS) -> None:  # noqa: D107
         self.lab = lab
         self.x = 0
         self._setup(base_dir, name, HEARTBEAT_MS, ELECTION_TIMEOUT_MS)
+        if tls:
+            self.enable_tls()
         self.mounts: list[Path] = []
         self.fsync_triggers: dict[str, Path] = {}
         self.paused: set[str] = set()
@@ -147,6 +158,13 @@ class ChaosCluster(Cluster):
         args = self.run_args(
             node_id, host, data_dir, config, bootstrap_expect=bootstrap_expect, join=join, mdns=mdns
         )
+        if self.tls_dir is not None:
+            advertise = str((config or {}).get("advertise") or "")
+            if advertise.count(":") == 1:  # host:port
+                advertise = advertise.rsplit(":", 1)[0]
+            if not (self.tls_dir / f"{node_id}.crt").exists():
+                self.issue(node_id, host, *([advertise] if advertise else []))
+            args += self.tls_args(node_id, host)
         if fsync_fail:
             trigger = self.dir / f"{node_id}.fail-fsync"
             self.fsync_triggers[node_id] = trigger
@@ -155,6 +173,7 @@ class ChaosCluster(Cluster):
             cmd = agent_command()
         argv = ["ip", "netns", "exec", self.lab.netlab.ns(index), *cmd, *args]
         node = Node(node_id, index, host, data_dir, self.dir / f"{node_id}.log", argv)
+        node.tls = self.tls_dir is not None
         self.nodes[node_id] = node
         if start:
             self.start(node)
@@ -257,8 +276,8 @@ class ChaosLab:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def cluster(self, base_dir: Path, name: str) -> ChaosCluster:
-        c = ChaosCluster(self, base_dir, name)
+    def cluster(self, base_dir: Path, name: str, tls: bool = TLS) -> ChaosCluster:
+        c = ChaosCluster(self, base_dir, name, tls)
         self.clusters.append(c)
         return c
 

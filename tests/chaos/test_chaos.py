@@ -4,20 +4,22 @@ Each test builds its own lab (bridge ``hfch0``, namespaces ``hfch-n*``, 10.81.0.
 chaoslab.py), forms a cluster, runs the client workload through the fault, and checks the
 recorded history (linearizability, lost acknowledged writes, replicas) and the scenario's
 own claims (chaos_scenarios.py). ``make chaos`` runs every scenario many times
-(run_chaos.py). Needs root, iproute2 and nftables (``make system-deps`` installs them).
+(run_chaos.py). The agents run with TLS unless CHAOS_TLS=0 (chaoslab.py); the plain-only
+variants of the attacks on the HMAC layer (``PLAIN_ONLY``) run in ``make chaos`` only, which
+keeps this file's time as it was. Needs root, iproute2 and nftables (``make system-deps``
+installs them).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from chaos_scenarios import EXIT_BOUND_S, SCENARIOS, Run, run_scenario
+from chaos_scenarios import EXIT_BOUND_S, PLAIN_ONLY, SCENARIOS, Run, open_api, run_scenario
 from chaos_workload import Reply, request
 from chaoslab import API_PORT
 
@@ -31,7 +33,7 @@ pytestmark = [
 SEED = int(os.environ.get("HFCH_SEED", "1"))
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if n not in PLAIN_ONLY])
 def test_chaos_scenario(name: str, tmp_path: Path) -> None:
     result = run_scenario(name, SEED, tmp_path)
     if result.skipped:
@@ -55,13 +57,13 @@ def test_storage_failure_exits_promptly_with_a_read_in_flight(tmp_path: Path) ->
             node = run.c.node(lead)
             run.lab.isolate(node.index)  # the read below cannot be confirmed by a quorum
             auth = f"Authorization: Bearer {run.c.token}\r\n"
-            with socket.create_connection((node.host, API_PORT), timeout=5) as reader:
+            with open_api(node.host, run.ctx) as reader:
                 reader.sendall(f"GET /v1/kv/x HTTP/1.1\r\nHost: n\r\n{auth}\r\n".encode())
                 run.c.fail_fsync(lead)
                 run.c.expect_exit(lead)
                 t = time.monotonic()
                 body = b'{"value": 1}'
-                with socket.create_connection((node.host, API_PORT), timeout=5) as writer:
+                with open_api(node.host, run.ctx) as writer:
                     writer.sendall(
                         f"PUT /v1/kv/x HTTP/1.1\r\nHost: n\r\n{auth}Content-Type: "
                         f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
@@ -103,6 +105,7 @@ def test_forwarded_write_applied_is_not_answered_503(tmp_path: Path) -> None:
                         run.c.token,
                         {"value": 1},
                         timeout=30,
+                        context=run.ctx,
                     )
                 )
 
