@@ -212,11 +212,14 @@ bench: venv ## hafleet vs etcd, PySyncObj; scale.yml -> docs/benchmarks.md (~30-
 
 # The long chaos runs (root): every scenario of tests/chaos CHAOS_RUNS times against real
 # agents in lab namespaces (about 45 minutes), then the fuzzers with FUZZ_EXAMPLES examples.
+# The agents run with mutual TLS and the HTTPS API (CHAOS_TLS=0: plain), and the attacks on
+# the HMAC layer run once more without TLS (forged_peer_plain, replay_tamper_plain).
 CHAOS_RUNS ?= 20
 FUZZ_EXAMPLES ?= 5000
-chaos: venv system-deps ## chaos scenarios on real agents (root), CHAOS_RUNS=20 runs each, then FUZZ_EXAMPLES=5000 fuzzing
+CHAOS_TLS ?= 1
+chaos: venv system-deps ## chaos scenarios on real agents (root), TLS on (CHAOS_TLS=0: off), CHAOS_RUNS=20 runs each, then FUZZ_EXAMPLES=5000 fuzzing
 	@rc=0; start=$$(date +%s); \
-	PYTHONPATH=$(CURDIR)/tests/support $(BIN)/python tests/chaos/run_chaos.py \
+	CHAOS_TLS=$(CHAOS_TLS) PYTHONPATH=$(CURDIR)/tests/support $(BIN)/python tests/chaos/run_chaos.py \
 		--runs $(CHAOS_RUNS) --json build/chaos-report.json \
 		|| rc=$$?; \
 	HFCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider -q \

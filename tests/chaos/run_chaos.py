@@ -16,6 +16,10 @@ at the same time. Prints one line per run and a table per scenario: time, operat
 acknowledged writes, indeterminate operations, linearizability violations, lost
 acknowledged writes, failover and recovery times (median / max) and recoveries slower than
 the bound. Exits 1 if any run had a problem.
+
+The agents run with mutual TLS and the HTTPS API unless CHAOS_TLS=0 (chaoslab.py); the
+scenarios of ``chaos_scenarios.PLAIN_ONLY`` run without TLS either way (skipped when
+CHAOS_TLS=0: they are then the same as their namesakes).
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(
         f"chaos: {len(names)} scenarios x {args.runs} runs, lab {chaoslab.PREFIX} "
-        f"{chaoslab.SUBNET}.0/24, recovery bound {RECOVERY_BOUND_S:.1f}s",
+        f"{chaoslab.SUBNET}.0/24, recovery bound {RECOVERY_BOUND_S:.1f}s, TLS "
+        + ("on (CHAOS_TLS=0: off)" if chaoslab.TLS else "off (CHAOS_TLS=0)"),
         flush=True,
     )
     try:
