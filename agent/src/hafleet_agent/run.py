@@ -20,6 +20,7 @@ from .node.node import Node, Serve
 from .node.tasks import FAIL_STOP_S, exit_later
 from .sdnotify import Notifier
 from .server import start_api
+from .server.audit import load_read_token
 from .wal import StorageError
 
 log = logging.getLogger("hafleet.agent")
@@ -93,6 +94,8 @@ async def run_agent(cfg: AgentConfig) -> int:
     over first) or until removed from the group, stop."""
     key = read_secret(cfg.key_file, "key")
     token = read_secret(cfg.token_file, "token")
+    # Checked here, before anything listens (the API reads it again when it starts).
+    load_read_token(cfg, token)
     log_tls(cfg)
     agent = Node(cfg, key, token)
     loop = asyncio.get_running_loop()

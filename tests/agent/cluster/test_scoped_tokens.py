@@ -149,6 +149,7 @@ def test_a_bad_read_token_file_stops_the_agent_with_exit_code_2(
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "read token file" in proc.stderr or "read token in" in proc.stderr, proc.stderr
     assert error in proc.stderr, proc.stderr
+    assert "listening on" not in proc.stderr, "refused only after the Raft port listened"
 
 
 # ---- in-process: the audit lines and the rate limit ----------------------------------------
