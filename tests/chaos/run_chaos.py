@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(r)
                 state = "skip" if r.skipped else "ok" if r.ok else "FAIL"
                 print(
-                    f"{name:16} seed {seed:5} {state:4} {r.seconds:6.1f}s ops {r.ops:4} "
+                    f"{name:19} seed {seed:5} {state:4} {r.seconds:6.1f}s ops {r.ops:4} "
                     f"acked {r.acked_writes:4} indet {r.indeterminate:3} viol {r.violations} "
                     f"lost {r.lost_acked} failover {r.failover_s} recovery {r.recovery_s}"
                     + (f" fwd503 {r.forwarded_503}" if r.forwarded_503 else ""),
@@ -159,7 +159,7 @@ def markdown(saved: dict[str, list[dict]]) -> str:
 
 def report(results: dict[str, list[RunResult]], total: float) -> int:
     head = (
-        f"{'scenario':16} {'runs':>4} {'fail':>4} {'time s':>7} {'ops':>6} {'acked':>6} "
+        f"{'scenario':19} {'runs':>4} {'fail':>4} {'time s':>7} {'ops':>6} {'acked':>6} "
         f"{'indet':>5} {'viol':>4} {'lost':>4} {'failover med/max':>16} "
         f"{'recovery med/max':>16} {'slow':>4}"
     )
@@ -171,7 +171,7 @@ def report(results: dict[str, list[RunResult]], total: float) -> int:
         done = [r for r in rs if not r.skipped]
         if not done:
             reason = rs[0].skipped if rs else "not run"
-            print(f"{name:16} skipped: {reason}")
+            print(f"{name:19} skipped: {reason}")
             continue
         fo = [x for r in done for x in r.failover_s]
         rec = [x for r in done for x in r.recovery_s]
@@ -191,24 +191,24 @@ def report(results: dict[str, list[RunResult]], total: float) -> int:
         all_rec += rec
         secs = sum(r.seconds for r in done)
         print(
-            f"{name:16} {row['runs']:4} {row['fail']:4} {secs:7.0f} {row['ops']:6} "
+            f"{name:19} {row['runs']:4} {row['fail']:4} {secs:7.0f} {row['ops']:6} "
             f"{row['acked']:6} {row['indet']:5} {row['viol']:4} {row['lost']:4} "
             f"{_stats(fo):>16} {_stats(rec):>16} {row['slow']:4}"
         )
         slow_exits = sum(r.slow_exits for r in done)
         if slow_exits:
             sums["slow_exits"] = sums.get("slow_exits", 0) + slow_exits
-            print(f"{'':16} a node exited late after a storage failure in {slow_exits} runs")
+            print(f"{'':19} a node exited late after a storage failure in {slow_exits} runs")
         f503 = sum(r.forwarded_503 for r in done)
         if f503:
             sums["f503"] = sums.get("f503", 0) + f503
-            print(f"{'':16} {f503} forwarded writes answered 503 'leader unreachable'")
+            print(f"{'':19} {f503} forwarded writes answered 503 'leader unreachable'")
         timeouts = sum(r.check_timed_out for r in done)
         if timeouts:
-            print(f"{'':16} linearizability check out of budget in {timeouts} runs (unknown)")
+            print(f"{'':19} linearizability check out of budget in {timeouts} runs (unknown)")
     print("-" * len(head))
     print(
-        f"{'total':16} {sums['runs']:4} {sums['fail']:4} {total:7.0f} {sums['ops']:6} "
+        f"{'total':19} {sums['runs']:4} {sums['fail']:4} {total:7.0f} {sums['ops']:6} "
         f"{sums['acked']:6} {sums['indet']:5} {sums['viol']:4} {sums['lost']:4} "
         f"{_stats(all_fail):>16} {_stats(all_rec):>16} {sums['slow']:4}"
     )
