@@ -11,6 +11,9 @@ rotated every round, so that drift on a shared 2-core machine hits all of them a
 - idle CPU and RSS per member at 7 members (RSS split by mapping);
 - hafleet alone: a trace of its elections (bench/hafleet_traced.py) and a py-spy profile
   of an agent under write load and at idle;
+- hafleet alone, plain beside TLS (section ``tls``, ``agent_bench.tls_cost``): committed
+  writes (1 and 16 clients), failover after kill -9 of the leader, idle CPU and RSS, with the
+  ratios TLS/plain;
 - ``playbooks/scale.yml`` on a lab of its own with failed requests through HAProxy under
   load (bench/scale_lab.py, with the project's .venv; root).
 
@@ -18,7 +21,7 @@ Writes ``bench/results/compare.json`` and, through ``bench/report.py``,
 ``docs/benchmarks.md`` and ``docs/bench-*.png``. Bounded: every wait has a deadline and a
 watchdog kills everything the run started when the whole run overstays ``--max-minutes``.
 
-    python bench/compare.py [--quick] [--only failover,writes,reads,join,handover,idle,profile]
+    python bench/compare.py [--quick] [--only failover,writes,reads,join,handover,idle,profile,tls]
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from common import Etcd, Hafleet, PySyncObj, System, Timing  # noqa: E402
 VALUE = "v" * 100
 LOCK = Path(tempfile.gettempdir()) / "hafleet-bench-compare.lock"
 SECTIONS = (
-    "failover", "trace", "writes", "reads", "join", "handover", "idle", "profile", "scale"
+    "failover", "trace", "writes", "reads", "join", "handover", "idle", "profile", "tls", "scale"
 )  # fmt: skip
 
 
@@ -901,6 +904,18 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
         log("profile: py-spy on a hafleet leader, idle and under 16-client writes")
         results["profile"] = await bench_profile(work, a.profile_seconds)
         mark("profile", t)
+    if "tls" in only:
+        t = time.monotonic()
+        import agent_bench
+
+        kw = (
+            dict(rounds=2, trials=5, write_seconds=3.0, idle_windows=2, idle_seconds=5.0)
+            if a.quick
+            else dict(rounds=3, trials=10, write_seconds=5.0, idle_windows=3, idle_seconds=10.0)
+        )
+        log(f"tls: hafleet plain beside TLS, {kw}")
+        results["tls"] = await asyncio.to_thread(agent_bench.tls_cost, work, [], log=log, **kw)
+        mark("tls", t)
     if "scale" in only:
         t = time.monotonic()
         results["scale"] = await asyncio.to_thread(run_scale, work, a)

@@ -645,6 +645,24 @@ def render(res: dict, kept: str | None) -> str:
     else:
         body.append("Not measured in this run.\n")
 
+    body.append("## The cost of TLS\n")
+    tls = res.get("tls")
+    if tls and tls.get("summary"):
+        import agent_bench  # bench/ is on sys.path (compare.py, report.py's main)
+
+        body.append(
+            "hafleet alone, a plain cluster beside a TLS one (`hafleet-agent ca`, "
+            "`--tls-ca-file/--tls-cert-file/--tls-key-file`: mutual TLS between the agents, "
+            "the HTTPS API) in the same run (`agent_bench.tls_cost`, section `tls`): both "
+            "clusters up at once, the load and the kills alternating between them with the "
+            "order rotated every round. Writes as in *Commit throughput and latency* "
+            "(3 members, 100-byte values, aiohttp keeping its connections); failover at 3 "
+            "members, default timing.\n"
+        )
+        body.append(agent_bench.tls_markdown(tls) + "\n")
+    else:
+        body.append("Not measured in this run.\n")
+
     body.append("## Scale through Ansible\n")
     sc = res.get("scale")
     if sc and sc.get("steps"):
