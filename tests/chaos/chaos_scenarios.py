@@ -41,8 +41,9 @@ from chaoslab import (
     netem_available,
 )
 from chaoslab import TLS as DEFAULT_TLS
-from harness import run_cli, wait_for
+from harness import wait_for
 
+from hafleet_agent import ca
 from hafleet_agent.sim.linearizability import Op
 
 HERE = Path(__file__).resolve().parent
@@ -631,12 +632,8 @@ def forged_peer(run: Run) -> None:
     tls_args: list[str] = []
     if run.c.tls_dir is not None:
         foreign = run.base_dir / "foreign-ca"
-        for argv in (
-            ("ca", "init", "--dir", str(foreign)),
-            ("ca", "issue", "--dir", str(foreign), "--node-id", "forged", "--address", forger_addr),
-        ):
-            done = run_cli(*argv)
-            assert done.returncode == 0, done.stderr
+        ca.init_ca(foreign)
+        ca.issue(foreign, "forged", [forger_addr])
         (foreign / "trust.crt").write_text(
             (foreign / "ca.crt").read_text() + (run.c.tls_dir / "ca.crt").read_text()
         )

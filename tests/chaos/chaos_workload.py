@@ -58,6 +58,40 @@ class Reply:
     sent: bool = True  # False: the connection was refused, nothing reached the node
 
 
+#: The last TLS session of each API address: a request under TLS offers it, so most
+#: connections resume (TLS 1.3 PSK: no certificate exchange) as a client that keeps its
+#: sessions would. Each request still opens its own connection.
+_SESSIONS: dict[tuple[ssl.SSLContext, str, int], ssl.SSLSession] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+class _ResumingHTTPS(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, *, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.tls_sock: ssl.SSLSocket | None = None
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)  # TCP
+        with _SESSIONS_LOCK:
+            session = _SESSIONS.get((self._context, self.host, self.port))  # type: ignore[attr-defined]
+        try:
+            self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
+                self.sock, server_hostname=self.host, session=session
+            )
+        except ssl.SSLError:
+            with _SESSIONS_LOCK:  # a session the server no longer takes: start afresh
+                _SESSIONS.pop((self._context, self.host, self.port), None)  # type: ignore[attr-defined]
+            raise
+        self.tls_sock = self.sock
+
+    def keep_session(self) -> None:
+        sock = self.tls_sock
+        session = sock.session if sock is not None else None
+        if session is not None and session.has_ticket:
+            with _SESSIONS_LOCK:
+                _SESSIONS[(self._context, self.host, self.port)] = session  # type: ignore[attr-defined]
+
+
 def request(
     host: str,
     port: int,
@@ -73,7 +107,7 @@ def request(
     failed TLS handshake is an ``OSError`` while connecting: nothing was sent)."""
     conn: http.client.HTTPConnection
     if context is not None:
-        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        conn = _ResumingHTTPS(host, port, timeout=timeout, context=context)
     else:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
@@ -90,6 +124,8 @@ def request(
         try:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
+            if isinstance(conn, _ResumingHTTPS):
+                conn.keep_session()
             payload = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             return Reply(None, error=repr(exc))

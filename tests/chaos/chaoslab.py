@@ -45,6 +45,7 @@ import errno
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -62,6 +63,8 @@ from agents import (
 )
 from harness import Cluster
 from netlab import NetLab
+
+from hafleet_agent import ca
 
 HERE = Path(__file__).resolve().parent
 
@@ -127,6 +130,18 @@ class ChaosCluster(Cluster):
         self.mounts: list[Path] = []
         self.fsync_triggers: dict[str, Path] = {}
         self.paused: set[str] = set()
+
+    # ---- TLS: the CA work in this process (``hafleet-agent ca``'s own functions; the CLI
+    # costs a Python start-up per certificate, seconds per scenario on a busy machine) ------
+    def enable_tls(self) -> None:
+        self.tls_dir = self.dir / "tls"
+        ca.init_ca(self.tls_dir)
+        self.ssl_context = ssl.create_default_context(cafile=str(self.tls_dir / "ca.crt"))
+
+    def issue(self, node_id: str, *addresses: str) -> tuple[Path, Path]:
+        assert self.tls_dir is not None, "enable_tls() first"
+        done = ca.issue(self.tls_dir, node_id, list(addresses))
+        return done.cert_path, done.key_path
 
     def __repr__(self) -> str:
         return f"<ChaosCluster {self.name} {self.lab.subnet}.0/24 {sorted(self.nodes)}>"
