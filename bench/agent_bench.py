@@ -6,7 +6,7 @@ Every agent is a real ``hafleet-agent run`` process on its own loopback address
 ``bench/results/agent.json``. Bounded in time: every wait has a deadline.
 
     python bench/agent_bench.py [--trials 20] [--sizes 3,5,7] [--quick]
-    python bench/agent_bench.py --tls-cost [--quick]
+    python bench/agent_bench.py --tls-cost [--quick] [--tls-rounds 3]
 
 ``--tls-cost`` measures the cost of TLS alone (:func:`tls_cost`; ``make bench`` runs it too,
 section ``tls`` of bench/compare.py): a plain cluster and a TLS cluster (``hafleet-agent ca``,
@@ -534,6 +534,8 @@ def main_tls(a: argparse.Namespace, extra: list[str]) -> int:
         if a.quick
         else dict(rounds=3, trials=10, write_seconds=5.0, idle_windows=3, idle_seconds=10.0)
     )
+    if a.tls_rounds:
+        kw["rounds"] = a.tls_rounds
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     t0 = time.monotonic()
@@ -571,6 +573,7 @@ def main() -> int:
     ap.add_argument(
         "--tls-cost", action="store_true", help="only plain vs TLS side by side (tls_cost)"
     )
+    ap.add_argument("--tls-rounds", type=int, help="--tls-cost: rounds of writes (default 3)")
     a = ap.parse_args()
     if a.quick:
         a.trials, a.sizes, a.write_seconds, a.idle_seconds = 5, "3", 3.0, 5.0
