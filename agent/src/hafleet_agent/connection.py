@@ -19,7 +19,16 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from .wire import Closed, FrameDecoder, ProtocolError, Session
+from .wire import (
+    COUNTER_LEN,
+    RECORD_OVERHEAD,
+    TAG_LEN,
+    Closed,
+    FrameDecoder,
+    ProtocolError,
+    Session,
+    batch_payload,
+)
 
 __all__ = [
     "Conn",
@@ -38,7 +47,7 @@ __all__ = [
 
 log = logging.getLogger("hafleet.transport")
 
-_BATCH_BYTES = 1 << 20  # frames sealed and written together before the next drain
+_BATCH_BYTES = 1 << 20  # payload bytes sealed (and written) together before the next drain
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,8 @@ class Conn:
     peer: PeerInfo | None = None
     cert_id: str | None = None
     """With TLS: the node id the peer's certificate names (None: it names none)."""
+    batch: bool = False
+    """Both hellos list the ``batch`` capability: the client's frames carry batches."""
 
     def describe(self) -> str:
         who = f" (node {self.peer.node_id})" if self.peer is not None else ""
@@ -184,6 +195,7 @@ class Owner(Protocol):
     """What an :class:`Outbound` needs of the transport that owns it."""
 
     stats: TransportStats
+    max_frame: int
     queue_limit: int
     queue_bytes: int
     backoff_initial: float
@@ -218,6 +230,7 @@ class Outbound:
         "ever_connected",
         "failures",
         "overflowing",
+        "idle",
     )
 
     def __init__(self, addr: str, owner: Owner) -> None:
@@ -231,6 +244,9 @@ class Outbound:
         self.ever_connected = False
         self.failures = 0
         self.overflowing = False
+        self.idle = False
+        """The task waits for frames with the connection up and its buffer drained: the
+        transport's flush writes what is queued itself, with no wake-up of the task."""
 
     def start(self) -> None:
         """Start the task that connects and writes (on the running loop)."""
@@ -252,8 +268,27 @@ class Outbound:
             self.overflowing = False  # warn again at the next overflow, not at every drop
         self.queue.append(payload)
         self.queued_bytes += size
-        self.wakeup.set()
+        if not self.idle:  # else the transport's flush at the end of this cycle writes it
+            self.wakeup.set()
         return True
+
+    def flush(self) -> None:
+        """Write what is queued now, if the connection is up and drained (else the task
+        does, once it is); called by the transport once per loop cycle in which frames
+        were queued, so all of a cycle's frames to this peer leave in one write."""
+        conn = self.conn
+        if not self.idle or conn is None or not self.queue:
+            return
+        try:
+            self.write_queued(conn)
+        except Exception as e:  # a bug: say so; the task goes on (or reconnects)
+            log.exception("writing to %s failed: %s", self.addr, reason(e))
+            self.idle = False
+            self.wakeup.set()
+            return
+        if conn.writer.transport.get_write_buffer_size():
+            self.idle = False  # the kernel did not take it all: the task drains
+            self.wakeup.set()
 
     def discard(self) -> int:
         n = len(self.queue)
@@ -318,33 +353,64 @@ class Outbound:
     async def _pump(self, conn: Conn) -> None:
         """Write queued frames until the connection fails; its reader watches for EOF."""
         reader_task = asyncio.get_running_loop().create_task(self.owner.read_loop(conn))
-        reader_task.add_done_callback(lambda _t: self.wakeup.set())
-        assert conn.session is not None
-        writer, stats = conn.writer, self.owner.stats
+
+        def reader_done(_t: object) -> None:
+            self.idle = False
+            self.wakeup.set()
+
+        reader_task.add_done_callback(reader_done)
         try:
             while True:
                 if reader_task.done():
                     reader_task.result()  # raises the reason
                     raise Closed("connection closed by the peer")
                 if not self.queue:
+                    self.idle = True
                     self.wakeup.clear()
                     await self.wakeup.wait()
+                    self.idle = False
+                    if conn.writer.transport.get_write_buffer_size():
+                        await self._drain(conn)  # the flush left bytes unsent
                     continue
-                batch: list[bytes] = []
-                batch_bytes = 0
-                while self.queue and batch_bytes < _BATCH_BYTES:
-                    payload = self.queue.popleft()
-                    self.queued_bytes -= len(payload)
-                    sealed = conn.session.seal(payload)
-                    batch.append(sealed)
-                    batch_bytes += len(sealed)
-                writer.writelines(batch)
-                stats.frames_sent += len(batch)
-                stats.bytes_sent += batch_bytes
+                self.write_queued(conn)
                 await self._drain(conn)
         finally:
+            self.idle = False
             reader_task.cancel()
             await asyncio.gather(reader_task, return_exceptions=True)
+
+    def write_queued(self, conn: Conn) -> None:
+        """Seal what is queued (up to about _BATCH_BYTES) and write it in one write: with a
+        peer that reads batches, one frame holds them all (one counter, one tag); with an
+        older peer, one frame a message, the frames joined."""
+        session, queue, stats = conn.session, self.queue, self.owner.stats
+        assert session is not None
+        taken: list[bytes] = []
+        size = 0
+        if conn.batch:
+            # A frame's body is at most max_frame + RECORD_OVERHEAD (a payload send()
+            # let through, in its record); several records only within that.
+            limit = min(_BATCH_BYTES, self.owner.max_frame - COUNTER_LEN - TAG_LEN)
+            while queue:
+                n = len(queue[0]) + RECORD_OVERHEAD
+                if taken and size + n > limit:
+                    break
+                taken.append(queue.popleft())
+                size += n
+            self.queued_bytes -= size - RECORD_OVERHEAD * len(taken)
+            data = session.seal(batch_payload(taken))
+        else:
+            sealed: list[bytes] = []
+            while queue and size < _BATCH_BYTES:
+                payload = queue.popleft()
+                self.queued_bytes -= len(payload)
+                sealed.append(session.seal(payload))
+                size += len(sealed[-1])
+                taken.append(payload)
+            data = sealed[0] if len(sealed) == 1 else b"".join(sealed)
+        conn.writer.write(data)  # one write: one TLS record (up to 16 KiB) with TLS
+        stats.frames_sent += len(taken)
+        stats.bytes_sent += len(data)
 
     async def _drain(self, conn: Conn) -> None:
         """Wait for the socket buffer to drain; a peer that reads nothing is cut off."""

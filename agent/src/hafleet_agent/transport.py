@@ -67,11 +67,13 @@ from .connection import (
 from .throttle import WarnThrottle
 from .tls import TLSConfig, peer_node_id
 from .wire import (
+    BATCH_CAP,
     FRAME_OVERHEAD,
     HANDSHAKE_MAX,
     HELLO_MAX,
     MIN_KEY_LEN,
     PROTOCOL,
+    RECORD_OVERHEAD,
     AuthError,
     Closed,
     FrameDecoder,
@@ -86,8 +88,9 @@ from .wire import (
     new_nonce,
     opening,
     parse_addr,
-    parse_hello,
+    parse_hello_caps,
     server_proof,
+    split_batch,
     unpack_payload,
     valid_id,
 )
@@ -183,6 +186,7 @@ class Transport:
         handshake_timeout: float = 5.0,
         write_timeout: float = 10.0,
         tls: TLSConfig | None = None,
+        batching: bool = True,
     ) -> None:
         if not isinstance(key, bytes):
             raise TypeError("the cluster key must be bytes")
@@ -224,9 +228,11 @@ class Transport:
         self.handshake_timeout = handshake_timeout
         self.write_timeout = write_timeout
         self.tls = tls
+        self.batching = batching
         self.stats = TransportStats()
         self._server: asyncio.Server | None = None
         self._outbound: dict[str, Outbound] = {}
+        self._to_flush: list[Outbound] = []  # peers sent to in this loop cycle
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._pending_handshakes = 0
         self._pending_by_source: dict[str, int] = {}
@@ -315,7 +321,20 @@ class Transport:
             parse_addr(addr)
             peer = self._outbound[addr] = Outbound(addr, self)
             peer.start()
-        return peer.offer(payload)
+        if not peer.offer(payload):
+            return False
+        if peer.idle:  # written at the end of this cycle, with the cycle's other frames
+            if not self._to_flush:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._to_flush.append(peer)
+        return True
+
+    def _flush(self) -> None:
+        """Write what this loop cycle queued: one write per peer (one frame per peer when
+        it reads batches), with no wake-up of the peers' tasks."""
+        peers, self._to_flush = self._to_flush, []
+        for peer in peers:
+            peer.flush()  # a peer listed twice has nothing queued the second time
 
     def is_connected(self, addr: str) -> bool:
         """True while an authenticated outbound connection to ``addr`` is open."""
@@ -500,7 +519,10 @@ class Transport:
         """Deliver authenticated frames until EOF (returns) or a violation (raises)."""
         assert conn.session is not None and conn.peer is not None
         session, peer, reader, stats = conn.session, conn.peer, conn.reader, self.stats
-        decoder = FrameDecoder(self.max_frame)
+        batched = conn.batch and not peer.outbound  # the client's frames carry batches
+        # A batch frame may hold one payload of the largest size with its record header.
+        decoder = FrameDecoder(self.max_frame + (RECORD_OVERHEAD if batched else 0))
+        on_frame = self._on_frame
         while True:
             body = decoder.next_frame()
             if body is None:  # read what has come, a whole large body at once
@@ -516,22 +538,32 @@ class Transport:
                 decoder.feed(data)
                 continue
             payload = session.open(body)
-            obj = unpack_payload(payload)
-            stats.frames_received += 1
             stats.bytes_received += 4 + len(body)
-            try:
-                self._on_frame(peer, obj)
-            except Exception:
-                stats.callback_errors += 1
-                log.exception("on_frame failed for a frame from %s", conn.describe())
+            # Every record is checked before any is delivered: a batch is taken whole or
+            # (a bad record) the connection closes with none of it delivered.
+            objs = (
+                [unpack_payload(r) for r in split_batch(payload)]
+                if batched
+                else [unpack_payload(payload)]
+            )
+            for obj in objs:
+                stats.frames_received += 1
+                try:
+                    on_frame(peer, obj)
+                except Exception:
+                    stats.callback_errors += 1
+                    log.exception("on_frame failed for a frame from %s", conn.describe())
 
     def _hello(self) -> bytes:
         assert self.advertise is not None  # set at the latest by start()
-        return hello_payload(self.node_id, self.cluster, self._cluster_id(), self.advertise)
+        caps = (BATCH_CAP,) if self.batching else ()
+        return hello_payload(self.node_id, self.cluster, self._cluster_id(), self.advertise, caps)
 
     def _check_hello(self, conn: Conn, body: bytes, *, outbound: bool) -> PeerInfo:
         assert conn.session is not None
-        node_id, cluster, cluster_id, addr = parse_hello(conn.session.open(body))
+        (node_id, cluster, cluster_id, addr), caps = parse_hello_caps(conn.session.open(body))
+        # Our hello lists "batch" when we batch: both ends then know both hellos did.
+        conn.batch = self.batching and BATCH_CAP in caps
         certified = self.tls is not None
         peer = PeerInfo(node_id, cluster, cluster_id, addr, conn.remote, outbound, certified)
         if certified and node_id != conn.cert_id:

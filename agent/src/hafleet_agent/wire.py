@@ -33,14 +33,24 @@ Authenticated frames (:class:`Session`)
     counter: replayed or reordered). ``payload`` is one msgpack value
     (:func:`unpack_payload`).
 
-Hellos (:func:`hello_payload`, :func:`parse_hello`)
+Hellos (:func:`hello_payload`, :func:`parse_hello`, :func:`parse_hello_caps`)
     The first authenticated frame in each direction (counter 0) is a hello, a msgpack map
     ``{"node_id": str, "cluster": str, "cluster_id": str | None, "addr": "host:port"}``
-    (``addr``: the sender's advertised Raft address). The client sends its hello right
+    (``addr``: the sender's advertised Raft address), and since batching a key ``"caps"``:
+    a list of the capabilities the sender understands (older agents send no such key and
+    ignore it: unknown keys are ignored). The client sends its hello right
     after its proof; the server reads it, asks ``accept_peer`` and answers with its own
     hello only if accepted (else it closes); the client then asks its own
     ``accept_peer`` about the server's hello before it sends anything else. Every later
     frame is delivered to ``on_frame``. Servers send nothing after their hello.
+
+Batches (capability ``"batch"``, :func:`batch_payload`, :func:`split_batch`)
+    When both hellos list ``"batch"``, every authenticated frame after them (client ->
+    server) carries a batch: its payload is one or more records ``length u32 BE | msgpack
+    value``, each value one message for ``on_frame``, in order. The frame is sealed once (one
+    counter, one tag), so replay and reordering protection are the frame's; a batch with no
+    record, or a record that overruns the payload, is a ProtocolError. Otherwise (an older
+    peer on either side) each message is its own frame, as before.
 
 A violation raises :class:`Closed` (its subclasses :class:`AuthError` and
 :class:`ProtocolError`); its message is the reason the transport logs.
@@ -65,15 +75,18 @@ __all__ = [
     "HELLO_MAX",
     "MAX_PAYLOAD_DEPTH",
     "MAX_PAYLOAD_ITEMS",
+    "BATCH_CAP",
     "MIN_KEY_LEN",
     "NONCE_LEN",
     "PROTOCOL",
+    "RECORD_OVERHEAD",
     "TAG_LEN",
     "AuthError",
     "Closed",
     "FrameDecoder",
     "ProtocolError",
     "Session",
+    "batch_payload",
     "check_opening",
     "check_client_proof",
     "check_server_proof",
@@ -84,7 +97,9 @@ __all__ = [
     "new_nonce",
     "parse_addr",
     "parse_hello",
+    "parse_hello_caps",
     "server_proof",
+    "split_batch",
     "unpack_payload",
     "valid_id",
 ]
@@ -106,6 +121,11 @@ _DIR_C2S = b"\x01"
 _DIR_S2C = b"\x02"
 _ONE_SHOT_MAC = 1 << 16
 _HELLO_KEYS = ("node_id", "cluster", "cluster_id", "addr")
+_MAX_CAPS = 32  # capabilities a hello may list (more: the list is ignored)
+BATCH_CAP = "batch"
+"""The capability of a peer that reads batches (several messages in one sealed frame)."""
+RECORD_OVERHEAD = 4
+"""Bytes a message gains in a batch: its record's length header."""
 
 
 class Closed(Exception):
@@ -488,24 +508,87 @@ class _Walker:
 # ---- hellos ---------------------------------------------------------------------------------
 
 
-def hello_payload(node_id: str, cluster: str, cluster_id: str | None, addr: str) -> bytes:
-    """A hello's payload (to be sealed as the first frame)."""
-    return msgpack.packb(
-        {"node_id": node_id, "cluster": cluster, "cluster_id": cluster_id, "addr": addr}
-    )
+def hello_payload(
+    node_id: str,
+    cluster: str,
+    cluster_id: str | None,
+    addr: str,
+    caps: tuple[str, ...] = (),
+) -> bytes:
+    """A hello's payload (to be sealed as the first frame); ``caps``: the capabilities the
+    sender understands (none: no ``caps`` key, the hello of the agents before batching)."""
+    hello: dict[str, object] = {
+        "node_id": node_id,
+        "cluster": cluster,
+        "cluster_id": cluster_id,
+        "addr": addr,
+    }
+    if caps:
+        hello["caps"] = list(caps)
+    return msgpack.packb(hello)
 
 
 def parse_hello(payload: memoryview | bytes) -> tuple[str, str, str | None, str]:
     """``(node_id, cluster, cluster_id, addr)`` of a hello's payload; ProtocolError if it
     is not a well-formed hello (unknown extra keys are ignored)."""
+    return parse_hello_caps(payload)[0]
+
+
+def parse_hello_caps(
+    payload: memoryview | bytes,
+) -> tuple[tuple[str, str, str | None, str], frozenset[str]]:
+    """:func:`parse_hello` and the capabilities the hello lists (empty when it lists none,
+    or when ``caps`` is not a list of at most 32 str: an unknown form means no capability,
+    as an older peer's hello)."""
     hello = unpack_payload(payload)
     if not isinstance(hello, dict) or any(k not in hello for k in _HELLO_KEYS):
         raise ProtocolError("malformed hello")
+    raw_caps = hello.get("caps")
+    caps: frozenset[str] = frozenset()
+    if (
+        isinstance(raw_caps, list)
+        and len(raw_caps) <= _MAX_CAPS
+        and all(isinstance(c, str) for c in raw_caps)
+    ):
+        caps = frozenset(raw_caps)
+    return _hello_fields(hello), caps
+
+
+def _hello_fields(hello: dict[object, object]) -> tuple[str, str, str | None, str]:
     node_id, cluster, cluster_id, addr = (hello[k] for k in _HELLO_KEYS)
     if not (valid_id(node_id) and valid_id(cluster) and valid_id(cluster_id, optional=True)):
         raise ProtocolError("malformed hello")
     try:
-        parse_addr(addr)
+        parse_addr(addr)  # type: ignore[arg-type]
     except ValueError:
         raise ProtocolError("malformed hello: bad addr") from None
-    return node_id, cluster, cluster_id, addr
+    return node_id, cluster, cluster_id, addr  # type: ignore[return-value]
+
+
+# ---- batches --------------------------------------------------------------------------------
+
+
+def batch_payload(payloads: list[bytes]) -> bytes:
+    """The payload of a batch frame: each msgpack payload as a record, in order."""
+    return b"".join([b for p in payloads for b in (len(p).to_bytes(4, "big"), p)])
+
+
+def split_batch(payload: memoryview | bytes) -> list[memoryview]:
+    """The records of a batch frame's payload, in order (not yet unpacked: each one goes to
+    :func:`unpack_payload`); ProtocolError for an empty batch or a record that overruns."""
+    view = memoryview(payload)
+    end = len(view)
+    if end == 0:
+        raise ProtocolError("empty batch")
+    out = []
+    pos = 0
+    while pos < end:
+        if end - pos < 4:
+            raise ProtocolError("truncated record header in a batch")
+        n = int.from_bytes(view[pos : pos + 4], "big")
+        pos += 4
+        if n > end - pos:
+            raise ProtocolError(f"record of {n} bytes overruns its batch ({end - pos} left)")
+        out.append(view[pos : pos + n])
+        pos += n
+    return out

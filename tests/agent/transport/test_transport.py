@@ -633,6 +633,7 @@ def test_the_raw_client_is_a_faithful_peer() -> None:
             "cluster": "lab",
             "cluster_id": "cid-b",
             "addr": addr(b),
+            "caps": ["batch"],  # a peer whose hello lists no caps gets no batches
         }
         for i in range(3):
             raw.write(raw.seal(msgpack.packb({"i": i})))
