@@ -118,6 +118,11 @@ RUN_FLAGS = (
     "tls_ca_file",
     "tls_cert_file",
     "tls_key_file",
+    "service_check",
+    "service_check_interval_ms",
+    "service_check_timeout_ms",
+    "service_check_rise",
+    "service_check_fall",
 )
 
 
@@ -292,6 +297,36 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         help="the leader's heartbeat interval in milliseconds",
     )
     run.add_argument(
+        "--service-check",
+        metavar="CHECK",
+        help="check this node's service: none (the default), tcp (a connect) or http:/PATH "
+        "(GET PATH answers 2xx/3xx); a failing service gets weight 0 and is drained",
+    )
+    run.add_argument(
+        "--service-check-interval-ms",
+        type=positive_int,
+        metavar="MS",
+        help="how often the service is checked (default 500)",
+    )
+    run.add_argument(
+        "--service-check-timeout-ms",
+        type=positive_int,
+        metavar="MS",
+        help="how long one check may take (default 500)",
+    )
+    run.add_argument(
+        "--service-check-rise",
+        type=positive_int,
+        metavar="N",
+        help="passes in a row before a failing service counts as up again (default 2)",
+    )
+    run.add_argument(
+        "--service-check-fall",
+        type=positive_int,
+        metavar="N",
+        help="failures in a row before the service counts as down (default 2)",
+    )
+    run.add_argument(
         "--election-timeout-ms",
         type=positive_int,
         metavar="MS",
@@ -454,8 +489,24 @@ def _add_balancer(commands: argparse._SubParsersAction) -> None:
         help="HAProxy's server-state-file: rewritten after every change, for reloads",
     )
     balancer.add_argument(
+        "--balancer-id",
+        type=_balancer_id,
+        metavar="ID",
+        help="this balancer's name in the drain handshake (balancer/registered/ID); "
+        "default: the host's name and a digest of --haproxy-socket",
+    )
+    balancer.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="log line format"
     )
+
+
+def _balancer_id(value: str) -> str:
+    from .ids import member_id_error
+
+    error = member_id_error(value, "balancer id")
+    if error is not None:
+        raise argparse.ArgumentTypeError(error)
+    return value
 
 
 def _seconds(value: str) -> float:
@@ -510,6 +561,7 @@ def _balancer(args: argparse.Namespace) -> int:
         state_file=args.state_file,
         api_file=args.api_file,
         ca_file=args.ca_file or os.environ.get("HAFLEET_CA_FILE") or None,
+        balancer_id=args.balancer_id,
     )
     try:
         return asyncio.run(run_balancer(opts))

@@ -58,6 +58,17 @@ class AgentConfig:
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # The check of this node's own service (node/service_check.py): "none", "tcp" or
+    # "http:/PATH"; its pace and thresholds (docs/agent.md, "Service checks").
+    service_check: str = "none"
+    service_check_interval_ms: int = 500
+    service_check_timeout_ms: int = 500
+    service_check_rise: int = 2
+    service_check_fall: int = 2
+    # Fast eviction (the leader, node/chores.py): a member not heard from for this long is
+    # marked unreachable (0: never); it is reachable again once it has answered this long.
+    unreachable_after_ms: int = 500
+    reachable_after_ms: int = 2000
     # file-only settings
     weight_overrides: dict[str, int] = field(default_factory=dict)
     autopilot_cleanup_dead: bool = False
@@ -229,6 +240,7 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("snapshot_entries must be at least 10")
     if cfg.quota_bytes < 0:
         raise ConfigError("quota_bytes must be >= 0 (0: no quota)")
+    _check_service_check(cfg)
     tls_given = [bool(cfg.tls_ca_file), bool(cfg.tls_cert_file), bool(cfg.tls_key_file)]
     if any(tls_given) and not all(tls_given):
         missing = [
@@ -243,6 +255,40 @@ def validate(cfg: AgentConfig) -> None:
 
 
 TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+
+
+def parse_service_check(text: str) -> tuple[str, str]:
+    """``none``, ``tcp`` or ``http:/PATH`` -> (kind, path); ValueError otherwise."""
+    if text in ("none", "tcp"):
+        return text, ""
+    if text.startswith("http:"):
+        path = text[len("http:") :] or "/"
+        if not path.startswith("/") or any(c.isspace() or ord(c) < 32 for c in path):
+            raise ValueError(f"the path of an http check must start with '/', got {path!r}")
+        return "http", path
+    raise ValueError(f"service_check must be none, tcp or http:/PATH, got {text!r}")
+
+
+def _check_service_check(cfg: AgentConfig) -> None:
+    try:
+        kind, _ = parse_service_check(cfg.service_check)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if kind != "none" and cfg.service_port is None:
+        raise ConfigError(f"service_check {cfg.service_check} needs service_port (--service-port)")
+    for name in ("service_check_interval_ms", "service_check_timeout_ms"):
+        if getattr(cfg, name) < 10:
+            raise ConfigError(f"{name} must be at least 10")
+    for name in ("service_check_rise", "service_check_fall"):
+        if not 1 <= getattr(cfg, name) <= 100:
+            raise ConfigError(f"{name} must be in 1..100")
+    if cfg.unreachable_after_ms < 0 or cfg.reachable_after_ms < 0:
+        raise ConfigError("unreachable_after_ms and reachable_after_ms must be >= 0 (0: off)")
+    if 0 < cfg.unreachable_after_ms < 2 * cfg.heartbeat_ms:
+        raise ConfigError(
+            f"unreachable_after_ms ({cfg.unreachable_after_ms}) must be at least two "
+            f"heartbeats ({2 * cfg.heartbeat_ms}), or 0 (off)"
+        )
 
 
 def _check_type(cfg: AgentConfig) -> None:
@@ -273,6 +319,13 @@ def _check_type(cfg: AgentConfig) -> None:
         "tls_ca_file": (str,),
         "tls_cert_file": (str,),
         "tls_key_file": (str,),
+        "service_check": (str,),
+        "service_check_interval_ms": (int,),
+        "service_check_timeout_ms": (int,),
+        "service_check_rise": (int,),
+        "service_check_fall": (int,),
+        "unreachable_after_ms": (int,),
+        "reachable_after_ms": (int,),
     }
     for name, types in expect.items():
         v = getattr(cfg, name)

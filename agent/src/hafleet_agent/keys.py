@@ -24,9 +24,48 @@ REGISTERED_KEY = "balancer/registered"
 #: removes the member goes on when it appears.
 DRAINED_PREFIX = "balancer/drained/"
 
+#: ``balancer/registered/<balancer-id>``: each syncer's own registration (same value as
+#: ``balancer/registered``, plus ``balancer_id`` and ``ttl_s``), written again every
+#: ``REGISTRATION_REFRESH_S``; a removal waits for every registration not older than its
+#: ``ttl_s``, and a syncer deletes its own on a clean stop.
+REGISTERED_PREFIX = "balancer/registered/"
+
+#: ``balancer/drained/<balancer-id>/<id>``: balancer ``<balancer-id>`` is done draining member
+#: ``<id>`` (the legacy ``balancer/drained/<id>`` is one segment shorter).
+DRAINED_BY_PREFIX = "balancer/drained/"
+
+#: A syncer writes its registration again this often; it counts for ``REGISTRATION_TTL_S``.
+REGISTRATION_REFRESH_S = 5.0
+REGISTRATION_TTL_S = 20.0
+
+#: ``health/service/<id>``: written by the leader while member ``<id>``'s own service check
+#: fails (``{"ok": false, "detail", "since"}``), deleted when it passes again. A failing
+#: service gets weight 0 and the syncers drain its server.
+SERVICE_HEALTH_PREFIX = "health/service/"
+
+#: ``health/unreachable/<id>``: written by the leader when member ``<id>`` has not answered
+#: for ``unreachable_after_ms`` (``{"since", "silent_ms"}``), deleted once it has answered
+#: for ``reachable_after_ms``. The syncers drain its server meanwhile.
+UNREACHABLE_PREFIX = "health/unreachable/"
+
 #: ``weights/override/<id>``: an integer 0..256 that pins member ``<id>``'s weight (0 drains
 #: it); the leader's weight planning reads it.
 OVERRIDE_PREFIX = "weights/override/"
 
 
-__all__ = ["DRAINED_PREFIX", "OVERRIDE_PREFIX", "REGISTERED_KEY"]
+def drained_key(balancer_id: str, member_id: str) -> str:
+    return f"{DRAINED_BY_PREFIX}{balancer_id}/{member_id}"
+
+
+__all__ = [
+    "DRAINED_BY_PREFIX",
+    "DRAINED_PREFIX",
+    "OVERRIDE_PREFIX",
+    "REGISTERED_KEY",
+    "REGISTERED_PREFIX",
+    "REGISTRATION_REFRESH_S",
+    "REGISTRATION_TTL_S",
+    "SERVICE_HEALTH_PREFIX",
+    "UNREACHABLE_PREFIX",
+    "drained_key",
+]

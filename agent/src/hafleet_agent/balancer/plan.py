@@ -52,6 +52,9 @@ class Want:
     port: int
     weight: int
     drain: bool
+    out: str = ""
+    """Why the member is out of service without leaving (its service check fails, the
+    leader cannot reach it): its server is set to drain, and no drained report is made."""
 
 
 def split_service_addr(addr: str) -> tuple[str, int]:
@@ -97,7 +100,13 @@ def desired(view: Mapping[str, Any], strategy: str) -> tuple[dict[str, Want], li
             )
         else:
             weight = EQUAL_WEIGHT
-        wants[mid] = Want(mid, host, port, weight, bool(m.get("draining")))
+        # Fields of a newer agent (an older one has neither: in service).
+        out = ""
+        if m.get("service_healthy") is False:
+            out, weight = "its service check fails", 0
+        elif m.get("reachable") is False:
+            out = "the leader cannot reach it"
+        wants[mid] = Want(mid, host, port, weight, bool(m.get("draining")), out)
     return wants, skipped
 
 
@@ -139,8 +148,14 @@ def plan(
     drain_started: Mapping[str, float],
     now: float,
     drain_timeout: float,
+    service_back: Iterable[str] = (),
 ) -> Plan:
-    """The commands that take the backend from ``servers`` to ``wants``, in order."""
+    """The commands that take the backend from ``servers`` to ``wants``, in order.
+
+    ``service_back``: members whose service check passes again since the last round; if
+    HAProxy's own check still holds their server down, it is set up at once (HAProxy's
+    next failing check takes it down again)."""
+    service_back = set(service_back)
     p = Plan()
     have = {s.name: s for s in servers}
     taken = {s.id for s in have.values()}
@@ -163,6 +178,8 @@ def plan(
             add(f"enable health {srv}", name, "new member")
             if w.drain:
                 add(f"set server {srv} state drain", name, "member is draining", starts_drain=True)
+            elif w.out:
+                add(f"set server {srv} state drain", name, w.out)
             else:
                 add(f"enable server {srv}", name, "new member")
             continue
@@ -188,8 +205,14 @@ def plan(
                 p.drained[name] = {"sessions": left, "timed_out": True}
             else:
                 p.waiting.append(f"{name}: draining, {left} session(s) left")
-        elif s.maint or s.drain:
-            add(f"set server {srv} state ready", name, "member in service")
+        elif w.out:
+            if s.maint or not s.drain:
+                add(f"set server {srv} state drain", name, w.out)
+        else:
+            if s.maint or s.drain:
+                add(f"set server {srv} state ready", name, "member in service")
+            if name in service_back and s.op_state == 0 and s.check_state & s.CHECK_ENABLED:
+                add(f"set server {srv} health up", name, "its service check passes again")
 
     for name, s in sorted(have.items()):
         if name in wants:

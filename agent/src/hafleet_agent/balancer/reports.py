@@ -21,7 +21,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..keys import DRAINED_PREFIX, REGISTERED_KEY
+from ..keys import (
+    DRAINED_PREFIX,
+    REGISTERED_KEY,
+    REGISTERED_PREFIX,
+    REGISTRATION_REFRESH_S,
+    REGISTRATION_TTL_S,
+    drained_key,
+)
 from .plan import Plan, Want
 
 log = logging.getLogger("hafleet.balancer")
@@ -37,8 +44,15 @@ class DrainReports:
     backend: str
     strategy: str
     drain_timeout: float
+    balancer_id: str = "balancer"
     registered: bool = False
     reported: dict[str, bool] = field(default_factory=dict)  # id -> reported (timed out?)
+    # The legacy single keys (``balancer/registered``, ``balancer/drained/<id>``) for the
+    # agents of the previous version: this syncer writes the drained one only while the
+    # registration is its own (docs/balancer.md, "Several balancers").
+    legacy_registered: bool = False
+    legacy_own: bool = False
+    own_registered_at: float = 0.0  # time.monotonic() of the last refresh of our own key
     checked_stale_key: set[str] = field(default_factory=set)
     to_forget: set[str] = field(default_factory=set)
 
@@ -47,23 +61,72 @@ class DrainReports:
         left the group)."""
         self.to_forget.add(member_id)
 
+    def _registration(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "strategy": self.strategy,
+            "drain_timeout_s": self.drain_timeout,
+            "at": time.time(),
+            "balancer_id": self.balancer_id,
+            "ttl_s": REGISTRATION_TTL_S,
+        }
+
+    async def _register_legacy(self) -> None:
+        """``balancer/registered`` (what agents of the previous version wait on): written
+        when absent, or when its holder (a syncer of this version) is gone; a value without
+        ``balancer_id`` is a previous version's syncer's, left alone."""
+        item = await self.get_stale(REGISTERED_KEY)
+        value = item.get("value") if item else None
+        holder = value.get("balancer_id") if isinstance(value, dict) else None
+        if item is not None and holder != self.balancer_id:
+            if holder is None or await self._alive(str(holder)):
+                self.legacy_registered, self.legacy_own = True, False
+                return
+        if item is not None and holder == self.balancer_id:
+            self.legacy_registered = self.legacy_own = True
+            return
+        if await self.write(REGISTERED_KEY, self._registration()):
+            self.legacy_registered = self.legacy_own = True
+
+    async def _alive(self, balancer_id: str) -> bool:
+        item = await self.get_stale(f"{REGISTERED_PREFIX}{balancer_id}")
+        value = item.get("value") if item else None
+        if not isinstance(value, dict):
+            return False
+        at, ttl = value.get("at"), value.get("ttl_s")
+        if not isinstance(at, int | float) or not isinstance(ttl, int | float):
+            return False
+        return time.time() - at <= 3 * ttl  # (the clocks of two hosts: a wide margin)
+
+    async def deregister(self) -> None:
+        """On a clean stop: our registration goes (and the legacy one, if ours), so that no
+        removal waits for us."""
+        if await self.write(f"{REGISTERED_PREFIX}{self.balancer_id}", delete=True):
+            log.info("deregistered %s", self.balancer_id)
+        if self.legacy_own:
+            item = await self.get_stale(REGISTERED_KEY)
+            value = item.get("value") if item else None
+            if isinstance(value, dict) and value.get("balancer_id") == self.balancer_id:
+                await self.write(REGISTERED_KEY, delete=True)
+
     async def report(self, view: Mapping[str, Any], wants: Mapping[str, Want], p: Plan) -> None:
         """One round's reports: register, mark the members HAProxy is done draining, delete
         the marks of members that left or came back."""
-        if not self.registered:
-            self.registered = await self.write(
-                REGISTERED_KEY,
-                {
-                    "backend": self.backend,
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "strategy": self.strategy,
-                    "drain_timeout_s": self.drain_timeout,
-                    "at": time.time(),
-                },
+        now = time.monotonic()
+        refresh = now - self.own_registered_at >= REGISTRATION_REFRESH_S
+        if not self.legacy_registered or (refresh and self.registered):
+            await self._register_legacy()
+        if not self.own_registered_at or refresh:
+            if await self.write(f"{REGISTERED_PREFIX}{self.balancer_id}", self._registration()):
+                self.own_registered_at = now
+        if not self.registered and self.legacy_registered and self.own_registered_at:
+            self.registered = True
+            log.info(
+                "registered as %s: removals now wait for this balancer to drain",
+                self.balancer_id,
             )
-            if self.registered:
-                log.info("registered: removals now wait for this balancer to drain")
         members = {str(m["id"]): m for m in view.get("members") or [] if m.get("id")}
         # Draining members HAProxy is done with; members with no server at all have nothing
         # to drain.
@@ -74,8 +137,15 @@ class DrainReports:
         for mid, detail in sorted(done.items()):
             if mid in self.reported:
                 continue
-            value = {"backend": self.backend, "at": time.time(), **detail}
-            if await self.write(f"{DRAINED_PREFIX}{mid}", value):
+            value = {
+                "backend": self.backend,
+                "balancer_id": self.balancer_id,
+                "at": time.time(),
+                **detail,
+            }
+            if not await self.write(drained_key(self.balancer_id, mid), value):
+                continue
+            if not self.legacy_own or await self.write(f"{DRAINED_PREFIX}{mid}", value):
                 self.reported[mid] = bool(detail.get("timed_out"))
                 log.info(
                     "reported %s drained%s",
@@ -91,7 +161,9 @@ class DrainReports:
             if mid in members:
                 self.to_forget.discard(mid)
                 continue
-            if await self.write(f"{DRAINED_PREFIX}{mid}", delete=True):
+            if await self.write(
+                drained_key(self.balancer_id, mid), delete=True
+            ) and await self.write(f"{DRAINED_PREFIX}{mid}", delete=True):
                 self.to_forget.discard(mid)
         # ... and a stale report of a member that is in service (left once, came back with
         # the same id): it would let its next removal skip the drain.
@@ -102,8 +174,12 @@ class DrainReports:
             self.reported.pop(mid, None)
             if mid in self.checked_stale_key:
                 continue
-            if await self.get_stale(f"{DRAINED_PREFIX}{mid}") is not None:
-                if not await self.write(f"{DRAINED_PREFIX}{mid}", delete=True):
-                    continue
-                log.info("deleted a stale drained report of %s (in service)", mid)
-            self.checked_stale_key.add(mid)
+            stale_ok = True
+            for key in (f"{DRAINED_PREFIX}{mid}", drained_key(self.balancer_id, mid)):
+                if await self.get_stale(key) is not None:
+                    if not await self.write(key, delete=True):
+                        stale_ok = False
+                        continue
+                    log.info("deleted a stale drained report %s (in service)", key)
+            if stale_ok:
+                self.checked_stale_key.add(mid)

@@ -31,9 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import random
+import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -137,6 +141,17 @@ class Options:
     # The cluster CA (PEM) that https:// agents' certificates must chain to (else the
     # system's CAs).
     ca_file: str | None = None
+    # This balancer's name in the KV protocol (balancer/registered/<id>); default: the host's
+    # name and a digest of the HAProxy socket's path (default_balancer_id).
+    balancer_id: str | None = None
+
+
+def default_balancer_id(haproxy_socket: str) -> str:
+    """``<host>-<8 hex digits of SHA-256(socket path)>``: stable across restarts, different
+    for two HAProxies of one host; only ``[A-Za-z0-9_.-]``, starting with a letter or digit."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]).strip("-._")
+    digest = hashlib.sha256(os.path.abspath(haproxy_socket).encode()).hexdigest()[:8]
+    return f"{host or 'balancer'}-{digest}"
 
 
 class Balancer:
@@ -159,9 +174,17 @@ class Balancer:
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
         self.drain_started: dict[str, float] = {}
+        self.balancer_id = opts.balancer_id or default_balancer_id(opts.haproxy_socket)
         self.reports = DrainReports(
-            self.write, self.get_stale, opts.backend, opts.strategy, opts.drain_timeout
+            self.write,
+            self.get_stale,
+            opts.backend,
+            opts.strategy,
+            opts.drain_timeout,
+            balancer_id=self.balancer_id,
         )
+        # Members whose service check failed in the last view (plan's service_back).
+        self.service_failing: set[str] = set()
         self.haproxy_pid: str | None = None
         self.haproxy_down_since: float | None = None
         self.rounds = 0
@@ -439,9 +462,21 @@ class Balancer:
         for name in list(self.drain_started):
             if name not in have or (name in wants and not wants[name].drain):
                 del self.drain_started[name]
+        failing = {name for name, w in wants.items() if w.out and w.weight == 0}
+        failing |= {
+            str(m.get("id")) for m in view.get("members") or [] if m.get("service_healthy") is False
+        }
         p = plan(
-            self.backend, wants, servers, stats, self.drain_started, now, self.opts.drain_timeout
+            self.backend,
+            wants,
+            servers,
+            stats,
+            self.drain_started,
+            now,
+            self.opts.drain_timeout,
+            service_back=self.service_failing - failing,
         )
+        self.service_failing = failing
         applied, failed = await self._apply(p)
         if p.waiting != self._last_waiting:
             for w in p.waiting:
@@ -531,7 +566,8 @@ class Balancer:
     async def run(self) -> int:
         await self.check_haproxy()
         log.info(
-            "balancer: backend %s, strategy %s (balance %s), drain timeout %gs, agents %s",
+            "balancer %s: backend %s, strategy %s (balance %s), drain timeout %gs, agents %s",
+            self.balancer_id,
             self.backend,
             self.opts.strategy,
             ALGORITHMS[self.opts.strategy],
@@ -553,6 +589,10 @@ class Balancer:
             for t in [*tasks, stopper]:
                 t.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            if self.reports.own_registered_at:
+                # A clean stop: no removal should wait for us (bounded: the agents may be gone).
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.reports.deregister(), 3.0)
         log.info("stopped (%d change(s) applied in %d round(s))", self.applied_total, self.rounds)
         return EXIT_OK
 

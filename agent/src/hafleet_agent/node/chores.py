@@ -8,6 +8,7 @@ configuration change, to send a frame and to wake the driver."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -15,7 +16,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import AgentConfig
-from ..keys import OVERRIDE_PREFIX
+from ..keys import (
+    DRAINED_PREFIX,
+    OVERRIDE_PREFIX,
+    REGISTERED_KEY,
+    REGISTERED_PREFIX,
+    REGISTRATION_TTL_S,
+    SERVICE_HEALTH_PREFIX,
+    UNREACHABLE_PREFIX,
+    drained_key,
+)
 from ..metrics import HostMetrics
 from ..raft.core import ProposalDropped
 from ..raft.quorum import has_majority
@@ -28,6 +38,9 @@ from .errors import AgentError
 log = logging.getLogger("hafleet.agent")
 
 REPORT_INTERVAL = 1.0
+HEALTH_INTERVAL = 0.1  # the pace of the fast health chores (service checks, eviction)
+SERVICE_REPORT_STALE_S = 10.0  # a member heard from but silent about its service this long:
+# its check is off (restarted without it, or an older version): its service mark goes
 
 
 class LeaderChores:
@@ -61,12 +74,20 @@ class LeaderChores:
         self.planner_term = -1
         self._last_table_push = 0.0
         self._last_plan = 0.0
+        # The service check results (id -> (t, ok, detail)) and the fast chores' bookkeeping.
+        self.service_reports: dict[str, tuple[float, bool, str]] = {}
+        self.silent_since: dict[str, float] = {}  # id -> when it last was silent too long
+        self.health_wake = asyncio.Event()
+        self._service_sig: tuple[str, ...] = ()
+        # balancer/registered/<bid> -> (modify_index, when this leader saw it change): a
+        # registration is fresh while it was written within its ttl_s (our clock, not its).
+        self.reg_seen: dict[str, tuple[int, float]] = {}
 
     # ---- the tables ------------------------------------------------------------------------
     def forget_non_members(self, now: float, expire_s: float) -> None:
         """Drop the reports and health of ids that are not members, and when an id that is
         none joined, once that is ``expire_s`` old."""
-        for table in (self.reports, self.health_seen):
+        for table in (self.reports, self.health_seen, self.service_reports, self.silent_since):
             for nid in [nid for nid in table if not self.state.has_member(nid)]:
                 del table[nid]
         for nid, since in list(self.joined_at.items()):
@@ -140,6 +161,131 @@ class LeaderChores:
             self._last_plan = now
             await self.plan_weights(now, members)
 
+    # ---- the fast health chores: service checks and eviction (every HEALTH_INTERVAL) --------
+    def wake_service(self) -> None:
+        self.health_wake.set()
+
+    async def run_health(self) -> None:
+        """Keep ``health/service/<id>`` and ``health/unreachable/<id>`` in step with what the
+        leader knows. Plain KV writes: an agent of an older version stores them and ignores
+        them."""
+        now = time.monotonic()
+        self._note_registrations(now)
+        members = self.state.members()
+        leader_since = self._leader_since() or now
+        for m in members:
+            mid = str(m["id"])
+            await self._sync_service(now, mid, leader_since)
+            await self._sync_reachable(now, mid, leader_since)
+        sig = tuple(sorted(self.state.kv_keys(SERVICE_HEALTH_PREFIX)))
+        if sig != self._service_sig:
+            # A service failed or came back: plan the weights now, not on the next tick.
+            self._service_sig = sig
+            self._last_plan = 0.0
+
+    def _heard(self, mid: str, leader_since: float) -> float:
+        if mid == self.id:
+            return time.monotonic()
+        # (a member that just joined was no member when it was last heard: count from then)
+        return max(self.health_seen.get(mid, 0.0), leader_since, self.joined_at.get(mid, 0.0))
+
+    async def _put_or_del(self, key: str, value: Any | None) -> None:
+        cmd = (
+            encode_command("kv_del", key=key, cas=None)
+            if value is None
+            else encode_command("kv_put", key=key, value=value, cas=None)
+        )
+        try:
+            await self._propose_cmd(cmd)
+        except AgentError as exc:
+            log.debug("%s postponed: %s", key, exc.message)
+
+    async def _sync_service(self, now: float, mid: str, leader_since: float) -> None:
+        key = f"{SERVICE_HEALTH_PREFIX}{mid}"
+        marked = self.state.kv_get(key) is not None
+        rep = self.service_reports.get(mid)
+        if rep is None or now - rep[0] > SERVICE_REPORT_STALE_S:
+            heard = self._heard(mid, leader_since)
+            quiet_for = now - max(rep[0] if rep else 0.0, leader_since)
+            if marked and now - heard < 1.0 and quiet_for > SERVICE_REPORT_STALE_S:
+                log.warning("member %s no longer checks its service: its mark goes", mid)
+                await self._put_or_del(key, None)
+            return
+        _, ok, detail = rep
+        if not ok and not marked:
+            log.warning("member %s: its service fails (%s): weight 0, drained", mid, detail)
+            await self._put_or_del(key, {"ok": False, "detail": detail, "since": time.time()})
+        elif ok and marked:
+            log.warning("member %s: its service is ok again", mid)
+            await self._put_or_del(key, None)
+
+    async def _sync_reachable(self, now: float, mid: str, leader_since: float) -> None:
+        after = self.cfg.unreachable_after_ms / 1000
+        key = f"{UNREACHABLE_PREFIX}{mid}"
+        marked = self.state.kv_get(key) is not None
+        if after <= 0:
+            if marked:
+                await self._put_or_del(key, None)
+            return
+        silent = now - self._heard(mid, leader_since)
+        if silent > after:
+            self.silent_since[mid] = now
+            if not marked:
+                log.warning(
+                    "member %s: not heard from for %.0f ms: unreachable", mid, silent * 1000
+                )
+                await self._put_or_del(
+                    key, {"since": time.time() - silent, "silent_ms": round(silent * 1000)}
+                )
+        elif marked:
+            # Hysteresis: back only once it has answered for reachable_after_ms.
+            last_silent = self.silent_since.get(mid, leader_since)
+            if now - last_silent >= self.cfg.reachable_after_ms / 1000:
+                log.warning("member %s answers again: reachable", mid)
+                await self._put_or_del(key, None)
+
+    # ---- the balancers' drain handshake (docs/balancer.md, "Several balancers") ------------
+    def _note_registrations(self, now: float) -> None:
+        keys = set(self.state.kv_keys(REGISTERED_PREFIX))
+        for key in list(self.reg_seen):
+            if key not in keys:
+                del self.reg_seen[key]
+        for key in keys:
+            item = self.state.kv_get(key)
+            index = int(item["modify_index"]) if item else 0  # type: ignore[arg-type]
+            seen = self.reg_seen.get(key)
+            if seen is None or seen[0] != index:
+                self.reg_seen[key] = (index, now)
+
+    def drain_waits(self, mid: str) -> list[str]:
+        """The drained marks a removal of ``mid`` still waits for: one of every balancer
+        whose registration is fresh, and the legacy ``balancer/drained/<mid>`` while a
+        syncer of the previous version is registered (``balancer/registered`` without a
+        ``balancer_id``)."""
+        now = time.monotonic()
+        self._note_registrations(now)
+        waits: list[str] = []
+        for key, (_, seen) in sorted(self.reg_seen.items()):
+            bid = key[len(REGISTERED_PREFIX) :]
+            if "/" in bid:
+                continue
+            item = self.state.kv_get(key)
+            value = item["value"] if item else None
+            ttl = value.get("ttl_s") if isinstance(value, dict) else None
+            if not isinstance(ttl, int | float) or isinstance(ttl, bool):
+                ttl = REGISTRATION_TTL_S
+            if now - seen > max(1.0, min(float(ttl), 300.0)):
+                continue  # gone without deregistering: it does not hold removals up
+            if self.state.kv_get(drained_key(bid, mid)) is None:
+                waits.append(drained_key(bid, mid))
+        legacy = self.state.kv_get(REGISTERED_KEY)
+        if legacy is not None:
+            value = legacy["value"]
+            if not (isinstance(value, dict) and value.get("balancer_id")):
+                if self.state.kv_get(f"{DRAINED_PREFIX}{mid}") is None:
+                    waits.append(f"{DRAINED_PREFIX}{mid}")
+        return waits
+
     def removal_keeps_quorum(self, mid: str) -> bool:
         """Whether the voters without ``mid`` still hold a majority of healthy members."""
         raw = self._raw()
@@ -184,7 +330,9 @@ class LeaderChores:
                 joined_at=self.joined_at.get(mid, 0.0),
                 listening_since=leader_since or 0.0,
                 healthy=bool(m.get("healthy", True)),
-                draining=bool(m.get("draining", False)) or pin == 0,
+                draining=bool(m.get("draining", False))
+                or pin == 0
+                or self.state.kv_get(f"{SERVICE_HEALTH_PREFIX}{mid}") is not None,
                 override=pin or None,
             )
         current = self.state.weights()["weights"]

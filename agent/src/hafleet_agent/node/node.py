@@ -34,7 +34,10 @@ from typing import Any
 from .. import __version__
 from ..config import AgentConfig
 from ..ids import member_id_error
-from ..keys import DRAINED_PREFIX, REGISTERED_KEY
+from ..keys import (
+    SERVICE_HEALTH_PREFIX,
+    UNREACHABLE_PREFIX,
+)
 from ..metrics import HostMetrics, MetricsSource
 from ..raft.rawnode import RawNode
 from ..raft.status import BasicStatus
@@ -44,7 +47,7 @@ from ..state import StateError, StateMachine, encode_command, member_context
 from ..transport import PeerInfo, Transport
 from ..wal import DiskStorage
 from .bootstrap import Bootstrap
-from .chores import LeaderChores
+from .chores import HEALTH_INTERVAL, LeaderChores
 from .driver import Driver
 from .errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
 from .inbox import FrameHandler, Inbox
@@ -207,6 +210,7 @@ class Node:
             "metrics": self.reporter.on_metrics,
             "metrics_table": self.reporter.on_metrics_table,
             "member_update": self.reporter.on_member_update,
+            "service_check": self.reporter.on_service_check,
             CHUNK_KIND: self.snapshots.on_chunk,
             ACK_KIND: self.snapshots.on_ack,
         }
@@ -297,6 +301,9 @@ class Node:
         self.tasks.supervise(self.reporter.sampler_loop, "sampler")
         self.tasks.supervise(self._housekeeping, "housekeeping")
         self.tasks.supervise(self._leader_loop, "leader")
+        self.tasks.supervise(self._health_loop, "health")
+        if self.reporter.service_checker is not None:
+            self.tasks.supervise(self.reporter.service_check_loop, "service-check")
         if not has_state:
             self.tasks.supervise(self.bootstrap.run, "bootstrap")
         self.driver.wake()
@@ -420,6 +427,19 @@ class Node:
                 except AgentError as exc:
                     log.debug("leader chores: %s", exc.message)
 
+    async def _health_loop(self) -> None:
+        """The leader's fast chores (service check marks, eviction), every HEALTH_INTERVAL or
+        at once when a service check result arrives."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.chores.health_wake.wait(), HEALTH_INTERVAL)
+            self.chores.health_wake.clear()
+            if self.is_leader():
+                try:
+                    await self.chores.run_health()
+                except AgentError as exc:
+                    log.debug("health chores: %s", exc.message)
+
     # ---- the API's verbs --------------------------------------------------------------------
     def raft_status(self) -> BasicStatus | None:
         return self.driver.raft_status()
@@ -497,12 +517,14 @@ class Node:
         if not m.get("draining"):
             await self.driver.propose_cmd(encode_command("member_drain", id=mid, draining=True))
         timeout = self.cfg.drain_timeout_s if drain_timeout is None else drain_timeout
-        if timeout > 0 and self.state.kv_get(REGISTERED_KEY) is not None:
+        waits = self.chores.drain_waits(mid) if timeout > 0 else []
+        if waits:
+            # Every registered balancer's drained mark (node/chores.py, drain_waits).
             deadline = time.monotonic() + timeout
-            while (
-                time.monotonic() < deadline and self.state.kv_get(f"{DRAINED_PREFIX}{mid}") is None
-            ):
+            while time.monotonic() < deadline and (waits := self.chores.drain_waits(mid)):
                 await self.wait_index(self.state.index, min(1.0, deadline - time.monotonic()))
+            if waits:
+                log.warning("removing %s without the drained mark(s) %s", mid, ", ".join(waits))
         res = await self.driver.propose_conf(ConfChange(ConfChangeType.REMOVE, mid))
         log.info("removed %s", mid)
         return {"id": mid, "removed": True, "index": res.index}
@@ -566,6 +588,11 @@ class Node:
             "commit_index": r.commit if r else 0,
             "applied_index": self.state.index,
             "members": self.members_view(),
+            "service_check": (
+                self.reporter.service_checker.describe()
+                if self.reporter.service_checker is not None
+                else None
+            ),
             "version": __version__,
         }
 
@@ -588,6 +615,9 @@ class Node:
                     "role": role,
                     "healthy": bool(m.get("healthy", True)),
                     "draining": bool(m.get("draining", False)),
+                    # apart from the agent's health: its service's check, the leader's reach
+                    "service_healthy": self.state.kv_get(f"{SERVICE_HEALTH_PREFIX}{mid}") is None,
+                    "reachable": self.state.kv_get(f"{UNREACHABLE_PREFIX}{mid}") is None,
                     "weight": weights.get(mid),
                     "metrics": table.get(mid) or {},
                 }

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config import AgentConfig
+from ..config import AgentConfig, parse_service_check
 from ..metrics import HostMetrics, MetricsSource, Sampler
 from ..state import StateMachine, encode_command
 from ..transport import PeerInfo
@@ -27,6 +27,7 @@ from .chores import REPORT_INTERVAL, LeaderChores
 from .driver import Driver
 from .errors import AgentError
 from .frames import MAX_METRICS_FIELDS, FrameError, check_info, check_metrics_row
+from .service_check import MAX_DETAIL, Checker
 
 log = logging.getLogger("hafleet.agent")
 
@@ -61,6 +62,49 @@ class Reporter:
         self.sampler: Sampler | None = None  # made by the sampler task (it may fail: EMFILE)
         self.metrics: HostMetrics | None = None
         self._last_self_check = 0.0
+        self.service_checker: Checker | None = None
+        kind, path = parse_service_check(cfg.service_check)
+        if kind != "none" and cfg.service_addr:
+            self.service_checker = Checker(
+                kind,
+                path,
+                cfg.service_addr,
+                interval=cfg.service_check_interval_ms / 1000,
+                timeout=cfg.service_check_timeout_ms / 1000,
+                rise=cfg.service_check_rise,
+                fall=cfg.service_check_fall,
+                on_result=self.on_service_result,
+            )
+
+    # ---- our service's check (node/service_check.py) ---------------------------------------
+    async def service_check_loop(self) -> None:
+        if self.service_checker is not None:
+            await self.service_checker.run(self._stop)
+
+    def on_service_result(self, ok: bool, detail: str) -> None:
+        """Every check's result goes to the leader (a ``service_check`` frame; an older
+        leader drops the kind it does not know), which keeps ``health/service/<id>``."""
+        raw = self.driver.raw
+        lead = raw.basic_status().lead if raw is not None else None
+        if lead == self.id:
+            self.chores.service_reports[self.id] = (time.monotonic(), ok, detail)
+            self.chores.wake_service()
+        elif lead is not None:
+            addr = self._addr_of(lead)
+            if addr:
+                self._send(addr, "service_check", ok=ok, detail=detail[:MAX_DETAIL])
+
+    def on_service_check(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
+        ok, detail = obj.get("ok"), obj.get("detail", "")
+        if not isinstance(ok, bool) or not isinstance(detail, str):
+            raise FrameError("service_check needs ok (bool) and detail (str)")
+        if self.driver.is_leader() and self.state.has_member(peer.node_id):
+            self.chores.service_reports[peer.node_id] = (
+                time.monotonic(),
+                ok,
+                detail[:MAX_DETAIL],
+            )
+            self.chores.wake_service()
 
     # ---- metrics ---------------------------------------------------------------------------
     async def sampler_loop(self) -> None:
