@@ -143,9 +143,11 @@ class DrainReports:
                 "at": time.time(),
                 **detail,
             }
-            if not await self.write(drained_key(self.balancer_id, mid), value):
+            # The legacy mark first (while the legacy registration is ours): the agent that
+            # removes the member may go on as soon as our own mark commits.
+            if self.legacy_own and not await self.write(f"{DRAINED_PREFIX}{mid}", value):
                 continue
-            if not self.legacy_own or await self.write(f"{DRAINED_PREFIX}{mid}", value):
+            if await self.write(drained_key(self.balancer_id, mid), value):
                 self.reported[mid] = bool(detail.get("timed_out"))
                 log.info(
                     "reported %s drained%s",
