@@ -146,6 +146,7 @@ def render_members(members: list[dict[str, Any]], with_term: bool = False) -> st
             "LOAD",
             "WEIGHT",
             "HEALTHY",
+            "SERVICE-CHECK",
             "RAFT",
             "SERVICE",
         ]
@@ -163,7 +164,11 @@ def render_members(members: list[dict[str, Any]], with_term: bool = False) -> st
             _fmt_pct(mt.get("mem_percent")),
             "-" if load is None else f"{float(load):.2f}",
             "-" if m.get("weight") is None else str(m["weight"]),
-            ("yes" if m.get("healthy") else "NO") + (" (draining)" if m.get("draining") else ""),
+            ("yes" if m.get("healthy") else "NO")
+            + (" (unreachable)" if m.get("reachable") is False else "")
+            + (" (draining)" if m.get("draining") else ""),
+            # the agent's health apart from its service's (an older agent shows neither)
+            {True: "ok", False: "FAILING"}.get(m.get("service_healthy"), "-"),
             str(m.get("raft_addr") or "-"),
             str(m.get("service_addr") or "-"),
         ]

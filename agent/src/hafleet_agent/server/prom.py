@@ -84,12 +84,24 @@ class _Collector:
         yield g("hafleet_peers", "members known to this node", len(members))
         w = GaugeMetricFamily("hafleet_weight", "committed load-balancer weight", labels=["node"])
         h = GaugeMetricFamily("hafleet_member_healthy", "1 if healthy", labels=["node"])
+        sh = GaugeMetricFamily(
+            "hafleet_member_service_healthy",
+            "1 unless the member's own service check fails",
+            labels=["node"],
+        )
+        re_ = GaugeMetricFamily(
+            "hafleet_member_reachable", "0 while the leader cannot reach it", labels=["node"]
+        )
         for m in members:
             if m["weight"] is not None:
                 w.add_metric([m["id"]], m["weight"])
             h.add_metric([m["id"]], 1 if m["healthy"] else 0)
+            sh.add_metric([m["id"]], 1 if m.get("service_healthy", True) else 0)
+            re_.add_metric([m["id"]], 1 if m.get("reachable", True) else 0)
         yield w
         yield h
+        yield sh
+        yield re_
         yield g("hafleet_weights_version", "weight table version", agent.state.weights()["version"])
         hm = agent.metrics
         if hm is not None:
