@@ -757,7 +757,7 @@ def replay_tamper(run: Run) -> None:
         run.result.notes.append(f"n3 auth failures {before} -> {after}")
         log = run.c.node("n3").log()
         texts = (
-            ("TLS: ",)
+            ("): TLS: decryption failed or bad record mac",)  # an accepted peer's bad record
             if tls
             else (
                 "replayed or reordered frame",
