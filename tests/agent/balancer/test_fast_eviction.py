@@ -8,8 +8,8 @@ demo service), one HAProxy and its syncer in the root namespace, 40 req/s throug
 - a node's service killed (its agent alive): its service check fails, weight 0 and its
   server drained within a bound; back with its share soon after the service returns.
 
-Every condition is polled with a deadline. ``HF18_REPORT=1`` prints the figures (the
-benchmark's numbers) to stdout. Needs root, iproute2, nft and haproxy; the lab uses prefix
+Every condition is polled with a deadline. The figures (the benchmark's numbers) are printed
+as ``issue18:`` lines (seen with ``pytest -s``). Needs root, iproute2, nft and haproxy; the lab uses prefix
 ``hfsv`` and subnet 10.79.18.0/24, removed by exact name at the end.
 """
 
