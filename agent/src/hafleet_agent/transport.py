@@ -47,6 +47,7 @@ import logging
 import random
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -65,7 +66,6 @@ from .connection import (
     tune,
 )
 from .throttle import WarnThrottle
-from .tls import TLSConfig, peer_node_id
 from .wire import (
     BATCH_CAP,
     FRAME_OVERHEAD,
@@ -94,6 +94,9 @@ from .wire import (
     unpack_payload,
     valid_id,
 )
+
+if TYPE_CHECKING:  # .tls imports cryptography (~10 MiB): only an agent with TLS loads it
+    from .tls import TLSConfig
 
 __all__ = [
     "FRAME_OVERHEAD",
@@ -386,6 +389,8 @@ class Transport:
                     raise TLSFailed(f"TLS handshake failed: {tls_reason(e)}") from None
         conn = Conn(reader, writer, fmt_addr(writer.get_extra_info("peername")))
         if tls is not None:
+            from .tls import peer_node_id  # loaded already: the config made ``tls``
+
             conn.cert_id = peer_node_id(writer.get_extra_info("peercert"))
         try:
             tune(writer)
@@ -499,6 +504,8 @@ class Transport:
             raise TLSFailed(f"TLS handshake failed: {tls_reason(e)}") from None
         except ConnectionError as e:
             raise TLSFailed(f"TLS handshake failed: {reason(e)}") from None
+        from .tls import peer_node_id  # loaded already: the config made ``tls``
+
         conn.cert_id = peer_node_id(conn.writer.get_extra_info("peercert"))
 
     async def _server_handshake(self, conn: Conn) -> None:
