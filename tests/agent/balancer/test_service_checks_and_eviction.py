@@ -136,12 +136,23 @@ def test_a_silent_member_is_marked_unreachable_and_back_only_after_a_while() -> 
     now = time.monotonic()
     chores.health_seen["b"] = now - 1.0  # silent for 1 s > 500 ms
     asyncio.run(chores.run_health())
+    assert sm.kv_get(f"{UNREACHABLE_PREFIX}b") is None  # a first run counts from now ...
+    chores._stalled_at = now - 1.0  # ... (as after a stall of its own)
+    asyncio.run(chores.run_health())
     assert sm.kv_get(f"{UNREACHABLE_PREFIX}b") is not None
     assert sm.kv_get(f"{UNREACHABLE_PREFIX}a") is None  # the leader itself
     chores.health_seen["b"] = time.monotonic()  # answers again
     asyncio.run(chores.run_health())
     assert sm.kv_get(f"{UNREACHABLE_PREFIX}b") is not None  # not yet: hysteresis
     chores.silent_since["b"] = time.monotonic() - 0.5  # it has answered for 0.5 s > 300 ms
+    asyncio.run(chores.run_health())
+    assert sm.kv_get(f"{UNREACHABLE_PREFIX}b") is None
+
+
+def test_a_stall_of_the_leader_itself_marks_nobody() -> None:
+    chores, sm, _ = _chores(["a", "b"])
+    chores._last_health = time.monotonic() - 2.0  # its loop was held up for 2 s
+    chores.health_seen["b"] = time.monotonic() - 2.0  # so b's frames are not read yet
     asyncio.run(chores.run_health())
     assert sm.kv_get(f"{UNREACHABLE_PREFIX}b") is None
 

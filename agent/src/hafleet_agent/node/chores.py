@@ -39,6 +39,7 @@ log = logging.getLogger("hafleet.agent")
 
 REPORT_INTERVAL = 1.0
 HEALTH_INTERVAL = 0.1  # the pace of the fast health chores (service checks, eviction)
+STALL_S = 0.3  # the fast chores ran this late: this node stalled, not its peers
 SERVICE_REPORT_STALE_S = 10.0  # a member heard from but silent about its service this long:
 # its check is off (restarted without it, or an older version): its service mark goes
 
@@ -79,6 +80,8 @@ class LeaderChores:
         self.silent_since: dict[str, float] = {}  # id -> when it last was silent too long
         self.health_wake = asyncio.Event()
         self._service_sig: tuple[str, ...] = ()
+        self._last_health = 0.0
+        self._stalled_at = 0.0
         # balancer/registered/<bid> -> (modify_index, when this leader saw it change): a
         # registration is fresh while it was written within its ttl_s (our clock, not its).
         self.reg_seen: dict[str, tuple[int, float]] = {}
@@ -173,10 +176,17 @@ class LeaderChores:
         self._note_registrations(now)
         members = self.state.members()
         leader_since = self._leader_since() or now
+        # This loop was held up (a stalled event loop, a paused process): the frames that came
+        # meanwhile are not read yet, so everybody would look silent. Count from now.
+        if now - self._last_health > STALL_S:
+            self._stalled_at = now
+        self._last_health = now
+        leader_since = max(leader_since, self._stalled_at)
         for m in members:
             mid = str(m["id"])
             await self._sync_service(now, mid, leader_since)
             await self._sync_reachable(now, mid, leader_since)
+        self._last_health = time.monotonic()  # (the writes above may have taken a while)
         sig = tuple(sorted(self.state.kv_keys(SERVICE_HEALTH_PREFIX)))
         if sig != self._service_sig:
             # A service failed or came back: plan the weights now, not on the next tick.
