@@ -35,8 +35,8 @@ REGISTERED_PREFIX = "balancer/registered/"
 DRAINED_BY_PREFIX = "balancer/drained/"
 
 #: A syncer writes its registration again this often; it counts for ``REGISTRATION_TTL_S``.
-REGISTRATION_REFRESH_S = 5.0
-REGISTRATION_TTL_S = 20.0
+REGISTRATION_REFRESH_S = 3.0
+REGISTRATION_TTL_S = 10.0
 
 #: ``health/service/<id>``: written by the leader while member ``<id>``'s own service check
 #: fails (``{"ok": false, "detail", "since"}``), deleted when it passes again. A failing
