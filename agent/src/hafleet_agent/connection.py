@@ -277,18 +277,17 @@ class Outbound:
         does, once it is); called by the transport once per loop cycle in which frames
         were queued, so all of a cycle's frames to this peer leave in one write."""
         conn = self.conn
-        if not self.idle or conn is None or not self.queue:
-            return
-        try:
-            self.write_queued(conn)
-        except Exception as e:  # a bug: say so; the task goes on (or reconnects)
-            log.exception("writing to %s failed: %s", self.addr, reason(e))
-            self.idle = False
-            self.wakeup.set()
-            return
-        if conn.writer.transport.get_write_buffer_size():
-            self.idle = False  # the kernel did not take it all: the task drains
-            self.wakeup.set()
+        while self.idle and conn is not None and self.queue:  # over 1 MiB: several writes
+            try:
+                self.write_queued(conn)
+            except Exception as e:  # a bug: say so; the task goes on (or reconnects)
+                log.exception("writing to %s failed: %s", self.addr, reason(e))
+                self.idle = False
+                self.wakeup.set()
+                return
+            if conn.writer.transport.get_write_buffer_size():
+                self.idle = False  # the kernel did not take it all: the task drains
+                self.wakeup.set()
 
     def discard(self) -> int:
         n = len(self.queue)

@@ -326,7 +326,8 @@ class Transport:
             peer.start()
         if not peer.offer(payload):
             return False
-        if peer.idle:  # written at the end of this cycle, with the cycle's other frames
+        if peer.idle and (not self._to_flush or self._to_flush[-1] is not peer):
+            # written at the end of this cycle, with the cycle's other frames to it
             if not self._to_flush:
                 asyncio.get_running_loop().call_soon(self._flush)
             self._to_flush.append(peer)
