@@ -2,10 +2,13 @@
 snapshot, durable in one data directory (``DiskStorage``).
 
 The core hands the driver what to persist (``Ready.hard_state``, ``Ready.entries``,
-``Ready.snapshot``); the driver calls :meth:`DiskStorage.save` /
-:meth:`DiskStorage.save_snapshot`, which return only once the data is durable, and only then
-sends messages or acknowledges anything. On start :meth:`DiskStorage.open` recovers what was
-made durable. Only the standard library is used. Not thread-safe: one driver owns it.
+``Ready.snapshot``); the driver calls :meth:`DiskStorage.save` (or its three steps, see
+Writing) / :meth:`DiskStorage.save_snapshot`, which return only once the data is durable,
+and only then answers for it (an append or a vote acknowledged, an entry applied: see
+raft/ready.py; a leader's own appends may go out before). On start
+:meth:`DiskStorage.open` recovers what was made durable. Only the standard library is
+used. Not thread-safe: one driver owns it (its writer thread runs
+:meth:`DiskStorage.write_prepared` only, see Writing).
 
 Data directory
 ==============
@@ -25,7 +28,11 @@ Writing
 =======
 
 Every :meth:`~DiskStorage.save` appends exactly one batch to ``raft.log`` with one
-``write()`` followed by one ``fsync()``.
+``write()`` followed by one ``fsync()``. The agent's driver splits it in three
+(:meth:`~DiskStorage.prepare_save`, :meth:`~DiskStorage.write_prepared` in its writer thread,
+:meth:`~DiskStorage.finish_save`) so that the event loop goes on while the batch is written:
+a group commit, the batch holding everything the core had ready when the previous one was
+durable (node/driver.py).
 
 ``snapshot.bin`` is replaced atomically: written to ``snapshot.bin.tmp``, fsync'd, renamed
 over ``snapshot.bin``, then the directory is fsync'd. Afterwards the log is compacted the same
@@ -109,6 +116,7 @@ __all__ = [
     "LOG_FILE",
     "MAX_RECORD_BYTES",
     "PREPARED_SUFFIX",
+    "PreparedBatch",
     "RECEIVED_SUFFIX",
     "SNAPSHOT_FILE",
     "CorruptSnapshotError",
@@ -145,6 +153,16 @@ class RecoveryReport:
     """Why, e.g. ``"crc mismatch at offset 1234"`` or ``"torn record header ... at offset 9"``."""
     entries: int = 0
     """Entries recovered (after the snapshot)."""
+
+
+@dataclass
+class PreparedBatch:
+    """One batch checked and encoded by :meth:`DiskStorage.prepare_save`."""
+
+    data: bytes
+    hard_state: HardState | None
+    entries: list[Entry]
+    durable: bool = False
 
 
 def _trim_to_snapshot(entries: list[Entry], meta: SnapshotMeta) -> list[Entry]:
@@ -323,7 +341,24 @@ class DiskStorage:
         replaced. Exactly one write and, with ``fsync=True``, one fsync. Raises ValueError
         for entries that are not contiguous, leave a gap or reach into the snapshot (the
         storage stays usable), StorageError if the disk fails (it becomes unusable).
+
+        The same in three steps, for a writer thread (group commit): :meth:`prepare_save`
+        (checks and encodes, in the owner's thread), :meth:`write_prepared` (the one write and
+        fsync: the only part that may run in the writer thread, while the owner touches
+        nothing of this storage but :meth:`prepare_snapshot`) and :meth:`finish_save` (back
+        in the owner's thread, once it returned: the in-memory view follows the disk).
         """
+        batch = self.prepare_save(hard_state, entries)
+        if batch is not None:
+            self.write_prepared(batch)
+            self.finish_save(batch)
+
+    def prepare_save(
+        self, hard_state: HardState | None, entries: Sequence[Entry]
+    ) -> PreparedBatch | None:
+        """Check and encode one batch for :meth:`write_prepared`; None when there is nothing
+        to write (no entries, and no hard state or the same as the saved one). One prepared
+        batch at a time: prepare the next only after :meth:`finish_save` of this one."""
         self._check()
         entries = list(entries)
         if entries:
@@ -340,22 +375,35 @@ class DiskStorage:
                     raise ValueError(f"entries are not contiguous: {prev.index} then {e.index}")
         if hard_state == self.hard_state:
             hard_state = None
-        batch = encode_batch(entries, hard_state)
-        if not batch:
-            return
+        data = encode_batch(entries, hard_state)
+        if not data:
+            return None
+        return PreparedBatch(data, hard_state, entries)
+
+    def write_prepared(self, batch: PreparedBatch) -> None:
+        """Append the prepared batch with one write and make it durable with one fsync (the
+        writer thread's part; a failure makes the storage unusable, as in :meth:`save`)."""
+        self._check()
         assert self._log_fd is not None
         try:
-            _write_all(self._log_fd, batch)
+            _write_all(self._log_fd, batch.data)
             self._sync(self._log_fd)
         except OSError as exc:
             self._fail(f"{self.log_path}: write or fsync failed: {exc}", exc)
-        self._log_size += len(batch)
+        batch.durable = True
+
+    def finish_save(self, batch: PreparedBatch) -> None:
+        """The batch is durable: :attr:`entries` and :attr:`hard_state` show it."""
+        if not batch.durable:
+            raise ValueError("finish_save of a batch that was not written")
+        entries = batch.entries
+        self._log_size += len(batch.data)
         if entries:
             if self.entries:
                 del self.entries[entries[0].index - self.entries[0].index :]
             self.entries.extend(entries)
-        if hard_state is not None:
-            self.hard_state = hard_state
+        if batch.hard_state is not None:
+            self.hard_state = batch.hard_state
 
     def save_snapshot(self, snap: Snapshot) -> None:
         """Replace the snapshot atomically, then compact the log (see the module docstring).

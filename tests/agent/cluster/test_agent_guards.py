@@ -336,7 +336,8 @@ def test_a_storage_failure_still_stops_the_agent(tmp_path: Path) -> None:
         def broken(*args: Any, **kwargs: Any) -> None:
             raise StorageError("fsync failed: EIO (test)")
 
-        agent.storage.save = broken  # type: ignore[method-assign]
+        # the writer thread's part of a save (node/driver.py writes off the event loop)
+        agent.storage.write_prepared = broken  # type: ignore[method-assign]
         write = asyncio.create_task(agent.write(encode_command("kv_put", key="a", value=1)))
         await asyncio.wait_for(agent.wait_stopped(), WAIT)
         assert agent.exit_code == 1 and "storage failed" in agent.exit_reason

@@ -122,15 +122,24 @@ def test_effects_run_in_the_contracts_order() -> None:
         entries=[Entry(2, 8)],
         snapshot=Snapshot(SnapshotMeta(5, 1, ConfState(("n1",)))),
         committed_entries=[Entry(1, 6), Entry(2, 7)],
-        messages=[Message(MT.APP, to="n2"), Message(MT.APP, to="n3")],
+        messages=[
+            Message(MT.APP_RESP, to="n4"),
+            Message(MT.APP, to="n2"),
+            Message(MT.VOTE_RESP, to="n5"),
+            Message(MT.APP, to="n3"),
+        ],
         read_states=[ReadState(7, b"r1"), ReadState(7, b"r2")],
     )
     done = handle_ready(_RecordingNode(events), rd, fx)  # type: ignore[arg-type]
+    # A leader's appends go before the write (the thesis' 10.2.1); the answers that vouch
+    # for what the batch holds (an append acknowledged, a vote granted) only once durable.
     assert events == [
-        "persist",
-        "soft leader",
         "send n2",
         "send n3",
+        "persist",
+        "soft leader",
+        "send n4",
+        "send n5",
         "restore 5",
         "apply 6",
         "apply 7",
@@ -139,7 +148,7 @@ def test_effects_run_in_the_contracts_order() -> None:
         "advance",
         "after",
     ]
-    assert done == Handled(batches=1, snapshots=1, entries=2, messages=2)
+    assert done == Handled(batches=1, snapshots=1, entries=2, messages=4)
     assert done.changed
 
 

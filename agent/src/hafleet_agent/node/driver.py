@@ -1,14 +1,22 @@
 """The Raft driver: the core (``RawNode``), its write-ahead log (``DiskStorage``) and the
 replicated state machine, driven by one task.
 
-The event loop owns everything; nothing here uses threads but the compaction's worker. The
-core is driven by one task (``raft_loop``) that turns every batch of inputs into a ready
-batch, handled by ``raft/ready.py`` in its one order: persist it (``DiskStorage.save``
-fsyncs before it returns), send its messages, apply its committed entries to the state
-machine; then the reads now due are served, the log compacted when due, and whoever waits
-for the state woken. Inputs (ticks, messages, proposals, reads) are fed to the core
-synchronously from callbacks and only ever between two ready batches, because the drain of
-a ready batch never awaits.
+The event loop owns everything but the log's writes: one writer thread (``raft-wal``) writes
+and fsyncs each batch (``DiskStorage.write_prepared``; fsync releases the GIL), and the
+compaction's worker encodes and writes snapshots. The core is driven by ``_pump`` (from the
+Raft task ``raft_loop``, the ticker, and the writer's completion), which turns the inputs
+fed so far into a ready batch, handled in ``raft/ready.py``'s one order: send what may go
+before the batch is durable (a leader's appends and heartbeats: ``begin_ready``), hand its
+entries and hard state to the writer thread; once they are durable (``_written``, back on
+the loop) send the rest (append and vote answers), apply its committed entries to the state
+machine (which answers the clients), advance the core (a leader counts itself toward the
+commit quorum only now), serve the reads now due, compact the log when due, and wake
+whoever waits for the state. While a batch is being written the loop goes on: inputs
+(ticks, messages, proposals, reads) are fed to the core from callbacks as they come, and
+everything they produce goes into the next batch, written with one write and one fsync
+once this one is durable (group commit). One batch is in the writer at a time; snapshots
+(from the leader, or a compaction's) are put in force between two batches, never while the
+writer holds one.
 
 The driver sees the rest of the node through what is passed in: a callable that sends one
 Raft message, the state machine, the config, the cluster id, the node's stop event, and a
@@ -24,7 +32,9 @@ import random
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +43,7 @@ from ..ids import shown
 from ..raft.core import Config as RaftConfig
 from ..raft.core import ProposalDropped
 from ..raft.rawnode import RawNode, Ready
-from ..raft.ready import PendingReads, ReadyEffects, drain
+from ..raft.ready import PendingReads, ReadyEffects, begin_ready, finish_ready
 from ..raft.status import BasicStatus
 from ..raft.types import (
     ConfChange,
@@ -47,7 +57,7 @@ from ..raft.types import (
     StateType,
 )
 from ..state import SnapshotParts, StateMachine, conf_change_error, encode_snapshot_parts
-from ..wal import DiskStorage, StorageError
+from ..wal import DiskStorage, PreparedBatch, StorageError
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
 
@@ -104,6 +114,10 @@ class Driver:
         self.leader_since: float | None = None
         self.last_leader: str | None = None
         self._compacting = False  # a snapshot is being written in a worker thread
+        # written by the compaction's worker, put in force by the pump between two batches
+        self._prepared: tuple[SnapshotMeta, bytes, Path] | None = None
+        self._writer: ThreadPoolExecutor | None = None  # the one thread writing the log
+        self._writing = False  # a ready batch is in the writer thread, not durable yet
         self._effects = ReadyEffects(
             persist=self._persist,
             send=send,
@@ -119,6 +133,7 @@ class Driver:
         held Raft state (a node with state never founds again; one whose cluster id is
         unknown does not start)."""
         self.storage = DiskStorage.open(data_dir)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-wal")
         rep = self.storage.report
         if rep.truncated_bytes:
             log.warning(
@@ -181,6 +196,9 @@ class Driver:
         self._index_event.set()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # a write under way ends before the log closes
+            self._writer = None
         if self.storage is not None:
             self.storage.close()
 
@@ -208,24 +226,77 @@ class Driver:
             self._pump()
 
     def _pump(self) -> None:
-        """Drain the core's ready batches; wake whoever waits for the state to change."""
-        if self._stop.is_set():
+        """Handle the core's ready batches up to the next one that needs a write (then the
+        writer's completion goes on); wake whoever waits for the state to change."""
+        if self._stop.is_set() or self._writing:
             return
         try:
             changed = self._drain_ready()
         except StorageError as exc:
             self._fail(f"storage failed, state could not be made durable: {exc}")
             return
+        self._moved(changed)
+
+    def _moved(self, changed: bool) -> None:
         if changed:
             event, self._index_event = self._index_event, asyncio.Event()
             event.set()
 
     def _drain_ready(self) -> bool:
-        """Handle every ready batch (raft/ready.py); whether the state machine moved."""
-        assert self.raw is not None
-        return drain(self.raw, self._effects).changed
+        """Handle ready batches (raft/ready.py's order) until none is left or one is handed
+        to the writer thread; whether the state machine moved."""
+        raw, storage = self.raw, self.storage
+        assert raw is not None and storage is not None
+        changed = False
+        while not self._writing:
+            if self._prepared is not None:
+                self._install_compaction()
+            if not raw.has_ready():
+                break
+            rd = raw.ready()
+            later = begin_ready(rd, self._effects)
+            if rd.snapshot is not None:
+                self._save_snapshot(rd.snapshot)  # rare: on the loop, between two batches
+            batch = None
+            if rd.entries or rd.hard_state is not None:
+                batch = storage.prepare_save(rd.hard_state, rd.entries)
+            if batch is None:
+                changed |= finish_ready(raw, rd, later, self._effects).changed
+                continue
+            assert self._writer is not None
+            self._writing = True
+            fut = asyncio.get_running_loop().run_in_executor(
+                self._writer, storage.write_prepared, batch
+            )
+            fut.add_done_callback(partial(self._written, rd, later, batch))
+        return changed
+
+    def _written(
+        self, rd: Ready, later: list[Message], batch: PreparedBatch, fut: asyncio.Future[None]
+    ) -> None:
+        """The writer thread is done with ``rd``'s batch (on the loop): now that it is
+        durable, the rest of the batch (answers, applies, advance), then the next one."""
+        self._writing = False
+        if fut.cancelled() or self._stop.is_set():
+            return  # stopping: nothing more is answered or applied
+        exc = fut.exception()
+        if exc is not None:
+            self._fail(f"storage failed, state could not be made durable: {exc}")
+            return
+        raw, storage = self.raw, self.storage
+        assert raw is not None and storage is not None
+        try:
+            storage.finish_save(batch)
+            changed = finish_ready(raw, rd, later, self._effects).changed
+            changed |= self._drain_ready()
+        except StorageError as exc:
+            self._fail(f"storage failed, state could not be made durable: {exc}")
+            return
+        self._moved(changed)
 
     def _persist(self, rd: Ready) -> None:
+        """The synchronous write of a whole ready batch (``ReadyEffects.persist``, for
+        ``raft/ready.py``'s ``handle_ready``); the pump writes in the writer thread instead."""
         if rd.snapshot is not None:
             self._save_snapshot(rd.snapshot)
         if rd.entries or rd.hard_state is not None:
@@ -321,10 +392,26 @@ class Driver:
         try:
             data = await asyncio.to_thread(encode_snapshot_parts, parts)
             path = await asyncio.to_thread(storage.prepare_snapshot, Snapshot(meta, data))
-            raw = self.raw
+        except StorageError as exc:
+            self._compacting = False
+            self._fail(f"storage failed, state could not be made durable: {exc}")
+            return
+        except BaseException:
+            self._compacting = False
+            raise
+        # Put in force by the pump between two ready batches, when the writer thread holds
+        # none (the install rewrites the log file).
+        self._prepared = (meta, data, path)
+        self._wake.set()
+
+    def _install_compaction(self) -> None:
+        storage, raw = self.storage, self.raw
+        assert storage is not None and raw is not None and self._prepared is not None
+        meta, data, path = self._prepared
+        self._prepared = None
+        try:
             if (
-                raw is None
-                or self._stop.is_set()
+                self._stop.is_set()
                 # a snapshot from the leader covers it
                 or meta.index <= raw.basic_status().snapshot_index
                 or raw.term_at(meta.index) != meta.term
@@ -337,8 +424,6 @@ class Driver:
                 storage.discard_prepared_snapshot(path)
             elif storage.install_prepared_snapshot(snap, path):
                 log.info("snapshot at index %d (%d bytes)", meta.index, len(data))
-        except StorageError as exc:
-            self._fail(f"storage failed, state could not be made durable: {exc}")
         finally:
             self._compacting = False
 

@@ -145,7 +145,9 @@ class Raft(LeaderRole):
             pr.learner = nid in self.learners
             self.prs[nid] = pr
         if self.id in self.prs:
-            self.prs[self.id].match = max(self.prs[self.id].match, last)
+            # Only what is durable counts (a leader's self-ack: leader.py self_durable).
+            stable = min(self.log.stable_index, last)
+            self.prs[self.id].match = max(self.prs[self.id].match, stable)
 
     def send(self, m: Message) -> None:
         """Queue a message from us. Vote messages carry the term their sender chose."""
@@ -173,7 +175,8 @@ class Raft(LeaderRole):
         for nid, pr in list(self.prs.items()):
             fresh = Progress(last + 1, self.cfg.max_inflight, learner=pr.learner)
             if nid == self.id:
-                fresh.match = last
+                # Only what is durable counts (a leader's self-ack: leader.py self_durable).
+                fresh.match = min(self.log.stable_index, last)
             self.prs[nid] = fresh
         self.pending_conf_index = 0
         self.reads.reset()

@@ -50,8 +50,17 @@ class LeaderRole:
         last = self.log.last_index()
         stamped = [Entry(self.term, last + i + 1, e.type, e.data) for i, e in enumerate(entries)]
         self.log.append(stamped)
-        self.prs[self.id].maybe_update(self.log.last_index())
-        self._maybe_commit()
+        # The leader counts itself toward the commit quorum only once its own write is
+        # durable (``self_durable``, from ``RawNode.advance``): it sends these entries to
+        # its followers before its own fsync completes (Raft thesis 10.2.1).
+
+    def self_durable(self) -> None:
+        """The driver made the log durable up to ``log.stable_index``: a leader now counts
+        itself for those entries (etcd raft's self-ack after the storage append)."""
+        if self.state is not StateType.LEADER or self.id not in self.prs:
+            return
+        if self.prs[self.id].maybe_update(self.log.stable_index) and self._maybe_commit():
+            self._bcast_append()
 
     def _maybe_commit(self) -> bool:
         mci = quorum_index({nid: pr.match for nid, pr in self.prs.items()}, self.voters)

@@ -5,13 +5,19 @@ The driver loop is always the same, whatever runs it (asyncio, the simulator):
 1. feed inputs: ``tick()``, ``step(msg)``, ``propose(data)``, ``read_index(ctx)`` ...
 2. ``rd = node.ready()`` when ``node.has_ready()``
 3. persist ``rd.snapshot``, ``rd.entries`` and ``rd.hard_state`` -- durably (fsync)
-4. send ``rd.messages``
+4. send ``rd.messages`` (a leader's appends and heartbeats may go before step 3: ready.py)
 5. apply ``rd.snapshot`` (if any) then ``rd.committed_entries`` to the state machine;
    serve ``rd.read_states`` once applied reaches their index
 6. ``node.advance(rd)``
 
-No input may be fed between ``ready()`` and ``advance()``. ``ready.py`` writes this loop once
-(``drain(node, effects)``), and every driver uses it.
+``ready()`` is never called again before the ``advance()`` of the batch it returned. Inputs
+may be fed between the two (the agent steps the core while a batch is being written in a
+writer thread): what they produce comes out in the next batch, and ``advance`` only marks
+as stable what the batch held and still matches the log. A leader counts itself toward the
+commit quorum only for entries made stable by ``advance`` (its self-ack), so it may send its
+appends before its own write is durable. ``ready.py`` writes this loop once
+(``drain(node, effects)``; ``begin_ready`` / ``finish_ready`` for a driver that writes off
+its thread), and every driver uses it.
 """
 
 from __future__ import annotations
@@ -245,15 +251,21 @@ class RawNode:
         if rd.soft_state is not None:
             self._prev_ss = rd.soft_state
         if rd.snapshot is not None:
-            r.log.pending_snapshot = None
+            if r.log.pending_snapshot is rd.snapshot:
+                r.log.pending_snapshot = None
             meta = rd.snapshot.meta
             self._conf_history = [(meta.index, meta.conf_state)]
         if rd.entries:
             last = rd.entries[-1]
             if r.log.match_term(last.index, last.term):
                 r.log.stable_to(last.index)
+                r.self_durable()
         if rd.committed_entries:
             for e in rd.committed_entries:
+                if e.index <= r.log.applied:
+                    # A snapshot from the leader was restored while this batch was being
+                    # written: the log and the configuration are past these entries.
+                    continue
                 r.log.applied_to(e.index)
                 if e.type is EntryType.CONF_CHANGE and e.index > self._bootstrap_applied:
                     self._apply_conf(e)

@@ -3,13 +3,21 @@
 Every driver of a :class:`RawNode` -- the agent on asyncio, the simulator, the tests -- handles
 a ready batch the same way (etcd-io/raft's ``Ready`` contract, with persisting made strict):
 
+0. **send** the messages that need nothing of this batch durable (:data:`EARLY_TYPES`: a
+   leader's appends, heartbeats and snapshots, a follower's heartbeat answers), before the
+   write (Raft thesis 10.2.1, as etcd does): the leader's own write and its followers' run in
+   parallel. A leader counts itself toward the commit quorum only once ``advance`` marks its
+   entries stable (``RawNode.advance``), so nothing commits on a leader's unwritten entries.
 1. **persist** the snapshot, the entries and the hard state, durably, when there are any
    (``rd.must_sync``). Nothing below happens before that returns: a vote granted, an append
-   acknowledged or a leadership announced must never outlive a crash that loses its reason.
-   A failing write raises; then nothing is sent or applied and the node is not advanced, so
-   the driver can stop (fail-stop) with the core in the state its disk says.
+   acknowledged, a client's write applied (and answered) must never outlive a crash that
+   loses its reason. A failing write raises; then nothing more is sent or applied and the
+   node is not advanced, so the driver can stop (fail-stop) with the core in the state its
+   disk says.
 2. **on_soft_state**: the role or leader changed (for logs and metrics; never persisted).
-3. **send** each message (in order).
+3. **send** each other message (in order): append and vote answers, vote requests (the
+   candidate's own vote is durable first), pre-vote messages (a pre-vote changes nothing to
+   persist, so its batch has no write to wait for).
 4. **restore** the snapshot into the state machine, then **apply** each committed entry (in
    order; a configuration change is applied to the core by ``advance``).
 5. **on_read_state**: a linearizable read may be served once the applied index reaches its
@@ -18,7 +26,10 @@ a ready batch the same way (etcd-io/raft's ``Ready`` contract, with persisting m
 
 The side effects come in as callables (:class:`ReadyEffects`), so this module does no I/O of
 its own and the ordering lives here only. :func:`drain` handles batches until the node has no
-more; :func:`handle_ready` handles one batch that the caller took (to show it first, say).
+more; :func:`handle_ready` handles one batch that the caller took (to show it first, say). A
+driver that writes in another thread splits the batch around its write: :func:`begin_ready`
+(step 0), its own write (step 1), then :func:`finish_ready` (steps 2-6) once it is durable;
+it may feed inputs to the node meanwhile, but takes no other batch until then.
 """
 
 from __future__ import annotations
@@ -27,7 +38,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .rawnode import RawNode, Ready
-from .types import Entry, Message, ReadState, Snapshot, SoftState
+from .types import Entry, Message, MessageType, ReadState, Snapshot, SoftState
+
+EARLY_TYPES = frozenset(
+    {MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP, MessageType.HEARTBEAT_RESP}
+)
+"""Messages sent before their batch is durable: none of them answers for anything in it (a
+leader's appends carry entries it counts for itself only once written; a heartbeat answer
+carries no vote and acknowledges no entry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +90,30 @@ class Handled:
 def handle_ready(node: RawNode, rd: Ready, fx: ReadyEffects) -> Handled:
     """Handle ``rd``, which ``node.ready()`` just returned, and advance the node past it. An
     exception from an effect propagates and leaves the node not advanced."""
+    later = begin_ready(rd, fx)
     if rd.must_sync:
         fx.persist(rd)
+    return finish_ready(node, rd, later, fx)
+
+
+def begin_ready(rd: Ready, fx: ReadyEffects) -> list[Message]:
+    """Step 0: send what may go before ``rd`` is durable; returns the messages that wait."""
+    if not rd.must_sync:
+        return rd.messages
+    later: list[Message] = []
+    for m in rd.messages:
+        if m.type in EARLY_TYPES:
+            fx.send(m)
+        else:
+            later.append(m)
+    return later
+
+
+def finish_ready(node: RawNode, rd: Ready, later: list[Message], fx: ReadyEffects) -> Handled:
+    """Steps 2-6, once ``rd`` is durable: ``later`` is what :func:`begin_ready` returned."""
     if rd.soft_state is not None and fx.on_soft_state is not None:
         fx.on_soft_state(rd.soft_state)
-    for m in rd.messages:
+    for m in later:
         fx.send(m)
     if rd.snapshot is not None:
         fx.restore(rd.snapshot)

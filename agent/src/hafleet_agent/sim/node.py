@@ -1,7 +1,13 @@
 """A simulated node: the real core (``RawNode``) over a simulated disk, driven by the one
 Ready loop (``raft/ready.py``) exactly as the agent drives it -- with the simulator's faults
 inside the loop: a crash in the middle of a write (a torn write keeps a prefix of the batch),
-and a young leader scheduled to die or to be cut off."""
+and a young leader scheduled to die or to be cut off.
+
+As in the agent (node/driver.py's writer thread), a batch's write takes time: the messages
+that may leave before it (a leader's appends and heartbeats) leave at once, the write
+completes after a random fsync time (``write_done``), and only then do the answers leave,
+the committed entries apply and the core advance; meanwhile the node steps every input
+that comes (into the next batch). A crash before ``write_done`` loses the whole batch."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Protocol
 
 from ..raft.core import Config
 from ..raft.rawnode import RawNode, Ready
-from ..raft.ready import PendingReads, ReadyEffects, drain
+from ..raft.ready import PendingReads, ReadyEffects, begin_ready, finish_ready
 from ..raft.types import (
     ConfChange,
     Entry,
@@ -95,6 +101,7 @@ class SimNode:
         self.pending_reads = PendingReads()
         self.torn_crash_armed = False
         self.paused_until = 0.0
+        self.writing: tuple[Ready, list[Message]] | None = None  # a batch being written
         # persist, send, restore, apply; then the optional hooks
         self.effects = ReadyEffects(
             self._persist,
@@ -118,18 +125,39 @@ class SimNode:
         self.alive = True
         self.torn_crash_armed = False
         self.paused_until = 0.0
+        self.writing = None
 
     # ---- the driver loop, as the agent runs it ---------------------------------------------
     def process(self) -> None:
-        """Handle every ready batch the inputs fed so far produced."""
-        if not self.alive:
+        """Handle the ready batches the inputs fed so far produced, up to the next one that
+        needs a write (handed to the simulated writer: ``write_done`` goes on)."""
+        if not self.alive or self.writing is not None:
             return
-        assert self.raw is not None
+        raw = self.raw
+        assert raw is not None
+        while raw.has_ready():
+            rd = raw.ready()
+            later = begin_ready(rd, self.effects)
+            if not rd.must_sync:
+                finish_ready(raw, rd, later, self.effects)
+                continue
+            self.writing = (rd, later)
+            self.sim.at(self.sim.rng.uniform(0.05, 3.0), "write_done", self.id, self.incarnation)
+            return
+
+    def write_done(self) -> None:
+        """The batch's write completes (a crash mid-write happens here), then the rest."""
+        assert self.writing is not None and self.raw is not None
+        rd, later = self.writing
+        self.writing = None
         try:
-            drain(self.raw, self.effects)
+            self._persist(rd)
         except CrashedMidWrite:
             self.sim.crash(self)
             self.sim.at(self.sim.rng.uniform(5, 300), "restart", self.id)
+            return
+        finish_ready(self.raw, rd, later, self.effects)
+        self.process()
 
     def _persist(self, rd: Ready) -> None:
         sim = self.sim
@@ -140,7 +168,7 @@ class SimNode:
             and sim.phase == "chaos"
             and sim.rng.random() < 0.3
         ):
-            # Die while writing the first entry of a new term, before sending it.
+            # Die while writing the first entry of a new term (its appends may be out).
             self.torn_crash_armed = True
         if self.torn_crash_armed:
             # The driver writes the snapshot (atomically: all or nothing), then the entries

@@ -194,6 +194,14 @@ class Simulation:
             assert node.raw is not None
             node.raw.step(m)
             node.process()
+        elif kind == "write_done":
+            nid, inc = args
+            node = self.nodes[nid]  # type: ignore[index]
+            if node.alive and node.incarnation == inc and node.writing is not None:
+                if node.paused_until > self.now:  # the writer thread is frozen too
+                    self.at(node.paused_until - self.now, "write_done", nid, inc)
+                else:
+                    node.write_done()
         elif kind == "client":
             (c,) = args
             self.client_op(c)  # type: ignore[arg-type]
