@@ -296,3 +296,15 @@ def test_an_old_syncers_legacy_registration_is_left_alone() -> None:
     assert kv.items[REGISTERED_KEY] == {"backend": BK, "pid": 1}
     assert x.registered and not x.legacy_own
     assert drained_key("x", "n1") in kv.items and f"{DRAINED_PREFIX}n1" not in kv.items
+
+
+def test_refresh_rewrites_the_registration_and_takes_over_a_gone_holders_legacy_key() -> None:
+    kv = KV()
+    kv.items[REGISTERED_KEY] = {"balancer_id": "gone"}  # its own key was deleted (clean stop)
+    x = DrainReports(kv.write, kv.get_stale, BK, "weighted", 5.0, balancer_id="x")
+    _round(x, [("n1", False)], Plan())
+    assert x.registered and x.legacy_own and kv.items[REGISTERED_KEY]["balancer_id"] == "x"
+    before = kv.items[f"{REGISTERED_PREFIX}x"]["at"]
+    kv.items[f"{REGISTERED_PREFIX}x"]["at"] = before - 100
+    asyncio.run(x.refresh())
+    assert kv.items[f"{REGISTERED_PREFIX}x"]["at"] >= before

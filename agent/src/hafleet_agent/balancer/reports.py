@@ -25,7 +25,6 @@ from ..keys import (
     DRAINED_PREFIX,
     REGISTERED_KEY,
     REGISTERED_PREFIX,
-    REGISTRATION_REFRESH_S,
     REGISTRATION_TTL_S,
     drained_key,
 )
@@ -100,6 +99,16 @@ class DrainReports:
             return False
         return time.time() - at <= 3 * ttl  # (the clocks of two hosts: a wide margin)
 
+    async def refresh(self) -> None:
+        """Write our registration again (the syncer's own task, every
+        ``REGISTRATION_REFRESH_S``: not in the rounds, which a KV call to an agent that is cut
+        off would hold up), and look at the legacy one again."""
+        if not self.registered:
+            return
+        if await self.write(f"{REGISTERED_PREFIX}{self.balancer_id}", self._registration()):
+            self.own_registered_at = time.monotonic()
+        await self._register_legacy()
+
     async def deregister(self) -> None:
         """On a clean stop: our registration goes (and the legacy one, if ours), so that no
         removal waits for us."""
@@ -114,13 +123,11 @@ class DrainReports:
     async def report(self, view: Mapping[str, Any], wants: Mapping[str, Want], p: Plan) -> None:
         """One round's reports: register, mark the members HAProxy is done draining, delete
         the marks of members that left or came back."""
-        now = time.monotonic()
-        refresh = now - self.own_registered_at >= REGISTRATION_REFRESH_S
-        if not self.legacy_registered or (refresh and self.registered):
+        if not self.legacy_registered:
             await self._register_legacy()
-        if not self.own_registered_at or refresh:
+        if not self.own_registered_at:
             if await self.write(f"{REGISTERED_PREFIX}{self.balancer_id}", self._registration()):
-                self.own_registered_at = now
+                self.own_registered_at = time.monotonic()
         if not self.registered and self.legacy_registered and self.own_registered_at:
             self.registered = True
             log.info(

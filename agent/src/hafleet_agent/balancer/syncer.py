@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..apiclient import APIClient, APIError
+from ..keys import REGISTRATION_REFRESH_S
 from .haproxy_config import (
     ALGORITHMS,
     STRATEGIES,
@@ -166,6 +167,12 @@ class Balancer:
             self.api = APIClient(
                 self._given(), token=opts.token, use_proxy=False, logger=log, ca_path=opts.ca_file
             )
+            # A second watch, on another agent: a watched agent whose host is cut off answers
+            # nothing (no reset) until the watch's timeout, and the marks that evict that very
+            # host (health/unreachable/<id>) must not wait for it.
+            self.api2 = APIClient(
+                self._given(), token=opts.token, use_proxy=False, logger=log, ca_path=opts.ca_file
+            )
         except ValueError as exc:  # a CA file that cannot be loaded
             raise BalancerError(str(exc), EXIT_USAGE) from None
         self.backend = opts.backend
@@ -261,20 +268,33 @@ class Balancer:
             return
         if urls == self.file_urls:
             return
-        current = self.api.base_url
         self.file_urls = urls
-        self.api.given = self._given()
-        listed = self.api.urls
-        self.api.current = listed.index(current) if current in listed else 0
+        for api in (self.api, self.api2):
+            current = api.base_url
+            api.given = self._given()
+            listed = api.urls
+            api.current = listed.index(current) if current in listed else 0
         log.info("agent APIs from %s: %s", self.opts.api_file, ", ".join(urls))
 
-    async def watch(self) -> None:
+    async def watch(self, second: bool = False) -> None:
+        """Long-poll ``/v1/watch`` and take every newer view. ``second``: the second watch,
+        on another agent than the first one's (idle while only one agent is known)."""
         failures = 0
+        api = self.api2 if second else self.api
         while not self.stop.is_set():
-            self.reread_url_file()
+            if second:
+                if len(self.api.urls) < 2:
+                    await self._sleep(1.0)
+                    continue
+                if api.urls != self.api.urls:  # the first watch's list (given and learned)
+                    api.given, api.learned = list(self.api.given), list(self.api.learned)
+                if api.base_url == self.api.base_url:
+                    api.current = (self.api.current + 1) % len(api.urls)
+            else:
+                self.reread_url_file()
             try:
                 body = await in_thread(
-                    self.api.watch,
+                    api.watch,
                     self.view_index,
                     WATCH_WAIT_S,
                     timeout=WATCH_WAIT_S + 10,
@@ -288,8 +308,8 @@ class Balancer:
             if not isinstance(body, dict) or "members" not in body:
                 failures += 1
                 why = why or f"unexpected answer {body!r}"
-                self.api.fail_over(f"watch failed ({why[:200]})")
-                if failures % max(1, len(self.api.urls)) == 0:
+                api.fail_over(f"watch failed ({why[:200]})")
+                if failures % max(1, len(api.urls)) == 0:
                     # A round of every URL without a view (a failover alone logs only when
                     # there is another URL: one agent whose certificate does not verify
                     # would go unsaid).
@@ -302,7 +322,7 @@ class Balancer:
             if body.get("leader_id") is None:
                 # Cut off from its leader (or in an election), its view may be stale: use
                 # it only if it is news, and ask another member next.
-                self.api.fail_over("it knows no leader")
+                api.fail_over("it knows no leader")
                 if index <= self.view_index:
                     await self._sleep(0.2)
                     continue
@@ -311,14 +331,14 @@ class Balancer:
             if not body["members"]:
                 # A fresh agent that belongs to no cluster yet: its empty view must not
                 # take every server out.
-                self.api.fail_over("it knows no member (not in a cluster yet?)")
+                api.fail_over("it knows no member (not in a cluster yet?)")
                 await self._sleep(0.5)
                 continue
-            self.api.learn(body["members"])
+            api.learn(body["members"])
             # A draining member is about to leave: a drain report written through it could
             # commit and remove it before its answer comes back (the syncer would not know
             # its report took). Talk to a member that stays.
-            self.api.avoid(
+            api.avoid(
                 [m for m in body["members"] if isinstance(m, dict) and m.get("draining")],
                 "it is draining (leaving the group)",
             )
@@ -370,6 +390,12 @@ class Balancer:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
+
+    async def registration_loop(self) -> None:
+        """Keep our registration live (balancer/registered/<id>, docs/balancer.md)."""
+        while not self.stop.is_set():
+            await self._sleep(REGISTRATION_REFRESH_S)
+            await self.reports.refresh()
 
     # ---- reconciling -----------------------------------------------------------------------
     async def reconcile_loop(self) -> None:
@@ -576,6 +602,8 @@ class Balancer:
         )
         tasks = [
             asyncio.create_task(self.watch(), name="balancer-watch"),
+            asyncio.create_task(self.watch(second=True), name="balancer-watch-2"),
+            asyncio.create_task(self.registration_loop(), name="balancer-registration"),
             asyncio.create_task(self.reconcile_loop(), name="balancer-reconcile"),
         ]
         stopper = asyncio.create_task(self.stop.wait())
