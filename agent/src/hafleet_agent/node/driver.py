@@ -485,7 +485,10 @@ class Driver:
         self.pending[index] = _Pending(term, fut)
         self._wake.set()
         try:
-            return await asyncio.wait_for(fut, self.write_timeout())
+            # Not wait_for: on Python 3.11 it wakes its own waiter first, one loop cycle
+            # more between the apply and the answer.
+            async with asyncio.timeout(self.write_timeout()):
+                return await fut
         except TimeoutError:
             self.pending.pop(index, None)
             raise Unknown(
