@@ -196,3 +196,35 @@ def test_a_follower_whose_batch_is_replaced_while_written_writes_the_new_entries
     assert [(e.index, e.term, e.data) for e in nxt.entries] == [(last + 1, term + 1, b"new")]
     assert nxt.hard_state is not None and nxt.hard_state.term == term + 1
     assert not [m for m in nxt.messages if m.type in EARLY_TYPES]
+
+
+def test_a_candidate_asks_for_votes_before_its_write_and_counts_itself_after_it() -> None:
+    """No avoidable fsync on an election's path: the vote requests leave with the write of
+    the candidate's term and vote, not after it; its own vote counts once that is durable."""
+    net = Net()
+    net.settle()
+    cand = net.nodes["n1"]
+    cand.raft._campaign(pre=False, transfer=False)
+    rd = cand.ready()
+    assert rd.hard_state is not None and rd.hard_state.vote == "n1"
+    later = begin_ready(rd, net.fx("n1"))
+    assert sorted(m.to for m in net.queue if m.type is MT.VOTE) == ["n2", "n3"]
+    assert "n1" not in cand.raft.votes, "its own vote counted before it is durable"
+    # One grant arrives while the write is under way: not a majority without its own vote.
+    net.deliver("n2")
+    drain(net.nodes["n2"], net.fx("n2"))  # the voter's grant waits for its own fsync
+    net.deliver("n1")
+    assert cand.raft.state is StateType.CANDIDATE
+    net.fx("n1").persist(rd)
+    finish_ready(cand, rd, later, net.fx("n1"))
+    assert cand.raft.state is StateType.LEADER
+
+
+def test_a_single_voter_leads_once_its_vote_is_durable() -> None:
+    net = Net(("n1",))
+    net.settle()
+    raw = net.nodes["n1"]
+    raw.campaign()
+    assert raw.raft.state is StateType.CANDIDATE
+    drain(raw, net.fx("n1"))
+    assert raw.raft.state is StateType.LEADER

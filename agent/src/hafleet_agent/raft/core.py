@@ -337,11 +337,11 @@ class Raft(LeaderRole):
         else:
             self.become_candidate()
             vote_msg, term = MT.VOTE, self.term
-        if self._poll(self.id, True) == "won":
-            if pre:
-                self._campaign(pre=False, transfer=transfer)
-            else:
-                self.become_leader()
+        # A pre-candidate counts its own pre-vote at once (it persists nothing); a candidate
+        # counts its own vote only once its term and vote are durable (self_vote_durable),
+        # so its vote requests may leave before its fsync.
+        if pre and self._poll(self.id, True) == "won":
+            self._campaign(pre=False, transfer=transfer)
             return
         ctx = CAMPAIGN_TRANSFER if transfer else b""
         for nid in sorted(self.voters):
@@ -357,6 +357,17 @@ class Raft(LeaderRole):
                     context=ctx,
                 )
             )
+
+    def self_vote_durable(self, hs: HardState) -> None:
+        """The driver made ``hs`` durable: a candidate whose vote for itself in this term it
+        holds counts it now (and may win: a single voter, or the others' votes came first)."""
+        if self.state is not StateType.CANDIDATE or hs.term != self.term or hs.vote != self.id:
+            return
+        if self.id in self.votes:
+            return
+        if self._poll(self.id, True) == "won":
+            self.become_leader()
+            self._bcast_append()
 
     def _poll(self, nid: NodeId, granted: bool) -> str:
         self.votes.setdefault(nid, granted)

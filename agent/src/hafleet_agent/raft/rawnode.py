@@ -269,6 +269,8 @@ class RawNode:
                 r.log.applied_to(e.index)
                 if e.type is EntryType.CONF_CHANGE and e.index > self._bootstrap_applied:
                     self._apply_conf(e)
+        if rd.hard_state is not None:
+            r.self_vote_durable(rd.hard_state)
 
     # ---- introspection ---------------------------------------------------------------------
     # The three the driver asks most (every frame, every request): cheap, no view built.

@@ -41,11 +41,19 @@ from .rawnode import RawNode, Ready
 from .types import Entry, Message, MessageType, ReadState, Snapshot, SoftState
 
 EARLY_TYPES = frozenset(
-    {MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP, MessageType.HEARTBEAT_RESP}
+    {
+        MessageType.APP,
+        MessageType.HEARTBEAT,
+        MessageType.SNAP,
+        MessageType.HEARTBEAT_RESP,
+        MessageType.VOTE,
+        MessageType.PRE_VOTE,
+    }
 )
 """Messages sent before their batch is durable: none of them answers for anything in it (a
-leader's appends carry entries it counts for itself only once written; a heartbeat answer
-carries no vote and acknowledges no entry)."""
+leader's appends carry entries it counts for itself only once written; a candidate's vote
+requests, a vote it counts for itself only once its term and vote are written; a heartbeat
+answer and a pre-vote request carry no vote and acknowledge no entry)."""
 
 
 @dataclass(frozen=True, slots=True)
