@@ -189,7 +189,9 @@ async def _wait_removed(agent: Node) -> None:
     added again and is catching up gets the rest of its log well within that, and its
     re-add clears the flag). The wait also lets the removal's commit reach the others."""
     settle = max(2 * agent.cfg.election_timeout_ms / 1000, 4 * agent.cfg.heartbeat_ms / 1000)
-    while True:
+    # Once the node stops, wait_index answers at once without yielding: looping on it then
+    # would hold the event loop forever (the stop itself could never run).
+    while not agent.stopping:
         index = agent.state.index
         st = agent.raw.basic_status() if agent.raw is not None else None
         if agent.removed and st is not None and not st.in_config(agent.id):

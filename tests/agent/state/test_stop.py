@@ -185,3 +185,41 @@ sys.exit(main(["run", "--node-id", "n1", "--cluster", "stoptest", "--bind", "127
     assert "still running 1s after a stop was asked; exiting now" in err, err[-2000:]
     assert "blocking_stop" in err  # the stack of the blocked main thread
     assert took < 10
+
+
+class StoppingAgent:
+    """What _wait_removed reads of a node that stopped (failed or asked to) while it waited:
+    its wait_index answers at once, as the driver's does once stopped."""
+
+    class _Cfg:
+        election_timeout_ms = 300
+        heartbeat_ms = 50
+
+    def __init__(self, removed: bool) -> None:
+        self.cfg = self._Cfg()
+        self.removed = removed
+        self.raw = None
+        self.id = "n1"
+        self.stopping = True
+        self.calls = 0
+
+        class _State:
+            index = 7
+
+        self.state = _State()
+
+    async def wait_index(self, index: int, timeout: float) -> int:
+        self.calls += 1
+        if self.calls > 1000:  # the old loop spun here forever, never yielding
+            raise AssertionError("_wait_removed loops on a stopped node")
+        return self.state.index
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("removed", [False, True])
+def test_wait_removed_returns_once_the_node_stops(removed: bool) -> None:
+    from hafleet_agent.run import _wait_removed
+
+    agent = StoppingAgent(removed)
+    asyncio.run(asyncio.wait_for(_wait_removed(agent), 5))  # type: ignore[arg-type]
+    assert agent.calls == 0

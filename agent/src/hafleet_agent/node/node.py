@@ -328,6 +328,11 @@ class Node:
     async def wait_stopped(self) -> None:
         await self._stop.wait()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the node has begun to stop (asked to, failed, or removed)."""
+        return self._stop.is_set()
+
     async def stop(self, handover: bool = True) -> None:
         """Stop; a leader first hands leadership to the most caught-up voter."""
         if handover:
