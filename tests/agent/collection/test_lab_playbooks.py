@@ -1,5 +1,6 @@
 """The collection's playbooks against a lab of their own: scale.yml from nothing, again
-(changed=0), --check --diff, out and in under load (zero failed requests), status.yml,
+(changed=0), the agents on HTTPS only with the lab CA's certificates, --check --diff, out
+under load, rotate_certs.yml under load, in under load (zero failed requests), status.yml,
 destroy.yml (nothing left), bad input, and the netns connection plugin on a lab node.
 
 The tests of this module run in order and share one lab (see conftest.py).
@@ -7,15 +8,19 @@ The tests of this module run in order and share one lab (see conftest.py).
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import ssl
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 
 import pytest
+from cryptography import x509
 from labtest import BIN, REPO, Load, needs_lab, running, start_time
 
 pytestmark = needs_lab
@@ -164,6 +169,48 @@ def test_scale_from_nothing_makes_voters_that_haproxy_serves(lab):
     assert token not in run.out
 
 
+def node_cert(lab, node: str) -> x509.Certificate:
+    path = lab.root / "nodes" / node / "etc" / "agent.crt"
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_the_agents_serve_only_https_with_certificates_of_the_lab_ca(lab):
+    # The API answers HTTPS verified against the lab's CA, for the node's address.
+    assert lab.api(1, "/v1/status")["node_id"] == "hfct-node1"
+    # Plain HTTP to the API port gets no HTTP answer at all.
+    with pytest.raises((OSError, http.client.HTTPException)) as plain:
+        urllib.request.urlopen(f"http://{lab.address(1)}:7480/v1/health", timeout=5)
+    assert not isinstance(plain.value, urllib.error.HTTPError), plain.value
+    # A client that does not trust the lab's CA refuses the agent's certificate.
+    with pytest.raises(urllib.error.URLError) as untrusted:
+        urllib.request.urlopen(
+            f"{lab.api_url(1)}/v1/health", timeout=5, context=ssl.create_default_context()
+        )
+    assert isinstance(untrusted.value.reason, ssl.SSLCertVerificationError), untrusted.value
+    # Each node's certificate names its node id and its address, and the CA signed it.
+    ca = x509.load_pem_x509_certificate((lab.root / "secrets" / "tls" / "ca.crt").read_bytes())
+    for i, node in ((1, "hfct-node1"), (2, "hfct-node2")):
+        cert = node_cert(lab, node)
+        cert.verify_directly_issued_by(ca)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == [f"hafleet://node/{node}"]
+        assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == [lab.address(i)]
+    # Keys and certificates are the agent's alone; the CA key never leaves the controller.
+    for path in (
+        "secrets/tls/ca.key",
+        "secrets/tls/hfct-node1.key",
+        "nodes/hfct-node1/etc/agent.key",
+        "nodes/hfct-node1/etc/agent.crt",
+        "nodes/hfct-node1/etc/ca.crt",
+    ):
+        assert (lab.root / path).stat().st_mode & 0o777 == 0o600, path
+    assert not list((lab.root / "nodes").rglob("ca.key"))
+    # The syncer speaks HTTPS to the agents, trusting the lab's CA.
+    urls = (lab.root / "balancer" / "api-urls").read_text().split()
+    assert f"https://{lab.address(1)}:7480" in urls
+    assert (lab.root / "balancer" / "ca.crt").read_bytes() == lab.ca_file.read_bytes()
+
+
 def test_a_second_run_changes_nothing(lab):
     pids = lab.pids()
     run = lab.playbook("scale.yml", extra={"nodes": 2})
@@ -263,6 +310,36 @@ def test_scale_out_under_load_fails_no_request(lab, tmp_path):
     assert result["failed"] == 0, result
     assert result["ok"] > 100, result
     assert "hfct-node3" in result["by_node"], result
+
+
+@pytest.mark.timeout(600)
+def test_rotate_certs_replaces_every_certificate_under_load_and_fails_no_request(lab, tmp_path):
+    nodes = ["hfct-node1", "hfct-node2", "hfct-node3"]
+    before = {node: node_cert(lab, node) for node in nodes}
+    ca_before = (lab.root / "secrets" / "tls" / "ca.crt").read_bytes()
+    pids = lab.pids()
+    load = Load(lab.url, tmp_path / "load-rotate.json", max_seconds=560)
+    try:
+        run = lab.playbook("rotate_certs.yml", timeout=540)
+    finally:
+        result = load.stop()
+    assert_ok(run)
+
+    after = {node: node_cert(lab, node) for node in nodes}
+    for node in nodes:
+        assert after[node].serial_number != before[node].serial_number, node
+        assert after[node].issuer == before[node].issuer, node
+    assert (lab.root / "secrets" / "tls" / "ca.crt").read_bytes() == ca_before
+    # Every agent restarted (one at a time, by the role's rolling restart); the demo services not.
+    now = lab.pids()
+    for node in nodes:
+        assert now[f"nodes/{node}/run/agent.pid"] != pids[f"nodes/{node}/run/agent.pid"], node
+        assert now[f"nodes/{node}/run/demo.pid"] == pids[f"nodes/{node}/run/demo.pid"], node
+    view = members(lab)
+    assert set(view) == set(nodes)
+    assert all(m["role"] in ("leader", "voter") for m in view.values())
+    assert result["failed"] == 0, result
+    assert result["ok"] > 100, result
 
 
 def test_scale_in_under_load_drains_one_at_a_time_and_fails_no_request(lab, tmp_path):
