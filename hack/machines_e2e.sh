@@ -96,12 +96,14 @@ play() { # name, log, then ansible-playbook arguments
 
 # The cluster as one node's API sees it: prints "<state> <leader> <voters,...>" or fails.
 api_view() { # address
-	python3 - "$1" "$HOME/.hafleet/$cluster/token" <<'PY'
-import json, sys, urllib.request
+	python3 - "$1" "$HOME/.hafleet/$cluster/token" "$HOME/.hafleet/$cluster/ca.crt" <<'PY'
+import json, ssl, sys, urllib.request
 addr, token = sys.argv[1], open(sys.argv[2]).read().strip()
+# The agents serve HTTPS (the collection's default): verified against the cluster CA, by IP.
+ctx = ssl.create_default_context(cafile=sys.argv[3])
 def get(path):
-    req = urllib.request.Request(f"http://{addr}:7480{path}", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(req, timeout=3) as answer:
+    req = urllib.request.Request(f"https://{addr}:7480{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=3, context=ctx) as answer:
         return json.load(answer)
 status = get("/v1/status")
 members = get("/v1/members")
@@ -304,13 +306,14 @@ changed=$(check_recap "$work/upgrade.log" any) || fail "upgrade recap"
 t_upgrade=$(secs "$t")
 wait_balanced "$pool_size"
 stop_load
-versions=$(python3 - "$HOME/.hafleet/$cluster/token" "${pool_addrs[@]}" <<'PY'
-import json, sys, urllib.request
+versions=$(python3 - "$HOME/.hafleet/$cluster/token" "$HOME/.hafleet/$cluster/ca.crt" "${pool_addrs[@]}" <<'PY'
+import json, ssl, sys, urllib.request
 token = open(sys.argv[1]).read().strip()
+ctx = ssl.create_default_context(cafile=sys.argv[2])
 out = []
-for addr in sys.argv[2:]:
-    req = urllib.request.Request(f"http://{addr}:7480/v1/status", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(req, timeout=3) as answer:
+for addr in sys.argv[3:]:
+    req = urllib.request.Request(f"https://{addr}:7480/v1/status", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=3, context=ctx) as answer:
         status = json.load(answer)
     out.append(f"{status['node_id']}={status.get('version')}/{status['state']}")
 print(" ".join(out))
