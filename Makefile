@@ -263,7 +263,7 @@ MACHINES_OUT ?=
 MACHINES_DEB_PACKAGES := debootstrap systemd-container apt-cacher-ng nftables iproute2 openssh-client
 MACHINES_ARGS = --prefix $(MACHINES_PREFIX) --bridge $(MACHINES_BRIDGE) --subnet $(MACHINES_SUBNET) \
 	$(if $(MACHINES_OUT),--out $(MACHINES_OUT))
-machines: venv ## Debian 12 machines over SSH (root): make machines NODES=3 BALANCERS=1 -> build/machines/hosts.yml
+machines: venv collection-link ## Debian 12 machines over SSH (root): make machines NODES=3 BALANCERS=1 -> build/machines/hosts.yml
 	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(MACHINES_DEB_PACKAGES)"
 	$(BIN)/python hack/machines.py up --nodes $(LAB_NODES) --balancers $(BALANCERS) $(MACHINES_ARGS)
 
