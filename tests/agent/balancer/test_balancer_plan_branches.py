@@ -257,3 +257,78 @@ def test_the_median_counts_weights_of_zero_and_256() -> None:
     assert wants["d"].weight == 256
     wants, _ = desired(view({"a": 257, "b": 257, "c": 10}, *members), "weighted")
     assert {m: w.weight for m, w in wants.items()} == {"a": 10, "b": 10, "c": 10, "d": 10}
+
+
+# ---- members out of service without leaving (service check, unreachable) -------------------
+
+
+def member_row(mid: str, **fields: object) -> dict:
+    return {"id": mid, "service_addr": f"10.1.0.{ord(mid[0]) % 200}:80", **fields}
+
+
+def test_desired_says_why_a_member_is_out_and_what_weight_it_keeps() -> None:
+    view = {
+        "members": [
+            member_row("a"),
+            member_row("b", service_healthy=False),
+            member_row("c", reachable=False),
+            member_row("d", service_healthy=True, reachable=True),
+            member_row("e", service_healthy=False, reachable=False),
+        ],
+        "weights": {"weights": {m: 100 for m in "abcde"}},
+    }
+    wants, skipped = desired(view, "weighted")
+    assert not skipped
+    got = {m: (w.out, w.weight) for m, w in wants.items()}
+    assert got == {
+        "a": ("", 100),
+        "b": ("its service check fails", 0),
+        "c": ("the leader cannot reach it", 100),  # back with its share when it answers
+        "d": ("", 100),
+        "e": ("its service check fails", 0),
+    }
+
+
+def out_want(name: str, why: str, weight: int = 10) -> Want:
+    return Want(name, "10.1.0.1", 80, weight, False, why)
+
+
+def test_an_out_member_is_added_draining_with_its_reason() -> None:
+    p = run([out_want("b", "the leader cannot reach it")], [], {})
+    assert described(p)[-1] == ("set server web/b state drain", "the leader cannot reach it")
+    assert "enable server web/b" not in cmds(p)
+    assert not p.drained and not any(a.starts_drain for a in p.actions)
+
+
+@pytest.mark.parametrize(
+    ("admin", "expect"),
+    [
+        (0, [("set server web/b state drain", "its service check fails")]),
+        (MAINT, [("set server web/b state drain", "its service check fails")]),
+        (DRAIN, []),
+    ],
+)
+def test_an_out_member_in_haproxy_is_drained_once(admin: int, expect: list) -> None:
+    p = run([out_want("b", "its service check fails")], [state("b", admin=admin)], {})
+    assert described(p) == expect
+    assert not p.drained  # out of service is not a drain that ends in a report
+
+
+def down_state(name: str, checks: int = RUNNING, op: int = 0) -> ServerState:
+    """A server HAProxy's own health check holds down (op_state 0)."""
+    return ServerState(BACKEND, server_id(name), name, "10.1.0.1", op, 0, 10, 10, checks, 80)
+
+
+def back(have: ServerState, service_back: list[str]) -> list[tuple[str, str]]:
+    p = plan(BACKEND, {"b": wanted("b")}, [have], {}, {}, 0.0, 30.0, service_back)
+    return described(p)
+
+
+def test_a_service_that_passes_again_is_set_up_at_once_only_when_haproxy_holds_it_down() -> None:
+    up = ("set server web/b health up", "its service check passes again")
+    assert back(down_state("b"), ["b"]) == [up]
+    assert back(down_state("b"), []) == []  # not back this round: HAProxy decides
+    assert back(down_state("b"), ["a"]) == []
+    assert back(down_state("b", op=2), ["b"]) == []  # HAProxy already has it up
+    # its check off: the planner turns it on first; no "health up" while HAProxy checks nothing
+    assert up not in back(down_state("b", checks=ServerState.CHECK_CONFIGURED), ["b"])
