@@ -2,9 +2,8 @@
 process and starts its HTTP API).
 
 The node owns its lifecycle (start, stop, fail-stop), the table of the frame kinds a peer
-may send, the membership verbs (add, remove, hand over; the leader's hand-over before its
-own removal) and the views the API shows (status, members). Its parts get their
-collaborators passed in and import nothing of this module:
+may send, and the views the API shows (status, members); it passes the membership verbs
+through. Its parts get their collaborators passed in and import nothing of this module:
 
 - ``driver.py``: the Raft core, its write-ahead log and the state machine; the Ready loop,
   proposals, linearizable reads, compaction;
@@ -13,7 +12,9 @@ collaborators passed in and import nothing of this module:
 - ``bootstrap.py``: founding and joining; ``chores.py``: the leader's chores;
 - ``reports.py``: metrics to the leader, our own member record;
 - ``snapshots.py``: snapshots larger than a frame; ``meta.py``: the cluster id on disk;
-- ``tasks.py``: background tasks, their restarts and the fail-stop.
+- ``tasks.py``: background tasks, their restarts and the fail-stop;
+- ``membership.py``: the membership verbs (add, remove, hand over; the leader's hand-over
+  before its own removal).
 
 The HTTP API sees the node as ``verbs.NodeVerbs``. ``docs/architecture.md`` draws the layers.
 """
@@ -33,7 +34,6 @@ from typing import Any
 
 from .. import __version__
 from ..config import AgentConfig
-from ..ids import member_id_error
 from ..keys import (
     SERVICE_HEALTH_PREFIX,
     UNREACHABLE_PREFIX,
@@ -41,17 +41,18 @@ from ..keys import (
 from ..metrics import HostMetrics, MetricsSource
 from ..raft.rawnode import RawNode
 from ..raft.status import BasicStatus
-from ..raft.types import ConfChange, ConfChangeType, StateType
+from ..raft.types import StateType
 from ..snapxfer import ACK_KIND, CHUNK_KIND, SnapshotReceiver, SnapshotSender
-from ..state import StateError, StateMachine, encode_command, member_context
+from ..state import StateMachine
 from ..transport import PeerInfo, Transport
 from ..wal import DiskStorage
 from .bootstrap import Bootstrap
 from .chores import HEALTH_INTERVAL, LeaderChores
 from .driver import Driver
-from .errors import AgentError, BadRequest, NoLeader, NotFound, StateErrorResult, Unknown
+from .errors import AgentError
 from .inbox import FrameHandler, Inbox
 from .mdns import Mdns
+from .membership import Membership
 from .meta import META_FILE, load_cluster_id, save_cluster_id
 from .outbox import Outbox
 from .peers import PEER_EXPIRE_S, PeerTable
@@ -134,6 +135,16 @@ class Node:
             propose_conf=self.driver.propose_conf,
             send=self.outbox.send,
             wake=self.driver.wake,
+        )
+        # The membership verbs: add, drain and remove, hand over (node/membership.py).
+        self.membership = Membership(
+            self.id,
+            cfg,
+            self.state,
+            self.driver,
+            self.chores,
+            self.peer_table,
+            leader_api=self.leader_api,
         )
         self.exit_code = 0
         self.exit_reason = ""
@@ -480,97 +491,18 @@ class Node:
     async def add_member(
         self, mid: str, raft_addr: str, api_addr: str, service_addr: str | None
     ) -> dict[str, Any]:
-        error = member_id_error(mid)
-        if error is not None:  # never proposed (the API and the join frames check it too)
-            raise BadRequest(error)
-        if not self.is_leader():
-            raise NoLeader("not the leader")
-        existing = self.state.member(mid)
-        if existing is not None:
-            if existing.get("raft_addr") == raft_addr and existing.get("api_addr") == api_addr:
-                return existing
-            raise AgentError(
-                f"node id {mid!r} is already a member at {existing.get('raft_addr')}; "
-                f"remove it first (DELETE /v1/members/{mid})",
-                status=409,
-            )
-        try:
-            ctx = member_context(raft_addr, api_addr, service_addr)
-        except StateError as exc:
-            raise BadRequest(exc.message) from None
-        p = self.peer_table.get_or_add(mid, raft_addr, "api", time.monotonic())
-        if p is not None and not p.api_addr:
-            p.api_addr, p.service_addr = api_addr, service_addr
-        self.chores.joined_at[mid] = time.monotonic()
-        res = await self.driver.propose_conf(ConfChange(ConfChangeType.ADD_LEARNER, mid, ctx))
-        if not res.ok:
-            raise StateErrorResult(res.error)
-        log.info("added %s as a learner", mid)
-        return res.result or {}
+        return await self.membership.add_member(mid, raft_addr, api_addr, service_addr)
 
     async def remove_member(self, mid: str, drain_timeout: float | None = None) -> dict[str, Any]:
         """Drain, then remove (the leader only; the API hands over first when mid is us)."""
-        if not self.is_leader():
-            raise NoLeader("not the leader")
-        m = self.state.member(mid)
-        if m is None:
-            if not self.in_config(mid):
-                raise NotFound(f"no member {mid!r}")
-            # In the Raft configuration without a record: an id an older version let in,
-            # which the member table dropped (state.py). Nothing to drain; remove it.
-            m = {"draining": True}
-        if not m.get("draining"):
-            await self.driver.propose_cmd(encode_command("member_drain", id=mid, draining=True))
-        timeout = self.cfg.drain_timeout_s if drain_timeout is None else drain_timeout
-        waits = self.chores.drain_waits(mid) if timeout > 0 else []
-        if waits:
-            # Every registered balancer's drained mark (node/chores.py, drain_waits).
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and (waits := self.chores.drain_waits(mid)):
-                await self.wait_index(self.state.index, min(1.0, deadline - time.monotonic()))
-            if waits:
-                log.warning("removing %s without the drained mark(s) %s", mid, ", ".join(waits))
-        res = await self.driver.propose_conf(ConfChange(ConfChangeType.REMOVE, mid))
-        log.info("removed %s", mid)
-        return {"id": mid, "removed": True, "index": res.index}
+        return await self.membership.remove_member(mid, drain_timeout)
 
     async def hand_over_to_remove_self(self) -> None:
-        """Before the leader's own removal: hand leadership over and wait (up to 5 s) until
-        the new leader's API address is known, so that the removal can go to it. Raises
-        (409) when there is nobody to hand over to."""
-        new = await self.hand_over(timeout=self.write_timeout())
-        if new is None:
-            raise AgentError("the last member cannot remove itself", status=409)
-        for _ in range(50):
-            if self.leader_api() and self.leader_id() != self.id:
-                break
-            await self.wait_index(self.state.index, 0.1)
+        await self.membership.hand_over_to_remove_self()
 
     async def hand_over(self, to: str | None = None, timeout: float = 2.0) -> str | None:
-        """Transfer leadership (to ``to`` or the most caught-up voter); returns the new
-        leader, or None when there is nobody to hand over to."""
-        raw = self.raw
-        if raw is None or not self.is_leader():
-            return self.leader_id()
-        voters, prs = raw.basic_status().voters, raw.progress()
-        candidates = [v for v in voters if v != self.id]
-        if to is not None:
-            if to not in voters:
-                raise BadRequest(f"{to!r} is not a voter")
-            candidates = [to]
-        if not candidates:
-            return None
-        target = max(candidates, key=lambda v: (prs[v].match, v) if v in prs else (-1, v))
-        log.info("handing leadership over to %s", target)
-        raw.transfer_leadership(target)
-        self.driver.wake()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lead = raw.basic_status().lead
-            if lead is not None and lead != self.id:
-                return lead
-            await self.wait_index(self.state.index, 0.05)
-        raise Unknown(f"leadership transfer to {target} did not finish in {timeout:.1f}s")
+        """Transfer leadership (node/membership.py); the new leader, or None."""
+        return await self.membership.hand_over(to, timeout)
 
     # ---- views -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
