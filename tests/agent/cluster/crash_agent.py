@@ -26,7 +26,7 @@ KILL_AT = int(sys.argv[1])
 RNG = random.Random(int(sys.argv[2]))
 MODE = sys.argv[3]
 assert MODE in ("power", "eio"), MODE
-_last_write: dict[int, int] = {}  # fd -> bytes of the last write (the batch not yet synced)
+_last_write: dict[int, int] = {}  # fd -> bytes written since its last fsync (not durable)
 _log_syncs = 0
 
 
@@ -42,7 +42,7 @@ _write_all = wal._write_all
 
 def _recording_write_all(fd: int, data: bytes) -> None:
     _write_all(fd, data)
-    _last_write[fd] = len(data)
+    _last_write[fd] = _last_write.get(fd, 0) + len(data)  # a commit-only record is not synced
 
 
 def _fsync(fd: int) -> None:
@@ -64,6 +64,7 @@ def _fsync(fd: int) -> None:
                 raise OSError(errno.EIO, "injected fsync failure")
             os.kill(os.getpid(), signal.SIGKILL)
     os.fsync(fd)
+    _last_write[fd] = 0
 
 
 _open = wal.DiskStorage.open

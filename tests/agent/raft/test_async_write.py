@@ -120,6 +120,26 @@ def test_a_leader_alone_with_its_write_commits_once_it_is_durable() -> None:
     assert lead.raft.log.committed == index
 
 
+def test_a_batch_that_only_moves_the_commit_index_needs_no_fsync() -> None:
+    """Applying (and answering) a committed write waits for no fsync of the new commit
+    index (etcd's MustSync): the entries are durable already."""
+    net = Net()
+    lead = net.elect()
+    _, index = lead.propose(b"x")
+    rd = lead.ready()
+    assert rd.must_fsync
+    later = begin_ready(rd, net.fx("n1"))
+    net.fx("n1").persist(rd)
+    finish_ready(lead, rd, later, net.fx("n1"))
+    net.deliver("n2")
+    drain(net.nodes["n2"], net.fx("n2"))
+    net.deliver("n1")
+    rd = lead.ready()
+    assert [e.index for e in rd.committed_entries] == [index]
+    assert rd.hard_state is not None and rd.hard_state.commit == index
+    assert rd.must_sync and not rd.must_fsync and not rd.vote_changed
+
+
 def test_a_single_node_commits_after_its_write() -> None:
     net = Net(("n1",))
     lead = net.elect()

@@ -50,6 +50,7 @@ from ..raft.types import (
     ConfChangeType,
     Entry,
     EntryType,
+    HardState,
     Message,
     Snapshot,
     SnapshotMeta,
@@ -118,6 +119,7 @@ class Driver:
         self._prepared: tuple[SnapshotMeta, bytes, Path] | None = None
         self._writer: ThreadPoolExecutor | None = None  # the one thread writing the log
         self._writing = False  # a ready batch is in the writer thread, not durable yet
+        self._unsaved_hs: HardState | None = None  # a new commit index not written yet
         self._effects = ReadyEffects(
             persist=self._persist,
             send=send,
@@ -258,8 +260,19 @@ class Driver:
             if rd.snapshot is not None:
                 self._save_snapshot(rd.snapshot)  # rare: on the loop, between two batches
             batch = None
-            if rd.entries or rd.hard_state is not None:
-                batch = storage.prepare_save(rd.hard_state, rd.entries)
+            hs = rd.hard_state
+            if not rd.must_fsync:
+                # Only the commit index moved: no write and no fsync on the apply path
+                # (etcd's MustSync); it is written with the next batch that is fsync'd. The
+                # entries it covers are durable already, and a commit index lost in a crash
+                # is learned again from the leader.
+                if hs is not None:
+                    self._unsaved_hs = hs
+            else:
+                hs = hs if hs is not None else self._unsaved_hs
+                self._unsaved_hs = None
+                if rd.entries or hs is not None:
+                    batch = storage.prepare_save(hs, rd.entries)
             if batch is None:
                 changed |= finish_ready(raw, rd, later, self._effects).changed
                 continue

@@ -56,10 +56,19 @@ class Ready:
     committed_entries: list[Entry] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    vote_changed: bool = False
+    """``hard_state`` changes the term or the vote, not only the commit index."""
 
     @property
     def must_sync(self) -> bool:
         return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
+
+    @property
+    def must_fsync(self) -> bool:
+        """Whether the write must be durable before the rest of the batch (etcd's MustSync):
+        not when only the commit index changed -- a commit index lost in a crash is learned
+        again from the leader, and the entries it covers are durable already."""
+        return bool(self.entries) or self.snapshot is not None or self.vote_changed
 
 
 class RawNode:
@@ -239,6 +248,7 @@ class RawNode:
         hs = r.hard_state()
         if hs != self._prev_hs:
             rd.hard_state = hs
+            rd.vote_changed = hs.term != self._prev_hs.term or hs.vote != self._prev_hs.vote
         ss = r.soft_state()
         if ss != self._prev_ss:
             rd.soft_state = ss

@@ -7,7 +7,9 @@ As in the agent (node/driver.py's writer thread), a batch's write takes time: th
 that may leave before it (a leader's appends and heartbeats) leave at once, the write
 completes after a random fsync time (``write_done``), and only then do the answers leave,
 the committed entries apply and the core advance; meanwhile the node steps every input
-that comes (into the next batch). A crash before ``write_done`` loses the whole batch."""
+that comes (into the next batch). A crash before ``write_done`` loses the whole batch. A
+batch that only moves the commit index is not written: its hard state goes with the next
+batch that is (a crash may lose it: the node restarts with an older commit index)."""
 
 from __future__ import annotations
 
@@ -102,6 +104,7 @@ class SimNode:
         self.torn_crash_armed = False
         self.paused_until = 0.0
         self.writing: tuple[Ready, list[Message]] | None = None  # a batch being written
+        self.unsaved_hs: HardState | None = None  # a commit index not written yet
         # persist, send, restore, apply; then the optional hooks
         self.effects = ReadyEffects(
             self._persist,
@@ -126,6 +129,7 @@ class SimNode:
         self.torn_crash_armed = False
         self.paused_until = 0.0
         self.writing = None
+        self.unsaved_hs = None
 
     # ---- the driver loop, as the agent runs it ---------------------------------------------
     def process(self) -> None:
@@ -139,6 +143,11 @@ class SimNode:
             rd = raw.ready()
             later = begin_ready(rd, self.effects)
             if not rd.must_sync:
+                finish_ready(raw, rd, later, self.effects)
+                continue
+            if not rd.must_fsync:
+                # Only the commit index moved: the agent writes it with its next fsync'd batch.
+                self.unsaved_hs = rd.hard_state
                 finish_ready(raw, rd, later, self.effects)
                 continue
             self.writing = (rd, later)
@@ -161,6 +170,8 @@ class SimNode:
 
     def _persist(self, rd: Ready) -> None:
         sim = self.sim
+        hs = rd.hard_state if rd.hard_state is not None else self.unsaved_hs
+        self.unsaved_hs = None
         if (
             rd.soft_state is not None
             and rd.soft_state.state is StateType.LEADER
@@ -178,7 +189,7 @@ class SimNode:
                 self.disk.save_snapshot(rd.snapshot)
             cut = sim.rng.randrange(0, len(rd.entries) + 1) if snap_ok else 0
             whole = snap_ok and cut == len(rd.entries) and sim.rng.random() < 0.5
-            self.disk.save(rd.hard_state if whole else None, rd.entries[:cut])
+            self.disk.save(hs if whole else None, rd.entries[:cut])
             snap_txt = "-" if rd.snapshot is None else snap_ok
             sim.log(
                 f"{self.id} crashed mid-write: snapshot={snap_txt} "
@@ -187,8 +198,8 @@ class SimNode:
             raise CrashedMidWrite(self.id)
         if rd.snapshot is not None:
             self.disk.save_snapshot(rd.snapshot)
-        if rd.entries or rd.hard_state is not None:
-            self.disk.save(rd.hard_state, rd.entries)
+        if rd.entries or hs is not None:
+            self.disk.save(hs, rd.entries)
         assert self.raw is not None
         sim.checker.on_persist(self.id, self.raw, rd.entries)
 
