@@ -2,6 +2,8 @@
 
 - :mod:`.syncer`: the syncer loop (:class:`~.syncer.Balancer`, :class:`~.syncer.Options`,
   :func:`~.syncer.run_balancer`);
+- :mod:`.cluster`: the syncer's side towards the agents (the watches, the KV writes, the
+  registration refresh), which :class:`~.syncer.Balancer` inherits;
 - :mod:`.inputs`: the checks of what it is given (the admin socket, the URL file) and
   :class:`~.inputs.BalancerError`, which stops it with an exit code;
 - :mod:`.reports`: its side of the KV protocol with the agents (the keys: :mod:`..keys`);
