@@ -259,13 +259,7 @@ class APIClient:
         URLs to fail over to, in place of the ones learned before; same scheme as the first
         URL given."""
         current = self.base_url
-        scheme = urlsplit(self.given[0]).scheme or "http"
-        learned = set()
-        for member in members or []:
-            addr = member.get("api_addr")
-            if isinstance(addr, str) and addr:
-                learned.add(f"{scheme}://{addr}")
-        self.learned = sorted(learned)
+        self.learned = sorted(self._member_urls(members))
         urls = self.urls
         self.current = urls.index(current) if current in urls else 0
 
@@ -273,12 +267,7 @@ class APIClient:
         """Move off the URL of a member in ``members`` (``/v1/members`` or ``/v1/watch``
         entries) when another URL is left: e.g. one that is draining and about to leave the
         group, whose answers to calls in flight would be cut off. Logged like a failover."""
-        scheme = urlsplit(self.given[0]).scheme or "http"
-        shun = set()
-        for member in members or []:
-            addr = member.get("api_addr")
-            if isinstance(addr, str) and addr:
-                shun.add(f"{scheme}://{addr}")
+        shun = self._member_urls(members)
         urls = self.urls
         if self.base_url not in shun:
             return
@@ -290,6 +279,17 @@ class APIClient:
                 if self.logger is not None:
                     self.logger.warning("agent API %s: %s; trying %s", old, why, self.base_url)
                 return
+
+    def _member_urls(self, members):
+        """The API URLs of ``members`` (entries with an ``api_addr``), in the scheme of the
+        first URL given."""
+        scheme = urlsplit(self.given[0]).scheme or "http"
+        urls = set()
+        for member in members or []:
+            addr = member.get("api_addr")
+            if isinstance(addr, str) and addr:
+                urls.add(f"{scheme}://{addr}")
+        return urls
 
     def for_api_addr(self, api_addr, timeout=None):
         """A client like this one (token, TLS settings) of one agent, given its ``host:port``
