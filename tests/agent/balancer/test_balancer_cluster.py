@@ -239,6 +239,11 @@ def test_kill9_syncer_then_haproxy_under_load_both_recover(make_lab) -> None:
     hp = lab.haproxy("weighted")
     syncer = lab.syncer(hp, drain_timeout=10.0)
     lab.wait_for(lambda: in_step(lab, hp, {"n1", "n2", "n3"}), CONVERGE, "in step")
+    # Registered (written after the round that put HAProxy in step): from then on a removal
+    # waits for this balancer's drain report, which the killed syncer cannot send.
+    lab.wait_for(
+        lambda: "removals now wait for this balancer to drain" in syncer.log(), 10, "registered"
+    )
     load = LoadGen(hp.url, rate=100, duration=18, slow_every=25, slow_ms=500).start()
 
     # 1. kill -9 the syncer; meanwhile a member leaves (the agent waits its drain timeout
