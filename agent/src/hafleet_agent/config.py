@@ -2,7 +2,8 @@
 
 Every ``run`` flag has a TOML key of the same name with ``_`` for ``-`` (``--raft-port`` is
 ``raft_port``). A few settings exist only in the file (``advertise``, ``weight_overrides``,
-``autopilot_*``, ``snapshot_entries``, ``drain_timeout_s``). Unknown keys are an error, so
+``autopilot_*``, ``snapshot_entries``, ``drain_timeout_s``,
+``health_max_apply_lag``). Unknown keys are an error, so
 a typo never silently falls back to a default.
 """
 
@@ -28,6 +29,7 @@ DEFAULT_RAFT_PORT = 7400
 DEFAULT_API_PORT = 7480
 MIN_SECRET_LEN = 32
 DEFAULT_QUOTA_BYTES = 512 << 20
+DEFAULT_HEALTH_MAX_APPLY_LAG = 1000
 
 
 class ConfigError(ValueError):
@@ -80,6 +82,9 @@ class AgentConfig:
     # overhead a key: about its share of a snapshot). A write that would grow it past this is
     # refused (413 quota_exceeded) before it is proposed; 0 turns the check off.
     quota_bytes: int = DEFAULT_QUOTA_BYTES
+    # /v1/health answers 503 while the applied index is more than this many entries behind
+    # the commit index (server/health.py; docs/monitoring.md).
+    health_max_apply_lag: int = DEFAULT_HEALTH_MAX_APPLY_LAG
 
     # ---- derived -------------------------------------------------------------------------
     @functools.cached_property
@@ -240,6 +245,8 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("snapshot_entries must be at least 10")
     if cfg.quota_bytes < 0:
         raise ConfigError("quota_bytes must be >= 0 (0: no quota)")
+    if cfg.health_max_apply_lag < 0:
+        raise ConfigError("health_max_apply_lag must be >= 0")
     _check_service_check(cfg)
     tls_given = [bool(cfg.tls_ca_file), bool(cfg.tls_cert_file), bool(cfg.tls_key_file)]
     if any(tls_given) and not all(tls_given):
@@ -316,6 +323,7 @@ def _check_type(cfg: AgentConfig) -> None:
         "drain_timeout_s": (int, float),
         "max_body_bytes": (int,),
         "quota_bytes": (int,),
+        "health_max_apply_lag": (int,),
         "tls_ca_file": (str,),
         "tls_cert_file": (str,),
         "tls_key_file": (str,),

@@ -93,6 +93,17 @@ class Stub:
     def is_leader(self) -> bool:
         return self._leader_api is None
 
+    def raft_status(self) -> Any:
+        """Enough of a BasicStatus for /v1/health (server/health.py): a leader known."""
+        return SimpleNamespace(
+            voters={self.id},
+            learners=set(),
+            lead=self.id,
+            term=1,
+            commit=self.state.index,
+            in_config=lambda nid: nid == self.id,
+        )
+
     def leader_api(self) -> str | None:
         self.leader_asked += 1
         return self._leader_api
