@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -47,15 +46,10 @@ from ..state import (
 )
 from ..throttle import WarnThrottle
 from .audit import NONE, READ, READ_METHODS, SCOPE, WHAT, Audit, load_read_token, scope_of
-from .balancers import balancers_view
 from .conn import KEEPALIVE_S, CappedSite, RequestHandler, connection_limit
 from .forward import Forwarder
 from .health import check as health_check
-from .maintenance import routes as maintenance_routes
 from .prom import ApiCounters, exposition
-from .snapshot import snapshot_handler
-from .ui import PATHS as UI_PATHS
-from .ui import add_routes as add_ui_routes
 
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
@@ -191,7 +185,7 @@ class Api:
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.path != "/v1/health" and request.path not in UI_PATHS:  # ui.py
+            if request.path != "/v1/health":
                 request[SCOPE] = self._check_token(request)
                 if request[SCOPE] == READ and request.method not in READ_METHODS:
                     raise AgentError(
@@ -271,10 +265,7 @@ class Api:
         return web.json_response(body, status=status)
 
     async def status(self, request: web.Request) -> web.Response:
-        body = self.agent.status()
-        state = self.agent.state
-        body["balancers"] = balancers_view(state.kv_keys, state.kv_get, time.time())
-        return web.json_response(body)
+        return web.json_response(self.agent.status())
 
     async def members(self, request: web.Request) -> web.Response:
         return web.json_response(self.agent.members_view())
@@ -433,10 +424,6 @@ def build_app(agent: NodeVerbs) -> tuple[web.Application, Api]:
     for line in ROUTES.strip().splitlines():
         method, path, handler = line.split()
         add[method](path, getattr(api, handler))
-    for method, path, handle in maintenance_routes(api):  # PUT/DELETE .../maintenance
-        add[method](path, handle)
-    add_ui_routes(add["GET"])  # GET /ui/: the cluster page (ui.py)
-    add["GET"]("/v1/snapshot", snapshot_handler(agent))  # a backup (snapshot.py)
 
     async def close_session(app: web.Application) -> None:
         await api.forwarder.close()
