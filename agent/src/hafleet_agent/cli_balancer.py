@@ -96,6 +96,13 @@ def add_balancer(commands: argparse._SubParsersAction) -> None:
         "default: the host's name and a digest of --haproxy-socket",
     )
     balancer.add_argument(
+        "--vip",
+        type=_vip,
+        metavar="ADDR",
+        help="the virtual address (keepalived's) to look for on this host's interfaces: "
+        "the registration says whether this balancer holds it (status shows it)",
+    )
+    balancer.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="log line format"
     )
 
@@ -107,6 +114,17 @@ def _balancer_id(value: str) -> str:
     if error is not None:
         raise argparse.ArgumentTypeError(error)
     return value
+
+
+def _vip(value: str) -> str:
+    from .balancer.vip import parse_vip
+
+    try:
+        return str(parse_vip(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an IPv4 or IPv6 address, got {value!r}"
+        ) from None
 
 
 def _seconds(value: str) -> float:
@@ -162,6 +180,7 @@ def _balancer(args: argparse.Namespace) -> int:
         api_file=args.api_file,
         ca_file=args.ca_file or os.environ.get("HAFLEET_CA_FILE") or None,
         balancer_id=args.balancer_id,
+        vip=args.vip,
     )
     try:
         return asyncio.run(run_balancer(opts))

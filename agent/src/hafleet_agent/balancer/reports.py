@@ -54,6 +54,8 @@ class DrainReports:
     own_registered_at: float = 0.0  # time.monotonic() of the last refresh of our own key
     checked_stale_key: set[str] = field(default_factory=set)
     to_forget: set[str] = field(default_factory=set)
+    # More fields of the registration, asked at each write (the VIP: ``vip.VIPCheck.fields``).
+    extra: Callable[[], Mapping[str, Any]] | None = None
 
     def forget(self, member_id: str) -> None:
         """The server of ``member_id`` is deleted: its drained mark goes too (once it has
@@ -70,6 +72,7 @@ class DrainReports:
             "at": time.time(),
             "balancer_id": self.balancer_id,
             "ttl_s": REGISTRATION_TTL_S,
+            **(self.extra() if self.extra is not None else {}),
         }
 
     async def _register_legacy(self) -> None:

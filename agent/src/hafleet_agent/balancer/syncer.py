@@ -64,6 +64,7 @@ from .inputs import (
 from .plan import Action, Plan, desired, plan
 from .reports import DrainReports
 from .runtime_api import HAProxyRefused, HAProxyUnavailable, NoSuchBackend, RuntimeAPI
+from .vip import VIPCheck, watch_vip
 
 log = logging.getLogger("hafleet.balancer")
 
@@ -107,6 +108,9 @@ class Options:
     # This balancer's name in the KV protocol (balancer/registered/<id>); default: the host's
     # name and a digest of the HAProxy socket's path (default_balancer_id).
     balancer_id: str | None = None
+    # The virtual address to look for on this host's interfaces (vip.py): the registration
+    # says whether this balancer holds it.
+    vip: str | None = None
 
 
 def default_balancer_id(haproxy_socket: str) -> str:
@@ -144,6 +148,10 @@ class Balancer(ClusterSide):
         self.stop = asyncio.Event()
         self.drain_started: dict[str, float] = {}
         self.balancer_id = opts.balancer_id or default_balancer_id(opts.haproxy_socket)
+        try:
+            self.vip = VIPCheck(opts.vip) if opts.vip else None
+        except ValueError as exc:
+            raise BalancerError(f"--vip: {exc}", EXIT_USAGE) from None
         self.reports = DrainReports(
             self.write,
             self.get_stale,
@@ -151,6 +159,7 @@ class Balancer(ClusterSide):
             opts.strategy,
             opts.drain_timeout,
             balancer_id=self.balancer_id,
+            extra=self.vip.fields if self.vip else None,
         )
         # Members whose service check failed in the last view (plan's service_back).
         self.service_failing: set[str] = set()
@@ -423,6 +432,13 @@ class Balancer(ClusterSide):
             asyncio.create_task(self.registration_loop(), name="balancer-registration"),
             asyncio.create_task(self.reconcile_loop(), name="balancer-reconcile"),
         ]
+        if self.vip is not None:
+            self.vip.check()  # (it logs whether the address is held here)
+            tasks.append(
+                asyncio.create_task(
+                    watch_vip(self.vip, self.reports.refresh, self.stop), name="balancer-vip"
+                )
+            )
         stopper = asyncio.create_task(self.stop.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

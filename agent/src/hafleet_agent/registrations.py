@@ -1,0 +1,59 @@
+"""The balancers registered with the group, as ``/v1/status`` shows them (``"balancers"``).
+
+Each syncer (``hafleet-agent balancer``) keeps its registration ``balancer/registered/<id>``
+in the replicated KV store (:mod:`.keys`, docs/balancer.md); this is that list, read from
+the local copy, for people: who balances, since when it was last heard of, and which of
+them holds the virtual address (``--vip``). Registrations written by an older syncer (no
+``vip``/``vip_held``) show ``null`` there. Pure: it reads what it is handed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .keys import REGISTERED_PREFIX, REGISTRATION_TTL_S
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def balancers_view(
+    kv_keys: Callable[[str], list[str]],
+    kv_get: Callable[[str], dict[str, Any] | None],
+    now: float,
+) -> list[dict[str, Any]]:
+    """``[{"id", "host", "backend", "strategy", "last_seen_s", "fresh", "vip", "vip_held"}]``
+    sorted by id. ``last_seen_s``: seconds since the balancer last wrote its registration
+    (its clock against ours: ``now`` is ``time.time()``; null when unknown); ``fresh``: within
+    its ``ttl_s`` (a balancer that went away without deregistering is not)."""
+    out = []
+    for key in sorted(kv_keys(REGISTERED_PREFIX)):
+        bid = key[len(REGISTERED_PREFIX) :]
+        if not bid or "/" in bid:
+            continue
+        item = kv_get(key)
+        value = item.get("value") if item else None
+        if not isinstance(value, dict):
+            value = {}
+        at = _number(value.get("at"))
+        ttl = _number(value.get("ttl_s")) or REGISTRATION_TTL_S
+        age = None if at is None else round(max(0.0, now - at), 1)
+        held = value.get("vip_held")
+        vip = value.get("vip")
+        out.append(
+            {
+                "id": bid,
+                "host": value.get("host") if isinstance(value.get("host"), str) else None,
+                "backend": value.get("backend") if isinstance(value.get("backend"), str) else None,
+                "strategy": value.get("strategy")
+                if isinstance(value.get("strategy"), str)
+                else None,
+                "last_seen_s": age,
+                "fresh": age is not None and age <= ttl,
+                "vip": vip if isinstance(vip, str) else None,
+                "vip_held": held if isinstance(held, bool) else None,
+            }
+        )
+    return out
