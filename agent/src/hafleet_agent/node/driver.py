@@ -58,6 +58,7 @@ from ..raft.types import (
     StateType,
 )
 from ..state import SnapshotParts, StateMachine, conf_change_error, encode_snapshot_parts
+from ..telemetry import TELEMETRY
 from ..wal import DiskStorage, PreparedBatch, StorageError
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
@@ -279,7 +280,7 @@ class Driver:
             assert self._writer is not None
             self._writing = True
             fut = asyncio.get_running_loop().run_in_executor(
-                self._writer, storage.write_prepared, batch
+                self._writer, TELEMETRY.wal_sync_seconds.timed(storage.write_prepared), batch
             )
             fut.add_done_callback(partial(self._written, rd, later, batch))
         return changed
@@ -358,6 +359,7 @@ class Driver:
             if pending.term == e.term:
                 pending.future.set_result(res)
             else:
+                TELEMETRY.proposals_failed += 1
                 pending.future.set_exception(
                     NoLeader("leadership changed before the write committed; it was not applied")
                 )
@@ -372,6 +374,7 @@ class Driver:
                 " - this node" if lead == self.id else "",
             )
             self.last_leader = lead
+            TELEMETRY.leader_changes += lead is not None
         if soft.state is StateType.LEADER:
             self.leader_since = time.monotonic()
         else:
@@ -403,8 +406,11 @@ class Driver:
         storage = self.storage
         assert storage is not None
         try:
+            started = time.perf_counter()
             data = await asyncio.to_thread(encode_snapshot_parts, parts)
             path = await asyncio.to_thread(storage.prepare_snapshot, Snapshot(meta, data))
+            TELEMETRY.snapshot_seconds.observe(time.perf_counter() - started)
+            TELEMETRY.snapshot_bytes.observe(len(data))
         except StorageError as exc:
             self._compacting = False
             self._fail(f"storage failed, state could not be made durable: {exc}")
@@ -490,6 +496,7 @@ class Driver:
         try:
             term, index = append(raw)
         except ProposalDropped as exc:
+            TELEMETRY.proposals_failed += 1
             raise NoLeader(f"not proposed: {exc}") from None
         return await self._wait_applied(term, index)
 
@@ -504,6 +511,7 @@ class Driver:
                 return await fut
         except TimeoutError:
             self.pending.pop(index, None)
+            TELEMETRY.proposals_failed += 1
             raise Unknown(
                 f"the write was proposed at index {index} but not applied within "
                 f"{self.write_timeout():.0f}s; it may still be"

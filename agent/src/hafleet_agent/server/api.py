@@ -49,6 +49,7 @@ from .audit import NONE, READ, READ_METHODS, SCOPE, WHAT, Audit, load_read_token
 from .conn import KEEPALIVE_S, CappedSite, RequestHandler, connection_limit
 from .forward import Forwarder
 from .health import check as health_check
+from .health import check as health_check
 from .prom import ApiCounters, exposition
 
 if TYPE_CHECKING:
@@ -171,6 +172,7 @@ class Api:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Count, check the token and its scope, answer, and audit (server/audit.py)."""
         self.counters.requests += 1
+        started = asyncio.get_running_loop().time()
         try:
             resp = await self._answer(request, handler)
         except web.HTTPException as exc:  # a status below 400, re-raised
@@ -181,6 +183,8 @@ class Api:
             raise
         error = resp.text if isinstance(resp, web.Response) and resp.status in (401, 403) else ""
         self.audit.answered(request, resp.status, _error_text(error))
+        elapsed = asyncio.get_running_loop().time() - started
+        self.counters.observe(request.method, request.path, elapsed)  # latency histograms
         return resp
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:

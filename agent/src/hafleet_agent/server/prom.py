@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..telemetry import TELEMETRY
+from .prom_node import build_info, peers_connected, process_collector, telemetry_families
+
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
     from .conn import ConnectionCap
@@ -30,6 +33,15 @@ class ApiCounters:
         self.errors[resp.status] = self.errors.get(resp.status, 0) + 1
         return resp
 
+    @staticmethod
+    def observe(method: str, path: str, seconds: float) -> None:
+        """A request answered after ``seconds``: a write (any method but GET, HEAD,
+        OPTIONS) or a KV read goes into its latency histogram (telemetry.py)."""
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            TELEMETRY.write_seconds.observe(seconds)
+        elif path.startswith("/v1/kv"):
+            TELEMETRY.read_seconds.observe(seconds)
+
 
 def exposition(agent: NodeVerbs, counters: ApiCounters) -> web.Response:
     """The answer to ``GET /metrics``."""
@@ -37,6 +49,7 @@ def exposition(agent: NodeVerbs, counters: ApiCounters) -> web.Response:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(agent, counters))
+    registry.register(process_collector())  # process_* from /proc (prom_node.py)
     return web.Response(
         body=generate_latest(registry),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
@@ -62,6 +75,8 @@ class _Collector:
             return fam
 
         yield g("hafleet_up", "1 while the agent runs", 1)
+        yield build_info()
+        yield from telemetry_families(TELEMETRY)
         if r is not None:
             yield g("hafleet_raft_term", "current Raft term", r.term)
             yield g("hafleet_raft_commit_index", "Raft commit index", r.commit)
@@ -82,6 +97,7 @@ class _Collector:
             yield g("hafleet_raft_learners", "learners in the configuration", len(r.learners))
         members = agent.members_view()
         yield g("hafleet_peers", "members known to this node", len(members))
+        yield peers_connected(agent, members)
         w = GaugeMetricFamily("hafleet_weight", "committed load-balancer weight", labels=["node"])
         h = GaugeMetricFamily("hafleet_member_healthy", "1 if healthy", labels=["node"])
         sh = GaugeMetricFamily(
@@ -105,7 +121,7 @@ class _Collector:
         yield g("hafleet_weights_version", "weight table version", agent.state.weights()["version"])
         hm = agent.metrics
         if hm is not None:
-            yield g("hafleet_host_cpu_count", "CPUs", hm.cpu_count)
+            yield g("hafleet_host_cpus", "logical CPUs", hm.cpu_count)
             yield g("hafleet_host_cpu_percent", "CPU use, smoothed", hm.cpu_percent)
             for n in ("load1", "load5", "load15"):
                 yield g(f"hafleet_host_{n}", f"load average {n[4:]}", getattr(hm, n))
