@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from hafleet_agent import __version__
 from hafleet_agent.cli_balancer import add_balancer
+from hafleet_agent.cli_snapshot import add_snapshot
 from hafleet_agent.cli_types import (
     DEFAULT_API_URL,
     PROG,
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_leave(commands)
     _add_kv(commands)
     add_balancer(commands)
+    add_snapshot(commands, _add_client_options)
     _add_ca(commands)
     return parser
 

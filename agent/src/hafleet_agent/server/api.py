@@ -51,6 +51,7 @@ from .forward import Forwarder
 from .health import check as health_check
 from .health import check as health_check
 from .prom import ApiCounters, exposition
+from .snapshot import snapshot_handler
 
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
@@ -428,6 +429,7 @@ def build_app(agent: NodeVerbs) -> tuple[web.Application, Api]:
     for line in ROUTES.strip().splitlines():
         method, path, handler = line.split()
         add[method](path, getattr(api, handler))
+    add["GET"]("/v1/snapshot", snapshot_handler(agent))  # a backup (snapshot.py)
 
     async def close_session(app: web.Application) -> None:
         await api.forwarder.close()

@@ -1,0 +1,285 @@
+"""``hafleet-agent snapshot save|restore|inspect``: backups and disaster recovery (see
+docs/operations.md for the runbook, :mod:`hafleet_agent.backupfile` for the file format).
+
+- ``save [--api URL --token-file F --ca-file F] FILE``: ``GET /v1/snapshot`` of one agent,
+  checked (magic, version, length, SHA-256), then written atomically: a temporary file
+  beside FILE, fsync'd, renamed over FILE, the directory fsync'd. A failed save leaves FILE
+  as it was.
+- ``restore FILE --data-dir DIR --node-id ID --cluster NAME --raft-addr H:P --api-addr H:P``:
+  a new data dir holding a one-member group with the snapshot's state and a new cluster id
+  (:mod:`hafleet_agent.node.restore`).
+- ``inspect FILE``: check a file and print its header as JSON.
+
+Exit codes: 0 done; 1 the agent or the disk failed; 2 bad usage, a corrupt or truncated
+file, a data dir that is not empty. Light to import: the node's modules load when a
+restore runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from hafleet_agent.cli_types import PROG
+
+#: The longest a save waits for the agent's answer (a large state takes a while to encode).
+SAVE_TIMEOUT_S = 300.0
+
+
+class SnapshotCliError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def add_snapshot(
+    commands: argparse._SubParsersAction,
+    client_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """The ``snapshot`` subcommand; ``client_options`` adds ``--api``, ``--token-file`` and
+    ``--ca-file`` as the other client subcommands have them (cli.py)."""
+    help_text = "save the replicated state to a file, or restore a new group from one"
+    snap = commands.add_parser("snapshot", help=help_text, description=help_text)
+    snap.set_defaults(command_name="snapshot")
+    ops = snap.add_subparsers(dest="snapshot_command", metavar="OP", required=True)
+
+    text = "save a consistent snapshot of the group's state to FILE (atomically, checked)"
+    save = ops.add_parser("save", help=text, description=text)
+    save.set_defaults(handler=_handle, command_name="snapshot save")
+    client_options(save)
+    save.add_argument("--json", action="store_true", help="print the file's header as JSON")
+    save.add_argument("file", metavar="FILE", help="where the snapshot goes")
+
+    text = (
+        "write a new data dir holding a one-member group (a new cluster id) with the "
+        "snapshot's state; `run` on it serves as leader, fresh agents --join it"
+    )
+    rest = ops.add_parser("restore", help=text, description=text)
+    rest.set_defaults(handler=_handle, command_name="snapshot restore")
+    rest.add_argument("file", metavar="FILE", help="a file of `snapshot save`")
+    rest.add_argument(
+        "--data-dir", required=True, metavar="DIR", help="the new data dir (missing or empty)"
+    )
+    rest.add_argument("--node-id", required=True, metavar="ID", help="the new group's member")
+    rest.add_argument("--cluster", required=True, metavar="NAME", help="the cluster name")
+    rest.add_argument(
+        "--raft-addr", required=True, metavar="HOST:PORT", help="the member's Raft address"
+    )
+    rest.add_argument(
+        "--api-addr", required=True, metavar="HOST:PORT", help="the member's API address"
+    )
+
+    text = "check a snapshot file and print its header as JSON"
+    inspect = ops.add_parser("inspect", help=text, description=text)
+    inspect.set_defaults(handler=_handle, command_name="snapshot inspect")
+    inspect.add_argument("file", metavar="FILE", help="a file of `snapshot save`")
+
+
+def _handle(args: argparse.Namespace) -> int:
+    try:
+        if args.snapshot_command == "save":
+            return _save(args)
+        if args.snapshot_command == "restore":
+            return _restore(args)
+        return _inspect(args)
+    except SnapshotCliError as exc:
+        print(f"{PROG} {args.command_name}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+# --- save -----------------------------------------------------------------------------------
+
+
+def endpoint(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
+    """The agent's base URL, the token and the CA file, found as the other client subcommands
+    find them (the flags, the environment, the local agent's config: client_config.py)."""
+    try:
+        from .client_config import DiscoveryError, discover
+    except ImportError:  # an agent without client_config.py: the flags and the environment
+        return _endpoint_from_flags(args)
+    try:
+        end = discover(
+            getattr(args, "api", None),
+            getattr(args, "token_file", None),
+            getattr(args, "ca_file", None),
+            getattr(args, "config", None),
+        )
+    except (DiscoveryError, ValueError) as exc:
+        raise SnapshotCliError(str(exc), 2) from None
+    token = end.token.encode() if isinstance(end.token, str) else end.token
+    return end.api, token, end.ca_file
+
+
+def _endpoint_from_flags(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
+    from .cli_types import DEFAULT_API_URL
+    from .config import ConfigError, read_secret
+
+    path = getattr(args, "token_file", None) or os.environ.get("HAFLEET_TOKEN_FILE")
+    if not path:
+        raise SnapshotCliError(
+            "give the API token with --token-file FILE (or HAFLEET_TOKEN_FILE)", 2
+        )
+    try:
+        token = read_secret(path, "token")
+    except ConfigError as exc:
+        raise SnapshotCliError(str(exc), 2) from None
+    ca_file = getattr(args, "ca_file", None) or os.environ.get("HAFLEET_CA_FILE") or None
+    return getattr(args, "api", None) or DEFAULT_API_URL, token, ca_file
+
+
+def fetch(base_url: str, token: bytes, ca_file: str | None) -> bytes:
+    """The body of ``GET /v1/snapshot`` (SnapshotCliError, exit 1, when there is none)."""
+    from .apiclient import tls_context
+
+    url = base_url.rstrip("/") + "/v1/snapshot"
+    headers = {"Authorization": f"Bearer {token.decode()}", "Accept": "application/octet-stream"}
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if url.startswith("https://") or ca_file:
+        handlers.append(urllib.request.HTTPSHandler(context=tls_context(True, ca_file)))
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=SAVE_TIMEOUT_S) as r:
+            return bytes(r.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            why = json.loads(exc.read().decode("utf-8")).get("error", "")
+        except (ValueError, AttributeError, OSError):
+            why = ""
+        raise SnapshotCliError(f"GET {url}: {exc.code} {why or exc.reason}", 1) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SnapshotCliError(f"cannot reach the agent at {base_url}: {reason}", 1) from None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` once this returns, durably; before, it holds what it held."""
+    parent = path.absolute().parent
+    tmp = parent / f".{path.name}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _save(args: argparse.Namespace) -> int:
+    from .backupfile import BackupError, decode_backup
+
+    path = Path(args.file)
+    if not path.absolute().parent.is_dir():
+        raise SnapshotCliError(f"{path.absolute().parent} is not a directory", 2)
+    if path.is_dir():
+        raise SnapshotCliError(f"{path} is a directory; give a file name", 2)
+    api, token, ca_file = endpoint(args)
+    raw = fetch(api, token, ca_file)
+    try:
+        backup = decode_backup(raw)
+    except BackupError as exc:
+        raise SnapshotCliError(f"the agent's answer is not a whole snapshot: {exc}", 1) from None
+    try:
+        write_atomically(path, raw)
+    except OSError as exc:
+        raise SnapshotCliError(f"cannot write {path}: {exc}", 1) from None
+    summary = backup.summary()
+    if args.json:
+        print(json.dumps({"file": str(path), **summary, "size": len(raw)}, sort_keys=True))
+    else:
+        print(
+            f"saved {path}: index {backup.index}, term {backup.term}, {len(raw)} bytes, "
+            f"sha256 {summary['sha256']} (cluster {backup.cluster}, from {backup.node_id})"
+        )
+    return 0
+
+
+# --- restore and inspect --------------------------------------------------------------------
+
+
+def read_backup(file: str):  # -> backupfile.Backup
+    """The checked backup in ``file`` (SnapshotCliError, exit 2, when it is not one)."""
+    from .backupfile import BackupError, decode_backup
+
+    try:
+        raw = Path(file).read_bytes()
+    except OSError as exc:
+        raise SnapshotCliError(f"cannot read {file}: {exc.strerror or exc}", 2) from None
+    try:
+        return decode_backup(raw)
+    except BackupError as exc:
+        raise SnapshotCliError(f"{file}: {exc}; refusing it (nothing was written)", 2) from None
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from .commands import StateError, validate_addr
+    from .config import _valid_name
+    from .ids import member_id_error
+
+    error = member_id_error(args.node_id, "--node-id")
+    if error is not None:
+        raise SnapshotCliError(error, 2)
+    if not _valid_name(args.cluster):
+        raise SnapshotCliError(f"--cluster {args.cluster!r} must be 1-63 of [A-Za-z0-9._-]", 2)
+    for flag, value in (("--raft-addr", args.raft_addr), ("--api-addr", args.api_addr)):
+        try:
+            validate_addr(value, flag)
+        except StateError as exc:
+            raise SnapshotCliError(exc.message, 2) from None
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .node.restore import RestoreError, check_target, restore
+    from .wal import StorageError
+
+    _check_args(args)
+    data_dir = Path(args.data_dir)
+    try:
+        check_target(data_dir)
+    except RestoreError as exc:
+        raise SnapshotCliError(f"{exc}; nothing was written", 2) from None
+    backup = read_backup(args.file)
+    try:
+        done = restore(
+            backup,
+            data_dir,
+            node_id=args.node_id,
+            cluster=args.cluster,
+            raft_addr=args.raft_addr,
+            api_addr=args.api_addr,
+        )
+    except RestoreError as exc:
+        raise SnapshotCliError(f"{exc}; nothing was written", 2) from None
+    except (OSError, StorageError) as exc:
+        raise SnapshotCliError(f"cannot write {data_dir}: {exc}; nothing was left", 1) from None
+    print(
+        f"restored {args.file} (index {backup.index} of cluster {backup.cluster}) into "
+        f"{done.data_dir}: {args.node_id} alone, a voter, of cluster {args.cluster} with the "
+        f"new id {done.cluster_id}; {done.keys} keys ({done.dropped} runtime keys dropped). "
+        f"Start it with `{PROG} run --node-id {args.node_id} --cluster {args.cluster} "
+        f"--data-dir {done.data_dir} ...` (no --bootstrap-expect), then start fresh agents "
+        f"with --join {args.raft_addr}"
+    )
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    backup = read_backup(args.file)
+    print(json.dumps({"file": args.file, **backup.summary()}, sort_keys=True))
+    return 0

@@ -1,0 +1,142 @@
+"""A new data directory from a backup: a one-member group holding the backup's state
+(``hafleet-agent snapshot restore``; docs/operations.md has the runbook).
+
+What is written, in a temporary directory beside the target, renamed into place when whole:
+
+- ``snapshot.bin`` at index I+1 (I: the backup's index) whose configuration is this node
+  alone, a voter; its state is the backup's, with the old members forgotten and this node
+  added by the same configuration change a join applies (its addresses in the context), and
+  the KV keys that describe the old fleet's live processes dropped (balancer registrations
+  and drained marks, service and reachability marks: :data:`RUNTIME_PREFIXES`); the
+  operator's keys (their values, create and modify indexes) stay as they were;
+- ``raft.log`` with the hard state (the backup's term, commit I+1) and no entries;
+- ``agent.json`` with the node id, the cluster name and a NEW cluster id: no member of the
+  old group takes a message of this one, nor the other way round.
+
+``hafleet-agent run`` on it (no ``--bootstrap-expect`` needed: persisted state wins) elects
+itself at once, being the only voter, and fresh agents ``--join`` it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backupfile import Backup
+from ..keys import (
+    DRAINED_PREFIX,
+    REGISTERED_KEY,
+    REGISTERED_PREFIX,
+    SERVICE_HEALTH_PREFIX,
+    UNREACHABLE_PREFIX,
+)
+from ..raft.types import ConfChange, ConfChangeType, ConfState, HardState, Snapshot, SnapshotMeta
+from ..state import StateMachine, encode_json, member_context
+from ..wal import DiskStorage
+from .meta import save_cluster_id
+
+#: KV keys the agents and the balancers write about the processes of the running fleet; a
+#: restored group starts without them (a stale drained mark could let a removal go on early).
+RUNTIME_PREFIXES = (DRAINED_PREFIX, REGISTERED_PREFIX, SERVICE_HEALTH_PREFIX, UNREACHABLE_PREFIX)
+
+
+class RestoreError(Exception):
+    """The restore cannot be done (the message says why, in one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    data_dir: Path
+    cluster_id: str
+    index: int
+    keys: int
+    dropped: int
+
+
+def _runtime_key(key: str) -> bool:
+    return key == REGISTERED_KEY or key.startswith(RUNTIME_PREFIXES)
+
+
+def restored_state(
+    backup: Backup, node_id: str, raft_addr: str, api_addr: str
+) -> tuple[bytes, int, int]:
+    """The state of the new group (its bytes), the index it is at and how many runtime keys
+    were dropped. ValueError when the backup's state does not load."""
+    obj = json.loads(backup.body.decode("utf-8"))
+    kv = obj.get("kv")
+    if not isinstance(kv, dict):
+        raise ValueError("the state has no KV store")
+    obj["kv"] = {k: rec for k, rec in kv.items() if not _runtime_key(k)}
+    obj["members"] = {}  # their weights go with them (StateMachine.restore)
+    sm = StateMachine.from_snapshot(encode_json(obj), backup.index)
+    index = backup.index + 1
+    change = ConfChange(ConfChangeType.ADD_VOTER, node_id, member_context(raft_addr, api_addr))
+    result = sm.apply_conf(index, change)
+    if not result.ok:
+        raise ValueError(f"cannot add {node_id}: {result.error}")
+    return sm.snapshot(), index, len(kv) - len(obj["kv"])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_target(data_dir: Path) -> None:
+    """RestoreError unless ``data_dir`` is missing or an empty directory."""
+    if data_dir.is_symlink() or (data_dir.exists() and not data_dir.is_dir()):
+        raise RestoreError(f"{data_dir} exists and is not a directory")
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise RestoreError(
+            f"{data_dir} is not empty: restore writes a new data dir; move the old one "
+            "away first (or give another --data-dir)"
+        )
+
+
+def restore(
+    backup: Backup,
+    data_dir: Path,
+    *,
+    node_id: str,
+    cluster: str,
+    raft_addr: str,
+    api_addr: str,
+) -> Restored:
+    """Write ``data_dir`` (see the module docstring). RestoreError when the target is not
+    empty or the backup's state does not load; OSError when writing failed (nothing is left
+    behind then)."""
+    check_target(data_dir)
+    try:
+        state, index, dropped = restored_state(backup, node_id, raft_addr, api_addr)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RestoreError(f"the snapshot's state does not load: {exc}") from None
+    parent = data_dir.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{data_dir.name}.restoring-{os.getpid()}-{secrets.token_hex(3)}"
+    cluster_id = f"{cluster}-{secrets.token_hex(8)}"
+    try:
+        storage = DiskStorage.open(tmp)
+        try:
+            conf = ConfState(voters=(node_id,))
+            term = max(backup.term, 1)
+            storage.save_snapshot(Snapshot(SnapshotMeta(index, term, conf), state))
+            storage.save(HardState(term=term, vote=None, commit=index), [])
+        finally:
+            storage.close()
+        (tmp / "LOCK").unlink(missing_ok=True)
+        save_cluster_id(tmp, node_id, cluster, cluster_id)
+        check_target(data_dir)  # nothing appeared meanwhile
+        os.replace(tmp, data_dir)  # onto a missing or empty directory
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    kv = json.loads(state.decode("utf-8"))["kv"]
+    return Restored(data_dir, cluster_id, index, len(kv), dropped)

@@ -1,0 +1,306 @@
+"""Backup and disaster recovery (issue 19; docs/operations.md): ``GET /v1/snapshot``,
+``hafleet-agent snapshot save|restore|inspect`` and the file format (backupfile.py).
+
+The acceptance test: 3 agents, 200 acknowledged writes, ``snapshot save``, every member
+killed and its data dir wiped, ``snapshot restore`` into a new one-member group, two fresh
+agents join: every key reads back from every member and the group has 3 voters. The other
+tests refuse what must be refused (a corrupt or truncated file, a data dir in use) without
+writing anything, and pin the format.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from harness import RAFT_PORT, Cluster, run_cli
+
+from hafleet_agent.backupfile import (
+    FORMAT_VERSION,
+    MAGIC,
+    Backup,
+    BackupError,
+    decode_backup,
+    encode_backup,
+)
+from hafleet_agent.commands import encode_command
+from hafleet_agent.node.meta import load_cluster_id
+from hafleet_agent.raft.types import ConfChange, ConfChangeType, Entry, EntryType
+from hafleet_agent.state import StateMachine, member_context
+from hafleet_agent.wal import DiskStorage
+
+WRITES = 200
+RUNTIME_KEYS = ("balancer/registered", "balancer/registered/lb1", "balancer/drained/lb1/n2")
+
+
+def _keys(cluster: Cluster, node: str, stale: bool = False) -> dict[str, object]:
+    query = "?prefix=app/" + ("&stale=1" if stale else "")
+    items = cluster.ok(node, "GET", "/v1/kv" + query)["items"]
+    return {item["key"]: item["value"] for item in items}
+
+
+def test_save_wipe_everything_restore_and_rejoin_keeps_every_acknowledged_write(
+    make_cluster, tmp_path: Path
+) -> None:
+    c = make_cluster()
+    c.add_many(3, bootstrap_expect=3)
+    old = c.wait_agreed()
+    old_cid = next(iter(old.values()))["cluster_id"]
+    written = {}
+    for i in range(WRITES):  # through every member: a follower forwards to the leader
+        key = f"app/k{i:03d}"
+        assert c.put(f"n{i % 3 + 1}", key, {"i": i})["key"] == key
+        written[key] = {"i": i}
+    for key in RUNTIME_KEYS:
+        c.put("n1", key, {"at": 1})
+
+    backup = tmp_path / "backups" / "fleet.snap"
+    backup.parent.mkdir()
+    saved = c.cli(
+        "snapshot", "save", "--api", c.nodes["n2"].api_url,
+        "--token-file", str(c.token_file), "--json", str(backup),
+    )  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    header = json.loads(saved.stdout)
+    assert header["size"] == backup.stat().st_size
+    assert header["index"] >= WRITES and header["cluster_id"] == old_cid
+    assert oct(backup.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in backup.parent.iterdir()] == ["fleet.snap"]  # no temp file left
+
+    for node in list(c.nodes.values()):  # the disaster: every member and its data gone
+        c.kill9(node)
+        shutil.rmtree(node.data_dir)
+    c.nodes.clear()
+
+    restored = c.cli(
+        "snapshot", "restore", str(backup), "--data-dir", str(c.dir / "n1"),
+        "--node-id", "n1", "--cluster", c.name,
+        "--raft-addr", f"{c.host(1)}:{RAFT_PORT}", "--api-addr", f"{c.host(1)}:7480",
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert f"{len(RUNTIME_KEYS)} runtime keys dropped" in restored.stdout
+
+    c.add("n1")  # no --bootstrap-expect, no --join: the restored state wins
+    alone = c.wait_agreed(["n1"])["n1"]
+    assert alone["cluster_id"] not in (None, old_cid)
+    assert [m["id"] for m in alone["members"]] == ["n1"]
+    c.add("n2", join=[c.nodes["n1"].raft_addr])
+    c.add("n3", join=[c.nodes["n1"].raft_addr])
+    statuses = c.wait_agreed(["n1", "n2", "n3"])
+    assert {st["cluster_id"] for st in statuses.values()} == {alone["cluster_id"]}
+    voters = {m["id"] for m in statuses["n1"]["members"] if m["role"] in ("voter", "leader")}
+    assert voters == {"n1", "n2", "n3"}
+    for node in ("n1", "n2", "n3"):
+        assert _keys(c, node) == written, node  # linearizable, through the member
+        c.wait_for(lambda n=node: _keys(c, n, stale=True) == written, 20, f"{node}'s own copy")
+    for key in RUNTIME_KEYS:
+        assert c.get("n1", key)[0] == 404
+
+
+# ---- the CLI's refusals, without agents ------------------------------------------------------
+
+
+def _state(keys: int = 5) -> StateMachine:
+    sm = StateMachine()
+    index = 0
+    for mid in ("a", "b"):
+        index += 1
+        ctx = member_context(f"10.0.0.{index}:7400", f"10.0.0.{index}:7480")
+        sm.apply_conf(index, ConfChange(ConfChangeType.ADD_VOTER, mid, ctx))
+    for k in [f"app/{i}" for i in range(keys)] + list(RUNTIME_KEYS):
+        index += 1
+        data = encode_command("kv_put", key=k, value={"k": k})
+        sm.apply_entry(Entry(index=index, term=2, type=EntryType.NORMAL, data=data))
+    return sm
+
+
+def _backup(sm: StateMachine | None = None) -> Backup:
+    sm = sm or _state()
+    return Backup("prod", "prod-0123456789abcdef", "a", sm.index, 2, 1_700_000_000, sm.snapshot())
+
+
+def _restore(file: Path, data_dir: Path, node: str = "r1"):
+    return run_cli(
+        "snapshot", "restore", str(file), "--data-dir", str(data_dir), "--node-id", node,
+        "--cluster", "prod", "--raft-addr", "127.0.0.1:7400", "--api-addr", "127.0.0.1:7480",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def good_file(tmp_path: Path) -> Path:
+    path = tmp_path / "good.snap"
+    path.write_bytes(encode_backup(_backup()))
+    return path
+
+
+def test_restore_writes_a_one_member_group_with_a_new_cluster_id(good_file, tmp_path) -> None:
+    target = tmp_path / "empty"
+    target.mkdir()  # an empty directory is fine
+    done = _restore(good_file, target)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["agent.json", "raft.log", "snapshot.bin"]
+    cid = load_cluster_id(target, "r1", "prod")
+    assert cid is not None and cid.startswith("prod-") and cid != "prod-0123456789abcdef"
+    storage = DiskStorage.open(target)
+    try:
+        snap, hs = storage.snapshot, storage.hard_state
+    finally:
+        storage.close()
+    source = _backup()
+    assert snap.meta.index == source.index + 1 and snap.meta.conf_state.voters == ("r1",)
+    assert hs.commit == snap.meta.index and hs.term >= snap.meta.term
+    sm = StateMachine.from_snapshot(snap.data, snap.meta.index)
+    assert [(m["id"], m["role"], m["raft_addr"]) for m in sm.members()] == [
+        ("r1", "voter", "127.0.0.1:7400")
+    ]
+    assert sm.kv_keys("app/") == [f"app/{i}" for i in range(5)]
+    assert all(sm.kv_get(k) is None for k in RUNTIME_KEYS)
+    assert sm.kv_get("app/3") == _state().kv_get("app/3")  # value and indexes kept
+
+
+MUTATIONS = (
+    "truncated",
+    "truncated in the header",
+    "empty",
+    "a bit flipped in the state",
+    "a bit flipped in the index",
+    "a bit flipped in the checksum",
+    "trailing garbage",
+    "not a snapshot",
+)
+
+
+def _mutations(raw: bytes) -> dict[str, bytes]:
+    body = len(raw) - len(_backup().body)
+    return {
+        "truncated": raw[:-7],
+        "truncated in the header": raw[:30],
+        "empty": b"",
+        "a bit flipped in the state": raw[:-3] + bytes([raw[-3] ^ 1]) + raw[-2:],
+        "a bit flipped in the index": raw[:12] + bytes([raw[12] ^ 1]) + raw[13:],
+        "a bit flipped in the checksum": raw[: body - 1] + bytes([raw[body - 1] ^ 1]) + raw[body:],
+        "trailing garbage": raw + b"\n",
+        "not a snapshot": b"SQLite format 3\x00" + raw[16:],
+    }
+
+
+@pytest.mark.parametrize("what", MUTATIONS)
+def test_restore_refuses_a_damaged_file_and_writes_nothing(what, good_file, tmp_path) -> None:
+    bad = tmp_path / "bad.snap"
+    bad.write_bytes(_mutations(good_file.read_bytes())[what])
+    target = tmp_path / "data"
+    done = _restore(bad, target)
+    assert done.returncode == 2, done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "refusing it (nothing was written)" in done.stderr
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_restore_refuses_a_data_dir_that_is_not_empty(good_file, tmp_path) -> None:
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "raft.log").write_bytes(b"precious")
+    done = _restore(good_file, target)
+    assert done.returncode == 2
+    assert "is not empty" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert [p.name for p in target.iterdir()] == ["raft.log"]
+    assert (target / "raft.log").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--node-id", "-bad", "--node-id"),
+        ("--cluster", "a b", "--cluster"),
+        ("--raft-addr", "nohost", "--raft-addr"),
+    ],
+)
+def test_restore_refuses_bad_flags(flag, value, message, good_file, tmp_path) -> None:
+    argv = {
+        "--node-id": "r1",
+        "--cluster": "prod",
+        "--raft-addr": "127.0.0.1:7400",
+        "--api-addr": "127.0.0.1:7480",
+        "--data-dir": str(tmp_path / "data"),
+    }
+    argv[flag] = value
+    done = run_cli("snapshot", "restore", str(good_file), *[x for kv in argv.items() for x in kv])
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_inspect_prints_the_header_and_refuses_a_damaged_file(good_file, tmp_path) -> None:
+    done = run_cli("snapshot", "inspect", str(good_file))
+    assert done.returncode == 0, done.stderr
+    header = json.loads(done.stdout)
+    source = _backup()
+    assert header["index"] == source.index and header["cluster"] == "prod"
+    assert header["sha256"] == source.sha256 and header["format"] == FORMAT_VERSION
+    bad = tmp_path / "cut.snap"
+    bad.write_bytes(good_file.read_bytes()[:-1])
+    done = run_cli("snapshot", "inspect", str(bad))
+    assert done.returncode == 2 and "truncated" in done.stderr
+
+
+def test_a_failed_save_leaves_the_file_as_it_was(tmp_path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t" * 40)
+    token.chmod(0o600)
+    old = tmp_path / "last.snap"
+    old.write_bytes(b"the last good backup")
+    done = run_cli(
+        "snapshot", "save", "--api", "http://127.0.0.1:9", "--token-file", str(token), str(old)
+    )
+    assert done.returncode == 1 and "cannot reach the agent" in done.stderr
+    assert old.read_bytes() == b"the last good backup"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.snap", "token"]
+
+
+# ---- the format --------------------------------------------------------------------------
+
+
+def test_the_format_round_trips_and_its_layout_is_as_documented() -> None:
+    b = _backup()
+    raw = encode_backup(b)
+    assert decode_backup(raw) == b
+    magic, version, index, term, created, length = struct.unpack_from("<8sIQQQQ", raw)
+    assert (magic, version, index, term, created) == (MAGIC, 1, b.index, 2, 1_700_000_000)
+    assert length == len(b.body) and raw.endswith(b.body)
+    pos = 44
+    for text in ("prod", "prod-0123456789abcdef", "a"):
+        (n,) = struct.unpack_from("<H", raw, pos)
+        assert raw[pos + 2 : pos + 2 + n].decode() == text
+        pos += 2 + n
+    assert raw[pos : pos + 32].hex() == b.sha256
+    assert pos + 32 + length == len(raw)
+
+
+def test_every_cut_and_every_flipped_byte_is_refused() -> None:
+    raw = encode_backup(_backup(_state(keys=1)))
+    for cut in range(len(raw)):
+        with pytest.raises(BackupError):
+            decode_backup(raw[:cut])
+    for i in range(len(raw)):
+        with pytest.raises(BackupError):
+            decode_backup(raw[:i] + bytes([raw[i] ^ 0x40]) + raw[i + 1 :])
+
+
+def test_another_format_version_is_refused_by_name() -> None:
+    raw = bytearray(encode_backup(_backup()))
+    raw[8:12] = struct.pack("<I", 2)
+    with pytest.raises(BackupError, match="unsupported snapshot file format 2"):
+        decode_backup(bytes(raw))
+
+
+def test_the_format_module_does_no_io() -> None:
+    """backupfile.py is a byte format like snapfile.py (docs/architecture.md, "The rules")."""
+    from layering import IO_MODULES, absolute_tops
+
+    import hafleet_agent.backupfile as module
+
+    tops = {top for _, top in absolute_tops(Path(module.__file__).read_text())}
+    assert not tops & (IO_MODULES | {"http", "urllib", "aiohttp"}), tops
