@@ -45,6 +45,7 @@ from harness import wait_for
 
 from hafleet_agent import ca
 from hafleet_agent.sim.linearizability import Op
+from hafleet_agent.wal import PREALLOC_BYTES
 
 HERE = Path(__file__).resolve().parent
 #: After a heal the whole cluster must serve again within the election timeout range
@@ -577,7 +578,9 @@ def paused_leader(run: Run) -> None:
 def disk_full(run: Run) -> None:
     """A node's data dir (a 16 MiB tmpfs) fills up: the agent must stop (exit 1) and say why
     while the others go on; with space again it restarts and catches up. Even seeds fill
-    the leader, odd seeds a follower."""
+    the leader, odd seeds a follower. Its raft.log is kept preallocated ahead of its end
+    (wal.PREALLOC_BYTES): writes go on into that reserve until it is used up (or a compaction
+    needs a new file); a few large values, written through another member, use it up."""
     size = 16 << 20
     run.form(3, per_node={i: {"data_tmpfs": size} for i in (1, 2, 3)})
     lead = run.c.leader()
@@ -587,6 +590,11 @@ def disk_full(run: Run) -> None:
     run.wait_acks()
     t = time.monotonic()
     run.c.fill_disk(target)
+    w = run.workload
+    assert w is not None
+    big = "x" * (PREALLOC_BYTES // 3)
+    for i in range(4):  # 4/3 of the reserve, recorded in the history like every write
+        w.put(1000 + i, run.addr(others[i % len(others)]), f"{w.tag}/big{i}", f"{i}{big}")
     run.expect_failstop(target, t, "No space left on device")
     run.failover(others, t)
     run.wait_acks()

@@ -28,7 +28,14 @@ Writing
 =======
 
 Every :meth:`~DiskStorage.save` appends exactly one batch to ``raft.log`` with one
-``write()`` followed by one ``fsync()``. The agent's driver splits it in three
+``pwrite()`` at the log's end followed by one sync. With ``prealloc_bytes`` (the agent:
+1 MiB) the file is kept allocated that far past the log's end with zeros (``posix_fallocate``,
+etcd's preallocated segments): a batch that lands there changes no file size and is made
+durable with ``fdatasync()``, which commits no inode (about a third cheaper here); a batch that
+passes the allocation first grows it by another ``prealloc_bytes`` and is ``fsync()``'d. On a
+full disk the log is grown only by what the batch needs (the node stops, ENOSPC, only when
+that fails); on a filesystem that cannot preallocate it grows by its writes. The zeros after
+the last batch are the clean end of the log on recovery. The agent's driver splits it in three
 (:meth:`~DiskStorage.prepare_save`, :meth:`~DiskStorage.write_prepared` in its writer thread,
 :meth:`~DiskStorage.finish_save`) so that the event loop goes on while the batch is written:
 a group commit, the batch holding everything the core had ready when the previous one was
@@ -91,10 +98,9 @@ PostgreSQL fsync lesson); the agent must stop and recover from what is really on
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -102,6 +108,16 @@ from typing import NoReturn
 
 from .raft.types import EMPTY_HARD_STATE, Entry, HardState, Snapshot, SnapshotMeta
 from .snapfile import CorruptSnapshotError, decode_snapshot, encode_snapshot
+from .walfile import (
+    FsyncFn,
+    fsync_dir,
+    grow_log,
+    lock_dir,
+    make_dirs,
+    preallocate,
+    pwrite_all,
+    write_all,
+)
 from .walformat import (
     FORMAT_VERSION,
     MAX_RECORD_BYTES,
@@ -138,7 +154,9 @@ PREPARED_SUFFIX = ".next"
 RECEIVED_SUFFIX = ".received"
 """The same for a snapshot received from the leader (a compaction may run meanwhile)."""
 
-FsyncFn = Callable[[int], None]
+PREALLOC_BYTES = 1 << 20
+"""How far ahead of its end the agent keeps ``raft.log`` allocated (``prealloc_bytes`` of
+:meth:`DiskStorage.open`; see Writing)."""
 
 
 @dataclass
@@ -177,16 +195,6 @@ def _trim_to_snapshot(entries: list[Entry], meta: SnapshotMeta) -> list[Entry]:
     return entries[k + 1 :]
 
 
-# ---- file helpers --------------------------------------------------------------------------
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 class DiskStorage:
     """The durable state of one Raft node in one data directory. Use :meth:`open`."""
 
@@ -201,7 +209,9 @@ class DiskStorage:
         *,
         fsync: bool,
         fsync_fn: FsyncFn,
+        fdatasync_fn: FsyncFn,
         lock_fd: int | None,
+        prealloc_bytes: int = 0,
     ) -> None:
         """Internal: :meth:`open` builds a storage, recovers and fills it in."""
         self.path = path
@@ -209,9 +219,12 @@ class DiskStorage:
         self.snapshot_path = path / SNAPSHOT_FILE
         self._fsync = fsync
         self._fsync_fn = fsync_fn
+        self._fdatasync_fn = fdatasync_fn
         self._lock_fd = lock_fd
+        self._prealloc = prealloc_bytes
         self._log_fd: int | None = None
-        self._log_size = 0
+        self._log_size = 0  # where the next batch goes
+        self._log_alloc = 0  # the file's size: _log_size, or more when preallocated
         self._failed: str | None = None
         self._closed = False
         self.report = RecoveryReport()
@@ -227,26 +240,43 @@ class DiskStorage:
         *,
         fsync: bool = True,
         fsync_fn: FsyncFn = os.fsync,
+        fdatasync_fn: FsyncFn | None = None,
         lock: bool = True,
+        prealloc_bytes: int = 0,
     ) -> DiskStorage:
         """Open (creating it if missing, mode 0700) and recover a data directory.
 
         ``fsync=False`` skips every fsync (simulations, tests: nothing is durable then).
         ``fsync_fn`` is called for every fsync of a file or directory; tests inject failures
-        through it. ``lock`` takes an exclusive flock on ``LOCK`` so that two processes never
-        share a data directory (a second open, even in the same process, raises until the
-        first is closed).
+        through it. ``fdatasync_fn`` syncs a log write that changed no file size (within the
+        preallocated space); by default ``os.fdatasync``, or ``fsync_fn`` when one is
+        injected (so an injected function sees every sync). ``prealloc_bytes`` > 0 keeps
+        ``raft.log`` allocated that far past its end (the agent: :data:`PREALLOC_BYTES`);
+        0 lets it grow by its writes, each synced with ``fsync_fn``. ``lock`` takes an
+        exclusive flock on ``LOCK`` so that two processes never share a data directory (a
+        second open, even in the same process, raises until the first is closed).
         """
         path = Path(data_dir)
         sync = fsync_fn if fsync else None
         try:
-            _make_dirs(path, sync)
+            make_dirs(path, sync)
         except OSError as exc:
             raise StorageError(f"{path}: cannot create the data directory: {exc}") from exc
         if not path.is_dir():
             raise StorageError(f"{path}: not a directory")
-        lock_fd = _lock_dir(path) if lock else None
-        storage = cls(path, fsync=fsync, fsync_fn=fsync_fn, lock_fd=lock_fd)
+        lock_fd = lock_dir(path, LOCK_FILE) if lock else None
+        if prealloc_bytes < 0:
+            raise ValueError(f"prealloc_bytes must be >= 0, not {prealloc_bytes}")
+        if fdatasync_fn is None:
+            fdatasync_fn = os.fdatasync if fsync_fn is os.fsync else fsync_fn
+        storage = cls(
+            path,
+            fsync=fsync,
+            fsync_fn=fsync_fn,
+            fdatasync_fn=fdatasync_fn,
+            lock_fd=lock_fd,
+            prealloc_bytes=prealloc_bytes,
+        )
         try:
             storage._recover()
         except BaseException:
@@ -274,13 +304,14 @@ class DiskStorage:
             return
         scan = scan_log(self._read(self.log_path), self.log_path)
         try:
-            self._log_fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            self._log_fd = os.open(self.log_path, os.O_RDWR | os.O_CLOEXEC)
             self._log_size = scan.size
+            self._log_alloc = os.fstat(self._log_fd).st_size
             if scan.cut_at is not None:
                 cut = scan.size - scan.cut_at
                 os.ftruncate(self._log_fd, scan.cut_at)
                 self._sync(self._log_fd)
-                self._log_size = scan.cut_at
+                self._log_size = self._log_alloc = scan.cut_at
                 self.report.truncated_bytes = cut
                 self.report.truncated_at = scan.cut_at
                 self.report.reason = scan.reason
@@ -381,13 +412,25 @@ class DiskStorage:
         return PreparedBatch(data, hard_state, entries)
 
     def write_prepared(self, batch: PreparedBatch) -> None:
-        """Append the prepared batch with one write and make it durable with one fsync (the
-        writer thread's part; a failure makes the storage unusable, as in :meth:`save`)."""
+        """Append the prepared batch with one write and make it durable with one sync (the
+        writer thread's part; a failure makes the storage unusable, as in :meth:`save`):
+        ``fdatasync`` when it lands in preallocated space, else ``fsync`` (the file grew)."""
         self._check()
-        assert self._log_fd is not None
+        fd = self._log_fd
+        assert fd is not None
+        end = self._log_size + len(batch.data)
+        grew = end > self._log_alloc
         try:
-            _write_all(self._log_fd, batch.data)
-            self._sync(self._log_fd)
+            if grew and self._prealloc:
+                self._log_alloc, self._prealloc = grow_log(
+                    fd, self._log_alloc, end, self._prealloc, self.log_path
+                )
+            pwrite_all(fd, batch.data, self._log_size)
+            self._log_alloc = max(self._log_alloc, end)
+            if grew:
+                self._sync(fd)
+            elif self._fsync:
+                self._fdatasync_fn(fd)
         except OSError as exc:
             self._fail(f"{self.log_path}: write or fsync failed: {exc}", exc)
         batch.durable = True
@@ -448,7 +491,7 @@ class DiskStorage:
         for the caller to turn into a storage failure."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            _write_all(fd, content)
+            write_all(fd, content)
             self._sync(fd)
         finally:
             os.close(fd)
@@ -485,11 +528,18 @@ class DiskStorage:
         """Atomically replace the log with one batch: :attr:`entries` + :attr:`hard_state`."""
         content = encode_log(self.entries, self.hard_state)
         tmp = self.path / (LOG_FILE + TMP_SUFFIX)
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         fd: int | None = None
+        alloc = len(content)
         try:
             fd = os.open(tmp, flags, 0o600)
-            _write_all(fd, content)
+            write_all(fd, content)
+            if self._prealloc:
+                try:
+                    preallocate(fd, alloc, alloc + self._prealloc)
+                    alloc += self._prealloc
+                except OSError as exc:  # a full disk: the next write will tell
+                    logger.info("%s: not preallocated (%s)", tmp, exc)
             self._sync(fd)
             os.replace(tmp, self.log_path)
             self._sync_dir()
@@ -501,6 +551,7 @@ class DiskStorage:
             os.close(self._log_fd)
         self._log_fd = fd
         self._log_size = len(content)
+        self._log_alloc = alloc
 
     # ---- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -546,46 +597,4 @@ class DiskStorage:
 
     def _sync_dir(self) -> None:
         if self._fsync:
-            _fsync_dir(self.path, self._fsync_fn)
-
-
-def _fsync_dir(path: Path, fsync_fn: FsyncFn) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fsync_fn(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(path: Path, fsync_fn: FsyncFn | None) -> None:
-    """Create ``path`` and missing parents with mode 0700; fsync each new entry's parent."""
-    missing: list[Path] = []
-    p = path.absolute()
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            continue
-        os.chmod(d, 0o700)  # whatever the umask
-        if fsync_fn is not None:
-            _fsync_dir(d.parent, fsync_fn)
-
-
-def _lock_dir(path: Path) -> int:
-    lock_path = path / LOCK_FILE
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StorageError(f"{lock_path}: cannot open the lock file: {exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise StorageError(
-            f"{path}: the data directory is in use by another storage (lock {lock_path} is "
-            f"held): {exc}"
-        ) from exc
-    return fd
+            fsync_dir(self.path, self._fsync_fn)

@@ -34,6 +34,11 @@ ENTRY whose index is not past the last one supersedes: it replaces that index an
 everything after it (how a follower's conflicting tail is overwritten by a new leader). The
 last HARD_STATE wins. Entries are written before the hard state, so a commit index on disk
 never points past the entries of its own batch.
+
+The file may go on past its last batch with zero bytes: the space the agent preallocates
+(:mod:`hafleet_agent.wal`, Writing). A record header never starts with a run of zeros that
+passes its CRC (the CRC of a zero type byte and an empty payload is not 0), so zeros from a
+batch boundary to the end of the file are the clean end of the log, not a torn write.
 """
 
 from __future__ import annotations
@@ -204,7 +209,7 @@ def _decode_entry(payload: memoryview) -> Entry:
 class LogScan:
     hard_state: HardState
     entries: list[Entry]
-    size: int  # bytes in the file
+    size: int  # where the log ends: the file's size, or where its zero tail starts
     cut_at: int | None = None
     reason: str | None = None
 
@@ -226,10 +231,14 @@ def scan_log(raw: bytes, path: Path) -> LogScan:
         )
     data = memoryview(raw)
     size = len(raw)
+    # Past ``data_end`` the file holds only zeros (preallocated, never written).
+    data_end = len(raw.rstrip(b"\0"))
     hard_state = EMPTY_HARD_STATE
     entries: list[Entry] = []
     pos = _LOG_HEADER.size
     while pos < size:
+        if pos >= data_end:  # the preallocated zeros after the last batch
+            return LogScan(hard_state, entries, pos)
         batch_start = pos
         try:
             rtype, payload, pos = _read_record(data, pos)
@@ -260,7 +269,7 @@ def scan_log(raw: bytes, path: Path) -> LogScan:
                     )
                 rtype, payload, nxt = _read_record(data, pos)
             except _BadRecordError as bad:
-                if size > batch_end:
+                if data_end > batch_end:  # written data after the batch's end
                     raise StorageError(
                         f"{path}: {bad} at offset {pos}, inside the batch at offset "
                         f"{batch_start} which ends at {batch_end}, but the file goes on to "

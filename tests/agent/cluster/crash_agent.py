@@ -1,7 +1,8 @@
 """``hafleet-agent run`` that loses power in the middle of a group commit: at the Nth fsync of
-its ``raft.log`` - the batch written, not yet synced - it throws away what that fsync would
-have made durable (a random prefix of the batch survives: a torn write, or nothing of it), as
-a power cut would, then SIGKILLs itself. For test_group_commit_crash.py only.
+its ``raft.log`` (fsync or fdatasync) - the batch written, not yet synced - it throws away
+what that sync would have made durable (a random prefix of the batch survives: a torn write,
+or nothing of it; the rest reads as the zeros of the preallocated space), as a power cut
+would, then SIGKILLs itself. For test_group_commit_crash.py only.
 
 Usage: ``python crash_agent.py KILL_AT SEED MODE run --node-id ... (the flags of
 hafleet-agent run)``. MODE ``power`` cuts the power as above; ``eio``: that fsync and every
@@ -26,7 +27,7 @@ KILL_AT = int(sys.argv[1])
 RNG = random.Random(int(sys.argv[2]))
 MODE = sys.argv[3]
 assert MODE in ("power", "eio"), MODE
-_last_write: dict[int, int] = {}  # fd -> bytes written since its last fsync (not durable)
+_unsynced: dict[int, tuple[int, int]] = {}  # fd -> (offset, bytes) written since its last sync
 _log_syncs = 0
 
 
@@ -37,45 +38,49 @@ def _is_log(fd: int) -> bool:
         return False
 
 
-_write_all = wal._write_all
+_pwrite_all = wal.pwrite_all
 
 
-def _recording_write_all(fd: int, data: bytes) -> None:
-    _write_all(fd, data)
-    _last_write[fd] = _last_write.get(fd, 0) + len(data)  # a commit-only record is not synced
+def _recording_pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    _pwrite_all(fd, data, offset)
+    start, length = _unsynced.get(fd, (offset, 0))
+    _unsynced[fd] = (start, offset + len(data) - start)
 
 
-def _fsync(fd: int) -> None:
+def _sync(fd: int) -> None:
+    """The storage's fsync and fdatasync (an injected fsync_fn stands for both)."""
     global _log_syncs
-    if _is_log(fd) and fd in _last_write:
+    if _is_log(fd) and _unsynced.get(fd, (0, 0))[1]:
         _log_syncs += 1
         if _log_syncs >= KILL_AT:
-            size = os.fstat(fd).st_size
-            unsynced = _last_write[fd]
-            keep = size - unsynced + RNG.randrange(0, unsynced)  # a torn prefix, maybe empty
-            os.ftruncate(fd, keep)
+            start, unsynced = _unsynced[fd]
+            kept = RNG.randrange(0, unsynced)  # a torn prefix, maybe empty
+            # What the sync would have made durable is lost: the preallocated space holds
+            # zeros again past the kept prefix (and a file that grew keeps zeros there too).
+            os.pwrite(fd, bytes(unsynced - kept), start + kept)
+            os.fsync(fd)
             sys.stderr.write(
-                f"crash_agent: {MODE} at log fsync {_log_syncs}: kept {keep} of "
-                f"{size} bytes (the last {unsynced} were not synced)\n"
+                f"crash_agent: {MODE} at log sync {_log_syncs}: kept {kept} of the {unsynced} "
+                f"bytes written at offset {start} and not synced\n"
             )
             sys.stderr.flush()
             if MODE == "eio":
-                _last_write.pop(fd)  # the next batch is cut again
+                _unsynced.pop(fd)  # the next batch is cut again
                 raise OSError(errno.EIO, "injected fsync failure")
             os.kill(os.getpid(), signal.SIGKILL)
     os.fsync(fd)
-    _last_write[fd] = 0
+    _unsynced.pop(fd, None)
 
 
 _open = wal.DiskStorage.open
 
 
 def _open_with_hook(data_dir: str, **kw: object) -> wal.DiskStorage:
-    kw.setdefault("fsync_fn", _fsync)
+    kw.setdefault("fsync_fn", _sync)
     return _open(data_dir, **kw)  # type: ignore[arg-type]
 
 
-wal._write_all = _recording_write_all  # type: ignore[assignment]
+wal.pwrite_all = _recording_pwrite_all  # type: ignore[assignment]
 wal.DiskStorage.open = _open_with_hook  # type: ignore[assignment,method-assign]
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def test_a_single_node_that_loses_power_mid_group_commit_keeps_every_acknowledge
     c.wait_agreed([n1])
     acked = _write_until(c, [n1], lambda: n1.proc is not None and n1.proc.poll() is not None)
     assert n1.proc is not None and n1.proc.returncode == -9, n1.report()
-    assert "power at log fsync" in n1.log(), n1.report()
+    assert "power at log sync" in n1.log(), n1.report()
     assert acked, "nothing was acknowledged before the crash"
     _check_log(n1, acked)
     n1.argv = normal
@@ -120,7 +120,7 @@ def test_a_cluster_whose_members_lose_power_mid_group_commit_keeps_every_acknowl
     for n in nodes:
         if n.running():
             c.kill9(n)
-    assert "power at log fsync" in "".join(n.log() for n in nodes)
+    assert "power at log sync" in "".join(n.log() for n in nodes)
     assert acked, "nothing was acknowledged before the crashes"
     for n, normal in zip(nodes, normals, strict=True):
         n.argv = normal

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hafleet_agent import wal as storage_module
+from hafleet_agent import walfile
 from hafleet_agent.raft.types import (
     EMPTY_HARD_STATE,
     ConfState,
@@ -408,13 +409,21 @@ def test_hole_inside_the_last_write_is_a_torn_write(tmp_path: Path) -> None:
         assert s.report.truncated_bytes == offsets[2] - offsets[1]
 
 
-def test_zeros_after_the_end_are_cut(tmp_path: Path) -> None:
+def test_zeros_after_the_end_are_the_clean_end(tmp_path: Path) -> None:
+    """Zeros from a batch boundary to the end of the file are preallocated space (or a file
+    whose size reached the disk before its data): the log ends there, nothing is cut, and the
+    next batch goes at that boundary, not after the zeros."""
     offsets = batch_offsets(tmp_path, [(None, [ent(1)])])
     with (tmp_path / LOG_FILE).open("ab") as f:
         f.write(bytes(4096))
     with DiskStorage.open(tmp_path) as s:
         assert s.entries == [ent(1)]
-        assert (s.report.truncated_at, s.report.truncated_bytes) == (offsets[1], 4096)
+        assert (s.report.truncated_at, s.report.truncated_bytes) == (None, 0)
+        assert s.log_bytes() == offsets[1]
+        s.save(None, [ent(2)])
+    with DiskStorage.open(tmp_path) as s:
+        assert s.entries == [ent(1), ent(2)]
+        assert s.report.truncated_bytes == 0
 
 
 @pytest.mark.parametrize("where", ["entry payload", "entry header", "batch record", "hard state"])
@@ -492,13 +501,13 @@ def test_write_failure_is_fail_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         def __getattr__(self, name: str):
             return getattr(os, name)
 
-        def write(self, fd: int, data) -> int:
+        def pwrite(self, fd: int, data, offset: int) -> int:
             self.writes += 1
             if self.writes == 1:
-                return os.write(fd, bytes(data)[:5])
+                return os.pwrite(fd, bytes(data)[:5], offset)
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage_module, "os", FailingOs())
+    monkeypatch.setattr(walfile, "os", FailingOs())
     with pytest.raises(StorageError, match="No space left"):
         s.save(None, [ent(2)])
     monkeypatch.undo()

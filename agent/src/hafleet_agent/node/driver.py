@@ -59,7 +59,7 @@ from ..raft.types import (
 )
 from ..state import SnapshotParts, StateMachine, conf_change_error, encode_snapshot_parts
 from ..telemetry import TELEMETRY
-from ..wal import DiskStorage, PreparedBatch, StorageError
+from ..wal import PREALLOC_BYTES, DiskStorage, PreparedBatch, StorageError
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
 
@@ -135,7 +135,7 @@ class Driver:
         """Open the storage (recovering a torn log) and make the core from it; whether it
         held Raft state (a node with state never founds again; one whose cluster id is
         unknown does not start)."""
-        self.storage = DiskStorage.open(data_dir)
+        self.storage = DiskStorage.open(data_dir, prealloc_bytes=PREALLOC_BYTES)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-wal")
         rep = self.storage.report
         if rep.truncated_bytes:
