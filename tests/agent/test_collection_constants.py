@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hafleet_agent import apiclient, client, keys
+from hafleet_agent import apiclient, client, client_config, keys
 from hafleet_agent.balancer.syncer import DEFAULT_DRAIN_TIMEOUT
 from hafleet_agent.cli import build_parser
 from hafleet_agent.config import DEFAULT_API_PORT, DEFAULT_RAFT_PORT, AgentConfig
@@ -74,7 +74,9 @@ def test_the_agents_own_defaults_agree() -> None:
     assert (cfg.raft_port, cfg.api_port) == (DEFAULT_RAFT_PORT, DEFAULT_API_PORT)
     # apiclient.py imports only the standard library: it writes the URL out.
     assert apiclient.DEFAULT_API_URL == DEFAULT_API_URL
-    assert build_parser().parse_args(["status"]).api == DEFAULT_API_URL
+    # The CLI's last resort when neither a flag, the environment nor an agent config names one.
+    assert build_parser().parse_args(["status"]).api is None
+    assert client_config.DEFAULT_API_URL == DEFAULT_API_URL
 
 
 def test_the_roles_and_playbooks_default_to_the_agents_ports() -> None:

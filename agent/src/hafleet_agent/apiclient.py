@@ -418,6 +418,16 @@ class APIClient:
         path = api_path("v1", "members", member_id)
         return self.request("DELETE", path, query=query, timeout=timeout)
 
+    def maintenance_on(self, member_id, reason=None):
+        """``PUT /v1/members/{id}/maintenance``: weight 0, drained from every balancer, still
+        a voter. Answers ``{"id", "maintenance", "since", "reason", "changed"}``."""
+        body = {"reason": reason} if reason is not None else {}
+        return self.request("PUT", api_path("v1", "members", member_id, "maintenance"), body)
+
+    def maintenance_off(self, member_id):
+        """``DELETE /v1/members/{id}/maintenance``: back in rotation (same answer)."""
+        return self.request("DELETE", api_path("v1", "members", member_id, "maintenance"))
+
     def transfer_leadership(self, to=None):
         """``POST /v1/leadership/transfer``; answers ``{"leader_id": ...}``."""
         return self.request("POST", "/v1/leadership/transfer", {"to": to})

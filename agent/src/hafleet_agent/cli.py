@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from hafleet_agent import __version__
 from hafleet_agent.cli_balancer import add_balancer
 from hafleet_agent.cli_snapshot import add_snapshot
+from hafleet_agent.cli_ops import add_ops
 from hafleet_agent.cli_types import (
     DEFAULT_API_URL,
     PROG,
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_views(commands)
     _add_leave(commands)
     _add_kv(commands)
+    add_ops(commands, _add_client_options)
     add_balancer(commands)
     add_snapshot(commands, _add_client_options)
     _add_ca(commands)
@@ -150,19 +152,26 @@ def _add_client_options(sub: argparse.ArgumentParser) -> None:
         "--api",
         type=api_url,
         metavar="URL",
-        default=DEFAULT_API_URL,
-        help="base URL of an agent's HTTP API (default: %(default)s)",
+        help="base URL of an agent's HTTP API (default: $HAFLEET_API_URL, else the local "
+        f"agent's config, else {DEFAULT_API_URL})",
     )
     sub.add_argument(
         "--token-file",
         metavar="FILE",
-        help="file holding the API token (mode 0600)",
+        help="file holding the API token (mode 0600; default: $HAFLEET_API_TOKEN_FILE, else "
+        "the local agent's config)",
     )
     sub.add_argument(
         "--ca-file",
         metavar="FILE",
         help="the cluster CA (PEM) that an https:// agent's certificate must chain to "
-        "(default: $HAFLEET_CA_FILE, else the system's CAs)",
+        "(default: $HAFLEET_CA_FILE, else the local agent's config, else the system's CAs)",
+    )
+    sub.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the agent config (TOML) to find the API, token and CA in (default: "
+        "$HAFLEET_CONFIG, else /etc/hafleet-agent/agent.toml, else a lab node's)",
     )
 
 

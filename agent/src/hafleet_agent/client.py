@@ -1,22 +1,22 @@
 """The client subcommands of ``hafleet-agent``: status, members, leave, kv.
 
-They speak the HTTP API of one agent (``--api``, default ``http://127.0.0.1:7480``) with the
-token from ``--token-file`` (or the ``HAFLEET_TOKEN_FILE`` environment variable), through
-:mod:`hafleet_agent.apiclient`; an ``https://`` agent's certificate is verified against
-``--ca-file`` (or ``HAFLEET_CA_FILE``; else the system's CAs). This module parses the
-arguments and formats the answers.
+They speak the HTTP API of one agent through :mod:`hafleet_agent.apiclient`: the agent, its
+token and CA come from the flags (``--api``, ``--token-file``, ``--ca-file``, ``--config``),
+the environment or the local agent's own config (:mod:`.client_config`); an ``https://``
+agent's certificate is verified against the CA (else the system's CAs). This module parses
+the arguments and formats the answers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .apiclient import APIClient, APIError
-from .config import ConfigError, read_secret
+from .client_config import DiscoveryError, discover
 
 #: The CLI's timeout for one call: a removal waits for the drain first (the agent's
 #: drain_timeout_s, config.AgentConfig: 10 s by default; up to 30 s still fits).
@@ -31,25 +31,27 @@ class ClientError(Exception):
         self.exit_code = exit_code
 
 
-def _token(args: argparse.Namespace) -> bytes:
-    path = args.token_file or os.environ.get("HAFLEET_TOKEN_FILE")
-    if not path:
-        raise ClientError("give the API token with --token-file FILE (or HAFLEET_TOKEN_FILE)", 2)
+def connect(args: argparse.Namespace, timeout: float = TIMEOUT) -> APIClient:
+    """A client of the agent the flags, the environment or the local agent's config name
+    (:mod:`.client_config`)."""
     try:
-        return read_secret(path, "token")
-    except ConfigError as exc:
+        end = discover(
+            getattr(args, "api", None),
+            getattr(args, "token_file", None),
+            getattr(args, "ca_file", None),
+            getattr(args, "config", None),
+        )
+        return APIClient(end.api, token=end.token, timeout=timeout, ca_path=end.ca_file)
+    except (DiscoveryError, ValueError) as exc:
         raise ClientError(str(exc), 2) from None
 
 
-def run_client(args: argparse.Namespace) -> int:
-    token = _token(args)
+def run_client(
+    args: argparse.Namespace, run: Callable[[APIClient, argparse.Namespace], int] | None = None
+) -> int:
+    api = connect(args)
     try:
-        ca_file = getattr(args, "ca_file", None) or os.environ.get("HAFLEET_CA_FILE") or None
-        api = APIClient(args.api, token=token, timeout=TIMEOUT, ca_path=ca_file)
-    except ValueError as exc:
-        raise ClientError(str(exc), 2) from None
-    try:
-        return _run(api, args)
+        return (run or _run)(api, args)
     except APIError as exc:
         if exc.status is None:
             raise ClientError(f"cannot reach the agent at {api.base_url}: {exc.message}") from None
@@ -166,7 +168,8 @@ def render_members(members: list[dict[str, Any]], with_term: bool = False) -> st
             "-" if m.get("weight") is None else str(m["weight"]),
             ("yes" if m.get("healthy") else "NO")
             + (" (unreachable)" if m.get("reachable") is False else "")
-            + (" (draining)" if m.get("draining") else ""),
+            + (" (draining)" if m.get("draining") else "")
+            + (" (maintenance)" if m.get("maintenance") else ""),
             # the agent's health apart from its service's (an older agent shows neither)
             {True: "ok", False: "FAILING"}.get(m.get("service_healthy"), "-"),
             str(m.get("raft_addr") or "-"),

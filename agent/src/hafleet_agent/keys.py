@@ -48,6 +48,11 @@ SERVICE_HEALTH_PREFIX = "health/service/"
 #: for ``reachable_after_ms``. The syncers drain its server meanwhile.
 UNREACHABLE_PREFIX = "health/unreachable/"
 
+#: ``maintenance/<id>``: member ``<id>`` is in maintenance (``{"since", "reason"}``), written
+#: and deleted by ``PUT``/``DELETE /v1/members/{id}/maintenance``. It stays a member and votes;
+#: the leader gives it weight 0 and the syncers drain its server until the key goes.
+MAINTENANCE_PREFIX = "maintenance/"
+
 #: ``weights/override/<id>``: an integer 0..256 that pins member ``<id>``'s weight (0 drains
 #: it); the leader's weight planning reads it.
 OVERRIDE_PREFIX = "weights/override/"
@@ -60,6 +65,7 @@ def drained_key(balancer_id: str, member_id: str) -> str:
 __all__ = [
     "DRAINED_BY_PREFIX",
     "DRAINED_PREFIX",
+    "MAINTENANCE_PREFIX",
     "OVERRIDE_PREFIX",
     "REGISTERED_KEY",
     "REGISTERED_PREFIX",

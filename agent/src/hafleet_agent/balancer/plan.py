@@ -53,8 +53,9 @@ class Want:
     weight: int
     drain: bool
     out: str = ""
-    """Why the member is out of service without leaving (its service check fails, the
-    leader cannot reach it): its server is set to drain, and no drained report is made."""
+    """Why the member is out of service without leaving (it is in maintenance, its service
+    check fails, the leader cannot reach it): its server is set to drain, and no drained
+    report is made."""
 
 
 def split_service_addr(addr: str) -> tuple[str, int]:
@@ -102,7 +103,9 @@ def desired(view: Mapping[str, Any], strategy: str) -> tuple[dict[str, Want], li
             weight = EQUAL_WEIGHT
         # Fields of a newer agent (an older one has neither: in service).
         out = ""
-        if m.get("service_healthy") is False:
+        if m.get("maintenance") is True:
+            out, weight = "it is in maintenance", 0
+        elif m.get("service_healthy") is False:
             out, weight = "its service check fails", 0
         elif m.get("reachable") is False:
             out = "the leader cannot reach it"

@@ -18,6 +18,7 @@ from typing import Any
 from ..config import AgentConfig
 from ..keys import (
     DRAINED_PREFIX,
+    MAINTENANCE_PREFIX,
     OVERRIDE_PREFIX,
     REGISTERED_KEY,
     REGISTERED_PREFIX,
@@ -188,8 +189,10 @@ class LeaderChores:
             await self._sync_reachable(now, mid, leader_since)
         self._last_health = time.monotonic()  # (the writes above may have taken a while)
         sig = tuple(sorted(self.state.kv_keys(SERVICE_HEALTH_PREFIX)))
+        sig += tuple(sorted(self.state.kv_keys(MAINTENANCE_PREFIX)))
         if sig != self._service_sig:
-            # A service failed or came back: plan the weights now, not on the next tick.
+            # A service failed or came back, a member went in or out of maintenance: plan
+            # the weights now, not on the next tick.
             self._service_sig = sig
             self._last_plan = 0.0
 
@@ -342,7 +345,8 @@ class LeaderChores:
                 healthy=bool(m.get("healthy", True)),
                 draining=bool(m.get("draining", False))
                 or pin == 0
-                or self.state.kv_get(f"{SERVICE_HEALTH_PREFIX}{mid}") is not None,
+                or self.state.kv_get(f"{SERVICE_HEALTH_PREFIX}{mid}") is not None
+                or self.state.kv_get(f"{MAINTENANCE_PREFIX}{mid}") is not None,
                 override=pin or None,
             )
         current = self.state.weights()["weights"]

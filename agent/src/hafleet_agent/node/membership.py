@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import AgentConfig
 from ..ids import member_id_error
+from ..keys import MAINTENANCE_PREFIX
 from ..raft.types import ConfChange, ConfChangeType
 from ..state import StateError, StateMachine, encode_command, member_context
 from .chores import LeaderChores
@@ -99,6 +100,13 @@ class Membership:
                 log.warning("removing %s without the drained mark(s) %s", mid, ", ".join(waits))
         res = await self.driver.propose_conf(ConfChange(ConfChangeType.REMOVE, mid))
         log.info("removed %s", mid)
+        if self.state.kv_get(f"{MAINTENANCE_PREFIX}{mid}") is not None:
+            # A node added again under this id starts in service.
+            try:
+                cmd = encode_command("kv_del", key=f"{MAINTENANCE_PREFIX}{mid}", cas=None)
+                await self.driver.propose_cmd(cmd)
+            except AgentError as exc:
+                log.warning("%s%s left behind: %s", MAINTENANCE_PREFIX, mid, exc.message)
         return {"id": mid, "removed": True, "index": res.index}
 
     async def hand_over_to_remove_self(self) -> None:

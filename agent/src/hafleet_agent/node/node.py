@@ -35,6 +35,7 @@ from typing import Any
 from .. import __version__
 from ..config import AgentConfig
 from ..keys import (
+    MAINTENANCE_PREFIX,
     SERVICE_HEALTH_PREFIX,
     UNREACHABLE_PREFIX,
 )
@@ -555,6 +556,7 @@ class Node:
                     # apart from the agent's health: its service's check, the leader's reach
                     "service_healthy": self.state.kv_get(f"{SERVICE_HEALTH_PREFIX}{mid}") is None,
                     "reachable": self.state.kv_get(f"{UNREACHABLE_PREFIX}{mid}") is None,
+                    "maintenance": self.state.kv_get(f"{MAINTENANCE_PREFIX}{mid}") is not None,
                     "weight": weights.get(mid),
                     "metrics": table.get(mid) or {},
                 }
