@@ -1,10 +1,10 @@
 """``hafleet-agent snapshot save|restore|inspect``: backups and disaster recovery (see
 docs/operations.md for the runbook, :mod:`hafleet_agent.backupfile` for the file format).
 
-- ``save [--api URL --token-file F --ca-file F] FILE``: ``GET /v1/snapshot`` of one agent,
-  checked (magic, version, length, SHA-256), then written atomically: a temporary file
-  beside FILE, fsync'd, renamed over FILE, the directory fsync'd. A failed save leaves FILE
-  as it was.
+- ``save [--api URL --token-file F --ca-file F] [--stale] FILE``: ``GET /v1/snapshot`` of
+  one agent, checked (magic, version, length, SHA-256), then written atomically: a temporary
+  file beside FILE, fsync'd, renamed over FILE, the directory fsync'd. A failed save leaves
+  FILE as it was. ``--stale``: the agent's applied state without a read point (quorum lost).
 - ``restore FILE --data-dir DIR --node-id ID --cluster NAME --raft-addr H:P --api-addr H:P``:
   a new data dir holding a one-member group with the snapshot's state and a new cluster id
   (:mod:`hafleet_agent.node.restore`).
@@ -54,6 +54,12 @@ def add_snapshot(
     save.set_defaults(handler=_handle, command_name="snapshot save")
     client_options(save)
     save.add_argument("--json", action="store_true", help="print the file's header as JSON")
+    save.add_argument(
+        "--stale",
+        action="store_true",
+        help="the agent's own applied state, no leader needed (a group that lost its quorum: "
+        "save from the member with the highest applied index)",
+    )
     save.add_argument("file", metavar="FILE", help="where the snapshot goes")
 
     text = (
@@ -133,11 +139,11 @@ def _endpoint_from_flags(args: argparse.Namespace) -> tuple[str, bytes, str | No
     return getattr(args, "api", None) or DEFAULT_API_URL, token, ca_file
 
 
-def fetch(base_url: str, token: bytes, ca_file: str | None) -> bytes:
+def fetch(base_url: str, token: bytes, ca_file: str | None, stale: bool = False) -> bytes:
     """The body of ``GET /v1/snapshot`` (SnapshotCliError, exit 1, when there is none)."""
     from .apiclient import tls_context
 
-    url = base_url.rstrip("/") + "/v1/snapshot"
+    url = base_url.rstrip("/") + "/v1/snapshot" + ("?stale=1" if stale else "")
     headers = {"Authorization": f"Bearer {token.decode()}", "Accept": "application/octet-stream"}
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
     if url.startswith("https://") or ca_file:
@@ -190,7 +196,7 @@ def _save(args: argparse.Namespace) -> int:
     if path.is_dir():
         raise SnapshotCliError(f"{path} is a directory; give a file name", 2)
     api, token, ca_file = endpoint(args)
-    raw = fetch(api, token, ca_file)
+    raw = fetch(api, token, ca_file, stale=args.stale)
     try:
         backup = decode_backup(raw)
     except BackupError as exc:

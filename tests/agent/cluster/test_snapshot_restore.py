@@ -70,8 +70,20 @@ def test_save_wipe_everything_restore_and_rejoin_keeps_every_acknowledged_write(
     assert oct(backup.stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in backup.parent.iterdir()] == ["fleet.snap"]  # no temp file left
 
+    # Quorum lost (n2, n3 gone): no read point, so only --stale saves, from the survivor.
+    c.kill9("n3")
+    c.kill9("n2")
+    cli = ["--api", c.nodes["n1"].api_url, "--token-file", str(c.token_file), "--json"]
+    refused = c.cli("snapshot", "save", *cli, str(tmp_path / "no-quorum.snap"))
+    assert refused.returncode == 1 and "503" in refused.stderr, refused.stderr
+    assert not (tmp_path / "no-quorum.snap").exists()
+    stale = c.cli("snapshot", "save", "--stale", *cli, str(tmp_path / "stale.snap"))
+    assert stale.returncode == 0, stale.stderr
+    assert json.loads(stale.stdout)["index"] >= header["index"] - 1  # n1's applied state
+
     for node in list(c.nodes.values()):  # the disaster: every member and its data gone
-        c.kill9(node)
+        if node.running():
+            c.kill9(node)
         shutil.rmtree(node.data_dir)
     c.nodes.clear()
 

@@ -7,6 +7,11 @@ at one applied index, at least as new as every write acknowledged before the req
 The copy is encoded in a worker thread (the event loop goes on) and answered as one body in
 the format of :mod:`hafleet_agent.backupfile` (header, SHA-256, the state's JSON), with
 ``Content-Length``. The read token may call it (it reads no more than ``GET /v1/kv`` does).
+
+``?stale=1`` skips the read point: the state this member has applied, committed entries only
+but maybe not the newest ones, served without a leader. That is the way out when the group
+has lost its quorum for good (docs/operations.md): save it from the member that has applied
+the most (``applied_index`` in ``/v1/status``) and restore a new group from it.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "application/octet-stream"
 
 
-async def take_snapshot(agent: NodeVerbs) -> Backup:
-    """The state at a committed index no older than the request (see the docstring)."""
-    await agent.read_barrier()
+async def take_snapshot(agent: NodeVerbs, stale: bool = False) -> Backup:
+    """The state at a committed index no older than the request (see the docstring); with
+    ``stale``, this member's applied state as it is (no leader needed)."""
+    if not stale:
+        await agent.read_barrier()
     parts = agent.state.snapshot_parts()  # no await since the barrier: one applied index
     status = agent.raft_status()
     term = status.term if status is not None else 0
@@ -48,10 +55,11 @@ def snapshot_handler(agent: NodeVerbs) -> Callable[[Any], Awaitable[Any]]:
     """The route's handler for ``agent`` (``server/api.py``'s build_app adds it). It answers
     with the response type of the HTTP server api.py runs, and uses nothing of the request."""
 
-    async def snapshot(request: Any) -> Any:
+    async def snapshot(request: Any) -> Any:  # ?stale=1: no read point (see the docstring)
         from .api import web  # the server's web module (api.py imports this one)
 
-        backup = await take_snapshot(agent)
+        stale = request.query.get("stale") not in (None, "0", "false")
+        backup = await take_snapshot(agent, stale)
         blob = await asyncio.to_thread(encode_backup, backup)
         end = len(blob) - len(backup.body)
         name = f"hafleet-{backup.cluster}-{backup.index}.snap"
