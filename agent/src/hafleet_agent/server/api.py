@@ -50,9 +50,10 @@ from .conn import KEEPALIVE_S, CappedSite, RequestHandler, connection_limit
 from .forward import Forwarder
 from .health import check as health_check
 from .health import check as health_check
-from .maintenance import routes as maintenance_routes
 from .prom import ApiCounters, exposition
 from .snapshot import snapshot_handler
+from .ui import PATHS as UI_PATHS
+from .ui import add_routes as add_ui_routes
 
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
@@ -191,7 +192,7 @@ class Api:
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.path != "/v1/health":
+            if request.path != "/v1/health" and request.path not in UI_PATHS:  # ui.py
                 request[SCOPE] = self._check_token(request)
                 if request[SCOPE] == READ and request.method not in READ_METHODS:
                     raise AgentError(
@@ -430,8 +431,7 @@ def build_app(agent: NodeVerbs) -> tuple[web.Application, Api]:
     for line in ROUTES.strip().splitlines():
         method, path, handler = line.split()
         add[method](path, getattr(api, handler))
-    for method, path, handle in maintenance_routes(api):  # PUT/DELETE .../maintenance
-        add[method](path, handle)
+    add_ui_routes(add["GET"], web.Response)  # GET /ui/: the cluster page (ui.py)
     add["GET"]("/v1/snapshot", snapshot_handler(agent))  # a backup (snapshot.py)
 
     async def close_session(app: web.Application) -> None:

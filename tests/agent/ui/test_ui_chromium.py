@@ -1,0 +1,200 @@
+"""The live cluster page (``GET /ui/``, server/ui.py) in headless Chromium (issue 20).
+
+A real group of three ``hafleet-agent run`` processes on a loopback /24 of its own
+(harness.py); Debian's ``chromium`` driven over the DevTools Protocol (browser.py). The page
+loads without a token and with strict headers; a wrong token brings the token form back with
+the agent's reason; the right one shows the three members and the leader; after
+``POST /v1/leadership/transfer`` the page follows the new leader on its own. No CSP report, no
+script error on the way. Every wait polls the page with a deadline.
+
+``HAFLEET_UI_SCREENSHOT=docs/ui.png`` saves the page of the real group as a PNG (the picture in
+docs/monitoring.md is made so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from browser import Browser, Page
+from harness import API_PORT, Cluster
+
+#: What the page shows, as JSON: the token form or the view, the summary, the member rows.
+SHOWN = """(() => {
+  if (!document.getElementById("member-rows")) return "null";  // not (yet) the page
+  return JSON.stringify({
+  login: !document.getElementById("login").hidden,
+  loginError: document.getElementById("login-error").textContent,
+  conn: document.getElementById("conn").dataset.state,
+  node: document.getElementById("node-id").textContent,
+  leader: document.getElementById("leader").textContent,
+  term: document.getElementById("term").textContent,
+  health: document.getElementById("health").textContent,
+  rows: [...document.querySelectorAll("#member-rows tr")].map((tr) => ({
+    id: tr.dataset.member, role: tr.dataset.role,
+    cells: [...tr.children].map((td) => td.textContent),
+    elements: tr.querySelectorAll("*").length,
+  })),
+  stored: sessionStorage.getItem("hafleet.ui.token") !== null,
+});
+})()"""
+
+FOLLOW_TIMEOUT = 15.0  # the page polls /v1/watch for 5 s at most before it refreshes anyway
+
+
+NOT_YET = {"login": False, "loginError": "", "conn": "", "leader": "", "rows": [], "stored": False}
+
+
+def shown(value: str) -> dict[str, Any]:
+    """What SHOWN saw (NOT_YET while the page has not loaded)."""
+    return json.loads(value) or NOT_YET
+
+
+def fetch(host: str, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(host, API_PORT, timeout=10)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def check_http(host: str) -> None:
+    """/ui/ and its files without a token, with the strict headers; /ui redirects."""
+    status, headers, body = fetch(host, "GET", "/ui/")
+    assert status == 200, (status, body[:200])
+    assert headers["content-type"].startswith("text/html"), headers
+    csp = headers["content-security-policy"]
+    for rule in ("default-src 'self'", "script-src 'self'", "frame-ancestors 'none'"):
+        assert rule in csp, csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp, csp
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert b'<script src="app.js"' in body and b"<script>" not in body
+    for path, ctype in (("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")):
+        status, headers, body = fetch(host, "GET", path)
+        assert status == 200 and headers["content-type"].startswith(ctype), (path, headers)
+        assert headers["x-content-type-options"] == "nosniff" and body
+    status, headers, body = fetch(host, "HEAD", "/ui/")
+    assert status == 200 and body == b""
+    status, headers, _ = fetch(host, "GET", "/ui")
+    assert status in (301, 302, 307, 308) and headers["location"] == "/ui/"
+    # only the page's own files go without a token
+    assert fetch(host, "GET", "/ui/x.js")[0] == 401
+    assert fetch(host, "GET", "/v1/members")[0] == 401
+
+
+async def give_token(page: Page, token: str) -> None:
+    await page.evaluate(
+        f"""(() => {{
+          document.getElementById("token").value = {json.dumps(token)};
+          document.getElementById("token-form").requestSubmit();
+          return true;
+        }})()"""
+    )
+
+
+async def drive(
+    browser: Browser, cluster: Cluster, served_by: str, screenshot: Path | None
+) -> dict[str, float]:
+    """The browser part; returns how long the page took to follow the leader change."""
+    url = f"http://{cluster.node(served_by).host}:{API_PORT}/ui/"
+    ids = sorted(cluster.nodes)
+    async with aiohttp.ClientSession() as session:
+        page = await browser.page(session)
+        try:
+            await page.navigate(url)
+            await page.poll(SHOWN, lambda v: shown(v)["login"], 15, "the token form")
+
+            await give_token(page, "not-the-token-" + "x" * 40)
+            seen = await page.poll(
+                SHOWN,
+                lambda v: shown(v)["login"] and "wrong API token" in shown(v)["loginError"],
+                15,
+                "the form back with the agent's reason after a wrong token",
+            )
+            assert not shown(seen)["stored"], "a refused token must not stay in the tab"
+            page.errors.clear()  # the browser logs the 401 itself
+
+            await give_token(page, cluster.token)
+            lead = cluster.leader()
+
+            def members_and_leader(v: str, leader: str) -> bool:
+                s = shown(v)
+                roles = {r["id"]: r["role"] for r in s["rows"]}
+                return (
+                    not s["login"]
+                    and s["conn"] == "live"
+                    and sorted(roles) == ids
+                    and s["leader"] == leader
+                    and roles[leader] == "leader"
+                    and all(role == "voter" for m, role in roles.items() if m != leader)
+                )
+
+            seen = shown(
+                await page.poll(
+                    SHOWN,
+                    lambda v: members_and_leader(v, lead),
+                    15,
+                    f"the 3 members {ids} and the leader {lead}",
+                )
+            )
+            assert seen["node"] == served_by and seen["stored"]
+            assert int(seen["term"]) >= 1
+            for row in seen["rows"]:  # text in cells, nothing parsed as markup
+                assert row["elements"] == len(row["cells"]), row
+
+            if screenshot is not None:  # once every member's metrics are in
+                await page.poll(
+                    SHOWN,
+                    lambda v: all(r["cells"][4] != "-" for r in shown(v)["rows"]),
+                    20,
+                    "every member's metrics",
+                )
+                await page.screenshot(screenshot)
+
+            to = next(m for m in ids if m != lead)
+            sent = time.monotonic()
+            answer = cluster.ok(lead, "POST", "/v1/leadership/transfer", {"to": to})
+            assert answer["leader_id"] == to, answer
+            await page.poll(
+                SHOWN,
+                lambda v: members_and_leader(v, to),
+                FOLLOW_TIMEOUT,
+                f"the page to follow the new leader {to}",
+            )
+            followed = time.monotonic() - sent
+            assert page.errors == [], page.errors  # no CSP report, no script error
+            return {"followed_s": followed}
+        finally:
+            await page.close()
+
+
+def test_cluster_page_shows_the_group_and_follows_a_leader_change(tmp_path: Path) -> None:
+    started = time.monotonic()
+    cluster = Cluster(tmp_path)
+    browser = Browser(tmp_path / "chromium")
+    try:
+        cluster.add_many(3, bootstrap_expect=3)
+        statuses = cluster.wait_agreed()
+        lead = next(nid for nid, st in statuses.items() if st["state"] == "leader")
+        check_http(cluster.node(lead).host)
+        browser.start()
+        shot = os.environ.get("HAFLEET_UI_SCREENSHOT")
+        # the page is served by the leader, which then becomes a follower
+        took = asyncio.run(drive(browser, cluster, lead, Path(shot) if shot else None))
+    except BaseException:
+        print(f"agent logs:\n{cluster.logs_tail()}\nchromium log:\n{browser.log()}")
+        raise
+    finally:
+        browser.close()
+        cluster.close()
+    total = time.monotonic() - started
+    print(f"followed the new leader in {took['followed_s']:.2f} s; test took {total:.1f} s")
