@@ -50,6 +50,7 @@ from .conn import KEEPALIVE_S, CappedSite, RequestHandler, connection_limit
 from .forward import Forwarder
 from .health import check as health_check
 from .health import check as health_check
+from .maintenance import routes as maintenance_routes
 from .prom import ApiCounters, exposition
 from .snapshot import snapshot_handler
 from .ui import PATHS as UI_PATHS
@@ -431,6 +432,8 @@ def build_app(agent: NodeVerbs) -> tuple[web.Application, Api]:
     for line in ROUTES.strip().splitlines():
         method, path, handler = line.split()
         add[method](path, getattr(api, handler))
+    for method, path, handle in maintenance_routes(api):  # PUT/DELETE .../maintenance
+        add[method](path, handle)
     add_ui_routes(add["GET"], web.Response)  # GET /ui/: the cluster page (ui.py)
     add["GET"]("/v1/snapshot", snapshot_handler(agent))  # a backup (snapshot.py)
 
