@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hafleet_agent.cli_types import DEFAULT_API_URL, PROG, api_url
+from hafleet_agent.cli_types import DEFAULT_API_URL, PROG, api_url, port
 
 
 def add_balancer(commands: argparse._SubParsersAction) -> None:
@@ -103,6 +103,19 @@ def add_balancer(commands: argparse._SubParsersAction) -> None:
         "the registration says whether this balancer holds it (status shows it)",
     )
     balancer.add_argument(
+        "--metrics-port",
+        type=port,
+        metavar="P",
+        help="serve the syncer's own Prometheus metrics at http://ADDR:P/metrics, no token "
+        "(docs/monitoring.md; default: none)",
+    )
+    balancer.add_argument(
+        "--metrics-bind",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the address --metrics-port listens on (default: %(default)s)",
+    )
+    balancer.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="log line format"
     )
 
@@ -181,6 +194,8 @@ def _balancer(args: argparse.Namespace) -> int:
         ca_file=args.ca_file or os.environ.get("HAFLEET_CA_FILE") or None,
         balancer_id=args.balancer_id,
         vip=args.vip,
+        metrics_port=args.metrics_port,
+        metrics_bind=args.metrics_bind,
     )
     try:
         return asyncio.run(run_balancer(opts))

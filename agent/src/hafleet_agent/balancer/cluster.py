@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..apiclient import APIClient, APIError
 from ..keys import REGISTRATION_REFRESH_S
 from .inputs import EXIT_USAGE, APIURLFile, BalancerError
+from .metrics import SyncerMetrics
 from .reports import DrainReports
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class ClusterSide:
     wake: asyncio.Event
     stop: asyncio.Event
     reports: DrainReports
+    metrics: SyncerMetrics
 
     def _given(self) -> list[str]:
         return self.opts.api_urls + [u for u in self.file_urls if u not in self.opts.api_urls]
@@ -142,6 +144,7 @@ class ClusterSide:
                     await self._sleep(delay)
                 continue
             failures = 0
+            self.metrics.heard()  # (the syncer's /metrics: view age)
             index = int(body.get("index") or 0)
             if body.get("leader_id") is None:
                 # Cut off from its leader (or in an election), its view may be stale: use

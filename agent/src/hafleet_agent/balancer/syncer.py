@@ -61,6 +61,7 @@ from .inputs import (
     BalancerError,
     check_socket_path,
 )
+from .metrics import SyncerMetrics, serve_metrics
 from .plan import Action, Plan, desired, plan
 from .reports import DrainReports
 from .runtime_api import HAProxyRefused, HAProxyUnavailable, NoSuchBackend, RuntimeAPI
@@ -111,6 +112,9 @@ class Options:
     # The virtual address to look for on this host's interfaces (vip.py): the registration
     # says whether this balancer holds it.
     vip: str | None = None
+    # Serve the syncer's own /metrics on this port (metrics.py; None: not at all).
+    metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"
 
 
 def default_balancer_id(haproxy_socket: str) -> str:
@@ -168,6 +172,7 @@ class Balancer(ClusterSide):
         self.rounds = 0
         self.applied_total = 0
         self.converged = asyncio.Event()
+        self.metrics = SyncerMetrics()  # what /metrics shows (metrics.py)
         self._last_skipped: list[str] = []
         self._last_waiting: list[str] = []
 
@@ -299,6 +304,7 @@ class Balancer(ClusterSide):
         self.rounds += 1
         servers = await self.haproxy.servers_state(self.backend)
         stats = await self.haproxy.stat(self.backend)
+        self.metrics.saw(stats)
         wants, skipped = desired(view, self.opts.strategy)
         if skipped != self._last_skipped:
             for s in skipped:
@@ -342,8 +348,10 @@ class Balancer(ClusterSide):
         else:
             self.converged.clear()
         if failed:
+            self.metrics.failed_total += len(failed)
             action, answer = next(iter(failed.values()))
             raise RoundFailed(action.command, answer)
+        self.metrics.synced()
         return bool(p.waiting) or bool(p.actions)
 
     async def _apply(self, p: Plan) -> tuple[list[Action], dict[str, tuple[Action, str]]]:
@@ -426,12 +434,20 @@ class Balancer(ClusterSide):
             self.opts.drain_timeout,
             ", ".join(self.api.given),
         )
+        metrics = None  # the syncer's /metrics (metrics.py), first: a port in use stops here
+        if self.opts.metrics_port is not None:
+            try:
+                metrics = await serve_metrics(self, self.opts.metrics_bind, self.opts.metrics_port)
+            except OSError as exc:
+                raise BalancerError(f"--metrics-port: {exc}", EXIT_USAGE) from None
         tasks = [
             asyncio.create_task(self.watch(), name="balancer-watch"),
             asyncio.create_task(self.watch(second=True), name="balancer-watch-2"),
             asyncio.create_task(self.registration_loop(), name="balancer-registration"),
             asyncio.create_task(self.reconcile_loop(), name="balancer-reconcile"),
         ]
+        if metrics is not None:
+            tasks.append(asyncio.create_task(metrics.serve_forever(), name="balancer-metrics"))
         if self.vip is not None:
             self.vip.check()  # (it logs whether the address is held here)
             tasks.append(
