@@ -131,7 +131,36 @@ def _status(api: APIClient, args: argparse.Namespace) -> int:
         f"term {st['term']}  commit {st['commit_index']}"
     )
     print(render_members(rows, with_term=True))
+    if st.get("balancers"):  # (an older agent's status has no "balancers")
+        print()
+        print(render_balancers(st["balancers"]))
     return 0
+
+
+def render_balancers(balancers: list[dict[str, Any]]) -> str:
+    """The BALANCERS section of ``status``: each registered syncer, when it was last heard
+    of, and whether it holds the virtual address (``--vip``; ``-`` when it was given none)."""
+    rows = [["BALANCER", "HOST", "BACKEND", "LAST-SEEN", "VIP", "VIP-HELD"]]
+    for b in balancers:
+        age = b.get("last_seen_s")
+        seen = "-" if age is None else f"{float(age):.1f}s ago"
+        if age is not None and not b.get("fresh"):
+            seen += " (stale)"
+        held = {True: "yes", False: "no"}.get(b.get("vip_held"), "-")
+        rows.append(
+            [
+                str(b.get("id") or "?"),
+                str(b.get("host") or "-"),
+                str(b.get("backend") or "-"),
+                seen,
+                str(b.get("vip") or "-"),
+                held,
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def _fmt_pct(v: Any) -> str:
