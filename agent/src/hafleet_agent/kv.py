@@ -31,9 +31,20 @@ def kv_record_bytes(key: str, value: JSON) -> int:
     return len(key.encode("utf-8")) + size + KV_RECORD_OVERHEAD
 
 
+def _top(key: str) -> str:
+    """A key's first path segment with its slash (``"health/"`` for ``"health/service/n1"``),
+    or ``""`` for a key without one: the buckets of :meth:`KVStore.keys`."""
+    cut = key.find("/")
+    return key[: cut + 1] if cut >= 0 else ""
+
+
 class KVStore:
     """The records by key, ``{"value", "create_index", "modify_index"}`` each (a snapshot holds
-    them as they are), and each key's share of the state for the quota."""
+    them as they are), and each key's share of the state for the quota.
+
+    The keys are also grouped by their first path segment, so that a prefix listing such as
+    ``health/service/`` - which the leader makes ten times a second - reads only the keys of
+    ``health/``, not the whole store (a large state would cost it milliseconds each time)."""
 
     records: dict[str, dict[str, JSON]]
 
@@ -48,6 +59,9 @@ class KVStore:
             for k, rec in records.items()
         }
         self._bytes = sum(self._sizes.values())
+        self._buckets: dict[str, set[str]] = {}
+        for k in records:
+            self._buckets.setdefault(_top(k), set()).add(k)
 
     # ---- commands ------------------------------------------------------------------------
     def put(self, index: int, key: str, value: JSON, cas: int | None) -> dict[str, JSON]:
@@ -58,6 +72,7 @@ class KVStore:
         if rec is None:
             rec = {"create_index": index}
             self.records[key] = rec
+            self._buckets.setdefault(_top(key), set()).add(key)
         rec["value"] = value
         rec["modify_index"] = index
         self._account(key, kv_record_bytes(key, value))
@@ -68,6 +83,11 @@ class KVStore:
         rec = self.records.get(key)
         self._check_cas(key, rec, cas)
         deleted = self.records.pop(key, None) is not None
+        if deleted:
+            bucket = self._buckets[_top(key)]
+            bucket.discard(key)
+            if not bucket:
+                del self._buckets[_top(key)]
         self._account(key, 0)
         return {"key": key, "value": None, "modify_index": 0, "deleted": deleted}
 
@@ -101,7 +121,11 @@ class KVStore:
         return out
 
     def keys(self, prefix: str = "") -> list[str]:
-        return sorted(k for k in self.records if k.startswith(prefix))
+        """The keys that start with ``prefix``, sorted; a prefix with a slash reads only the
+        keys of its first segment."""
+        top = _top(prefix)
+        pool = self._buckets.get(top, ()) if top else self.records
+        return sorted(k for k in pool if k.startswith(prefix))
 
     # ---- size and quota --------------------------------------------------------------------
     def size(self) -> int:
