@@ -7,13 +7,12 @@ host at a time. The syncer does not move it; it only says where it is: its regis
 
 The check spawns no process: it asks the kernel for the addresses of this network
 namespace's interfaces with one rtnetlink dump (``RTM_GETADDR``, IPv4 and IPv6), a few
-kilobytes, well under a millisecond. keepalived adds a VIP as a secondary address, which a
-``SIOCGIFCONF`` ioctl may not list under its own label and which ``bind()`` cannot tell apart
-from a non-local address once ``ip_nonlocal_bind`` is set (as it often is, for HAProxy to
-bind the VIP): neither is used. Where netlink is refused (a sandbox), the same answer comes
-from ``/proc/net/fib_trie`` (IPv4: the ``/32 host LOCAL`` entries) and
-``/proc/net/if_inet6``. An IPv6 address still in duplicate address detection (tentative) or
-that failed it is not held: it cannot be used yet.
+kilobytes, well under a millisecond. Not the ``SIOCGIFCONF`` ioctl (IPv4 only), nor a
+``bind()`` probe, which succeeds for any address once ``ip_nonlocal_bind`` is set (as it
+often is, for HAProxy to bind the VIP on the standby). Where netlink is refused (a
+sandbox), the same answer comes from ``/proc/net/fib_trie`` (IPv4: the ``/32 host LOCAL``
+entries) and ``/proc/net/if_inet6``. An IPv6 address still in duplicate address detection
+(tentative) or that failed it is not held: it cannot be used yet.
 
 :func:`parse_addr_dump`, :func:`parse_fib_trie` and :func:`parse_if_inet6` are pure.
 """
