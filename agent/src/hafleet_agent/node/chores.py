@@ -175,7 +175,6 @@ class LeaderChores:
         them."""
         now = time.monotonic()
         self._note_registrations(now)
-        members = self.state.members()
         leader_since = self._leader_since() or now
         # This loop was held up (a stalled event loop, a paused process): the frames that came
         # meanwhile are not read yet, so everybody would look silent. Count from now.
@@ -183,8 +182,7 @@ class LeaderChores:
             self._stalled_at = now
         self._last_health = now
         leader_since = max(leader_since, self._stalled_at)
-        for m in members:
-            mid = str(m["id"])
+        for mid in self.state.member_ids():
             await self._sync_service(now, mid, leader_since)
             await self._sync_reachable(now, mid, leader_since)
         self._last_health = time.monotonic()  # (the writes above may have taken a while)
