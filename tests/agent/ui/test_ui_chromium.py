@@ -45,7 +45,7 @@ SHOWN = """(() => {
 });
 })()"""
 
-FOLLOW_TIMEOUT = 15.0  # the page polls /v1/watch for 5 s at most before it refreshes anyway
+FOLLOW_TIMEOUT = 15.0
 
 
 NOT_YET = {"login": False, "loginError": "", "conn": "", "leader": "", "rows": [], "stored": False}
@@ -105,7 +105,10 @@ async def drive(
     browser: Browser, cluster: Cluster, served_by: str, screenshot: Path | None
 ) -> dict[str, float]:
     """The browser part; returns how long the page took to follow the leader change."""
-    url = f"http://{cluster.node(served_by).host}:{API_PORT}/ui/"
+    # Without a screenshot to take, the page's idle refresh is 120 s (?wait=120s): only the
+    # /v1/watch poll ending on the new leader's first entry can make it follow in time.
+    wait = "5s" if screenshot is not None else "120s"
+    url = f"http://{cluster.node(served_by).host}:{API_PORT}/ui/?wait={wait}"
     ids = sorted(cluster.nodes)
     async with aiohttp.ClientSession() as session:
         page = await browser.page(session)

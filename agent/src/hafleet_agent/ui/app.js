@@ -4,15 +4,20 @@
 // call sends it as "Authorization: Bearer". A loop refreshes the view from /v1/status,
 // /v1/members, /v1/weights and /v1/health, then long-polls /v1/watch from the applied index it
 // showed: a change of the replicated state (a leader's election entry, a member, a weight, a
-// key) ends the poll at once, and an idle group still refreshes every WATCH_WAIT (the host
+// key) ends the poll at once, and an idle group still refreshes every WATCH_WAIT_S (the host
 // metrics are not replicated state). Data is written with textContent only: a member id or a
 // metric is never parsed as HTML.
 "use strict";
 
 (function () {
   const TOKEN_KEY = "hafleet.ui.token";
-  const WATCH_WAIT = "5s";
-  const WATCH_TIMEOUT_MS = 15000; // the poll's own wait and then some
+  // how long a /v1/watch poll waits on an idle group: ?wait=30s in the page's URL (at most
+  // 300 s, the API's bound), else 5 s
+  const WATCH_WAIT_S = (() => {
+    const m = /^([0-9]{1,3})s$/.exec(new URLSearchParams(location.search).get("wait") || "");
+    return m && Number(m[1]) >= 1 && Number(m[1]) <= 300 ? Number(m[1]) : 5;
+  })();
+  const WATCH_TIMEOUT_MS = WATCH_WAIT_S * 1000 + 10000; // the poll's own wait and then some
   const REQUEST_TIMEOUT_MS = 10000;
   const MIN_REFRESH_MS = 1000; // a busy group refreshes the page at most this often
   const MAX_BACKOFF_MS = 5000;
@@ -182,7 +187,7 @@
         if (index === null) return;
         setConn("live", "live");
         backoff = 500;
-        await api(`/v1/watch?index=${encodeURIComponent(index)}&wait=${WATCH_WAIT}`, token, signal, WATCH_TIMEOUT_MS);
+        await api(`/v1/watch?index=${encodeURIComponent(index)}&wait=${WATCH_WAIT_S}s`, token, signal, WATCH_TIMEOUT_MS);
       } catch (err) {
         if (signal.aborted || gen !== generation) return;
         if (err instanceof Unauthorized) {
@@ -205,6 +210,7 @@
   function startLoop(token) {
     stopLoop();
     $("login").hidden = true;
+    $("login-error").textContent = "";
     $("view").hidden = false;
     setConn("connecting", "connecting");
     loopAbort = new AbortController();
