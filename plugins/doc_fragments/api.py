@@ -25,6 +25,10 @@ options:
     description:
       - A file on the host the module runs on that holds the API token, such as the agent's
         own token file. The secret then never travels in the module's arguments.
+      - If not set (nor O(api_token)), the environment variable E(HAFLEET_API_TOKEN_FILE) is
+        used, or E(HAFLEET_TOKEN_FILE), an older name. The C(hafleet-agent) CLI reads the
+        same variables (E(HAFLEET_API_URL), E(HAFLEET_API_TOKEN), E(HAFLEET_API_TOKEN_FILE),
+        E(HAFLEET_CA_FILE)).
     type: path
   api_timeout:
     description: Seconds to wait for each answer of the API.

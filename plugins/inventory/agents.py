@@ -48,9 +48,11 @@ options:
   api_token_file:
     description:
       - A file on the controller holding the API token.
-      - If not set, the environment variable E(HAFLEET_API_TOKEN_FILE) is used.
+      - If not set, the environment variable E(HAFLEET_API_TOKEN_FILE) is used (or
+        E(HAFLEET_TOKEN_FILE), an older name).
     type: path
     env:
+      - name: HAFLEET_TOKEN_FILE
       - name: HAFLEET_API_TOKEN_FILE
   api_timeout:
     description: Seconds to wait for each answer.

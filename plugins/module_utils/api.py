@@ -145,7 +145,10 @@ def api_argument_spec():
             type="str", default=DEFAULT_API_URL, fallback=(env_fallback, ["HAFLEET_API_URL"])
         ),
         api_token=dict(type="str", no_log=True, fallback=(env_fallback, ["HAFLEET_API_TOKEN"])),
-        api_token_file=dict(type="path", fallback=(env_fallback, ["HAFLEET_API_TOKEN_FILE"])),
+        # HAFLEET_TOKEN_FILE: the CLI's older name, an alias (hafleet_agent/client_config.py)
+        api_token_file=dict(
+            type="path", fallback=(env_fallback, ["HAFLEET_API_TOKEN_FILE", "HAFLEET_TOKEN_FILE"])
+        ),
         api_timeout=dict(type="float", default=DEFAULT_TIMEOUT),
         validate_certs=dict(type="bool", default=True),
         ca_path=dict(type="path", fallback=(env_fallback, ["HAFLEET_CA_FILE"])),

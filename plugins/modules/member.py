@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: member
-short_description: Add a member to a hafleet cluster, or drain and remove one
+short_description: Add a hafleet cluster member, drain and remove one, or put one in maintenance
 description:
   - Makes a node a member of a running hafleet cluster, or takes it out, through the agents'
     HTTP API.
@@ -17,6 +17,10 @@ description:
     ones in flight), then removes it. A leader hands leadership over first; the agent does
     that itself when it is asked to remove itself (C(DELETE /v1/members/{id})). The removed
     agent stops by itself.
+  - V(maintenance) takes the member out of rotation without taking it out of the group, with
+    C(PUT /v1/members/{id}/maintenance). The leader gives it weight 0, every balancer drains
+    its server, and it stays a voting member. V(present) on a member in maintenance ends it
+    (C(DELETE /v1/members/{id}/maintenance)) and it is back in rotation.
   - The cluster never goes below one member; removing the last one fails.
 author: hafleet maintainers (@hafleet)
 version_added: 0.1.0
@@ -45,17 +49,27 @@ options:
     type: str
     required: true
   state:
-    description: Whether the node is a member.
+    description:
+      - V(present) the node is a member in rotation (a member in maintenance leaves it);
+        V(absent) it is not a member; V(maintenance) it is a member out of rotation (weight
+        0, drained), still a voter. V(maintenance) needs the member to exist.
     type: str
-    choices: [present, absent]
+    choices: [present, absent, maintenance]
     default: present
   raft_addr:
     description:
-      - The node's Raft address, C(host:port). Required with O(state=present).
+      - The node's Raft address, C(host:port). Required with O(state=present) when the
+        node is not a member yet.
     type: str
   api_addr:
     description:
-      - The node's API address, C(host:port). Required with O(state=present).
+      - The node's API address, C(host:port). Required with O(state=present) when the node
+        is not a member yet.
+    type: str
+  reason:
+    description:
+      - With O(state=maintenance), why (the agent keeps it with the maintenance; a member
+        already in maintenance keeps its first reason).
     type: str
   service_addr:
     description:
@@ -65,6 +79,7 @@ options:
   wait:
     description:
       - With O(state=present), wait until the member votes.
+      - With O(state=maintenance), wait until the leader has given it weight 0.
       - With O(state=absent), wait until no member lists it any more.
     type: bool
     default: true
@@ -119,6 +134,20 @@ EXAMPLES = r"""
     api_url: http://10.0.0.11:7480
     api_token_file: /etc/hafleet-agent/token
 
+- name: Take a node out of rotation for maintenance (still a voter)
+  hafleet.cluster.member:
+    id: web4
+    state: maintenance
+    reason: kernel update
+    api_url: http://10.0.0.11:7480
+    api_token_file: /etc/hafleet-agent/token
+
+- name: Put it back in rotation
+  hafleet.cluster.member:
+    id: web4
+    api_url: http://10.0.0.11:7480
+    api_token_file: /etc/hafleet-agent/token
+
 - name: Add a node through an agent that serves HTTPS (its certificate checked against the CA)
   hafleet.cluster.member:
     id: web5
@@ -144,6 +173,7 @@ member:
     role: voter
     healthy: true
     draining: false
+    maintenance: false
     weight: 128
     metrics: {}
 leader_id:
@@ -170,8 +200,9 @@ from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
     wait_until,
 )
 
-# What the diff compares: a member's identity, not its changing role, weight or metrics.
-DIFF_KEYS = ("id", "raft_addr", "api_addr", "service_addr")
+# What the diff compares: a member's identity and whether it is in maintenance, not its
+# changing role, weight or metrics.
+DIFF_KEYS = ("id", "raft_addr", "api_addr", "service_addr", "maintenance")
 # The agent's own default drain_timeout_s (hafleet_agent.config.AgentConfig), for the
 # removal's HTTP timeout; tests/agent/test_collection_constants.py holds it to the agent's.
 DEFAULT_DRAIN_S = 10.0
@@ -180,7 +211,9 @@ DEFAULT_DRAIN_S = 10.0
 def _view(member):
     if not member:
         return {}
-    return {key: member.get(key) for key in DIFF_KEYS}
+    view = {key: member.get(key) for key in DIFF_KEYS}
+    view["maintenance"] = bool(member.get("maintenance"))  # (an older agent: never)
+    return view
 
 
 class MemberModule:
@@ -202,12 +235,26 @@ class MemberModule:
         current = find_member(members, p["id"])
         if p["state"] == "present":
             return self.present(current)
+        if p["state"] == "maintenance":
+            return self.maintenance(current)
         return self.absent(current, members)
 
     # ---- present ---------------------------------------------------------------------------
 
     def present(self, current):
         p = self.params
+        if current is not None and current.get("maintenance"):
+            return self.end_maintenance(current)
+        if current is None and not (p["raft_addr"] and p["api_addr"]):
+            self.fail(
+                f"raft_addr and api_addr are required to add member {p['id']} (state=present); "
+                "it is not a member yet"
+            )
+        if current is not None and not (p["raft_addr"] and p["api_addr"]):
+            result = dict(changed=False, member=current, leader_id=self.leader_id())
+            if self.module._diff:
+                result["diff"] = dict(before=_view(current), after=_view(current))
+            return result
         wanted = {"id": p["id"], "raft_addr": p["raft_addr"], "api_addr": p["api_addr"]}
         if p["service_addr"] is not None:
             wanted["service_addr"] = p["service_addr"]
@@ -257,6 +304,68 @@ class MemberModule:
             self.fail(
                 f"member {p['id']} did not become {what} within {p['wait_timeout']:g}s; is its "
                 "agent running and reachable from the leader?"
+            )
+        return member
+
+    # ---- maintenance -----------------------------------------------------------------------
+
+    def maintenance(self, current):
+        p = self.params
+        if current is None:
+            self.fail(f"{p['id']} is not a member; add it first (state=present)")
+        changed = not current.get("maintenance")
+        after = dict(current, maintenance=True)
+        result = dict(changed=changed, member=after if changed else current)
+        if self.module._diff:
+            result["diff"] = dict(before=_view(current), after=_view(after))
+        if changed and not self.module.check_mode:
+            try:
+                leader = self.client.leader_client() or self.client  # saves a hop
+                leader.maintenance_on(p["id"], reason=p["reason"])
+            except HafleetAPIError as exc:
+                if exc.status not in (None, 504):
+                    self.fail(f"could not put member {p['id']} in maintenance", exc)
+                # The fate of the write is unknown: look again below.
+            result["member"] = self.wait_maintenance(True, weight_zero=p["wait"])
+        result["leader_id"] = self.leader_id()
+        return result
+
+    def end_maintenance(self, current):
+        """V(present) on a member in maintenance: back in rotation."""
+        p = self.params
+        after = dict(current, maintenance=False)
+        result = dict(changed=True, member=after)
+        if self.module._diff:
+            result["diff"] = dict(before=_view(current), after=_view(after))
+        if not self.module.check_mode:
+            try:
+                (self.client.leader_client() or self.client).maintenance_off(p["id"])
+            except HafleetAPIError as exc:
+                if exc.status not in (None, 504):
+                    self.fail(f"could not end member {p['id']}'s maintenance", exc)
+            result["member"] = self.wait_maintenance(False)
+        result["leader_id"] = self.leader_id()
+        return result
+
+    def wait_maintenance(self, on, weight_zero=False):
+        """The member once the cluster lists it in maintenance (``on``) or not (and, with
+        ``weight_zero``, once its weight is 0)."""
+        p = self.params
+
+        def check():
+            member = find_member(self.members(), p["id"])
+            if member is None or bool(member.get("maintenance")) != on:
+                return None
+            if weight_zero and member.get("weight") not in (0, None):
+                return None
+            return member
+
+        member = wait_until(check, p["wait_timeout"], interval=0.25)
+        if not member:
+            what = "in maintenance" + (" with weight 0" if weight_zero else "")
+            self.fail(
+                f"member {p['id']} was not {what if on else 'out of maintenance'} within "
+                f"{p['wait_timeout']:g}s"
             )
         return member
 
@@ -365,7 +474,7 @@ def main():
     base = HafleetModule(
         argument_spec=dict(
             id=dict(type="str", required=True),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
+            state=dict(type="str", choices=["present", "absent", "maintenance"], default="present"),
             raft_addr=dict(type="str"),
             api_addr=dict(type="str"),
             service_addr=dict(type="str"),
@@ -374,8 +483,8 @@ def main():
             drain_timeout=dict(type="float"),
             transfer_leadership=dict(type="bool", default=True),
             handover_to=dict(type="str"),
+            reason=dict(type="str"),
         ),
-        required_if=[("state", "present", ["raft_addr", "api_addr"])],
         supports_check_mode=True,
     )
     for name in ("id", "handover_to"):

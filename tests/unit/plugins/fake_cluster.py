@@ -8,7 +8,9 @@ itself, ``/v1/members`` and ``/v1/weights`` from the shared state; writes are ac
 leader only (a follower answers 503, so a test sees whether the client went to the leader).
 ``POST /v1/members`` adds a learner that a test can promote; ``DELETE /v1/members/{id}``
 removes the member (a leader removing itself hands over first, like the agent);
-``POST /v1/leadership/transfer`` moves the leadership. Every request is recorded.
+``POST /v1/leadership/transfer`` moves the leadership; ``PUT``/``DELETE
+/v1/members/{id}/maintenance`` set the member's maintenance (weight 0 while in it). Every
+request is recorded.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class FakeCluster:
             "role": role,
             "healthy": True,
             "draining": False,
+            "maintenance": False,
             "weight": 128,
             "metrics": {"cpu_count": 2, "cpu_percent": 10.0, "mem_percent": 40.0, "load1": 0.5},
         }
@@ -132,6 +135,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self._handle("DELETE")
 
+    def do_PUT(self):
+        self._handle("PUT")
+
     def _handle(self, method):
         cluster = self.server.cluster
         node = self.server.node_id
@@ -174,6 +180,17 @@ class _Handler(BaseHTTPRequestHandler):
                     mid, role, body["raft_addr"], body["api_addr"], body.get("service_addr")
                 )
             return self._json(200, cluster.members[mid])
+        if method in ("PUT", "DELETE") and path.endswith("/maintenance"):
+            mid = unquote(path[len("/v1/members/") : -len("/maintenance")])
+            member = cluster.members.get(mid)
+            if member is None:
+                return self._json(404, {"error": f"no member {mid!r}"})
+            on = method == "PUT"
+            changed = member["maintenance"] != on
+            member["maintenance"], member["weight"] = on, 0 if on else 128
+            reason = (body or {}).get("reason") if on else None
+            answer = {"id": mid, "maintenance": on, "reason": reason, "changed": changed}
+            return self._json(200, dict(answer, since=1.0 if on else None))
         if method == "DELETE" and path.startswith("/v1/members/"):
             mid = unquote(path[len("/v1/members/") :])
             if mid not in cluster.members:

@@ -43,6 +43,7 @@ def test_present_adds_a_member_and_waits_until_it_votes(cluster):
             "raft_addr": "10.0.0.14:7400",
             "api_addr": "10.0.0.14:7480",
             "service_addr": None,
+            "maintenance": False,
         },
     }
     post = writes(cluster)
@@ -261,3 +262,59 @@ def test_a_bad_member_id_fails_with_the_rule_before_the_cluster_is_asked(cluster
         assert "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" in result["msg"], result["msg"]
         assert "\n" not in result["msg"]
     assert cluster.requests == []
+
+
+# ---- maintenance ---------------------------------------------------------------------------
+
+
+def test_maintenance_takes_a_member_out_of_rotation_and_present_brings_it_back(cluster):
+    result = run_module(
+        member.main, args(cluster, id="n3", state="maintenance", reason="kernel"), diff=True
+    )
+
+    assert result["changed"] is True
+    assert result["member"]["maintenance"] is True and result["member"]["weight"] == 0
+    assert result["diff"]["before"]["maintenance"] is False
+    assert result["diff"]["after"]["maintenance"] is True
+    puts = [(r["method"], r["path"], r["body"]) for r in writes(cluster)]
+    assert puts == [("PUT", "/v1/members/n3/maintenance", {"reason": "kernel"})]
+
+    again = run_module(member.main, args(cluster, id="n3", state="maintenance"), diff=True)
+    assert again["changed"] is False
+    assert again["diff"]["before"] == again["diff"]["after"]
+    assert len(writes(cluster)) == 1
+
+    back = run_module(member.main, args(cluster, id="n3"), diff=True)  # no addresses needed
+    assert back["changed"] is True
+    assert back["member"]["maintenance"] is False
+    assert back["diff"] == {
+        "before": dict(back["diff"]["before"], maintenance=True),
+        "after": dict(back["diff"]["before"], maintenance=False),
+    }
+    assert [(r["method"], r["path"]) for r in writes(cluster)][1:] == [
+        ("DELETE", "/v1/members/n3/maintenance")
+    ]
+    assert run_module(member.main, args(cluster, id="n3"))["changed"] is False
+    assert len(writes(cluster)) == 2
+
+
+def test_maintenance_in_check_mode_writes_nothing(cluster):
+    result = run_module(
+        member.main, args(cluster, id="n2", state="maintenance"), check_mode=True, diff=True
+    )
+    assert result["changed"] is True and result["diff"]["after"]["maintenance"] is True
+    assert writes(cluster) == []
+
+    cluster.members["n2"]["maintenance"] = True
+    back = run_module(member.main, args(cluster, id="n2"), check_mode=True, diff=True)
+    assert back["changed"] is True and back["diff"]["after"]["maintenance"] is False
+    assert writes(cluster) == []
+    assert cluster.members["n2"]["maintenance"] is True
+
+
+def test_maintenance_of_no_member_fails_before_writing(cluster):
+    result = run_module(member.main, args(cluster, id="n9", state="maintenance"))
+
+    assert result["failed"] is True
+    assert "n9 is not a member" in result["msg"]
+    assert writes(cluster) == []
