@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -29,7 +30,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,16 @@ def chromium() -> str | None:
 class Browser:
     """One headless Chromium with a profile in ``directory`` (see the module docstring)."""
 
-    def __init__(self, directory: Path, *, width: int = 1280, height: int = 720) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        width: int = 1280,
+        height: int = 720,
+        trust: Sequence[Path] = (),
+    ) -> None:
         self.dir = directory
+        self.trust = list(trust)
         self.profile = directory / "profile"
         self.log_path = directory / "chromium.log"
         self.size = (width, height)
@@ -92,6 +101,7 @@ class Browser:
             *FLAGS,
             f"--user-data-dir={self.profile}",
             f"--window-size={self.size[0]},{self.size[1]}",
+            *self._trust_flags(),
             "about:blank",
         ]
         with self.log_path.open("ab") as log:
@@ -110,6 +120,23 @@ class Browser:
                 raise AssertionError(f"chromium gave no DevTools port in {START_TIMEOUT:g} s")
             time.sleep(0.05)
         return self
+
+    def _trust_flags(self) -> list[str]:
+        """Chromium accepts the certificates whose public key is one of ``trust``'s (PEM
+        certificate files; by SPKI SHA-256, the way Chromium pins), e.g. the agents' own."""
+        if not self.trust:
+            return []
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        pins = []
+        for path in self.trust:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            spki = cert.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            pins.append(base64.b64encode(hashlib.sha256(spki).digest()).decode())
+        return [f"--ignore-certificate-errors-spki-list={','.join(pins)}"]
 
     def log(self, chars: int = 3000) -> str:
         try:

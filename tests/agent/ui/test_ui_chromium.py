@@ -2,7 +2,8 @@
 
 A real group of three ``hafleet-agent run`` processes on a loopback /24 of its own
 (harness.py); Debian's ``chromium`` driven over the DevTools Protocol (browser.py). The page
-loads without a token and with strict headers; a wrong token brings the token form back with
+loads over HTTPS (the agents run with TLS; Chromium accepts their certificates' keys only)
+without a token and with strict headers; a wrong token brings the token form back with
 the agent's reason; the right one shows the three members and the leader; after
 ``POST /v1/leadership/transfer`` the page follows the new leader on its own. No CSP report, no
 script error on the way. Every wait polls the page with a deadline.
@@ -56,8 +57,9 @@ def shown(value: str) -> dict[str, Any]:
     return json.loads(value) or NOT_YET
 
 
-def fetch(host: str, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(host, API_PORT, timeout=10)
+def fetch(cluster: Cluster, host: str, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One HTTPS request without a token, the agent's certificate checked against the CA."""
+    conn = http.client.HTTPSConnection(host, API_PORT, timeout=10, context=cluster.ssl_context)
     try:
         conn.request(method, path)
         resp = conn.getresponse()
@@ -66,9 +68,9 @@ def fetch(host: str, method: str, path: str) -> tuple[int, dict[str, str], bytes
         conn.close()
 
 
-def check_http(host: str) -> None:
+def check_http(cluster: Cluster, host: str) -> None:
     """/ui/ and its files without a token, with the strict headers; /ui redirects."""
-    status, headers, body = fetch(host, "GET", "/ui/")
+    status, headers, body = fetch(cluster, host, "GET", "/ui/")
     assert status == 200, (status, body[:200])
     assert headers["content-type"].startswith("text/html"), headers
     csp = headers["content-security-policy"]
@@ -79,16 +81,16 @@ def check_http(host: str) -> None:
     assert headers["referrer-policy"] == "no-referrer"
     assert b'<script src="app.js"' in body and b"<script>" not in body
     for path, ctype in (("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")):
-        status, headers, body = fetch(host, "GET", path)
+        status, headers, body = fetch(cluster, host, "GET", path)
         assert status == 200 and headers["content-type"].startswith(ctype), (path, headers)
         assert headers["x-content-type-options"] == "nosniff" and body
-    status, headers, body = fetch(host, "HEAD", "/ui/")
+    status, headers, body = fetch(cluster, host, "HEAD", "/ui/")
     assert status == 200 and body == b""
-    status, headers, _ = fetch(host, "GET", "/ui")
+    status, headers, _ = fetch(cluster, host, "GET", "/ui")
     assert status in (301, 302, 307, 308) and headers["location"] == "/ui/"
     # only the page's own files go without a token
-    assert fetch(host, "GET", "/ui/x.js")[0] == 401
-    assert fetch(host, "GET", "/v1/members")[0] == 401
+    assert fetch(cluster, host, "GET", "/ui/x.js")[0] == 401
+    assert fetch(cluster, host, "GET", "/v1/members")[0] == 401
 
 
 async def give_token(page: Page, token: str) -> None:
@@ -108,7 +110,7 @@ async def drive(
     # Without a screenshot to take, the page's idle refresh is 120 s (?wait=120s): only the
     # /v1/watch poll ending on the new leader's first entry can make it follow in time.
     wait = "5s" if screenshot is not None else "120s"
-    url = f"http://{cluster.node(served_by).host}:{API_PORT}/ui/?wait={wait}"
+    url = f"https://{cluster.node(served_by).host}:{API_PORT}/ui/?wait={wait}"
     ids = sorted(cluster.nodes)
     async with aiohttp.ClientSession() as session:
         page = await browser.page(session)
@@ -182,22 +184,28 @@ async def drive(
 
 def test_cluster_page_shows_the_group_and_follows_a_leader_change(tmp_path: Path) -> None:
     started = time.monotonic()
-    cluster = Cluster(tmp_path)
-    browser = Browser(tmp_path / "chromium")
+    cluster = Cluster(tmp_path, tls=True)  # the API on HTTPS, as the collection runs it
+    browser: Browser | None = None
     try:
         cluster.add_many(3, bootstrap_expect=3)
+        assert cluster.tls_dir is not None
+        # Chromium accepts the agents' certificates (by their keys), nothing else
+        certs = [cluster.tls_dir / f"{nid}.crt" for nid in sorted(cluster.nodes)]
+        browser = Browser(tmp_path / "chromium", trust=certs).start()
         statuses = cluster.wait_agreed()
         lead = next(nid for nid, st in statuses.items() if st["state"] == "leader")
-        check_http(cluster.node(lead).host)
-        browser.start()
+        check_http(cluster, cluster.node(lead).host)
         shot = os.environ.get("HAFLEET_UI_SCREENSHOT")
         # the page is served by the leader, which then becomes a follower
         took = asyncio.run(drive(browser, cluster, lead, Path(shot) if shot else None))
     except BaseException:
-        print(f"agent logs:\n{cluster.logs_tail()}\nchromium log:\n{browser.log()}")
+        print(f"agent logs:\n{cluster.logs_tail()}")
+        if browser is not None:
+            print(f"chromium log:\n{browser.log()}")
         raise
     finally:
-        browser.close()
+        if browser is not None:
+            browser.close()
         cluster.close()
     total = time.monotonic() - started
     print(f"followed the new leader in {took['followed_s']:.2f} s; test took {total:.1f} s")
