@@ -18,7 +18,8 @@ STAMP := $(VENV)/.hafleet-installed
 # Tools installed into .venv, all pinned by constraints.txt.
 VENV_TOOLS := ansible-core ansible-lint ruff pytest pytest-timeout pytest-xdist hypothesis \
 	antsibull-changelog molecule mutmut
-DEB_PACKAGES := haproxy iproute2 shellcheck nftables chromium
+# prometheus: its promtool checks /metrics scrapes and the alert rules' tests (make pytest).
+DEB_PACKAGES := haproxy iproute2 shellcheck nftables chromium prometheus
 
 # ansible-test only runs inside a real .../ansible_collections/NAMESPACE/NAME directory.
 COLLECTION_ROOT := build/ansible_collections
@@ -65,7 +66,7 @@ test: ## every stage CI runs (.ci/run), in order: $(TEST_STAGES)
 	done; \
 	echo "==> make test: all stages passed ($(TEST_STAGES))"
 
-system-deps: ## apt-get install the Debian packages that are missing (haproxy, iproute2, shellcheck, nftables, chromium)
+system-deps: ## apt-get install the Debian packages that are missing (haproxy, iproute2, shellcheck, nftables, chromium, prometheus)
 	@missing=""; \
 	for pkg in $(DEB_PACKAGES); do \
 		if ! dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q '^install ok installed$$'; then \

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..telemetry import TELEMETRY
-from .prom_node import build_info, peers_connected, process_collector, telemetry_families
+from .prom_node import (
+    build_info,
+    health_families,
+    peers_connected,
+    process_collector,
+    telemetry_families,
+)
 
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
@@ -77,6 +83,7 @@ class _Collector:
         yield g("hafleet_up", "1 while the agent runs", 1)
         yield build_info()
         yield from telemetry_families(TELEMETRY)
+        yield from health_families(agent)
         if r is not None:
             yield g("hafleet_raft_term", "current Raft term", r.term)
             yield g("hafleet_raft_commit_index", "Raft commit index", r.commit)

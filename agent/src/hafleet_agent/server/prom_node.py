@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..telemetry import AgentTelemetry, Histogram
+from .health import unhealthy_reason
 
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
@@ -65,6 +66,23 @@ def telemetry_families(t: AgentTelemetry) -> Iterator[Any]:
         "hafleet_raft_proposals_failed",
         "proposals that did not apply: dropped, lost to a leadership change, timed out",
         t.proposals_failed,
+    )
+
+
+def health_families(agent: NodeVerbs) -> Iterator[Any]:
+    """Whether a leader is known (etcd's has_leader) and whether ``/v1/health`` answers 200."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    r = agent.raft_status()
+    yield GaugeMetricFamily(
+        "hafleet_raft_has_leader",
+        "1 while this member knows a leader",
+        1 if r is not None and r.lead is not None else 0,
+    )
+    yield GaugeMetricFamily(
+        "hafleet_healthy",
+        "1 while /v1/health answers 200 (in a group, a leader known, applied close to the commit)",
+        1 if unhealthy_reason(agent) is None else 0,
     )
 
 
