@@ -4,7 +4,11 @@ given no ``--vip`` or is of an older version."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+
+import pytest
+from agents import agent_command
 
 from hafleet_agent.client import render_balancers
 from hafleet_agent.keys import REGISTERED_PREFIX
@@ -37,3 +41,46 @@ def test_the_balancers_section() -> None:
     ]
     # the columns line up (every row starts its VIP at the same place)
     assert len({line.index("10.78.0.250") for line in lines[1:3]}) == 1
+
+
+@pytest.mark.timeout(120)
+def test_syncers_with_vip_show_in_status(make_lab) -> None:
+    """Two syncers given --vip, one of an address this host holds (127.0.0.1), one of an
+    address it does not: /v1/status and `hafleet-agent status` say which holds it."""
+    lab = make_lab()
+    (node,) = lab.add_agents(1)
+    lab.cluster.wait_agreed(timeout=40)
+    hp_a = lab.haproxy("weighted", backend="app")
+    hp_b = lab.haproxy("weighted", backend="web")
+    lab.syncer(hp_a, extra=["--balancer-id", "h1b-lb1", "--vip", "127.0.0.1"])
+    lab.syncer(hp_b, extra=["--balancer-id", "h1b-lb2", "--vip", "203.0.113.77/24"])
+
+    def balancers() -> dict[str, dict]:
+        st = lab.cluster.ok(node, "GET", "/v1/status")
+        return {b["id"]: b for b in st.get("balancers") or []}
+
+    got = lab.wait_for(lambda: len(balancers()) == 2 and balancers(), 20, "both registered")
+    assert (got["h1b-lb1"]["vip"], got["h1b-lb1"]["vip_held"]) == ("127.0.0.1", True)
+    assert (got["h1b-lb2"]["vip"], got["h1b-lb2"]["vip_held"]) == ("203.0.113.77", False)
+    assert got["h1b-lb1"]["fresh"] and got["h1b-lb1"]["backend"] == "app"
+
+    out = subprocess.run(
+        [
+            *agent_command(),
+            "status",
+            "--api",
+            node.api_url,
+            "--token-file",
+            str(lab.cluster.token_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("BALANCER "))
+    rows = {line.split()[0]: line.split() for line in lines[head + 1 : head + 3]}
+    assert rows["h1b-lb1"][-2:] == ["127.0.0.1", "yes"], out.stdout
+    assert rows["h1b-lb2"][-2:] == ["203.0.113.77", "no"], out.stdout

@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..ids import member_id_error, shown
 from ..node.errors import AgentError, BadRequest, NotFound, StateErrorResult
+from ..registrations import balancers_view
 from ..state import (
     MAX_KEY_BYTES,
     StateError,
@@ -48,7 +50,6 @@ from ..throttle import WarnThrottle
 from .audit import NONE, READ, READ_METHODS, SCOPE, WHAT, Audit, load_read_token, scope_of
 from .conn import KEEPALIVE_S, CappedSite, RequestHandler, connection_limit
 from .forward import Forwarder
-from .health import check as health_check
 from .health import check as health_check
 from .maintenance import routes as maintenance_routes
 from .prom import ApiCounters, exposition
@@ -273,7 +274,10 @@ class Api:
         return web.json_response(body, status=status)
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.agent.status())
+        body = self.agent.status()
+        state = self.agent.state
+        body["balancers"] = balancers_view(state.kv_keys, state.kv_get, time.time())
+        return web.json_response(body)
 
     async def members(self, request: web.Request) -> web.Response:
         return web.json_response(self.agent.members_view())
