@@ -46,10 +46,12 @@
     el.textContent = text;
   }
 
+  // wait ms, or less when the signal aborts; no listener left behind
   function delay(ms, signal) {
     return new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+      const done = () => { clearTimeout(timer); signal.removeEventListener("abort", done); resolve(); };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done);
     });
   }
 
