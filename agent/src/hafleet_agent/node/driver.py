@@ -88,8 +88,10 @@ class Driver:
         sending_snapshot: Callable[[], bool],
         spawn: Callable[..., None],
         fail: Callable[[str], None],
+        on_lead: Callable[[], None] = lambda: None,
     ) -> None:
-        """``save_snapshot``: make a snapshot from the leader durable (before it is applied);
+        """``on_lead``: this node just became the leader;
+        ``save_snapshot``: make a snapshot from the leader durable (before it is applied);
         ``on_conf_change``: a configuration change applied while the node runs (not one of
         the log replayed at start); ``sending_snapshot``: a member catches up through a
         chunked snapshot (compaction waits a while)."""
@@ -98,6 +100,7 @@ class Driver:
         self.state = state
         self.rng = rng
         self._stop = stopping
+        self._on_lead = on_lead
         self._cluster_id = cluster_id
         self._save_snapshot = save_snapshot
         self._on_conf_change = on_conf_change
@@ -367,16 +370,20 @@ class Driver:
     def _on_soft_state(self, soft: SoftState) -> None:
         lead = soft.lead
         if lead != self.last_leader:
+            term = self.raw.basic_status().term if self.raw else 0
             log.info(
                 "leader is now %s (term %d)%s",
                 lead,
-                self.raw.basic_status().term if self.raw else 0,
+                term,
                 " - this node" if lead == self.id else "",
+                extra={"fields": {"event": "leader", "leader": lead, "term": term}},
             )
             self.last_leader = lead
             TELEMETRY.leader_changes += lead is not None
         if soft.state is StateType.LEADER:
-            self.leader_since = time.monotonic()
+            if self.leader_since is None:
+                self.leader_since = time.monotonic()
+                self._on_lead()
         else:
             self.leader_since = None
 

@@ -63,6 +63,9 @@ from .tasks import FAIL_EXIT_S, Tasks, exit_later
 
 log = logging.getLogger("hafleet.agent")
 
+#: How often a follower's health loop looks whether it leads now (it is woken when it does).
+FOLLOWER_HEALTH_PACE = 1.0
+
 #: What the composition root starts with the node (run.py: the HTTP API): awaited once the
 #: transport listens, before the node founds, joins or runs its Raft loop; the callable it
 #: returns is awaited by ``stop`` (after the tasks, before discovery and the transport).
@@ -116,6 +119,7 @@ class Node:
             sending_snapshot=lambda: self.snapshots.busy(),
             spawn=self.tasks.spawn,
             fail=self.fail,
+            on_lead=lambda: self.chores.wake_service(),
         )
         self.transport: Transport | None = None
         self.mdns = Mdns(
@@ -448,8 +452,11 @@ class Node:
         """The leader's fast chores (service check marks, eviction), every HEALTH_INTERVAL or
         at once when a service check result arrives."""
         while not self._stop.is_set():
+            # A follower has nothing to do here: it is woken when it becomes the leader
+            # (Driver on_lead), and looks once a second besides, not ten times.
+            pace = HEALTH_INTERVAL if self.is_leader() else FOLLOWER_HEALTH_PACE
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.chores.health_wake.wait(), HEALTH_INTERVAL)
+                await asyncio.wait_for(self.chores.health_wake.wait(), pace)
             self.chores.health_wake.clear()
             if self.is_leader():
                 try:
