@@ -49,7 +49,8 @@ def add_balancer(commands: argparse._SubParsersAction) -> None:
     balancer.add_argument(
         "--token-file",
         metavar="FILE",
-        help="file holding the API token (mode 0600; default: $HAFLEET_TOKEN_FILE)",
+        help="file holding the API token (mode 0600; default: $HAFLEET_API_TOKEN_FILE, or "
+        "$HAFLEET_TOKEN_FILE)",
     )
     balancer.add_argument(
         "--ca-file",
@@ -155,6 +156,7 @@ def _balancer(args: argparse.Namespace) -> int:
     import os
 
     from .balancer import BalancerError, Options, run_balancer
+    from .client_config import env_token_file
     from .config import ConfigError, read_secret
     from .run import setup_logging
 
@@ -168,10 +170,11 @@ def _balancer(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"{PROG} balancer: --api: {exc}", file=sys.stderr)
         return 2
-    token_file = args.token_file or os.environ.get("HAFLEET_TOKEN_FILE")
+    token_file = args.token_file or env_token_file()
     if not token_file:
         print(
-            f"{PROG} balancer: give the API token with --token-file FILE (or HAFLEET_TOKEN_FILE)",
+            f"{PROG} balancer: give the API token with --token-file FILE (or "
+            "HAFLEET_API_TOKEN_FILE)",
             file=sys.stderr,
         )
         return 2
