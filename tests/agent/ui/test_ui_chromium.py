@@ -80,7 +80,8 @@ def check_http(cluster: Cluster, host: str) -> None:
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["referrer-policy"] == "no-referrer"
     assert b'<script src="app.js"' in body and b"<script>" not in body
-    for path, ctype in (("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")):
+    files = [("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")]
+    for path, ctype in files + [("/ui/favicon.svg", "image/svg+xml")]:
         status, headers, body = fetch(cluster, host, "GET", path)
         assert status == 200 and headers["content-type"].startswith(ctype), (path, headers)
         assert headers["x-content-type-options"] == "nosniff" and body

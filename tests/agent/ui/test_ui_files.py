@@ -27,7 +27,7 @@ def source(name: str) -> str:
 
 def test_every_file_is_package_data_and_served() -> None:
     files = sorted(p.name for p in UI_DIR.iterdir() if p.is_file())
-    assert files == ["app.css", "app.js", "index.html"]
+    assert files == ["app.css", "app.js", "favicon.svg", "index.html"]
     patterns = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]
     for name in files:
         assert any(fnmatch.fnmatch(f"ui/{name}", p) for p in patterns["hafleet_agent"]), name
@@ -49,7 +49,8 @@ def handlers() -> dict[str, Any]:
 
 def test_the_handlers_answer_with_strict_headers() -> None:
     routes = handlers()
-    assert set(routes) == set(ui.PATHS) == {"/ui", "/ui/", "/ui/app.js", "/ui/app.css"}
+    files = {"/ui/app.js", "/ui/app.css", "/ui/favicon.svg"}
+    assert set(routes) == set(ui.PATHS) == {"/ui", "/ui/", *files}
     for path, (name, ctype) in ui.FILES.items():
         answer = asyncio.run(routes[path](None)).kw
         assert answer["status"] == 200 and answer["content_type"] == ctype
@@ -80,7 +81,7 @@ def test_nothing_written_as_html_nor_loaded_from_elsewhere() -> None:
     for sink in sinks:
         assert sink not in js, sink
     assert "textContent" in js
-    for name in ("index.html", "app.js", "app.css"):
+    for name in ("index.html", "app.js", "app.css"):  # favicon.svg: its xmlns is a name
         text = source(name)
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), name
         assert "@import" not in text, name

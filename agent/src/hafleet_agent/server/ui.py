@@ -1,8 +1,8 @@
 """``GET /ui/``: the live cluster page, a static page every agent serves (docs/monitoring.md).
 
-Three files shipped as package data in ``hafleet_agent/ui/`` (``index.html``, ``app.js``,
-``app.css``; no build step, nothing fetched from elsewhere), read once at their first request
-and served from memory. Loading them needs no token (the middleware lets :data:`PATHS`
+The files are package data in ``hafleet_agent/ui/`` (``index.html``, ``app.js``, ``app.css``,
+``favicon.svg``; no build step, nothing fetched from elsewhere), read once at their first
+request and served from memory. Loading them needs no token (the middleware lets :data:`PATHS`
 through); the page asks for the token once, keeps it in the tab's ``sessionStorage`` and sends
 it as ``Authorization: Bearer`` to ``/v1/status``, ``/v1/members``, ``/v1/weights`` and the
 ``/v1/watch`` long-polls that drive its updates, on the same origin (HTTPS when TLS is on).
@@ -28,6 +28,8 @@ FILES: dict[str, tuple[str, str]] = {
     "/ui/": ("index.html", "text/html"),
     "/ui/app.js": ("app.js", "text/javascript"),
     "/ui/app.css": ("app.css", "text/css"),
+    # the page names its icon: the browser asks for no /favicon.ico (a 401 without a token)
+    "/ui/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 #: The paths served without a token (``/ui`` answers a redirect to ``/ui/``).
 PATHS = frozenset({"/ui", *FILES})
