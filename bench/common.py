@@ -352,9 +352,13 @@ class Hafleet(System):
 
     @staticmethod
     def _log_time(line: str) -> float | None:
-        # "2026-11-29 21:22:30,969 INFO ..." (local time)
+        # "2026-12-05T05:43:28.123Z INFO ..." (UTC, hafleet_agent/logfmt.py); agents before
+        # it: "2026-11-29 21:22:30,969 INFO ..." (local time)
         try:
-            stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+            if line[10:11] == "T":
+                stamp = calendar.timegm(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S"))
+            else:
+                stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
             return stamp + int(line[20:23]) / 1000
         except ValueError:
             return None

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
-import json
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
 
 from .config import AgentConfig, read_secret
+from .logfmt import TEXT_FORMAT, IsoFormatter, JsonFormatter
 from .node.node import Node, Serve
 from .node.tasks import FAIL_STOP_S, exit_later
 from .sdnotify import Notifier
@@ -27,11 +27,12 @@ log = logging.getLogger("hafleet.agent")
 
 
 def setup_logging(fmt: str, level: int = logging.INFO) -> None:
+    """Log to stderr: ``text`` or ``json`` lines, ISO 8601 UTC times (logfmt.py)."""
     handler = logging.StreamHandler()
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(IsoFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

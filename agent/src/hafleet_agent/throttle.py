@@ -41,12 +41,21 @@ class WarnThrottle:
         self.held_total = 0
         self._last: dict[str, tuple[float, int]] = {}  # source -> (logged at, held since)
 
-    def warn(self, source: str, msg: str, *args: object, kind: str = "") -> bool:
+    def warn(
+        self,
+        source: str,
+        msg: str,
+        *args: object,
+        kind: str = "",
+        fields: dict[str, object] | None = None,
+    ) -> bool:
         """Log ``msg % args`` unless ``source`` had a line of the same ``kind`` within the
         interval; True when it was logged. ``kind`` keeps different failures from one source
         apart (a replayed frame, a forged proof), so each still reaches the log once per
         interval; it must come from a small fixed set (the code's own reasons), never from
-        the peer's bytes, or the throttle would bound nothing."""
+        the peer's bytes, or the throttle would bound nothing. ``fields``: the line's
+        structured fields (the JSON log's, logfmt.py), ``held`` (the lines not logged
+        before it) added."""
         now = self.clock()
         key = f"{source} ({kind})" if kind else source
         label = source
@@ -67,5 +76,6 @@ class WarnThrottle:
         if held:
             msg += " (%d more from %s in the %.0fs before were not logged)"
             args = (*args, held, label, now - logged_at)
-        self.logger.log(self.level, msg, *args)
+        extra = {"fields": {**fields, "held": held}} if fields is not None else None
+        self.logger.log(self.level, msg, *args, extra=extra)
         return True

@@ -89,14 +89,16 @@ class Audit:
         self.refused = 0
 
     def _fields(self, request: web.BaseRequest, status: int | None) -> str:
-        parts = [
-            f"scope={request.get(SCOPE, NONE)}",
-            f"source={value(request.remote or 'unknown')}",
-        ]
+        return " ".join(f"{k}={value(v)}" for k, v in self._record(request, status).items())
+
+    def _record(self, request: Any, status: int | None) -> dict[str, str]:
+        """The line's fields in order, as text: the logfmt line's, and the JSON log's
+        structured fields (cut to _MAX_VALUE characters)."""
+        out = {"scope": str(request.get(SCOPE, NONE)), "source": str(request.remote or "unknown")}
         forwarded = request.headers.get(FORWARDED)
         if forwarded:
-            parts.append(f"forwarded_by={value(forwarded)}")
-        parts += [f"method={value(request.method)}", f"path={value(request.raw_path)}"]
+            out["forwarded_by"] = str(forwarded)
+        out["method"], out["path"] = str(request.method), str(request.raw_path)
         what = request.get(WHAT)
         if what is None:
             info = getattr(request, "match_info", None) or {}
@@ -105,9 +107,9 @@ class Audit:
             elif "id" in info:
                 what = ("member", info["id"])
         if what is not None:
-            parts.append(f"{what[0]}={value(what[1])}")
-        parts.append(f"status={status if status is not None else 'none'}")
-        return " ".join(parts)
+            out[str(what[0])] = str(what[1])
+        out["status"] = str(status) if status is not None else "none"
+        return {k: v[:_MAX_VALUE] for k, v in out.items()}
 
     def answered(self, request: web.BaseRequest, status: int | None, error: str = "") -> None:
         """After the API answered ``request`` with ``status`` (None: no answer was sent)."""
@@ -115,7 +117,9 @@ class Audit:
             self.refused += 1
             source = request.remote or "unknown"
             line = f"refused {self._fields(request, status)} reason={value(error or '?')}"
-            self.refusals.warn(source, "%s", line)
+            fields = {"event": "refused", **self._record(request, status), "reason": error or "?"}
+            self.refusals.warn(source, "%s", line, fields=fields)  # at most 1 a source a 10 s
         elif request.method not in READ_METHODS:
             self.writes += 1
-            self.log.info("write %s", self._fields(request, status))
+            fields = {"event": "write", **self._record(request, status)}
+            self.log.info("write %s", self._fields(request, status), extra={"fields": fields})
