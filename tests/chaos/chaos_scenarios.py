@@ -272,7 +272,9 @@ class Run:
         self.c.restart(node)
         n = self.c.node(node)
         wait_for(
-            lambda: self.health(n.host).status == 200,
+            # 200 or 503: the API answers (/v1/health is 200 only once the node has a leader
+            # and has caught up, which is part of the recovery measured from here)
+            lambda: self.health(n.host).status in (200, 503),
             FORM_TIMEOUT,
             f"{node} to start",
             check=self.c.check_alive,
