@@ -1,4 +1,4 @@
-"""The operator's verbs of ``hafleet-agent`` on another member (docs/cli.md):
+"""The operator's verbs of ``hafleet-agent`` on another member (docs/agent.md):
 
 - ``maintenance on|off ID [--reason TEXT]``: take a member out of rotation (weight 0, drained
   from every HAProxy, still a voter) and back (``PUT``/``DELETE /v1/members/{id}/maintenance``);

@@ -1,7 +1,7 @@
 """Where the client subcommands (status, members, leave, kv, maintenance, ...) find the agent:
 its API URL, the API token and the CA that an ``https://`` agent's certificate must chain to.
 
-Each of the three comes from the first of (docs/cli.md, "Finding the agent"):
+Each of the three comes from the first of (docs/agent.md, "The client commands"):
 
 1. the flag (``--api``, ``--token-file``, ``--ca-file``);
 2. the environment: ``HAFLEET_API_URL``, ``HAFLEET_API_TOKEN_FILE`` (or the token itself in
