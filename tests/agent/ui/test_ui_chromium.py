@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from browser import Browser, Page
@@ -43,13 +44,22 @@ SHOWN = """(() => {
     elements: tr.querySelectorAll("*").length,
   })),
   stored: sessionStorage.getItem("hafleet.ui.token") !== null,
+  balancers: document.getElementById("balancers").hidden ? [] :
+    [...document.querySelectorAll("#balancer-rows tr")].map((tr) => ({
+      id: tr.dataset.balancer, cells: [...tr.children].map((td) => td.textContent),
+      elements: tr.querySelectorAll("*").length,
+    })),
+  injected: document.querySelectorAll("img, b, iframe, script:not([src])").length,
 });
 })()"""
 
 FOLLOW_TIMEOUT = 15.0
+REGISTERED = "balancer/registered/"  # keys.REGISTERED_PREFIX: a syncer's registration
+HOSTILE_ID = '<img src="x" onerror="document.title=1">'
+HOSTILE_HOST = "<b>host</b><script>document.title=2</script>"
 
 
-NOT_YET = {"login": False, "loginError": "", "conn": "", "leader": "", "rows": [], "stored": False}
+NOT_YET = {"login": False, "loginError": "", "conn": "", "leader": "", "rows": [], "balancers": []}
 
 
 def shown(value: str) -> dict[str, Any]:
@@ -177,6 +187,23 @@ async def drive(
                 f"the page to follow the new leader {to}",
             )
             followed = time.monotonic() - sent
+
+            # data is text: a balancer registration (KV) whose id and host are markup
+            value = {"host": HOSTILE_HOST, "backend": "web", "strategy": "weighted"}
+            value |= {"at": time.time(), "ttl_s": 60, "vip": "10.0.0.9", "vip_held": True}
+            path = "/v1/kv/" + quote(REGISTERED + HOSTILE_ID, safe="/")
+            cluster.ok(to, "PUT", path, {"value": value})
+            seen = shown(
+                await page.poll(
+                    SHOWN,
+                    lambda v: any(b["id"] == HOSTILE_ID for b in shown(v)["balancers"]),
+                    FOLLOW_TIMEOUT,
+                    "the page to show the registered balancer",
+                )
+            )
+            row = next(b for b in seen["balancers"] if b["id"] == HOSTILE_ID)
+            assert row["cells"][:2] == [HOSTILE_ID, HOSTILE_HOST], row
+            assert row["elements"] == len(row["cells"]) and seen["injected"] == 0, seen
             assert page.errors == [], page.errors  # no CSP report, no script error
             return {"followed_s": followed}
         finally:

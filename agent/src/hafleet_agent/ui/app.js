@@ -113,6 +113,7 @@
     if (m.reachable === false) bad.push("unreachable");
     if (m.service_healthy === false) bad.push("service failing");
     if (m.draining) bad.push("draining");
+    if (m.maintenance) bad.push("maintenance");
     return bad.length ? { text: bad.join(", "), cls: m.healthy === false ? "bad" : "warn" } : { text: "healthy", cls: "ok" };
   }
 
@@ -146,6 +147,27 @@
     setText("member-count", `(${members.length})`);
   }
 
+  // the syncers registered with the group (status.balancers; absent from an older agent)
+  function renderBalancers(balancers) {
+    const list = Array.isArray(balancers) ? balancers : [];
+    $("balancers").hidden = list.length === 0;
+    const rows = [];
+    for (const b of list) {
+      const tr = document.createElement("tr");
+      tr.dataset.balancer = String(b.id);
+      cell(tr, b.id, "id").title = String(b.id);
+      cell(tr, b.host);
+      cell(tr, b.backend);
+      cell(tr, b.strategy);
+      const seen = typeof b.last_seen_s === "number" ? `${b.last_seen_s.toFixed(0)} s ago` : null;
+      cell(tr, b.fresh === false && seen ? `${seen} (stale)` : seen, b.fresh === false ? "bad" : "");
+      const vip = b.vip ? `${b.vip}${b.vip_held === true ? " (held)" : ""}` : null;
+      cell(tr, vip, b.vip_held === true ? "ok" : "");
+      rows.push(tr);
+    }
+    $("balancer-rows").replaceChildren(...rows);
+  }
+
   function render(status, members, weights, hl) {
     const leader = status.leader_id;
     setText("cluster", status.cluster);
@@ -161,6 +183,7 @@
     setText("weights-version", weights.version);
     setText("cluster-id", status.cluster_id);
     renderMembers(members, leader);
+    renderBalancers(status.balancers);
     setText("updated", `updated ${new Date().toLocaleTimeString()}`);
   }
 
