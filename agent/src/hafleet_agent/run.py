@@ -39,19 +39,6 @@ def setup_logging(fmt: str, level: int = logging.INFO) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        obj = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            obj["exc"] = self.formatException(record.exc_info)
-        return json.dumps(obj)
-
-
 def serve_api(node: Node) -> Serve:
     """What ``node.start(serve=...)`` awaits: the HTTP API of ``node``, started once the
     node's transport listens and before it founds or joins; ``node.stop`` closes it."""
