@@ -436,7 +436,7 @@ def build_app(agent: NodeVerbs) -> tuple[web.Application, Api]:
     for line in ROUTES.strip().splitlines():
         method, path, handler = line.split()
         add[method](path, getattr(api, handler))
-    for method, path, handle in maintenance_routes(api):  # PUT/DELETE .../maintenance
+    for method, path, handle in maintenance_routes(api, web):  # PUT/DELETE .../maintenance
         add[method](path, handle)
     add_ui_routes(add["GET"], web.Response)  # GET /ui/: the cluster page (ui.py)
     add["GET"]("/v1/snapshot", snapshot_handler(agent))  # a backup (snapshot.py)

@@ -9,7 +9,8 @@ maintenance (``{"id", "maintenance", "since", "reason", "changed"}``), on the le
 follower forwards them). ``PUT`` needs the member (404 otherwise); ``DELETE`` of a member that
 is gone still deletes a key left behind.
 
-The handlers use only the request's ``match_info``, ``query``, ``headers`` and ``read()``.
+The handlers use only the request's ``match_info``, ``query``, ``headers`` and ``read()``, and
+``json_response`` of the ``web`` namespace the API hands in (aiohttp's or the server's own).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
 
 from ..ids import member_id_error, shown
 from ..keys import MAINTENANCE_PREFIX
@@ -33,10 +32,10 @@ if TYPE_CHECKING:
 MAX_REASON_CHARS = 200
 PATH = "/v1/members/{id}/maintenance"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Any], Awaitable[Any]]
 
 
-def _member_id(request: web.Request) -> str:
+def _member_id(request: Any) -> str:
     mid = request.match_info["id"]
     error = member_id_error(mid, "member id")
     if error is not None:
@@ -76,11 +75,12 @@ def view(item: dict[str, Any] | None, mid: str, changed: bool) -> dict[str, Any]
     }
 
 
-def routes(api: Api) -> list[tuple[str, str, Handler]]:
-    """The two routes, bound to the API's node and forwarder."""
+def routes(api: Api, web: Any) -> list[tuple[str, str, Handler]]:
+    """The two routes, bound to the API's node and forwarder; ``web`` gives
+    ``json_response``."""
     agent = api.agent
 
-    async def start(request: web.Request) -> web.Response:
+    async def start(request: Any) -> Any:
         mid = _member_id(request)
         raw = await request.read()
         reason = _reason(raw)
@@ -102,7 +102,7 @@ def routes(api: Api) -> list[tuple[str, str, Handler]]:
             return web.json_response(view(agent.state.kv_get(key), mid, changed=False))
         return web.json_response(view(item, mid, changed=True))
 
-    async def end(request: web.Request) -> web.Response:
+    async def end(request: Any) -> Any:
         mid = _member_id(request)
         if not agent.is_leader():
             return await api.forwarder.forward(request, b"")
