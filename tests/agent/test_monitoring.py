@@ -116,6 +116,26 @@ def dashboard_exprs() -> list[str]:
     return exprs
 
 
+def test_the_dashboards_queries_parse(tmp_path: Path) -> None:
+    """Each panel's query, its Grafana variables filled in, is PromQL that promtool accepts
+    (as a recording rule)."""
+    fill = {
+        "$__rate_interval": "5m",
+        "$agent_job": "hafleet-agent",
+        "$balancer_job": "hafleet-balancer",
+    }
+    rules = []
+    for i, expr in enumerate(dashboard_exprs()):
+        for var, value in fill.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr, expr
+        rules.append({"record": f"hafleet_dashboard:query_{i}", "expr": expr})
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = promtool("check", "rules", path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """The metric names of a real agent's scrape and of the syncer's exposition."""
