@@ -78,7 +78,12 @@ def test_a_scrape_of_each_agent_passes_promtool(cluster: Cluster) -> None:
         ):
             assert name in s, name
         assert "hafleet_host_cpu_count" not in s
-        assert s["hafleet_peers_connected"] == 2, nid
+        # the leader holds a connection to each follower (a follower, to the leader at least)
+        assert (
+            s["hafleet_peers_connected"] == 2
+            if nid == lead
+            else 1 <= s["hafleet_peers_connected"] <= 2
+        ), nid
         assert s["hafleet_raft_leader_changes_total"] >= 1
         assert s["hafleet_wal_fsync_duration_seconds_count"] >= 1
         assert (
