@@ -148,6 +148,8 @@ class LeaderChores:
                 and self.cfg.autopilot_cleanup_dead
                 and now - seen > self.cfg.autopilot_dead_after_s
                 and self.removal_keeps_quorum(mid)
+                # a member in maintenance is down on purpose (playbooks/stop.yml): kept
+                and self.state.kv_get(f"{MAINTENANCE_PREFIX}{mid}") is None
             ):
                 log.warning("autopilot: removing dead member %s", mid)
                 with contextlib.suppress(AgentError):
