@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .logfmt import iso_utc
+
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 EXIT_USAGE = 2
@@ -146,7 +148,7 @@ class Supervisor:
         self.stopping = False
 
     def log(self, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        stamp = iso_utc(time.time())  # as the agent's own lines in the same log (logfmt.py)
         sys.stdout.write(f"{stamp} hafleet-supervise[{os.getpid()}]: {text}\n")
         sys.stdout.flush()
 
