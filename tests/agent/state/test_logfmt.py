@@ -117,6 +117,8 @@ def test_a_real_agent_logs_json_with_iso_times_and_the_refusal(tmp_path: Any) ->
         lines = [json.loads(ln) for ln in node.log().splitlines() if ln.startswith("{")]
         assert lines and all(ISO.match(x["ts"]) for x in lines)
         assert any(x.get("event") == "leader" and x["leader"] == "n1" for x in lines)
+        members = [x for x in lines if x.get("event") == "membership"]
+        assert members and members[0]["member"] == "n1", members
         assert len(found) == 1, found  # three refusals, one line
         assert found[0]["source"].startswith("127.") and found[0]["reason"] == "wrong API token"
     finally:

@@ -342,7 +342,10 @@ class Driver:
             )
         if e.type is EntryType.CONF_CHANGE and res.ok:
             cc = ConfChange.decode(e.data)  # the state decoded it: it decodes
-            log.info("membership: %s %r (index %d)", cc.type.name.lower(), cc.node_id, e.index)
+            what = cc.type.name.lower()
+            fields = {"event": "membership", "change": what, "member": cc.node_id, "index": e.index}
+            extra = {"fields": fields}
+            log.info("membership: %s %r (index %d)", what, cc.node_id, e.index, extra=extra)
             if cc.node_id == self.id:
                 # A node may be removed and later added again under the same id (scale in,
                 # then out): replaying the log it meets its old removal first. Only the last
