@@ -245,3 +245,24 @@ def test_an_api_error_is_exit_1_with_the_agents_message(
     wrong = secret(tmp_path / "wrong", "w" * 40)
     assert main(["maintenance", "on", "n2", "--api", url, "--token-file", str(wrong)]) == 1
     assert "wrong API token" in capsys.readouterr().err
+
+
+def test_a_stopped_first_lab_node_is_passed_over(
+    agent: tuple[str, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab's configs in order: node1's agent refuses (stopped), node2's answers."""
+    import socket
+
+    url, calls = agent
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    tok = secret(tmp_path / "token")
+    for node, port in (("n1", closed), ("n2", int(url.rsplit(":", 1)[1]))):
+        (tmp_path / "lab" / node).mkdir(parents=True)
+        agent_toml(tmp_path / "lab" / node / "agent.toml", tok, bind="127.0.0.1", api_port=port)
+    monkeypatch.setattr(client_config, "AGENT_CONFIGS", (str(tmp_path / "lab/*/agent.toml"),))
+    end = discover(env=NO_ENV)
+    assert end.api == f"http://127.0.0.1:{closed}" and end.alternates == [url]
+    assert main(["maintenance", "on", "n2"]) == 0
+    assert calls == [("PUT", "/v1/members/n2/maintenance", {})]

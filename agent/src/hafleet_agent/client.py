@@ -31,9 +31,9 @@ class ClientError(Exception):
         self.exit_code = exit_code
 
 
-def connect(args: argparse.Namespace, timeout: float = TIMEOUT) -> APIClient:
-    """A client of the agent the flags, the environment or the local agent's config name
-    (:mod:`.client_config`)."""
+def connect(args: argparse.Namespace, timeout: float = TIMEOUT) -> list[APIClient]:
+    """Clients of the agent the flags, the environment or the local agent's config name
+    (:mod:`.client_config`): the first, then the other lab nodes found beside it."""
     try:
         end = discover(
             getattr(args, "api", None),
@@ -41,7 +41,10 @@ def connect(args: argparse.Namespace, timeout: float = TIMEOUT) -> APIClient:
             getattr(args, "ca_file", None),
             getattr(args, "config", None),
         )
-        return APIClient(end.api, token=end.token, timeout=timeout, ca_path=end.ca_file)
+        return [
+            APIClient(url, token=end.token, timeout=timeout, ca_path=end.ca_file)
+            for url in [end.api, *end.alternates]
+        ]
     except (DiscoveryError, ValueError) as exc:
         raise ClientError(str(exc), 2) from None
 
@@ -49,13 +52,20 @@ def connect(args: argparse.Namespace, timeout: float = TIMEOUT) -> APIClient:
 def run_client(
     args: argparse.Namespace, run: Callable[[APIClient, argparse.Namespace], int] | None = None
 ) -> int:
-    api = connect(args)
-    try:
-        return (run or _run)(api, args)
-    except APIError as exc:
-        if exc.status is None:
-            raise ClientError(f"cannot reach the agent at {api.base_url}: {exc.message}") from None
-        raise ClientError(str(exc)) from None
+    clients = connect(args)
+    for i, api in enumerate(clients):
+        try:
+            return (run or _run)(api, args)
+        except APIError as exc:
+            if exc.status is None:
+                refused = not exc.sent and not exc.message.startswith("TLS")
+                if refused and i + 1 < len(clients):
+                    continue  # never sent: the next agent found beside it (a lab node)
+                raise ClientError(
+                    f"cannot reach the agent at {api.base_url}: {exc.message}"
+                ) from None
+            raise ClientError(str(exc)) from None
+    raise AssertionError("unreachable: connect() gives at least one client")
 
 
 def _run(api: APIClient, args: argparse.Namespace) -> int:

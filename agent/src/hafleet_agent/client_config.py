@@ -9,7 +9,8 @@ Each of the three comes from the first of (docs/agent.md, "The client commands")
    ``HAFLEET_TOKEN_FILE``, the CLI's older name, still works;
 3. the local agent's own configuration (the TOML file of ``hafleet-agent run --config``):
    ``--config FILE`` or ``HAFLEET_CONFIG``, else the first of :data:`AGENT_CONFIGS` that
-   exists (the agent role's path on a host, then the lab's nodes on the controller). The URL is
+   exists (the agent role's path on a host, then the lab's nodes on the controller; the other
+   lab nodes are tried in turn when the first refuses the connection). The URL is
    ``http(s)://ADVERTISE-OR-BIND:API_PORT`` (https when the config names ``tls_ca_file``),
    the token its ``token_file``, the CA its ``tls_ca_file``;
 4. on a controller of real hosts, the secrets the roles keep: ``~/.hafleet/<cluster>/token``
@@ -59,8 +60,11 @@ class Endpoint:
     api: str
     token: bytes
     ca_file: str | None
-    #: where each came from, for ``--verbose`` messages and the tests
+    #: where each came from, for the messages and the tests
     sources: dict[str, str] = field(default_factory=dict)
+    #: the other lab nodes' API URLs when the URL came from the first of several configs:
+    #: tried in turn when the first agent refuses the connection (it may be stopped)
+    alternates: list[str] = field(default_factory=list)
 
 
 def env_token_file(env: Mapping[str, str] | None = None) -> str | None:
@@ -165,6 +169,7 @@ def discover(
         ca_file = env[ENV_CA_FILE]
         sources["ca"] = f"${ENV_CA_FILE}"
 
+    alternates: list[str] = []
     if api is None or (token_file is None and token is None):
         paths = _agent_config_paths(config, env)
         if paths:
@@ -172,6 +177,7 @@ def discover(
             if api is None:
                 api = found["api"]
                 sources["api"] = paths[0]
+                alternates = [_api_of(p) for p in paths[1:]]
                 if ca_file is None and found["ca_file"]:
                     ca_file, sources["ca"] = found["ca_file"], paths[0]
             if token_file is None and token is None and found["token_file"]:
@@ -191,4 +197,12 @@ def discover(
             token = read_secret(token_file, "token")
         except ConfigError as exc:
             raise DiscoveryError(f"{exc} (from {sources['token']})") from None
-    return Endpoint(api=api, token=token, ca_file=ca_file, sources=sources)
+    alternates = [a for a in alternates if a and a != api]
+    return Endpoint(api=api, token=token, ca_file=ca_file, sources=sources, alternates=alternates)
+
+
+def _api_of(path: str) -> str | None:
+    try:
+        return str(read_agent_config(path)["api"])
+    except DiscoveryError:
+        return None
