@@ -53,6 +53,8 @@ def _dash(value):
 def _health(member):
     if member.get("draining"):
         return "draining"
+    if member.get("maintenance"):  # out of rotation on purpose; still a voter
+        return "maintenance" if member.get("healthy") else "maintenance,DOWN"
     return "ok" if member.get("healthy") else "DOWN"
 
 

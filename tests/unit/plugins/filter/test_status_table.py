@@ -156,3 +156,16 @@ def test_the_filter_is_found_under_its_fqcn_and_templates_to_a_list():
     assert list(lines) == status_table(
         cluster([member("web1", role="leader")]), [server("web1")], ["127.0.0.1:8080"]
     )
+
+
+def test_a_member_in_maintenance_says_so():
+    members = [
+        member("web1", maintenance=True),
+        member("web2", maintenance=True, healthy=False),
+        member("web3", maintenance=False),
+    ]
+    lines = status_table(cluster(members, voters=["web1", "web2", "web3"]), servers=None)
+    rows = {line.split()[0]: line.split() for line in lines[2:-2]}
+    assert rows["web1"][2] == "maintenance"
+    assert rows["web2"][2] == "maintenance,DOWN"
+    assert rows["web3"][2] == "ok"
