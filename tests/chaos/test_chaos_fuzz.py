@@ -426,20 +426,16 @@ class StubAgent:
 
 @pytest.fixture(scope="module")
 def api_server() -> Iterator[tuple[StubAgent, int]]:
-    from aiohttp import web
-
     from hafleet_agent.server import build_app
+    from hafleet_agent.server.conn import Runner, serve
 
     lt = LoopThread()
     agent = StubAgent()
 
-    async def make() -> tuple[web.AppRunner, int]:
+    async def make() -> tuple[Runner, int]:
         app, _ = build_app(agent)  # type: ignore[arg-type]
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner = await serve(app, "127.0.0.1", 0)
+        return runner, runner.port
 
     runner, port = lt.run(make())
     try:

@@ -349,9 +349,10 @@ def test_a_bug_in_a_handler_is_one_log_line_and_a_json_500(
     import logging
     from types import SimpleNamespace
 
-    from aiohttp.test_utils import TestClient, TestServer
+    import aiohttp
 
     from hafleet_agent.server import build_app
+    from hafleet_agent.server.conn import serve
 
     token = "t" * 40
     agent = SimpleNamespace(cfg=SimpleNamespace(max_body_bytes=1 << 20), token=token.encode())
@@ -362,9 +363,18 @@ def test_a_bug_in_a_handler_is_one_log_line_and_a_json_500(
     async def main() -> tuple[int, Any, str]:
         app, _ = build_app(agent)  # type: ignore[arg-type]
         app.router.add_get("/v1/boom/{x}", boom)
-        async with TestClient(TestServer(app)) as client:
-            resp = await client.get("/v1/boom/a%0Ab", headers={"Authorization": f"Bearer {token}"})
-            return resp.status, await resp.json(), resp.headers.get("Content-Type", "")
+        runner = await serve(app, "127.0.0.1", 0)
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"http://127.0.0.1:{runner.port}/v1/boom/a%0Ab",
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as resp,
+            ):
+                return resp.status, await resp.json(), resp.headers.get("Content-Type", "")
+        finally:
+            await runner.cleanup()
 
     with caplog.at_level(logging.INFO, logger="hafleet.api"):
         status, body, ctype = asyncio.run(main())

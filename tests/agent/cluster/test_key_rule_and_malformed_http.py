@@ -1,5 +1,5 @@
 """No input kills the group (issue 13), the API's share: KV keys with dot or empty segments,
-forwarding that keeps the path as it came, and requests aiohttp's parser refuses.
+forwarding that keeps the path as it came, and requests the HTTP parser refuses.
 
 Before: ``PUT /v1/kv/h/a/../other`` stored ``h/a/../other`` through the leader and
 ``h/other`` through a follower (the forwarded URL was a string, parsed and normalized again);
@@ -20,15 +20,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiohttp import web
 from harness import API_PORT, lease_subnet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hafleet_agent.ids import MEMBER_ID_PATTERN
 from hafleet_agent.keys import DRAINED_PREFIX, OVERRIDE_PREFIX, REGISTERED_KEY
-from hafleet_agent.server import build_app, start_api
+from hafleet_agent.server import build_app, start_api, web
 from hafleet_agent.server.api import KEY_RULE, key_segment_error
+from hafleet_agent.server.conn import Runner, serve
 from hafleet_agent.state import StateMachine, encode_command, validate_key
 from hafleet_agent.throttle import WarnThrottle
 
@@ -146,12 +146,9 @@ def request(method: str, path: bytes, body: bytes | None = None) -> bytes:
     return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-async def serving(app: web.Application, host: str = "127.0.0.1") -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+async def serving(app: web.Application, host: str = "127.0.0.1") -> tuple[Runner, int]:
+    runner = await serve(app, host, 0)
+    return runner, runner.port
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
@@ -248,7 +245,7 @@ def test_a_follower_forwards_the_path_as_it_came() -> None:
     assert seen == ["/v1/kv/old/../key", "/v1/kv/a%2Fb%20c?cas=0"]
 
 
-# ---- requests aiohttp's parser refuses ------------------------------------------------------
+# ---- requests the HTTP parser refuses -------------------------------------------------------
 
 MALFORMED = [
     b"PUT /v1/kv/" + b"k" * 10_240 + b" HTTP/1.1\r\nHost: h\r\n\r\n",

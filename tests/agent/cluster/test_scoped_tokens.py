@@ -20,11 +20,11 @@ from typing import Any
 import aiohttp
 import pytest
 from agents import agent_command, write_secret
-from aiohttp import web
 from harness import Cluster, lease_subnet
 
-from hafleet_agent.server import build_app
+from hafleet_agent.server import build_app, web
 from hafleet_agent.server.audit import REFUSED_LOG_INTERVAL_S, value
+from hafleet_agent.server.conn import Runner, serve
 from hafleet_agent.state import StateMachine
 
 READS = [
@@ -194,12 +194,9 @@ class Clock:
         return self.now
 
 
-async def _serving(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+async def _serving(app: web.Application) -> tuple[Runner, int]:
+    runner = await serve(app, "127.0.0.1", 0)
+    return runner, runner.port
 
 
 async def _call(

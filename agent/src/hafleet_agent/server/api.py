@@ -1,4 +1,4 @@
-"""The agent's HTTP API (aiohttp): the routes, and the listener that serves them.
+"""The agent's HTTP API: the routes, and the listener that serves them (``http.py``).
 
 The routes, bodies and status codes are the contract of ``shared/DESIGN.md``; docs/api.md
 describes each one. Every route but ``/v1/health`` needs ``Authorization: Bearer <token>``
@@ -12,13 +12,14 @@ is not text is 401, a body that is not UTF-8 JSON, or nests deeper than MAX_JSON
 one over ``max_body_bytes`` 413, an id outside the member id grammar (:mod:`.ids`) 400 before
 anything is proposed, a KV key outside :data:`KEY_RULE` (a ``.``, ``..`` or empty segment) 400
 on every member before anything is forwarded. What still escapes a handler is a bug: one log
-line, a JSON 500. A request aiohttp's parser refuses (it never reaches a handler) is a JSON
+line, a JSON 500. A request the HTTP parser refuses (it never reaches a handler) is a JSON
 400 too, and at most one log line per source address per MALFORMED_LOG_INTERVAL_S.
 
 The handlers see the node only through :class:`~hafleet_agent.node.verbs.NodeVerbs` and the
 errors of ``node/errors.py``. Beside them: ``forward.py`` takes a write that reached a
 follower to the leader, ``prom.py`` answers ``/metrics``, ``conn.py`` is the listener (the
-connection cap, keep-alive, requests aiohttp's parser refuses).
+connection cap, TLS), ``http.py`` the HTTP/1.1 server, ``web.py`` its request and
+response types (aiohttp's names and meanings).
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from ..ids import member_id_error, shown
 from ..node.errors import AgentError, BadRequest, NotFound, StateErrorResult
@@ -47,8 +45,9 @@ from ..state import (
     validate_value,
 )
 from ..throttle import WarnThrottle
+from . import web
 from .audit import NONE, READ, READ_METHODS, SCOPE, WHAT, Audit, load_read_token, scope_of
-from .conn import KEEPALIVE_S, CappedSite, RequestHandler, connection_limit
+from .conn import Runner, serve
 from .forward import Forwarder
 from .health import check as health_check
 from .maintenance import routes as maintenance_routes
@@ -65,7 +64,7 @@ log = logging.getLogger("hafleet.api")
 MAX_WAIT_S = 300.0
 #: The deepest nesting of arrays and objects a request body may have.
 MAX_JSON_DEPTH = 64
-#: A request aiohttp's parser refuses costs at most one log line per source per this long.
+#: A request the HTTP parser refuses costs at most one log line per source per this long.
 MALFORMED_LOG_INTERVAL_S = 10.0
 KEY_RULE = (
     f"a key is 1-{MAX_KEY_BYTES} bytes of UTF-8 without control characters, segments "
@@ -232,22 +231,18 @@ class Api:
             log.debug("internal error", exc_info=exc)
             return self.counters.count(_error(500, f"internal error ({type(exc).__name__})"))
 
-    def malformed(
-        self, request: web.BaseRequest, status: int, exc: HttpProcessingError
-    ) -> web.Response:
-        """The answer to a request aiohttp's parser refused (a request line or header over
+    def malformed(self, remote: str | None, status: int, what: str) -> web.Response:
+        """The answer to a request the HTTP parser refused (a request line or header over
         8190 bytes, a byte a path may not hold, no HTTP at all): a JSON 400, and at most one
         warning line per source per MALFORMED_LOG_INTERVAL_S, never a traceback (anyone
         can send these, with no token)."""
         self.counters.requests += 1
-        source = request.remote or "an unknown address"
-        what = " ".join(str(exc.message).split())  # aiohttp's own text, over several lines
+        source = remote or "an unknown address"
         self.malformed_log.warn(
             source,
-            "API: malformed HTTP request from %s, answered %d: %s: %s",
+            "API: malformed HTTP request from %s, answered %d: %s",
             source,
             status,
-            type(exc).__name__,
             shown(what, 160),
         )
         return self.counters.count(_error(status, f"malformed HTTP request: {what[:200]}"))
@@ -259,7 +254,7 @@ class Api:
         if scheme.lower() != "bearer" or not given:
             raise AgentError("missing API token (Authorization: Bearer <token>)", status=401)
         try:
-            # aiohttp hands header bytes that are not UTF-8 over as surrogate escapes
+            # the server hands header bytes that are not UTF-8 over as surrogate escapes
             presented = given.strip().encode("utf-8")
         except UnicodeEncodeError:
             raise AgentError("wrong API token (not UTF-8 text)", status=401) from None
@@ -448,26 +443,17 @@ def build_app(agent: NodeVerbs) -> tuple[web.Application, Api]:
     return app, api
 
 
-async def start_api(agent: NodeVerbs) -> web.AppRunner:
+async def start_api(agent: NodeVerbs) -> Runner:
+    """Serve the API on the agent's address (HTTPS with its certificate when TLS is on);
+    ``await runner.cleanup()`` stops it."""
     app, api = build_app(agent)
-    handler_args: dict[str, Any] = {"access_log": None, "keepalive_timeout": KEEPALIVE_S}
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, **handler_args)
-    await runner.setup()
-    server, loop = runner.server, asyncio.get_running_loop()
-    assert server is not None
-
-    def protocol() -> RequestHandler:
-        return RequestHandler(server, malformed=api.malformed, loop=loop, **handler_args)
-
-    tls = agent.cfg.tls  # HTTPS with the agent's certificate when TLS is on
-    site = CappedSite(
-        runner,
+    tls = agent.cfg.tls
+    runner = await serve(
+        app,
         agent.cfg.bind,
         agent.cfg.api_port,
-        connection_limit(),
-        protocol,
         ssl_context=tls.api_server if tls is not None else None,
+        malformed=api.malformed,
     )
-    await site.start()
-    api.counters.cap = site.cap
+    api.counters.cap = runner.cap
     return runner

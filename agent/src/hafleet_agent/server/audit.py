@@ -25,10 +25,9 @@ import logging
 import re
 from typing import Any
 
-from aiohttp import web
-
 from ..config import ConfigError, read_secret
 from ..throttle import WarnThrottle
+from . import web
 
 audit_log = logging.getLogger("hafleet.audit")
 
@@ -39,8 +38,8 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REFUSED_LOG_INTERVAL_S = 10.0
 #: The request's scope, set by the middleware (``request[SCOPE]``), and what a write is about
 #: when its path does not say it (``request[WHAT] = ("member", id)``).
-SCOPE: Any = getattr(web, "RequestKey", lambda name, t: name)("hafleet_scope", str)
-WHAT: Any = getattr(web, "RequestKey", lambda name, t: name)("hafleet_audit_what", tuple)
+SCOPE: Any = web.RequestKey("hafleet_scope", str)
+WHAT: Any = web.RequestKey("hafleet_audit_what", tuple)
 FORWARDED = "X-Hafleet-Forwarded"  # forward.py's header (the sender's node id), as claimed
 
 _PLAIN = re.compile(r"^[A-Za-z0-9._/:%@\[\]+-]{1,200}$")
@@ -88,7 +87,7 @@ class Audit:
         self.writes = 0
         self.refused = 0
 
-    def _fields(self, request: web.BaseRequest, status: int | None) -> str:
+    def _fields(self, request: web.Request, status: int | None) -> str:
         return " ".join(f"{k}={value(v)}" for k, v in self._record(request, status).items())
 
     def _record(self, request: Any, status: int | None) -> dict[str, str]:
@@ -111,7 +110,7 @@ class Audit:
         out["status"] = str(status) if status is not None else "none"
         return {k: v[:_MAX_VALUE] for k, v in out.items()}
 
-    def answered(self, request: web.BaseRequest, status: int | None, error: str = "") -> None:
+    def answered(self, request: web.Request, status: int | None, error: str = "") -> None:
         """After the API answered ``request`` with ``status`` (None: no answer was sent)."""
         if status in (401, 403):
             self.refused += 1

@@ -1,6 +1,6 @@
-"""The API's listener: the connection cap, keep-alive and requests aiohttp's parser refuses.
+"""The API's listener: the connection cap, TLS, and :func:`serve` (an app on an address).
 
-An idle keep-alive connection is closed after KEEPALIVE_S, and at most
+An idle keep-alive connection is closed after KEEPALIVE_S (:mod:`.http`), and at most
 :func:`connection_limit` are open at once (a connection over the cap is answered 503 and
 closed at once), so that idle clients cannot take every file descriptor of the agent.
 """
@@ -15,26 +15,23 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
-
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from ..throttle import WarnThrottle
+from .http import HttpServer, Malformed
+from .web import Application
 
 log = logging.getLogger("hafleet.api")
 
-#: An idle keep-alive connection is closed after this long (aiohttp's default is an hour).
+#: An idle keep-alive connection is closed after this long (aiohttp's default was an hour).
 KEEPALIVE_S = 30.0
+#: At shutdown, a request under way has this long to finish before its handler is cancelled.
+SHUTDOWN_TIMEOUT_S = 5.0
 #: At most this many API connections at once, and at most a quarter of the process's file
 #: descriptor limit (RLIMIT_NOFILE): the rest is for the Raft transport, storage, mDNS.
 MAX_CONNECTIONS = 1024
 LISTEN_BACKLOG = 128
 #: With HTTPS: a connection that has not finished its TLS handshake after this long is closed.
 TLS_HANDSHAKE_S = 10.0
-
-#: The answer to a request aiohttp's parser refused: (request, status, what the parser said).
-Malformed = Callable[[web.BaseRequest, int, HttpProcessingError], web.StreamResponse]
 
 
 def connection_limit(nofile: int | None = None) -> int:
@@ -53,13 +50,12 @@ _REFUSAL = (
 
 
 class ConnectionCap:
-    """Counts the API's open connections. The site below accepts one connection at a time:
-    within ``limit`` it becomes an aiohttp connection (wrapped in :class:`_Counted`, which
-    gives the slot back when the connection ends); over it, the socket is answered 503 and
-    closed before the next accept, so at most ``limit`` + 1 descriptors are ever in use."""
+    """Counts the API's open connections. The listener below accepts one connection at a
+    time: within ``limit`` it becomes an HTTP connection (which gives the slot back when it
+    ends); over it, the socket is answered 503 and closed before the next accept, so at most
+    ``limit`` + 1 descriptors are ever in use."""
 
-    def __init__(self, factory: Callable[[], asyncio.Protocol], limit: int) -> None:
-        self.factory = factory
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
         self.refused = 0
@@ -81,85 +77,8 @@ class ConnectionCap:
             self._last_warning = now
             log.warning("API: %s (%d refused so far)", what, self.refused)
 
-    def protocol(self) -> _Counted:
-        """The protocol of a connection whose slot the accept loop took (``open += 1``)."""
-        return _Counted(self.factory(), self)
-
-
-class _Counted(asyncio.Protocol):
-    """Passes everything to aiohttp's protocol; gives the slot back when the connection
-    ends (or never started)."""
-
-    def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
-        self.inner = inner
-        self.cap: ConnectionCap | None = cap
-
     def release(self) -> None:
-        if self.cap is not None:
-            self.cap.open -= 1
-            self.cap = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.release()
-        self.inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
-class RequestHandler(web.RequestHandler):
-    """aiohttp's connection protocol with one change: a request its parser refuses is
-    answered by ``malformed`` (``Api.malformed``: a JSON 400, one throttled line per
-    source) instead of a text/plain 400 and an ERROR with a traceback on ``aiohttp.server``
-    per request.
-
-    aiohttp has no hook for these requests (they never reach the application or its
-    middlewares): they come to ``handle_error(request, status, exc, message)``, as of
-    aiohttp 3.14. Other errors that come there (a 500 or 504 of aiohttp's own, a bug) keep
-    aiohttp's handling."""
-
-    def __init__(self, manager: web.Server, *, malformed: Malformed, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self.malformed = malformed
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if not isinstance(exc, HttpProcessingError) or not 400 <= status < 500:
-            return super().handle_error(request, status, exc, message)
-        if request.writer.output_size > 0:
-            raise ConnectionError("a response was already sent; cannot send the 400")
-        resp = self.malformed(request, status, exc)
-        resp.force_close()
-        return resp
-
-
-class _Listener:
-    """What BaseSite.stop() closes: the accept loop and the listening socket."""
-
-    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
-        self.sock = sock
-        self.task = task
-
-    def close(self) -> None:
-        self.task.cancel()
-        self.sock.close()
+        self.open -= 1
 
 
 def _peer_host(conn: socket.socket) -> str:
@@ -169,45 +88,36 @@ def _peer_host(conn: socket.socket) -> str:
         return "?"
 
 
-class CappedSite(web.BaseSite):
-    """A TCP site that accepts through a :class:`ConnectionCap` (aiohttp's TCPSite hands the
-    listening socket to asyncio, which accepts as fast as connections come, up to the backlog
-    at a time, whatever the descriptors left)."""
+class Runner:
+    """An app served on one address: the accept loop through a :class:`ConnectionCap`
+    (asyncio's own server accepts as fast as connections come, up to the backlog at a time,
+    whatever the descriptors left), TLS when given a context, the connections
+    (:class:`.http.HttpServer`). ``await cleanup()`` stops it all and runs the app's
+    ``on_cleanup`` hooks."""
 
     def __init__(
         self,
-        runner: web.AppRunner,
-        host: str,
-        port: int,
+        app: Application,
+        sock: socket.socket,
         limit: int,
-        protocol: Callable[[], asyncio.Protocol],
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None,
+        malformed: Malformed | None,
+        keepalive_s: float,
     ) -> None:
-        super().__init__(runner, backlog=LISTEN_BACKLOG, ssl_context=ssl_context)
-        self.host, self.port, self.limit = host, port, limit
-        self.protocol = protocol
+        self.app = app
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.cap = ConnectionCap(limit)
+        self.http = HttpServer(app, keepalive_s=keepalive_s, malformed=malformed)
+        self.ssl_context = ssl_context
         # A failed TLS handshake (plain HTTP to the HTTPS port, an old client): one line per
         # source address per 10 s.
         self._tls_throttle = WarnThrottle(log, 10.0)
-        self.cap: ConnectionCap | None = None
         self._serving: set[asyncio.Task[None]] = set()
+        self._accepting = asyncio.create_task(self._accept(), name="hafleet-api-accept")
 
-    @property
-    def name(self) -> str:
-        scheme = "https" if self._ssl_context is not None else "http"
-        return f"{scheme}://{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        await super().start()
-        self.cap = ConnectionCap(self.protocol, self.limit)
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.create_server((self.host, self.port), family=family, backlog=self._backlog)
-        sock.setblocking(False)
-        task = asyncio.create_task(self._accept(sock, self.cap), name="hafleet-api-accept")
-        self._server = _Listener(sock, task)  # type: ignore[assignment]
-
-    async def _accept(self, sock: socket.socket, cap: ConnectionCap) -> None:
-        loop = asyncio.get_running_loop()
+    async def _accept(self) -> None:
+        loop, sock, cap = asyncio.get_running_loop(), self.sock, self.cap
         while sock.fileno() != -1:
             try:
                 conn, _ = await loop.sock_accept(sock)
@@ -221,34 +131,35 @@ class CappedSite(web.BaseSite):
                 cap.refuse(conn)
                 continue
             cap.open += 1  # taken now: the connection's task may start after more accepts
-            task = asyncio.create_task(self._serve(loop, conn, cap))
+            task = asyncio.create_task(self._serve(loop, conn))
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
 
-    async def _serve(
-        self, loop: asyncio.AbstractEventLoop, conn: socket.socket, cap: ConnectionCap
-    ) -> None:
-        made: list[_Counted] = []
+    def _releaser(self) -> Callable[[], None]:
+        """Gives the connection's slot back, once."""
+        done = []
 
-        def factory() -> _Counted:
-            made.append(cap.protocol())
-            return made[-1]
+        def release() -> None:
+            if not done:
+                done.append(True)
+                self.cap.release()
 
+        return release
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        release = self._releaser()
         try:
             source = _peer_host(conn)
             await loop.connect_accepted_socket(
-                factory,
+                lambda: self.http.protocol(release),
                 conn,
-                ssl=self._ssl_context,
-                ssl_handshake_timeout=TLS_HANDSHAKE_S if self._ssl_context else None,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_S if self.ssl_context else None,
             )
         except Exception as exc:  # e.g. a failed TLS handshake: the slot is free again
-            if made:
-                made[0].release()
-            else:
-                cap.open -= 1
+            release()
             conn.close()
-            if isinstance(exc, ssl.SSLError | TimeoutError) and self._ssl_context is not None:
+            if isinstance(exc, ssl.SSLError | TimeoutError) and self.ssl_context is not None:
                 why = exc.reason if isinstance(exc, ssl.SSLError) else None
                 self._tls_throttle.warn(
                     source,
@@ -260,3 +171,40 @@ class CappedSite(web.BaseSite):
                 )
             else:
                 log.debug("API connection dropped before it started: %r", exc)
+
+    async def cleanup(self, shutdown_timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop accepting, close the connections (a request under way has
+        ``shutdown_timeout`` to finish), run the app's cleanup hooks."""
+        self._accepting.cancel()
+        self.sock.close()
+        for task in list(self._serving):
+            task.cancel()
+        await self.http.shutdown(shutdown_timeout)
+        await self.app.cleanup()
+
+
+async def serve(
+    app: Application,
+    host: str,
+    port: int,
+    *,
+    limit: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    malformed: Malformed | None = None,
+    keepalive_s: float = KEEPALIVE_S,
+) -> Runner:
+    """Serve ``app`` on ``host:port`` (port 0: any; ``Runner.port`` says which) with at most
+    ``limit`` connections (:func:`connection_limit` by default)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    sock.setblocking(False)
+    for hook in app.on_startup:
+        await hook(app)
+    return Runner(
+        app,
+        sock,
+        connection_limit() if limit is None else limit,
+        ssl_context,
+        malformed,
+        keepalive_s,
+    )

@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from ..telemetry import TELEMETRY
+from . import web
 from .prom_node import (
     build_info,
     health_families,

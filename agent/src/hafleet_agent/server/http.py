@@ -1,0 +1,429 @@
+"""The API's HTTP/1.1 server: one :class:`HttpProtocol` per connection (asyncio protocols,
+no streams), and :class:`HttpServer`, which knows the connections and shuts them down.
+
+What a connection does, in order: it reads a request's head (the request line and each
+header line at most MAX_LINE bytes, at most MAX_HEADERS headers), then its body (by
+Content-Length or chunked; at most the app's ``client_max_size``, else the handler's
+``read()`` is a 413 and the connection closes after the answer), then runs the app's
+handler, one request at a time in the order they came (pipelined requests wait in the
+buffer; reading pauses while it is full), and writes the answer. Keep-alive is HTTP/1.1's
+default (HTTP/1.0: only when asked); a connection with no request under way is closed after
+``keepalive_s``, counted from when it became idle, so a client that sends nothing, or a
+head byte by byte (slowloris), holds it no longer. A request that is not HTTP as RFC 9112
+says is answered by ``malformed`` (a JSON 400) and the connection closed.
+
+:mod:`.web` is the handlers' side (requests, responses, the router); :mod:`.conn` the
+listener (the connection cap, TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+
+from .web import Application, Headers, HTTPException, Request, Response, StreamResponse
+
+log = logging.getLogger("hafleet.api")
+
+#: The longest request line or header line (aiohttp's limit).
+MAX_LINE = 8190
+MAX_HEADERS = 128
+#: Unread bytes a connection buffers (pipelined requests) before it stops reading.
+MAX_BUFFER = 256 * 1024
+
+#: The answer to a malformed request: (the source address, the status, what is wrong).
+Malformed = Callable[[str | None, int, str], Response]
+
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
+
+
+class BadRequest(Exception):
+    """A request that is not HTTP/1.x as it must be (the connection answers 400, closes)."""
+
+
+def _default_malformed(remote: str | None, status: int, what: str) -> Response:
+    from .web import json_response
+
+    return json_response({"error": f"malformed HTTP request: {what[:200]}"}, status=status)
+
+
+class _Date:
+    """The Date header's value, formatted once a second."""
+
+    second = -1
+    text = ""
+
+    @classmethod
+    def now(cls) -> str:
+        t = int(time.time())
+        if t != cls.second:
+            cls.second, cls.text = t, formatdate(t, usegmt=True)
+        return cls.text
+
+
+class HttpServer:
+    """Runs ``app`` on the connections it is given (:meth:`protocol` makes one) and shuts
+    them down: idle ones at once, busy ones after their answer or ``shutdown_timeout``."""
+
+    def __init__(
+        self,
+        app: Application,
+        *,
+        keepalive_s: float = 30.0,
+        malformed: Malformed | None = None,
+    ) -> None:
+        self.app = app
+        self.keepalive_s = keepalive_s
+        self.malformed = malformed or _default_malformed
+        self.connections: set[HttpProtocol] = set()
+        self.closing = False
+
+    def protocol(self, on_close: Callable[[], None] | None = None) -> HttpProtocol:
+        return HttpProtocol(self, on_close)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close every connection: at once when idle; a busy one after its answer, or when
+        ``timeout`` has passed (its handler cancelled)."""
+        self.closing = True
+        for conn in list(self.connections):
+            if conn.task is None:
+                conn.close()
+        busy = [c.task for c in self.connections if c.task is not None]
+        if busy:
+            _, pending = await asyncio.wait(busy, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        for conn in list(self.connections):
+            conn.close()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One connection (see the module's docstring)."""
+
+    def __init__(self, server: HttpServer, on_close: Callable[[], None] | None) -> None:
+        self.server = server
+        self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self.buf = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.paused = False
+        self.closed = False
+        self.loop = asyncio.get_running_loop()
+        self._drain: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._eof = False  # the client sent its last byte: close after the answer
+        self._continued = False  # "100 Continue" sent for the request being read
+        self._head_only = False  # the streamed answer under way is to a HEAD
+
+    # ---- asyncio's side ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self.server.connections.add(self)
+        self._idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("the client closed the connection"))
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.task is None:
+            self._next()
+        elif len(self.buf) > MAX_BUFFER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self.task is None:
+            self.close()
+        return True  # half-closed: the answer under way is still sent, then the close
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # ---- reading -----------------------------------------------------------------------------
+    def _idle(self) -> None:
+        """No request under way: the keep-alive clock starts (a next request must arrive
+        whole before it runs out)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(self.server.keepalive_s, self.close)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def _next(self) -> None:
+        """Start the next whole request in the buffer, if there is one."""
+        if self.closed or self.server.closing and not self.buf:
+            return
+        try:
+            parsed = self._parse()
+        except BadRequest as exc:
+            self._refuse(str(exc))
+            return
+        if parsed is None:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        request, keep_alive = parsed
+        self.task = self.loop.create_task(self._run(request, keep_alive))
+
+    def _parse(self) -> tuple[Request, bool] | None:
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            _check_start(buf)
+            first = buf.find(b"\r\n")
+            if (first < 0 and len(buf) > MAX_LINE) or len(buf) > MAX_LINE * 8:
+                raise BadRequest("the request line or header section is too long")
+            return None
+        lines = bytes(buf[:end]).split(b"\r\n")
+        start = lines[0]
+        if len(start) > MAX_LINE:
+            raise BadRequest(f"the request line is over {MAX_LINE} bytes")
+        parts = start.split(b" ")
+        if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
+            raise BadRequest(f"bad request line {start[:60]!r}")
+        version = _VERSIONS.get(parts[2])
+        if version is None:
+            raise BadRequest(f"unsupported HTTP version {parts[2][:20]!r}")
+        if len(lines) > MAX_HEADERS + 1:
+            raise BadRequest(f"more than {MAX_HEADERS} headers")
+        headers = Headers()
+        for line in lines[1:]:
+            if len(line) > MAX_LINE:
+                raise BadRequest(f"a header line is over {MAX_LINE} bytes")
+            name, sep, value = line.partition(b":")
+            if not sep or not _TOKEN.match(name):
+                raise BadRequest(f"bad header line {line[:40]!r}")
+            value = value.strip(b" \t")
+            if _BAD_VALUE.search(value):
+                raise BadRequest(f"a control character in header {name[:40]!r}")
+            key, text = name.decode("ascii"), value.decode("utf-8", "surrogateescape")
+            if key in headers:
+                if key.lower() in ("content-length", "transfer-encoding", "host"):
+                    raise BadRequest(f"header {key} given twice")
+                text = f"{headers[key]}, {text}"
+            headers[key] = text
+        pos = end + 4
+        body, too_large, rest = self._body(headers, buf, pos)
+        if body is None:  # the body is not all here yet
+            if not self._continued and headers.get("Expect", "").lower() == "100-continue":
+                self._continued = True  # curl waits a second for it before a large body
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+            return None
+        self._continued = False
+        del buf[:rest]
+        conn = headers.get("Connection", "").lower()
+        keep_alive = "close" not in conn if version == (1, 1) else "keep-alive" in conn
+        if too_large:
+            keep_alive = False  # the rest of the body is not read
+        request = Request(
+            parts[0].decode("ascii"),
+            parts[1].decode("ascii"),
+            version,
+            headers,
+            body,
+            remote=self.remote,
+            transport=self.transport,
+            too_large=too_large,
+            app=self.server.app,
+        )
+        request._stream = self
+        return request, keep_alive
+
+    def _body(self, headers: Headers, buf: bytearray, pos: int) -> tuple[bytes | None, int, int]:
+        """(the body or None when it is not all here, its size when over the limit, where
+        the next request starts)."""
+        limit = self.server.app.client_max_size
+        te = headers.get("Transfer-Encoding")
+        if te is not None:
+            if "Content-Length" in headers or te.lower() != "chunked":
+                raise BadRequest("bad Transfer-Encoding (only chunked, without Content-Length)")
+            return _chunked(buf, pos, limit)
+        raw = headers.get("Content-Length")
+        if raw is None:
+            return b"", 0, pos
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+            raise BadRequest(f"bad Content-Length {raw[:20]!r}")
+        length = int(raw)
+        if length > limit:
+            return b"", length, pos
+        if len(buf) - pos < length:
+            return None, 0, 0
+        return bytes(buf[pos : pos + length]), 0, pos + length
+
+    def _refuse(self, what: str) -> None:
+        """Answer a malformed request and close (the server's ``malformed`` says how)."""
+        resp = self.server.malformed(self.remote, 400, what)
+        resp.force_close()
+        self.buf.clear()
+        self._send(None, resp, keep_alive=False)
+        self.close()
+
+    # ---- answering ---------------------------------------------------------------------------
+    async def _run(self, request: Request, keep_alive: bool) -> None:
+        resp: StreamResponse | None = None
+        try:
+            try:
+                resp = await self.server.app.handle(request)
+            except HTTPException as exc:
+                resp = exc
+            except ConnectionError:  # the client went away while a stream was written
+                keep_alive = False
+                return
+            except Exception as exc:  # a bug outside the middleware's reach
+                log.error("internal error in %s: %s: %s", request.method, type(exc).__name__, exc)
+                log.debug("internal error", exc_info=exc)
+                resp = Response(
+                    text='{"error": "internal error"}', status=500, content_type="application/json"
+                )
+            if resp.keep_alive is False or self.server.closing:
+                keep_alive = False
+            if not resp.prepared:
+                self._send(request, resp, keep_alive)
+            elif self._chunked_open:
+                self.end()
+        except asyncio.CancelledError:
+            keep_alive = False
+        finally:
+            self.task = None
+            if not keep_alive or self.closed or self._eof:
+                self.close()
+            else:
+                self._idle()
+                if self.paused:
+                    self.paused = False
+                    self.transport.resume_reading()  # type: ignore[union-attr]
+                if self.buf:
+                    self._next()
+
+    def _head(self, request: Request | None, resp: StreamResponse, keep_alive: bool) -> bytearray:
+        version = "HTTP/1.0" if request is not None and request.version == (1, 0) else "HTTP/1.1"
+        out = [f"{version} {resp.status} {resp.reason}\r\n"]
+        for name, value in resp.headers.items():
+            out.append(f"{name}: {value}\r\n")
+        out.append(f"Date: {_Date.now()}\r\n")
+        if not keep_alive:
+            out.append("Connection: close\r\n")
+        elif version == "HTTP/1.0":
+            out.append("Connection: keep-alive\r\n")
+        out.append("\r\n")
+        return bytearray("".join(out).encode("utf-8"))
+
+    def _send(self, request: Request | None, resp: StreamResponse, keep_alive: bool) -> None:
+        if self.closed:
+            return
+        body = getattr(resp, "body", None) or b""  # an aiohttp Response's too
+        resp.headers["Content-Length"] = str(len(body))
+        data = self._head(request, resp, keep_alive)
+        if request is None or request.method != "HEAD":
+            data += body
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    # ---- a StreamResponse's writes (its ``_stream`` is this connection) ----------------------
+    _chunked_open = False
+
+    def start(self, request: Request, resp: StreamResponse) -> None:
+        """Send a streamed response's head: chunked, unless it set a Content-Length."""
+        keep_alive = resp.keep_alive is not False and not self.server.closing
+        if resp.content_length is None:
+            resp.headers["Transfer-Encoding"] = "chunked"
+            self._chunked_open = request.method != "HEAD"
+        self._head_only = request.method == "HEAD"
+        if not self.closed:
+            self.transport.write(self._head(request, resp, keep_alive))  # type: ignore[union-attr]
+        if not keep_alive:
+            resp.keep_alive = False
+
+    async def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionResetError("the client closed the connection")
+        if data and not self._head_only:
+            if self._chunked_open:
+                data = b"%x\r\n%s\r\n" % (len(data), data)
+            self.transport.write(data)  # type: ignore[union-attr]
+        if self._writing_paused:
+            if self._drain is None:
+                self._drain = self.loop.create_future()
+            await self._drain
+
+    def end(self) -> None:
+        if self._chunked_open:
+            self._chunked_open = False
+            if not self.closed:
+                self.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+
+
+def _check_start(buf: bytearray) -> None:
+    """Refuse at once what cannot start a request (a TLS handshake to the plain port, binary
+    bytes) rather than wait for a head that will never end."""
+    sp = buf.find(b" ", 0, 33)
+    method = bytes(buf[:sp] if sp >= 0 else buf[:33])
+    if method and not _TOKEN.match(method) or sp < 0 and len(buf) > 32:
+        if buf[:1] == b"\x16":
+            raise BadRequest("not HTTP: a TLS handshake to the plain HTTP port? (use https://)")
+        raise BadRequest(f"not an HTTP request line: {method[:20]!r}")
+
+
+def _chunked(buf: bytearray, pos: int, limit: int) -> tuple[bytes | None, int, int]:
+    """A chunked body from ``buf[pos:]`` (see HttpProtocol._body)."""
+    body = bytearray()
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            if len(buf) - pos > MAX_LINE:
+                raise BadRequest("a chunk size line is too long")
+            return None, 0, 0
+        size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BadRequest(f"bad chunk size {size_text[:20]!r}") from None
+        if size_text.startswith((b"-", b"+", b"0x", b"0X")):
+            raise BadRequest(f"bad chunk size {size_text[:20]!r}")
+        pos = eol + 2
+        if size == 0:
+            end = buf.find(b"\r\n\r\n", pos - 2)  # no trailers, or trailers ignored
+            if end < 0:
+                return None, 0, 0
+            return bytes(body), 0, end + 4
+        if len(body) + size > limit:
+            return b"", len(body) + size, pos
+        if len(buf) < pos + size + 2:
+            return None, 0, 0
+        if buf[pos + size : pos + size + 2] != b"\r\n":
+            raise BadRequest("a chunk does not end with CRLF")
+        body += buf[pos : pos + size]
+        pos += size + 2
