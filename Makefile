@@ -48,7 +48,7 @@ export PATH := $(BIN):$(PATH)
 	sanity units build constraints agent-constraints lab clean distclean sim bench-agent bench-balancer bench chaos \
 	molecule release docs-check changelog \
 	collection-link ansible-lint bench-scale vendor mutation wheelhouse machines machines-destroy \
-	molecule-machines machines-e2e
+	molecule-machines machines-e2e bench-balancer-ha
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/[$$](TEST_STAGES)/$(TEST_STAGES)/' \
@@ -206,6 +206,14 @@ bench-balancer: venv ## HAProxy + syncer: req/s, weight commit -> applied, faile
 
 bench-scale: venv ## time make lab NODES=7 from a fresh clone, --check --diff, 7->7, 7->3->7 under load, destroy (root; ~9 min)
 	$(BIN)/python bench/scale_bench.py
+
+# The balancers' virtual address on machines (root; bench/balancer_ha_bench.py): 3 pool + 2
+# balancer machines (hfbha-, hfbha1, 10.79.50.0/24), the holder's power cut under load, N trials,
+# beside keepalived's defaults; prints vip-failover: ...; writes docs/benchmarks.md.
+bench-balancer-ha: venv collection-link ## VIP failover on 2 balancer machines vs keepalived's defaults (root; ~15 min)
+	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(MACHINES_DEB_PACKAGES)"
+	bench/setup.sh
+	bench/.venv/bin/python bench/balancer_ha_bench.py
 
 bench: venv ## hafleet vs etcd, PySyncObj; scale.yml -> docs/benchmarks.md (~30-45 min; BENCH_QUICK=1: ~7)
 	bench/setup.sh
