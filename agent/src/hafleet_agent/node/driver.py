@@ -40,6 +40,7 @@ from typing import Any
 
 from ..config import AgentConfig
 from ..ids import shown
+from ..raft.coalesce import coalesce
 from ..raft.core import Config as RaftConfig
 from ..raft.core import ProposalDropped
 from ..raft.rawnode import RawNode, Ready
@@ -124,6 +125,7 @@ class Driver:
         self._writer: ThreadPoolExecutor | None = None  # the one thread writing the log
         self._writing = False  # a ready batch is in the writer thread, not durable yet
         self._unsaved_hs: HardState | None = None  # a new commit index not written yet
+        self._max_entries = RaftConfig.max_entries_per_msg  # of a merged append (coalesce)
         self._effects = ReadyEffects(
             persist=self._persist,
             send=send,
@@ -260,6 +262,8 @@ class Driver:
             if not raw.has_ready():
                 break
             rd = raw.ready()
+            # fewer, larger messages: the batch's appends (answers) to a peer merged in one
+            rd.messages = coalesce(rd.messages, self._max_entries)
             later = begin_ready(rd, self._effects)
             if rd.snapshot is not None:
                 self._save_snapshot(rd.snapshot)  # rare: on the loop, between two batches
