@@ -135,10 +135,9 @@ def _vip(value: str) -> str:
 
     try:
         return str(parse_vip(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an IPv4 or IPv6 address, got {value!r}"
-        ) from None
+    except ValueError as exc:
+        why = str(exc) if "virtual address" in str(exc) else "expected an IPv4 or IPv6 address"
+        raise argparse.ArgumentTypeError(f"{why}, got {value!r}") from None
 
 
 def _seconds(value: str) -> float:

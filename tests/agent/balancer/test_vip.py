@@ -174,12 +174,35 @@ def test_parse_vip() -> None:
             vip.parse_vip(bad)
 
 
+def test_parse_vip_gives_the_address_the_kernel_lists() -> None:
+    """What the interface dump can match: an IPv6 zone (``%eth0``) is dropped (the dump has
+    none, and a scoped address never equals an unscoped one: it would never be held), an
+    IPv4-mapped IPv6 address is its IPv4 address, a bracketed one may carry a prefix."""
+    held = [vip.HostAddress(ipaddress.ip_address(a), 2, True) for a in ("fe80::1", "10.0.0.5")]
+    for text in ("fe80::1%eth0", "[fe80::1%eth0]", "fe80::1%eth0/64", "::ffff:10.0.0.5"):
+        assert vip.holds(vip.parse_vip(text), held), text
+    assert str(vip.parse_vip("[2001:db8::1]/64")) == "2001:db8::1"
+    assert vip.VIPCheck("fe80::1%eth0").text == "fe80::1"
+
+
+@pytest.mark.parametrize("bad", ["0.0.0.0", "::", "224.0.0.18", "ff02::12", "0.0.0.0/0"])
+def test_parse_vip_refuses_an_address_no_interface_holds(bad: str) -> None:
+    """An unspecified or multicast address is never an interface's: refused at start (exit
+    2) rather than shown as 'not held' on every balancer for ever."""
+    with pytest.raises(ValueError, match="cannot be a virtual address"):
+        vip.parse_vip(bad)
+
+
 def test_the_flag_refuses_what_is_no_address(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["balancer", "--haproxy-socket", "/nonexistent", "--backend", "b", "--vip", "lb"]
     with pytest.raises(SystemExit) as exc:
         cli_main(argv)
     assert exc.value.code == 2
     assert "--vip: expected an IPv4 or IPv6 address, got 'lb'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli_main([*argv[:-1], "0.0.0.0"])
+    assert exc.value.code == 2
+    assert "0.0.0.0 cannot be a virtual address" in capsys.readouterr().err
 
 
 # ---- this host's own addresses -------------------------------------------------------------

@@ -191,11 +191,24 @@ def holds(vip: Address, addresses: Iterable[HostAddress]) -> bool:
 
 def parse_vip(text: str) -> Address:
     """``--vip``'s value: one IPv4 or IPv6 address (a ``/prefix`` is allowed and dropped, as
-    keepalived's ``virtual_ipaddress`` writes it). ValueError otherwise."""
+    keepalived's ``virtual_ipaddress`` writes it), as the interface dump lists it: an IPv6
+    zone (``%eth0``) is dropped (the dump has none; a scoped address never equals it) and an
+    IPv4-mapped IPv6 address is its IPv4 address. ValueError otherwise, and for an
+    unspecified or multicast address, which no interface holds."""
     text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    return ipaddress.ip_interface(text).ip if "/" in text else ipaddress.ip_address(text)
+    addr_part, slash, prefix = text.partition("/")
+    if addr_part.startswith("[") and addr_part.endswith("]"):
+        addr_part = addr_part[1:-1]
+    addr_part = addr_part.split("%", 1)[0] if ":" in addr_part else addr_part
+    if slash:
+        addr: Address = ipaddress.ip_interface(f"{addr_part}/{prefix}").ip
+    else:
+        addr = ipaddress.ip_address(addr_part)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_unspecified or addr.is_multicast:
+        raise ValueError(f"{addr} cannot be a virtual address (unspecified or multicast)")
+    return addr
 
 
 class VIPCheck:
