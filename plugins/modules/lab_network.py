@@ -425,7 +425,10 @@ def main():
     )
     network, bridge_ip = _validate(module)
     if os.geteuid() != 0:
-        module.fail_json(msg="the lab network needs root: run the play as root (or with become)")
+        module.fail_json(
+            msg="the lab makes network namespaces and a bridge, which needs root: run the play as "
+            "root (or with become)"
+        )
     lab = Lab(module)
     p = module.params
     try:

@@ -6,7 +6,9 @@ Reads DIR/ID.crt and DIR/ID.key (as ``hafleet-agent ca issue`` wrote them) and p
 JSON object: ``{"issue": true|false, "reason": "..."}``. A certificate is issued again when
 it or its key is missing or unreadable, the key is not the certificate's, the CA of DIR did not
 sign it, it names another node id, its addresses are not exactly the ones given, or it
-expires within N days. Run with the controller's Python and ``PYTHONPATH`` at the agent's
+expires within N days. ``--nodes JSON`` (``{"ID": ["ADDR", ...], ...}``) asks about many
+nodes in one run and prints ``{"ID": {"issue": ..., "reason": ...}, ...}``. Run with the
+controller's Python and ``PYTHONPATH`` at the agent's
 source (``hafleet_agent.ca`` parses the addresses as ``ca issue`` does); it needs only
 ``cryptography``, which ansible-core depends on. Changes nothing.
 """
@@ -70,10 +72,24 @@ def state(directory: Path, node_id: str, addresses: list, renew_days: int) -> st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--dir", required=True, type=Path)
-    parser.add_argument("--node-id", required=True)
-    parser.add_argument("--address", action="append", required=True)
+    parser.add_argument("--node-id")
+    parser.add_argument("--address", action="append")
+    parser.add_argument("--nodes", type=json.loads, help='{"ID": ["ADDR", ...], ...}')
     parser.add_argument("--renew-days", type=int, default=30)
     args = parser.parse_args()
+    if args.nodes is not None:
+        answers = {}
+        for node_id, addresses in args.nodes.items():
+            try:
+                reason = state(args.dir, node_id, addresses, args.renew_days)
+            except ca.CAError as exc:
+                answers[node_id] = {"issue": False, "error": str(exc)}
+                continue
+            answers[node_id] = {"issue": bool(reason), "reason": reason or "good"}
+        print(json.dumps(answers))
+        return 1 if any("error" in a for a in answers.values()) else 0
+    if not args.node_id or not args.address:
+        parser.error("give --node-id and --address, or --nodes")
     try:
         reason = state(args.dir, args.node_id, args.address, args.renew_days)
     except ca.CAError as exc:

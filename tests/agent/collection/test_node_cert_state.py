@@ -98,3 +98,17 @@ def test_a_key_that_is_not_the_certificates_is_issued_again(ca_dir):
     issue(ca_dir, node="web2")
     shutil.copy(ca_dir / "web2.key", ca_dir / "web1.key")
     assert state(ca_dir) == {"issue": True, "reason": "the key is not the certificate's"}
+
+
+def test_many_nodes_in_one_run_each_answered_as_alone(ca_dir):
+    issue(ca_dir, node="web1", addresses=("10.0.0.1",))
+    issue(ca_dir, node="web2", addresses=("10.0.0.2",))
+    nodes = {"web1": ["10.0.0.1"], "web2": ["10.0.0.9"], "web3": ["10.0.0.3"]}
+    proc = run(str(SCRIPT), "--dir", str(ca_dir), "--nodes", json.dumps(nodes))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "web1": {"issue": False, "reason": "good"},
+        "web2": {"issue": True, "reason": "its addresses changed"},
+        "web3": {"issue": True, "reason": "no certificate yet"},
+    }
+    assert state(ca_dir, node="web2", addresses=("10.0.0.9",))["issue"] is True
