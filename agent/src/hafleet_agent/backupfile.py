@@ -148,8 +148,9 @@ def decode_backup(raw: bytes) -> Backup:
         raise BackupError("corrupt: the SHA-256 checksum does not match the contents")
     try:
         state_index = json.loads(body.decode("utf-8"))["index"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
+        # (RecursionError: a state nested deeper than the parser goes, which no agent saves)
         raise BackupError("corrupt: the state is not the replicated state's JSON") from None
-    if state_index != index:
+    if type(state_index) is not int or state_index != index:  # (True == 1)
         raise BackupError(f"corrupt: the state is at index {state_index}, the header says {index}")
     return Backup(cluster, cluster_id, node_id, index, term, created, body)

@@ -57,6 +57,7 @@ def test_save_wipe_everything_restore_and_rejoin_keeps_every_acknowledged_write(
     for key in RUNTIME_KEYS:
         c.put("n1", key, {"at": 1})
 
+    assert c.api("n2", "GET", "/v1/snapshot", token=None)[0] == 401
     backup = tmp_path / "backups" / "fleet.snap"
     backup.parent.mkdir()
     saved = c.cli(
@@ -210,6 +211,60 @@ def test_restore_refuses_a_damaged_file_and_writes_nothing(what, good_file, tmp_
     assert "refusing it (nothing was written)" in done.stderr
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _forged(**change: object) -> bytes:
+    """A file with a valid checksum (SHA-256 is no signature: anyone can write one) whose
+    contents no agent would save."""
+    import dataclasses
+
+    return encode_backup(dataclasses.replace(_backup(), **change))  # type: ignore[arg-type]
+
+
+FORGED = {
+    "a state nested too deep": lambda b: _forged(
+        body=b'{"index": %d, "kv": ' % b.index + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    ),
+    "a state index that is no integer": lambda b: _forged(
+        index=1, body=b.body.replace(b'"index":%d' % b.index, b'"index":true')
+    ),
+    "a term at the end of 64 bits": lambda b: _forged(term=(1 << 64) - 1),
+    "an index at the end of 64 bits": lambda b: _forged(
+        index=(1 << 64) - 1,
+        body=b.body.replace(b'"index":%d' % b.index, b'"index":%d' % ((1 << 64) - 1)),
+    ),
+}
+
+
+@pytest.mark.parametrize("what", FORGED)
+def test_restore_refuses_a_forged_file_in_one_line(what, tmp_path) -> None:
+    """Checksummed but not what an agent saves: refused with one line and exit 2, nothing
+    written (before: a traceback, or a data dir whose agent stops at its first election)."""
+    backup = _backup()
+    assert b'"index":%d' % backup.index in backup.body
+    bad = tmp_path / "forged.snap"
+    bad.write_bytes(FORGED[what](backup))
+    target = tmp_path / "data"
+    done = _restore(bad, target)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "nothing was written" in done.stderr
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["forged.snap"]
+
+
+def test_restore_says_a_symlinked_data_dir_is_one(good_file, tmp_path) -> None:
+    """A data dir that is a symlink (to another disk) is refused, not replaced by a
+    directory: the message says so and names where it points."""
+    real = tmp_path / "disk2"
+    real.mkdir()
+    link = tmp_path / "data"
+    link.symlink_to(real)
+    done = _restore(good_file, link)
+    assert done.returncode == 2
+    assert "is a symlink to" in done.stderr and str(real) in done.stderr, done.stderr
+    assert "give the directory it points to" in done.stderr
+    assert link.is_symlink() and list(real.iterdir()) == []
 
 
 def test_restore_refuses_a_data_dir_that_is_not_empty(good_file, tmp_path) -> None:

@@ -57,6 +57,12 @@ class Restored:
     dropped: int
 
 
+#: The highest term and index a restore takes: the new group must be able to go on (its
+#: first election is term + 1, its first entry index + 2, and both are u64 on disk). An
+#: agent's own backups are nowhere near; a file past it is forged or from a broken agent.
+MAX_RESTORED = 1 << 63
+
+
 def _runtime_key(key: str) -> bool:
     return key == REGISTERED_KEY or key.startswith(RUNTIME_PREFIXES)
 
@@ -66,6 +72,9 @@ def restored_state(
 ) -> tuple[bytes, int, int]:
     """The state of the new group (its bytes), the index it is at and how many runtime keys
     were dropped. ValueError when the backup's state does not load."""
+    for what, value in (("term", backup.term), ("index", backup.index)):
+        if value >= MAX_RESTORED:
+            raise ValueError(f"its {what} {value} leaves the new group no room to grow")
     obj = json.loads(backup.body.decode("utf-8"))
     kv = obj.get("kv")
     if not isinstance(kv, dict):
@@ -91,7 +100,12 @@ def _fsync_dir(path: Path) -> None:
 
 def check_target(data_dir: Path) -> None:
     """RestoreError unless ``data_dir`` is missing or an empty directory."""
-    if data_dir.is_symlink() or (data_dir.exists() and not data_dir.is_dir()):
+    if data_dir.is_symlink():  # it would be replaced by a directory: off the disk it names
+        raise RestoreError(
+            f"{data_dir} is a symlink to {os.readlink(data_dir)}: give the directory it "
+            "points to as --data-dir"
+        )
+    if data_dir.exists() and not data_dir.is_dir():
         raise RestoreError(f"{data_dir} exists and is not a directory")
     if data_dir.exists() and any(data_dir.iterdir()):
         raise RestoreError(
