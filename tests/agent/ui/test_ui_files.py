@@ -65,6 +65,29 @@ def test_the_handlers_answer_with_strict_headers() -> None:
     assert redirect["status"] == 308 and redirect["headers"]["Location"] == "/ui/"
 
 
+class FakeRequest:
+    def __init__(self, query: dict[str, str]) -> None:
+        self.query = query
+
+
+def test_the_redirect_keeps_the_page_s_wait_and_nothing_else() -> None:
+    """``/ui?wait=120s`` (docs/monitoring.md) lands on ``/ui/?wait=120s``: the page reads it
+    from its own URL. Only a well-formed ``wait`` goes into the Location (nothing of the
+    request is echoed into a header)."""
+    redirect = handlers()["/ui"]
+    cases = {
+        "120s": "/ui/?wait=120s",
+        "5s": "/ui/?wait=5s",
+        "1s\r\nSet-Cookie: x=1": "/ui/",
+        "//evil.example/": "/ui/",
+        "9999s": "/ui/",
+    }
+    for wait, location in cases.items():
+        answer = asyncio.run(redirect(FakeRequest({"wait": wait, "x": "y"}))).kw
+        assert answer["status"] == 308 and answer["headers"]["Location"] == location, wait
+    assert asyncio.run(redirect(FakeRequest({}))).kw["headers"]["Location"] == "/ui/"
+
+
 def test_no_inline_script_style_or_handler_in_the_page() -> None:
     html = source("index.html")
     scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.S | re.I)

@@ -14,11 +14,13 @@ only: a member id or a metric is never parsed as HTML.
 
 The module imports no HTTP server: :func:`add_routes` is given the router's ``add_get`` and
 the server's ``Response`` class (aiohttp's ``web.Response`` or one with its interface), and the
-handlers use only ``Response(status=, text=, content_type=, headers=)``, no request attribute.
+handlers use only ``Response(status=, text=, content_type=, headers=)`` and, for the redirect,
+``request.query``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -83,10 +85,17 @@ def _file(response: Callable[..., Any], name: str, ctype: str) -> Handler:
     return page
 
 
+#: The page's own parameter (app.js reads ``?wait=Ns``, 1-300 s): the one the redirect keeps.
+WAIT = re.compile(r"[0-9]{1,3}s")
+
+
 def _redirect(response: Callable[..., Any]) -> Handler:
     async def redirect(request: Any) -> Any:
-        """``GET /ui``: to ``/ui/`` (the page's relative URLs need the slash)."""
-        return response(status=308, headers={**SECURITY_HEADERS, "Location": "/ui/"})
+        """``GET /ui``: to ``/ui/`` (the page's relative URLs need the slash), keeping a
+        well-formed ``?wait=Ns`` (nothing else of the request goes into the header)."""
+        wait = getattr(request, "query", {}).get("wait")
+        location = f"/ui/?wait={wait}" if wait and WAIT.fullmatch(wait) else "/ui/"
+        return response(status=308, headers={**SECURITY_HEADERS, "Location": location})
 
     return redirect
 
