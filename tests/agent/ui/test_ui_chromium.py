@@ -139,6 +139,17 @@ async def drive(
             assert not shown(seen)["stored"], "a refused token must not stay in the tab"
             page.errors.clear()  # the browser logs the 401 itself
 
+            # a token fetch() cannot put in a header (a pasted typographic quote): the form
+            # says so at once, rather than a page that retries for ever with it stored
+            await give_token(page, "\u2019" + "x" * 40)
+            seen = await page.poll(
+                SHOWN,
+                lambda v: shown(v)["login"] and "HTTP header" in shown(v)["loginError"],
+                15,
+                "the form back saying the token cannot go in a header",
+            )
+            assert not shown(seen)["stored"], "a token that cannot be sent must not stay"
+
             await give_token(page, cluster.token)
             lead = cluster.leader()
 

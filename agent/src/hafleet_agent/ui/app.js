@@ -28,6 +28,10 @@
 
   class Unauthorized extends Error {}
 
+  // what fetch() can send in a header: no control character, nothing past U+00FF (a pasted
+  // typographic quote would make every request fail, and the page retry for ever)
+  const HEADER_SAFE = /^[\x20-\x7e\x80-\xff]+$/;
+
   function setText(id, text) {
     $(id).textContent = text === null || text === undefined || text === "" ? "-" : String(text);
   }
@@ -259,6 +263,10 @@
       const token = $("token").value.trim();
       $("token").value = "";
       if (!token) return;
+      if (!HEADER_SAFE.test(token)) {
+        askToken("Refused: the token holds a character an HTTP header cannot carry (a token is plain ASCII)");
+        return;
+      }
       sessionStorage.setItem(TOKEN_KEY, token);
       startLoop(token);
     });
