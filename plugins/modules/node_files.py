@@ -11,7 +11,7 @@ description:
   - Makes directories and writes small files (a configuration, secrets, certificates) with
     their owner, group and mode, all in one round trip to the host; optionally reads some
     small files first and returns them.
-  - The role P(hafleet.cluster.agent#role) puts a node's files in place with it: one task
+  - The role P(hafleet.cluster.agent#role) puts a node's files in place with it, one task
     instead of one a file, which is most of a converge's time on a fleet of many nodes.
   - A file is written only when its content differs (to a temporary file of the same
     directory with the wanted mode, then renamed over the old one); owner, group and mode are
