@@ -193,6 +193,17 @@ def test_a_body_over_the_limit_is_413_and_the_connection_closes() -> None:
             [(status, fields, body)] = responses(raw)
             assert (status, fields["connection"]) == (413, "close"), raw[:200]
             assert b"Maximum request body size 1024 exceeded" in body
+        # a client still sending a large body gets the answer, not a reset: the rest is read
+        # and dropped (LINGER_S) after the answer
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.port)
+        writer.write(b"PUT /echo/big HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (8 << 20))
+        for _ in range(8):
+            writer.write(b"x" * (1 << 20))
+            await writer.drain()
+        writer.write_eof()
+        [(status, fields, _)] = responses(await reader.read())
+        assert (status, fields["connection"]) == (413, "close")
+        writer.close()
 
     run(main)
 

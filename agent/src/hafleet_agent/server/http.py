@@ -34,6 +34,10 @@ MAX_LINE = 8190
 MAX_HEADERS = 128
 #: Unread bytes a connection buffers (pipelined requests) before it stops reading.
 MAX_BUFFER = 256 * 1024
+#: After a 413 the rest of the body is read and dropped for this long (at most
+#: MAX_BUFFER * 64 bytes) before the connection closes: a close with unread bytes would be
+#: a reset, which can reach the client before the answer does.
+LINGER_S = 2.0
 
 #: The answer to a malformed request: (the source address, the status, what is wrong).
 Malformed = Callable[[str | None, int, str], Response]
@@ -125,6 +129,7 @@ class HttpProtocol(asyncio.Protocol):
         self._eof = False  # the client sent its last byte: close after the answer
         self._continued = False  # "100 Continue" sent for the request being read
         self._head_only = False  # the streamed answer under way is to a HEAD
+        self._lingering = -1  # >= 0 after a 413: the bytes dropped since
 
     # ---- asyncio's side ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,6 +152,11 @@ class HttpProtocol(asyncio.Protocol):
             self.on_close = None
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering >= 0:
+            self._lingering += len(data)
+            if self._lingering > MAX_BUFFER * 64:
+                self.close()
+            return
         self.buf += data
         if self.task is None:
             self._next()
@@ -156,7 +166,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        if self.task is None:
+        if self.task is None or self._lingering >= 0:
             self.close()
         return True  # half-closed: the answer under way is still sent, then the close
 
@@ -176,6 +186,23 @@ class HttpProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         self.timer = self.loop.call_later(self.server.keepalive_s, self.close)
+
+    def _linger(self) -> None:
+        """After a 413: end the answer, drop what still comes for LINGER_S, then close."""
+        transport = self.transport
+        assert transport is not None
+        if not transport.can_write_eof():  # TLS: no half close
+            self.close()
+            return
+        self._lingering = 0
+        self.buf.clear()
+        transport.write_eof()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(LINGER_S, self.close)
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
@@ -319,7 +346,9 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive = False
         finally:
             self.task = None
-            if not keep_alive or self.closed or self._eof:
+            if request._too_large and not self.closed and not self._eof:
+                self._linger()
+            elif not keep_alive or self.closed or self._eof:
                 self.close()
             else:
                 self._idle()
