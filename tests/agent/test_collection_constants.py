@@ -141,7 +141,12 @@ def test_the_balancer_role_and_flag_default_to_the_syncers_drain_timeout() -> No
 
 # ---- the replicated KV protocol keys ------------------------------------------------------
 
-PROTOCOL_KEYS = (keys.REGISTERED_KEY, keys.DRAINED_PREFIX, keys.OVERRIDE_PREFIX)
+PROTOCOL_KEYS = (
+    keys.REGISTERED_KEY,
+    keys.DRAINED_PREFIX,
+    keys.OVERRIDE_PREFIX,
+    keys.MAINTENANCE_PREFIX,
+)
 # A KV key written into a URL of the API (/v1/kv/KEY) or a `hafleet-agent kv` command line,
 # up to the first Jinja expression, quote, space or end of line.
 KV_USE = re.compile(r"(?:/v1/kv/|hafleet-agent kv (?:get|put|del) )([^\s\"'{]+)")
