@@ -266,3 +266,24 @@ def test_a_stopped_first_lab_node_is_passed_over(
     assert end.api == f"http://127.0.0.1:{closed}" and end.alternates == [url]
     assert main(["maintenance", "on", "n2"]) == 0
     assert calls == [("PUT", "/v1/members/n2/maintenance", {})]
+
+
+def test_leave_never_passes_over_to_another_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``leave`` removes the agent it reaches: with the first lab node down it fails, it does
+    not make the next one leave."""
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    tok = secret(tmp_path / "token")
+    for node, port in zip(("n1", "n2"), ports, strict=True):
+        (tmp_path / "lab" / node).mkdir(parents=True)
+        agent_toml(tmp_path / "lab" / node / "agent.toml", tok, bind="127.0.0.1", api_port=port)
+    monkeypatch.setattr(client_config, "AGENT_CONFIGS", (str(tmp_path / "lab/*/agent.toml"),))
+    assert main(["leave"]) == 1
+    assert f"127.0.0.1:{ports[0]}" in capsys.readouterr().err

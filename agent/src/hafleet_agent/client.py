@@ -53,6 +53,8 @@ def run_client(
     args: argparse.Namespace, run: Callable[[APIClient, argparse.Namespace], int] | None = None
 ) -> int:
     clients = connect(args)
+    if args.command_name == "leave":
+        clients = clients[:1]  # it removes the agent it reaches: never another one
     for i, api in enumerate(clients):
         try:
             return (run or _run)(api, args)
