@@ -192,3 +192,59 @@ def test_a_new_member_list_leaves_the_syncers_command_alone(tmp_path):
         extra={"urls": ["http://10.0.0.11:7480", "http://10.0.0.12:7480"], "tag": "again"},
     )
     assert "ok: [localhost]" in out.split("Write the agents' API URLs")[1].split("TASK")[0]
+
+
+def test_the_syncer_serves_its_metrics_when_asked(tmp_path):
+    """balancer_metrics_port > 0 gives the syncer --metrics-port and --metrics-bind (and a new
+    stamp: the syncer restarts with them); 0, the default, gives it neither."""
+    tasks = [
+        {
+            "name": "Settle the paths",
+            "ansible.builtin.include_role": {
+                "name": "hafleet.cluster.balancer",
+                "tasks_from": "common",
+            },
+            "vars": {"balancer_dir": str(tmp_path / "b"), "balancer_service_manager": "supervisor"},
+        },
+        {
+            "name": "Make the directory",
+            "ansible.builtin.file": {
+                "path": str(tmp_path / "b"),
+                "state": "directory",
+                "mode": "0750",
+            },
+        },
+        {
+            "name": "Compose the syncer's command",
+            "ansible.builtin.include_role": {
+                "name": "hafleet.cluster.balancer",
+                "tasks_from": "syncer_command",
+            },
+            "vars": {
+                "balancer_dir": str(tmp_path / "b"),
+                "balancer_api_urls": ["http://10.0.0.11:7480"],
+                "balancer_venv": str(tmp_path / "venv"),
+            },
+        },
+        {
+            "name": "Write it down",
+            "ansible.builtin.copy": {
+                "content": "{{ {'command': balancer__command, 'stamp': balancer__stamp}"
+                " | to_json }}",
+                "dest": "{{ playbook_dir }}/{{ tag }}.json",
+                "mode": "0644",
+            },
+        },
+    ]
+    inventory = {"hafleet_balancer": {"hosts": {}}}
+    run_play(tmp_path, inventory, tasks, extra={"tag": "off"})
+    run_play(
+        tmp_path,
+        inventory,
+        tasks,
+        extra={"tag": "on", "balancer_metrics_port": 9187, "balancer_metrics_bind": "10.0.0.201"},
+    )
+    off, on = (json.loads((tmp_path / f"{tag}.json").read_text()) for tag in ("off", "on"))
+    assert not [arg for arg in off["command"] if arg.startswith("--metrics")]
+    assert on["command"][-4:] == ["--metrics-port", "9187", "--metrics-bind", "10.0.0.201"]
+    assert on["stamp"] != off["stamp"]
