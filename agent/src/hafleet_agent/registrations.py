@@ -5,14 +5,44 @@ in the replicated KV store (:mod:`.keys`, docs/balancer.md); this is that list, 
 the local copy, for people: who balances, since when it was last heard of, and which of
 them holds the virtual address (``--vip``). Registrations written by an older syncer (no
 ``vip``/``vip_held``) show ``null`` there. Pure: it reads what it is handed.
+
+A registration is any value under the prefix (the admin token can write one, so can a
+broken syncer), and its strings end up in a terminal (``hafleet-agent status``): each is
+shown without control or format characters (an escape sequence, a carriage return, a bidi
+override: ``?`` each), at most :data:`MAX_TEXT` characters; ``vip`` only when it is an IP
+address.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 from .keys import REGISTERED_PREFIX, REGISTRATION_TTL_S
+
+#: The longest string of a registration shown (a DNS name is at most 253).
+MAX_TEXT = 255
+
+
+def _text(v: Any) -> str | None:
+    """A string for people: control and format characters (Cc, Cf, line and paragraph
+    separators) as ``?``, cut to MAX_TEXT; None when ``v`` is no string."""
+    if not isinstance(v, str):
+        return None
+    return "".join(
+        "?" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in v[:MAX_TEXT]
+    )
+
+
+def _address(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        return None
 
 
 def _number(v: Any) -> float | None:
@@ -41,18 +71,15 @@ def balancers_view(
         ttl = _number(value.get("ttl_s")) or REGISTRATION_TTL_S
         age = None if at is None else round(max(0.0, now - at), 1)
         held = value.get("vip_held")
-        vip = value.get("vip")
         out.append(
             {
-                "id": bid,
-                "host": value.get("host") if isinstance(value.get("host"), str) else None,
-                "backend": value.get("backend") if isinstance(value.get("backend"), str) else None,
-                "strategy": value.get("strategy")
-                if isinstance(value.get("strategy"), str)
-                else None,
+                "id": _text(bid),
+                "host": _text(value.get("host")),
+                "backend": _text(value.get("backend")),
+                "strategy": _text(value.get("strategy")),
                 "last_seen_s": age,
                 "fresh": age is not None and age <= ttl,
-                "vip": vip if isinstance(vip, str) else None,
+                "vip": _address(value.get("vip")),
                 "vip_held": held if isinstance(held, bool) else None,
             }
         )

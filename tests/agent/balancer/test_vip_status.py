@@ -43,6 +43,35 @@ def test_the_balancers_section() -> None:
     assert len({line.index("10.78.0.250") for line in lines[1:3]}) == 1
 
 
+def test_the_view_shows_no_control_character_and_only_an_address_as_vip() -> None:
+    """A registration is any KV value under ``balancer/registered/`` (the admin token writes
+    one, or a broken syncer): what ``/v1/status`` passes on for a terminal (``hafleet-agent
+    status``) holds no escape sequence, carriage return or bidi override, and no string longer
+    than a host name may be; ``vip`` is an address or null."""
+    now = time.time()
+    key = f"{REGISTERED_PREFIX}lb\u202eevil"
+    value = {
+        "host": "lb\x1b[2J\x1b]0;pwned\x07-host",
+        "backend": "web\r\nFAKE LINE",
+        "strategy": "x" * 10_000,
+        "at": now,
+        "vip": "10.0.0.1\x1b[31m",
+        "vip_held": True,
+    }
+    (row,) = balancers_view(
+        lambda prefix: [key],
+        lambda k: {"key": k, "value": value, "modify_index": 1},
+        now,
+    )
+    shown = [row["id"], row["host"], row["backend"], row["strategy"]]
+    assert all(ch.isprintable() for text in shown for ch in text), shown
+    assert row["id"] == "lb?evil" and row["host"] == "lb?[2J?]0;pwned?-host"
+    assert row["backend"] == "web??FAKE LINE" and len(row["strategy"]) == 255
+    assert row["vip"] is None and row["vip_held"] is True
+    text = render_balancers([row])
+    assert "\x1b" not in text and "\r" not in text and len(text.splitlines()) == 2
+
+
 @pytest.mark.timeout(120)
 def test_syncers_with_vip_show_in_status(make_lab) -> None:
     """Two syncers given --vip, one of an address this host holds (127.0.0.1), one of an
