@@ -91,6 +91,7 @@ def test_a_scrape_of_each_agent_passes_promtool(cluster: Cluster) -> None:
             == s["hafleet_wal_fsync_duration_seconds_count"]
         )
     s = samples(scrape(cluster, lead).decode())
+    assert s["hafleet_raft_voters_healthy"] == 3 == s["hafleet_raft_voters"]
     assert s["hafleet_api_write_duration_seconds_count"] >= 20
     assert s["hafleet_api_read_duration_seconds_count"] >= 20
     assert s["hafleet_api_write_duration_seconds_sum"] > 0

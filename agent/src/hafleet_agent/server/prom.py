@@ -18,7 +18,11 @@ from .prom_node import (
     peers_connected,
     process_collector,
     telemetry_families,
+    voters_healthy,
 )
+
+from ..telemetry import TELEMETRY
+from .prom_node import build_info, peers_connected, process_collector, telemetry_families
 
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
@@ -104,6 +108,7 @@ class _Collector:
         members = agent.members_view()
         yield g("hafleet_peers", "members known to this node", len(members))
         yield peers_connected(agent, members)
+        yield voters_healthy(members)
         w = GaugeMetricFamily("hafleet_weight", "committed load-balancer weight", labels=["node"])
         h = GaugeMetricFamily("hafleet_member_healthy", "1 if healthy", labels=["node"])
         sh = GaugeMetricFamily(

@@ -113,6 +113,17 @@ def peers_connected(agent: NodeVerbs, members: list[dict[str, Any]]) -> Any:
     )
 
 
+def voters_healthy(members: list[dict[str, Any]]) -> Any:
+    """The voters (the leader included) the member table marks healthy: on the leader, how
+    close the group is to losing its quorum (the alert HafleetQuorumAtRisk)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    n = sum(1 for m in members if m.get("role") in ("leader", "voter") and m.get("healthy"))
+    return GaugeMetricFamily(
+        "hafleet_raft_voters_healthy", "voters the member table marks healthy (the leader's)", n
+    )
+
+
 def process_collector() -> Any:
     """process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
     process_max_fds, process_start_time_seconds, process_virtual_memory_bytes: read from
