@@ -221,10 +221,19 @@ def _save(args: argparse.Namespace) -> int:
 
 def read_backup(file: str):  # -> backupfile.Backup
     """The checked backup in ``file`` (SnapshotCliError, exit 2, when it is not one)."""
-    from .backupfile import BackupError, decode_backup
+    import stat
+
+    from .backupfile import MAGIC, BackupError, decode_backup
 
     try:
-        raw = Path(file).read_bytes()
+        # a regular file only (a named pipe would be waited on for ever, a device read
+        # whole), and its first bytes must be a backup's before the rest is read into memory
+        if not stat.S_ISREG(os.stat(file).st_mode):
+            raise SnapshotCliError(f"{file} is not a regular file; refusing it", 2)
+        with open(file, "rb") as f:
+            raw = f.read(len(MAGIC))
+            if raw == MAGIC:
+                raw += f.read()
     except OSError as exc:
         raise SnapshotCliError(f"cannot read {file}: {exc.strerror or exc}", 2) from None
     try:

@@ -267,6 +267,29 @@ def test_restore_says_a_symlinked_data_dir_is_one(good_file, tmp_path) -> None:
     assert link.is_symlink() and list(real.iterdir()) == []
 
 
+def test_a_file_that_is_no_regular_file_or_no_backup_is_refused_before_it_is_read(
+    tmp_path,
+) -> None:
+    """A named pipe is refused, not waited on for ever; a large file that is no backup (a
+    wrong path: a tarball, a disk image) is refused by its first bytes, not read whole into
+    memory first."""
+    import os
+
+    fifo = tmp_path / "pipe.snap"
+    os.mkfifo(fifo)
+    for argv in (["inspect", str(fifo)], ["restore", str(fifo), "--data-dir", str(tmp_path / "d")]):
+        if argv[0] == "restore":
+            argv += ["--node-id", "r1", "--cluster", "prod"]
+            argv += ["--raft-addr", "127.0.0.1:7400", "--api-addr", "127.0.0.1:7480"]
+        done = run_cli("snapshot", *argv, timeout=20)
+        assert done.returncode == 2 and "is not a regular file" in done.stderr, done.stderr
+    big = tmp_path / "disk.img"
+    with big.open("wb") as f:
+        f.truncate(64 << 30)  # sparse: 64 GiB that take no disk, and no time unless read
+    done = run_cli("snapshot", "inspect", str(big), timeout=20)
+    assert done.returncode == 2 and "bad magic" in done.stderr, done.stderr
+
+
 def test_restore_refuses_a_data_dir_that_is_not_empty(good_file, tmp_path) -> None:
     target = tmp_path / "data"
     target.mkdir()
