@@ -21,9 +21,6 @@ from .prom_node import (
     voters_healthy,
 )
 
-from ..telemetry import TELEMETRY
-from .prom_node import build_info, peers_connected, process_collector, telemetry_families
-
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
     from .conn import ConnectionCap
