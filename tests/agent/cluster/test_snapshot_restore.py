@@ -11,8 +11,10 @@ writing anything, and pin the format.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -288,6 +290,45 @@ def test_a_file_that_is_no_regular_file_or_no_backup_is_refused_before_it_is_rea
         f.truncate(64 << 30)  # sparse: 64 GiB that take no disk, and no time unless read
     done = run_cli("snapshot", "inspect", str(big), timeout=20)
     assert done.returncode == 2 and "bad magic" in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare"
+)
+def test_restore_into_an_empty_mount_point(good_file, tmp_path) -> None:
+    """DIR, empty, may be a file system of its own (a data volume): it cannot be renamed
+    over, so the files are written inside it. The mount lives in a mount namespace of the
+    test's own, gone with it."""
+    from agents import agent_command
+
+    target = tmp_path / "volume"
+    target.mkdir()
+    restore = agent_command() + [
+        "snapshot", "restore", str(good_file), "--data-dir", str(target), "--node-id", "r1",
+        "--cluster", "prod", "--raft-addr", "127.0.0.1:7400", "--api-addr", "127.0.0.1:7480",
+    ]  # fmt: skip
+    script = f'mount -t tmpfs tmpfs "$1" && shift && "$@" && ls -A "{target}"'
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(target), *restore],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["agent.json", "raft.log", "snapshot.bin"], done.stdout
+
+
+def test_restore_into_an_existing_empty_dir_keeps_it(good_file, tmp_path) -> None:
+    """The directory the operator made (its owner, its mode) is the one that holds the data."""
+    target = tmp_path / "data"
+    target.mkdir(mode=0o750)
+    target.chmod(0o750)
+    inode = target.stat().st_ino
+    done = _restore(good_file, target)
+    assert done.returncode == 0, done.stderr
+    assert target.stat().st_ino == inode and target.stat().st_mode & 0o777 == 0o750
+    assert sorted(p.name for p in target.iterdir()) == ["agent.json", "raft.log", "snapshot.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "good.snap"]
 
 
 def test_restore_refuses_a_data_dir_that_is_not_empty(good_file, tmp_path) -> None:

@@ -1,7 +1,9 @@
 """A new data directory from a backup: a one-member group holding the backup's state
 (``hafleet-agent snapshot restore``; docs/operations.md has the runbook).
 
-What is written, in a temporary directory beside the target, renamed into place when whole:
+What is written, in a temporary directory beside the target and renamed into place when
+whole (or, when the target exists, empty, inside it and then moved up file by file: it may be
+a file system of its own, and keeps its owner and mode):
 
 - ``snapshot.bin`` at index I+1 (I: the backup's index) whose configuration is this node
   alone, a voter; its state is the backup's, with the old members forgotten and this node
@@ -37,7 +39,7 @@ from ..keys import (
 from ..raft.types import ConfChange, ConfChangeType, ConfState, HardState, Snapshot, SnapshotMeta
 from ..state import StateMachine, encode_json, member_context
 from ..wal import DiskStorage
-from .meta import save_cluster_id
+from .meta import META_FILE, save_cluster_id
 
 #: KV keys the agents and the balancers write about the processes of the running fleet; a
 #: restored group starts without them (a stale drained mark could let a removal go on early).
@@ -132,9 +134,18 @@ def restore(
     except (ValueError, UnicodeDecodeError) as exc:
         raise RestoreError(f"the snapshot's state does not load: {exc}") from None
     parent = data_dir.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{data_dir.name}.restoring-{os.getpid()}-{secrets.token_hex(3)}"
+    # An existing (empty) DIR is the one the operator made, with its owner and mode, maybe a
+    # file system of its own (a data volume: it cannot be renamed over): the files are
+    # written in a directory inside it and moved up. A missing one is written beside it.
+    existing = data_dir.is_dir()
+    name = f"restoring-{os.getpid()}-{secrets.token_hex(3)}"
+    if existing:
+        tmp = data_dir / f".{name}"
+    else:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".{data_dir.name}.{name}"
     cluster_id = f"{cluster}-{secrets.token_hex(8)}"
+    moved: list[Path] = []
     try:
         storage = DiskStorage.open(tmp)
         try:
@@ -146,10 +157,22 @@ def restore(
             storage.close()
         (tmp / "LOCK").unlink(missing_ok=True)
         save_cluster_id(tmp, node_id, cluster, cluster_id)
-        check_target(data_dir)  # nothing appeared meanwhile
-        os.replace(tmp, data_dir)  # onto a missing or empty directory
-        _fsync_dir(parent)
+        if existing:
+            if [p.name for p in data_dir.iterdir()] != [tmp.name]:
+                raise RestoreError(f"{data_dir} is not empty any more: something wrote to it")
+            # agent.json last: the node's identity goes in once its log is there
+            for path in sorted(tmp.iterdir(), key=lambda p: (p.name == META_FILE, p.name)):
+                os.rename(path, data_dir / path.name)
+                moved.append(data_dir / path.name)
+            tmp.rmdir()
+            _fsync_dir(data_dir)
+        else:
+            check_target(data_dir)  # nothing appeared meanwhile
+            os.replace(tmp, data_dir)  # onto a missing directory
+            _fsync_dir(parent)
     except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     kv = json.loads(state.decode("utf-8"))["kv"]
