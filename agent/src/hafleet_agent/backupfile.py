@@ -111,9 +111,12 @@ def _take_text(raw: bytes, pos: int, what: str) -> tuple[str, int]:
     if pos + n > len(raw):
         raise BackupError(f"truncated: the file ends inside its header ({len(raw)} bytes)")
     try:
-        return raw[pos : pos + n].decode("utf-8"), pos + n
+        text = raw[pos : pos + n].decode("utf-8")
     except UnicodeDecodeError:
         raise BackupError(f"corrupt header: the {what} is not UTF-8") from None
+    if not text.isprintable():  # names and ids: no escape sequence for the operator's terminal
+        raise BackupError(f"corrupt header: the {what} holds a control character")
+    return text, pos + n
 
 
 def decode_backup(raw: bytes) -> Backup:

@@ -231,6 +231,8 @@ FORGED = {
         index=1, body=b.body.replace(b'"index":%d' % b.index, b'"index":true')
     ),
     "a term at the end of 64 bits": lambda b: _forged(term=(1 << 64) - 1),
+    "a cluster name with a terminal escape": lambda b: _forged(cluster="prod\x1b]0;pwned\x07"),
+    "a node id with a line break": lambda b: _forged(node_id="a\nrestored fine"),
     "an index at the end of 64 bits": lambda b: _forged(
         index=(1 << 64) - 1,
         body=b.body.replace(b'"index":%d' % b.index, b'"index":%d' % ((1 << 64) - 1)),
