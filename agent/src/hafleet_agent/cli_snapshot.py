@@ -270,6 +270,12 @@ def _restore(args: argparse.Namespace) -> int:
     except RestoreError as exc:
         raise SnapshotCliError(f"{exc}; nothing was written", 2) from None
     backup = read_backup(args.file)
+    if backup.cluster != args.cluster:  # allowed (a copy for another fleet), never silent
+        print(
+            f"{PROG} snapshot restore: warning: {args.file} is a backup of cluster "
+            f"{backup.cluster}, not {args.cluster}; restoring it as {args.cluster}",
+            file=sys.stderr,
+        )
     try:
         done = restore(
             backup,

@@ -333,6 +333,19 @@ def test_restore_into_an_existing_empty_dir_keeps_it(good_file, tmp_path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "good.snap"]
 
 
+def test_restore_warns_when_the_backup_is_of_another_cluster(good_file, tmp_path) -> None:
+    """Allowed (a copy of prod for a test fleet), but never silent: a backup picked from the
+    wrong directory would otherwise become this cluster's state unnoticed."""
+    argv = ["--node-id", "r1", "--raft-addr", "127.0.0.1:7400", "--api-addr", "127.0.0.1:7480"]
+    done = run_cli(
+        "snapshot", "restore", str(good_file), "--data-dir", str(tmp_path / "d"),
+        "--cluster", "staging", *argv,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "is a backup of cluster prod, not staging" in done.stderr, done.stderr
+    assert _restore(good_file, tmp_path / "d2").stderr == ""  # the same cluster: no word
+
+
 def test_restore_refuses_a_data_dir_that_is_not_empty(good_file, tmp_path) -> None:
     target = tmp_path / "data"
     target.mkdir()
