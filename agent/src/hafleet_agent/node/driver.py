@@ -32,7 +32,6 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -63,6 +62,7 @@ from ..telemetry import TELEMETRY
 from ..wal import PREALLOC_BYTES, DiskStorage, PreparedBatch, StorageError
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
+from .walwriter import WalWriter
 
 log = logging.getLogger("hafleet.agent")
 
@@ -111,6 +111,7 @@ class Driver:
         self.storage: DiskStorage | None = None
         self.raw: RawNode | None = None
         self._wake = asyncio.Event()
+        self._pump_soon = False  # a pump is scheduled by wake()
         self._index_event = asyncio.Event()  # replaced by a fresh one at every change
         self.pending: dict[int, _Pending] = {}
         self.reads: dict[bytes, tuple[asyncio.Future[int], float]] = {}
@@ -122,7 +123,7 @@ class Driver:
         self._compacting = False  # a snapshot is being written in a worker thread
         # written by the compaction's worker, put in force by the pump between two batches
         self._prepared: tuple[SnapshotMeta, bytes, Path] | None = None
-        self._writer: ThreadPoolExecutor | None = None  # the one thread writing the log
+        self._writer: WalWriter | None = None  # the one thread writing the log
         self._writing = False  # a ready batch is in the writer thread, not durable yet
         self._unsaved_hs: HardState | None = None  # a new commit index not written yet
         self._max_entries = RaftConfig.max_entries_per_msg  # of a merged append (coalesce)
@@ -141,7 +142,7 @@ class Driver:
         held Raft state (a node with state never founds again; one whose cluster id is
         unknown does not start)."""
         self.storage = DiskStorage.open(data_dir, prealloc_bytes=PREALLOC_BYTES)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-wal")
+        self._writer = WalWriter()
         rep = self.storage.report
         if rep.truncated_bytes:
             log.warning(
@@ -188,8 +189,26 @@ class Driver:
         return has_state
 
     def wake(self) -> None:
-        """New input for the core: the Raft loop drains it."""
-        self._wake.set()
+        """New input for the core: drained once the loop is done with this cycle's other
+        callbacks (the frames read with it), by a plain callback rather than a task wake-up
+        (the Raft loop's, which a failure of the pump falls back to)."""
+        if self._pump_soon:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._wake.set()
+            return
+        self._pump_soon = True
+        loop.call_soon(self._pump_now)
+
+    def _pump_now(self) -> None:
+        self._pump_soon = False
+        try:
+            self._pump()
+        except Exception:
+            self._wake.set()  # the Raft loop pumps again: a failure there is supervised
+            raise
 
     def release_waiters(self) -> None:
         """The node stops: fail the writes and reads still waiting, end the long polls now
@@ -205,7 +224,7 @@ class Driver:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.shutdown(wait=True)  # a write under way ends before the log closes
+            self._writer.shutdown()  # a write under way ends before the log closes
             self._writer = None
         if self.storage is not None:
             self.storage.close()
@@ -286,21 +305,22 @@ class Driver:
                 continue
             assert self._writer is not None
             self._writing = True
-            fut = asyncio.get_running_loop().run_in_executor(
-                self._writer, TELEMETRY.wal_sync_seconds.timed(storage.write_prepared), batch
+            self._writer.submit(
+                asyncio.get_running_loop(),
+                TELEMETRY.wal_sync_seconds.timed(storage.write_prepared),
+                batch,
+                partial(self._written, rd, later, batch),
             )
-            fut.add_done_callback(partial(self._written, rd, later, batch))
         return changed
 
     def _written(
-        self, rd: Ready, later: list[Message], batch: PreparedBatch, fut: asyncio.Future[None]
+        self, rd: Ready, later: list[Message], batch: PreparedBatch, exc: BaseException | None
     ) -> None:
         """The writer thread is done with ``rd``'s batch (on the loop): now that it is
         durable, the rest of the batch (answers, applies, advance), then the next one."""
         self._writing = False
-        if fut.cancelled() or self._stop.is_set():
+        if self._stop.is_set():
             return  # stopping: nothing more is answered or applied
-        exc = fut.exception()
         if exc is not None:
             self._fail(f"storage failed, state could not be made durable: {exc}")
             return
@@ -310,8 +330,8 @@ class Driver:
             storage.finish_save(batch)
             changed = finish_ready(raw, rd, later, self._effects).changed
             changed |= self._drain_ready()
-        except StorageError as exc:
-            self._fail(f"storage failed, state could not be made durable: {exc}")
+        except StorageError as err:
+            self._fail(f"storage failed, state could not be made durable: {err}")
             return
         self._moved(changed)
 
@@ -517,7 +537,7 @@ class Driver:
     async def _wait_applied(self, term: int, index: int) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[index] = _Pending(term, fut)
-        self._wake.set()
+        self.wake()
         try:
             # Not wait_for: on Python 3.11 it wakes its own waiter first, one loop cycle
             # more between the apply and the answer.
@@ -552,7 +572,7 @@ class Driver:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.reads[ctx] = (fut, time.monotonic() + self.write_timeout())
         raw.read_index(ctx)
-        self._wake.set()
+        self.wake()
         await fut
 
     async def wait_index(self, index: int, timeout: float) -> int:
