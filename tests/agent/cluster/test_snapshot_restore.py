@@ -320,6 +320,21 @@ def test_restore_into_an_empty_mount_point(good_file, tmp_path) -> None:
     assert done.stdout.split()[-3:] == ["agent.json", "raft.log", "snapshot.bin"], done.stdout
 
 
+def test_an_ext4_volume_s_lost_and_found_does_not_count(good_file, tmp_path) -> None:
+    """A fresh ext4 file system holds ``lost+found`` (fsck's, recreated by it): a data volume
+    mounted as DIR is still empty for a restore; a file of that name is not."""
+    target = tmp_path / "volume"
+    (target / "lost+found").mkdir(parents=True)
+    done = _restore(good_file, target)
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in target.iterdir())
+    assert names == ["agent.json", "lost+found", "raft.log", "snapshot.bin"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "lost+found").write_text("not fsck's")
+    assert _restore(good_file, other).returncode == 2
+
+
 def test_restore_into_an_existing_empty_dir_keeps_it(good_file, tmp_path) -> None:
     """The directory the operator made (its owner, its mode) is the one that holds the data."""
     target = tmp_path / "data"

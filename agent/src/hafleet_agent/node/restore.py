@@ -100,8 +100,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _entries(data_dir: Path) -> list[str]:
+    """What ``data_dir`` holds, but for an ext4 volume's ``lost+found`` (fsck's directory,
+    there on every fresh file system of that kind)."""
+    return [
+        p.name
+        for p in data_dir.iterdir()
+        if not (p.name == "lost+found" and p.is_dir() and not p.is_symlink())
+    ]
+
+
 def check_target(data_dir: Path) -> None:
-    """RestoreError unless ``data_dir`` is missing or an empty directory."""
+    """RestoreError unless ``data_dir`` is missing or an empty directory (``lost+found``
+    aside: a data volume mounted there)."""
     if data_dir.is_symlink():  # it would be replaced by a directory: off the disk it names
         raise RestoreError(
             f"{data_dir} is a symlink to {os.readlink(data_dir)}: give the directory it "
@@ -109,7 +120,7 @@ def check_target(data_dir: Path) -> None:
         )
     if data_dir.exists() and not data_dir.is_dir():
         raise RestoreError(f"{data_dir} exists and is not a directory")
-    if data_dir.exists() and any(data_dir.iterdir()):
+    if data_dir.exists() and _entries(data_dir):
         raise RestoreError(
             f"{data_dir} is not empty: restore writes a new data dir; move the old one "
             "away first (or give another --data-dir)"
@@ -158,7 +169,7 @@ def restore(
         (tmp / "LOCK").unlink(missing_ok=True)
         save_cluster_id(tmp, node_id, cluster, cluster_id)
         if existing:
-            if [p.name for p in data_dir.iterdir()] != [tmp.name]:
+            if _entries(data_dir) != [tmp.name]:
                 raise RestoreError(f"{data_dir} is not empty any more: something wrote to it")
             # agent.json last: the node's identity goes in once its log is there
             for path in sorted(tmp.iterdir(), key=lambda p: (p.name == META_FILE, p.name)):
