@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 from hafleet_agent import __version__
 from hafleet_agent.cli_balancer import add_balancer
-from hafleet_agent.cli_snapshot import add_snapshot
 from hafleet_agent.cli_ops import add_ops
+from hafleet_agent.cli_snapshot import add_snapshot
 from hafleet_agent.cli_types import (
     DEFAULT_API_URL,
     PROG,
