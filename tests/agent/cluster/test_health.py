@@ -28,6 +28,7 @@ def fake(
     commit: int = 50,
     applied: int = 50,
     bound: int | None = None,
+    silence: float | None = 0.05,
 ) -> Any:
     status = BasicStatus(
         id="n1",
@@ -51,7 +52,19 @@ def fake(
         cfg=cfg,
         state=SimpleNamespace(index=applied),
         raft_status=lambda: status if started else None,
+        leader_silence=lambda: None if lead in (None, "n1") else silence,
     )
+
+
+def test_a_member_that_has_not_heard_its_leader_for_two_election_timeouts_is_unhealthy() -> None:
+    """A learner cut off from the group never campaigns, so it keeps naming its old leader:
+    the silence says it is cut off (AgentConfig: election timeout 300 ms, bound 0.6 s)."""
+    learner = dict(voters=frozenset({"n2", "n3"}), learners=frozenset({"n1"}))
+    assert check(fake(silence=0.5, **learner)) == (200, {"ok": True})
+    code, body = check(fake(silence=5.0, **learner))
+    assert code == 503 and "nothing heard from the leader n2 for 5.0 s" in body["reason"]
+    assert check(fake(silence=5.0))[0] == 503  # a follower too
+    assert check(fake(lead="n1", state=StateType.LEADER, silence=5.0)) == (200, {"ok": True})
 
 
 def test_a_member_with_a_leader_that_has_applied_its_log_is_healthy() -> None:

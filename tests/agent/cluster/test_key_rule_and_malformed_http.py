@@ -104,6 +104,9 @@ class Stub:
             in_config=lambda nid: nid == self.id,
         )
 
+    def leader_silence(self) -> float | None:
+        return None  # it leads (raft_status above)
+
     def leader_api(self) -> str | None:
         self.leader_asked += 1
         return self._leader_api

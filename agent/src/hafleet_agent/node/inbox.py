@@ -59,6 +59,10 @@ class Inbox:
         #: Frames dropped, by reason ("unknown kind", "bad hello", "term too far ahead", ...).
         self.frames_dropped: dict[str, int] = {}
         self._drop_logged: dict[tuple[str, str], tuple[float, int]] = {}
+        #: When a Raft message from each sender was last stepped (time.monotonic()): how long
+        #: the leader has been silent, for /v1/health (a learner never campaigns, so an
+        #: isolated one would know its old leader for ever).
+        self.last_stepped: dict[str, float] = {}
 
     def accept_peer(self, peer: PeerInfo) -> bool:
         """Asked by the transport once a peer has proved the cluster key (either side of
@@ -185,4 +189,5 @@ class Inbox:
         except ValueError as exc:
             log.warning("Raft message from %s refused: %s", peer.node_id, exc)
             return
+        self.last_stepped[m.frm] = time.monotonic()
         self.driver.wake()

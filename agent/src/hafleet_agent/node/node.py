@@ -474,6 +474,13 @@ class Node:
     def leader_id(self) -> str | None:
         return self.driver.leader_id()
 
+    def leader_silence(self) -> float | None:
+        lead = self.driver.leader_id()
+        if lead is None or lead == self.id:
+            return None
+        heard = self.inbox.last_stepped.get(lead, self.started_at)
+        return max(0.0, time.monotonic() - heard)
+
     def write_timeout(self) -> float:
         return self.driver.write_timeout()
 

@@ -49,6 +49,11 @@ class NodeVerbs(Protocol):
         """A voter or a learner of the Raft configuration."""
         ...
 
+    def leader_silence(self) -> float | None:
+        """Seconds since a Raft message from the leader this member knows was last stepped
+        (since the start when none was); None when it leads or knows no leader."""
+        ...
+
     def write_timeout(self) -> float: ...
 
     # ---- verbs ---------------------------------------------------------------------------

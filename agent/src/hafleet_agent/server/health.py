@@ -1,9 +1,9 @@
 """``GET /v1/health``: whether this member can serve what the group holds (etcd's ``/health``).
 
 200 ``{"ok": true}`` only when the member is in a group (a voter or a learner of the Raft
-configuration it runs), knows a leader, and has applied its log to within
-``health_max_apply_lag`` entries of its commit index; otherwise 503
-``{"ok": false, "reason": "..."}``. No token is needed and nothing more is said
+configuration it runs), knows a leader and heard from it within two election timeouts, and
+has applied its log to within ``health_max_apply_lag`` entries of its commit index; otherwise
+503 ``{"ok": false, "reason": "..."}``. No token is needed and nothing more is said
 (docs/monitoring.md, "Health").
 """
 
@@ -36,6 +36,15 @@ def unhealthy_reason(agent: NodeVerbs) -> str | None:
         return "not a member of the group's configuration (removed, or not added yet)"
     if r.lead is None:
         return f"no leader known (term {r.term}, this member is {_role(r.state)})"
+    silence = agent.leader_silence()
+    bound_s = leader_silence_bound(agent.cfg)
+    if silence is not None and silence > bound_s:
+        # A voter cut off would campaign and forget its leader; a learner never campaigns,
+        # so it would name its old leader for ever.
+        return (
+            f"nothing heard from the leader {r.lead} for {silence:.1f} s "
+            f"(more than {bound_s:g} s: cut off from it?)"
+        )
     applied = agent.state.index
     lag = r.commit - applied
     bound = getattr(agent.cfg, "health_max_apply_lag", DEFAULT_HEALTH_MAX_APPLY_LAG)
@@ -45,6 +54,12 @@ def unhealthy_reason(agent: NodeVerbs) -> str | None:
             f"(health_max_apply_lag {bound})"
         )
     return None
+
+
+def leader_silence_bound(cfg: Any) -> float:
+    """How long a follower or learner may hear nothing from its leader and still be healthy:
+    two election timeouts (the leader sends every heartbeat interval)."""
+    return 2 * getattr(cfg, "election_timeout_ms", 1000) / 1000.0
 
 
 def _role(state: Any) -> str:
