@@ -105,10 +105,8 @@ def _handle(args: argparse.Namespace) -> int:
 def endpoint(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
     """The agent's base URL, the token and the CA file, found as the other client subcommands
     find them (the flags, the environment, the local agent's config: client_config.py)."""
-    try:
-        from .client_config import DiscoveryError, discover
-    except ImportError:  # an agent without client_config.py: the flags and the environment
-        return _endpoint_from_flags(args)
+    from .client_config import DiscoveryError, discover
+
     try:
         end = discover(
             getattr(args, "api", None),
@@ -120,23 +118,6 @@ def endpoint(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
         raise SnapshotCliError(str(exc), 2) from None
     token = end.token.encode() if isinstance(end.token, str) else end.token
     return end.api, token, end.ca_file
-
-
-def _endpoint_from_flags(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
-    from .cli_types import DEFAULT_API_URL
-    from .config import ConfigError, read_secret
-
-    path = getattr(args, "token_file", None) or os.environ.get("HAFLEET_TOKEN_FILE")
-    if not path:
-        raise SnapshotCliError(
-            "give the API token with --token-file FILE (or HAFLEET_TOKEN_FILE)", 2
-        )
-    try:
-        token = read_secret(path, "token")
-    except ConfigError as exc:
-        raise SnapshotCliError(str(exc), 2) from None
-    ca_file = getattr(args, "ca_file", None) or os.environ.get("HAFLEET_CA_FILE") or None
-    return getattr(args, "api", None) or DEFAULT_API_URL, token, ca_file
 
 
 def fetch(base_url: str, token: bytes, ca_file: str | None, stale: bool = False) -> bytes:
