@@ -102,7 +102,10 @@ term:
   type: int
   sample: 3
 members:
-  description: The members, as C(GET /v1/members) lists them.
+  description:
+    - The members, as C(GET /v1/members) lists them.
+    - C(maintenance) is true while the member is in maintenance (weight 0, drained; still a
+      voter; M(hafleet.cluster.member) O(hafleet.cluster.member#module:state=maintenance)).
   returned: always
   type: list
   elements: dict
@@ -114,6 +117,7 @@ members:
       role: leader
       healthy: true
       draining: false
+      maintenance: false
       weight: 128
       metrics: {"cpu_count": 4, "cpu_percent": 3.5, "load1": 0.2}
 voters:
