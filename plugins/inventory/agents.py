@@ -10,7 +10,8 @@ description:
   - Asks a running hafleet agent for the cluster's members (C(GET /v1/members)) and makes a
     host of each, named after its node id.
   - Each host gets its role, health, weight and host metrics as host variables
-    (C(hafleet_role), C(hafleet_healthy), C(hafleet_draining), C(hafleet_weight),
+    (C(hafleet_role), C(hafleet_healthy), C(hafleet_draining), C(hafleet_maintenance),
+    C(hafleet_weight),
     C(hafleet_metrics), the addresses C(hafleet_raft_addr), C(hafleet_api_addr),
     C(hafleet_service_addr), and C(hafleet_cluster), C(hafleet_cluster_id)), and
     C(ansible_host) set to the host part of its API address.
@@ -204,6 +205,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 "hafleet_role": role,
                 "hafleet_healthy": bool(member.get("healthy")),
                 "hafleet_draining": bool(member.get("draining")),
+                "hafleet_maintenance": bool(member.get("maintenance")),
                 "hafleet_weight": member.get("weight"),
                 "hafleet_metrics": member.get("metrics") or {},
                 "hafleet_raft_addr": member.get("raft_addr"),

@@ -47,6 +47,9 @@ def test_members_become_hosts_with_their_live_data(cluster, tmp_path):
     assert hostvars["hafleet_weight"] == 128
     assert hostvars["hafleet_healthy"] is True
     assert hostvars["hafleet_draining"] is False
+    assert hostvars["hafleet_maintenance"] is False
+    cluster.members["n2"]["maintenance"] = True
+    assert load(tmp_path, config(cluster)).get_host("n2").get_vars()["hafleet_maintenance"] is True
     assert hostvars["hafleet_metrics"]["cpu_count"] == 2
     assert hostvars["hafleet_api_addr"] == cluster.api_addr("n3")
     assert hostvars["hafleet_cluster"] == "test"
