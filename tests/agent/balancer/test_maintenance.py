@@ -5,7 +5,7 @@ loopback: under a steady load through HAProxy,
   HAProxy has taken it out no request reaches it; it stays a voter and still votes (it wins
   the leadership handed to it, which takes a majority of votes, its own among them);
 - the API: idempotent ``PUT``, forwarded from a follower, 404 for no such member, 400 for a
-  bad id; ``/v1/members`` and ``hafleet-agent status`` show the maintenance;
+  bad id; ``/v1/members``, ``/metrics`` and ``hafleet-agent status`` show the maintenance;
 - ``maintenance off``: n2 is back in rotation and gets its share again;
 - 0 failed requests throughout.
 """
@@ -54,6 +54,9 @@ def test_a_member_in_maintenance_gets_no_requests_and_still_votes(make_lab) -> N
     row = member(lab, "n3", "n2")
     assert row["maintenance"] is True and row["role"] in ("voter", "leader"), row
     assert not member(lab, "n3", "n1")["maintenance"]
+    metrics = lab.cluster.api("n3", "GET", "/metrics")[1]
+    assert 'hafleet_member_maintenance{node="n2"} 1.0' in metrics, metrics[-2000:]
+    assert 'hafleet_member_maintenance{node="n1"} 0.0' in metrics
 
     # The API, while n2 is in: idempotent, forwarded, checked.
     again = lab.cluster.ok("n3", "PUT", "/v1/members/n2/maintenance", {"reason": "other"})

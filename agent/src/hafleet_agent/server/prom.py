@@ -116,7 +116,11 @@ class _Collector:
         re_ = GaugeMetricFamily(
             "hafleet_member_reachable", "0 while the leader cannot reach it", labels=["node"]
         )
+        mt = GaugeMetricFamily(
+            "hafleet_member_maintenance", "1 while the member is in maintenance", labels=["node"]
+        )
         for m in members:
+            mt.add_metric([m["id"]], 1 if m.get("maintenance") else 0)
             if m["weight"] is not None:
                 w.add_metric([m["id"]], m["weight"])
             h.add_metric([m["id"]], 1 if m["healthy"] else 0)
@@ -126,6 +130,7 @@ class _Collector:
         yield h
         yield sh
         yield re_
+        yield mt
         yield g("hafleet_weights_version", "weight table version", agent.state.weights()["version"])
         hm = agent.metrics
         if hm is not None:
