@@ -1,7 +1,8 @@
 """The collection's playbooks against a lab of their own: scale.yml from nothing, again
 (changed=0), the agents on HTTPS only with the lab CA's certificates, --check --diff, out
 under load, rotate_certs.yml under load, in under load (zero failed requests), status.yml,
-destroy.yml (nothing left), bad input, and the netns connection plugin on a lab node.
+stop.yml and start.yml of the leader under load, destroy.yml (nothing left), bad input, and
+the netns connection plugin on a lab node.
 
 The tests of this module run in order and share one lab (see conftest.py).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import ssl
 import subprocess
@@ -340,6 +342,85 @@ def test_rotate_certs_replaces_every_certificate_under_load_and_fails_no_request
     assert all(m["role"] in ("leader", "voter") for m in view.values())
     assert result["failed"] == 0, result
     assert result["ok"] > 100, result
+
+
+def cli_with_agent_config(lab, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``hafleet-agent ARGS`` on the controller with no API flags: a lab node's agent config
+    (HAFLEET_CONFIG) is all it is told."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAFLEET_")}
+    env["HAFLEET_CONFIG"] = str(lab.root / "nodes" / node / "etc" / "agent.toml")
+    return subprocess.run(
+        [str(BIN / "hafleet-agent"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except OSError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        time.sleep(0.3)
+
+
+@pytest.mark.timeout(900)
+def test_stop_and_start_the_leader_under_load(lab, tmp_path):
+    """stop.yml and start.yml (issue 19) on the 3-node lab: a missing or unknown ``node``
+    fails before anything changes; the leader's agent stopped (leadership handed over first,
+    the node in maintenance and still a member, its service still running; stop.yml again
+    changes nothing); ``hafleet-agent status`` with no flags but a node's agent config finds
+    the API, token and CA by itself and shows the maintenance; start.yml brings it back as a
+    healthy voter that HAProxy serves again (start.yml again changes nothing); 0 failed
+    requests throughout."""
+    for extra, message in (({}, "name the node"), ({"node": "nope"}, "unknown node nope")):
+        bad = lab.playbook("stop.yml", extra=extra, timeout=120)
+        assert bad.rc != 0 and message in bad.out, bad.out[-3000:]
+
+    lead = lab.api(1, "/v1/status")["leader_id"]
+    index = {f"hfct-node{i}": i for i in (1, 2, 3)}
+    other = next(i for n, i in index.items() if n != lead)
+    load = Load(lab.url, tmp_path / "load-stop-start.json", rate=40, max_seconds=840)
+    try:
+        run = lab.playbook("stop.yml", extra={"node": lead})
+        assert_ok(run)
+        view = members(lab, other)
+        assert view[lead]["maintenance"] is True and view[lead]["weight"] == 0, view[lead]
+        assert view[lead]["role"] == "voter", view  # still a member; another one leads
+        assert lab.api(other, "/v1/status")["leader_id"] not in (None, lead)
+        assert f"nodes/{lead}/run/agent.pid" not in lab.pids()
+        assert f"nodes/{lead}/run/demo.pid" in lab.pids()  # only the agent stopped
+
+        again = lab.playbook("stop.yml", extra={"node": lead})
+        assert again.rc == 0 and again.changed() == 0, again.out[-4000:]
+
+        status = cli_with_agent_config(lab, f"hfct-node{other}", "status")
+        assert status.returncode == 0, status.stderr
+        row = [line for line in status.stdout.splitlines() if line.startswith(lead + " ")]
+        assert row and "(maintenance)" in row[0], status.stdout
+
+        run = lab.playbook("start.yml", extra={"node": lead})
+        assert_ok(run)
+        view = members(lab, index[lead])
+        assert view[lead]["maintenance"] is False and view[lead]["role"] in ("voter", "leader")
+        assert f"nodes/{lead}/run/agent.pid" in lab.pids()
+        wait_until(lambda: members(lab, other)[lead]["weight"], 60, f"{lead} has a weight again")
+        again = lab.playbook("start.yml", extra={"node": lead})
+        assert again.rc == 0 and again.changed() == 0, again.out[-4000:]
+    finally:
+        result = load.stop()
+    assert result["failed"] == 0, result
+    assert result["ok"] > 100, result
+    assert lead in result["by_node"], result
 
 
 def test_scale_in_under_load_drains_one_at_a_time_and_fails_no_request(lab, tmp_path):
