@@ -127,3 +127,14 @@ def test_a_group_ends_the_same_with_coalesced_messages(seed: int) -> None:
         sa, sb = a.raw.basic_status(), b.raw.basic_status()
         assert (sa.commit, sa.last_index) == (sb.commit, sb.last_index)
     assert sent_merged < sent_plain
+
+
+def test_the_core_copies_every_field_of_a_message_it_sends() -> None:
+    """core.Raft.send spells dataclasses.replace out field by field (hot path): a new field
+    of Message must be added there too."""
+    from dataclasses import fields
+
+    assert [f.name for f in fields(Message)] == [
+        "type", "to", "frm", "term", "log_term", "index", "entries", "commit", "reject",
+        "reject_hint", "snapshot", "context",
+    ]  # fmt: skip
