@@ -71,6 +71,7 @@ class CallbackModule(CallbackBase):
             "task": task.get_name(),
             "path": task.get_path() or "",
             "kind": kind,
+            "action": task.action,
             "_t": time.monotonic(),
             "ok": 0,
             "changed": 0,
