@@ -105,16 +105,30 @@ class Bench:
         )
 
     def playbook(self, path: str, extra: list[str]) -> float:
+        """Runs a playbook against the lab; its whole output goes to HOME/../NAME.log."""
         started = time.monotonic()
-        run(
-            [str(BIN / "ansible-playbook"), "-i", str(self.out / "hosts.yml"), path]
-            + ["-e", "provider=inventory", "-e", "nodes=3", "-e", f"balancer_vip={self.vip}"]
-            + ["-e", f"hafleet_cluster_name={self.lab.name}"]
-            + extra,
-            timeout=1800,
-            cwd=REPO,
-            env=self.env,
-        )
+        log = HOME.parent / f"{Path(path).stem}.log"
+        with open(log, "w") as out:
+            proc = subprocess.run(
+                [str(BIN / "ansible-playbook"), "-i", str(self.out / "hosts.yml"), path]
+                + ["-e", "provider=inventory", "-e", "nodes=3", "-e", f"balancer_vip={self.vip}"]
+                + ["-e", f"hafleet_cluster_name={self.lab.name}"]
+                + extra,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=1800,
+                cwd=REPO,
+                env=self.env,
+            )
+        if proc.returncode != 0:
+            text = log.read_text()
+            lines = text.splitlines()
+            fatal = [
+                "\n".join(lines[i : i + 12])
+                for i, x in enumerate(lines)
+                if x.startswith(("fatal:", "failed:"))
+            ]
+            raise RuntimeError(f"{path} failed ({proc.returncode}); {log}:\n" + "\n".join(fatal))
         return time.monotonic() - started
 
     def ssh(self, m: P.Machine, command: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -338,12 +352,14 @@ def section(results: dict) -> str:
 Two balancer machines and three pool machines of the machines lab, `scale.yml -e
 balancer_vip={results["vip"]}`; a steady {results["rate"]} requests/s from the host to
 `http://{results["vip"]}:8080/` (a new connection each, 1 s each); the machine holding the
-address loses its power ({results["mode"]}: its link down and every process of the machine
-SIGKILLed, nothing sent on the way out), then boots again and rejoins as a backup. **Window**:
+address loses its power (its link down and every process of the machine SIGKILLed, nothing
+sent on the way out; `--mode haproxy` kills its HAProxy instead; this run: {results["mode"]}),
+then boots again and rejoins as a backup. **Window**:
 from the cut to the end of the first request sent after it that was served (through the other
 machine); **failed**: requests sent after the window that failed (bench/balancer_ha_bench.py).
-Both settings measured in the same run on the same machines ({results["date"]}, this machine
-kind: 2 cores shared with other work).
+Both settings measured in the same run on the same machines ({results["date"]}, at
+{results.get("commit", "?")}; this machine kind: 2 cores shared with other work, load average
+{results.get("load", "?")} at the end).
 
 | settings | trials | median (s) | max (s) | failed | each trial (s) |
 |---|---|---|---|---|---|
@@ -417,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         "mode": args.mode,
         "date": datetime.date.today().isoformat(),
         "host": platform.node(),
+        "commit": run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False
+        ).strip(),
+        "load": round(os.getloadavg()[0], 1),
         "tuned": tuned,
         "defaults": defaults,
     }
