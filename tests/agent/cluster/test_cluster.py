@@ -141,7 +141,9 @@ def test_kill9_leader_keeps_acknowledged_writes_and_the_node_rejoins(
     assert "restarting from" in since_last_start(cluster.node(old).log())
     commit = cluster.status(cluster.leader())["commit_index"]
     cluster.wait_for(
-        lambda: cluster.status(old)["applied_index"] >= commit, FORM_TIMEOUT, f"{old} catch up"
+        lambda: (cluster.status(old) or {}).get("applied_index", -1) >= commit,
+        FORM_TIMEOUT,
+        f"{old} catch up",
     )
     for key, item in acked.items():
         code, got = cluster.get(old, key, stale=True)
@@ -173,7 +175,9 @@ def test_restarted_node_catches_up_through_a_snapshot(make_cluster: MakeCluster)
     )
     commit = cluster.status(lead)["commit_index"]
     cluster.wait_for(
-        lambda: cluster.status(victim)["applied_index"] >= commit, FORM_TIMEOUT, "catch up"
+        lambda: (cluster.status(victim) or {}).get("applied_index", -1) >= commit,
+        FORM_TIMEOUT,
+        "catch up",
     )
     for i in range(300):
         code, got = cluster.get(victim, f"snap/{i:03d}", stale=True)

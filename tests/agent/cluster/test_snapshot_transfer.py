@@ -156,7 +156,11 @@ def test_new_and_lagging_agents_catch_up_through_chunked_snapshots_over_the_fram
     assert {st["leader_id"] for st in statuses.values()} == {lead}
     commit = cluster.status(lead)["commit_index"]
     cluster.wait_for(
-        lambda: cluster.status(victim)["applied_index"] >= commit, FORM_TIMEOUT, "catch up"
+        lambda: (
+            (cluster.status(victim) or {}).get("applied_index", -1) >= commit
+        ),  # None: no answer yet
+        FORM_TIMEOUT,
+        "catch up",
     )
     code, got = cluster.get(victim, f"big/{BIG_VALUES - 1:03d}", stale=True)
     assert code == 200 and got["value"] == big_value(BIG_VALUES - 1)
