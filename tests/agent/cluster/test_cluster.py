@@ -710,9 +710,9 @@ def test_a_weight_pin_in_the_kv_store_is_committed_and_survives_a_new_leader(
     cluster.term(leader)
     other = pinned
     new = wait_for(
-        lambda: (
-            (cluster.status(other) or {}).get("leader_id") not in (None, leader)
-            and cluster.status(other)["leader_id"]
+        lambda: next(
+            (lid for lid in [(cluster.status(other) or {}).get("leader_id")] if lid != leader),
+            None,
         ),
         15,
         "a new leader",
