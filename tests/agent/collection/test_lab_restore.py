@@ -1,13 +1,13 @@
 """backup.yml and restore.yml against a lab of their own (issue 19's acceptance): a 2-node
 lab with keys in its KV store, backup.yml twice (timestamped, checksummed, backup_keep=1
-keeps one), destroy.yml (nothing left), restore.yml from the backup: every key back on every
-node, a new cluster id, 2 voters, HAProxy serving both; restore.yml refuses to run over the
-fleet it made.
+keeps one; --check saves nothing), destroy.yml (nothing left), restore.yml from the backup:
+every key back on every node, a new cluster id, 2 voters, HAProxy serving both; restore.yml
+refuses to run over the fleet it made, and in check mode.
 
 Its lab (bridge hfh2r0, namespaces hfh2r-node*, 10.79.62.0/24, cluster hfh2r, its own
 HAProxy port and its own cached virtualenv in build/restore-tests/) never meets the one of
-test_lab_playbooks.py, so the two files may run side by side. Five playbook runs with two
-scale-outs of 2 nodes: 15 minutes measured on a machine under a load average of 16 (other labs
+test_lab_playbooks.py, so the two files may run side by side. Eight playbook runs, two of them
+scale-outs of 2 nodes: 10-15 minutes measured on a machine under a load average of 16-24 (other labs
 and benchmarks running); a quiet machine should take a few minutes once the virtualenv is
 cached (the first run builds it).
 """
@@ -101,6 +101,9 @@ def test_restore_brings_a_destroyed_lab_back_from_a_backup(lab, tmp_path):
         assert run.rc == 0, run.out[-6000:]
     files = sorted(p.name for p in backups.iterdir())
     assert len(files) == 2 and files[1] == files[0] + ".sha256", files
+    check = lab.playbook("backup.yml", "--check", extra={**extra, "backup_keep": 1})
+    assert check.rc == 0, check.out[-6000:]
+    assert sorted(p.name for p in backups.iterdir()) == files  # --check saves nothing
     snap = backups / files[0]
     assert snap.name.startswith("hfh2r-") and snap.name.endswith("Z.snap")
     digest, name = (backups / files[1]).read_text().split()
@@ -127,4 +130,6 @@ def test_restore_brings_a_destroyed_lab_back_from_a_backup(lab, tmp_path):
     again = lab.playbook("restore.yml", extra={**extra, "nodes": 2})
     said = " ".join(again.out.replace("'", " ").split())  # the callback wraps long messages
     assert again.rc != 0 and "never touches a running one" in said, again.out[-3000:]
+    checked = lab.playbook("restore.yml", "--check", extra={**extra, "nodes": 2})
+    assert checked.rc != 0 and "has no check mode" in checked.out, checked.out[-3000:]
     assert lab.api(1, "/v1/status")["cluster_id"] == status["cluster_id"]
