@@ -1,14 +1,16 @@
 """The collection's playbooks against a lab of their own: scale.yml from nothing, again
 (changed=0), the agents on HTTPS only with the lab CA's certificates, --check --diff, out
 under load, rotate_certs.yml under load, in under load (zero failed requests), status.yml,
-stop.yml and start.yml of the leader under load, destroy.yml (nothing left), bad input, and
-the netns connection plugin on a lab node.
+stop.yml and start.yml of the leader under load, backup.yml, destroy.yml and restore.yml
+from the backup, destroy.yml (nothing left), bad input, and the netns connection plugin on a
+lab node.
 
 The tests of this module run in order and share one lab (see conftest.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -463,6 +465,68 @@ def test_status_prints_a_table(lab):
     # HAProxy's view, read where it runs (the controller in the lab).
     assert f"HAProxy 127.0.0.1:{lab.port} (weighted) has 1 of 1 server(s) up" in run.out
     assert run.changed() == 0
+
+
+BACKUP_KEYS = {f"app/k{i}": {"i": i} for i in range(20)}
+
+
+def kv_put(lab, i: int, key: str, value: object) -> dict:
+    token = (lab.root / "secrets" / "token").read_text().strip()
+    req = urllib.request.Request(
+        f"{lab.api_url(i)}/v1/kv/{key}",
+        data=json.dumps({"value": value}).encode(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10, context=lab.tls_context()) as resp:
+        return json.load(resp)
+
+
+@pytest.mark.timeout(900)
+def test_restore_brings_a_destroyed_lab_back_from_a_backup(lab, tmp_path):
+    """backup.yml and restore.yml (issue 19): keys written, backup.yml twice (timestamped,
+    checksummed; backup_keep=1 keeps one; --check saves nothing), destroy.yml (nothing left),
+    restore.yml from the backup with 2 nodes: every key back on every node, a new cluster id,
+    2 voters, HAProxy serving both; restore.yml refuses to run over the fleet it made, and in
+    check mode. destroy.yml's test below removes the restored lab."""
+    backups = tmp_path / "backups"
+    extra = {"hafleet_backup_dir": str(backups)}
+    for key, value in BACKUP_KEYS.items():
+        kv_put(lab, 1, key, value)
+    old_cid = lab.api(1, "/v1/status")["cluster_id"]
+    for keep in (7, 1):  # two backups; the second run keeps only the newest one
+        assert_ok(lab.playbook("backup.yml", extra={**extra, "backup_keep": keep}))
+    files = sorted(p.name for p in backups.iterdir())
+    assert len(files) == 2 and files[1] == files[0] + ".sha256", files
+    check = lab.playbook("backup.yml", "--check", extra={**extra, "backup_keep": 1})
+    assert_ok(check)
+    assert sorted(p.name for p in backups.iterdir()) == files  # --check saves nothing
+    snap = backups / files[0]
+    assert snap.name.startswith("hfct-") and snap.name.endswith("Z.snap")
+    digest, name = (backups / files[1]).read_text().split()
+    assert name == snap.name
+    assert hashlib.sha256(snap.read_bytes()).hexdigest() == digest
+
+    assert_ok(lab.playbook("destroy.yml"))
+    assert not lab.namespaces() and not lab.pids() and not lab.root.exists()
+
+    assert_ok(lab.playbook("restore.yml", extra={**extra, "nodes": 2}, timeout=600))
+    status = lab.api(1, "/v1/status")
+    assert status["cluster_id"] not in (None, old_cid)
+    roles = {m["id"]: m["role"] for m in status["members"]}
+    assert set(roles) == {"hfct-node1", "hfct-node2"}
+    assert set(roles.values()) <= {"leader", "voter"}, roles
+    for i in (1, 2):
+        items = lab.api(i, "/v1/kv?prefix=app/")["items"]
+        assert {item["key"]: item["value"] for item in items} == BACKUP_KEYS, i
+    assert reached_nodes(lab, 40) == {"hfct-node1", "hfct-node2"}
+    # Over a running fleet it changes nothing.
+    again = lab.playbook("restore.yml", extra={**extra, "nodes": 2})
+    said = " ".join(again.out.replace("'", " ").split())  # the callback wraps long messages
+    assert again.rc != 0 and "never touches a running one" in said, again.out[-3000:]
+    checked = lab.playbook("restore.yml", "--check", extra={**extra, "nodes": 2})
+    assert checked.rc != 0 and "has no check mode" in checked.out, checked.out[-3000:]
+    assert lab.api(1, "/v1/status")["cluster_id"] == status["cluster_id"]
 
 
 def test_destroy_removes_everything_it_made(lab):
