@@ -252,6 +252,21 @@ def test_idle_and_slowloris_connections_are_closed_after_the_keepalive_time() ->
     run(main, keepalive_s=0.5)
 
 
+def test_accepted_connections_have_tcp_nodelay() -> None:
+    import socket
+
+    async def main(runner: Runner, seen: dict[str, Any]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.port)
+        writer.write(b"GET /echo/1 HTTP/1.1\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        [conn] = runner.http.connections
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        writer.close()
+
+    run(main)
+
+
 def test_the_cap_refuses_connections_over_it_with_503() -> None:
     async def main(runner: Runner, seen: dict[str, Any]) -> None:
         conns = [await asyncio.open_connection("127.0.0.1", runner.port) for _ in range(3)]

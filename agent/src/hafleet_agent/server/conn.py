@@ -131,6 +131,11 @@ class Runner:
                 cap.refuse(conn)
                 continue
             cap.open += 1  # taken now: the connection's task may start after more accepts
+            with contextlib.suppress(OSError):
+                # asyncio sets TCP_NODELAY only when the socket's proto is IPPROTO_TCP, and
+                # create_server's (so accept's) is 0: without it, Nagle holds an answer
+                # back while the client delays its ACK of the one before
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.create_task(self._serve(loop, conn))
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
