@@ -36,7 +36,6 @@ def setup_logging(fmt: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def serve_api(node: Node) -> Serve:
