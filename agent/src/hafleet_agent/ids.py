@@ -17,6 +17,7 @@ made there too (then ``make vendor``). A test checks that the two agree.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 MEMBER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 """The grammar as written in the docs. Match with :data:`MEMBER_ID_RE` ``.fullmatch`` (a
@@ -34,6 +35,13 @@ MEMBER_ID_RULE = (
 """What every refusal says."""
 
 _SHOWN_CHARS = 80
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character a terminal or a page would act on rather than show:
+    control characters, format characters (bidi overrides such as U+202E, zero-width ones),
+    line and paragraph separators."""
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
 
 
 def valid_member_id(value: object) -> bool:

@@ -212,6 +212,58 @@ def test_the_leader_refuses_them_too_and_stores_the_others_as_written() -> None:
     assert leader.state.kv_keys("") == ["h/a.b/..c"]
 
 
+def test_a_method_the_path_does_not_take_is_405_with_allow() -> None:
+    """RFC 9110: a 405 names the methods the path takes (review h9: the JSON error had no
+    Allow header)."""
+    leader = Stub()
+
+    async def main() -> None:
+        app, _ = build_app(leader)  # type: ignore[arg-type]
+        runner, port = await serving(app)
+        try:
+            for method, path in (("PATCH", b"/v1/status"), ("OPTIONS", b"/ui/")):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request(method, path))
+                data = await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                head = data.partition(b"\r\n\r\n")[0].decode().lower()
+                assert head.startswith("http/1.1 405"), head
+                allow = next(h for h in head.split("\r\n") if h.startswith("allow:"))
+                assert "get" in allow, head
+        finally:
+            await runner.cleanup()
+
+    run(main)
+
+
+@pytest.mark.parametrize("text", ["\u202eevil:80", "a\u200bb:80", "x\ny:80", "web\x1b[2J:80"])
+def test_addresses_and_reasons_with_control_or_format_characters_are_refused(text: str) -> None:
+    """Review h9: a bidi override or an escape in a member's address or a maintenance reason
+    reached ``hafleet-agent status`` and ``members`` raw; the API refuses them (400)."""
+    leader = Stub()
+
+    async def main() -> None:
+        app, _ = build_app(leader)  # type: ignore[arg-type]
+        runner, port = await serving(app)
+        try:
+            for field in ("service_addr", "api_addr", "raft_addr"):
+                body = {"id": "n9", "raft_addr": "10.0.0.9:7400", "api_addr": "10.0.0.9:7480"}
+                body[field] = text
+                status, answer = await raw(
+                    "127.0.0.1", port, request("POST", b"/v1/members", json.dumps(body).encode())
+                )
+                assert status == 400 and "control or format" in answer["error"], (field, answer)
+            reason = json.dumps({"reason": text}).encode()
+            status, answer = await raw(
+                "127.0.0.1", port, request("PUT", b"/v1/members/n2/maintenance", reason)
+            )
+            assert status == 400 and "control or format" in answer["error"], answer
+        finally:
+            await runner.cleanup()
+
+    run(main)
+
+
 def test_a_follower_forwards_the_path_as_it_came() -> None:
     """The forwarded URL is the raw, still encoded path and query: ``%2F`` stays in the
     segment, and a key an older version stored with ``..`` in it is deleted under that key

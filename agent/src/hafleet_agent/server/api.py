@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..ids import member_id_error, shown
+from ..ids import has_control, member_id_error, shown
 from ..node.errors import AgentError, BadRequest, NotFound, StateErrorResult
 from ..registrations import balancers_view
 from ..state import (
@@ -215,7 +215,10 @@ class Api:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return self.counters.count(_error(exc.status, exc.reason))
+            resp = _error(exc.status, exc.reason)
+            if "Allow" in exc.headers:  # a 405 says which methods the path takes (RFC 9110)
+                resp.headers["Allow"] = exc.headers["Allow"]
+            return self.counters.count(resp)
         except (asyncio.CancelledError, ConnectionResetError):
             raise  # the client went away (or the agent stops): nobody to answer
         except Exception as exc:
@@ -290,6 +293,9 @@ class Api:
         sa = body.get("service_addr")
         if sa is not None and not isinstance(sa, str):
             raise BadRequest("service_addr must be a string or null")
+        for f in ("raft_addr", "api_addr", "service_addr"):
+            if isinstance(body.get(f), str) and has_control(body[f]):
+                raise BadRequest(f"{f} must not hold control or format characters")
         if not self.agent.is_leader():
             return await self.forwarder.forward(request, json.dumps(body).encode())
         return web.json_response(

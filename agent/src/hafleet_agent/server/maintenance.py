@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..ids import member_id_error, shown
+from ..ids import has_control, member_id_error, shown
 from ..keys import MAINTENANCE_PREFIX
 from ..node.errors import BadRequest, NotFound, StateErrorResult
 from ..state import encode_command
@@ -59,6 +59,8 @@ def _reason(raw: bytes) -> str | None:
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
         raise BadRequest(f"reason must be a string of at most {MAX_REASON_CHARS} characters")
+    if reason is not None and has_control(reason):
+        raise BadRequest("reason must not hold control or format characters (one line of text)")
     return reason
 
 
