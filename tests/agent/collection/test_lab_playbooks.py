@@ -491,16 +491,22 @@ def test_restore_brings_a_destroyed_lab_back_from_a_backup(lab, tmp_path):
     check mode. destroy.yml's test below removes the restored lab."""
     backups = tmp_path / "backups"
     extra = {"hafleet_backup_dir": str(backups)}
+    # Another cluster's backup in the same directory ("hfct-eu" also matches "hfct-*", and
+    # sorts after hfct's own): never kept or removed for hfct, never restored from.
+    backups.mkdir()
+    decoy = backups / "hfct-eu-20991231T235959Z.snap"
+    decoy.write_bytes(b"not hfct's")
     for key, value in BACKUP_KEYS.items():
         kv_put(lab, 1, key, value)
     old_cid = lab.api(1, "/v1/status")["cluster_id"]
     for keep in (7, 1):  # two backups; the second run keeps only the newest one
         assert_ok(lab.playbook("backup.yml", extra={**extra, "backup_keep": keep}))
-    files = sorted(p.name for p in backups.iterdir())
+    files = sorted(p.name for p in backups.iterdir() if p != decoy)
     assert len(files) == 2 and files[1] == files[0] + ".sha256", files
+    assert decoy.exists()
     check = lab.playbook("backup.yml", "--check", extra={**extra, "backup_keep": 1})
     assert_ok(check)
-    assert sorted(p.name for p in backups.iterdir()) == files  # --check saves nothing
+    assert sorted(p.name for p in backups.iterdir() if p != decoy) == files  # --check: nothing
     snap = backups / files[0]
     assert snap.name.startswith("hfct-") and snap.name.endswith("Z.snap")
     digest, name = (backups / files[1]).read_text().split()
