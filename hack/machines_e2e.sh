@@ -5,11 +5,13 @@
 #    temporary collections path; every playbook below runs from THAT copy by FQCN
 #    (hafleet.cluster.scale / destroy), from a directory outside the checkout, with an
 #    ansible.cfg and a HOME of its own (no checkout ansible.cfg).
-# 2. hack/machines.py up: 5 pool machines and 1 balancer machine of the lab hfe2e
-#    (hfe2e-m1..5, hfe2e-lb1; bridge hfe2e1, 10.79.30.0/24; files under the work directory).
-# 3. scale 0->5 (timed); 5->5 again, whose recap must say changed=0 everywhere.
-# 4. loadgen.py through the balancer machine's address:8080 while the fleet scales 5->3 and
-#    3->5: every request must succeed.
+# 2. hack/machines.py up: 5 pool machines and 2 balancer machines of the lab hfe2e
+#    (hfe2e-m1..5, hfe2e-lb1..2; bridge hfe2e1, 10.79.30.0/24; files under the work directory).
+# 3. scale 0->5 with balancer_vip=10.79.30.250 (keepalived on both balancer machines; timed);
+#    5->5 again, whose recap must say changed=0 everywhere; exactly one machine holds the VIP.
+# 4. loadgen.py through the virtual address:8080 while the fleet scales 5->3 and 3->5: every
+#    request must succeed; each leaving node was reported drained by BOTH balancers' syncers
+#    (not by the drain timeout) and no agent removed a node without every drained mark.
 # 5. reboot one pool machine (systemctl reboot over SSH): bounded wait for a new boot id, then
 #    for the node to be a voter again with a leader.
 # 6. a rolling upgrade to the next version (a copy of the source with the version bumped,
@@ -213,14 +215,17 @@ printf '[defaults]\ninterpreter_python = auto_silent\nforks = 16\n[connection]\n
 note "installing the tarball into an empty collections path"
 ansible-galaxy collection install --force --no-deps --offline -p "$work/collections" "$tarball" >/dev/null
 [ -f "$work/collections/ansible_collections/hafleet/cluster/MANIFEST.json" ] || fail "the collection did not install"
-printf 'provider: inventory\nhafleet_cluster_name: %s\n' "$cluster" >"$work/run/vars.yml"
+vip=10.79.30.250
+printf 'provider: inventory\nhafleet_cluster_name: %s\nbalancer_vip: %s\n' "$cluster" "$vip" >"$work/run/vars.yml"
 
-note "hack/machines.py up: $pool_size pool machines, 1 balancer machine"
+note "hack/machines.py up: $pool_size pool machines, 2 balancer machines"
 t=$(now)
-python3 "$src/hack/machines.py" up --nodes "$pool_size" --balancers 1 "${lab_args[@]}" >"$work/up.log" 2>&1 ||
+python3 "$src/hack/machines.py" up --nodes "$pool_size" --balancers 2 "${lab_args[@]}" >"$work/up.log" 2>&1 ||
 	{ tail -30 "$work/up.log" >&2; fail "hack/machines.py up"; }
-record "machines up (5 pool + 1 balancer): $(secs "$t") s"
-lb_addr=$(addr_of hfe2e-lb1)
+record "machines up (5 pool + 2 balancers): $(secs "$t") s"
+# The load goes to the virtual address (keepalived holds it on one balancer machine).
+lb_addr=$vip
+lb_addrs=("$(addr_of hfe2e-lb1)" "$(addr_of hfe2e-lb2)")
 victim_addr=$(addr_of "$victim")
 pool_addrs=()
 for i in $(seq 1 "$pool_size"); do pool_addrs+=("$(addr_of "hfe2e-m$i")"); done
@@ -236,6 +241,9 @@ t=$(now)
 play hafleet.cluster.scale "$work/scale-5-5.log" -e nodes=$pool_size
 check_recap "$work/scale-5-5.log" 0 >/dev/null || fail "scale 5->5 is not idempotent"
 record "scale 5->5: $(secs "$t") s (changed=0)"
+holders=$(for n in hfe2e-lb1 hfe2e-lb2; do ip -n "$n" -o -4 addr show | grep -qF " $vip/" && echo "$n"; done; true)
+[ "$(echo "$holders" | grep -c .)" = 1 ] || fail "the virtual address $vip is held by: ${holders:-none}"
+record "virtual address $vip held by $holders alone"
 
 wait_balanced "$pool_size"
 note "load through http://$lb_addr:8080/ while scaling 5->3->5"
@@ -253,6 +261,19 @@ record "scale 3->5 under load: $(secs "$t") s"
 wait_balanced "$pool_size"
 stop_load
 record "load through $lb_addr:8080 across 5->3->5: $load_line"
+# Scale-in with two balancers: each leaving node drained by both HAProxies before its removal.
+for a in "${lb_addrs[@]}"; do
+	log=$(ssh_to "$a" sudo journalctl -u hafleet-balancer --no-pager -o cat) || fail "the syncer's log on $a"
+	for n in hfe2e-m4 hfe2e-m5; do
+		echo "$log" | grep -qx ".*reported $n drained" || fail "the syncer on $a did not report $n drained (or only by its timeout)"
+	done
+done
+for a in "${pool_addrs[@]:0:$small}"; do
+	if ssh_to "$a" sudo journalctl -u hafleet-agent --no-pager -o cat | grep -F "without the drained mark"; then
+		fail "an agent on $a removed a node without every balancer's drained mark"
+	fi
+done
+record "scale-in 5->3: hfe2e-m4, hfe2e-m5 reported drained by both balancers' syncers before removal"
 
 note "rebooting $victim"
 boot_before=$(ssh_to "$victim_addr" cat /proc/sys/kernel/random/boot_id)
