@@ -307,11 +307,12 @@ molecule-machines: venv ## molecule test -s machines (root): the real-host path 
 release: system-deps venv ## build the tarball, install it into a temp path, scale a lab to 3 from it, destroy
 	hack/release.sh
 
-# The real-host path end to end from the released tarball (root; docs/machines.md): 5 pool + 1
-# balancer machines (hfe2e-, bridge hfe2e1, 10.79.30.0/24), scale 0->5, 5->5 (changed=0), 5->3->5
-# under load through the balancer machine with 0 failed requests, a reboot, a rolling upgrade to
+# The real-host path end to end from the released tarball (root; docs/machines.md): 5 pool + 2
+# balancer machines (hfe2e-, bridge hfe2e1, 10.79.30.0/24) with a virtual address (keepalived),
+# scale 0->5, 5->5 (changed=0), 5->3->5 under load through the virtual address with 0 failed
+# requests (each leaving node drained by both balancers first), a reboot, a rolling upgrade to
 # the next version under load (0 failed), destroy, down.
-machines-e2e: venv ## the installed tarball on 5+1 machines: scale, load, reboot, rolling upgrade, destroy (root)
+machines-e2e: venv ## the installed tarball on 5+2 machines (VIP): scale, load, reboot, rolling upgrade, destroy (root)
 	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(MACHINES_DEB_PACKAGES)"
 	hack/machines_e2e.sh
 
