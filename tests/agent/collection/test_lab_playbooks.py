@@ -439,20 +439,22 @@ def test_scale_in_under_load_drains_one_at_a_time_and_fails_no_request(lab, tmp_
     assert not (lab.root / "nodes" / "hfct-node3").exists()
     assert result["failed"] == 0, result
     # Removals one at a time, the leader last (when it was one of the leaving nodes).
-    removed = [
-        line.split("[")[1].split("]")[0]
-        for line in run.out.splitlines()
-        if line.startswith("changed: [") and "Drain the node" in prev_task(run.out, line)
-    ]
+    removed = [host for task, host in changed_by_task(run.out) if "Drain the node" in task]
     if leader != "hfct-node1":
         assert removed[-1] == leader, removed
     assert sorted(removed) == ["hfct-node2", "hfct-node3"]
 
 
-def prev_task(out: str, line: str) -> str:
-    """The TASK header just above ``line`` in ``out``."""
-    head = out[: out.index(line)]
-    return head[head.rindex("TASK [") :].split("\n", 1)[0]
+def changed_by_task(out: str) -> list[tuple[str, str]]:
+    """(TASK header, host) of every ``changed: [host]`` line of a playbook's output, in order
+    (each line under the TASK header above it, whatever other tasks print the same line)."""
+    task, found = "", []
+    for line in out.splitlines():
+        if line.startswith("TASK ["):
+            task = line
+        elif line.startswith("changed: ["):
+            found.append((task, line.split("[")[1].split("]")[0]))
+    return found
 
 
 def test_status_prints_a_table(lab):
