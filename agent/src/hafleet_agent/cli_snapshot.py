@@ -105,15 +105,10 @@ def _handle(args: argparse.Namespace) -> int:
 def endpoint(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
     """The agent's base URL, the token and the CA file, found as the other client subcommands
     find them (the flags, the environment, the local agent's config: client_config.py)."""
-    from .client_config import DiscoveryError, discover
+    from .client_config import DiscoveryError, discover_for
 
     try:
-        end = discover(
-            getattr(args, "api", None),
-            getattr(args, "token_file", None),
-            getattr(args, "ca_file", None),
-            getattr(args, "config", None),
-        )
+        end = discover_for(args)
     except (DiscoveryError, ValueError) as exc:
         raise SnapshotCliError(str(exc), 2) from None
     token = end.token.encode() if isinstance(end.token, str) else end.token

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .apiclient import APIClient, APIError
-from .client_config import DiscoveryError, discover
+from .client_config import DiscoveryError, discover_for
 
 #: The CLI's timeout for one call: a removal waits for the drain first (the agent's
 #: drain_timeout_s, config.AgentConfig: 10 s by default; up to 30 s still fits).
@@ -35,12 +35,7 @@ def connect(args: argparse.Namespace, timeout: float = TIMEOUT) -> list[APIClien
     """Clients of the agent the flags, the environment or the local agent's config name
     (:mod:`.client_config`): the first, then the other lab nodes found beside it."""
     try:
-        end = discover(
-            getattr(args, "api", None),
-            getattr(args, "token_file", None),
-            getattr(args, "ca_file", None),
-            getattr(args, "config", None),
-        )
+        end = discover_for(args)
         return [
             APIClient(url, token=end.token, timeout=timeout, ca_path=end.ca_file)
             for url in [end.api, *end.alternates]

@@ -201,6 +201,17 @@ def discover(
     return Endpoint(api=api, token=token, ca_file=ca_file, sources=sources, alternates=alternates)
 
 
+def discover_for(args: Any) -> Endpoint:
+    """:func:`discover` with a client subcommand's parsed flags (``--api``, ``--token-file``,
+    ``--ca-file``, ``--config``; any of them may be missing from its parser)."""
+    return discover(
+        getattr(args, "api", None),
+        getattr(args, "token_file", None),
+        getattr(args, "ca_file", None),
+        getattr(args, "config", None),
+    )
+
+
 def _api_of(path: str) -> str | None:
     try:
         return str(read_agent_config(path)["api"])
