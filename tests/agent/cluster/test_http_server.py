@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -206,6 +208,33 @@ def test_a_body_over_the_limit_is_413_and_the_connection_closes() -> None:
         writer.close()
 
     run(main)
+
+
+def test_over_tls_a_client_still_sending_a_large_body_gets_its_413(tmp_path) -> None:
+    """TLS has no half close: after the 413 the server keeps reading and dropping the body
+    (LINGER_S) instead of closing at once, so the client's send completes and it reads the
+    answer (it was an SSLEOFError in the middle of its send: the chaos scenario api_abuse)."""
+    from hafleet_agent import ca
+
+    ca.init_ca(tmp_path)
+    ca.issue(tmp_path, "srv", ["127.0.0.1"])
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+
+    def client(port: int) -> bytes:  # as http.client sends: one blocking sendall
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            body = b"x" * (8 << 20)  # past the socket buffers, under the linger cap
+            sock.sendall(b"PUT /echo/big HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body))
+            sock.sendall(body)
+            return sock.recv(65536)
+
+    async def main(runner: Runner, seen: dict[str, Any]) -> None:
+        answer = await asyncio.get_running_loop().run_in_executor(None, client, runner.port)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+    run(main, ssl_context=server_ctx)
 
 
 @pytest.mark.parametrize(

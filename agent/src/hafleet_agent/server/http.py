@@ -130,6 +130,7 @@ class HttpProtocol(asyncio.Protocol):
         self._continued = False  # "100 Continue" sent for the request being read
         self._head_only = False  # the streamed answer under way is to a HEAD
         self._lingering = -1  # >= 0 after a 413: the bytes dropped since
+        self._tls = False  # TLS has no half close (eof_received's answer is ignored there)
 
     # ---- asyncio's side ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -137,6 +138,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self._tls = transport.get_extra_info("ssl_object") is not None
         self.server.connections.add(self)
         self._idle()
 
@@ -168,7 +170,9 @@ class HttpProtocol(asyncio.Protocol):
         self._eof = True
         if self.task is None or self._lingering >= 0:
             self.close()
-        return True  # half-closed: the answer under way is still sent, then the close
+        # Plain TCP: half-closed, the answer under way is still sent, then the close. TLS has
+        # no half close: the connection ends here (and asyncio warns of a True).
+        return not self._tls
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -188,15 +192,16 @@ class HttpProtocol(asyncio.Protocol):
         self.timer = self.loop.call_later(self.server.keepalive_s, self.close)
 
     def _linger(self) -> None:
-        """After a 413: end the answer, drop what still comes for LINGER_S, then close."""
+        """After a 413: end the answer, drop what still comes for LINGER_S, then close (a
+        client still sending its body then reads the answer instead of a reset)."""
         transport = self.transport
         assert transport is not None
-        if not transport.can_write_eof():  # TLS: no half close
-            self.close()
-            return
         self._lingering = 0
         self.buf.clear()
-        transport.write_eof()
+        if transport.can_write_eof():  # plain TCP: half close, the client sees the end
+            transport.write_eof()
+        # (TLS has no half close: the answer is whole, the connection stays open while the
+        # client still sends, at most LINGER_S, then closes)
         if self.timer is not None:
             self.timer.cancel()
         self.timer = self.loop.call_later(LINGER_S, self.close)
