@@ -37,7 +37,8 @@ def test_a_member_in_maintenance_gets_no_requests_and_still_votes(make_lab) -> N
     lab.wait_for(lambda: set(hp.ready_weights()) == ids, CONVERGE, "3 servers in service")
     cli = ["--api", lab.cluster.node("n1").api_url, "--token-file", str(lab.cluster.token_file)]
 
-    load = LoadGen(hp.url, rate=100, duration=14, slow_every=10, slow_ms=300).start()
+    # (long enough for a busy machine; stopped once the checks below are done)
+    load = LoadGen(hp.url, rate=100, duration=90, slow_every=10, slow_ms=300).start()
     lab.wait_for(lambda: len(load.results) > 50, 10, "load under way")
 
     # In: through n1's API (a follower or the leader: either way the leader writes it).
@@ -78,6 +79,12 @@ def test_a_member_in_maintenance_gets_no_requests_and_still_votes(make_lab) -> N
     lab.wait_for(lambda: lab.cluster.leader() == "n1", 10, "n1 leads again")
     assert "n2" not in hp.ready_weights()  # a leader change does not bring it back
 
+    # Enough requests while it is in (the steps above may be quick): 50 answered since.
+    lab.wait_for(
+        lambda: sum(1 for r in list(load.results) if r.start > out_at) > 50,
+        10,
+        "50 requests answered while n2 is in maintenance",
+    )
     # Out.
     off_at = time.monotonic()  # (n2 may take requests from here on)
     off = lab.cluster.cli("maintenance", "off", "n2", *cli)
@@ -86,6 +93,7 @@ def test_a_member_in_maintenance_gets_no_requests_and_still_votes(make_lab) -> N
     lab.wait_for(lambda: set(hp.ready_weights()) == ids, CONVERGE, "n2 back in HAProxy")
     assert member(lab, "n1", "n2")["maintenance"] is False
 
+    load.stop()
     results = load.join()
     failed = [r for r in results if not r.ok]
     assert not failed, failed[:5]
