@@ -59,7 +59,14 @@ def test_a_scrape_of_each_agent_passes_promtool(cluster: Cluster) -> None:
         cluster.put(lead, f"m/{i}", i)
         assert cluster.get(lead, f"m/{i}")[0] == 200
     for nid in cluster.nodes:
-        text = scrape(cluster, nid)
+        # The host gauges come with the agent's first host sample (REPORT_INTERVAL after start).
+        text = cluster.wait_for(
+            lambda nid=nid: (lambda t: t if b"hafleet_host_cpus " in t else None)(
+                scrape(cluster, nid)
+            ),
+            15,
+            f"{nid}'s first host sample",
+        )
         promtool_check(text)
         s = samples(text.decode())
         python, version = _build()
