@@ -303,6 +303,11 @@ def test_watch_fails_over_when_its_agent_dies(make_lab) -> None:
     hp = lab.haproxy("weighted")
     syncer = lab.syncer(hp, api=[lab.cluster.node("n1").api_url])
     lab.wait_for(lambda: in_step(lab, hp, {"n1", "n2", "n3"}), CONVERGE, "in step")
+    # Registered before its agent dies (it registers after the round that puts HAProxy in
+    # step): a removal waits for the drain report of a registered balancer only.
+    lab.wait_for(
+        lambda: "removals now wait for this balancer to drain" in syncer.log(), 10, "registered"
+    )
     lab.cluster.kill9("n1")
     leader = lab.cluster.leader(["n2", "n3"])
     victim = "n3" if leader == "n2" else "n2"
