@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
+import promcheck
 import pytest
 import yaml
 from harness import Cluster
@@ -31,10 +32,12 @@ METRIC = re.compile(r"\b(hafleet_[a-z0-9_]+|process_[a-z0-9_]+|up)\b(?!\s*\()")
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    path = shutil.which("promtool")
-    assert path, "promtool is missing: install Debian's 'prometheus' package (make system-deps)"
     return subprocess.run(
-        [path, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=RULES
+        [promcheck.promtool(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=RULES,
     )
 
 

@@ -8,10 +8,9 @@ stopped demo backend down."""
 from __future__ import annotations
 
 import http.client
-import shutil
-import subprocess
 
 import pytest
+from promcheck import check_metrics, promtool, samples
 
 from hafleet_agent.balancer.metrics import SyncerMetrics, status_up
 
@@ -32,18 +31,8 @@ def scrape(host: str) -> str:
         conn.close()
 
 
-def samples(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def test_the_syncer_exports_its_own_metrics(make_lab) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: install Debian's 'prometheus' package (make system-deps)"
+    promtool()  # required: fail now, not after the lab is up
     lab = make_lab()
     lab.add_agents(2)
     lab.cluster.wait_agreed(timeout=FORM)
@@ -64,9 +53,7 @@ def test_the_syncer_exports_its_own_metrics(make_lab) -> None:
     assert s["hafleet_balancer_haproxy_up"] == 1
     assert s[f'hafleet_balancer_servers{{backend="{hp.backend}"}}'] == 2
     assert "process_resident_memory_bytes" in s and "process_cpu_seconds_total" in s
-    text = scrape(host).encode()
-    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
-    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done
+    check_metrics(scrape(host).encode())
 
     # A backend that stops answering: HAProxy's check holds its server down, and it shows.
     lab.services.stop("n1")

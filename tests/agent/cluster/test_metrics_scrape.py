@@ -6,39 +6,14 @@ without it these tests fail, they do not skip."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from harness import Cluster, founded_cluster
+from promcheck import check_metrics, samples
 
 from hafleet_agent.telemetry import Histogram
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    assert path, "promtool is missing: install Debian's 'prometheus' package (make system-deps)"
-    return path
-
-
-def promtool_check(text: bytes) -> None:
-    done = subprocess.run(
-        [promtool(), "check", "metrics"], input=text, capture_output=True, timeout=60
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr).decode()
-    assert not (done.stdout + done.stderr).strip(), (done.stdout + done.stderr).decode()
-
-
-def samples(text: str) -> dict[str, float]:
-    """``name{labels}`` -> value of every sample line."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def scrape(cluster: Cluster, nid: str) -> bytes:
@@ -67,7 +42,7 @@ def test_a_scrape_of_each_agent_passes_promtool(cluster: Cluster) -> None:
             15,
             f"{nid}'s first host sample",
         )
-        promtool_check(text)
+        check_metrics(text)
         s = samples(text.decode())
         python, version = _build()
         assert s[f'hafleet_build_info{{python="{python}",version="{version}"}}'] == 1
