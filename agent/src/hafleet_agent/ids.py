@@ -37,11 +37,16 @@ MEMBER_ID_RULE = (
 _SHOWN_CHARS = 80
 
 
+def is_control(ch: str) -> bool:
+    """Whether ``ch`` is a character a terminal or a page would act on rather than show:
+    a control character, a format character (bidi overrides such as U+202E, zero-width ones),
+    a line or paragraph separator."""
+    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
+
+
 def has_control(text: str) -> bool:
-    """Whether ``text`` holds a character a terminal or a page would act on rather than show:
-    control characters, format characters (bidi overrides such as U+202E, zero-width ones),
-    line and paragraph separators."""
-    return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
+    """Whether ``text`` holds a character :func:`is_control` names."""
+    return any(is_control(c) for c in text)
 
 
 def valid_member_id(value: object) -> bool:

@@ -16,10 +16,10 @@ address.
 from __future__ import annotations
 
 import ipaddress
-import unicodedata
 from collections.abc import Callable
 from typing import Any
 
+from .ids import is_control
 from .keys import REGISTERED_PREFIX, REGISTRATION_TTL_S
 
 #: The longest string of a registration shown (a DNS name is at most 253).
@@ -31,9 +31,7 @@ def _text(v: Any) -> str | None:
     separators) as ``?``, cut to MAX_TEXT; None when ``v`` is no string."""
     if not isinstance(v, str):
         return None
-    return "".join(
-        "?" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in v[:MAX_TEXT]
-    )
+    return "".join("?" if is_control(ch) else ch for ch in v[:MAX_TEXT])
 
 
 def _address(v: Any) -> str | None:
