@@ -8,7 +8,7 @@ rotated every round, so that drift on a shared 2-core machine hits all of them a
 - commit throughput and latency of 100-byte writes, 1 and 16 clients, 3 members, fsync on;
 - linearizable read latency, 1 and 16 clients;
 - new member to voter; graceful leader hand-over and how long writes stall meanwhile;
-- idle CPU and RSS per member at 7 members (RSS split by mapping);
+- idle CPU and RSS per member at 5 members (``--idle-members``; RSS split by mapping);
 - hafleet alone: a trace of its elections (bench/hafleet_traced.py) and a py-spy profile
   of an agent under write load and at idle;
 - hafleet alone, plain beside TLS (section ``tls``, ``agent_bench.tls_cost``): committed
@@ -512,10 +512,16 @@ async def bench_handover(s, systems: list[System], trials: int) -> dict:
 # --- idle ---------------------------------------------------------------------------------
 
 
-async def bench_idle(work: Path, windows: int, seconds: float, settle: float) -> dict:
+async def bench_idle(
+    work: Path, windows: int, seconds: float, settle: float, members: int = 5
+) -> dict:
     d = Timing()
-    systems: list[System] = [Hafleet(7, work, d), Etcd(7, work, d), PySyncObj(7, work, d)]
-    out: dict = {x.kind: {"windows": []} for x in systems}
+    systems: list[System] = [
+        Hafleet(members, work, d),
+        Etcd(members, work, d),
+        PySyncObj(members, work, d),
+    ]
+    out: dict = {x.kind: {"windows": [], "members": members} for x in systems}
     try:
         leaders = {}
         async with session() as s:
@@ -896,8 +902,10 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
         mark("join", t)
     if "idle" in only:
         t = time.monotonic()
-        log(f"idle: 7 members, {a.idle_windows} windows x {a.idle_seconds}s")
-        results["idle"] = await bench_idle(work, a.idle_windows, a.idle_seconds, a.settle)
+        log(f"idle: {a.idle_members} members, {a.idle_windows} windows x {a.idle_seconds}s")
+        results["idle"] = await bench_idle(
+            work, a.idle_windows, a.idle_seconds, a.settle, a.idle_members
+        )
         mark("idle", t)
     if "profile" in only:
         t = time.monotonic()
@@ -972,6 +980,7 @@ def main() -> int:
     ap.add_argument("--trace-trials", type=int, default=12, help="kills in the election trace")
     ap.add_argument("--scale-rounds", type=int, default=1, help="7 -> 3 -> 7 rounds")
     ap.add_argument("--scale-minutes", type=float, default=25, help="bound on the scale part")
+    ap.add_argument("--idle-members", type=int, default=5, help="members of each system at idle")
     ap.add_argument("--idle-windows", type=int, default=3)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--settle", type=float, default=5.0)
@@ -986,10 +995,13 @@ def main() -> int:
         help="start from the existing --json and replace only the sections measured now",
     )
     a = ap.parse_args()
-    if a.quick:
-        a.trials, a.sizes, a.rounds, a.load_seconds = 5, "3,7", 2, 3.0
-        a.join_trials, a.preload, a.handover_trials, a.trace_trials = 2, 300, 3, 4
-        a.idle_windows, a.idle_seconds, a.settle, a.profile_seconds = 2, 5.0, 3.0, 5.0
+    if a.quick:  # shorter defaults; a flag given on the command line still wins
+        quick = dict(trials=5, sizes="3,5", rounds=2, load_seconds=3.0, join_trials=2,
+                     preload=300, handover_trials=3, trace_trials=4, idle_windows=2,
+                     idle_seconds=5.0, settle=3.0, profile_seconds=5.0)  # fmt: skip
+        for k, v in quick.items():
+            if getattr(a, k) == ap.get_default(k):
+                setattr(a, k, v)
     max_min = a.max_minutes or (40 if a.quick else 75)
 
     lock = open(LOCK, "w")  # noqa: SIM115 - held for the whole run
