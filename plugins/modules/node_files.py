@@ -84,6 +84,13 @@ options:
     type: list
     elements: path
     default: []
+  exists:
+    description:
+      - Paths to look for before anything changes (a program, a file left by an older
+        version); whether each exists is returned in RV(exists).
+    type: list
+    elements: path
+    default: []
 seealso:
   - module: ansible.builtin.copy
   - module: ansible.builtin.file
@@ -104,6 +111,8 @@ EXAMPLES = r"""
         mode: "0600"
     read:
       - /run/hafleet-agent/agent.stamp
+    exists:
+      - /usr/sbin/haproxy
   register: node_files
 """
 
@@ -119,6 +128,11 @@ contents:
   returned: always
   type: dict
   sample: {/run/hafleet-agent/agent.stamp: "3f2a...\n"}
+exists:
+  description: Each path of O(exists) and whether it existed before any change.
+  returned: always
+  type: dict
+  sample: {/usr/sbin/haproxy: true}
 """
 
 import os
@@ -250,6 +264,7 @@ def main():
                 required_one_of=[("content", "secret_content")],
             ),
             read=dict(type="list", elements="path", default=[]),
+            exists=dict(type="list", elements="path", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -257,12 +272,18 @@ def main():
     for path in module.params["read"]:
         data = _read(path)
         contents[path] = None if data is None else to_text(data, errors="surrogate_or_replace")
+    exists = {path: os.path.exists(path) for path in module.params["exists"]}
     changed_paths, diffs = [], []
     for spec in module.params["directories"]:
         make_directory(module, spec, changed_paths, diffs)
     for spec in module.params["files"]:
         write_file(module, spec, changed_paths, diffs)
-    result = {"changed": bool(changed_paths), "changed_paths": changed_paths, "contents": contents}
+    result = {
+        "changed": bool(changed_paths),
+        "changed_paths": changed_paths,
+        "contents": contents,
+        "exists": exists,
+    }
     if module._diff:
         result["diff"] = diffs
     module.exit_json(**result)

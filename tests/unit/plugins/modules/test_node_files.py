@@ -108,3 +108,17 @@ def test_refuses_a_file_where_a_directory_goes(tmp_path):
     result = run_module(node_files.main, _args(tmp_path))
     assert result["failed"] is True
     assert "not a directory" in result["msg"]
+
+
+def test_exists_is_looked_at_before_any_change(tmp_path):
+    args = _args(tmp_path)
+    token = str(tmp_path / "etc" / "token")
+    program = tmp_path / "haproxy"
+    program.write_text("#!/bin/sh\n")
+    args["exists"] = [str(program), token, str(tmp_path / "nowhere")]
+    first = run_module(node_files.main, args)
+    assert first["exists"] == {str(program): True, token: False, str(tmp_path / "nowhere"): False}
+    assert os.path.exists(token)
+    again = run_module(node_files.main, args, check_mode=True)
+    assert again["exists"][token] is True
+    assert again["changed"] is False
