@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from ..raft.coalesce import coalesce
 from ..raft.core import Config as RaftConfig
 from ..raft.core import ProposalDropped
 from ..raft.rawnode import RawNode, Ready
-from ..raft.ready import PendingReads, ReadyEffects, begin_ready, finish_ready
+from ..raft.ready import ReadyEffects, begin_ready, finish_ready
 from ..raft.status import BasicStatus
 from ..raft.types import (
     ConfChange,
@@ -62,6 +61,7 @@ from ..telemetry import TELEMETRY
 from ..wal import PREALLOC_BYTES, DiskStorage, PreparedBatch, StorageError
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
+from .reads import Reads
 from .walwriter import WalWriter
 
 log = logging.getLogger("hafleet.agent")
@@ -114,8 +114,7 @@ class Driver:
         self._pump_soon = False  # a pump is scheduled by wake()
         self._index_event = asyncio.Event()  # replaced by a fresh one at every change
         self.pending: dict[int, _Pending] = {}
-        self.reads: dict[bytes, tuple[asyncio.Future[int], float]] = {}
-        self._ready_reads = PendingReads()  # confirmed by the leader, not applied yet
+        self.reads = Reads()  # linearizable reads waiting (node/reads.py)
         self._startup_commit = 0
         self.removed = False
         self.leader_since: float | None = None
@@ -133,7 +132,7 @@ class Driver:
             restore=self._restore,
             apply=self._apply,
             on_soft_state=self._on_soft_state,
-            on_read_state=self._ready_reads.add,
+            on_read_state=self.reads.confirmed,
             after_advance=self._after_advance,
         )
 
@@ -216,10 +215,7 @@ class Driver:
         for p in self.pending.values():
             if not p.future.done():
                 p.future.set_exception(Unknown("the agent is stopping"))
-        for fut, _ in self.reads.values():
-            if not fut.done():
-                fut.set_exception(NoLeader("the agent is stopping; the read was not served"))
-        self.reads.clear()
+        self.reads.release()
         self._index_event.set()
 
     def close(self) -> None:
@@ -349,7 +345,7 @@ class Driver:
         log.info("installed a snapshot at index %d", snap.meta.index)
 
     def _after_advance(self) -> None:
-        self._serve_reads()
+        self.reads.serve(self.state.index)
         self._maybe_compact()
 
     def _apply(self, e: Entry) -> None:
@@ -480,19 +476,8 @@ class Driver:
         finally:
             self._compacting = False
 
-    def _serve_reads(self) -> None:
-        for rs in self._ready_reads.due(self.state.index):
-            entry = self.reads.pop(rs.context, None)
-            if entry is not None and not entry[0].done():
-                entry[0].set_result(rs.index)
-
     def expire_reads(self) -> None:
-        now = time.monotonic()
-        for ctx, (fut, deadline) in list(self.reads.items()):
-            if now > deadline:
-                self.reads.pop(ctx, None)
-                if not fut.done():
-                    fut.set_exception(NoLeader("no leader confirmed the read in time"))
+        self.reads.expire()
 
     # ---- views -----------------------------------------------------------------------------
     def raft_status(self) -> BasicStatus | None:
@@ -566,11 +551,9 @@ class Driver:
             raise NoLeader("this node is not a member of a cluster yet")
         if self._stop.is_set():
             raise NoLeader("this node is stopping; the read was not served")
-        if raw.basic_status().lead is None:
+        if raw.lead is None:
             raise NoLeader("no leader known")
-        ctx = secrets.token_bytes(12)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.reads[ctx] = (fut, time.monotonic() + self.write_timeout())
+        ctx, fut = self.reads.start(self.write_timeout())
         raw.read_index(ctx)
         self.wake()
         await fut
