@@ -62,6 +62,7 @@ from ..wal import PREALLOC_BYTES, DiskStorage, PreparedBatch, StorageError
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
 from .reads import Reads
+from .ticker import Ticker
 from .walwriter import WalWriter
 
 log = logging.getLogger("hafleet.agent")
@@ -111,6 +112,13 @@ class Driver:
         self.storage: DiskStorage | None = None
         self.raw: RawNode | None = None
         self._wake = asyncio.Event()
+        self.clock = Ticker(
+            cfg.tick_ms / 1000,
+            raw=lambda: self.raw,
+            counting=lambda: self._cluster_id() is not None,
+            pump=self._pump,
+            stopping=stopping,
+        )
         self._pump_soon = False  # a pump is scheduled by wake()
         self._index_event = asyncio.Event()  # replaced by a fresh one at every change
         self.pending: dict[int, _Pending] = {}
@@ -230,17 +238,8 @@ class Driver:
         log.debug("raft: %s", text)
 
     async def ticker(self) -> None:
-        interval = self.cfg.tick_ms / 1000
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while not self._stop.is_set():
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            if loop.time() - next_at > interval * 5:
-                next_at = loop.time()  # we were frozen: do not replay the missed ticks
-            if self.raw is not None and self._cluster_id() is not None:
-                self.raw.tick()
-                self._pump()  # right here: one loop wake-up a tick, not two
+        """The core's clock (node/ticker.py: a timer for the tick that acts)."""
+        await self.clock.run()
 
     async def raft_loop(self) -> None:
         while not self._stop.is_set():
@@ -252,6 +251,7 @@ class Driver:
         """Handle the core's ready batches up to the next one that needs a write (then the
         writer's completion goes on); wake whoever waits for the state to change."""
         if self._stop.is_set() or self._writing:
+            self.clock.arm()
             return
         try:
             changed = self._drain_ready()
@@ -261,6 +261,7 @@ class Driver:
         self._moved(changed)
 
     def _moved(self, changed: bool) -> None:
+        self.clock.arm()  # the core may act sooner now (a new leader beats at once)
         if changed:
             event, self._index_event = self._index_event, asyncio.Event()
             event.set()

@@ -267,6 +267,26 @@ class Raft(LeaderRole):
             self.heartbeat_elapsed = 0
             self.step(Message(MT.BEAT, frm=self.id))
 
+    def ticks_until_due(self) -> int:
+        """How many ``tick()`` calls from now until one acts (campaigns, sends heartbeats,
+        checks the quorum, retries a snapshot), at least 1: the ticks before it only count.
+        A driver may sleep that long instead of ticking at every interval, provided it
+        feeds the ticks it skipped before any other input (``RawNode.clock``): the lease
+        check on votes reads the counters."""
+        if self.state is StateType.LEADER:
+            n = min(
+                self.heartbeat_timeout - self.heartbeat_elapsed,
+                self.election_timeout - self.election_elapsed,
+            )
+            for pr in self.prs.values():
+                if pr.state is ProgressState.SNAPSHOT:
+                    n = min(n, self.election_timeout - pr.snapshot_elapsed)
+        elif self.promotable():
+            n = self.randomized_election_timeout - self.election_elapsed
+        else:
+            n = self.election_timeout  # nothing to do; looked at again after as many
+        return max(1, n)
+
     # ---- step ----------------------------------------------------------------------------
     def step(self, m: Message) -> None:
         if m.term == 0:

@@ -90,6 +90,10 @@ class RawNode:
         its state machine applies too) returns a reason: then it changes nothing, and the
         reason goes to ``on_event``. A committed entry never stops the core."""
         self.check_conf_change = check_conf_change
+        # Lazy ticks: a driver that does not tick at every interval gives here the number
+        # of ticks due since it last asked (it counts them as fed); they are fed before any
+        # other input, so the core's counters are those of a node ticked on time.
+        self.clock: Callable[[], int] | None = None
         self.raft = Raft(config, hard_state, snapshot, entries, on_event)
         snap = snapshot or Snapshot()
         # The configuration as of each applied conf change since the snapshot, so that a new
@@ -142,8 +146,23 @@ class RawNode:
     def tick(self) -> None:
         self.raft.tick()
 
+    def catch_up(self) -> None:
+        """Feed the ticks due by ``clock`` (none without one)."""
+        if self.clock is not None:
+            for _ in range(self.clock()):
+                self.raft.tick()
+
+    def ticks_until_due(self) -> int:
+        """Ticks from now until one acts (``Raft.ticks_until_due``)."""
+        return self.raft.ticks_until_due()
+
+    def _input(self, m: Message) -> None:
+        if self.clock is not None:
+            self.catch_up()
+        self.raft.step(m)
+
     def campaign(self) -> None:
-        self.raft.step(Message(MessageType.HUP, frm=self.raft.id))
+        self._input(Message(MessageType.HUP, frm=self.raft.id))
 
     def step(self, m: Message) -> None:
         """A message from the network. Local message types are refused."""
@@ -151,7 +170,7 @@ class RawNode:
             raise ValueError(f"{m.type.name} is a local message; it cannot come from the network")
         if m.frm is None:
             raise ValueError("message without a sender")
-        self.raft.step(m)
+        self._input(m)
 
     def propose(self, data: bytes) -> tuple[int, int]:
         """Append ``data`` if we are the leader; returns (term, index) of the new entry."""
@@ -162,6 +181,8 @@ class RawNode:
 
     def _propose(self, e: Entry) -> tuple[int, int]:
         r = self.raft
+        if self.clock is not None:
+            self.catch_up()  # (a tick may end the leadership: the role is looked at after it)
         if r.state is not StateType.LEADER:
             raise ProposalDropped("not the leader" if r.lead != r.id else "no leader")
         r.step(Message(MessageType.PROP, frm=r.id, entries=(e,)))
@@ -171,16 +192,16 @@ class RawNode:
         """Ask for a linearizable read point; the answer arrives as a ReadState in a ready."""
         if not context:
             raise ValueError("a read needs a unique, non-empty context")
-        self.raft.step(Message(MessageType.READ_INDEX, frm=self.raft.id, context=context))
+        self._input(Message(MessageType.READ_INDEX, frm=self.raft.id, context=context))
 
     def transfer_leadership(self, to: NodeId) -> None:
-        self.raft.step(Message(MessageType.TRANSFER_LEADER, frm=to))
+        self._input(Message(MessageType.TRANSFER_LEADER, frm=to))
 
     def report_unreachable(self, nid: NodeId) -> None:
-        self.raft.step(Message(MessageType.UNREACHABLE, frm=nid))
+        self._input(Message(MessageType.UNREACHABLE, frm=nid))
 
     def report_snapshot(self, nid: NodeId, ok: bool) -> None:
-        self.raft.step(Message(MessageType.SNAP_STATUS, frm=nid, reject=not ok))
+        self._input(Message(MessageType.SNAP_STATUS, frm=nid, reject=not ok))
 
     def compact(self, index: int, data: bytes) -> Snapshot | None:
         """Record a snapshot of the state machine at applied ``index`` and drop the log up to
