@@ -127,12 +127,12 @@ class LeaderChores:
                 except ProposalDropped as exc:
                     log.debug("promotion of %s postponed: %s", nid, exc)
                 break
-        members = self.state.members()
+        # (ids and single fields: the records are copied only for the weights, once a second)
+        ids, field = self.state.member_ids(), self.state.member_field
         # health: heard from it (any frame) within 3 election timeouts, or a recent report
         dead_after = max(3.0, 3 * self.cfg.election_timeout_ms / 1000)
         leader_since = self._leader_since()
-        for m in members:
-            mid = str(m["id"])
+        for mid in ids:
             if mid == self.id:
                 seen = now
             else:
@@ -140,7 +140,8 @@ class LeaderChores:
             if leader_since is not None:
                 seen = max(seen, leader_since)  # grace after taking over
             healthy = now - seen < dead_after
-            if bool(m.get("healthy", True)) != healthy:
+            marked = field(mid, "healthy")  # (absent: healthy)
+            if (marked is None or bool(marked)) != healthy:
                 log.warning("member %s is %s", mid, "healthy again" if healthy else "unhealthy")
                 await self._propose_cmd(encode_command("member_health", id=mid, healthy=healthy))
             if (
@@ -159,13 +160,14 @@ class LeaderChores:
             self._last_table_push = now
             table = {mid: {"t_age": now - t, **body} for mid, (t, body) in self.reports.items()}
             self.metrics_table = table
-            for m in members:
-                if m["id"] != self.id and m.get("raft_addr"):
-                    self._send(str(m["raft_addr"]), "metrics_table", table=table)
+            for mid in ids:
+                addr = field(mid, "raft_addr")
+                if mid != self.id and addr:
+                    self._send(str(addr), "metrics_table", table=table)
         # weights
         if now - self._last_plan >= REPORT_INTERVAL:
             self._last_plan = now
-            await self.plan_weights(now, members)
+            await self.plan_weights(now, self.state.members())
 
     # ---- the fast health chores: service checks and eviction (every HEALTH_INTERVAL) --------
     def wake_service(self) -> None:

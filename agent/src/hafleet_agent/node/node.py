@@ -455,8 +455,9 @@ class Node:
             # A follower has nothing to do here: it is woken when it becomes the leader
             # (Driver on_lead), and looks once a second besides, not ten times.
             pace = HEALTH_INTERVAL if self.is_leader() else FOLLOWER_HEALTH_PACE
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.chores.health_wake.wait(), pace)
+            with contextlib.suppress(TimeoutError):  # (not wait_for: a task every round)
+                async with asyncio.timeout(pace):
+                    await self.chores.health_wake.wait()
             self.chores.health_wake.clear()
             if self.is_leader():
                 try:
