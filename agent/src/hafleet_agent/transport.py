@@ -213,6 +213,7 @@ class Transport(Listener):
         self._server: asyncio.Server | None = None
         self._outbound: dict[str, Outbound] = {}
         self._to_flush: list[Outbound] = []  # peers sent to in this loop cycle
+        self._flush_handle: asyncio.Handle | None = None  # the cycle's _flush, when due
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._pending_handshakes = 0
         self._pending_by_source: dict[str, int] = {}
@@ -306,7 +307,7 @@ class Transport(Listener):
         if peer.idle and (not self._to_flush or self._to_flush[-1] is not peer):
             # written at the end of this cycle, with the cycle's other frames to it
             if not self._to_flush:
-                asyncio.get_running_loop().call_soon(self._flush)
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
             self._to_flush.append(peer)
         return True
 
@@ -316,6 +317,16 @@ class Transport(Listener):
         peers, self._to_flush = self._to_flush, []
         for peer in peers:
             peer.flush()  # a peer listed twice has nothing queued the second time
+
+    def flush(self) -> None:
+        """Write what was queued so far now rather than at the end of this loop cycle (the
+        Raft driver: a leader's appends before its own log write); the cycle's later
+        frames are written as usual."""
+        if self._to_flush:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()  # it would find nothing to write
+                self._flush_handle = None
+            self._flush()
 
     def is_connected(self, addr: str) -> bool:
         """True while an authenticated outbound connection to ``addr`` is open."""

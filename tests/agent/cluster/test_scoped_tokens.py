@@ -102,12 +102,20 @@ def test_a_write_through_a_follower_is_audited_on_both(make_cluster: Any, tmp_pa
     def audit(node: str) -> list[str]:
         return [ln for ln in c.node(node).log().splitlines() if "hafleet.audit: " in ln]
 
-    mine = [ln for ln in audit(follower) if "path=/v1/kv/via" in ln]
+    def lines(node: str, n: int) -> list[str]:
+        # An audit line is written once its answer is sent: wait for it (bounded).
+        return c.wait_for(
+            lambda: len(got := [ln for ln in audit(node) if "path=/v1/kv/via" in ln]) >= n and got,
+            10,
+            f"{n} audit line(s) on {node}",
+        )
+
+    mine = lines(follower, 2)
     assert len(mine) == 2, mine
     assert "write scope=admin source=127.0." in mine[0] and "status=200" in mine[0], mine
     assert "forwarded_by" not in mine[0]
     assert "refused scope=read" in mine[1] and "status=403" in mine[1], mine
-    theirs = [ln for ln in audit(leader) if "path=/v1/kv/via" in ln]
+    theirs = lines(leader, 1)
     assert len(theirs) == 1, theirs
     assert re.search(
         rf"write scope=admin source=127\.0\.\d+\.\d+ forwarded_by={follower} method=PUT "

@@ -115,6 +115,7 @@ def test_effects_run_in_the_contracts_order() -> None:
         on_soft_state=lambda ss: events.append(f"soft {ss.state.value}"),
         on_read_state=lambda rs: events.append(f"read {rs.context.decode()}"),
         after_advance=lambda: events.append("after"),
+        flush=lambda: events.append("flush"),
     )
     rd = Ready(
         soft_state=SoftState("n1", StateType.LEADER),
@@ -133,9 +134,12 @@ def test_effects_run_in_the_contracts_order() -> None:
     done = handle_ready(_RecordingNode(events), rd, fx)  # type: ignore[arg-type]
     # A leader's appends go before the write (the thesis' 10.2.1); the answers that vouch
     # for what the batch holds (an append acknowledged, a vote granted) only once durable.
+    # The early sends are put on the wire (flush) before the write is made; the later ones
+    # leave with the loop cycle's other frames.
     assert events == [
         "send n2",
         "send n3",
+        "flush",
         "persist",
         "soft leader",
         "send n4",

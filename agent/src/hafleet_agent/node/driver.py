@@ -91,8 +91,10 @@ class Driver:
         spawn: Callable[..., None],
         fail: Callable[[str], None],
         on_lead: Callable[[], None] = lambda: None,
+        flush: Callable[[], None] | None = None,
     ) -> None:
-        """``on_lead``: this node just became the leader;
+        """``on_lead``: this node just became the leader; ``flush``: write the messages
+        sent so far now (a leader's appends before its log write: raft/ready.py);
         ``save_snapshot``: make a snapshot from the leader durable (before it is applied);
         ``on_conf_change``: a configuration change applied while the node runs (not one of
         the log replayed at start); ``sending_snapshot``: a member catches up through a
@@ -133,6 +135,7 @@ class Driver:
         self._writer: WalWriter | None = None  # the one thread writing the log
         self._writing = False  # a ready batch is in the writer thread, not durable yet
         self._unsaved_hs: HardState | None = None  # a new commit index not written yet
+        self._answered = False  # a writer was answered by the applies of this batch
         self._max_entries = RaftConfig.max_entries_per_msg  # of a merged append (coalesce)
         self._effects = ReadyEffects(
             persist=self._persist,
@@ -142,6 +145,7 @@ class Driver:
             on_soft_state=self._on_soft_state,
             on_read_state=self.reads.confirmed,
             after_advance=self._after_advance,
+            flush=flush,
         )
 
     def open(self, data_dir: Path) -> bool:
@@ -299,6 +303,8 @@ class Driver:
                     batch = storage.prepare_save(hs, rd.entries)
             if batch is None:
                 changed |= finish_ready(raw, rd, later, self._effects).changed
+                if self._answer_first(raw):
+                    break
                 continue
             assert self._writer is not None
             self._writing = True
@@ -309,6 +315,20 @@ class Driver:
                 partial(self._written, rd, later, batch),
             )
         return changed
+
+    def _answer_first(self, raw: RawNode) -> bool:
+        """After a batch's applies: when they answered writers and the next batch has
+        nothing to write, its work (the commit sent to the followers, after-advance chores)
+        waits for the next callback, behind the writers' tasks (scheduled by the answers):
+        they answer first. Whether the pump stops here."""
+        if not self._answered:
+            return False
+        self._answered = False
+        if raw.has_unstable():
+            return False  # the next write goes to the writer thread first
+        if raw.has_ready():
+            self.wake()
+        return True
 
     def _written(
         self, rd: Ready, later: list[Message], batch: PreparedBatch, exc: BaseException | None
@@ -326,7 +346,8 @@ class Driver:
         try:
             storage.finish_save(batch)
             changed = finish_ready(raw, rd, later, self._effects).changed
-            changed |= self._drain_ready()
+            if not self._answer_first(raw):
+                changed |= self._drain_ready()
         except StorageError as err:
             self._fail(f"storage failed, state could not be made durable: {err}")
             return
@@ -385,6 +406,7 @@ class Driver:
         if pending is not None and not pending.future.done():
             if pending.term == e.term:
                 pending.future.set_result(res)
+                self._answered = True
             else:
                 TELEMETRY.proposals_failed += 1
                 pending.future.set_exception(

@@ -120,6 +120,7 @@ class Node:
             spawn=self.tasks.spawn,
             fail=self.fail,
             on_lead=lambda: self.chores.wake_service(),
+            flush=self.outbox.flush,
         )
         self.transport: Transport | None = None
         self.mdns = Mdns(

@@ -66,6 +66,11 @@ class Outbox:
         if not self.transport.send(addr, frame) and (raw := self._raw()) is not None:
             raw.report_unreachable(m.to)
 
+    def flush(self) -> None:
+        """Write the frames queued so far now (``Transport.flush``)."""
+        if self.transport is not None:
+            self.transport.flush()
+
     def send(self, addr: str, kind: str, **body: Any) -> bool:
         assert self.transport is not None
         body["k"] = kind

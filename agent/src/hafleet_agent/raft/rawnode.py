@@ -255,6 +255,11 @@ class RawNode:
             or r.soft_state() != self._prev_ss
         )
 
+    def has_unstable(self) -> bool:
+        """Whether the next ready batch holds entries or a snapshot to write."""
+        log = self.raft.log
+        return log.stable_index < log.last_index() or log.pending_snapshot is not None
+
     def ready(self) -> Ready:
         r = self.raft
         rd = Ready(

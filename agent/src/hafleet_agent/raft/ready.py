@@ -70,6 +70,10 @@ class ReadyEffects:
     on_soft_state: Callable[[SoftState], None] | None = None
     on_read_state: Callable[[ReadState], None] | None = None
     after_advance: Callable[[], None] | None = None
+    flush: Callable[[], None] | None = None
+    """Put the messages sent so far on the wire now (a transport that batches a loop
+    cycle's frames): called after the early sends, so that a leader's appends do not wait
+    for its own write to be prepared and handed over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +113,15 @@ def begin_ready(rd: Ready, fx: ReadyEffects) -> list[Message]:
     if not rd.must_sync:
         return rd.messages
     later: list[Message] = []
+    sent = False
     for m in rd.messages:
         if m.type in EARLY_TYPES:
             fx.send(m)
+            sent = True
         else:
             later.append(m)
+    if sent and fx.flush is not None:
+        fx.flush()
     return later
 
 

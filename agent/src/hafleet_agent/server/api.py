@@ -186,10 +186,16 @@ class Api:
             self.audit.answered(request, None)  # cancelled: no answer sent
             raise
         error = resp.text if isinstance(resp, web.Response) and resp.status in (401, 403) else ""
-        self.audit.answered(request, resp.status, _error_text(error))
+        # The audit line and the latency observation once the answer is written (the
+        # server writes it when this returns, in this same callback): not on its path.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._answered, request, resp.status, _error_text(error), started)
+        return resp
+
+    def _answered(self, request: web.Request, status: int, error: str, started: float) -> None:
+        self.audit.answered(request, status, error)
         elapsed = asyncio.get_running_loop().time() - started
         self.counters.observe(request.method, request.path, elapsed)  # latency histograms
-        return resp
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
