@@ -80,6 +80,13 @@ options:
       - With O(state=present), also remove lab nodes numbered above O(nodes).
     type: bool
     default: true
+  cover_existing:
+    description:
+      - With O(state=present), raise O(nodes) to the highest number of a lab node that exists
+        (so that, with O(prune=false) and in check mode, the result names every lab node there
+        is and its address, as a playbook planning a change needs).
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -113,6 +120,12 @@ nodes:
   elements: dict
   sample:
     - {"name": "hafleet-node1", "index": 1, "address": "10.77.0.11", "veth": "hafleet-v1"}
+existing_indexes:
+  description: The numbers of the lab nodes (network namespaces) there were before the run.
+  returned: always
+  type: list
+  elements: int
+  sample: [1, 2, 3]
 actions:
   description: The C(ip) commands run (in check mode, that would run), in order.
   returned: always
@@ -419,6 +432,7 @@ def main():
             namespace_prefix=dict(type="str", default="hafleet-node"),
             veth_prefix=dict(type="str", default="hafleet-v"),
             prune=dict(type="bool", default=True),
+            cover_existing=dict(type="bool", default=False),
         ),
         required_if=[("state", "present", ["nodes"])],
         supports_check_mode=True,
@@ -433,6 +447,16 @@ def main():
     p = module.params
     try:
         before = describe(lab, network)
+        node_re = lab.node_re()
+        existing = sorted(int(node_re.match(ns).group(1)) for ns in before["nodes"])
+        if (
+            p["state"] == "present"
+            and p["cover_existing"]
+            and existing
+            and existing[-1] > p["nodes"]
+        ):
+            p["nodes"] = existing[-1]
+            network, bridge_ip = _validate(module)
         if p["state"] == "present":
             nodes = ensure_present(lab, network, bridge_ip)
         else:
@@ -454,6 +478,7 @@ def main():
         actions=lab.actions,
         bridge=dict(name=p["bridge"], address=f"{bridge_ip}/{network.prefixlen}"),
         nodes=nodes,
+        existing_indexes=existing,
     )
     if module._diff:
         result["diff"] = dict(before=before, after=after)

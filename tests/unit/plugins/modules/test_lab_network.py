@@ -232,6 +232,28 @@ def test_without_prune_higher_nodes_stay(ip):
     assert {"tst-node1", "tst-node2", "tst-node3"} <= set(ip.netns)
 
 
+def test_cover_existing_names_every_node_there_is(ip):
+    run_module(lab_network.main, lab(nodes=3))
+    ip.netns["tst-node03"] = {"links": {}, "gateway": None}  # no lab node: not counted
+    calls = len(ip.calls)
+
+    result = run_module(
+        lab_network.main, lab(nodes=1, prune=False, cover_existing=True), check_mode=True
+    )
+
+    assert result["changed"] is False
+    assert result["existing_indexes"] == [1, 2, 3]
+    assert [n["name"] for n in result["nodes"]] == ["tst-node1", "tst-node2", "tst-node3"]
+    assert all(" add " not in c and " del " not in c for c in ip.calls[calls:])
+    more = run_module(
+        lab_network.main, lab(nodes=5, prune=False, cover_existing=True), check_mode=True
+    )
+    assert [n["index"] for n in more["nodes"]] == [1, 2, 3, 4, 5]
+    assert more["existing_indexes"] == [1, 2, 3]
+    plain = run_module(lab_network.main, lab(nodes=1, prune=False), check_mode=True)
+    assert [n["index"] for n in plain["nodes"]] == [1]
+
+
 def test_absent_removes_everything_it_made_and_nothing_else(ip):
     run_module(lab_network.main, lab(nodes=2))
     ip.netns["tst-nodeX"] = {"links": {}, "gateway": None}
