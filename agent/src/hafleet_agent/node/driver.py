@@ -443,7 +443,7 @@ class Driver:
         assert raw is not None and self.storage is not None
         if self._compacting:
             return
-        behind = self.state.index - raw.basic_status().first_index
+        behind = self.state.index - raw.first_index
         if behind < self.cfg.snapshot_entries:
             return
         if self._sending_snapshot() and behind < 2 * self.cfg.snapshot_entries:
@@ -591,6 +591,8 @@ class Driver:
             left = deadline - loop.time()
             if left <= 0:
                 break
+            # Not wait_for: on Python 3.11 it makes a task at every change of the index.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._index_event.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._index_event.wait()
         return self.state.index

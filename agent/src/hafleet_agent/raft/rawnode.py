@@ -244,15 +244,19 @@ class RawNode:
 
     # ---- outputs ---------------------------------------------------------------------------
     def has_ready(self) -> bool:
-        r = self.raft
+        # Asked several times a pump: compares fields rather than building the states.
+        r, log, hs, ss = self.raft, self.raft.log, self._prev_hs, self._prev_ss
         return bool(
             r.msgs
             or r.read_states
-            or r.log.unstable_entries()
-            or r.log.pending_snapshot is not None
-            or r.log.committed > r.log.applied
-            or r.hard_state() != self._prev_hs
-            or r.soft_state() != self._prev_ss
+            or log.stable_index < log.last_index()
+            or log.pending_snapshot is not None
+            or log.committed > log.applied
+            or log.committed != hs.commit
+            or r.term != hs.term
+            or r.vote != hs.vote
+            or r.lead != ss.lead
+            or r.state is not ss.state
         )
 
     def has_unstable(self) -> bool:
@@ -309,7 +313,11 @@ class RawNode:
             r.self_vote_durable(rd.hard_state)
 
     # ---- introspection ---------------------------------------------------------------------
-    # The three the driver asks most (every frame, every request): cheap, no view built.
+    # The ones the driver asks most (every frame, request, batch): cheap, no view built.
+    @property
+    def first_index(self) -> int:
+        return self.raft.log.first_index()
+
     @property
     def term(self) -> int:
         return self.raft.term

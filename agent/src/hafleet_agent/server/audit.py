@@ -87,8 +87,9 @@ class Audit:
         self.writes = 0
         self.refused = 0
 
-    def _fields(self, request: web.Request, status: int | None) -> str:
-        return " ".join(f"{k}={value(v)}" for k, v in self._record(request, status).items())
+    @staticmethod
+    def _fields(record: dict[str, str]) -> str:
+        return " ".join(f"{k}={value(v)}" for k, v in record.items())
 
     def _record(self, request: Any, status: int | None) -> dict[str, str]:
         """The line's fields in order, as text: the logfmt line's, and the JSON log's
@@ -115,10 +116,12 @@ class Audit:
         if status in (401, 403):
             self.refused += 1
             source = request.remote or "unknown"
-            line = f"refused {self._fields(request, status)} reason={value(error or '?')}"
-            fields = {"event": "refused", **self._record(request, status), "reason": error or "?"}
+            record = self._record(request, status)
+            line = f"refused {self._fields(record)} reason={value(error or '?')}"
+            fields = {"event": "refused", **record, "reason": error or "?"}
             self.refusals.warn(source, "%s", line, fields=fields)  # at most 1 a source a 10 s
         elif request.method not in READ_METHODS:
             self.writes += 1
-            fields = {"event": "write", **self._record(request, status)}
-            self.log.info("write %s", self._fields(request, status), extra={"fields": fields})
+            record = self._record(request, status)
+            fields = {"event": "write", **record}
+            self.log.info("write %s", self._fields(record), extra={"fields": fields})
