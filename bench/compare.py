@@ -999,8 +999,15 @@ def main() -> int:
         quick = dict(trials=5, sizes="3,5", rounds=2, load_seconds=3.0, join_trials=2,
                      preload=300, handover_trials=3, trace_trials=4, idle_windows=2,
                      idle_seconds=5.0, settle=3.0, profile_seconds=5.0)  # fmt: skip
+        argv = sys.argv[1:]
+        given = {
+            x.dest
+            for x in ap._actions
+            for opt in x.option_strings
+            if any(w == opt or w.startswith(opt + "=") for w in argv)
+        }
         for k, v in quick.items():
-            if getattr(a, k) == ap.get_default(k):
+            if k not in given:
                 setattr(a, k, v)
     max_min = a.max_minutes or (40 if a.quick else 75)
 
