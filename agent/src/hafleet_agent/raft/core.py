@@ -294,10 +294,15 @@ class Raft(LeaderRole):
         elif m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
                 force = m.context == CAMPAIGN_TRANSFER
+                # The lease is one tick short of the election timeout: the ticks of two
+                # nodes are out of phase by up to one, so a candidate that waited its full
+                # timeout since the leader's last heartbeat finds the voters that got the
+                # same heartbeat at its count or one behind (one behind refused it, and the
+                # election waited for the next candidate's timeout).
                 in_lease = (
                     self.cfg.check_quorum
                     and self.lead is not None
-                    and self.election_elapsed < self.election_timeout
+                    and self.election_elapsed < max(1, self.election_timeout - 1)
                 )
                 if not force and in_lease:
                     return  # we heard from a leader recently: do not disrupt it
