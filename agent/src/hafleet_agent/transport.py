@@ -65,6 +65,7 @@ from .connection import (
     tls_reason,
     tune,
 )
+from .inbound import FrameReader
 from .listener import Listener
 from .listener import _reason_kind as _reason_kind  # tests/agent/transport/test_throttle.py
 from .throttle import WarnThrottle
@@ -214,6 +215,7 @@ class Transport(Listener):
         self._outbound: dict[str, Outbound] = {}
         self._to_flush: list[Outbound] = []  # peers sent to in this loop cycle
         self._flush_handle: asyncio.Handle | None = None  # the cycle's _flush, when due
+        self.inbound_protocol = True  # accepted connections read by inbound.FrameReader
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._pending_handshakes = 0
         self._pending_by_source: dict[str, int] = {}
@@ -413,6 +415,11 @@ class Transport(Listener):
         # A batch frame may hold one payload of the largest size with its record header.
         decoder = FrameDecoder(self.max_frame + (RECORD_OVERHEAD if batched else 0))
         on_frame = self._on_frame
+        if not peer.outbound and self.inbound_protocol:
+            # An accepted connection carries nothing back: its frames are read by a
+            # protocol, in the loop cycle that reads them (inbound.py).
+            await FrameReader(conn, decoder, batched, on_frame, stats).run()
+            return
         while True:
             body = decoder.next_frame()
             if body is None:  # read what has come, a whole large body at once
