@@ -308,3 +308,36 @@ def test_refresh_rewrites_the_registration_and_takes_over_a_gone_holders_legacy_
     kv.items[f"{REGISTERED_PREFIX}x"]["at"] = before - 100
     asyncio.run(x.refresh())
     assert kv.items[f"{REGISTERED_PREFIX}x"]["at"] >= before
+
+
+def test_the_health_loop_sleeps_until_a_member_could_pass_its_silence_limit() -> None:
+    """The leader's fast chores run when a mark could change, not ten times a second: until
+    the first member not heard from passes unreachable_after_ms (500 ms), at most 0.25 s."""
+    chores, sm, _ = _chores(["a", "b", "c"])
+    now = time.monotonic()
+    chores.health_seen.update(b=now, c=now)
+    assert 0.24 < chores.health_pace() <= 0.25  # the cap
+    chores.health_seen["c"] = now - 0.4  # 0.1 s to its limit
+    assert 0.08 < chores.health_pace() < 0.11
+    chores.health_seen["c"] = now - 1.0  # past it, not seen so by a run yet: soon
+    assert chores.health_pace() == pytest.approx(0.1)
+    chores._stalled_at = now - 2.0
+    asyncio.run(chores.run_health())
+    assert sm.kv_get(f"{UNREACHABLE_PREFIX}c") is not None
+    assert 0.24 < chores.health_pace() <= 0.25  # marked: back to the cap (b is heard)
+
+
+def test_a_run_at_its_planned_pace_is_no_stall() -> None:
+    """A run 0.4 s after the last one is a stall of ten-a-second chores, not of chores that
+    meant to sleep 0.25 s: a stall would restart every member's silence from now."""
+    chores, _, _ = _chores(["a", "b"])
+    now = time.monotonic()
+    chores.health_seen["b"] = now
+    chores._last_health = now - 0.4
+    chores._health_due = now - 0.15  # health_pace planned this run 0.25 s after the last
+    chores._stalled_at = 1.0
+    asyncio.run(chores.run_health())
+    assert chores._stalled_at == 1.0
+    chores._last_health = time.monotonic() - 0.4  # no plan: ten a second, 0.4 s is a stall
+    asyncio.run(chores.run_health())
+    assert chores._stalled_at > 1.0

@@ -40,6 +40,7 @@ log = logging.getLogger("hafleet.agent")
 
 REPORT_INTERVAL = 1.0
 HEALTH_INTERVAL = 0.1  # the pace of the fast health chores (service checks, eviction)
+HEALTH_PACE_MAX = 0.25  # ... at most, when no member can pass its silence limit sooner
 STALL_S = 0.3  # the fast chores ran this late: this node stalled, not its peers
 SERVICE_REPORT_STALE_S = 10.0  # a member heard from but silent about its service this long:
 # its check is off (restarted without it, or an older version): its service mark goes
@@ -82,6 +83,7 @@ class LeaderChores:
         self.health_wake = asyncio.Event()
         self._service_sig: tuple[str, ...] = ()
         self._last_health = 0.0
+        self._health_due: float | None = None  # when the loop meant to run them next
         self._stalled_at = 0.0
         # balancer/registered/<bid> -> (modify_index, when this leader saw it change): a
         # registration is fresh while it was written within its ttl_s (our clock, not its).
@@ -182,7 +184,9 @@ class LeaderChores:
         leader_since = self._leader_since() or now
         # This loop was held up (a stalled event loop, a paused process): the frames that came
         # meanwhile are not read yet, so everybody would look silent. Count from now.
-        if now - self._last_health > STALL_S:
+        due = self._health_due if self._health_due is not None else self._last_health
+        self._health_due = None
+        if now - max(due, self._last_health + HEALTH_INTERVAL) > STALL_S - HEALTH_INTERVAL:
             self._stalled_at = now
         self._last_health = now
         leader_since = max(leader_since, self._stalled_at)
@@ -197,6 +201,29 @@ class LeaderChores:
             # the weights now, not on the next tick.
             self._service_sig = sig
             self._last_plan = 0.0
+
+    def health_pace(self) -> float:
+        """Seconds until the fast chores could change a mark (the leader's health loop
+        sleeps that long unless a service check result wakes it): until the first member
+        not heard from passes ``unreachable_after_ms`` of silence, at most HEALTH_PACE_MAX
+        (service reports go stale in seconds; a marked member comes back after seconds).
+        Ten runs a second were one in ten of an idle leader's CPU samples."""
+        now = time.monotonic()
+        pace = HEALTH_PACE_MAX
+        after = self.cfg.unreachable_after_ms / 1000
+        if after > 0:
+            leader_since = max(self._leader_since() or now, self._stalled_at)
+            for mid in self.state.member_ids():
+                if mid == self.id:
+                    continue
+                limit = self._heard(mid, leader_since) + after
+                if limit > now:
+                    pace = min(pace, limit - now + 0.001)  # (just past it: silent > after)
+                elif self.silent_since.get(mid, 0.0) < limit:
+                    pace = min(pace, HEALTH_INTERVAL)  # silent too long, not seen so yet
+        pace = max(0.005, pace)
+        self._health_due = now + pace
+        return pace
 
     def _heard(self, mid: str, leader_since: float) -> float:
         if mid == self.id:

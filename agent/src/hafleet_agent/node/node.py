@@ -48,7 +48,7 @@ from ..state import StateMachine
 from ..transport import PeerInfo, Transport
 from ..wal import DiskStorage
 from .bootstrap import Bootstrap
-from .chores import HEALTH_INTERVAL, LeaderChores
+from .chores import LeaderChores
 from .driver import Driver
 from .errors import AgentError
 from .inbox import FrameHandler, Inbox
@@ -450,12 +450,12 @@ class Node:
                     log.debug("leader chores: %s", exc.message)
 
     async def _health_loop(self) -> None:
-        """The leader's fast chores (service check marks, eviction), every HEALTH_INTERVAL or
-        at once when a service check result arrives."""
+        """The leader's fast chores (service check marks, eviction), when one could change a
+        mark (``chores.health_pace``) or at once when a service check result arrives."""
         while not self._stop.is_set():
             # A follower has nothing to do here: it is woken when it becomes the leader
             # (Driver on_lead), and looks once a second besides, not ten times.
-            pace = HEALTH_INTERVAL if self.is_leader() else FOLLOWER_HEALTH_PACE
+            pace = self.chores.health_pace() if self.is_leader() else FOLLOWER_HEALTH_PACE
             with contextlib.suppress(TimeoutError):  # (not wait_for: a task every round)
                 async with asyncio.timeout(pace):
                     await self.chores.health_wake.wait()
