@@ -31,7 +31,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,17 +60,13 @@ from ..telemetry import TELEMETRY
 from ..wal import PREALLOC_BYTES, DiskStorage, PreparedBatch, StorageError
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
+from .proposals import Pending as _Pending
+from .proposals import Proposals, wait_answer
 from .reads import Reads
 from .ticker import Ticker
 from .walwriter import WalWriter
 
 log = logging.getLogger("hafleet.agent")
-
-
-@dataclass
-class _Pending:
-    term: int
-    future: asyncio.Future[Any]
 
 
 class Driver:
@@ -124,6 +119,7 @@ class Driver:
         self._pump_soon = False  # a pump is scheduled by wake()
         self._index_event = asyncio.Event()  # replaced by a fresh one at every change
         self.pending: dict[int, _Pending] = {}
+        self._proposals = Proposals()  # writes for the next pump (node/proposals.py)
         self.reads = Reads()  # linearizable reads waiting (node/reads.py)
         self._startup_commit = 0
         self.removed = False
@@ -216,6 +212,8 @@ class Driver:
     def _pump_now(self) -> None:
         self._pump_soon = False
         try:
+            if self._proposals.queued and self.raw is not None:
+                self._proposals.feed(self.raw, self.pending)  # even while a batch is written
             self._pump()
         except Exception:
             self._wake.set()  # the Raft loop pumps again: a failure there is supervised
@@ -227,6 +225,7 @@ class Driver:
         for p in self.pending.values():
             if not p.future.done():
                 p.future.set_exception(Unknown("the agent is stopping"))
+        self._proposals.fail(NoLeader("the agent is stopping; the write was not proposed"))
         self.reads.release()
         self._index_event.set()
 
@@ -275,6 +274,8 @@ class Driver:
         to the writer thread; whether the state machine moved."""
         raw, storage = self.raw, self.storage
         assert raw is not None and storage is not None
+        if self._proposals.queued:
+            self._proposals.feed(raw, self.pending)  # the writes queued so far, in one
         changed = False
         while not self._writing:
             if self._prepared is not None:
@@ -324,7 +325,7 @@ class Driver:
         if not self._answered:
             return False
         self._answered = False
-        if raw.has_unstable():
+        if raw.has_unstable() or self._proposals.queued:
             return False  # the next write goes to the writer thread first
         if raw.has_ready():
             self.wake()
@@ -521,7 +522,13 @@ class Driver:
 
     # ---- proposals and reads ---------------------------------------------------------------
     async def propose_cmd(self, data: bytes) -> Any:
-        return await self.propose(lambda raw: raw.propose(data))
+        """Like ``propose``, the command queued for the next pump's one proposal."""
+        raw = self.raw
+        if raw is None or not raw.is_leader or self._cluster_id() is None or self._stop.is_set():
+            return await self.propose(lambda raw: raw.propose(data))  # its errors
+        fut = self._proposals.add(data)
+        self.wake()
+        return await wait_answer(fut, self.pending, self._proposals, self.write_timeout())
 
     async def propose_conf(self, cc: ConfChange) -> Any:
         return await self.propose(lambda raw: raw.propose_conf_change(cc))
@@ -546,18 +553,7 @@ class Driver:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[index] = _Pending(term, fut)
         self.wake()
-        try:
-            # Not wait_for: on Python 3.11 it wakes its own waiter first, one loop cycle
-            # more between the apply and the answer.
-            async with asyncio.timeout(self.write_timeout()):
-                return await fut
-        except TimeoutError:
-            self.pending.pop(index, None)
-            TELEMETRY.proposals_failed += 1
-            raise Unknown(
-                f"the write was proposed at index {index} but not applied within "
-                f"{self.write_timeout():.0f}s; it may still be"
-            ) from None
+        return await wait_answer(fut, self.pending, self._proposals, self.write_timeout())
 
     async def write(self, data: bytes) -> dict[str, Any]:
         """Propose a state command on the leader; the caller (the API) forwards when we are

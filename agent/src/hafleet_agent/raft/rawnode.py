@@ -176,16 +176,21 @@ class RawNode:
         """Append ``data`` if we are the leader; returns (term, index) of the new entry."""
         return self._propose(Entry(0, 0, EntryType.NORMAL, data))
 
+    def propose_many(self, data: Sequence[bytes]) -> tuple[int, int]:
+        """Append each of ``data`` in order, in one proposal (one broadcast); returns the term
+        and the index of the last one (the first is ``len(data) - 1`` before it)."""
+        return self._propose(*(Entry(0, 0, EntryType.NORMAL, d) for d in data))
+
     def propose_conf_change(self, cc: ConfChange) -> tuple[int, int]:
         return self._propose(Entry(0, 0, EntryType.CONF_CHANGE, cc.encode()))
 
-    def _propose(self, e: Entry) -> tuple[int, int]:
+    def _propose(self, *entries: Entry) -> tuple[int, int]:
         r = self.raft
         if self.clock is not None:
             self.catch_up()  # (a tick may end the leadership: the role is looked at after it)
         if r.state is not StateType.LEADER:
             raise ProposalDropped("not the leader" if r.lead != r.id else "no leader")
-        r.step(Message(MessageType.PROP, frm=r.id, entries=(e,)))
+        r.step(Message(MessageType.PROP, frm=r.id, entries=entries))
         return r.term, r.log.last_index()
 
     def read_index(self, context: bytes) -> None:

@@ -1,0 +1,95 @@
+"""The writes waiting for the Raft driver to append them, and the wait for their answers.
+
+A command written on the leader (``Driver.propose_cmd``) is not proposed on its own: it is
+queued (:meth:`Proposals.add`) and the driver's next pump appends everything queued in one
+proposal (:meth:`Proposals.feed`): one append to the log and one broadcast to the followers
+for all of a loop cycle's writes, where a proposal each made an append message per follower
+per write (merged again later by raft/coalesce.py). A write whose waiter gave up (timed out,
+cancelled) before the pump is not proposed. Each proposed write waits in the driver's
+``pending`` (by index) until its entry is applied (:func:`wait_answer`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..raft.core import ProposalDropped
+from ..telemetry import TELEMETRY
+from .errors import NoLeader, Unknown
+
+
+@dataclass
+class Pending:
+    term: int
+    future: asyncio.Future[Any]
+
+
+class _Proposer(Protocol):
+    def propose_many(self, data: Sequence[bytes]) -> tuple[int, int]: ...
+
+
+class Proposals:
+    def __init__(self) -> None:
+        self.queued: list[tuple[bytes, asyncio.Future[Any]]] = []
+
+    def add(self, data: bytes) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queued.append((data, fut))
+        return fut
+
+    def feed(self, raw: _Proposer, pending: dict[int, Pending]) -> None:
+        """Append the queued writes in one proposal; each waits in ``pending`` by index (or
+        fails with NoLeader when the core drops the proposal: no longer the leader...)."""
+        queued, self.queued = self.queued, []
+        live = [(data, fut) for data, fut in queued if not fut.done()]
+        if not live:
+            return
+        try:
+            term, last = raw.propose_many([data for data, _ in live])
+        except ProposalDropped as exc:
+            TELEMETRY.proposals_failed += len(live)
+            for _, fut in live:
+                fut.set_exception(NoLeader(f"not proposed: {exc}"))
+            return
+        first = last - len(live) + 1
+        for i, (_, fut) in enumerate(live):
+            pending[first + i] = Pending(term, fut)
+
+    def fail(self, exc: BaseException) -> None:
+        """The node stops: the writes not proposed yet fail with ``exc``."""
+        queued, self.queued = self.queued, []
+        for _, fut in queued:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def withdraw(self, fut: asyncio.Future[Any]) -> bool:
+        """Take a write that is still queued out of the queue; whether it was there."""
+        for i, (_, f) in enumerate(self.queued):
+            if f is fut:
+                del self.queued[i]
+                return True
+        return False
+
+
+async def wait_answer(
+    fut: asyncio.Future[Any], pending: dict[int, Pending], proposals: Proposals, timeout: float
+) -> Any:
+    """The apply result of a write (queued or proposed), or Unknown after ``timeout``."""
+    try:
+        # Not wait_for: on Python 3.11 it wakes its own waiter first, one loop cycle more
+        # between the apply and the answer.
+        async with asyncio.timeout(timeout):
+            return await fut
+    except TimeoutError:
+        TELEMETRY.proposals_failed += 1
+        if proposals.withdraw(fut):
+            raise NoLeader(f"the write was not proposed within {timeout:.0f}s") from None
+        index = next((i for i, p in pending.items() if p.future is fut), None)
+        if index is not None:
+            pending.pop(index, None)
+        raise Unknown(
+            f"the write was proposed at index {index} but not applied within "
+            f"{timeout:.0f}s; it may still be"
+        ) from None
