@@ -15,9 +15,6 @@ import sys
 from collections.abc import Callable, Sequence
 
 from hafleet_agent import __version__
-from hafleet_agent.cli_balancer import add_balancer
-from hafleet_agent.cli_ops import add_ops
-from hafleet_agent.cli_snapshot import add_snapshot
 from hafleet_agent.cli_types import (
     DEFAULT_API_URL,
     PROG,
@@ -113,7 +110,8 @@ def _client(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only_run: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; with ``only_run``, ``run`` alone (see :func:`main`)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
@@ -125,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     _add_run(commands)
+    if only_run:
+        return parser
+    # The other subcommands' modules (and the API client, http.client, urllib, email they
+    # pull in) are imported only here, never by a running agent (issue 17: idle RSS).
+    from hafleet_agent.cli_balancer import add_balancer
+    from hafleet_agent.cli_ops import add_ops
+    from hafleet_agent.cli_snapshot import add_snapshot
+
     _add_views(commands)
     _add_leave(commands)
     _add_kv(commands)
@@ -417,12 +423,17 @@ def _ca(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # ``run`` first: the parser of ``run`` alone parses, prints and fails exactly as the whole
+    # one does (its usage names COMMAND, not the choices), without importing what only the
+    # other subcommands use.
+    parser = build_parser(only_run=argv[:1] == ["run"])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: a COMMAND is required (see --help)", file=sys.stderr)
         return 2
+    del parser  # not held while the command runs (an agent runs for months)
     return args.handler(args)
 
 
