@@ -110,11 +110,16 @@ def validate_key(key: object) -> str:
     return key
 
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+"""One encoder for every call: ``json.dumps`` with these options builds a new one each time
+(a leader encodes every write's command with it)."""
+
+
 def encode_json(value: JSON) -> bytes:
     """Canonical JSON: sorted keys, compact, UTF-8, no NaN/Infinity."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
 
 
 def json_depth_exceeds(value: JSON, limit: int) -> bool:
