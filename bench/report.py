@@ -218,10 +218,21 @@ def plot_ops(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def idle_members(res: dict) -> int:
+    """How many members of each system the idle section ran (compare.py's --idle-members;
+    runs from before that flag, which say nothing, ran 7)."""
+    idle = res.get("idle") or {}
+    for s in SYS:
+        if (idle.get(s) or {}).get("members"):
+            return int(idle[s]["members"])
+    return int(res.get("args", {}).get("idle_members") or 7)
+
+
 def plot_idle(res: dict, path: Path) -> None:
     idle = res.get("idle")
     if not idle:
         return
+    n = idle_members(res)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, s in enumerate(SYS):
         w = idle[s]["windows"]
@@ -239,9 +250,9 @@ def plot_idle(res: dict, path: Path) -> None:
     for ax in (a1, a2):
         ax.set_xticks(range(len(SYS)), [NAMES[s] for s in SYS])
         ax.grid(axis="y", alpha=0.3)
-    a1.set_title("idle CPU per member at 7 members (% of one core)", fontsize=10)
+    a1.set_title(f"idle CPU per member at {n} members (% of one core)", fontsize=10)
     a1.legend(fontsize=8)
-    a2.set_title("idle RSS per member at 7 members (MiB, median)", fontsize=10)
+    a2.set_title(f"idle RSS per member at {n} members (MiB, median)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -546,19 +557,20 @@ def render(res: dict, kept: str | None) -> str:
     else:
         body.append("Not measured in this run.\n")
 
-    body.append("## Idle cost at 7 members\n")
+    n_idle = idle_members(res)
+    body.append(f"## Idle cost at {n_idle} members\n")
     idle = res.get("idle")
     idf: dict = {}
     if idle:
         body.append(
-            f"7 members of each system side by side, after {args.get('settle')} s of "
+            f"{n_idle} members of each system side by side, after {args.get('settle')} s of "
             f"settling; {args.get('idle_windows')} windows of {args.get('idle_seconds')} s. "
             "CPU = user+system time of the member's process over the window, % of one "
             "core; RSS and PSS from /proc (psutil).\n"
         )
         body.append(
             "| system | CPU leader % | CPU follower % (median) | RSS MiB (median member) | "
-            "RSS MiB (max) | PSS MiB | all 7 members, CPU % |"
+            f"RSS MiB (max) | PSS MiB | all {n_idle} members, CPU % |"
         )
         body.append("| --- | --- | --- | --- | --- | --- | --- |")
         for s in SYS:
