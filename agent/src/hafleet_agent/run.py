@@ -180,8 +180,13 @@ async def _wait_removed(agent: Node) -> None:
     # would hold the event loop forever (the stop itself could never run).
     while not agent.stopping:
         index = agent.state.index
-        st = agent.raw.basic_status() if agent.raw is not None else None
-        if agent.removed and st is not None and not st.in_config(agent.id):
+        # (The flag first: a status is built only once the node saw its removal, not at every
+        # write the node applies.)
+        if (
+            agent.removed
+            and agent.raw is not None
+            and not agent.raw.basic_status().in_config(agent.id)
+        ):
             if await agent.wait_index(index, settle) == index and agent.removed:
                 return
         else:

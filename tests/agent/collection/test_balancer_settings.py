@@ -153,12 +153,19 @@ def test_a_new_member_list_leaves_the_syncers_command_alone(tmp_path):
             "ansible.builtin.include_role": {
                 "name": "hafleet.cluster.balancer",
                 "tasks_from": "syncer_command",
+                "public": True,
             },
             "vars": {
                 "balancer_dir": str(tmp_path / "b"),
                 "balancer_api_urls": "{{ urls }}",
                 "balancer_venv": str(tmp_path / "venv"),
             },
+        },
+        {
+            # As present.yml writes it, with the balancer's other files.
+            "name": "Write the agents' API URLs",
+            "hafleet.cluster.node_files": {"files": ["{{ balancer__api_entry }}"]},
+            "vars": {"balancer_dir": str(tmp_path / "b"), "balancer_api_urls": "{{ urls }}"},
         },
         {
             "name": "Write it down",
