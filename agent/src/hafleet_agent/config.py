@@ -14,7 +14,6 @@ import ipaddress
 import os
 import socket
 import stat
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,6 +161,8 @@ def load(config_file: str | None, flags: dict[str, Any]) -> AgentConfig:
     """Layer the TOML file and the flags (``None`` = not given) over the defaults."""
     values: dict[str, Any] = {}
     if config_file:
+        import tomllib
+
         path = Path(config_file)
         try:
             raw = tomllib.loads(path.read_text())

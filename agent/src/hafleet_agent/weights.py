@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from statistics import median_low
 
 from .metrics import HostMetrics, ewma
 
@@ -240,7 +239,7 @@ class WeightPlanner:
         if p.blackout_weight is not None:
             conservative = p.blackout_weight
         elif established:
-            conservative = median_low(established)
+            conservative = established[(len(established) - 1) // 2]
         else:
             conservative = p.blackout_fallback
 

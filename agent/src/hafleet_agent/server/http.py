@@ -23,7 +23,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from email.utils import formatdate
 
 from .web import Application, Headers, HTTPException, Request, Response, StreamResponse
 
@@ -58,6 +57,18 @@ def _default_malformed(remote: str | None, status: int, what: str) -> Response:
     return json_response({"error": f"malformed HTTP request: {what[:200]}"}, status=status)
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _http_date(t: float) -> str:
+    g = time.gmtime(t)
+    return (
+        f"{_DAYS[g.tm_wday]}, {g.tm_mday:02d} {_MONTHS[g.tm_mon - 1]} {g.tm_year:04d} "
+        f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} GMT"
+    )
+
+
 class _Date:
     """The Date header's value, formatted once a second."""
 
@@ -68,7 +79,7 @@ class _Date:
     def now(cls) -> str:
         t = int(time.time())
         if t != cls.second:
-            cls.second, cls.text = t, formatdate(t, usegmt=True)
+            cls.second, cls.text = t, _http_date(t)
         return cls.text
 
 

@@ -5,7 +5,6 @@ and the peers this member holds a connection to. docs/monitoring.md lists them a
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +91,8 @@ def build_info() -> Any:
     fam = GaugeMetricFamily(
         "hafleet_build_info", "the agent's version (always 1)", labels=["version", "python"]
     )
+    import platform
+
     fam.add_metric([__version__, platform.python_version()], 1)
     return fam
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any
 
 #: The files of the page: path -> (package file, content type).
@@ -67,6 +66,8 @@ def content(name: str) -> str:
     """A file of the page (``index.html``, ...), read from the package once."""
     text = _cache.get(name)
     if text is None:
+        from importlib import resources
+
         text = (resources.files("hafleet_agent") / "ui" / name).read_text(encoding="utf-8")
         _cache[name] = text
     return text
