@@ -786,22 +786,7 @@ def render(res: dict, kept: str | None) -> str:
                 f"hafleet {h:.0f}/s, best PySyncObj with fsync ({NAMES[best[0]]}) "
                 f"{best[1]:.0f}/s: {h / best[1]:.2f}× | {ok(h > best[1])} |"
             )
-    if idf:
-        hi, ei = idf["hafleet"], idf["etcd"]
-        S.append(
-            f"| idle RSS per agent below etcd's | hafleet {hi['rss']:.1f} MiB, etcd "
-            f"{ei['rss']:.1f} MiB: {hi['rss'] / ei['rss']:.2f}× | {ok(hi['rss'] < ei['rss'])} |"
-        )
-        S.append(
-            f"| idle CPU per agent below etcd's (follower) | hafleet {hi['cpu_follower']:.2f}%, "
-            f"etcd {ei['cpu_follower']:.2f}%: {ratio(hi['cpu_follower'], ei['cpu_follower'])}× "
-            f"| {ok(hi['cpu_follower'] < ei['cpu_follower'])} |"
-        )
-        S.append(
-            f"| idle CPU per agent below etcd's (leader) | hafleet {hi['cpu_leader']:.2f}%, "
-            f"etcd {ei['cpu_leader']:.2f}%: {ratio(hi['cpu_leader'], ei['cpu_leader'])}× | "
-            f"{ok(hi['cpu_leader'] < ei['cpu_leader'])} |"
-        )
+    S.extend(issue17_targets(res, wf, jf, res.get("handover"), idf))
     S.append("")
 
     L.extend(S)
@@ -864,6 +849,74 @@ def render(res: dict, kept: str | None) -> str:
         f"(`--quick`). This run: `bench/compare.py {_args_text(args)}`.\n"
     )
     return "\n".join(L) + "\n"
+
+
+def _pct(xs: list[float], q: float) -> float:
+    """The q-th quantile (0..1) of ``xs``, nearest rank (the max for a few trials)."""
+    ys = sorted(x for x in xs if x is not None)
+    if not ys:
+        return math.nan
+    return ys[min(len(ys) - 1, max(0, math.ceil(q * len(ys)) - 1))]
+
+
+def issue17_targets(res: dict, wf: dict, jf: dict, h: dict | None, idf: dict) -> list[str]:
+    """The rows of issue 17's acceptance (the fast data path): writes, idle cost, failover,
+    hand-over and join against etcd, from this run's figures."""
+    S: list[str] = []
+    for c in ("1", "16"):
+        hv, ev = wf.get(("hafleet", c)), wf.get(("etcd", c))
+        if hv and ev:
+            S.append(
+                f"| committed writes ≥ 1.0× etcd's, {c} client{'s' if c != '1' else ''} "
+                f"(3 members) | hafleet {hv:.0f}/s, etcd {ev:.0f}/s: {hv / ev:.2f}× | "
+                f"{ok(hv >= ev)} |"
+            )
+    if idf:
+        hi, ei = idf["hafleet"], idf["etcd"]
+        n = idle_members(res)
+        S.append(
+            f"| idle RSS per member ≤ etcd's ({n} members) | hafleet {hi['rss']:.1f} MiB, etcd "
+            f"{ei['rss']:.1f} MiB: {hi['rss'] / ei['rss']:.2f}× | {ok(hi['rss'] <= ei['rss'])} |"
+        )
+        for role in ("leader", "follower"):
+            k = f"cpu_{role}"
+            S.append(
+                f"| idle CPU ≤ etcd's, {role} ({n} members) | hafleet {hi[k]:.2f}%, etcd "
+                f"{ei[k]:.2f}%: {ratio(hi[k], ei[k])}× | {ok(hi[k] <= ei[k])} |"
+            )
+    fo = res.get("failover") or {}
+    for key in sorted(fo):
+        prof, n = key.split("/")
+        r = fo[key]
+        hl = r.get("hafleet", {}).get("leader_s") or []
+        if prof == "tuned" and n == "5":
+            hm, em = med(hl), med(r.get("etcd", {}).get("leader_s") or [])
+            t = r.get("timing") or {}
+            S.append(
+                f"| failover ≤ 1.0× etcd's median at the same timeouts "
+                f"({t.get('heartbeat_ms')}/{t.get('election_ms')} ms, 5 members) | hafleet "
+                f"{hm * 1000:.0f} ms, etcd {em * 1000:.0f} ms: {ratio(hm, em)}× | "
+                f"{ok(hm <= em)} |"
+            )
+        if prof == "defaults" and hl:
+            m, p99 = med(hl), _pct(hl, 0.99)
+            S.append(
+                f"| failover at the defaults: median ≤ 0.3 s, p99 ≤ 0.6 s ({n} members, "
+                f"{len(hl)} trials) | median {m:.3f} s, p99 {p99:.3f} s | "
+                f"{ok(m <= 0.3 and p99 <= 0.6)} |"
+            )
+    if h and "hafleet" in h and h["hafleet"].get("trials"):
+        b = med([x["blocked_s"] for x in h["hafleet"]["trials"]])
+        S.append(
+            f"| graceful hand-over blocks writes ≤ 50 ms (3 members) | {b * 1000:.0f} ms "
+            f"(it includes one normal write) | {ok(b <= 0.05)} |"
+        )
+    if jf.get("hafleet") is not None and jf["hafleet"] == jf["hafleet"]:
+        S.append(
+            f"| a new host is a voter ≤ 2 s after it starts | {jf['hafleet']:.2f} s | "
+            f"{ok(jf['hafleet'] <= 2.0)} |"
+        )
+    return S
 
 
 def _args_text(args: dict) -> str:
