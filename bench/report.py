@@ -3,7 +3,10 @@
     python bench/report.py [bench/results/compare.json] [docs/]
 
 The text between ``<!-- analysis:begin -->`` and ``<!-- analysis:end -->`` in an existing
-``docs/benchmarks.md`` is hand-written and kept as it is when the page is written again.
+``docs/benchmarks.md`` is hand-written and kept as it is when the page is written again; so
+is the text between ``<!-- sections:begin -->`` and ``<!-- sections:end -->`` (the sections
+other benchmarks and hand-written notes add: the HTTP server, the converge timings,
+machines-e2e, the balancers' virtual address), placed before "Machine, versions, commands".
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ COLORS = {
     "pysyncobj-nofsync": "#bcbd22",
 }
 BEGIN, END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
+SECTIONS_BEGIN, SECTIONS_END = "<!-- sections:begin -->", "<!-- sections:end -->"
 
 # the hand-written "How each system is set up" section
 SETUP_MD = BENCH / "report_setup.md"
@@ -411,15 +415,18 @@ def write(res: dict, docs: Path) -> None:
     plot_ops(res, docs / "bench-ops.png")
     plot_idle(res, docs / "bench-idle.png")
     md_path = docs / "benchmarks.md"
-    kept = None
+    kept = sections = None
     if md_path.exists():
         old = md_path.read_text()
         if BEGIN in old and END in old:
             kept = old[old.index(BEGIN) : old.index(END) + len(END)]
-    md_path.write_text(render(res, kept))
+        if SECTIONS_BEGIN in old and SECTIONS_END in old:
+            a, b = old.index(SECTIONS_BEGIN), old.index(SECTIONS_END) + len(SECTIONS_END)
+            sections = old[a:b]
+    md_path.write_text(render(res, kept, sections))
 
 
-def render(res: dict, kept: str | None) -> str:
+def render(res: dict, kept: str | None, sections: str | None = None) -> str:
     m = res.get("machine", {})
     args = res.get("args", {})
     wd = res.get("workdir", "")
@@ -729,16 +736,24 @@ def render(res: dict, kept: str | None) -> str:
             f"{mk.get('load_average_at_start')}, at the end {mk.get('load_average_at_end')}. "
             "One run of each step.\n"
         )
-        body.append("| step | seconds | changed | requests through HAProxy | failed | p99 ms |")
-        body.append("| --- | --- | --- | --- | --- | --- |")
+        targets = mk.get("targets") or {}
+        body.append(
+            "| step | seconds | CPU s | target | changed | requests through HAProxy | failed "
+            "| p99 ms |"
+        )
+        body.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, step in st.items():
             ld = step.get("load") or {}
+            target = targets.get(name)
+            verdict = "–" if target is None else f"≤ {target} s ({ok(step['seconds'] <= target)})"
+            cpu = step.get("cpu_seconds")
             body.append(
-                f"| {name} | {step['seconds']:.0f} | {step['changed']} | "
+                f"| {name} | {step['seconds']:.0f} | {'–' if cpu is None else f'{cpu:.0f}'} | "
+                f"{verdict} | {step['changed']} | "
                 f"{ld.get('sent', '–')} | {ld.get('failed', '–')} | "
                 f"{(ld.get('latency_ms') or {}).get('p99', '–')} |"
             )
-        first = st.get("make lab NODES=7, from nothing", {})
+        first = st.get("make lab NODES=7") or st.get("make lab NODES=7, from nothing", {})
         check = st.get("7 to 5, --check --diff", {})
         destroy = st.get("destroy", {})
         body.append(
@@ -795,6 +810,8 @@ def render(res: dict, kept: str | None) -> str:
     else:
         L.append(BEGIN + "\n\n(no analysis written yet)\n\n" + END + "\n")
     L.extend(body)
+
+    L.append((sections or SECTIONS_BEGIN + "\n" + SECTIONS_END) + "\n")
 
     # --- machine, versions, commands
     L.append("## Machine, versions, commands\n")
