@@ -25,6 +25,35 @@ from .wire import Closed, FrameDecoder, split_batch, unpack_payload
 log = logging.getLogger("hafleet.transport")
 
 
+def deliver_frame(
+    conn: Conn,
+    body: bytes,
+    batched: bool,
+    stats: TransportStats,
+    on_frame: Callable[[Any, object], None],
+) -> None:
+    """Open one sealed frame of ``conn`` (its MAC and counter checked: AuthError or
+    ProtocolError otherwise, which ends the connection) and hand its payload - or, ``batched``,
+    each record of its batch - to ``on_frame``. Every record is checked before any is
+    delivered: a batch is taken whole or (a bad record) the connection closes with none of it
+    delivered. A failing ``on_frame`` is counted and logged; it does not end the connection.
+    The one place that does this, for both readers (FrameReader here, Transport.read_loop)."""
+    session, peer = conn.session, conn.peer
+    assert session is not None
+    payload = session.open(body)
+    stats.bytes_received += 4 + len(body)
+    objs = (
+        [unpack_payload(r) for r in split_batch(payload)] if batched else [unpack_payload(payload)]
+    )
+    for obj in objs:
+        stats.frames_received += 1
+        try:
+            on_frame(peer, obj)
+        except Exception:
+            stats.callback_errors += 1
+            log.exception("on_frame failed for a frame from %s", conn.describe())
+
+
 class FrameReader(asyncio.Protocol):
     def __init__(
         self,
@@ -79,25 +108,8 @@ class FrameReader(asyncio.Protocol):
 
     def _deliver(self) -> None:
         conn, decoder, stats, on_frame = self.conn, self.decoder, self.stats, self.on_frame
-        session, peer = conn.session, conn.peer
-        assert session is not None
         while (body := decoder.next_frame()) is not None:
-            payload = session.open(body)
-            stats.bytes_received += 4 + len(body)
-            # Every record is checked before any is delivered: a batch is taken whole or
-            # (a bad record) the connection closes with none of it delivered.
-            objs = (
-                [unpack_payload(r) for r in split_batch(payload)]
-                if self.batched
-                else [unpack_payload(payload)]
-            )
-            for obj in objs:
-                stats.frames_received += 1
-                try:
-                    on_frame(peer, obj)
-                except Exception:
-                    stats.callback_errors += 1
-                    log.exception("on_frame failed for a frame from %s", conn.describe())
+            deliver_frame(conn, body, self.batched, stats, on_frame)
             if self.done.done():
                 return  # stopped by a callback (the transport is stopping)
 

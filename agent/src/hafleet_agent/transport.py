@@ -65,7 +65,7 @@ from .connection import (
     tls_reason,
     tune,
 )
-from .inbound import FrameReader
+from .inbound import FrameReader, deliver_frame
 from .listener import Listener
 from .listener import _reason_kind as _reason_kind  # tests/agent/transport/test_throttle.py
 from .throttle import WarnThrottle
@@ -90,7 +90,6 @@ from .wire import (
     opening,
     parse_addr,
     parse_hello_caps,
-    split_batch,
     unpack_payload,
     valid_id,
 )
@@ -410,7 +409,7 @@ class Transport(Listener):
     async def read_loop(self, conn: Conn) -> None:
         """Deliver authenticated frames until EOF (returns) or a violation (raises)."""
         assert conn.session is not None and conn.peer is not None
-        session, peer, reader, stats = conn.session, conn.peer, conn.reader, self.stats
+        peer, reader, stats = conn.peer, conn.reader, self.stats
         batched = conn.batch and not peer.outbound  # the client's frames carry batches
         # A batch frame may hold one payload of the largest size with its record header.
         decoder = FrameDecoder(self.max_frame + (RECORD_OVERHEAD if batched else 0))
@@ -434,22 +433,7 @@ class Transport(Listener):
                         raise
                 decoder.feed(data)
                 continue
-            payload = session.open(body)
-            stats.bytes_received += 4 + len(body)
-            # Every record is checked before any is delivered: a batch is taken whole or
-            # (a bad record) the connection closes with none of it delivered.
-            objs = (
-                [unpack_payload(r) for r in split_batch(payload)]
-                if batched
-                else [unpack_payload(payload)]
-            )
-            for obj in objs:
-                stats.frames_received += 1
-                try:
-                    on_frame(peer, obj)
-                except Exception:
-                    stats.callback_errors += 1
-                    log.exception("on_frame failed for a frame from %s", conn.describe())
+            deliver_frame(conn, body, batched, stats, on_frame)
 
     def _hello(self) -> bytes:
         assert self.advertise is not None  # set at the latest by start()
