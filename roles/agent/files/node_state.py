@@ -1,5 +1,6 @@
 # Run by the agent role (read_supervisor.yml) with the agent's own Python:
-#   python -c "$(cat node_state.py)" '{"NODE": {"pidfile": P, "demo_pidfile": D, "stamp": S, "digest": G}, ...}'
+#   python -c "$(cat node_state.py)" \
+#       '{"NODE": {"pidfile": P, "demo_pidfile": D, "stamp": S, "digest": G}, ...}'
 # prints {"NODE": {"agent": {"state": "running"|"stopped"}, "demo": {...}, "stamp": HEX,
 # "digest": HEX}, ...}: the supervised processes' state as `hafleet-supervise status` tells it
 # (the PID in the pid file, running with the recorded start time), what the running agent was
