@@ -189,5 +189,8 @@ async def _wait_removed(agent: Node) -> None:
         ):
             if await agent.wait_index(index, settle) == index and agent.removed:
                 return
+        elif agent.removed:
+            await agent.wait_index(index, 1.0)  # the core applies the removal with its batch
         else:
-            await agent.wait_index(index, 1.0)
+            # Woken by the removal only, not by every write the node applies.
+            await agent.wait_removed(1.0)

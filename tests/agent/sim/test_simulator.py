@@ -138,13 +138,16 @@ def _first_failure_parallel(nodes: int, seeds: int) -> int | None:
 
 def test_catches_reads_without_quorum_confirmation(monkeypatch: pytest.MonkeyPatch) -> None:
     """ReadIndex answered at once, without the heartbeat round: a paused, deposed leader then
-    serves stale reads, and only the linearizability checker can see that."""
+    serves stale reads, and only the linearizability checker can see that. About one seed in
+    100-150 exposes it (a deposed leader must be paused while reads come to it): the first
+    is seed 426 (254 before followers stopped answering commit-only appends); the search
+    stops there."""
     monkeypatch.setattr(
         Raft,
         "_start_read_index",
         lambda self, m: self._answer_read(m.frm, self.log.committed, m.context),
     )
-    assert _first_failure_parallel(nodes=5, seeds=300) is not None
+    assert _first_failure_parallel(nodes=5, seeds=800) is not None
 
 
 def test_catches_minority_quorum(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,6 +123,7 @@ class Driver:
         self.reads = Reads()  # linearizable reads waiting (node/reads.py)
         self._startup_commit = 0
         self.removed = False
+        self.removed_flag = asyncio.Event()  # set while ``removed`` (run.py's removal watch)
         self.leader_since: float | None = None
         self.last_leader: str | None = None
         self._compacting = False  # a snapshot is being written in a worker thread
@@ -395,6 +396,10 @@ class Driver:
                 # word counts, and run.py's _wait_removed acts on it once the log has settled.
                 was_removed = self.removed
                 self.removed = cc.type is ConfChangeType.REMOVE
+                if self.removed:
+                    self.removed_flag.set()
+                else:
+                    self.removed_flag.clear()
                 if self.removed and not was_removed:
                     log.info("this node was removed from the group (index %d)", e.index)
                 elif was_removed and not self.removed:

@@ -495,6 +495,14 @@ class Node:
     async def wait_index(self, index: int, timeout: float) -> int:
         return await self.driver.wait_index(index, timeout)
 
+    async def wait_removed(self, timeout: float) -> bool:
+        """Wait until the log says this node is removed (or the timeout); whether it does."""
+        if not self.driver.removed_flag.is_set() and timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.driver.removed_flag.wait()
+        return self.driver.removed
+
     def leader_api(self) -> str | None:
         lead = self.leader_id()
         if lead is None:

@@ -9,8 +9,9 @@ destination, so that each message a peer steps stands for all of them:
 - consecutive appends to one peer in one term, the later one continuing the earlier one's
   last entry (its ``index``/``log_term`` are the earlier's last entry), become one append
   of both entry lists with the later commit index, as long as the entries stay within
-  ``max_entries``. A follower reaches the same log and commit index either way: it takes
-  the merged append if and only if it would have taken the first, and then the second.
+  ``max_entries``; it is ``COMMIT_ONLY`` (unanswered) only if both were. A follower
+  reaches the same log and commit index either way: it takes the merged append if and only
+  if it would have taken the first, and then the second.
 - consecutive accepting append answers to one peer in one term become the later one when
   it acknowledges at least as much: an acknowledgement covers every index below it.
 
@@ -23,10 +24,11 @@ agent's driver coalesces each batch before it sends it (``node/driver.py``).
 
 from __future__ import annotations
 
-from .types import Message, MessageType
+from .types import COMMIT_ONLY, Message, MessageType
 
 _APP = MessageType.APP
 _APP_RESP = MessageType.APP_RESP
+_MERGEABLE = (b"", COMMIT_ONLY)  # an append's contexts that merging may drop
 
 
 def _merged(a: Message, b: Message, max_entries: int) -> Message | None:
@@ -40,10 +42,11 @@ def _merged(a: Message, b: Message, max_entries: int) -> Message | None:
             or b.log_term != last_term
             or b.commit < a.commit
             or len(a.entries) + len(b.entries) > max_entries
-            or a.context
-            or b.context
+            or a.context not in _MERGEABLE
+            or b.context not in _MERGEABLE
         ):
             return None
+        entries = a.entries + b.entries
         return Message(
             _APP,
             to=a.to,
@@ -51,8 +54,10 @@ def _merged(a: Message, b: Message, max_entries: int) -> Message | None:
             term=a.term,
             log_term=a.log_term,
             index=a.index,
-            entries=a.entries + b.entries,
+            entries=entries,
             commit=b.commit,
+            # unanswered only if both were (then it carries no entry either)
+            context=COMMIT_ONLY if a.context == b.context == COMMIT_ONLY else b"",
         )
     if a.type is _APP_RESP:
         if a.reject or b.reject or b.index < a.index or a.context or b.context:

@@ -24,6 +24,7 @@ from .progress import Progress, ProgressState
 from .quorum import majority
 from .readonly import ReadOnly
 from .types import (
+    COMMIT_ONLY,
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -472,12 +473,15 @@ class Raft(LeaderRole):
             self.read_states.append(ReadState(m.index, m.context))
 
     def _handle_append(self, m: Message) -> None:
+        quiet = not m.entries and m.context == COMMIT_ONLY  # answered only if rejected
         if m.index < self.log.committed:
-            self.send(Message(MT.APP_RESP, to=m.frm, index=self.log.committed))
+            if not quiet:
+                self.send(Message(MT.APP_RESP, to=m.frm, index=self.log.committed))
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self.send(Message(MT.APP_RESP, to=m.frm, index=last_new))
+            if not quiet:
+                self.send(Message(MT.APP_RESP, to=m.frm, index=last_new))
             return
         hint = self.log.find_conflict_by_term(min(m.index, self.log.last_index()), m.log_term)
         self.send(
@@ -541,7 +545,7 @@ class Raft(LeaderRole):
                 if self.lead_transferee is not None and self.lead_transferee not in self.voters:
                     self.abort_leader_transfer()
                 if self._maybe_commit():
-                    self._bcast_append()
+                    self._bcast_commit()
                 elif cc.type is not ConfChangeType.REMOVE and nid != self.id:
                     self._send_append(nid)
         return self.conf_state()

@@ -15,7 +15,16 @@ from .log import CompactedError, RaftLog
 from .progress import Progress, ProgressState
 from .quorum import quorum_index
 from .readonly import ReadOnly
-from .types import Entry, EntryType, Message, MessageType, NodeId, ReadState, StateType
+from .types import (
+    COMMIT_ONLY,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    NodeId,
+    ReadState,
+    StateType,
+)
 
 MT = MessageType
 
@@ -60,7 +69,7 @@ class LeaderRole:
         if self.state is not StateType.LEADER or self.id not in self.prs:
             return
         if self.prs[self.id].maybe_update(self.log.stable_index) and self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
 
     def _maybe_commit(self) -> bool:
         mci = quorum_index({nid: pr.match for nid, pr in self.prs.items()}, self.voters)
@@ -82,7 +91,13 @@ class LeaderRole:
     def _committed_in_term(self) -> bool:
         return self.log.term(self.log.committed) == self.term
 
-    def _send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
+    def _send_append(
+        self, to: NodeId, send_if_empty: bool = True, commit_only: bool = False
+    ) -> bool:
+        """Send ``to`` what it misses (an empty append if nothing and ``send_if_empty``);
+        whether a message went. ``commit_only``: the append is sent for the new commit index;
+        if it carries no entry and the follower is in step (replicate), it is marked
+        ``COMMIT_ONLY`` and the follower answers it only if it rejects it."""
         pr = self.prs[to]
         if pr.is_paused():
             return False
@@ -95,6 +110,7 @@ class LeaderRole:
             return self._send_snapshot(to, pr)
         if not entries and not send_if_empty:
             return False
+        quiet = commit_only and not entries and pr.state is ProgressState.REPLICATE
         self.send(
             Message(
                 MT.APP,
@@ -103,6 +119,7 @@ class LeaderRole:
                 log_term=prev_term,
                 entries=tuple(entries),
                 commit=self.log.committed,
+                context=COMMIT_ONLY if quiet else b"",
             )
         )
         if pr.state is ProgressState.REPLICATE:
@@ -128,6 +145,16 @@ class LeaderRole:
         for nid in sorted(self.prs):
             if nid != self.id:
                 self._send_append(nid)
+
+    def _bcast_commit(self) -> None:
+        """The commit index moved: tell every follower (etcd's bcastAppend after maybeCommit).
+        A follower in step gets an unanswered ``COMMIT_ONLY`` append: the answer would only
+        repeat what its answers to the entries said (per write, one frame less each way a
+        follower; a lost acknowledgement is made up by the append a heartbeat answer
+        triggers, which is answered)."""
+        for nid in sorted(self.prs):
+            if nid != self.id:
+                self._send_append(nid, commit_only=True)
 
     def _bcast_heartbeat(self, ctx: bytes = b"") -> None:
         for nid in sorted(self.prs):
@@ -240,7 +267,7 @@ class LeaderRole:
         elif pr.state is ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
         elif was_paused:
             self._send_append(m.frm)
         while self._send_append(m.frm, send_if_empty=False):

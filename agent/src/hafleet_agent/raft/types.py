@@ -117,6 +117,12 @@ class MessageType(enum.IntEnum):
     SNAP_STATUS = 31
 
 
+COMMIT_ONLY = b"commit"
+"""The context of a leader's append that only tells a follower in step the new commit index
+(it carries no entry, and the leader needs no answer to go on): a follower that takes it
+does not answer it; one that rejects it does (the leader backs off from the rejection). An
+append with entries is always answered, whatever its context."""
+
 LOCAL_MESSAGES = frozenset(
     {MessageType.HUP, MessageType.BEAT, MessageType.CHECK_QUORUM, MessageType.PROP}
 )
