@@ -134,8 +134,8 @@ def test_effects_run_in_the_contracts_order() -> None:
     done = handle_ready(_RecordingNode(events), rd, fx)  # type: ignore[arg-type]
     # A leader's appends go before the write (the thesis' 10.2.1); the answers that vouch
     # for what the batch holds (an append acknowledged, a vote granted) only once durable.
-    # The early sends are put on the wire (flush) before the write is made; the later ones
-    # leave with the loop cycle's other frames.
+    # The early sends are put on the wire (flush) before the write is made; the answers are
+    # put on it once it is durable, before the applies (they gate another member's progress).
     assert events == [
         "send n2",
         "send n3",
@@ -144,6 +144,7 @@ def test_effects_run_in_the_contracts_order() -> None:
         "soft leader",
         "send n4",
         "send n5",
+        "flush",
         "restore 5",
         "apply 6",
         "apply 7",
@@ -154,6 +155,40 @@ def test_effects_run_in_the_contracts_order() -> None:
     ]
     assert done == Handled(batches=1, snapshots=1, entries=2, messages=4)
     assert done.changed
+
+
+def test_a_batch_that_only_commits_applies_before_it_tells_the_followers() -> None:
+    """A leader's commit index moved (no entry, no vote to make durable): its writers are
+    answered (apply) before its appends carry the commit index to the followers; answers
+    still go before the applies, and at once; nothing is sent early (no write to wait for)."""
+    events: list[str] = []
+    fx = ReadyEffects(
+        persist=lambda rd: events.append("persist"),
+        send=lambda m: events.append(f"send {m.type.name} {m.to}"),
+        restore=lambda s: events.append("restore"),
+        apply=lambda e: events.append(f"apply {e.index}"),
+        flush=lambda: events.append("flush"),
+    )
+    rd = Ready(
+        hard_state=HardState(2, "n1", 7),
+        committed_entries=[Entry(2, 7)],
+        messages=[
+            Message(MT.APP, to="n2"),
+            Message(MT.READ_INDEX_RESP, to="n3"),
+            Message(MT.APP, to="n3"),
+        ],
+    )
+    assert not rd.must_fsync
+    handle_ready(_RecordingNode(events), rd, fx)  # type: ignore[arg-type]
+    assert events == [
+        "persist",
+        "send READ_INDEX_RESP n3",
+        "flush",
+        "apply 7",
+        "send APP n2",
+        "send APP n3",
+        "advance",
+    ]
 
 
 def test_nothing_to_make_durable_is_not_persisted() -> None:

@@ -1,22 +1,24 @@
 """The Raft driver: the core (``RawNode``), its write-ahead log (``DiskStorage``) and the
 replicated state machine, driven by one task.
 
-The event loop owns everything but the log's writes: one writer thread (``raft-wal``) writes
-and fsyncs each batch (``DiskStorage.write_prepared``; fsync releases the GIL), and the
-compaction's worker encodes and writes snapshots. The core is driven by ``_pump`` (from the
-Raft task ``raft_loop``, the ticker, and the writer's completion), which turns the inputs
-fed so far into a ready batch, handled in ``raft/ready.py``'s one order: send what may go
-before the batch is durable (a leader's appends and heartbeats: ``begin_ready``), hand its
-entries and hard state to the writer thread; once they are durable (``_written``, back on
-the loop) send the rest (append and vote answers), apply its committed entries to the state
-machine (which answers the clients), advance the core (a leader counts itself toward the
-commit quorum only now), serve the reads now due, compact the log when due, and wake
-whoever waits for the state. While a batch is being written the loop goes on: inputs
-(ticks, messages, proposals, reads) are fed to the core from callbacks as they come, and
-everything they produce goes into the next batch, written with one write and one fsync
-once this one is durable (group commit). One batch is in the writer at a time; snapshots
-(from the leader, or a compaction's) are put in force between two batches, never while the
-writer holds one.
+The event loop owns everything but a leader's log writes: one writer thread (``raft-wal``)
+writes and fsyncs each of a leader's batches (``DiskStorage.write_prepared``; fsync releases
+the GIL), and the compaction's worker encodes and writes snapshots. A follower writes its
+batches on the loop (``_write_inline``): its answer waits for the write anyway, and the
+hand-over to a thread and back would add two wake-ups to every commit. The core is driven by
+``_pump`` (from the Raft task ``raft_loop``, the ticker, and the writer's completion), which
+turns the inputs fed so far into a ready batch, handled in ``raft/ready.py``'s one order:
+send what may go before the batch is durable (a leader's appends and heartbeats:
+``begin_ready``), hand its entries and hard state to the writer thread; once they are
+durable (``_written``, back on the loop) send the rest (append and vote answers), apply its
+committed entries to the state machine (which answers the clients), advance the core (a
+leader counts itself toward the commit quorum only now), serve the reads now due, compact
+the log when due, and wake whoever waits for the state. While a batch is being written the
+loop goes on: inputs (ticks, messages, proposals, reads) are fed to the core from callbacks
+as they come, and everything they produce goes into the next batch, written with one write
+and one fsync once this one is durable (group commit). One batch is in the writer at a time;
+snapshots (from the leader, or a compaction's) are put in force between two batches, never
+while the writer holds one.
 
 The driver sees the rest of the node through what is passed in: a callable that sends one
 Raft message, the state machine, the config, the cluster id, the node's stop event, and a
@@ -286,7 +288,7 @@ class Driver:
             rd = raw.ready()
             # fewer, larger messages: the batch's appends (answers) to a peer merged in one
             rd.messages = coalesce(rd.messages, self._max_entries)
-            later = begin_ready(rd, self._effects)
+            later = begin_ready(rd, self._effects, flush=False)  # flushed below
             if rd.snapshot is not None:
                 self._save_snapshot(rd.snapshot)  # rare: on the loop, between two batches
             batch = None
@@ -308,6 +310,18 @@ class Driver:
                 if self._answer_first(raw):
                     break
                 continue
+            if not raw.is_leader:
+                # A follower (or candidate) writes on the loop: nothing it would do meanwhile
+                # helps its leader more than its answer, which waits for this write; the
+                # hand-over to the writer thread and back (two wake-ups, ~0.2 ms here) would
+                # be on every commit's path. Frames that come meanwhile wait in the socket
+                # and make the next batch (the group commit of a follower).
+                self._flush()  # what may go before the write (a heartbeat answer, a vote)
+                self._write_inline(batch)
+                changed |= finish_ready(raw, rd, later, self._effects).changed
+                if self._answer_first(raw):
+                    break
+                continue
             assert self._writer is not None
             self._writing = True
             self._writer.submit(
@@ -316,7 +330,22 @@ class Driver:
                 batch,
                 partial(self._written, rd, later, batch),
             )
+            # The appends leave now: the writer thread takes the GIL while they are sent (a
+            # send releases it), so the leader's write and its followers' run together.
+            self._flush()
         return changed
+
+    def _flush(self) -> None:
+        if self._effects.flush is not None:
+            self._effects.flush()
+
+    def _write_inline(self, batch: PreparedBatch) -> None:
+        """Write and fsync ``batch`` on the loop (StorageError if that fails: the storage
+        turns an OSError into one and is unusable after it)."""
+        storage = self.storage
+        assert storage is not None
+        TELEMETRY.wal_sync_seconds.timed(storage.write_prepared)(batch)
+        storage.finish_save(batch)
 
     def _answer_first(self, raw: RawNode) -> bool:
         """After a batch's applies: when they answered writers and the next batch has

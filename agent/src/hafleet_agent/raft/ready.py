@@ -5,9 +5,10 @@ a ready batch the same way (etcd-io/raft's ``Ready`` contract, with persisting m
 
 0. **send** the messages that need nothing of this batch durable (:data:`EARLY_TYPES`: a
    leader's appends, heartbeats and snapshots, a follower's heartbeat answers), before the
-   write (Raft thesis 10.2.1, as etcd does): the leader's own write and its followers' run in
-   parallel. A leader counts itself toward the commit quorum only once ``advance`` marks its
-   entries stable (``RawNode.advance``), so nothing commits on a leader's unwritten entries.
+   write, when the batch has one to wait for (``rd.must_fsync``; Raft thesis 10.2.1, as etcd
+   does): the leader's own write and its followers' run in parallel. A leader counts itself
+   toward the commit quorum only once ``advance`` marks its entries stable
+   (``RawNode.advance``), so nothing commits on a leader's unwritten entries.
 1. **persist** the snapshot, the entries and the hard state, durably, when there are any
    (``rd.must_sync``). Nothing below happens before that returns: a vote granted, an append
    acknowledged, a client's write applied (and answered) must never outlive a crash that
@@ -15,20 +16,25 @@ a ready batch the same way (etcd-io/raft's ``Ready`` contract, with persisting m
    node is not advanced, so the driver can stop (fail-stop) with the core in the state its
    disk says.
 2. **on_soft_state**: the role or leader changed (for logs and metrics; never persisted).
-3. **send** each other message (in order): append and vote answers, vote requests (the
-   candidate's own vote is durable first), pre-vote messages (a pre-vote changes nothing to
-   persist, so its batch has no write to wait for).
+3. **send** the answers among the other messages (:data:`ANSWER_TYPES`: append, vote and
+   pre-vote answers, heartbeat and read-index answers), in order, and put them on the wire
+   (``flush``) at once: each gates another member's commit or election, so it waits neither
+   for this member's state machine nor for the rest of its loop cycle.
 4. **restore** the snapshot into the state machine, then **apply** each committed entry (in
    order; a configuration change is applied to the core by ``advance``).
-5. **on_read_state**: a linearizable read may be served once the applied index reaches its
+5. **send** the rest (in order): a leader's appends and heartbeats not sent at step 0 (the
+   commit index told to the followers comes after the applies, so that the writers these
+   answer go first), vote and pre-vote requests (a candidate's own vote is durable first; a
+   pre-vote changes nothing to persist), forwarded reads.
+6. **on_read_state**: a linearizable read may be served once the applied index reaches its
    index (:class:`PendingReads` keeps them until then).
-6. ``advance`` the node; then **after_advance** (serve the reads now due, compact the log).
+7. ``advance`` the node; then **after_advance** (serve the reads now due, compact the log).
 
 The side effects come in as callables (:class:`ReadyEffects`), so this module does no I/O of
 its own and the ordering lives here only. :func:`drain` handles batches until the node has no
 more; :func:`handle_ready` handles one batch that the caller took (to show it first, say). A
 driver that writes in another thread splits the batch around its write: :func:`begin_ready`
-(step 0), its own write (step 1), then :func:`finish_ready` (steps 2-6) once it is durable;
+(step 0), its own write (step 1), then :func:`finish_ready` (steps 2-7) once it is durable;
 it may feed inputs to the node meanwhile, but takes no other batch until then.
 """
 
@@ -54,6 +60,17 @@ EARLY_TYPES = frozenset(
 leader's appends carry entries it counts for itself only once written; a candidate's vote
 requests, a vote it counts for itself only once its term and vote are written; a heartbeat
 answer and a pre-vote request carry no vote and acknowledge no entry)."""
+
+ANSWER_TYPES = frozenset(
+    {
+        MessageType.APP_RESP,
+        MessageType.VOTE_RESP,
+        MessageType.PRE_VOTE_RESP,
+        MessageType.HEARTBEAT_RESP,
+        MessageType.READ_INDEX_RESP,
+    }
+)
+"""Answers: sent after the batch is durable but before its applies (step 3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +125,12 @@ def handle_ready(node: RawNode, rd: Ready, fx: ReadyEffects) -> Handled:
     return finish_ready(node, rd, later, fx)
 
 
-def begin_ready(rd: Ready, fx: ReadyEffects) -> list[Message]:
-    """Step 0: send what may go before ``rd`` is durable; returns the messages that wait."""
-    if not rd.must_sync:
-        return rd.messages
+def begin_ready(rd: Ready, fx: ReadyEffects, flush: bool = True) -> list[Message]:
+    """Step 0: send what may go before ``rd`` is durable; returns the messages that wait.
+    ``flush=False``: the caller puts them on the wire itself (``fx.flush``), once it has
+    handed its write over (a write thread then runs while the frames are being sent)."""
+    if not rd.must_fsync:
+        return rd.messages  # nothing to wait for: all in steps 3 and 5
     later: list[Message] = []
     sent = False
     for m in rd.messages:
@@ -120,21 +139,31 @@ def begin_ready(rd: Ready, fx: ReadyEffects) -> list[Message]:
             sent = True
         else:
             later.append(m)
-    if sent and fx.flush is not None:
+    if sent and flush and fx.flush is not None:
         fx.flush()
     return later
 
 
 def finish_ready(node: RawNode, rd: Ready, later: list[Message], fx: ReadyEffects) -> Handled:
-    """Steps 2-6, once ``rd`` is durable: ``later`` is what :func:`begin_ready` returned."""
+    """Steps 2-7, once ``rd`` is durable: ``later`` is what :func:`begin_ready` returned."""
     if rd.soft_state is not None and fx.on_soft_state is not None:
         fx.on_soft_state(rd.soft_state)
+    rest: list[Message] = []
+    answered = False
     for m in later:
-        fx.send(m)
+        if m.type in ANSWER_TYPES:
+            fx.send(m)
+            answered = True
+        else:
+            rest.append(m)
+    if answered and fx.flush is not None:
+        fx.flush()
     if rd.snapshot is not None:
         fx.restore(rd.snapshot)
     for e in rd.committed_entries:
         fx.apply(e)
+    for m in rest:
+        fx.send(m)
     if fx.on_read_state is not None:
         for rs in rd.read_states:
             fx.on_read_state(rs)
