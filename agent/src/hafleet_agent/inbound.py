@@ -1,15 +1,16 @@
 """The frames of an accepted connection, once its handshake is done, read by a protocol.
 
-The handshake reads through asyncio streams (``listener.py``); after it a stream reader costs
-a task wake-up per read: the bytes wake a future, the loop runs the reading task in its
-next cycle, which copies them out of the stream's buffer. :class:`FrameReader` takes over
-the socket's protocol instead (``transport.set_protocol``) and decodes, checks and delivers
-the frames in ``data_received`` itself: the frames of a read reach the node in the loop
-cycle that read them. The checks are those of ``Transport.read_loop`` (each sealed frame
-opened and its counter checked, every record of a batch unpacked before any is delivered);
-the first violation stops reading and ends :meth:`FrameReader.run` with it. The stream
-protocol it replaced gets the connection's end (``connection_lost``), so closing and
-waiting for the close work as before.
+The handshake reads through asyncio streams (``listener.py``); after it a stream reader
+costs a task wake-up per read: the bytes wake a future, the loop runs the reading task in
+its next cycle, which copies them out of the stream's buffer. :class:`FrameReader` takes
+over the socket's protocol instead (``transport.set_protocol``) and decodes, checks and
+delivers the frames in ``data_received`` itself: the frames of a read reach the node in the
+loop cycle that read them, and ``on_read`` (when given) is called once they all have (after
+a read that completed at least one frame). The checks are those of ``Transport.read_loop``
+(each sealed frame opened and its counter checked, every record of a batch unpacked before
+any is delivered); the first violation stops reading and ends :meth:`FrameReader.run` with
+it. The stream protocol it replaced gets the connection's end (``connection_lost``), so
+closing and waiting for the close work as before.
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ class FrameReader(asyncio.Protocol):
         batched: bool,
         on_frame: Callable[[Any, object], None],
         stats: TransportStats,
+        on_read: Callable[[], None] | None = None,
     ) -> None:
         assert conn.session is not None and conn.peer is not None
         self.conn, self.decoder, self.batched = conn, decoder, batched
-        self.on_frame, self.stats = on_frame, stats
+        self.on_frame, self.stats, self.on_read = on_frame, stats, on_read
         self.transport: Any = conn.writer.transport
         self.stream: Any = self.transport.get_protocol()  # the stream protocol it replaces
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -102,16 +104,27 @@ class FrameReader(asyncio.Protocol):
             return
         try:
             self.decoder.feed(data)
-            self._deliver()
+            delivered = self._deliver()
         except Exception as e:  # a violation: the connection closes with its reason
             self._stop(e)
+            return
+        if delivered and self.on_read is not None and not self.done.done():
+            try:
+                self.on_read()  # the read's frames are all delivered
+            except Exception:
+                self.stats.callback_errors += 1
+                log.exception("on_read failed after a read from %s", self.conn.describe())
 
-    def _deliver(self) -> None:
+    def _deliver(self) -> bool:
+        """Deliver the whole frames read so far; whether there was one."""
         conn, decoder, stats, on_frame = self.conn, self.decoder, self.stats, self.on_frame
+        delivered = False
         while (body := decoder.next_frame()) is not None:
             deliver_frame(conn, body, self.batched, stats, on_frame)
+            delivered = True
             if self.done.done():
-                return  # stopped by a callback (the transport is stopping)
+                break  # stopped by a callback (the transport is stopping)
+        return delivered
 
     def eof_received(self) -> bool:
         if not self.done.done():

@@ -138,8 +138,12 @@ class _WarnThrottle(WarnThrottle):
 class Transport(Listener):
     """Authenticated, framed msgpack messaging between agents over TCP.
 
-    ``on_frame(peer, obj)`` is called on the event loop for every frame received after
-    the hellos; it must not block (an exception it raises is logged and counted).
+    ``on_frame(peer, obj)`` is called on the event loop for every frame received after the
+    hellos; it must not block (an exception it raises is logged and counted). ``on_read()``,
+    when given, is called once the frames of one read of an accepted connection (one that
+    completed a frame at least) were all handed to ``on_frame`` (a receiver can do then,
+    once per read, what it would otherwise put off to the loop's next cycle; an exception is
+    logged).
     ``accept_peer(peer)`` decides, after authentication, whether to keep a connection.
     ``cluster_id()`` is asked at every handshake, so a node that founds or joins a
     cluster announces the new id on its next connections.
@@ -155,6 +159,7 @@ class Transport(Listener):
         port: int,
         advertise: str | None,
         on_frame: Callable[[PeerInfo, object], None],
+        on_read: Callable[[], None] | None = None,
         accept_peer: Callable[[PeerInfo], bool] = lambda peer: True,
         cluster_id: Callable[[], str | None] = lambda: None,
         max_frame: int = 64 << 20,
@@ -197,6 +202,7 @@ class Transport(Listener):
         self.port = port
         self.advertise = advertise
         self._on_frame = on_frame
+        self._on_read = on_read
         self._accept_peer = accept_peer
         self._cluster_id = cluster_id
         self.max_frame = max_frame
@@ -417,7 +423,7 @@ class Transport(Listener):
         if not peer.outbound and self.inbound_protocol:
             # An accepted connection carries nothing back: its frames are read by a
             # protocol, in the loop cycle that reads them (inbound.py).
-            await FrameReader(conn, decoder, batched, on_frame, stats).run()
+            await FrameReader(conn, decoder, batched, on_frame, stats, self._on_read).run()
             return
         while True:
             body = decoder.next_frame()

@@ -60,3 +60,46 @@ def test_the_peer_closing_ends_the_reader_and_a_new_connection_serves() -> None:
             await b.stop()
 
     run(main())
+
+
+def test_on_read_follows_each_read_once_its_frames_are_delivered() -> None:
+    """``on_read`` runs after every read of an accepted connection, once all of that read's
+    frames reached ``on_frame`` (the Raft driver pumps there); one that raises is logged and
+    counted, and the connection goes on."""
+
+    async def main() -> None:
+        log: list[object] = []
+        inbox = Inbox()
+
+        def on_frame(peer: object, obj: object) -> None:
+            log.append(obj["i"])  # type: ignore[index]
+            inbox(peer, obj)
+
+        def on_read() -> None:
+            log.append("read")
+            if len([x for x in log if x == "read"]) == 1:
+                raise RuntimeError("the first read's hook fails")
+
+        a, b = make("a"), make("b", on_frame, on_read=on_read)
+        await a.start()
+        await b.start()
+        try:
+            for i in range(5):
+                assert a.send(addr(b), {"i": i})
+            await inbox.wait_for(5)
+            await wait_until(lambda: log[-1] == "read", "the last read's hook ran")
+            assert b.stats.callback_errors == 1
+            assert a.send(addr(b), {"i": 5})
+            await inbox.wait_for(6)
+            await wait_until(lambda: log[-1] == "read", "the next read's hook ran")
+        finally:
+            await a.stop()
+            await b.stop()
+        frames = [x for x in log if x != "read"]
+        assert frames == list(range(6))
+        assert log[0] == 0 and log.count("read") >= 2  # a hook only after frames
+        for k, x in enumerate(log):
+            if x == "read":
+                assert k > 0 and log[k - 1] != "read"  # never a hook without a frame before it
+
+    run(main())

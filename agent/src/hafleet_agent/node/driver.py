@@ -119,6 +119,7 @@ class Driver:
             stopping=stopping,
         )
         self._pump_soon = False  # a pump is scheduled by wake()
+        self._pump_handle: asyncio.Handle | None = None
         self._index_event = asyncio.Event()  # replaced by a fresh one at every change
         self.pending: dict[int, _Pending] = {}
         self._proposals = Proposals()  # writes for the next pump (node/proposals.py)
@@ -145,7 +146,9 @@ class Driver:
             on_read_state=self.reads.confirmed,
             after_advance=self._after_advance,
             flush=flush,
+            send_rest=self._send_rest,
         )
+        self._send = send
 
     def open(self, data_dir: Path) -> bool:
         """Open the storage (recovering a torn log) and make the core from it; whether it
@@ -210,10 +213,21 @@ class Driver:
             self._wake.set()
             return
         self._pump_soon = True
-        loop.call_soon(self._pump_now)
+        self._pump_handle = loop.call_soon(self._pump_now)
+
+    def pump_woken(self) -> None:
+        """The frames of one read were all stepped (the transport's ``on_read``): pump now
+        rather than in the loop's next cycle, when a step asked for one (``wake``). Frames
+        of other connections read in this cycle make the next pump."""
+        if not self._pump_soon or self._pump_handle is None:
+            return
+        self._pump_handle.cancel()
+        self._pump_handle = None
+        self._pump_now()
 
     def _pump_now(self) -> None:
         self._pump_soon = False
+        self._pump_handle = None
         try:
             if self._proposals.queued and self.raw is not None:
                 self._proposals.feed(self.raw, self.pending)  # even while a batch is written
@@ -383,6 +397,20 @@ class Driver:
             self._fail(f"storage failed, state could not be made durable: {err}")
             return
         self._moved(changed)
+
+    def _send_rest(self, messages: list[Message]) -> None:
+        """A batch's messages after its applies (``ReadyEffects.send_rest``): when the
+        applies answered writers, sent in a later callback, behind the writers' tasks (the
+        commit index told to the followers does not hold their answers up)."""
+        if not self._answered:
+            for m in messages:
+                self._send(m)
+            return
+        asyncio.get_running_loop().call_soon(self._send_all, messages)
+
+    def _send_all(self, messages: list[Message]) -> None:
+        for m in messages:
+            self._send(m)
 
     def _persist(self, rd: Ready) -> None:
         """The synchronous write of a whole ready batch (``ReadyEffects.persist``, for

@@ -299,6 +299,7 @@ class Node:
             port=cfg.raft_port,
             advertise=cfg.raft_addr,
             on_frame=self.inbox.on_frame,
+            on_read=self.driver.pump_woken,
             accept_peer=self.inbox.accept_peer,
             cluster_id=lambda: self.cluster_id,
             tls=cfg.tls,

@@ -91,6 +91,10 @@ class ReadyEffects:
     """Put the messages sent so far on the wire now (a transport that batches a loop
     cycle's frames): called after the early sends, so that a leader's appends do not wait
     for its own write to be prepared and handed over."""
+    send_rest: Callable[[list[Message]], None] | None = None
+    """Take step 5's messages (in order) to send them: a driver may send them once the
+    callbacks its applies scheduled have run (the writers they answer go first). When
+    None, each is handed to ``send`` at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +166,12 @@ def finish_ready(node: RawNode, rd: Ready, later: list[Message], fx: ReadyEffect
         fx.restore(rd.snapshot)
     for e in rd.committed_entries:
         fx.apply(e)
-    for m in rest:
-        fx.send(m)
+    if rest:
+        if fx.send_rest is not None:
+            fx.send_rest(rest)
+        else:
+            for m in rest:
+                fx.send(m)
     if fx.on_read_state is not None:
         for rs in rd.read_states:
             fx.on_read_state(rs)
