@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hafleet_agent.node.errors import NoLeader, Unknown
-from hafleet_agent.node.proposals import Pending, Proposals, wait_answer
+from hafleet_agent.node.proposals import Deadlines, Pending, Proposals, wait_answer
 from hafleet_agent.raft.core import ProposalDropped
 from hafleet_agent.raft.types import MessageType
 
@@ -69,8 +69,32 @@ def test_a_timed_out_write_says_whether_it_was_proposed(proposed: bool) -> None:
             p.feed(FakeRaw(), pending)
         err: Any = Unknown if proposed else NoLeader
         with pytest.raises(err, match="proposed at index 11" if proposed else "not proposed"):
-            await wait_answer(fut, pending, p, 0.01)
+            await wait_answer(fut, pending, p, 0.01, Deadlines())
         assert not pending and not p.queued
+
+    asyncio.run(main())
+
+
+def test_one_timer_times_out_each_write_at_its_own_limit() -> None:
+    """Deadlines: the writes that are answered in time keep their answers, each one still
+    waiting at its limit gets TimeoutError, one after the other, on one timer."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        d = Deadlines()
+        futs = [loop.create_future() for _ in range(4)]
+        started = loop.time()
+        for i, fut in enumerate(futs):
+            d.add(fut, 0.05)
+            if i == 1:
+                fut.set_result("answered")
+            await asyncio.sleep(0.02)  # the limits 20 ms apart
+        await asyncio.wait([futs[0], futs[2], futs[3]], timeout=5)
+        assert futs[1].result() == "answered"
+        for fut in (futs[0], futs[2], futs[3]):
+            assert isinstance(fut.exception(), TimeoutError)
+        assert loop.time() - started >= 0.05 + 3 * 0.02 - 0.001  # the last at its own limit
+        assert len(d) == 0 and d._handle is None  # nothing left, no timer set
 
     asyncio.run(main())
 

@@ -62,8 +62,8 @@ from ..telemetry import TELEMETRY
 from ..wal import PREALLOC_BYTES, DiskStorage, PreparedBatch, StorageError
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
+from .proposals import Deadlines, Proposals, wait_answer
 from .proposals import Pending as _Pending
-from .proposals import Proposals, wait_answer
 from .reads import Reads
 from .ticker import Ticker
 from .walwriter import WalWriter
@@ -123,6 +123,7 @@ class Driver:
         self._index_event = asyncio.Event()  # replaced by a fresh one at every change
         self.pending: dict[int, _Pending] = {}
         self._proposals = Proposals()  # writes for the next pump (node/proposals.py)
+        self._deadlines = Deadlines()  # the writes' time limits, on one timer
         self.reads = Reads()  # linearizable reads waiting (node/reads.py)
         self._startup_commit = 0
         self.removed = False
@@ -590,7 +591,9 @@ class Driver:
             return await self.propose(lambda raw: raw.propose(data))  # its errors
         fut = self._proposals.add(data)
         self.wake()
-        return await wait_answer(fut, self.pending, self._proposals, self.write_timeout())
+        return await wait_answer(
+            fut, self.pending, self._proposals, self.write_timeout(), self._deadlines
+        )
 
     async def propose_conf(self, cc: ConfChange) -> Any:
         return await self.propose(lambda raw: raw.propose_conf_change(cc))
@@ -615,7 +618,9 @@ class Driver:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[index] = _Pending(term, fut)
         self.wake()
-        return await wait_answer(fut, self.pending, self._proposals, self.write_timeout())
+        return await wait_answer(
+            fut, self.pending, self._proposals, self.write_timeout(), self._deadlines
+        )
 
     async def write(self, data: bytes) -> dict[str, Any]:
         """Propose a state command on the leader; the caller (the API) forwards when we are
