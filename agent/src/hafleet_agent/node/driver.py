@@ -53,13 +53,13 @@ from ..raft.types import (
     HardState,
     Message,
     Snapshot,
-    SnapshotMeta,
     SoftState,
     StateType,
 )
-from ..state import SnapshotParts, StateMachine, conf_change_error, encode_snapshot_parts
+from ..state import StateMachine, conf_change_error
 from ..telemetry import TELEMETRY
 from ..wal import PREALLOC_BYTES, DiskStorage, PreparedBatch, StorageError
+from .compaction import Compaction
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
 from .proposals import Deadlines, Proposals, wait_answer
@@ -105,8 +105,6 @@ class Driver:
         self._cluster_id = cluster_id
         self._save_snapshot = save_snapshot
         self._on_conf_change = on_conf_change
-        self._sending_snapshot = sending_snapshot
-        self._spawn = spawn
         self._fail = fail
         self.storage: DiskStorage | None = None
         self.raw: RawNode | None = None
@@ -130,9 +128,14 @@ class Driver:
         self.removed_flag = asyncio.Event()  # set while ``removed`` (run.py's removal watch)
         self.leader_since: float | None = None
         self.last_leader: str | None = None
-        self._compacting = False  # a snapshot is being written in a worker thread
-        # written by the compaction's worker, put in force by the pump between two batches
-        self._prepared: tuple[SnapshotMeta, bytes, Path] | None = None
+        self._compaction = Compaction(  # put in force by the pump between two batches
+            cfg,
+            state,
+            spawn=spawn,
+            fail=fail,
+            wake=self._wake.set,
+            sending_snapshot=sending_snapshot,
+        )
         self._writer: WalWriter | None = None  # the one thread writing the log
         self._writing = False  # a ready batch is in the writer thread, not durable yet
         self._unsaved_hs: HardState | None = None  # a new commit index not written yet
@@ -296,8 +299,8 @@ class Driver:
             self._proposals.feed(raw, self.pending)  # the writes queued so far, in one
         changed = False
         while not self._writing:
-            if self._prepared is not None:
-                self._install_compaction()
+            if self._compaction.prepared is not None:
+                self._compaction.install(raw, storage, self._stop.is_set())
             if not raw.has_ready():
                 break
             rd = raw.ready()
@@ -428,7 +431,8 @@ class Driver:
 
     def _after_advance(self) -> None:
         self.reads.serve(self.state.index)
-        self._maybe_compact()
+        assert self.raw is not None and self.storage is not None
+        self._compaction.maybe_start(self.raw, self.storage)
 
     def _apply(self, e: Entry) -> None:
         # Never raises for what an entry holds (state.py): an entry the state cannot apply is
@@ -496,72 +500,6 @@ class Driver:
                 self._on_lead()
         else:
             self.leader_since = None
-
-    def _maybe_compact(self) -> None:
-        """Compact once ``snapshot_entries`` entries were applied since the last snapshot.
-        Only a copy of the state is taken here (cheap); encoding it and writing the snapshot
-        file run in a worker thread (``_compact``), so a large state does not stall the loop
-        (heartbeats, appends and reads go on); the snapshot is put in force back on the loop,
-        between two ready batches."""
-        raw = self.raw
-        assert raw is not None and self.storage is not None
-        if self._compacting:
-            return
-        behind = self.state.index - raw.first_index
-        if behind < self.cfg.snapshot_entries:
-            return
-        if self._sending_snapshot() and behind < 2 * self.cfg.snapshot_entries:
-            # A member catches up through a chunked snapshot: keep the entries after it a
-            # while longer (a compaction now would make it need a newer snapshot at once).
-            return
-        index = self.state.index
-        meta = SnapshotMeta(index, raw.term_at(index), raw.conf_state_at(index))
-        self._compacting = True
-        self._spawn(self._compact(meta, self.state.snapshot_parts()), "compact")
-
-    async def _compact(self, meta: SnapshotMeta, parts: SnapshotParts) -> None:
-        storage = self.storage
-        assert storage is not None
-        try:
-            started = time.perf_counter()
-            data = await asyncio.to_thread(encode_snapshot_parts, parts)
-            path = await asyncio.to_thread(storage.prepare_snapshot, Snapshot(meta, data))
-            TELEMETRY.snapshot_seconds.observe(time.perf_counter() - started)
-            TELEMETRY.snapshot_bytes.observe(len(data))
-        except StorageError as exc:
-            self._compacting = False
-            self._fail(f"storage failed, state could not be made durable: {exc}")
-            return
-        except BaseException:
-            self._compacting = False
-            raise
-        # Put in force by the pump between two ready batches, when the writer thread holds
-        # none (the install rewrites the log file).
-        self._prepared = (meta, data, path)
-        self._wake.set()
-
-    def _install_compaction(self) -> None:
-        storage, raw = self.storage, self.raw
-        assert storage is not None and raw is not None and self._prepared is not None
-        meta, data, path = self._prepared
-        self._prepared = None
-        try:
-            if (
-                self._stop.is_set()
-                # a snapshot from the leader covers it
-                or meta.index <= raw.basic_status().snapshot_index
-                or raw.term_at(meta.index) != meta.term
-                or raw.conf_state_at(meta.index) != meta.conf_state
-            ):
-                storage.discard_prepared_snapshot(path)
-                return
-            snap = raw.compact(meta.index, data)
-            if snap is None:
-                storage.discard_prepared_snapshot(path)
-            elif storage.install_prepared_snapshot(snap, path):
-                log.info("snapshot at index %d (%d bytes)", meta.index, len(data))
-        finally:
-            self._compacting = False
 
     def expire_reads(self) -> None:
         self.reads.expire()
