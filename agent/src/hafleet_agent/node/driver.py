@@ -116,8 +116,7 @@ class Driver:
             pump=self._pump,
             stopping=stopping,
         )
-        self._pump_soon = False  # a pump is scheduled by wake()
-        self._pump_handle: asyncio.Handle | None = None
+        self._pump_handle: asyncio.Handle | None = None  # the pump wake() scheduled
         self._index_event = asyncio.Event()  # replaced by a fresh one at every change
         self.pending: dict[int, _Pending] = {}
         self._proposals = Proposals()  # writes for the next pump (node/proposals.py)
@@ -209,28 +208,25 @@ class Driver:
         """New input for the core: drained once the loop is done with this cycle's other
         callbacks (the frames read with it), by a plain callback rather than a task wake-up
         (the Raft loop's, which a failure of the pump falls back to)."""
-        if self._pump_soon:
+        if self._pump_handle is not None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self._wake.set()
             return
-        self._pump_soon = True
         self._pump_handle = loop.call_soon(self._pump_now)
 
     def pump_woken(self) -> None:
         """The frames of one read were all stepped (the transport's ``on_read``): pump now
         rather than in the loop's next cycle, when a step asked for one (``wake``). Frames
         of other connections read in this cycle make the next pump."""
-        if not self._pump_soon or self._pump_handle is None:
+        if self._pump_handle is None:
             return
         self._pump_handle.cancel()
-        self._pump_handle = None
         self._pump_now()
 
     def _pump_now(self) -> None:
-        self._pump_soon = False
         self._pump_handle = None
         try:
             if self._proposals.queued and self.raw is not None:
@@ -323,12 +319,7 @@ class Driver:
                 self._unsaved_hs = None
                 if rd.entries or hs is not None:
                     batch = storage.prepare_save(hs, rd.entries)
-            if batch is None:
-                changed |= finish_ready(raw, rd, later, self._effects).changed
-                if self._answer_first(raw):
-                    break
-                continue
-            if not raw.is_leader:
+            if batch is not None and not raw.is_leader:
                 # A follower (or candidate) writes on the loop: nothing it would do meanwhile
                 # helps its leader more than its answer, which waits for this write; the
                 # hand-over to the writer thread and back (two wake-ups, ~0.2 ms here) would
@@ -336,6 +327,8 @@ class Driver:
                 # and make the next batch (the group commit of a follower).
                 self._flush()  # what may go before the write (a heartbeat answer, a vote)
                 self._write_inline(batch)
+                batch = None  # durable: the rest of the batch goes on below
+            if batch is None:
                 changed |= finish_ready(raw, rd, later, self._effects).changed
                 if self._answer_first(raw):
                     break
@@ -406,11 +399,10 @@ class Driver:
         """A batch's messages after its applies (``ReadyEffects.send_rest``): when the
         applies answered writers, sent in a later callback, behind the writers' tasks (the
         commit index told to the followers does not hold their answers up)."""
-        if not self._answered:
-            for m in messages:
-                self._send(m)
-            return
-        asyncio.get_running_loop().call_soon(self._send_all, messages)
+        if self._answered:
+            asyncio.get_running_loop().call_soon(self._send_all, messages)
+        else:
+            self._send_all(messages)
 
     def _send_all(self, messages: list[Message]) -> None:
         for m in messages:

@@ -545,7 +545,7 @@ class Raft(LeaderRole):
                 if self.lead_transferee is not None and self.lead_transferee not in self.voters:
                     self.abort_leader_transfer()
                 if self._maybe_commit():
-                    self._bcast_commit()
+                    self._bcast_append(commit_only=True)
                 elif cc.type is not ConfChangeType.REMOVE and nid != self.id:
                     self._send_append(nid)
         return self.conf_state()

@@ -69,7 +69,7 @@ class LeaderRole:
         if self.state is not StateType.LEADER or self.id not in self.prs:
             return
         if self.prs[self.id].maybe_update(self.log.stable_index) and self._maybe_commit():
-            self._bcast_commit()
+            self._bcast_append(commit_only=True)
 
     def _maybe_commit(self) -> bool:
         mci = quorum_index({nid: pr.match for nid, pr in self.prs.items()}, self.voters)
@@ -141,20 +141,15 @@ class LeaderRole:
         pr.become_snapshot(snap.meta.index)
         return True
 
-    def _bcast_append(self) -> None:
+    def _bcast_append(self, commit_only: bool = False) -> None:
+        """Send every follower what it misses. ``commit_only``: the commit index moved
+        (etcd's bcastAppend after maybeCommit); a follower in step then gets an unanswered
+        ``COMMIT_ONLY`` append: the answer would only repeat what its answers to the entries
+        said (per write, one frame less each way a follower; a lost acknowledgement is made
+        up by the append a heartbeat answer triggers, which is answered)."""
         for nid in sorted(self.prs):
             if nid != self.id:
-                self._send_append(nid)
-
-    def _bcast_commit(self) -> None:
-        """The commit index moved: tell every follower (etcd's bcastAppend after maybeCommit).
-        A follower in step gets an unanswered ``COMMIT_ONLY`` append: the answer would only
-        repeat what its answers to the entries said (per write, one frame less each way a
-        follower; a lost acknowledgement is made up by the append a heartbeat answer
-        triggers, which is answered)."""
-        for nid in sorted(self.prs):
-            if nid != self.id:
-                self._send_append(nid, commit_only=True)
+                self._send_append(nid, commit_only=commit_only)
 
     def _bcast_heartbeat(self, ctx: bytes = b"") -> None:
         for nid in sorted(self.prs):
@@ -267,7 +262,7 @@ class LeaderRole:
         elif pr.state is ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._bcast_commit()
+            self._bcast_append(commit_only=True)
         elif was_paused:
             self._send_append(m.frm)
         while self._send_append(m.frm, send_if_empty=False):
