@@ -2,7 +2,7 @@
 
 Every ``run`` flag has a TOML key of the same name with ``_`` for ``-`` (``--raft-port`` is
 ``raft_port``). A few settings exist only in the file (``advertise``, ``weight_overrides``,
-``autopilot_*``, ``snapshot_entries``, ``drain_timeout_s``,
+``autopilot_*``, ``snapshot_entries``, ``snapshot_log_bytes``, ``drain_timeout_s``,
 ``health_max_apply_lag``). Unknown keys are an error, so
 a typo never silently falls back to a default.
 """
@@ -29,6 +29,7 @@ DEFAULT_API_PORT = 7480
 MIN_SECRET_LEN = 32
 DEFAULT_QUOTA_BYTES = 512 << 20
 DEFAULT_HEALTH_MAX_APPLY_LAG = 1000
+MIN_SNAPSHOT_LOG_BYTES = 1 << 16
 
 
 class ConfigError(ValueError):
@@ -74,7 +75,11 @@ class AgentConfig:
     weight_overrides: dict[str, int] = field(default_factory=dict)
     autopilot_cleanup_dead: bool = False
     autopilot_dead_after_s: float = 30.0
-    snapshot_entries: int = 2000
+    # Compact the log (write a snapshot of the state, drop the entries it covers) once this
+    # many entries were applied since the last snapshot, or once the log file holds this many
+    # bytes, whichever comes first (node/compaction.py).
+    snapshot_entries: int = 8192
+    snapshot_log_bytes: int = 64 << 20
     drain_timeout_s: float = 10.0
     max_body_bytes: int = 1 << 20
     # The most the replicated KV store may hold, in bytes (keys, JSON values and a fixed
@@ -248,6 +253,8 @@ def validate(cfg: AgentConfig) -> None:
             raise ConfigError(f"weight_overrides[{nid!r}] must be an integer in 0..256")
     if cfg.snapshot_entries < 10:
         raise ConfigError("snapshot_entries must be at least 10")
+    if cfg.snapshot_log_bytes < MIN_SNAPSHOT_LOG_BYTES:
+        raise ConfigError(f"snapshot_log_bytes must be at least {MIN_SNAPSHOT_LOG_BYTES}")
     if cfg.quota_bytes < 0:
         raise ConfigError("quota_bytes must be >= 0 (0: no quota)")
     if cfg.health_max_apply_lag < 0:
@@ -325,6 +332,7 @@ def _check_type(cfg: AgentConfig) -> None:
         "autopilot_cleanup_dead": (bool,),
         "autopilot_dead_after_s": (int, float),
         "snapshot_entries": (int,),
+        "snapshot_log_bytes": (int,),
         "drain_timeout_s": (int, float),
         "max_body_bytes": (int,),
         "quota_bytes": (int,),

@@ -69,12 +69,14 @@ class KVStore:
         rec = self.records.get(key)
         self._check_cas(key, rec, cas)
         value = copy.deepcopy(value)
+        # A new record each time, never one changed in place: a snapshot's copy of the
+        # store (copy_records) shares the records.
+        new = {"create_index": index} if rec is None else dict(rec)
+        new["value"] = value
+        new["modify_index"] = index
         if rec is None:
-            rec = {"create_index": index}
-            self.records[key] = rec
             self._buckets.setdefault(_top(key), set()).add(key)
-        rec["value"] = value
-        rec["modify_index"] = index
+        self.records[key] = new
         self._account(key, kv_record_bytes(key, value))
         return {"key": key, "value": copy.deepcopy(value), "modify_index": index}
 
@@ -156,6 +158,7 @@ class KVStore:
             self._sizes[key] = size
 
     def copy_records(self) -> dict[str, dict[str, JSON]]:
-        """A copy of the records that shares the values (the store never changes a value in
-        place, it replaces it)."""
-        return {key: dict(rec) for key, rec in self.records.items()}
+        """A copy of the store that shares the records: the store never changes a record in
+        place, it replaces it (one dict copy, not one per record: a large store is copied on
+        the event loop in a fraction of a millisecond per thousand keys)."""
+        return dict(self.records)

@@ -1,12 +1,19 @@
-"""A snapshot encoded from a copy of the state, key by key (in a worker thread, for a
-compaction that does not stall the loop), is the very bytes StateMachine.snapshot() gives,
-and the copy does not move with the state."""
+"""A snapshot encoded from a copy of the state, chunk by chunk of keys (in a worker thread,
+for a compaction that does not stall the loop), is the very bytes StateMachine.snapshot()
+gives, and the copy does not move with the state."""
 
 from __future__ import annotations
 
 import random
 
-from hafleet_agent.state import StateMachine, encode_command, encode_snapshot_parts
+import pytest
+
+from hafleet_agent.state import (
+    SNAPSHOT_CHUNK_KEYS,
+    StateMachine,
+    encode_command,
+    encode_snapshot_parts,
+)
 
 
 def apply(sm: StateMachine, op: str, **fields: object) -> None:
@@ -40,3 +47,25 @@ def test_the_copy_does_not_move_with_the_state() -> None:
     apply(sm, "weights_set", weights={"n1": 3})
     assert encode_snapshot_parts(parts) == before
     assert StateMachine.from_snapshot(before).kv_get("a")["value"] == {"x": [1]}
+
+
+@pytest.mark.parametrize(
+    "count",
+    [
+        SNAPSHOT_CHUNK_KEYS - 1,
+        SNAPSHOT_CHUNK_KEYS,
+        SNAPSHOT_CHUNK_KEYS + 1,
+        2 * SNAPSHOT_CHUNK_KEYS + 7,
+    ],
+)
+def test_chunks_join_to_the_snapshot_bytes(count: int) -> None:
+    """Keys sorted across the chunks' seams (keys whose order differs from their insertion)."""
+    rng = random.Random(count)
+    sm = StateMachine()
+    names = [f"{rng.choice(['x', 'a/', 'é', 'B'])}{i}" for i in range(count)]
+    rng.shuffle(names)
+    for i, key in enumerate(names):
+        apply(sm, "kv_put", key=key, value={"i": i, "s": "v" * (i % 5)})
+    parts = sm.snapshot_parts()
+    assert len(parts.kv) == count
+    assert encode_snapshot_parts(parts) == sm.snapshot()

@@ -1,11 +1,11 @@
 """Compacting the Raft log while the node runs (the driver's part of it).
 
-Once ``snapshot_entries`` entries were applied since the last snapshot, :meth:`maybe_start`
-takes a copy of the state (cheap) and a task encodes it and writes the snapshot file in
-worker threads, so a large state does not stall the loop (heartbeats, appends and reads go
-on). The snapshot is put in force back on the loop by :meth:`install`, which the driver calls
-between two ready batches, when no batch is being written (the install rewrites the log
-file)."""
+Once ``snapshot_entries`` entries were applied since the last snapshot, or the log file
+holds ``snapshot_log_bytes`` (entries of large values), :meth:`maybe_start` takes a copy of
+the state (cheap) and a task encodes it and writes the snapshot file in worker threads, so a
+large state does not stall the loop (heartbeats, appends and reads go on). The snapshot is
+put in force back on the loop by :meth:`install`, which the driver calls between two ready
+batches, when no batch is being written (the install rewrites the log file)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ from ..telemetry import TELEMETRY
 from ..wal import DiskStorage, StorageError
 
 log = logging.getLogger("hafleet.agent")
+
+MIN_APPLIED = 10
+"""A compaction covers at least this many newly applied entries (the least
+``snapshot_entries``), whatever the log's size."""
 
 
 class Compaction:
@@ -50,9 +54,13 @@ class Compaction:
         if self.busy:
             return
         behind = self.state.index - raw.first_index
-        if behind < self.cfg.snapshot_entries:
+        if behind < MIN_APPLIED:
+            return  # a full log of entries not applied yet: no snapshot storm meanwhile
+        entries, size = self.cfg.snapshot_entries, self.cfg.snapshot_log_bytes
+        log_bytes = storage.log_bytes()
+        if behind < entries and log_bytes < size:
             return
-        if self._sending_snapshot() and behind < 2 * self.cfg.snapshot_entries:
+        if self._sending_snapshot() and behind < 2 * entries and log_bytes < 2 * size:
             # A member catches up through a chunked snapshot: keep the entries after it a
             # while longer (a compaction now would make it need a newer snapshot at once).
             return
