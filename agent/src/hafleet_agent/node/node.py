@@ -49,6 +49,7 @@ from ..transport import PeerInfo, Transport
 from ..wal import DiskStorage
 from .bootstrap import Bootstrap
 from .chores import LeaderChores
+from .commitnotes import CommitNotes
 from .driver import Driver
 from .errors import AgentError
 from .inbox import FrameHandler, Inbox
@@ -106,6 +107,8 @@ class Node:
             self.state, self.peers, raw=lambda: self.raw, cluster_id=lambda: self.cluster_id
         )
         # The core, its log and the state machine, and the Ready loop (node/driver.py).
+        # A leader's commit notices wait a moment for an append to carry them (commitnotes.py).
+        self.commit_notes = CommitNotes(self.outbox.send_raft, self.outbox.flush)
         self.driver = Driver(
             self.id,
             cfg,
@@ -113,7 +116,7 @@ class Node:
             self.rng,
             stopping=self._stop,
             cluster_id=lambda: self.cluster_id,
-            send=self.outbox.send_raft,
+            send=self.commit_notes.send,
             save_snapshot=lambda snap: self.snapshots.save_received(snap),
             on_conf_change=lambda cc: self.chores.member_changed(cc.node_id),
             sending_snapshot=lambda: self.snapshots.busy(),
@@ -362,8 +365,10 @@ class Node:
         if self._unserve is not None:
             await self._unserve()
         await self.mdns.stop()
+        self.commit_notes.release()  # the last commit index, to the followers
         if self.transport is not None:
             await self.transport.stop()
+        self.commit_notes.close()
         self.driver.close()
         log.info("stopped")
 
