@@ -48,7 +48,7 @@ from ..state import StateMachine
 from ..transport import PeerInfo, Transport
 from ..wal import DiskStorage
 from .bootstrap import Bootstrap
-from .chores import LeaderChores
+from .chores import HEALTH_PACE_MAX, LeaderChores
 from .commitnotes import CommitNotes
 from .driver import Driver
 from .errors import AgentError
@@ -60,7 +60,7 @@ from .outbox import Outbox
 from .peers import PEER_EXPIRE_S, PeerTable
 from .reports import Reporter
 from .snapshots import SnapshotTransfer
-from .tasks import FAIL_EXIT_S, Tasks, exit_later
+from .tasks import FAIL_EXIT_S, Tasks, exit_later, on_grid
 
 log = logging.getLogger("hafleet.agent")
 
@@ -432,7 +432,7 @@ class Node:
         """Everyone's chores: answer timed-out reads, keep our member record current, forget
         stale peers and the bookkeeping of non-members."""
         while not self._stop.is_set():
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(on_grid(0.25))
             self.driver.expire_reads()
             self.reporter.check_own_record()
             now = time.monotonic()
@@ -448,7 +448,7 @@ class Node:
         a cancellation can be lost inside ``asyncio.wait_for`` (a write's wait) when its
         future completes at the same moment, and the stop would then wait for ever."""
         while not self._stop.is_set():
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(on_grid(0.25))
             if self.is_leader():
                 try:
                     await self.chores.run_once()
@@ -461,7 +461,10 @@ class Node:
         while not self._stop.is_set():
             # A follower has nothing to do here: it is woken when it becomes the leader
             # (Driver on_lead), and looks once a second besides, not ten times.
-            pace = self.chores.health_pace() if self.is_leader() else FOLLOWER_HEALTH_PACE
+            if not self.is_leader():
+                pace = on_grid(FOLLOWER_HEALTH_PACE)
+            elif (pace := self.chores.health_pace()) >= HEALTH_PACE_MAX:
+                pace = on_grid(HEALTH_PACE_MAX)  # nothing due sooner: with the other loops
             with contextlib.suppress(TimeoutError):  # (not wait_for: a task every round)
                 async with asyncio.timeout(pace):
                     await self.chores.health_wake.wait()

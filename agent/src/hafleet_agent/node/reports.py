@@ -28,6 +28,7 @@ from .driver import Driver
 from .errors import AgentError
 from .frames import MAX_METRICS_FIELDS, FrameError, check_info, check_metrics_row
 from .service_check import MAX_DETAIL, Checker
+from .tasks import on_grid
 
 log = logging.getLogger("hafleet.agent")
 
@@ -115,7 +116,7 @@ class Reporter:
             self.sampler = Sampler(self.metrics_source, data_dir=self.cfg.data_dir)
         self.sampler.sample()  # primes cpu_percent (a few /proc reads: no thread needed)
         while not self._stop.is_set():
-            await asyncio.sleep(REPORT_INTERVAL)
+            await asyncio.sleep(on_grid(REPORT_INTERVAL))
             self.metrics = self.sampler.sample()
             self._report_metrics()
 

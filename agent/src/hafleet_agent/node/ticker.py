@@ -18,6 +18,7 @@ meanwhile are not read yet; its next tick is one interval later.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 
 from ..raft.rawnode import RawNode
@@ -55,7 +56,10 @@ class Ticker:
         """Drive the clock until the node stops; an error in the timer's callback ends this
         (supervised) task."""
         loop = asyncio.get_running_loop()
-        self._loop, self._origin, self._fed = loop, loop.time(), 0
+        # Tick 0 on a multiple of the tick: the periodic loops' timers (tasks.on_grid) fall
+        # due with the ticks, one wake-up for both.
+        self._loop, self._fed = loop, 0
+        self._origin = math.floor(loop.time() / self.tick_s) * self.tick_s
         self._failed = loop.create_future()
         self.arm()
         stop = loop.create_task(self._stop.wait())

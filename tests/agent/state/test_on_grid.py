@@ -1,0 +1,48 @@
+"""The periodic loops sleep to the next multiple of their period of the loop's clock
+(node/tasks.py on_grid), and the Raft clock's ticks fall on multiples of the tick: loops of
+periods that divide each other wake in the same loop cycle."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hafleet_agent.node.tasks import on_grid
+
+
+def test_the_next_multiple_of_the_period() -> None:
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        for period in (0.05, 0.25, 1.0):
+            d = on_grid(period)
+            now = loop.time()  # (read a few microseconds after on_grid's own)
+            assert 0 < d <= period
+            k = (now + d) / period
+            assert abs(k - round(k)) * period < 1e-3, (period, now, d)
+
+    asyncio.run(go())
+
+
+def test_loops_of_dividing_periods_wake_together() -> None:
+    """Three loops started at different moments (0.05, 0.25 and 0.25 s periods): once on the
+    grid, the 0.25 s loops wake at the same instants, which are instants of the 0.05 s
+    loop's (to the millisecond; with plain sleeps of their period they stay 13 and 31 ms
+    apart)."""
+
+    async def go() -> dict[str, list[float]]:
+        loop = asyncio.get_running_loop()
+        seen: dict[str, list[float]] = {"tick": [], "a": [], "b": []}
+
+        async def periodic(name: str, period: float, n: int, start: float) -> None:
+            await asyncio.sleep(start)
+            for _ in range(n):
+                await asyncio.sleep(on_grid(period))
+                seen[name].append(loop.time())
+
+        await asyncio.gather(periodic("tick", 0.05, 16, 0.0), periodic("a", 0.25, 3, 0.013),
+                             periodic("b", 0.25, 3, 0.031))  # fmt: skip
+        return seen
+
+    seen = asyncio.run(go())
+    for ta, tb in zip(seen["a"][1:], seen["b"][1:], strict=True):
+        assert abs(ta - tb) < 5e-3
+        assert min(abs(ta - t) for t in seen["tick"]) < 5e-3
