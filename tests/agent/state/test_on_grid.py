@@ -1,22 +1,24 @@
-"""The periodic loops sleep to the next multiple of their period of the loop's clock
-(node/tasks.py on_grid), and the Raft clock's ticks fall on multiples of the tick: loops of
-periods that divide each other wake in the same loop cycle."""
+"""The periodic loops sleep to the next instant of their grid (the process's random phase
+plus a multiple of their period of the loop's clock: node/tasks.py on_grid), and the Raft
+clock's ticks fall on the same grid: loops of periods that divide each other wake in the
+same loop cycle."""
 
 from __future__ import annotations
 
 import asyncio
 
-from hafleet_agent.node.tasks import on_grid
+from hafleet_agent.node.tasks import GRID_PHASE_S, on_grid
+from hafleet_agent.node.ticker import Ticker
 
 
-def test_the_next_multiple_of_the_period() -> None:
+def test_the_next_instant_of_the_grid() -> None:
     async def go() -> None:
         loop = asyncio.get_running_loop()
         for period in (0.05, 0.25, 1.0):
             d = on_grid(period)
             now = loop.time()  # (read a few microseconds after on_grid's own)
             assert 0 < d <= period
-            k = (now + d) / period
+            k = (now + d - GRID_PHASE_S) / period
             assert abs(k - round(k)) * period < 1e-3, (period, now, d)
 
     asyncio.run(go())
@@ -46,3 +48,21 @@ def test_loops_of_dividing_periods_wake_together() -> None:
     for ta, tb in zip(seen["a"][1:], seen["b"][1:], strict=True):
         assert abs(ta - tb) < 5e-3
         assert min(abs(ta - t) for t in seen["tick"]) < 5e-3
+
+
+def test_the_raft_ticks_are_on_the_grid() -> None:
+    """The ticker's tick 0 is an instant of the grid (so every tick is)."""
+
+    async def go() -> float:
+        stop = asyncio.Event()
+        ticker = Ticker(0.05, raw=lambda: None, counting=lambda: True, pump=lambda: None,
+                        stopping=stop)  # fmt: skip
+        task = asyncio.create_task(ticker.run())
+        await asyncio.sleep(0)
+        origin = ticker._origin
+        stop.set()
+        await task
+        return origin
+
+    k = (asyncio.run(go()) - GRID_PHASE_S) / 0.05
+    assert abs(k - round(k)) < 1e-6

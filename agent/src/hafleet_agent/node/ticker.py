@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 
 from ..raft.rawnode import RawNode
+from .tasks import GRID_PHASE_S
 
 FROZEN_TICKS = 5  # the timer fired this many ticks late: the loop was held up
 
@@ -56,10 +57,11 @@ class Ticker:
         """Drive the clock until the node stops; an error in the timer's callback ends this
         (supervised) task."""
         loop = asyncio.get_running_loop()
-        # Tick 0 on a multiple of the tick: the periodic loops' timers (tasks.on_grid) fall
-        # due with the ticks, one wake-up for both.
+        # Tick 0 on the grid of the periodic loops' timers (tasks.on_grid): they fall due
+        # with the ticks, one wake-up for both.
         self._loop, self._fed = loop, 0
-        self._origin = math.floor(loop.time() / self.tick_s) * self.tick_s
+        phase = GRID_PHASE_S
+        self._origin = math.floor((loop.time() - phase) / self.tick_s) * self.tick_s + phase
         self._failed = loop.create_future()
         self.arm()
         stop = loop.create_task(self._stop.wait())
