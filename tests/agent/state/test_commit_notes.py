@@ -5,6 +5,7 @@ up, never held past it, and nothing else is ever held or reordered."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from hafleet_agent.node.commitnotes import CommitNotes
 from hafleet_agent.raft.types import COMMIT_ONLY, Entry, Message, MessageType
@@ -97,18 +98,8 @@ def test_only_empty_commit_notices_are_held() -> None:
         notes = CommitNotes(wire.send, wire.flush, delay_s=60)
         ms = [
             append("n2", 10, 1, 10),
-            Message(MT.APP, to="n2", frm="n1", term=2, index=10, log_term=2, commit=10),
-            Message(
-                MT.APP,
-                to="n2",
-                frm="n1",
-                term=2,
-                index=10,
-                log_term=2,
-                commit=10,
-                entries=(Entry(2, 11),),
-                context=COMMIT_ONLY,
-            ),  # fmt: skip
+            replace(notice("n2", 10, 10), context=b""),  # empty, but not a notice
+            replace(append("n2", 10, 1, 10), context=COMMIT_ONLY),  # marked, with an entry
             Message(MT.VOTE, to="n2", frm="n1", term=3),
         ]
         for m in ms:

@@ -142,5 +142,11 @@ def on_grid(period: float) -> float:
     and on the Raft clock's ticks (node/ticker.py puts its ticks on the same grid), so one
     wake-up of the process serves them all, not one each (an idle leader woke ~74 times a
     second). A run that took a while still ends on the grid."""
-    now = asyncio.get_running_loop().time() - GRID_PHASE_S
-    return (math.floor(now / period + 1e-9) + 1) * period - now
+    now = asyncio.get_running_loop().time()
+    return grid_floor(now, period) + period - now
+
+
+def grid_floor(t: float, period: float) -> float:
+    """The last instant ``GRID_PHASE_S + k * period`` at or before ``t`` (an instant a hair
+    before ``t`` by rounding counts as ``t``'s own)."""
+    return math.floor((t - GRID_PHASE_S) / period + 1e-9) * period + GRID_PHASE_S

@@ -18,11 +18,10 @@ meanwhile are not read yet; its next tick is one interval later.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable
 
 from ..raft.rawnode import RawNode
-from .tasks import GRID_PHASE_S
+from .tasks import grid_floor
 
 FROZEN_TICKS = 5  # the timer fired this many ticks late: the loop was held up
 
@@ -60,8 +59,7 @@ class Ticker:
         # Tick 0 on the grid of the periodic loops' timers (tasks.on_grid): they fall due
         # with the ticks, one wake-up for both.
         self._loop, self._fed = loop, 0
-        phase = GRID_PHASE_S
-        self._origin = math.floor((loop.time() - phase) / self.tick_s) * self.tick_s + phase
+        self._origin = grid_floor(loop.time(), self.tick_s)
         self._failed = loop.create_future()
         self.arm()
         stop = loop.create_task(self._stop.wait())

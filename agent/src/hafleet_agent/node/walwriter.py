@@ -17,6 +17,7 @@ woken writer on the loop's own core, where it found the GIL held by the loop and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -66,14 +67,10 @@ class WalWriter:
         self._thread.join()
 
 
-def batch_policy() -> bool:
-    """Put the calling thread under ``SCHED_BATCH`` (same priority, no wake-up preemption);
-    whether it took (not on every platform; a sandbox may refuse it: then as before)."""
+def batch_policy() -> None:
+    """Put the calling thread under ``SCHED_BATCH`` (same priority, no wake-up preemption)
+    where the platform has it and the sandbox allows it; elsewhere it runs as before."""
     policy = getattr(os, "SCHED_BATCH", None)
-    if policy is None:
-        return False
-    try:
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-    except OSError:
-        return False
-    return True
+    if policy is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, policy, os.sched_param(0))
