@@ -25,10 +25,9 @@ def test_the_next_instant_of_the_grid() -> None:
 
 
 def test_loops_of_dividing_periods_wake_together() -> None:
-    """Three loops started at different moments (0.05, 0.25 and 0.25 s periods): once on the
-    grid, the 0.25 s loops wake at the same instants, which are instants of the 0.05 s
-    loop's (to the millisecond; with plain sleeps of their period they stay 13 and 31 ms
-    apart)."""
+    """Three loops started at different moments (0.05, 0.25 and 0.25 s periods): the 0.25 s
+    loops wake at the same instants, which are instants of the 0.05 s loop's (within 5 ms;
+    with plain sleeps of their period they stay 13 and 31 ms apart)."""
 
     async def go() -> dict[str, list[float]]:
         loop = asyncio.get_running_loop()
@@ -40,14 +39,22 @@ def test_loops_of_dividing_periods_wake_together() -> None:
                 await asyncio.sleep(on_grid(period))
                 seen[name].append(loop.time())
 
-        await asyncio.gather(periodic("tick", 0.05, 16, 0.0), periodic("a", 0.25, 3, 0.013),
+        await asyncio.gather(periodic("tick", 0.05, 20, 0.0), periodic("a", 0.25, 3, 0.013),
                              periodic("b", 0.25, 3, 0.031))  # fmt: skip
         return seen
 
+    def near(t: float, times: list[float]) -> bool:
+        return min(abs(t - u) for u in times) < 5e-3
+
     seen = asyncio.run(go())
-    for ta, tb in zip(seen["a"][1:], seen["b"][1:], strict=True):
-        assert abs(ta - tb) < 5e-3
-        assert min(abs(ta - t) for t in seen["tick"]) < 5e-3
+    a, b = seen["a"], seen["b"]
+    # Their first wake may be one grid instant apart (a grid instant can fall between their
+    # starts): every wake of one inside the other's span is a wake of the other.
+    both = [t for t in a if b[0] - 5e-3 <= t <= b[-1] + 5e-3]
+    both += [t for t in b if a[0] - 5e-3 <= t <= a[-1] + 5e-3]
+    assert len(both) >= 4
+    assert all(near(t, a) and near(t, b) for t in both)
+    assert all(near(t, seen["tick"]) for t in a + b)
 
 
 def test_the_raft_ticks_are_on_the_grid() -> None:
