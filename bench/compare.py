@@ -4,7 +4,9 @@ Measures, for the three systems in the same run and interleaved (round-robin, th
 rotated every round, so that drift on a shared 2-core machine hits all of them alike):
 
 - leader failover after kill -9 of the leader at 3/5/7 members, each system with its own
-  defaults and all three with the same heartbeat and election timeout;
+  defaults and all three with the same heartbeat and election timeout; and with that
+  timing, after the leader is frozen (SIGSTOP: its connections stay open, so only the
+  election timers can tell);
 - commit throughput and latency of 100-byte writes, 1 and 16 clients, 3 members, fsync on;
 - linearizable read latency, 1 and 16 clients;
 - new member to voter; graceful leader hand-over and how long writes stall meanwhile;
@@ -135,18 +137,28 @@ async def probe_write(s, sysm: System, survivors: list[str], t0: float, tag: str
     return done[0]
 
 
-async def failover_trial(s, sysm: System, tag: str) -> dict:
+async def failover_trial(s, sysm: System, tag: str, fault: str = "kill") -> dict:
+    """``fault``: "kill" (kill -9: the process exits, the kernel closes its connections)
+    or "freeze" (SIGSTOP: a hung host; its connections stay open, only the election timers
+    can tell), after which the frozen leader is killed and started again."""
     lead = await sysm.steady(s, 60)
     await asyncio.sleep(random.uniform(0.1, 0.3))  # a random phase against the heartbeats
     survivors = [n for n in sysm.alive() if n != lead]
     wall0 = time.time()
     t0 = time.monotonic()
-    sysm.kill(lead)
+    if fault == "freeze":
+        proc = sysm.members[lead].proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+    else:
+        sysm.kill(lead)
     leader_s, write_s = await asyncio.gather(
         watch_leader(s, sysm, survivors, lead, t0), probe_write(s, sysm, survivors, t0, tag)
     )
     await asyncio.sleep(0.05)  # let the log lines land
     camp, won = sysm.election_marks(wall0 - 0.002, survivors)
+    if fault == "freeze":
+        sysm.kill(lead)  # SIGKILL ends a stopped process too
     sysm.restart(lead)
     await sysm.steady(s, 60)
     return {
@@ -165,7 +177,9 @@ async def recover(s, sysm: System) -> None:
     await sysm.steady(s, 60)
 
 
-async def bench_failover(work: Path, timing: Timing, n: int, trials: int) -> dict:
+async def bench_failover(
+    work: Path, timing: Timing, n: int, trials: int, fault: str = "kill"
+) -> dict:
     systems: list[System] = [
         Hafleet(n, work, timing),
         Etcd(n, work, timing),
@@ -187,7 +201,7 @@ async def bench_failover(work: Path, timing: Timing, n: int, trials: int) -> dic
                 order = systems[k % 3 :] + systems[: k % 3]
                 for x in order:
                     try:
-                        r = await failover_trial(s, x, f"{n}-{k}")
+                        r = await failover_trial(s, x, f"{n}-{k}", fault)
                         for key, v in r.items():
                             out[x.kind][key].append(v)
                     except TimeoutError as e:
@@ -834,7 +848,13 @@ def parse_tuned(text: str) -> Timing:
 async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
     # the quick version leaves the scale part out (its first run builds the lab's venv)
     only = set(a.only.split(",")) if a.only else set(SECTIONS) - ({"scale"} if a.quick else set())
-    profiles = [("defaults", Timing()), ("tuned", parse_tuned(a.tuned))]
+    # "freeze": the tuned timing, the leader stopped (SIGSTOP) rather than killed: what the
+    # election timers alone do (a hung or cut-off host), where no connection ends
+    profiles = [
+        ("defaults", Timing()),
+        ("tuned", parse_tuned(a.tuned)),
+        ("freeze", parse_tuned(a.tuned)),
+    ]
     profiles = [p for p in profiles if p[0] in a.profiles.split(",")]
     t_all = time.monotonic()
 
@@ -846,8 +866,10 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
         results["failover"] = {}
         for pname, timing in profiles:
             for n in [int(v) for v in a.sizes.split(",")]:
-                log(f"failover: {timing.label}, {n} members, {a.trials} trials each")
-                r = await bench_failover(work, timing, n, a.trials)
+                log(f"failover ({pname}): {timing.label}, {n} members, {a.trials} trials each")
+                fault = "freeze" if pname == "freeze" else "kill"
+                r = await bench_failover(work, timing, n, a.trials, fault)
+                r["fault"] = fault
                 r["timing"] = {
                     "heartbeat_ms": timing.heartbeat_ms,
                     "election_ms": timing.election_ms,
@@ -970,7 +992,11 @@ def main() -> int:
     ap.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     ap.add_argument("--trials", type=int, default=20, help="failover trials per system and size")
     ap.add_argument("--sizes", default="3,5,7")
-    ap.add_argument("--profiles", default="defaults,tuned", help="failover timing profiles")
+    ap.add_argument(
+        "--profiles",
+        default="defaults,tuned,freeze",
+        help="failover profiles (freeze: the tuned timing, the leader SIGSTOPped, not killed)",
+    )
     ap.add_argument("--tuned", default="50/300", help="HEARTBEAT_MS/ELECTION_MS for all three")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of each load measurement")
     ap.add_argument("--load-seconds", type=float, default=5.0)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .connection import (
     Conn,
+    PeerInfo,
     TLSFailed,
     TransportStats,
     abort,
@@ -82,6 +84,7 @@ class Listener:
     handshake_timeout: float
     tls: TLSConfig | None
     read_loop: Any
+    _on_closed: Callable[[PeerInfo], None] | None
     count_failure: Any
     _hello: Any
     _check_hello: Any
@@ -132,6 +135,7 @@ class Listener:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str
     ) -> None:
         conn = Conn(reader, writer, fmt_addr(writer.get_extra_info("peername")))
+        reading = False  # the handshake is done: the peer's frames are being read
         try:
             try:
                 tune(writer)
@@ -143,10 +147,14 @@ class Listener:
                 self._handshake_done(source)
             self.stats.inbound_accepted += 1
             log.debug("accepted %s", conn.describe())
+            reading = True
             await self.read_loop(conn)
+            self._closed(conn)
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            if reading:
+                self._closed(conn)
             self.count_failure(e, authenticated=conn.session is not None)
             if conn.peer is None and isinstance(e, TimeoutError):
                 why = "handshake timed out"
@@ -164,6 +172,18 @@ class Listener:
             )
         finally:
             await abort(conn)
+
+    def _closed(self, conn: Conn) -> None:
+        """The authenticated connection ``conn`` ended (its peer closed it, or it broke): tell
+        ``on_peer_closed`` (the node: its leader may be gone). Not when we stop: stop()
+        cancels the reading tasks, and a cancelled one does not come here."""
+        if self._on_closed is None or conn.peer is None:
+            return
+        try:
+            self._on_closed(conn.peer)
+        except Exception:
+            self.stats.callback_errors += 1
+            log.exception("on_peer_closed failed for %s", conn.describe())
 
     async def _start_tls(self, conn: Conn, tls: TLSConfig) -> None:
         """The listener's side of mutual TLS on an accepted connection; TLSFailed (with the

@@ -143,7 +143,10 @@ class Transport(Listener):
     when given, is called once the frames of one read of an accepted connection (one that
     completed a frame at least) were all handed to ``on_frame`` (a receiver can do then,
     once per read, what it would otherwise put off to the loop's next cycle; an exception is
-    logged).
+    logged). ``on_peer_closed(peer)``, when given, is called when an accepted connection
+    that had authenticated ``peer`` ends, by the peer's close or a failure (not when this
+    transport stops): a process that exits closes its connections, so its peers hear of it
+    at once (the node's follower campaigns when its leader's connection ends).
     ``accept_peer(peer)`` decides, after authentication, whether to keep a connection.
     ``cluster_id()`` is asked at every handshake, so a node that founds or joins a
     cluster announces the new id on its next connections.
@@ -160,6 +163,7 @@ class Transport(Listener):
         advertise: str | None,
         on_frame: Callable[[PeerInfo, object], None],
         on_read: Callable[[], None] | None = None,
+        on_peer_closed: Callable[[PeerInfo], None] | None = None,
         accept_peer: Callable[[PeerInfo], bool] = lambda peer: True,
         cluster_id: Callable[[], str | None] = lambda: None,
         max_frame: int = 64 << 20,
@@ -203,6 +207,7 @@ class Transport(Listener):
         self.advertise = advertise
         self._on_frame = on_frame
         self._on_read = on_read
+        self._on_closed = on_peer_closed
         self._accept_peer = accept_peer
         self._cluster_id = cluster_id
         self.max_frame = max_frame

@@ -55,7 +55,8 @@ Commands
     Drop queued messages (``*`` matches any node; optionally only of one type or context);
     cut nodes off the network (queued and future messages to or from them are dropped at
     delivery); reconnect everyone.
-``report-unreachable ID PEER`` / ``report-snapshot ID PEER ok|fail``
+``report-unreachable ID PEER`` / ``report-snapshot ID PEER ok|fail`` /
+``report-leader-lost ID PEER`` (the connection from PEER ended)
     What a driver tells the leader ID about PEER: a send failed; a snapshot was (not)
     delivered.
 ``compact ID INDEX``
@@ -538,6 +539,12 @@ class Env:
         assert node.raw is not None
         raw = node.raw
         self._watch(node.id, lambda: raw.report_unreachable(self.nid(pos[1])))
+
+    def cmd_report_leader_lost(self, pos: list[str], kw: dict[str, str]) -> None:
+        node = self.up(pos[0])
+        assert node.raw is not None
+        raw = node.raw
+        self._watch(node.id, lambda: raw.report_leader_lost(self.nid(pos[1])))
 
     def cmd_report_snapshot(self, pos: list[str], kw: dict[str, str]) -> None:
         node = self.up(pos[0])

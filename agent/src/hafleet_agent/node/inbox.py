@@ -3,7 +3,8 @@
 ``accept_peer``: the transport asks it once a peer has proved the cluster key (right
 cluster name and id, a valid member id). ``on_frame``: every frame of such a peer goes to
 the handler its kind names in ``handlers`` (the node's explicit table; any other kind is
-dropped), after its cluster id was checked. ``on_raft_frame``: a Raft message reaches the
+dropped), after its cluster id was checked. ``on_peer_closed``: the connection of our leader
+ended, the core campaigns soon. ``on_raft_frame``: a Raft message reaches the
 core only from its own sender, of our cluster (or the one a fresh node expects), with no
 term far ahead of ours. A dropped frame is counted by reason (``frames_dropped``) and
 warned about at most once per DROP_LOG_INTERVAL_S per peer and reason.
@@ -140,6 +141,22 @@ class Inbox:
         if not isinstance(data, bytes):
             raise FrameError("m must be bytes")
         self.on_raft_frame(peer, obj.get("cid"), data)
+
+    def on_peer_closed(self, peer: PeerInfo) -> None:
+        """The transport's ``on_peer_closed``: an accepted connection of ``peer`` ended. When
+        ``peer`` is our leader, it has most likely exited (a process that ends closes its
+        connections): the core campaigns at one of its next ticks rather than at its election
+        timeout (``Raft.leader_lost``; a live leader's next heartbeat keeps it in place)."""
+        raw = self.driver.raw
+        if raw is None or raw.lead != peer.node_id or raw.is_leader:
+            return
+        raw.report_leader_lost(peer.node_id)
+        if raw.lead is None:  # it acted (not a learner, the option on)
+            log.info(
+                "the connection of leader %s ended: campaigning unless it is heard from again",
+                shown(peer.node_id),
+            )
+            self.driver.wake()
 
     def on_raft_frame(self, peer: PeerInfo, cid: object, data: object) -> None:
         raw = self.driver.raw

@@ -303,6 +303,7 @@ class Node:
             advertise=cfg.raft_addr,
             on_frame=self.inbox.on_frame,
             on_read=self.driver.pump_woken,
+            on_peer_closed=self.inbox.on_peer_closed,
             accept_peer=self.inbox.accept_peer,
             cluster_id=lambda: self.cluster_id,
             tls=cfg.tls,

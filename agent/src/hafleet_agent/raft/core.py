@@ -42,6 +42,9 @@ from .types import (
 
 MT = MessageType
 CAMPAIGN_TRANSFER = b"transfer"
+#: A follower that lost its leader's connection campaigns at one of this many next ticks,
+#: drawn at random (``Raft.leader_lost``): soon, and rarely at the same time as another.
+LOST_LEADER_CAMPAIGN_TICKS = 2
 _VOTE_TYPES = frozenset({MT.VOTE, MT.VOTE_RESP, MT.PRE_VOTE, MT.PRE_VOTE_RESP})
 
 
@@ -59,6 +62,8 @@ class Config:
     max_entries_per_msg: int = 64
     pre_vote: bool = True
     check_quorum: bool = True
+    campaign_on_leader_loss: bool = True
+    """Whether ``Raft.leader_lost`` acts (tests and benchmarks compare with the timer alone)."""
 
     def validate(self) -> None:
         if not self.id:
@@ -246,6 +251,28 @@ class Raft(LeaderRole):
         if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
             self.step(Message(MT.HUP, frm=self.id))
+
+    def leader_lost(self, nid: NodeId) -> None:
+        """The driver saw the connection from ``nid`` end (a process that exits closes its
+        connections: the kernel ends them at once). When ``nid`` is our leader, it has most
+        likely gone: forget it, so that we no longer refuse votes to keep it in place, and
+        campaign at one of the next LOST_LEADER_CAMPAIGN_TICKS ticks instead of waiting out
+        the election timeout (ZooKeeper's followers look for a new leader as soon as their
+        connection to it breaks). Only liveness depends on this: PreVote still asks a
+        quorum first, and the followers that hear from a live leader refuse it (their lease);
+        a heartbeat from the leader before the campaign makes us its follower again."""
+        if (
+            not self.cfg.campaign_on_leader_loss
+            or self.state is not StateType.FOLLOWER
+            or self.lead is None
+            or self.lead != nid
+            or not self.promotable()
+        ):
+            return
+        self.lead = None
+        wait = 1 + self.rng.randrange(0, LOST_LEADER_CAMPAIGN_TICKS)
+        self.election_elapsed = max(self.election_elapsed, self.randomized_election_timeout - wait)
+        self._event(f"lost the connection of leader {nid}: campaigning in {wait} tick(s)")
 
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1

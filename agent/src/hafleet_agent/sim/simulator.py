@@ -225,6 +225,16 @@ class Simulation:
             if node.alive and node.incarnation == inc and self.phase == "chaos":
                 self.crash(node)
                 self.at(self.rng.uniform(5, 300), "restart", node.id)
+        elif kind == "conn_lost":
+            nid, inc, peer = args
+            node = self.nodes[nid]  # type: ignore[index]
+            if node.alive and node.incarnation == inc:
+                if node.paused_until > self.now:  # read when the process runs again
+                    self.at(node.paused_until - self.now, "conn_lost", nid, inc, peer)
+                    return
+                assert node.raw is not None
+                node.raw.report_leader_lost(peer)  # type: ignore[arg-type]
+                node.process()
         elif kind == "client_exec":
             op_id, nid = args
             self.client_exec(op_id, self.nodes[nid])  # type: ignore[arg-type,index]
@@ -244,6 +254,7 @@ class Simulation:
             node = self.nodes[nid]  # type: ignore[index]
             node.alive = False
             self.log(f"{nid} destroyed (removed from the group)")
+            self.connections_end(node.id)
         else:
             raise AssertionError(kind)
 
@@ -259,6 +270,16 @@ class Simulation:
         node.torn_crash_armed = False
         node.paused_until = 0.0
         self.log(f"{node.id} crashed")
+        self.connections_end(node.id)
+
+    def connections_end(self, nid: NodeId, to: list[SimNode] | None = None) -> None:
+        """The connections of ``nid`` end (its process exited, or they were reset): each
+        other live node (or each of ``to``) the network still reaches hears of it, as the
+        agent's transport does when a connection closes (``RawNode.report_leader_lost``)."""
+        for other in self.alive_nodes() if to is None else to:
+            if other.id != nid and not self.net.cuts(nid, other.id):
+                delay = self.rng.uniform(0.05, 2.0)
+                self.at(delay, "conn_lost", other.id, other.incarnation, nid)
 
     def restart(self, node: SimNode) -> None:
         node.incarnation += 1
@@ -453,6 +474,14 @@ class Simulation:
         what = self.net.fault(self.faults, lead and lead.id, alive, sorted(self.nodes))
         self.stats[f"network: {what}"] += 1
         self.log(f"network: {what} {self.net.describe()}")
+        if lead is not None and self.rng.random() < 0.25:
+            # A live leader's connections end (reset, redialled): some followers hear of it
+            # and campaign soon; PreVote and the others' leases must keep the leader.
+            others = [n for n in self.alive_nodes() if n is not lead]
+            to = [n for n in others if self.rng.random() < 0.6]
+            self.stats["network: live leader's connections reset"] += 1
+            self.log(f"network: the connections of live leader {lead.id} reset")
+            self.connections_end(lead.id, to)
 
     def fault_transfer(self) -> None:
         lead = self.leader()
