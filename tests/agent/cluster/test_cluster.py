@@ -126,6 +126,9 @@ def test_kill9_leader_keeps_acknowledged_writes_and_the_node_rejoins(
     new = cluster.leader(rest)
     assert new != old
     assert cluster.status(new)["term"] > term
+    # the survivors heard the killed leader's connections end (docs/raft.md, Leader lost)
+    lost = f"the connection of leader {old!r} ended"
+    assert any(lost in since_last_start(cluster.node(nid).log()) for nid in rest)
     for key, item in acked.items():
         for nid in rest:
             code, got = cluster.get(nid, key)
