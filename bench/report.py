@@ -331,9 +331,12 @@ def failover_section(res: dict, L: list[str]) -> dict:
     L.append("")
     L.append(
         "Where the failover time goes (from the members' own logs, medians in ms): "
-        "*detect* = kill → first pre-vote campaign (the election timer; hafleet: the core "
-        "dropping its leader, etcd: `became pre-candidate`), *elect* = campaign → a leader "
-        "(`became leader` / `leader is now … - this node`), the rest is seeing it from "
+        "*detect* = kill → the first survivor gives up its leader (etcd: `became "
+        "pre-candidate`, its election timer; hafleet: `leader is now None`, which is the "
+        "end of the killed leader's connection, or the election timer for a frozen "
+        "leader), *elect* = from there to a leader (`became leader` / `leader is now … - "
+        "this node`; for hafleet after a kill it includes the wait for one of the next two "
+        "ticks before the campaign, 0-100 ms at a 50 ms tick); the rest is seeing it from "
         "outside. PySyncObj logs nothing of the kind.\n"
     )
     L.append("| timing | members | hafleet detect / elect | etcd detect / elect |")
