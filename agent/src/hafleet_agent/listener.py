@@ -32,6 +32,7 @@ from .throttle import WarnThrottle
 from .wire import (
     HANDSHAKE_MAX,
     HELLO_MAX,
+    AuthError,
     Closed,
     Session,
     check_client_proof,
@@ -153,7 +154,10 @@ class Listener:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            if reading:
+            if reading and not isinstance(e, AuthError):
+                # it broke (a reset, a frame cut short): the peer may be gone. A frame that
+                # fails its tag or counter (tampered, replayed, injected by whoever sits on
+                # the path) says nothing of the peer's life: we closed that one ourselves.
                 self._closed(conn)
             self.count_failure(e, authenticated=conn.session is not None)
             if conn.peer is None and isinstance(e, TimeoutError):
@@ -174,7 +178,8 @@ class Listener:
             await abort(conn)
 
     def _closed(self, conn: Conn) -> None:
-        """The authenticated connection ``conn`` ended (its peer closed it, or it broke): tell
+        """The authenticated connection ``conn`` ended (its peer closed it, or it broke; not
+        one we closed for a frame that failed authentication): tell
         ``on_peer_closed`` (the node: its leader may be gone). Not when we stop: stop()
         cancels the reading tasks, and a cancelled one does not come here."""
         if self._on_closed is None or conn.peer is None:

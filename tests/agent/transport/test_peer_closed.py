@@ -1,14 +1,15 @@
 """``on_peer_closed``: the transport tells its owner when an accepted, authenticated
 connection ends (the node's follower campaigns soon when its leader's connection ends, as
 it does when the leader's process exits). Not for a connection that never authenticated,
-not when the transport itself stops; a callback that raises is counted and logged."""
+not for one closed because a frame failed its tag (whoever tampered with it, the peer may be
+alive), not when the transport itself stops; a callback that raises is counted and logged."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from test_transport import HOST, Inbox, addr, make, run, wait_until
+from test_transport import HOST, Inbox, RawClient, addr, make, run, wait_until
 
 from hafleet_agent.transport import PeerInfo
 
@@ -78,6 +79,30 @@ def test_a_failing_callback_is_counted() -> None:
             await inbox.wait_for(2)
         finally:
             await a.stop()
+            await b.stop()
+
+    run(main())
+
+
+def test_a_tampered_frame_closes_without_word_a_clean_end_with() -> None:
+    async def main() -> None:
+        closed: list[PeerInfo] = []
+        b = make("b", Inbox(), on_peer_closed=closed.append)
+        await b.start()
+        try:
+            tampered = await RawClient.connect(b.port)
+            await tampered.login("raw1")
+            sealed = bytearray(tampered.seal(b"\x80"))  # an empty map, its tag then broken
+            sealed[-1] ^= 1
+            tampered.write(bytes(sealed))
+            assert await tampered.closed_by_peer()
+            await wait_until(lambda: b.stats.auth_failures >= 1, "the bad tag counted")
+            clean = await RawClient.connect(b.port)
+            await clean.login("raw2")
+            await clean.close()
+            await wait_until(lambda: len(closed) == 1, "the clean end told")
+            assert closed[0].node_id == "raw2"
+        finally:
             await b.stop()
 
     run(main())
