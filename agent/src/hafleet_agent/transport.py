@@ -145,7 +145,8 @@ class Transport(Listener):
     once per read, what it would otherwise put off to the loop's next cycle; an exception is
     logged). ``on_peer_closed(peer)``, when given, is called when an accepted connection
     that had authenticated ``peer`` ends, by the peer's close or a failure (not when this
-    transport stops): a process that exits closes its connections, so its peers hear of it
+    transport stops, nor when it closed the connection for a frame that failed its tag or
+    counter): a process that exits closes its connections, so its peers hear of it
     at once (the node's follower campaigns when its leader's connection ends).
     ``accept_peer(peer)`` decides, after authentication, whether to keep a connection.
     ``cluster_id()`` is asked at every handshake, so a node that founds or joins a

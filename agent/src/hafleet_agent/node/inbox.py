@@ -148,7 +148,7 @@ class Inbox:
         connections): the core campaigns at one of its next ticks rather than at its election
         timeout (``Raft.leader_lost``; a live leader's next heartbeat keeps it in place)."""
         raw = self.driver.raw
-        if raw is None or raw.lead != peer.node_id or raw.is_leader:
+        if raw is None or raw.lead != peer.node_id:
             return
         raw.report_leader_lost(peer.node_id)
         if raw.lead is None:  # it acted (not a learner, the option on)

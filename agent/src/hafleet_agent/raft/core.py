@@ -264,7 +264,6 @@ class Raft(LeaderRole):
         if (
             not self.cfg.campaign_on_leader_loss
             or self.state is not StateType.FOLLOWER
-            or self.lead is None
             or self.lead != nid
             or not self.promotable()
         ):

@@ -208,8 +208,7 @@ class RawNode:
     def report_leader_lost(self, nid: NodeId) -> None:
         """The connection from ``nid`` ended (``Raft.leader_lost``: a follower of ``nid``
         campaigns soon)."""
-        if self.clock is not None:
-            self.catch_up()
+        self.catch_up()
         self.raft.leader_lost(nid)
 
     def report_snapshot(self, nid: NodeId, ok: bool) -> None:
