@@ -198,6 +198,13 @@ class System:
         if m.proc is not None:
             reap(m.proc)
 
+    def freeze(self, name: str) -> None:
+        """SIGSTOP the member's process (a hung host: its connections stay open); ``kill``
+        ends it later (SIGKILL ends a stopped process too)."""
+        m = self.members[name]
+        if m.proc is not None:
+            os.kill(m.proc.pid, signal.SIGSTOP)
+
     def restart(self, name: str) -> None:
         self.start(name)
 

@@ -147,9 +147,7 @@ async def failover_trial(s, sysm: System, tag: str, fault: str = "kill") -> dict
     wall0 = time.time()
     t0 = time.monotonic()
     if fault == "freeze":
-        proc = sysm.members[lead].proc
-        assert proc is not None
-        os.kill(proc.pid, signal.SIGSTOP)
+        sysm.freeze(lead)
     else:
         sysm.kill(lead)
     leader_s, write_s = await asyncio.gather(
@@ -158,7 +156,7 @@ async def failover_trial(s, sysm: System, tag: str, fault: str = "kill") -> dict
     await asyncio.sleep(0.05)  # let the log lines land
     camp, won = sysm.election_marks(wall0 - 0.002, survivors)
     if fault == "freeze":
-        sysm.kill(lead)  # SIGKILL ends a stopped process too
+        sysm.kill(lead)
     sysm.restart(lead)
     await sysm.steady(s, 60)
     return {

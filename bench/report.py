@@ -76,7 +76,7 @@ def ok(flag: bool | None) -> str:
 
 def plot_failover(res: dict, path: Path) -> None:
     fo = res.get("failover") or {}
-    profiles = sorted({k.split("/")[0] for k in fo}, key=lambda p: _failover_order(f"{p}/0"))
+    profiles = sorted({k.split("/")[0] for k in fo}, key=_profile_rank)
     sizes = sorted({int(k.split("/")[1]) for k in fo})
     if not profiles:
         return
@@ -122,9 +122,10 @@ def plot_failover(res: dict, path: Path) -> None:
             else f"all three: heartbeat {t.get('heartbeat_ms')} ms, "
             f"election timeout {t.get('election_ms')} ms"
         )
+        fault = "SIGSTOP" if prof == "freeze" else "kill -9"
         what = "SIGSTOP of the leader (frozen)" if prof == "freeze" else "kill -9 of the leader"
         ax.set_title(f"Leader failover after {what} — {title}", fontsize=10)
-        ax.set_ylabel(f"{'SIGSTOP' if prof == 'freeze' else 'kill -9'} → new leader (s)")
+        ax.set_ylabel(f"{fault} → new leader (s)")
         ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
         for s in SYS:
@@ -282,9 +283,13 @@ def _cmd(argv: list[str], workdir: str) -> str:
 _PROFILES = ("defaults", "tuned", "freeze")  # the failover profiles, in the report's order
 
 
+def _profile_rank(prof: str) -> int:
+    return _PROFILES.index(prof) if prof in _PROFILES else len(_PROFILES)
+
+
 def _failover_order(key: str) -> tuple[int, int]:
     prof, n = key.split("/")
-    return (_PROFILES.index(prof) if prof in _PROFILES else len(_PROFILES), int(n))
+    return (_profile_rank(prof), int(n))
 
 
 def failover_section(res: dict, L: list[str]) -> dict:

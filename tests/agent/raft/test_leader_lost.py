@@ -5,36 +5,26 @@ out the election timeout as before (testdata/leader_lost.txt traces the election
 
 from __future__ import annotations
 
-import random
-
 import pytest
+from test_ticker import _follower_of_n2, _node
 
-from hafleet_agent.raft.core import LOST_LEADER_CAMPAIGN_TICKS, Config
+from hafleet_agent.raft.core import LOST_LEADER_CAMPAIGN_TICKS
 from hafleet_agent.raft.rawnode import RawNode
-from hafleet_agent.raft.ready import ReadyEffects, drain
 from hafleet_agent.raft.types import Message, MessageType, StateType
 
 MT = MessageType
 
 
 def _follower(seed: int, *, option: bool = True, learner: bool = False) -> RawNode:
-    cfg = Config("n1", random.Random(seed), election_tick=10, campaign_on_leader_loss=option)
-    raw = RawNode(cfg)
-    raw.bootstrap([("n1", b""), ("n2", b""), ("n3", b"")])
+    raw = _node("n1", seed)  # election timeout 10 ticks
+    raw.raft.cfg.campaign_on_leader_loss = option  # read when a report comes
     if learner:  # as a learner would be once its configuration says so
         raw.raft.voters.discard("n1")
         raw.raft.learners.add("n1")
         assert not raw.raft.promotable()
-    _drain(raw)
-    raw.step(Message(MT.HEARTBEAT, to="n1", frm="n2", term=2, commit=3))
-    _drain(raw)
+    _follower_of_n2(raw)
     assert raw.lead == "n2"
     return raw
-
-
-def _drain(raw: RawNode) -> None:
-    drain(raw, ReadyEffects(persist=lambda rd: None, send=lambda m: None, restore=lambda s: None,
-                            apply=lambda e: None))  # fmt: skip
 
 
 def _ticks_to_campaign(raw: RawNode, limit: int = 40) -> int:

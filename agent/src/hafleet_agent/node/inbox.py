@@ -4,9 +4,9 @@
 cluster name and id, a valid member id). ``on_frame``: every frame of such a peer goes to
 the handler its kind names in ``handlers`` (the node's explicit table; any other kind is
 dropped), after its cluster id was checked. ``on_peer_closed``: the connection of our leader
-ended, the core campaigns soon. ``on_raft_frame``: a Raft message reaches the
-core only from its own sender, of our cluster (or the one a fresh node expects), with no
-term far ahead of ours. A dropped frame is counted by reason (``frames_dropped``) and
+ended, the core campaigns soon. ``on_raft_frame``: a Raft message reaches the core only from
+its own sender, of our cluster (or the one a fresh node expects), with no term far ahead of
+ours. A dropped frame is counted by reason (``frames_dropped``) and
 warned about at most once per DROP_LOG_INTERVAL_S per peer and reason.
 
 The inbox sees the node through what is passed in: the driver (the core's term, step,
