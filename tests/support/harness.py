@@ -390,7 +390,9 @@ class Cluster:
             try:
                 conn.request(method, path, body=data, headers=hdrs)
             except (BrokenPipeError, ConnectionResetError):
-                pass  # the server answered before reading the whole body (413): read it
+                if conn.sock is None:
+                    raise  # reset while connecting (an agent dying): there is no answer
+                # the server answered before reading the whole body (413): read it
             resp = conn.getresponse()
             payload = resp.read()
         finally:
