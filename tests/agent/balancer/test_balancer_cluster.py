@@ -261,7 +261,10 @@ def test_kill9_syncer_then_haproxy_under_load_both_recover(make_lab) -> None:
         CONVERGE,
         "the restarted syncer to converge",
     )
-    assert f"applied: del server app/{victim}" in syncer.log()
+    # (HAProxy answers the command before the syncer logs it: wait for the line.)
+    lab.wait_for(
+        lambda: f"applied: del server app/{victim}" in syncer.log(), 10, "the deletion logged"
+    )
     t_syncer_ok = time.monotonic()
 
     # 2. kill -9 HAProxy: requests fail until it is back (nothing can answer them); the
