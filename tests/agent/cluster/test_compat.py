@@ -15,11 +15,12 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from harness import FORM_TIMEOUT, Cluster, Node, agent_command
+
+from hafleet_agent.raft.core import Config
 
 REPO = Path(__file__).resolve().parents[3]
 #: The parent of the redesign's first commit ("apiclient: the one client of the HTTP API").
@@ -27,6 +28,8 @@ DEFAULT_REF = "8d67294^"
 REF = os.environ.get("HAFLEET_COMPAT_REF", DEFAULT_REF)
 
 MakeCluster = Callable[..., Cluster]
+SNAPSHOT_ENTRIES = 20  # the members' snapshot_entries: the leader compacts often
+WRITES = 150  # written while a member is down: more than the leader sends it unanswered
 
 
 def earlier_agent(ref: str, into: Path) -> Path:
@@ -86,8 +89,16 @@ def catches_up_by_snapshot(cluster: Cluster, lead: str, behind: str, tag: str) -
     transfer_to(cluster, lead)
     installs = cluster.node(behind).log().count("installed a snapshot at index")
     cluster.kill9(behind)
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: cluster.put(lead, f"compat/{tag}/{i}", i), range(150)))
+    # One write at a time: each one is an append of its own to ``behind``. The leader does
+    # not know ``behind`` is down, and its transport keeps the frames for it until it is
+    # back, so whatever was sent reaches it then; but no more than MAX_INFLIGHT appends go
+    # out unanswered, and the leader compacts every SNAPSHOT_ENTRIES entries: the writes
+    # after those it never sent are in no log, only in its snapshot. (Written 4 at a time
+    # they travelled in fewer appends, all of them sent, and ``behind`` could catch up from
+    # its queue without a snapshot.)
+    assert WRITES > Config.max_inflight + 2 * SNAPSHOT_ENTRIES
+    for i in range(WRITES):
+        cluster.put(lead, f"compat/{tag}/{i}", i)
     cluster.restart(behind)
     cluster.wait_for(
         lambda: cluster.node(behind).log().count("installed a snapshot at index") > installs,
@@ -95,7 +106,7 @@ def catches_up_by_snapshot(cluster: Cluster, lead: str, behind: str, tag: str) -
         f"{behind} to install {lead}'s snapshot",
     )
     cluster.wait_agreed()
-    stale_value(cluster, behind, f"compat/{tag}/149", 149)
+    stale_value(cluster, behind, f"compat/{tag}/{WRITES - 1}", WRITES - 1)
 
 
 def writes_read_back_everywhere(cluster: Cluster, tag: str, count: int = 10) -> None:
@@ -112,7 +123,7 @@ def test_an_earlier_agent_and_this_one_form_a_group_both_ways(
     make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
     src = earlier_agent(REF, tmp_path)
-    cluster = make_cluster(config={"snapshot_entries": 20})
+    cluster = make_cluster(config={"snapshot_entries": SNAPSHOT_ENTRIES})
     n1, n2, n3 = cluster.add_many(3, bootstrap_expect=3, start=False)
     run_as(n1, src)
     run_as(n2, src)  # n3 runs this checkout
@@ -137,7 +148,7 @@ def test_an_earlier_agent_and_this_one_form_a_group_both_ways(
         run_as(node, as_src)
         cluster.start(nid)
         cluster.wait_agreed()
-        stale_value(cluster, nid, "compat/snap/149", 149)
+        stale_value(cluster, nid, f"compat/snap/{WRITES - 1}", WRITES - 1)
     # now n1 and n3 run the earlier agent, n2 this checkout: it leads, and an earlier
     # follower installs its snapshot
     catches_up_by_snapshot(cluster, lead="n2", behind="n1", tag="snap2")
