@@ -367,7 +367,11 @@ class APIClient:
             raise APIError(f"request failed: {reason}", method=method, url=url, sent=sent) from None
         except (OSError, http.client.HTTPException) as exc:
             # While waiting for or reading the answer: timeouts, a closed connection.
-            raise APIError(f"request failed: {exc}", method=method, url=url) from None
+            hint = ""
+            if isinstance(exc, http.client.RemoteDisconnected) and url.startswith("http://"):
+                # An agent whose API uses TLS closes a plain-HTTP connection without a word.
+                hint = " (an agent whose API uses TLS answers only https:// URLs)"
+            raise APIError(f"request failed: {exc}{hint}", method=method, url=url) from None
         if not raw:
             return None
         try:

@@ -12,9 +12,11 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from harness import API_PORT, FORM_TIMEOUT, Cluster, run_cli
 
 from hafleet_agent import ca
+from hafleet_agent.apiclient import APIClient, APIError
 from hafleet_agent.tls import TLSConfig
 from hafleet_agent.transport import Transport
 
@@ -73,6 +75,10 @@ def test_plain_http_to_the_https_api_gets_no_answer(make_cluster: MakeCluster) -
         except ConnectionResetError:
             answer = b""
     assert answer == b"", answer  # no HTTP answer: the TLS handshake failed, closed
+    # hafleet's own client, given http:// by mistake, says what to use instead
+    with pytest.raises(APIError) as caught:
+        APIClient(f"http://{node.host}:{API_PORT}", timeout=10).health()
+    assert "answers only https:// URLs" in caught.value.message, caught.value.message
     cluster.wait_for(
         lambda: (
             in_log(cluster, "n1", "refusing an API connection from 127.0.0.1: TLS handshake")
