@@ -91,7 +91,7 @@ def catches_up_by_snapshot(cluster: Cluster, lead: str, behind: str, tag: str) -
     cluster.kill9(behind)
     # One write at a time: each one is an append of its own to ``behind``. The leader does
     # not know ``behind`` is down, and its transport keeps the frames for it until it is
-    # back, so whatever was sent reaches it then; but no more than MAX_INFLIGHT appends go
+    # back, so whatever was sent reaches it then; but no more than max_inflight appends go
     # out unanswered, and the leader compacts every SNAPSHOT_ENTRIES entries: the writes
     # after those it never sent are in no log, only in its snapshot. (Written 4 at a time
     # they travelled in fewer appends, all of them sent, and ``behind`` could catch up from
