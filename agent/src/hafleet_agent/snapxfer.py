@@ -258,6 +258,10 @@ class SnapshotSender:
         return digest
 
     async def _run(self, x: _Outgoing, snap: Snapshot) -> None:
+        if self._active.get(x.to) is not x:
+            # Replaced (or cancelled) before this task first ran, so before _drop could
+            # cancel it: a newer snapshot asked in the same loop cycle. Send nothing.
+            return
         x.task = asyncio.current_task()
         try:
             await self._stream(x, snap)

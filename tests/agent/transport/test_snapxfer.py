@@ -222,11 +222,14 @@ def test_the_same_snapshot_asked_again_while_on_its_way_is_not_sent_again(
             await wait_until(lambda: p.sender.stats["completed"] == 1, "the ack")
             assert p.sender.stats["started"] == 1 and len(p.delivered) == 1
             assert p.sender.stats["chunks_sent"] == (1 << 20) // CHUNK
-            # a newer snapshot replaces the one on its way
+            # a newer snapshot replaces the one on its way, even one whose task has not run
+            # yet (asked in the same loop cycle): nothing of the older one is sent
             p.sender.send(p.faddr, snap_message(1 << 20, index=50))
             p.sender.send(p.faddr, newer := snap_message(1 << 20, index=60))
             await wait_until(lambda: p.sender.stats["completed"] == 2, "the newer one")
             assert p.delivered[-1] == newer
+            assert p.sender.stats["chunks_sent"] == 2 * (1 << 20) // CHUNK
+            assert [d.snapshot.meta.index for d in p.delivered] == [40, 60]
 
     run(main())
 
