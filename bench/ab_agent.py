@@ -10,7 +10,8 @@ shared machine's load does not favour one), each agent under ``PYTHONPATH=<tree>
 Per tree it prints the medians over the rounds: writes/s and p50, the CPU (user + system,
 psutil) per committed write of the leader and of a follower, the Raft messages they sent per
 write (``hafleet_transport_frames_sent_total`` from /metrics), and the idle CPU of the leader
-and of the median follower. ``--json`` writes every round's figures.
+and of the median follower. ``--json`` writes every round's figures; ``--only idle`` (or
+``writes``) runs one part.
 """
 
 from __future__ import annotations
@@ -100,15 +101,20 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--only", choices=("writes", "idle"), help="one part only (default: writes, then idle)"
+    )
     a = ap.parse_args()
+    modes = [a.only] if a.only else ["writes", "idle"]
     net = ab.free_nets(1)[0]
     rows: dict[str, list[dict[str, float]]] = {t: [] for t in a.trees}
     with tempfile.TemporaryDirectory(prefix="ab-agent-") as tmp:
         for r in range(a.rounds):
             order = a.trees if r % 2 == 0 else a.trees[::-1]
             for t in order:
-                res = one(t, "writes", a.seconds, net, Path(tmp) / "w")
-                res.update(one(t, "idle", a.seconds, net, Path(tmp) / "i"))
+                res: dict = {}
+                for mode in modes:
+                    res.update(one(t, mode, a.seconds, net, Path(tmp) / mode))
                 rows[t].append(flat(res))
                 print(f"round {r + 1} {t}: {json.dumps(rows[t][-1])}", flush=True)
     for t, rs in rows.items():
