@@ -213,6 +213,23 @@ def test_a_bad_handshake_message_is_an_auth_error(check: object, reason: str) ->
         check()  # type: ignore[operator]
 
 
+@pytest.mark.parametrize("key_len", [0, 1, 32, 63, 64, 65, 200])
+@pytest.mark.parametrize("size", [0, 1, 55, 56, 64, 1000, (1 << 16) + 1, 1 << 20])
+def test_a_sealed_frame_carries_the_standard_hmac_sha256_of_its_direction_counter_and_payload(
+    key_len: int, size: int
+) -> None:
+    # The session computes HMAC from keyed SHA-256 states of its own; the tag must be the
+    # one hmac computes (what an earlier agent checks), for any key and payload length.
+    key = bytes(range(256))[:key_len]
+    payload = bytes((7 * i) & 0xFF for i in range(size))
+    for client, direction in ((True, b"\x01"), (False, b"\x02")):
+        s = wire.Session(key, client=client)
+        for n in range(2):
+            counter = n.to_bytes(8, "big")
+            sealed = s.seal(payload)
+            assert sealed == wire.frame(counter + payload + mac(key, direction, counter, payload))
+
+
 def test_sealed_frames_open_once_in_order_and_only_on_their_connection() -> None:
     nc, ns = wire.new_nonce(), wire.new_nonce()
     client = wire.Session.after_handshake(KEY, nc, ns, client=True)
