@@ -307,17 +307,10 @@ def check_client_proof(key: bytes, nonce_c: bytes, nonce_s: bytes, body: bytes) 
 # ---- authenticated frames -------------------------------------------------------------------
 
 
-_SHA256_BLOCK = 64
-
-
-def _hmac_sha256_pads(key: bytes) -> tuple[Any, Any]:
+def _hmac_sha256_pads(key: bytes) -> tuple[Any, ...]:
     """The SHA-256 states after the inner and the outer padded key of HMAC (RFC 2104)."""
-    if len(key) > _SHA256_BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_SHA256_BLOCK, b"\0")
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-    return inner, outer
+    key = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return tuple(hashlib.sha256(bytes(b ^ pad for b in key)) for pad in (0x36, 0x5C))
 
 
 class Session:
@@ -340,10 +333,8 @@ class Session:
         return cls(hmac.digest(key, PROTOCOL + nonce_c + nonce_s, "sha256"), client=client)
 
     def _tag(self, direction: bytes, *parts: bytes | memoryview) -> bytes:
-        # HMAC-SHA256 from the session's two keyed SHA-256 states (RFC 2104), copied and
-        # fed the frame in place: the tag hmac.digest gives, without the MAC that OpenSSL 3
-        # sets up afresh at each of its calls (opening a frame took 27-30 µs of CPU in a
-        # busy agent that way, 15-16 µs this way; docs/benchmarks.md, "eighth session").
+        # hmac.digest's tag from copies of the two keyed states, without the MAC OpenSSL 3
+        # sets up at each call: half the CPU (docs/benchmarks.md, "eighth session").
         h = self._inner.copy()
         h.update(direction)
         for part in parts:
