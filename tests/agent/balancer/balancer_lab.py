@@ -12,6 +12,7 @@ to 107 bytes; pytest's tmp_path can be longer).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -152,6 +153,14 @@ class HAProxy:
         """Weights of the servers that take new traffic (not draining, not in maintenance)."""
         return {n: s.uweight for n, s in self.servers().items() if not (s.maint or s.drain)}
 
+    def serving(self) -> set[str]:
+        """The servers a new request can go to: ready and with a weight above 0. A server can
+        be ready with weight 0: at a cluster's start every service check fails until the
+        services answer, the leader's weights table gives them 0, and the table that gives
+        them their shares commits a planning round after their checks pass. A load started
+        in that window gets HAProxy's 503 "No server is available"."""
+        return {n for n, w in self.ready_weights().items() if w > 0}
+
     def close(self) -> None:
         for p in self.procs:
             kill(p)
@@ -287,7 +296,14 @@ async def _one(session: aiohttp.ClientSession, url: str, path: str) -> Result:
     start = time.monotonic()
     try:
         async with session.get(url + path) as resp:
-            body = await resp.json(content_type=None)
+            text = await resp.text()
+            try:
+                body = json.loads(text)
+            except ValueError:  # an error page (HAProxy's, say): the status and its start
+                head = " ".join(text.split())[:160]
+                return Result(
+                    start, time.monotonic(), path, resp.status, None, f"not JSON: {head!r}"
+                )
             node = body.get("node") if isinstance(body, dict) else None
             return Result(start, time.monotonic(), path, resp.status, node)
     except Exception as exc:  # any failure counts, and says what it was

@@ -34,7 +34,7 @@ def test_a_member_in_maintenance_gets_no_requests_and_still_votes(make_lab) -> N
     hp = lab.haproxy("roundrobin")
     lab.syncer(hp)
     ids = {"n1", "n2", "n3"}
-    lab.wait_for(lambda: set(hp.ready_weights()) == ids, CONVERGE, "3 servers in service")
+    lab.wait_for(lambda: hp.serving() == ids, CONVERGE, "3 servers in service")
     cli = ["--api", lab.cluster.node("n1").api_url, "--token-file", str(lab.cluster.token_file)]
 
     # (long enough for a busy machine; stopped once the checks below are done)

@@ -50,7 +50,7 @@ def test_a_removal_waits_for_both_balancers_and_a_stopped_one_deregisters(make_l
     sync_a = lab.syncer(hp_a, drain_timeout=30.0)
     sync_b = lab.syncer(hp_b, drain_timeout=30.0)
     for hp in (hp_a, hp_b):
-        lab.wait_for(lambda hp=hp: len(hp.ready_weights()) == 3, CONVERGE, "3 servers ready")
+        lab.wait_for(lambda hp=hp: len(hp.serving()) == 3, CONVERGE, "3 servers serving")
     leader = lab.cluster.leader()
     lab.wait_for(lambda: len(registered(lab, leader)) == 2, 15, "both balancers registered")
     victim = lab.cluster.followers()[0]
