@@ -175,11 +175,18 @@ def tls_reason(e: ssl.SSLError) -> str:
     return str(e) or type(e).__name__
 
 
-def tune(writer: asyncio.StreamWriter) -> None:
+def tune(writer: asyncio.StreamWriter, user_timeout: float | None = None) -> None:
+    """No Nagle delay, keep-alive, and (Linux) ``TCP_USER_TIMEOUT``: a connection whose sent
+    bytes stay unacknowledged for ``user_timeout`` seconds is closed by the kernel, so a
+    link that was cut is redialled, not left to TCP's retransmissions, whose intervals
+    double up to two minutes (docs/transport.md, "Sockets")."""
     sock = writer.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
+            ms = max(1, round(user_timeout * 1000))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
 
 
 async def abort(conn: Conn) -> None:

@@ -83,6 +83,7 @@ class Listener:
     _throttle: WarnThrottle
     stats: TransportStats
     handshake_timeout: float
+    user_timeout: float | None
     tls: TLSConfig | None
     read_loop: Any
     _on_closed: Callable[[PeerInfo], None] | None
@@ -139,7 +140,7 @@ class Listener:
         reading = False  # the handshake is done: the peer's frames are being read
         try:
             try:
-                tune(writer)
+                tune(writer, self.user_timeout)
                 async with asyncio.timeout(self.handshake_timeout):
                     if self.tls is not None:
                         await self._start_tls(conn, self.tls)

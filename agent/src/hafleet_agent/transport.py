@@ -175,6 +175,7 @@ class Transport(Listener):
         connect_timeout: float = 5.0,
         handshake_timeout: float = 5.0,
         write_timeout: float = 10.0,
+        user_timeout: float | None = 5.0,
         tls: TLSConfig | None = None,
         batching: bool = True,
     ) -> None:
@@ -200,6 +201,8 @@ class Transport(Listener):
             raise ValueError("queue_bytes must be at least max_frame")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
+        if user_timeout is not None and not user_timeout > 0:
+            raise ValueError("user_timeout must be above 0 (or None: the kernel's default)")
         self.node_id = node_id
         self.cluster = cluster
         self._key = key
@@ -219,6 +222,7 @@ class Transport(Listener):
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
         self.write_timeout = write_timeout
+        self.user_timeout = user_timeout
         self.tls = tls
         self.batching = batching
         self.stats = TransportStats()
@@ -395,7 +399,7 @@ class Transport(Listener):
 
             conn.cert_id = peer_node_id(writer.get_extra_info("peercert"))
         try:
-            tune(writer)
+            tune(writer, self.user_timeout)
             async with asyncio.timeout(self.handshake_timeout):
                 await self._client_handshake(conn)
         except BaseException as e:

@@ -5,7 +5,8 @@ demo service), one HAProxy and its syncer in the root namespace, 40 req/s throug
   (``health/unreachable/<id>``) and the syncer drains its server: 0 failed requests, and at
   most 2 % of them slower than 1 s (the issue's figure is a p99 of 0.5 s, 2.00 s before;
   this test asserts a looser bound that holds on a busy 2-core machine and prints the real
-  figures);
+  figures); its link up again, it is back in service after the leader's hysteresis
+  (``reachable_after_ms``) and within a bound;
 - a node's service killed (its agent alive): its service check fails, weight 0 and its
   server drained within a bound; back with its share soon after the service returns.
 
@@ -45,6 +46,7 @@ RATE, DURATION = 40.0, 25.0
 SLOW_S, SLOW_SHARE = 1.0, 0.02
 DRAIN_BOUND_S = 2.5
 RESTORE_BOUND_S = 4.0
+BACK_BOUND_S = 6.0
 CONFIG = {
     "service_check": "http:/health",
     "service_check_interval_ms": 200,
@@ -192,6 +194,10 @@ def test_link_down_is_evicted_without_failed_or_slow_requests(lab: SvcLab) -> No
     )
     report(f"link-down: {name} back in service {back:.2f}s after its link came up")
     assert back >= CONFIG["reachable_after_ms"] / 1000 * 0.9, "no hysteresis"
+    # Back within the hysteresis plus a redial (back-off at most 2 s) and slack for a busy
+    # machine: the connections the link cut are closed by TCP_USER_TIMEOUT and redialled,
+    # not left to TCP's doubling retransmissions (then 7 s in about half the runs).
+    assert back <= BACK_BOUND_S, f"back {back:.2f}s after the link came up"
     results = load.join()
     failed = load.failures()
     q = p99(results)

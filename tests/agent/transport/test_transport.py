@@ -338,22 +338,40 @@ def test_a_failing_on_frame_is_logged_and_the_connection_lives_on(
     assert "on_frame failed" in caplog.text
 
 
-def test_tcp_nodelay_is_set_on_outbound_connections() -> None:
+def test_tcp_nodelay_and_the_user_timeout_are_set_on_both_ends() -> None:
+    """TCP_USER_TIMEOUT (ms): a cut link's connection is closed after it, not left to TCP's
+    retransmissions (docs/transport.md, "Sockets"); None leaves the kernel's default (0)."""
+
     async def main() -> None:
         ib = Inbox()
-        a, b = make("a"), make("b", ib)
-        await a.start()
-        await b.start()
+        a, b = make("a", user_timeout=1.5), make("b", ib)
+        c = make("c", user_timeout=None)
+        for t in (a, b, c):
+            await t.start()
         a.send(addr(b), 1)
-        await ib.wait_for(1)
-        conn = a._outbound[addr(b)].conn  # the one place a test looks inside
-        assert conn is not None
-        sock = conn.writer.get_extra_info("socket")
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-        await a.stop()
-        await b.stop()
+        c.send(addr(b), 2)
+        await ib.wait_for(2)
+        socks = {
+            name: t._outbound[addr(b)].conn.writer.get_extra_info("socket")  # the one place
+            for name, t in (("a", a), ("c", c))  # a test looks inside
+        }
+        socks["b"] = next(iter(b._inbound.values())).get_extra_info("socket")
+        for sock in socks.values():
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        timeouts = {
+            n: s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) for n, s in socks.items()
+        }
+        assert timeouts == {"a": 1500, "c": 0, "b": 5000}, timeouts  # b: the default, 5 s
+        for t in (a, b, c):
+            await t.stop()
 
     run(main())
+
+
+def test_a_user_timeout_must_be_above_0() -> None:
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="user_timeout must be above 0"):
+            make("a", user_timeout=bad)
 
 
 # ---- authentication and admission -------------------------------------------------------------
