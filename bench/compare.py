@@ -1006,7 +1006,9 @@ def main() -> int:
     ap.add_argument("--scale-minutes", type=float, default=25, help="bound on the scale part")
     ap.add_argument("--idle-members", type=int, default=5, help="members of each system at idle")
     ap.add_argument("--idle-windows", type=int, default=3)
-    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    # CPU times come in 10 ms ticks: over 60 s that is 0.017 % of a core, a hundredth of an
+    # idle leader's 1.7 % (over 20 s, as before, three hundredths).
+    ap.add_argument("--idle-seconds", type=float, default=60.0)
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--profile-seconds", type=float, default=15.0)
     ap.add_argument("--max-minutes", type=float, help="watchdog (default 75, quick 40)")
@@ -1078,6 +1080,10 @@ def main() -> int:
         old.setdefault("merged", []).append({"started": results["started"], "only": a.only})
         old["durations_s"] = {**old.get("durations_s", {})}
         results = {**old, "argv": old.get("argv", {})}
+        # The sections measured again are described by this run's parameters (report.py).
+        args_now = {k: v for k, v in vars(a).items() if k not in ("json", "docs")}
+        for name in (a.only or "").split(","):
+            results.setdefault("section_args", {})[name.strip()] = args_now
     lk = "merged_load" if a.merge else "load"  # keep the first run's load record
     try:
         # A merge keeps the first run's machine record (its disk timings describe that run)

@@ -231,7 +231,7 @@ def idle_members(res: dict) -> int:
     for s in SYS:
         if (idle.get(s) or {}).get("members"):
             return int(idle[s]["members"])
-    return int(res.get("args", {}).get("idle_members") or 7)
+    return int(section_args(res, "idle").get("idle_members") or 7)
 
 
 def plot_idle(res: dict, path: Path) -> None:
@@ -451,6 +451,12 @@ def write(res: dict, docs: Path) -> None:
     md_path.write_text(render(res, kept, sections))
 
 
+def section_args(res: dict, name: str) -> dict:
+    """The parameters section ``name`` was measured with: a merged run's (``--merge --only``)
+    for the sections it measured again, else the first run's."""
+    return (res.get("section_args") or {}).get(name) or res.get("args", {})
+
+
 def render(res: dict, kept: str | None, sections: str | None = None) -> str:
     m = res.get("machine", {})
     args = res.get("args", {})
@@ -487,7 +493,8 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
     body.append(
         "100-byte values, distinct keys, 3 members, fsync on for all three, every request "
         "to the leader over HTTP/1.1 keep-alive from one asyncio client (aiohttp). "
-        f"{args.get('rounds')} rounds of {args.get('load_seconds')} s per system and "
+        f"{section_args(res, 'writes').get('rounds')} rounds of "
+        f"{section_args(res, 'writes').get('load_seconds')} s per system and "
         "client count (after a short warm-up), interleaved.\n"
     )
     wf = load_section(res, "writes", body)
@@ -505,7 +512,8 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
     jf = {}
     if j:
         body.append(
-            f"A 3-member cluster preloaded with {args.get('preload')} keys grows by one "
+            f"A 3-member cluster preloaded with {section_args(res, 'join').get('preload')} "
+            "keys grows by one "
             "member per trial (3→4→…), interleaved. hafleet: start `hafleet-agent run` with "
             "`--join` → the leader's `/v1/members` lists it as `voter`. etcd: "
             "`MemberAdd(isLearner)` (= `etcdctl member add NAME --learner --peer-urls URL`) "
@@ -594,9 +602,10 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
     idle = res.get("idle")
     idf: dict = {}
     if idle:
+        ia = section_args(res, "idle")
         body.append(
-            f"{n_idle} members of each system side by side, after {args.get('settle')} s of "
-            f"settling; {args.get('idle_windows')} windows of {args.get('idle_seconds')} s. "
+            f"{n_idle} members of each system side by side, after {ia.get('settle')} s of "
+            f"settling; {ia.get('idle_windows')} windows of {ia.get('idle_seconds')} s. "
             "CPU = user+system time of the member's process over the window, % of one "
             "core; RSS and PSS from /proc (psutil).\n"
         )
