@@ -1082,8 +1082,8 @@ def main() -> int:
         results = {**old, "argv": old.get("argv", {})}
         # The sections measured again are described by this run's parameters (report.py).
         args_now = {k: v for k, v in vars(a).items() if k not in ("json", "docs")}
-        for name in (a.only or "").split(","):
-            results.setdefault("section_args", {})[name.strip()] = args_now
+        for name in filter(None, (x.strip() for x in (a.only or "").split(","))):
+            results.setdefault("section_args", {})[name] = args_now
     lk = "merged_load" if a.merge else "load"  # keep the first run's load record
     try:
         # A merge keeps the first run's machine record (its disk timings describe that run)

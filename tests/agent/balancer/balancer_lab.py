@@ -296,11 +296,11 @@ async def _one(session: aiohttp.ClientSession, url: str, path: str) -> Result:
     start = time.monotonic()
     try:
         async with session.get(url + path) as resp:
-            text = await resp.text()
+            raw = await resp.read()
             try:
-                body = json.loads(text)
+                body = json.loads(raw)
             except ValueError:  # an error page (HAProxy's, say): the status and its start
-                head = " ".join(text.split())[:160]
+                head = " ".join(raw.decode("utf-8", "replace").split())[:160]
                 return Result(
                     start, time.monotonic(), path, resp.status, None, f"not JSON: {head!r}"
                 )
