@@ -1079,9 +1079,9 @@ def main() -> int:
         old = json.loads(Path(a.json).read_text())
         old.setdefault("merged", []).append({"started": results["started"], "only": a.only})
         old["durations_s"] = {**old.get("durations_s", {})}
-        results = {**old, "argv": old.get("argv", {})}
         # The sections measured again are described by this run's parameters (report.py).
-        args_now = {k: v for k, v in vars(a).items() if k not in ("json", "docs")}
+        args_now = results["args"]
+        results = {**old, "argv": old.get("argv", {})}
         for name in filter(None, (x.strip() for x in (a.only or "").split(","))):
             results.setdefault("section_args", {})[name] = args_now
     lk = "merged_load" if a.merge else "load"  # keep the first run's load record

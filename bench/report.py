@@ -490,11 +490,11 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
     body.append("## Leader failover\n")
     fo = failover_section(res, body)
     body.append("## Commit throughput and latency\n")
+    wa = section_args(res, "writes")
     body.append(
         "100-byte values, distinct keys, 3 members, fsync on for all three, every request "
         "to the leader over HTTP/1.1 keep-alive from one asyncio client (aiohttp). "
-        f"{section_args(res, 'writes').get('rounds')} rounds of "
-        f"{section_args(res, 'writes').get('load_seconds')} s per system and "
+        f"{wa.get('rounds')} rounds of {wa.get('load_seconds')} s per system and "
         "client count (after a short warm-up), interleaved.\n"
     )
     wf = load_section(res, "writes", body)
