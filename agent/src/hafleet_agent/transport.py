@@ -135,6 +135,10 @@ class _WarnThrottle(WarnThrottle):
         return logged
 
 
+MAX_USER_TIMEOUT_S = (2**31 - 1) / 1000
+"""TCP_USER_TIMEOUT is an int of milliseconds: a larger value would fail every connection."""
+
+
 class Transport(Listener):
     """Authenticated, framed msgpack messaging between agents over TCP.
 
@@ -201,8 +205,11 @@ class Transport(Listener):
             raise ValueError("queue_bytes must be at least max_frame")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
-        if user_timeout is not None and not user_timeout > 0:
-            raise ValueError("user_timeout must be above 0 (or None: the kernel's default)")
+        if user_timeout is not None and not 0 < user_timeout <= MAX_USER_TIMEOUT_S:
+            raise ValueError(
+                f"user_timeout must be above 0 and at most {MAX_USER_TIMEOUT_S:g} s "
+                "(or None: the kernel's default)"
+            )
         self.node_id = node_id
         self.cluster = cluster
         self._key = key

@@ -368,10 +368,11 @@ def test_tcp_nodelay_and_the_user_timeout_are_set_on_both_ends() -> None:
     run(main())
 
 
-def test_a_user_timeout_must_be_above_0() -> None:
-    for bad in (0, -1.0):
-        with pytest.raises(ValueError, match="user_timeout must be above 0"):
+def test_a_user_timeout_must_be_above_0_and_fit_the_socket_option() -> None:
+    for bad in (0, -1.0, float("nan"), float("inf"), 2**31 / 1000):
+        with pytest.raises(ValueError, match="user_timeout must be above 0 and at most"):
             make("a", user_timeout=bad)
+    make("a", user_timeout=(2**31 - 1) / 1000)  # the largest the kernel takes
 
 
 # ---- authentication and admission -------------------------------------------------------------
