@@ -10,7 +10,8 @@ shared machine's load does not favour one), each agent under ``PYTHONPATH=<tree>
 Per tree it prints the medians over the rounds: writes/s and p50, the CPU (user + system,
 psutil) per committed write of the leader and of a follower, the Raft messages they sent per
 write (``hafleet_transport_frames_sent_total`` from /metrics), and the idle CPU of the leader
-and of the median follower. ``--json`` writes every round's figures; ``--only idle`` (or
+and of the median follower. ``--json`` writes every round's figures; ``--clients 1`` writes from
+one client count only; ``--only idle`` (or
 ``writes``) runs one part.
 """
 
@@ -49,7 +50,9 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return {i: sum(p.cpu_times()[:2]) for i, p in procs.items()}
 
 
-def one(src: str, mode: str, seconds: float, net: int, work: Path) -> dict:
+def one(
+    src: str, mode: str, seconds: float, net: int, work: Path, clients: tuple[int, ...] = (1, 16)
+) -> dict:
     os.environ["PYTHONPATH"] = str(Path(src).resolve())
     shutil.rmtree(work, ignore_errors=True)
     c = ab.Cluster(3 if mode == "writes" else 5, net, [], work)
@@ -63,7 +66,7 @@ def one(src: str, mode: str, seconds: float, net: int, work: Path) -> dict:
         cpu0, t0 = cpu_seconds(procs), time.monotonic()
         out: dict = {}
         if mode == "writes":
-            for k in (1, 16):
+            for k in clients:
                 out[f"w{k}"] = asyncio.run(ab._writes(c, lead, k, seconds))
         else:
             time.sleep(seconds)
@@ -71,7 +74,7 @@ def one(src: str, mode: str, seconds: float, net: int, work: Path) -> dict:
         cpu = {i: v - cpu0[i] for i, v in cpu_seconds(procs).items()}
         followers = [v for i, v in cpu.items() if i != lead]
         if mode == "writes":
-            n = sum(out[k]["writes"] for k in ("w1", "w16"))
+            n = sum(out[f"w{k}"]["writes"] for k in clients)
             out["leader_cpu_ms_per_write"] = cpu[lead] * 1000 / n
             out["follower_cpu_ms_per_write"] = statistics.median(followers) * 1000 / n
             out["leader_msgs_per_write"] = (frames_sent(c, lead) - f0[lead]) / n
@@ -104,7 +107,11 @@ def main() -> int:
     ap.add_argument(
         "--only", choices=("writes", "idle"), help="one part only (default: writes, then idle)"
     )
+    ap.add_argument(
+        "--clients", default="1,16", help="writes: the client counts, in turn (default 1,16)"
+    )
     a = ap.parse_args()
+    clients = tuple(int(k) for k in a.clients.split(","))
     modes = [a.only] if a.only else ["writes", "idle"]
     net = ab.free_nets(1)[0]
     rows: dict[str, list[dict[str, float]]] = {t: [] for t in a.trees}
@@ -114,7 +121,7 @@ def main() -> int:
             for t in order:
                 res: dict = {}
                 for mode in modes:
-                    res.update(one(t, mode, a.seconds, net, Path(tmp) / mode))
+                    res.update(one(t, mode, a.seconds, net, Path(tmp) / mode, clients))
                 rows[t].append(flat(res))
                 print(f"round {r + 1} {t}: {json.dumps(rows[t][-1])}", flush=True)
     for t, rs in rows.items():

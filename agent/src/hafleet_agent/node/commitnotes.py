@@ -26,6 +26,10 @@ HOLD_S = 0.002
 """How long a commit notice waits for an append to carry it (a client that writes again at
 once is ~0.5 ms away on loopback)."""
 
+_EARLY_S = 0.0001
+"""A timer that fires this much before a deadline counts as on time (asyncio may run a timer
+a clock resolution early; re-arming for a few microseconds would cost a loop cycle)."""
+
 
 class CommitNotes:
     def __init__(
@@ -35,7 +39,8 @@ class CommitNotes:
         delay_s: float = HOLD_S,
     ) -> None:
         self._send, self._flush, self._delay = send, flush, delay_s
-        self._held: dict[str, Message] = {}  # follower -> its newest notice
+        # follower -> (its newest notice, when the first notice it replaced was held + delay)
+        self._held: dict[str, tuple[Message, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0  # notices an append carried instead (tests, telemetry)
 
@@ -44,25 +49,44 @@ class CommitNotes:
         to = m.to
         assert to is not None
         if m.type is MessageType.APP and m.context == COMMIT_ONLY and not m.entries:
-            if to in self._held:
-                self.dropped += 1  # the newer notice says more
-            self._held[to] = m
+            loop = asyncio.get_running_loop()
+            held = self._held.get(to)
+            if held is not None:
+                self.dropped += 1  # the newer notice says more; it keeps the older deadline
+                self._held[to] = (m, held[1])
+            else:
+                self._held[to] = (m, loop.time() + self._delay)
             if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(self._delay, self.release)
+                self._timer = loop.call_at(self._held[to][1], self._due)
             return
         held = self._held.get(to)
-        if held is not None and _covers(m, held):
+        if held is not None and _covers(m, held[0]):
             del self._held[to]
             self.dropped += 1
         self._send(m)
 
+    def _due(self) -> None:
+        """The timer: send the notices whose time is up, wait again for the others. Each
+        notice has its own deadline (before, one timer sent everything held when it fired,
+        so a notice held a moment before it went out with the one the timer was set for)."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + _EARLY_S
+        due = [to for to, (_, deadline) in self._held.items() if deadline <= now]
+        for to in due:
+            self._send(self._held.pop(to)[0])
+        if due:
+            self._flush()
+        if self._held:
+            self._timer = loop.call_at(min(d for _, d in self._held.values()), self._due)
+
     def release(self) -> None:
-        """Send what is held now (the timer's end)."""
+        """Send what is held now (the node steps down or stops)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         held, self._held = self._held, {}
-        for m in held.values():
+        for m, _ in held.values():
             self._send(m)
         if held:
             self._flush()
