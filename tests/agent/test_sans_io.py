@@ -16,6 +16,8 @@ import hafleet_agent
 PKG_DIR = Path(list(hafleet_agent.__path__)[0])
 SANS_IO = (
     "wire.py",
+    "payload.py",
+    "wireerrors.py",
     "walformat.py",
     "snapfile.py",
     "snapframes.py",

@@ -1,4 +1,5 @@
-"""Unpacking a frame's msgpack payload: what msgpack would build, at a bounded cost."""
+"""Unpacking a frame's msgpack payload (hafleet_agent.payload, named by wire as the transport
+takes it): what msgpack would build, at a bounded cost."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hafleet_agent import wire
+from hafleet_agent import payload, wire
 
-SMALL = wire._SMALL_PAYLOAD
+SMALL = payload._SMALL_PAYLOAD
 PAD = b"p" * SMALL  # a bin that pushes any value onto the item-by-item path
 
 values = st.recursive(
@@ -144,3 +145,10 @@ def test_no_payload_costs_more_than_its_bytes_and_6_mb(item: bytes, size: int) -
 def test_a_raft_frame_costs_its_bytes() -> None:
     data = msgpack.packb({"k": "raft", "cid": "c", "m": b"x" * (4 * MiB)})
     assert peak(data) < len(data) + (64 << 10)
+
+
+def test_wire_names_the_payload_module_and_its_errors() -> None:
+    # the transport takes both from wire: the same objects, not copies
+    assert wire.unpack_payload is payload.unpack_payload
+    assert wire.ProtocolError is payload.ProtocolError
+    assert issubclass(wire.ProtocolError, wire.Closed) and issubclass(wire.AuthError, wire.Closed)
