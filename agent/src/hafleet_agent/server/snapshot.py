@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backupfile import Backup, encode_backup
 from ..state import encode_snapshot_parts
+from . import web
 
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
@@ -56,8 +57,6 @@ def snapshot_handler(agent: NodeVerbs) -> Callable[[Any], Awaitable[Any]]:
     with the response type of the HTTP server api.py runs, and uses nothing of the request."""
 
     async def snapshot(request: Any) -> Any:  # ?stale=1: no read point (see the docstring)
-        from .api import web  # the server's web module (api.py imports this one)
-
         stale = request.query.get("stale") not in (None, "0", "false")
         backup = await take_snapshot(agent, stale)
         blob = await asyncio.to_thread(encode_backup, backup)
