@@ -81,7 +81,7 @@ class CommitNotes:
             self._timer = loop.call_at(min(d for _, d in self._held.values()), self._due)
 
     def release(self) -> None:
-        """Send what is held now (the node steps down or stops)."""
+        """Send what is held now (the node stops: the last commit index, to the followers)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
