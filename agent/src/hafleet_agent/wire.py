@@ -303,9 +303,10 @@ _IPAD, _OPAD = 0x36, 0x5C
 
 
 def _hmac_sha256_pads(key: bytes) -> tuple[Any, Any]:
-    """The SHA-256 states after HMAC's inner and outer padded key (RFC 2104): a tag is then
-    ``outer.copy().update(inner.copy().update(message).digest())``. A key longer than a
-    block is hashed first; a shorter one is padded with zeros."""
+    """The SHA-256 states after HMAC's inner and outer padded key (RFC 2104): a tag is the
+    digest of a copy of ``outer`` fed the digest of a copy of ``inner`` fed the message
+    (:meth:`Session._tag`). A key longer than a block is hashed first; a shorter one is
+    padded with zeros."""
     if len(key) > _SHA256_BLOCK:
         key = hashlib.sha256(key).digest()
     key = key.ljust(_SHA256_BLOCK, b"\0")
