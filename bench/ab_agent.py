@@ -10,9 +10,8 @@ shared machine's load does not favour one), each agent under ``PYTHONPATH=<tree>
 Per tree it prints the medians over the rounds: writes/s and p50, the CPU (user + system,
 psutil) per committed write of the leader and of a follower, the Raft messages they sent per
 write (``hafleet_transport_frames_sent_total`` from /metrics), and the idle CPU of the leader
-and of the median follower. ``--json`` writes every round's figures; ``--clients 1`` writes from
-one client count only; ``--only idle`` (or
-``writes``) runs one part.
+and of the median follower. ``--json`` writes every round's figures; ``--only idle`` (or
+``writes``) runs one part; ``--clients 1`` (say) writes from that one client count only.
 """
 
 from __future__ import annotations

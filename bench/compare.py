@@ -838,6 +838,11 @@ class LoadSampler(threading.Thread):
 # --- main ---------------------------------------------------------------------------------
 
 
+def named_sections(only: str | None) -> list[str]:
+    """The sections ``--only`` names, in its order (none: every section)."""
+    return [x.strip() for x in (only or "").split(",") if x.strip()]
+
+
 def parse_tuned(text: str) -> Timing:
     hb, el = text.split("/")
     return Timing(int(hb), int(el))
@@ -845,7 +850,7 @@ def parse_tuned(text: str) -> Timing:
 
 async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
     # the quick version leaves the scale part out (its first run builds the lab's venv)
-    only = set(a.only.split(",")) if a.only else set(SECTIONS) - ({"scale"} if a.quick else set())
+    only = set(named_sections(a.only)) or set(SECTIONS) - ({"scale"} if a.quick else set())
     # "freeze": the tuned timing, the leader stopped (SIGSTOP) rather than killed: what the
     # election timers alone do (a hung or cut-off host), where no connection ends
     profiles = [
@@ -1082,7 +1087,7 @@ def main() -> int:
         # The sections measured again are described by this run's parameters (report.py).
         args_now = results["args"]
         results = {**old, "argv": old.get("argv", {})}
-        for name in filter(None, (x.strip() for x in (a.only or "").split(","))):
+        for name in named_sections(a.only):
             results.setdefault("section_args", {})[name] = args_now
     lk = "merged_load" if a.merge else "load"  # keep the first run's load record
     try:
