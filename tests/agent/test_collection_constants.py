@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from hafleet_agent import apiclient, client, client_config, keys
-from hafleet_agent.balancer.syncer import DEFAULT_DRAIN_TIMEOUT
+from hafleet_agent.balancer.inputs import DEFAULT_DRAIN_TIMEOUT
 from hafleet_agent.cli import build_parser
 from hafleet_agent.config import DEFAULT_API_PORT, DEFAULT_RAFT_PORT, AgentConfig
 

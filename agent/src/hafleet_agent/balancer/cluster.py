@@ -14,16 +14,13 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..apiclient import APIClient, APIError
 from ..keys import REGISTRATION_REFRESH_S
-from .inputs import EXIT_USAGE, APIURLFile, BalancerError
+from .inputs import EXIT_USAGE, APIURLFile, BalancerError, Options
 from .metrics import SyncerMetrics
 from .reports import DrainReports
-
-if TYPE_CHECKING:
-    from .syncer import Options
 
 log = logging.getLogger("hafleet.balancer")
 

@@ -1,17 +1,21 @@
-"""What the syncer is given, checked before it starts: the HAProxy admin socket, the file of
-agent API URLs (read again whenever it changes), and the error that stops the balancer with
-an exit code."""
+"""What the syncer is given (:class:`Options`, from ``hafleet-agent balancer``'s flags),
+checked before it starts: the HAProxy admin socket, the file of agent API URLs (read again
+whenever it changes), and the error that stops the balancer with an exit code."""
 
 from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 
 from ..addr import api_base_url
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_INTERVAL = 1.0
 
 
 class BalancerError(Exception):
@@ -95,3 +99,31 @@ class APIURLFile:
     @staticmethod
     def _stat(st: os.stat_result) -> tuple[int, int, int]:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass
+class Options:
+    """The syncer's settings (cli_balancer.py builds them from the flags)."""
+
+    haproxy_socket: str
+    backend: str
+    api_urls: list[str]
+    token: bytes
+    strategy: str = "weighted"
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    interval: float = DEFAULT_INTERVAL
+    state_file: str | None = None
+    # A file of more agent API URLs (after api_urls), re-read whenever it changes.
+    api_file: str | None = None
+    # The cluster CA (PEM) that https:// agents' certificates must chain to (else the
+    # system's CAs).
+    ca_file: str | None = None
+    # This balancer's name in the KV protocol (balancer/registered/<id>); default: the host's
+    # name and a digest of the HAProxy socket's path (default_balancer_id).
+    balancer_id: str | None = None
+    # The virtual address to look for on this host's interfaces (vip.py): the registration
+    # says whether this balancer holds it.
+    vip: str | None = None
+    # Serve the syncer's own /metrics on this port (metrics.py; None: not at all).
+    metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"

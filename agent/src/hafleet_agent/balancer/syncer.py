@@ -41,7 +41,6 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..apiclient import APIClient
@@ -59,6 +58,7 @@ from .inputs import (
     EXIT_USAGE,
     APIURLFile,
     BalancerError,
+    Options,
     check_socket_path,
 )
 from .metrics import SyncerMetrics, serve_metrics
@@ -69,8 +69,6 @@ from .vip import VIPCheck, watch_vip
 
 log = logging.getLogger("hafleet.balancer")
 
-DEFAULT_DRAIN_TIMEOUT = 30.0
-DEFAULT_INTERVAL = 1.0
 DRAIN_POLL = 0.2
 UNAVAILABLE_BACKOFF_MAX = 1.0
 
@@ -89,32 +87,6 @@ class RoundFailed(HAProxyRefused):
 
 
 # --- the syncer -----------------------------------------------------------------------------
-
-
-@dataclass
-class Options:
-    haproxy_socket: str
-    backend: str
-    api_urls: list[str]
-    token: bytes
-    strategy: str = "weighted"
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    interval: float = DEFAULT_INTERVAL
-    state_file: str | None = None
-    # A file of more agent API URLs (after api_urls), re-read whenever it changes.
-    api_file: str | None = None
-    # The cluster CA (PEM) that https:// agents' certificates must chain to (else the
-    # system's CAs).
-    ca_file: str | None = None
-    # This balancer's name in the KV protocol (balancer/registered/<id>); default: the host's
-    # name and a digest of the HAProxy socket's path (default_balancer_id).
-    balancer_id: str | None = None
-    # The virtual address to look for on this host's interfaces (vip.py): the registration
-    # says whether this balancer holds it.
-    vip: str | None = None
-    # Serve the syncer's own /metrics on this port (metrics.py; None: not at all).
-    metrics_port: int | None = None
-    metrics_bind: str = "127.0.0.1"
 
 
 def default_balancer_id(haproxy_socket: str) -> str:

@@ -443,7 +443,8 @@ def build_app(agent: NodeVerbs) -> tuple[web.Application, Api]:
     for line in ROUTES.strip().splitlines():
         method, path, handler = line.split()
         add[method](path, getattr(api, handler))
-    for method, path, handle in maintenance_routes(api, web):  # PUT/DELETE .../maintenance
+    # PUT/DELETE /v1/members/{id}/maintenance (maintenance.py)
+    for method, path, handle in maintenance_routes(api.agent, api.forwarder, web):
         add[method](path, handle)
     add_ui_routes(add["GET"], web.Response)  # GET /ui/: the cluster page (ui.py)
     add["GET"]("/v1/snapshot", snapshot_handler(agent))  # a backup (snapshot.py)

@@ -26,7 +26,8 @@ from ..node.errors import BadRequest, NotFound, StateErrorResult
 from ..state import encode_command
 
 if TYPE_CHECKING:
-    from .api import Api
+    from ..node.verbs import NodeVerbs
+    from .forward import Forwarder
 
 #: The longest ``reason`` a ``PUT`` may give.
 MAX_REASON_CHARS = 200
@@ -77,17 +78,16 @@ def view(item: dict[str, Any] | None, mid: str, changed: bool) -> dict[str, Any]
     }
 
 
-def routes(api: Api, web: Any) -> list[tuple[str, str, Handler]]:
+def routes(agent: NodeVerbs, forwarder: Forwarder, web: Any) -> list[tuple[str, str, Handler]]:
     """The two routes, bound to the API's node and forwarder; ``web`` gives
     ``json_response``."""
-    agent = api.agent
 
     async def start(request: Any) -> Any:
         mid = _member_id(request)
         raw = await request.read()
         reason = _reason(raw)
         if not agent.is_leader():
-            return await api.forwarder.forward(request, raw)
+            return await forwarder.forward(request, raw)
         if agent.state.member(mid) is None:
             raise NotFound(f"no member {shown(mid)}")
         key = f"{MAINTENANCE_PREFIX}{mid}"
@@ -107,7 +107,7 @@ def routes(api: Api, web: Any) -> list[tuple[str, str, Handler]]:
     async def end(request: Any) -> Any:
         mid = _member_id(request)
         if not agent.is_leader():
-            return await api.forwarder.forward(request, b"")
+            return await forwarder.forward(request, b"")
         key = f"{MAINTENANCE_PREFIX}{mid}"
         if agent.state.kv_get(key) is None:
             if agent.state.member(mid) is None:
