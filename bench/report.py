@@ -471,7 +471,8 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
         "address (127.0.50–99.x); the three systems run in the same run, interleaved "
         "round-robin with the order rotated every round, so that the other work on this "
         "shared 2-core machine hits all three alike. Every figure is a median over repeated "
-        "runs with [min–max]; every ratio compares medians from this one run.\n"
+        "runs with [min–max]; every ratio compares medians from this one run (the write "
+        "targets also the median of the hafleet/etcd round pairs).\n"
     )
     for mg in res.get("merged", []):
         L.append(
