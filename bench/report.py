@@ -497,7 +497,9 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
         "to the leader over HTTP/1.1 keep-alive from one asyncio client (aiohttp). "
         f"{wa.get('write_rounds') or wa.get('rounds')} rounds of {wa.get('load_seconds')} s "
         "per system and client count (after a short warm-up), interleaved; the targets "
-        "compare hafleet and etcd round by round (the median of the round pairs' ratios).\n"
+        "compare hafleet and etcd round by round (the median of the round pairs' ratios)."
+        + _ALONE.get(bool(res.get("alone", {}).get("writes")), "")
+        + "\n"
     )
     wf = load_section(res, "writes", body)
     body.append("## Linearizable reads\n")
@@ -505,7 +507,9 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
         "One key, read by 1 and by 16 clients from the leader: hafleet `GET /v1/kv/KEY` "
         "(ReadIndex), etcd `Range` with `serializable=false` (its default: ReadIndex), "
         "PySyncObj a read command through the Raft log (it has no ReadIndex or lease "
-        "reads; its local reads are not linearizable).\n"
+        "reads; its local reads are not linearizable)."
+        + _ALONE.get(bool(res.get("alone", {}).get("reads")), "")
+        + "\n"
     )
     load_section(res, "reads", body)
 
@@ -910,6 +914,13 @@ def _pct(xs: list[float], q: float) -> float:
     if not ys:
         return math.nan
     return ys[min(len(ys) - 1, max(0, math.ceil(q * len(ys)) - 1))]
+
+
+_ALONE = {
+    True: " During a system's turn the other systems' clusters are paused (SIGSTOP): their "
+    "idle timers take nothing from the two cores; each turn waits for a steady leader first.",
+    False: " The other systems' clusters idle meanwhile (a run before they were paused).",
+}
 
 
 def round_pairs(res: dict, c: str) -> list[float]:
