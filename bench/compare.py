@@ -367,9 +367,28 @@ def load_key(x: System) -> str:
     return x.kind
 
 
+def alone(x: System, everyone: list[System]) -> None:
+    """Give ``x`` the machine: pause (SIGSTOP) every other system's cluster, resume ``x``'s.
+    A paused cluster's timers and housekeeping take nothing from the two cores meanwhile
+    (PySyncObj's three clusters tick every 50 ms and compact their logs every 5 minutes);
+    a resumed one keeps its leader and term (20 s paused, checked for hafleet and etcd)."""
+    for y in everyone:
+        if y is not x:
+            y.pause()
+    x.resume()
+
+
 async def bench_load(
-    s, systems: list[System], op: str, rounds: int, seconds: float, clients_list: list[int]
+    s,
+    systems: list[System],
+    op: str,
+    rounds: int,
+    seconds: float,
+    clients_list: list[int],
+    everyone: list[System] | None = None,
 ) -> dict:
+    """``rounds`` turns of every system in ``systems``, each alone among ``everyone``."""
+    everyone = everyone or systems
     out: dict = {load_key(x): {str(c): [] for c in clients_list} for x in systems}
     leaders = {load_key(x): await x.steady(s, 60) for x in systems}
     if op == "get":
@@ -379,14 +398,7 @@ async def bench_load(
         for r in range(rounds):
             order = systems[r % len(systems) :] + systems[: r % len(systems)]
             for x in order:
-                # Each system's turn on a machine of its own: the others' clusters are paused
-                # (SIGSTOP), so their timers and housekeeping (PySyncObj's three clusters tick
-                # every 50 ms and compact their logs every 5 minutes) take nothing from the
-                # two cores meanwhile; ``steady`` waits for the leader again after a resume.
-                for y in systems:
-                    if y is not x:
-                        y.pause()
-                x.resume()
+                alone(x, everyone)
                 key = load_key(x)
                 lead = await x.steady(s, 60)
                 for c in clients_list:
@@ -402,7 +414,7 @@ async def bench_load(
                 )
             )
     finally:
-        for x in systems:
+        for x in everyone:
             x.resume()
     return out
 
@@ -510,6 +522,9 @@ async def handover_trial(s, x: System) -> dict:
 
 
 async def bench_handover(s, systems: list[System], trials: int) -> dict:
+    """The hand-over trials, every system in turn, the others' clusters running meanwhile
+    (not paused as in the load sections: a PySyncObj cluster paused for 15 s and resumed
+    failed its next hand-over in one of three tries)."""
     out: dict = {load_key(x): {"trials": [], "failed": 0} for x in systems}
     for k in range(trials):
         order = systems[k % len(systems) :] + systems[: k % len(systems)]
@@ -921,7 +936,7 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
                     log("linearizable reads")
                     rs = [x for x in systems if load_key(x) in ("hafleet", "etcd", "pysyncobj")]
                     results["reads"] = await bench_load(
-                        s, rs, "get", a.rounds, a.load_seconds / 2, [1, 16]
+                        s, rs, "get", a.rounds, a.load_seconds / 2, [1, 16], systems
                     )
                     results.setdefault("alone", {})["reads"] = True
                     mark("reads", t)

@@ -570,7 +570,9 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
             "bench retries every 10 ms — the clock starts at the first try). *hand-over* = "
             "request → the target says it leads; *writes blocked* = the longest gap between "
             "two acknowledged writes around the hand-over (it includes one normal write "
-            "latency, given for reference).\n"
+            "latency, given for reference). The other systems' clusters run meanwhile (the "
+            "load sections pause them; a PySyncObj cluster paused and resumed failed a later "
+            "hand-over).\n"
         )
         body.append(
             "| system | hand-over ms | writes blocked ms | normal write ms | failed writes |"
@@ -918,7 +920,8 @@ def _pct(xs: list[float], q: float) -> float:
 
 _ALONE = {
     True: " During a system's turn the other systems' clusters are paused (SIGSTOP): their "
-    "idle timers take nothing from the two cores; each turn waits for a steady leader first.",
+    "idle timers take nothing from the two cores; each turn waits for a steady leader first "
+    "(a resumed cluster keeps its leader and term).",
     False: " The other systems' clusters idle meanwhile (a run before they were paused).",
 }
 
