@@ -8,7 +8,8 @@ rotated every round, so that drift on a shared 2-core machine hits all of them a
   timing, after the leader is frozen (SIGSTOP: its connections stay open, so only the
   election timers can tell);
 - commit throughput and latency of 100-byte writes, 1 and 16 clients, 3 members, fsync on;
-- linearizable read latency, 1 and 16 clients;
+- linearizable read latency, 1 and 16 clients (in both, every other system's cluster is
+  paused with SIGSTOP during a system's turn: ``alone``);
 - new member to voter; graceful leader hand-over and how long writes stall meanwhile;
 - idle CPU and RSS per member at 5 members (``--idle-members``; RSS split by mapping);
 - hafleet alone: a trace of its elections (bench/hafleet_traced.py) and a py-spy profile
