@@ -211,9 +211,8 @@ class System:
     def pause(self) -> None:
         """SIGSTOP every member (another system's turn in a load section: a paused cluster
         spends none of the two cores on its timers meanwhile); ``resume`` goes on."""
-        for m in self.members.values():
-            if m.alive():
-                os.kill(m.proc.pid, signal.SIGSTOP)
+        for name in self.alive():
+            self.freeze(name)
 
     def resume(self) -> None:
         for m in self.members.values():
