@@ -187,7 +187,10 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--tree", type=Path, help="the agent's source tree (…/agent/src) to trace")
     a = ap.parse_args()
+    if a.tree is not None:
+        os.environ["PYTHONPATH"] = str(a.tree.resolve())
     for r in range(a.runs):
         work = Path(tempfile.mkdtemp(prefix="write-trace-"))
         try:
