@@ -12,11 +12,13 @@ The agent's code is not changed; a wrapped call costs about a microsecond.
 One client's writes are serial, so the leader's receipt of each request opens a window that
 holds that write's steps on all three members (CLOCK_MONOTONIC is one clock for the whole
 host). Per run it prints the cycle (one request to the next), then every step that occurs in
-most windows, in the order of its median time after the request, with the gap to the step
-before it: a follower's steps are those of the follower that got the append first (``F1``)
-or second (``F2``). ``--clients 16`` runs the load the same way, but its windows mix writes
-and say little. Nothing is written to ``bench/results``: this is a tool for finding the next
-cut (docs/benchmarks.md, "thirteenth session").
+most windows, in the order of its median time after the request, with the median over the
+writes of the time since the same member's step before it (for a frame read, since the send
+that brought it; not the difference of two medians, which a skewed step throws off): a
+follower's steps are those of the follower that got the append first (``F1``) or second
+(``F2``). ``--clients 16`` runs the load the same way, but
+its windows mix writes and say little. Nothing is written to ``bench/results``: this is a tool
+for finding the next cut (docs/benchmarks.md, "thirteenth session").
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def analyse(events: list[tuple[int, str, str]], leader: str) -> str:
     # The follower that read the append first is F1 in that window.
     stamps: dict[str, list[float]] = defaultdict(list)
     last: Counter[bool] = Counter()  # True: the leader's own write was seen after an answer
+    per_write: list[dict[str, float]] = []
     for w in windows:
         a = w[0][0]
         order = [nid for _, nid, step in w if nid != leader and step == "frame in"]
@@ -132,6 +135,7 @@ def analyse(events: list[tuple[int, str, str]], leader: str) -> str:
                 first.setdefault(f"{names[nid]}: {step}", (t - a) / 1000)
         for key, t in first.items():
             stamps[key].append(t)
+        per_write.append(first)
         own, answer = first.get("L: durable seen on the loop"), first.get("L: step APP_RESP")
         if own is not None and answer is not None:
             last[own > answer] += 1
@@ -143,14 +147,23 @@ def analyse(events: list[tuple[int, str, str]], leader: str) -> str:
     if last:
         late = 100 * last[True] / (last[True] + last[False])
         lines.append(f"the leader's own write done after the first answer in {late:.0f} % of them")
-    lines.append(f"{'µs after the request':>22}  {'gap':>5}  step (first in the write)")
-    before = 0.0
+    lines.append(f"{'µs after the request':>22}  {'since':>5}  step (first in the write)")
+    previous: dict[str, str] = {}  # member -> its step on the row before
     for med, key, n in rows:
         share = (
             "" if n >= 0.995 * len(windows) else f"  (in {100 * n / len(windows):.0f} % of writes)"
         )
-        lines.append(f"{med:22.0f}  {med - before:5.0f}  {key}{share}")
-        before = med
+        member = key.split(":")[0]
+        if key.endswith(": frame in"):  # from the send that brought it
+            before = "F1: sends" if member == "L" else "L: sends"
+        else:
+            before = previous.get(member, "")
+        previous[member] = key
+        # The median over the writes of the time between the two steps (the difference of
+        # their medians can be far from it when one of them is skewed).
+        both = [w[key] - w[before] for w in per_write if key in w and before in w]
+        gap = f"{statistics.median(both):5.0f}" if both else "     "
+        lines.append(f"{med:22.0f}  {gap}  {key}{share}")
     return "\n".join(lines)
 
 
