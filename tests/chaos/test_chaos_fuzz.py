@@ -393,11 +393,13 @@ class StubAgent:
     def write_timeout(self) -> float:
         return 1.0
 
-    async def write(self, data: bytes) -> dict[str, Any]:
+    async def write(self, data: bytes, on_applied: Any = None) -> dict[str, Any]:
         from hafleet_agent.node.errors import StateErrorResult
 
         res = self.state.apply(self.next_index, data)
         self.next_index += 1
+        if on_applied is not None:  # as the driver does: at the apply, before the return
+            on_applied(res)
         if not res.ok:
             raise StateErrorResult(res.error)
         return res.result or {}

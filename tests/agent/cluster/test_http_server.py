@@ -1,7 +1,8 @@
 """The API's own HTTP/1.1 server (``server/http.py``, ``conn.py``, ``web.py``), in-process
 on loopback: keep-alive, pipelining in order, HEAD, chunked and Content-Length bodies, the
 body limit, 100-continue, malformed heads, idle and slowloris connections, the connection
-cap, streamed answers, graceful shutdown; and ``httpclient.py`` (the forwarder's client)."""
+cap, streamed answers, an answer sent while its handler runs, graceful shutdown; and
+``httpclient.py`` (the forwarder's client)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ from hafleet_agent.server.conn import Runner, serve
 
 
 def make_app(max_body: int = 1024) -> tuple[web.Application, dict[str, Any]]:
-    seen: dict[str, Any] = {"order": [], "started": asyncio.Event(), "release": None}
+    seen: dict[str, Any] = {
+        "order": [],
+        "started": asyncio.Event(),
+        "release": None,
+        "answer_now": [],
+    }
     app = web.Application(client_max_size=max_body)
 
     async def echo(request: web.Request) -> web.Response:
@@ -54,10 +60,20 @@ def make_app(max_body: int = 1024) -> tuple[web.Application, dict[str, Any]]:
     async def raises(request: web.Request) -> web.Response:
         raise web.HTTPFound("/elsewhere")
 
+    async def early(request: web.Request) -> web.Response:
+        resp = web.json_response({"early": True})
+        seen["answer_now"].append(request.answer_now(resp))
+        seen["answer_now"].append(request.answer_now(web.json_response({"twice": True})))
+        seen["started"].set()
+        await seen["release"].wait()
+        seen["order"].append("early")
+        return resp
+
     app.router.add_route("*", "/echo/{n}", echo)
     app.router.add_get("/slow", slow)
     app.router.add_get("/stream", stream)
     app.router.add_get("/redirect", raises)
+    app.router.add_get("/early", early)
     return app, seen
 
 
@@ -144,6 +160,34 @@ def test_a_slow_request_holds_the_next_one_back() -> None:
             data += await reader.read(65536)
         writer.close()
         assert seen["order"] == ["slow", "after"]
+
+    run(main)
+
+
+def test_an_answer_sent_while_its_handler_runs_goes_once_and_the_next_request_waits() -> None:
+    """``Request.answer_now`` (a write's answer from its apply, server/api.py): the client
+    reads the answer while the handler still runs; the handler's return sends nothing more;
+    a second answer_now is refused; a pipelined request starts once the handler returned."""
+
+    async def main(runner: Runner, seen: dict[str, Any]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.port)
+        writer.write(
+            b"GET /early HTTP/1.1\r\nHost: h\r\n\r\n"
+            b"GET /echo/after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(dict(responses(head + b"")[0][1])["content-length"])
+        first = head + await reader.readexactly(length)
+        assert responses(first)[0][2] == b'{"early": true}'
+        assert seen["answer_now"] == [True, False]
+        assert seen["order"] == []  # the handler has not returned; "after" waits for it
+        seen["release"].set()
+        rest = await reader.read(-1)  # the second answer, then the close it asked for
+        writer.close()
+        got = responses(first + rest)
+        assert [s for s, _, _ in got] == [200, 200]
+        assert json.loads(got[0][2]) == {"early": True} and json.loads(got[1][2])["n"] == "after"
+        assert seen["order"] == ["early", "after"]
 
     run(main)
 

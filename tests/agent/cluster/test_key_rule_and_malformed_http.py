@@ -114,9 +114,11 @@ class Stub:
     def write_timeout(self) -> float:
         return 2.0
 
-    async def write(self, data: bytes) -> dict[str, Any]:
+    async def write(self, data: bytes, on_applied: Any = None) -> dict[str, Any]:
         res = self.state.apply(self.state.index + 1, data)
         assert res.ok, res.error
+        if on_applied is not None:  # as the driver does: at the apply, before the return
+            on_applied(res)
         return res.result or {}
 
     async def read_barrier(self) -> None:

@@ -1,7 +1,8 @@
 """The writes a leader's driver queues for its next pump (node/proposals.py): appended in
 one proposal in the order they came, one append per follower for all of them; a write whose
 waiter gave up is not proposed; a dropped proposal fails every write in it; the wait's
-timeout says whether the write was proposed."""
+timeout says whether the write was proposed; a write's ``on_applied`` runs at its apply,
+after its waiter has the result, and only for a write proposed with a live waiter."""
 
 from __future__ import annotations
 
@@ -110,3 +111,24 @@ def test_many_writes_in_one_proposal_make_one_append_per_follower() -> None:
         assert [e.data for e in m.entries] == [b"a", b"b", b"c"]
         assert [e.index for e in m.entries] == [last - 2, last - 1, last]
         assert {e.term for e in m.entries} == {term}
+
+
+def test_on_applied_runs_at_the_apply_after_the_waiter_has_its_result(caplog) -> None:
+    async def main() -> None:
+        p, pending = Proposals(), {}
+        seen: list[Any] = []
+        fut = p.add(b"a", lambda res: seen.append((res, fut.result())))
+        gone = p.add(b"b", lambda res: seen.append("a write whose waiter gave up"))
+        gone.cancel()  # not proposed: its on_applied never runs
+        failing = p.add(b"c", lambda res: 1 / 0)
+        p.feed(FakeRaw(), pending)
+        assert sorted(pending) == [11, 12] and pending[11].on_applied is not None
+        pending[11].resolve("r11")
+        assert seen == [("r11", "r11")]
+        with caplog.at_level("ERROR", logger="hafleet.agent"):
+            pending[12].resolve("r12")  # its on_applied raises: logged, the waiter has r12
+        assert failing.result() == "r12"
+        assert "the answer at the apply failed" in caplog.text
+        assert seen == [("r11", "r11")]
+
+    asyncio.run(main())

@@ -62,7 +62,7 @@ from ..wal import PREALLOC_BYTES, DiskStorage, PreparedBatch, StorageError
 from .compaction import Compaction
 from .errors import NoLeader, StateErrorResult, Unknown
 from .meta import META_FILE
-from .proposals import Deadlines, Proposals, wait_answer
+from .proposals import Deadlines, OnApplied, Proposals, wait_answer
 from .proposals import Pending as _Pending
 from .reads import Reads
 from .ticker import Ticker
@@ -465,8 +465,8 @@ class Driver:
         pending = self.pending.pop(e.index, None)
         if pending is not None and not pending.future.done():
             if pending.term == e.term:
-                pending.future.set_result(res)
                 self._answered = True
+                pending.resolve(res)  # its waiter's result, then its on_applied
             else:
                 TELEMETRY.proposals_failed += 1
                 pending.future.set_exception(
@@ -514,12 +514,13 @@ class Driver:
         return max(3.0, 10 * self.cfg.election_timeout_ms / 1000)
 
     # ---- proposals and reads ---------------------------------------------------------------
-    async def propose_cmd(self, data: bytes) -> Any:
-        """Like ``propose``, the command queued for the next pump's one proposal."""
+    async def propose_cmd(self, data: bytes, on_applied: OnApplied | None = None) -> Any:
+        """Like ``propose``, the command queued for the next pump's one proposal; a leader
+        calls ``on_applied`` with the result at the apply (node/proposals.py)."""
         raw = self.raw
         if raw is None or not raw.is_leader or self._cluster_id() is None or self._stop.is_set():
             return await self.propose(lambda raw: raw.propose(data))  # its errors
-        fut = self._proposals.add(data)
+        fut = self._proposals.add(data, on_applied)
         self.wake()
         return await wait_answer(
             fut, self.pending, self._proposals, self.write_timeout(), self._deadlines
@@ -552,10 +553,10 @@ class Driver:
             fut, self.pending, self._proposals, self.write_timeout(), self._deadlines
         )
 
-    async def write(self, data: bytes) -> dict[str, Any]:
+    async def write(self, data: bytes, on_applied: OnApplied | None = None) -> dict[str, Any]:
         """Propose a state command on the leader; the caller (the API) forwards when we are
         not the leader. Returns the apply result body or raises the error."""
-        res = await self.propose_cmd(data)
+        res = await self.propose_cmd(data, on_applied)
         if not res.ok:
             raise StateErrorResult(res.error)
         return res.result or {}

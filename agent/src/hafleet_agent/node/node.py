@@ -496,8 +496,10 @@ class Node:
     def write_timeout(self) -> float:
         return self.driver.write_timeout()
 
-    async def write(self, data: bytes) -> dict[str, Any]:
-        return await self.driver.write(data)
+    async def write(
+        self, data: bytes, on_applied: Callable[[Any], None] | None = None
+    ) -> dict[str, Any]:
+        return await self.driver.write(data, on_applied)
 
     async def read_barrier(self) -> None:
         await self.driver.read_barrier()

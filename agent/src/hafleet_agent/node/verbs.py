@@ -6,6 +6,7 @@ with the node (``node.node.Node`` implements this protocol), the API calls its v
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -57,8 +58,12 @@ class NodeVerbs(Protocol):
     def write_timeout(self) -> float: ...
 
     # ---- verbs ---------------------------------------------------------------------------
-    async def write(self, data: bytes) -> dict[str, Any]:
-        """Propose an encoded command on the leader; the applied result."""
+    async def write(
+        self, data: bytes, on_applied: Callable[[Any], None] | None = None
+    ) -> dict[str, Any]:
+        """Propose an encoded command on the leader; the applied result. ``on_applied`` is
+        called with the apply's result as soon as it is known, before this returns (the API
+        answers from there: node/proposals.py)."""
         ...
 
     async def read_barrier(self) -> None:

@@ -58,6 +58,7 @@ from .ui import add_routes as add_ui_routes
 
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
+    from ..state import ApplyResult
 
 log = logging.getLogger("hafleet.api")
 
@@ -401,16 +402,27 @@ class Api:
         # The leader's check is the one that counts (a follower's copy may lag): 413 before
         # anything is proposed when the write would grow the state past quota_bytes.
         self.agent.state.check_quota(self.agent.cfg.quota_bytes, key, body["value"])
-        return web.json_response(
-            await self.agent.write(encode_command("kv_put", key=key, value=body["value"], cas=cas))
-        )
+        cmd = encode_command("kv_put", key=key, value=body["value"], cas=cas)
+        return await self._write(request, cmd)
 
     async def kv_del(self, request: web.Request) -> web.Response:
         key = self._key(request, stored_ok=True)
         cas = _int_param(request, "cas")
         if not self.agent.is_leader():
             return await self.forwarder.forward(request, b"")
-        return web.json_response(await self.agent.write(encode_command("kv_del", key=key, cas=cas)))
+        return await self._write(request, encode_command("kv_del", key=key, cas=cas))
+
+    async def _write(self, request: web.Request, cmd: bytes) -> web.StreamResponse:
+        """Commit ``cmd`` and answer with its result. The answer is written at the apply
+        (``on_applied``: ``answer_now``), a loop cycle before this handler resumes; an error
+        result comes back as the exception it raises here, answered as before."""
+
+        def answer(res: ApplyResult) -> None:
+            if res.ok:
+                request.answer_now(web.json_response(res.result or {}))
+
+        result = await self.agent.write(cmd, on_applied=answer)
+        return request.answered or web.json_response(result)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return exposition(self.agent, self.counters)

@@ -142,6 +142,8 @@ class HttpProtocol(asyncio.Protocol):
         self._head_only = False  # the streamed answer under way is to a HEAD
         self._lingering = -1  # >= 0 after a 413: the bytes dropped since
         self._tls = False  # TLS has no half close (eof_received's answer is ignored there)
+        self._current: Request | None = None  # the request whose handler runs
+        self._keep_alive = False  # what its head asked for
 
     # ---- asyncio's side ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -240,6 +242,7 @@ class HttpProtocol(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         request, keep_alive = parsed
+        self._current, self._keep_alive = request, keep_alive
         self.task = self.loop.create_task(self._run(request, keep_alive))
 
     def _parse(self) -> tuple[Request, bool] | None:
@@ -354,7 +357,9 @@ class HttpProtocol(asyncio.Protocol):
                 )
             if resp.keep_alive is False or self.server.closing:
                 keep_alive = False
-            if not resp.prepared:
+            if request.answered is not None:
+                pass  # sent by answer_now already; the client has its one answer
+            elif not resp.prepared:
                 self._send(request, resp, keep_alive)
             elif self._chunked_open:
                 self.end()
@@ -362,6 +367,7 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive = False
         finally:
             self.task = None
+            self._current = None
             if request._too_large and not self.closed and not self._eof:
                 self._linger()
             elif not keep_alive or self.closed or self._eof:
@@ -373,6 +379,18 @@ class HttpProtocol(asyncio.Protocol):
                     self.transport.resume_reading()  # type: ignore[union-attr]
                 if self.buf:
                     self._next()
+
+    def answer_now(self, request: Request, resp: StreamResponse) -> bool:
+        """Write ``resp`` (a whole response) as the answer to ``request`` while its handler
+        still runs (``Request.answer_now``): only for the request being handled, once."""
+        if self.closed or request is not self._current or request.answered is not None:
+            return False
+        if resp.prepared:
+            return False  # a streamed answer is written by its own calls
+        keep_alive = self._keep_alive and resp.keep_alive is not False and not self.server.closing
+        self._send(request, resp, keep_alive)
+        request.answered = resp
+        return True
 
     def _head(self, request: Request | None, resp: StreamResponse, keep_alive: bool) -> bytearray:
         version = "HTTP/1.0" if request is not None and request.version == (1, 0) else "HTTP/1.1"

@@ -127,6 +127,7 @@ class Request:
         self._query: dict[str, str] | None = None
         self._state: dict[Any, Any] = {}
         self._stream: Any = None  # set by the connection: what a StreamResponse writes to
+        self.answered: StreamResponse | None = None  # sent by answer_now, before the return
         raw, _, self.query_string = raw_path.partition("?")
         self.raw_path_only = raw
         self.path = unquote(raw, errors="surrogateescape") if "%" in raw else raw
@@ -182,6 +183,15 @@ class Request:
     @property
     def host(self) -> str:
         return str(self.headers.get("Host", ""))
+
+    def answer_now(self, resp: StreamResponse) -> bool:
+        """Send ``resp`` as this request's answer now, while the handler still runs (a
+        write's answer from its apply: server/http.py's ``HttpProtocol.answer_now``); the
+        handler then returns this same response (``answered``), which is not sent again.
+        False when it was not sent (no connection, closed, or answered already): the
+        handler's return answers as usual."""
+        stream = self._stream
+        return stream is not None and stream.answer_now(self, resp)
 
     async def read(self) -> bytes:
         if self._too_large:
