@@ -176,7 +176,7 @@ def test_an_answer_sent_while_its_handler_runs_goes_once_and_the_next_request_wa
             b"GET /echo/after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
         )
         head = await reader.readuntil(b"\r\n\r\n")
-        length = int(dict(responses(head + b"")[0][1])["content-length"])
+        length = int(responses(head)[0][1]["content-length"])
         first = head + await reader.readexactly(length)
         assert responses(first)[0][2] == b'{"early": true}'
         assert seen["answer_now"] == [True, False]

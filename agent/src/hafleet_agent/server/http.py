@@ -355,7 +355,7 @@ class HttpProtocol(asyncio.Protocol):
                 resp = Response(
                     text='{"error": "internal error"}', status=500, content_type="application/json"
                 )
-            if resp.keep_alive is False or self.server.closing:
+            if not self._may_keep(resp):
                 keep_alive = False
             if request.answered is not None:
                 pass  # sent by answer_now already; the client has its one answer
@@ -387,10 +387,14 @@ class HttpProtocol(asyncio.Protocol):
             return False
         if resp.prepared:
             return False  # a streamed answer is written by its own calls
-        keep_alive = self._keep_alive and resp.keep_alive is not False and not self.server.closing
-        self._send(request, resp, keep_alive)
+        self._send(request, resp, self._keep_alive and self._may_keep(resp))
         request.answered = resp
         return True
+
+    def _may_keep(self, resp: StreamResponse) -> bool:
+        """Whether the connection may stay open after ``resp`` (as far as the response and
+        the server are concerned; the request's head has its own say)."""
+        return resp.keep_alive is not False and not self.server.closing
 
     def _head(self, request: Request | None, resp: StreamResponse, keep_alive: bool) -> bytearray:
         version = "HTTP/1.0" if request is not None and request.version == (1, 0) else "HTTP/1.1"
@@ -420,7 +424,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def start(self, request: Request, resp: StreamResponse) -> None:
         """Send a streamed response's head: chunked, unless it set a Content-Length."""
-        keep_alive = resp.keep_alive is not False and not self.server.closing
+        keep_alive = self._may_keep(resp)
         if resp.content_length is None:
             resp.headers["Transfer-Encoding"] = "chunked"
             self._chunked_open = request.method != "HEAD"
