@@ -8,7 +8,7 @@ and only then answers for it (an append or a vote acknowledged, an entry applied
 raft/ready.py; a leader's own appends may go out before). On start
 :meth:`DiskStorage.open` recovers what was made durable. Only the standard library is
 used. Not thread-safe: one driver owns it (its writer thread runs
-:meth:`DiskStorage.write_prepared` only, see Writing).
+:meth:`DiskStorage.write_prepared` or :meth:`DiskStorage.sync_written` only, see Writing).
 
 Data directory
 ==============
@@ -39,7 +39,9 @@ the last batch are the clean end of the log on recovery. The agent's driver spli
 (:meth:`~DiskStorage.prepare_save`, :meth:`~DiskStorage.write_prepared` in its writer thread,
 :meth:`~DiskStorage.finish_save`) so that the event loop goes on while the batch is written:
 a group commit, the batch holding everything the core had ready when the previous one was
-durable (node/driver.py).
+durable (node/driver.py). On Linux the write itself is done on the loop and only its
+``fdatasync`` is handed to the kernel (:meth:`~DiskStorage.write_unsynced`, then
+:meth:`~DiskStorage.synced`; node/aiosync.py).
 
 ``snapshot.bin`` is replaced atomically: written to ``snapshot.bin.tmp``, fsync'd, renamed
 over ``snapshot.bin``, then the directory is fsync'd. Afterwards the log is compacted the same
@@ -101,12 +103,11 @@ import contextlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import NoReturn
 
-from .raft.types import EMPTY_HARD_STATE, Entry, HardState, Snapshot, SnapshotMeta
+from .raft.types import EMPTY_HARD_STATE, Entry, HardState, Snapshot
 from .snapfile import CorruptSnapshotError, decode_snapshot, encode_snapshot
 from .walfile import (
     FsyncFn,
@@ -121,10 +122,13 @@ from .walfile import (
 from .walformat import (
     FORMAT_VERSION,
     MAX_RECORD_BYTES,
+    PreparedBatch,
+    RecoveryReport,
     StorageError,
     encode_batch,
     encode_log,
     scan_log,
+    trim_to_snapshot,
 )
 
 __all__ = [
@@ -157,42 +161,6 @@ RECEIVED_SUFFIX = ".received"
 PREALLOC_BYTES = 1 << 20
 """How far ahead of its end the agent keeps ``raft.log`` allocated (``prealloc_bytes`` of
 :meth:`DiskStorage.open`; see Writing)."""
-
-
-@dataclass
-class RecoveryReport:
-    """What :meth:`DiskStorage.open` found."""
-
-    truncated_bytes: int = 0
-    """Bytes cut from a torn or corrupt log tail (0 if the log was clean)."""
-    truncated_at: int | None = None
-    """File offset where the log was cut (the start of the incomplete batch)."""
-    reason: str | None = None
-    """Why, e.g. ``"crc mismatch at offset 1234"`` or ``"torn record header ... at offset 9"``."""
-    entries: int = 0
-    """Entries recovered (after the snapshot)."""
-
-
-@dataclass
-class PreparedBatch:
-    """One batch checked and encoded by :meth:`DiskStorage.prepare_save`."""
-
-    data: bytes
-    hard_state: HardState | None
-    entries: list[Entry]
-    durable: bool = False
-
-
-def _trim_to_snapshot(entries: list[Entry], meta: SnapshotMeta) -> list[Entry]:
-    """The entries that survive a snapshot (see the module docstring)."""
-    if not entries or meta.index < entries[0].index:
-        return entries
-    if meta.index > entries[-1].index:
-        return []
-    k = meta.index - entries[0].index
-    if entries[k].term != meta.term:
-        return []
-    return entries[k + 1 :]
 
 
 class DiskStorage:
@@ -332,7 +300,7 @@ class DiskStorage:
                 f"{self.log_path}: the log starts at entry {entries[0].index}, but the "
                 f"snapshot {self.snapshot_path} ends at {snap_index}: entries are missing"
             )
-        kept = _trim_to_snapshot(entries, self.snapshot.meta)
+        kept = trim_to_snapshot(entries, self.snapshot.meta)
         self.hard_state = scan.hard_state
         self.entries = list(kept)
         if len(kept) != len(entries):
@@ -435,6 +403,38 @@ class DiskStorage:
             self._fail(f"{self.log_path}: write or fsync failed: {exc}", exc)
         batch.durable = True
 
+    def write_unsynced(self, batch: PreparedBatch) -> int | None:
+        """:meth:`write_prepared`'s write without its sync (node/walwriter.py syncs through
+        Linux AIO): the fd to ``fdatasync``, then :meth:`synced`. None when the batch grows
+        the file (an ``fsync``), syncs are off or a sync function was injected: nothing was
+        written, :meth:`write_prepared` does it all."""
+        self._check()
+        fd = self._log_fd
+        assert fd is not None
+        custom = self._fdatasync_fn is not os.fdatasync
+        if self._log_size + len(batch.data) > self._log_alloc or not self._fsync or custom:
+            return None
+        try:
+            pwrite_all(fd, batch.data, self._log_size)
+        except OSError as exc:
+            self._fail(f"{self.log_path}: write failed: {exc}", exc)
+        return fd
+
+    def synced(self, batch: PreparedBatch, error: OSError | None) -> None:
+        """The ``fdatasync`` of a :meth:`write_unsynced` batch ended: the batch is durable,
+        or (``error``) StorageError and the storage is unusable, as after a failed sync."""
+        if error is not None:
+            self._fail(f"{self.log_path}: fdatasync failed: {error}", error)
+        batch.durable = True
+
+    def sync_written(self, batch: PreparedBatch) -> None:
+        """:meth:`synced` after an ``fdatasync`` in the caller's thread."""
+        try:
+            self._fdatasync_fn(self._log_fd)  # type: ignore[arg-type]
+        except OSError as exc:
+            self.synced(batch, exc)  # raises StorageError
+        batch.durable = True
+
     def finish_save(self, batch: PreparedBatch) -> None:
         """The batch is durable: :attr:`entries` and :attr:`hard_state` show it."""
         if not batch.durable:
@@ -517,7 +517,7 @@ class DiskStorage:
         except OSError as exc:
             self._fail(f"{self.snapshot_path}: cannot {verb} the snapshot: {exc}", exc)
         self.snapshot = snap
-        self.entries = list(_trim_to_snapshot(self.entries, snap.meta))
+        self.entries = list(trim_to_snapshot(self.entries, snap.meta))
         self._rewrite_log()
 
     def discard_prepared_snapshot(self, path: Path) -> None:

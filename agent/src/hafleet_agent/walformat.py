@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .raft.types import EMPTY_HARD_STATE, Entry, EntryType, HardState
+from .raft.types import EMPTY_HARD_STATE, Entry, EntryType, HardState, SnapshotMeta
 
 __all__ = [
     "FORMAT_VERSION",
@@ -305,3 +305,39 @@ def scan_log(raw: bytes, path: Path) -> LogScan:
         if new_hs is not None:
             hard_state = new_hs
     return LogScan(hard_state, entries, size)
+
+
+@dataclass
+class RecoveryReport:
+    """What :meth:`DiskStorage.open` found."""
+
+    truncated_bytes: int = 0
+    """Bytes cut from a torn or corrupt log tail (0 if the log was clean)."""
+    truncated_at: int | None = None
+    """File offset where the log was cut (the start of the incomplete batch)."""
+    reason: str | None = None
+    """Why, e.g. ``"crc mismatch at offset 1234"`` or ``"torn record header ... at offset 9"``."""
+    entries: int = 0
+    """Entries recovered (after the snapshot)."""
+
+
+@dataclass
+class PreparedBatch:
+    """One batch checked and encoded by :meth:`DiskStorage.prepare_save`."""
+
+    data: bytes
+    hard_state: HardState | None
+    entries: list[Entry]
+    durable: bool = False
+
+
+def trim_to_snapshot(entries: list[Entry], meta: SnapshotMeta) -> list[Entry]:
+    """The entries that survive a snapshot (see the module docstring)."""
+    if not entries or meta.index < entries[0].index:
+        return entries
+    if meta.index > entries[-1].index:
+        return []
+    k = meta.index - entries[0].index
+    if entries[k].term != meta.term:
+        return []
+    return entries[k + 1 :]

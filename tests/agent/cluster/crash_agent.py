@@ -8,12 +8,16 @@ Usage: ``python crash_agent.py KILL_AT SEED MODE run --node-id ... (the flags of
 hafleet-agent run)``. MODE ``power`` cuts the power as above; ``eio``: that fsync and every
 later one of the log fail with EIO instead (after dropping the batch the same way: the
 kernel may have lost the dirty pages), and the agent must stop by itself (fail-stop).
+``aio-power`` and ``aio-eio`` do the same to the syncs a leader hands to Linux AIO
+(node/aiosync.py: the batch written on the loop, its ``fdatasync`` not yet submitted); the
+EIO then comes back in the sync's completion. Only a leader's batches go that way.
 Everything the agent acknowledged before that point must still be there after a restart: it
 may acknowledge a write only once the fsync of the batch holding it returned.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import random
@@ -22,11 +26,13 @@ import sys
 
 from hafleet_agent import wal
 from hafleet_agent.cli import main
+from hafleet_agent.node import aiosync
 
 KILL_AT = int(sys.argv[1])
 RNG = random.Random(int(sys.argv[2]))
 MODE = sys.argv[3]
-assert MODE in ("power", "eio"), MODE
+assert MODE in ("power", "eio", "aio-power", "aio-eio"), MODE
+AIO = MODE.startswith("aio-")
 _unsynced: dict[int, tuple[int, int]] = {}  # fd -> (offset, bytes) written since its last sync
 _log_syncs = 0
 
@@ -47,8 +53,9 @@ def _recording_pwrite_all(fd: int, data: bytes, offset: int) -> None:
     _unsynced[fd] = (start, offset + len(data) - start)
 
 
-def _sync(fd: int) -> None:
-    """The storage's fsync and fdatasync (an injected fsync_fn stands for both)."""
+def _at_sync(fd: int) -> None:
+    """A sync of ``fd`` starts: counted when it is the log's; at the KILL_AT-th, what it
+    would make durable is lost, then SIGKILL (power) or OSError EIO (eio)."""
     global _log_syncs
     if _is_log(fd) and _unsynced.get(fd, (0, 0))[1]:
         _log_syncs += 1
@@ -64,24 +71,50 @@ def _sync(fd: int) -> None:
                 f"bytes written at offset {start} and not synced\n"
             )
             sys.stderr.flush()
-            if MODE == "eio":
+            if MODE.endswith("eio"):
                 _unsynced.pop(fd)  # the next batch is cut again
                 raise OSError(errno.EIO, "injected fsync failure")
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sync(fd: int) -> None:
+    """The storage's fsync and fdatasync (an injected fsync_fn stands for both)."""
+    _at_sync(fd)
     os.fsync(fd)
     _unsynced.pop(fd, None)
+
+
+_aio_fdatasync = aiosync.AioSyncer.fdatasync
+_aio_used = False
+
+
+def _cut_aio_fdatasync(self: aiosync.AioSyncer, fd: int, done: aiosync.Done) -> None:
+    global _aio_used
+    if not _aio_used:
+        _aio_used = True
+        sys.stderr.write("crash_agent: the leader's log syncs go through Linux AIO\n")
+        sys.stderr.flush()
+    try:
+        _at_sync(fd)
+    except OSError as exc:  # eio: the completion reports it
+        asyncio.get_running_loop().call_soon(done, exc)
+        return
+    _unsynced.pop(fd, None)  # one batch at a time: the next write starts a new range
+    _aio_fdatasync(self, fd, done)
 
 
 _open = wal.DiskStorage.open
 
 
 def _open_with_hook(data_dir: str, **kw: object) -> wal.DiskStorage:
-    kw.setdefault("fsync_fn", _sync)
+    if not AIO:  # an injected sync function keeps every batch in the writer thread
+        kw.setdefault("fsync_fn", _sync)
     return _open(data_dir, **kw)  # type: ignore[arg-type]
 
 
 wal.pwrite_all = _recording_pwrite_all  # type: ignore[assignment]
 wal.DiskStorage.open = _open_with_hook  # type: ignore[assignment,method-assign]
+aiosync.AioSyncer.fdatasync = _cut_aio_fdatasync  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[4:]))

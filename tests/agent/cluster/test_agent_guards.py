@@ -336,11 +336,43 @@ def test_a_storage_failure_still_stops_the_agent(tmp_path: Path) -> None:
         def broken(*args: Any, **kwargs: Any) -> None:
             raise StorageError("fsync failed: EIO (test)")
 
-        # the writer thread's part of a save (node/driver.py writes off the event loop)
+        # a leader's save: written on the loop, synced through Linux AIO, or all in the
+        # writer thread (node/walwriter.py)
         agent.storage.write_prepared = broken  # type: ignore[method-assign]
+        agent.storage.write_unsynced = broken  # type: ignore[method-assign]
         write = asyncio.create_task(agent.write(encode_command("kv_put", key="a", value=1)))
         await asyncio.wait_for(agent.wait_stopped(), WAIT)
         assert agent.exit_code == 1 and "storage failed" in agent.exit_reason
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+
+    run_agent(tmp_path, body)
+
+
+def test_a_failed_log_sync_stops_the_agent_before_the_write_is_answered(tmp_path: Path) -> None:
+    """A sync that reports an error (the AIO completion, or the thread's fdatasync) stops
+    the agent with exit code 1; the write it held is never acknowledged."""
+
+    async def body(agent: Node) -> None:
+        assert agent.storage is not None
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "injected fdatasync failure")
+
+        writer = agent.driver._writer
+        assert writer is not None
+        syncer = writer._syncer_on(asyncio.get_running_loop())
+        if syncer is not None:  # Linux AIO: its completion reports the error
+            loop = asyncio.get_running_loop()
+            error = OSError(errno.EIO, "injected AIO fdatasync failure")
+            syncer.fdatasync = lambda fd, done: loop.call_soon(done, error)  # type: ignore[method-assign]
+        else:  # the thread's fdatasync
+            agent.storage._fdatasync_fn = failing
+        write = asyncio.create_task(agent.write(encode_command("kv_put", key="a", value=1)))
+        await asyncio.wait_for(agent.wait_stopped(), WAIT)
+        assert agent.exit_code == 1 and "storage failed" in agent.exit_reason
+        assert "injected" in agent.exit_reason
+        assert not write.done() or write.exception() is not None
         write.cancel()
         await asyncio.gather(write, return_exceptions=True)
 

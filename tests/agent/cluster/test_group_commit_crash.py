@@ -78,20 +78,28 @@ def _check_served(c: Cluster, node: Node, acked: dict[str, int]) -> None:
         assert status == 200 and item["value"] == value, (key, value, status, item)
 
 
-@pytest.mark.parametrize(("kill_at", "seed"), [(25, 1), (120, 2)])
+AIO = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux AIO syncs")
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "seed", "mode"),
+    [(25, 1, "power"), (120, 2, "power"), pytest.param(70, 4, "aio-power", marks=AIO)],
+)
 def test_a_single_node_that_loses_power_mid_group_commit_keeps_every_acknowledged_write(
-    make_cluster: MakeCluster, kill_at: int, seed: int
+    make_cluster: MakeCluster, kill_at: int, seed: int, mode: str
 ) -> None:
-    """One member: a write commits on the leader's own fsync alone, the strictest case."""
+    """One member: a write commits on the leader's own fsync alone, the strictest case; its
+    sync in the writer thread, or (aio-power) handed to Linux AIO."""
     c = make_cluster()
     n1 = c.add(bootstrap_expect=1, start=False)
-    normal = _crashing(n1, kill_at, seed)
+    normal = _crashing(n1, kill_at, seed, mode)
     c.start(n1)
     c.expect_exit(n1)
     c.wait_agreed([n1])
     acked = _write_until(c, [n1], lambda: n1.proc is not None and n1.proc.poll() is not None)
     assert n1.proc is not None and n1.proc.returncode == -9, n1.report()
     assert "power at log sync" in n1.log(), n1.report()
+    assert ("through Linux AIO" in n1.log()) == (mode == "aio-power"), n1.report()
     assert acked, "nothing was acknowledged before the crash"
     _check_log(n1, acked)
     n1.argv = normal
@@ -129,21 +137,23 @@ def test_a_cluster_whose_members_lose_power_mid_group_commit_keeps_every_acknowl
     _check_served(c, c.leader(), acked)
 
 
+@pytest.mark.parametrize("mode", ["eio", pytest.param("aio-eio", marks=AIO)])
 def test_a_node_whose_group_commit_fsync_fails_stops_and_keeps_every_acknowledged_write(
-    make_cluster: MakeCluster,
+    make_cluster: MakeCluster, mode: str
 ) -> None:
-    """The writer thread's fsync fails (EIO, the batch dropped as the kernel may drop it):
-    the agent answers nothing of that batch, stops by itself (exit 1), and a restart finds
-    every acknowledged write."""
+    """The log's sync fails (EIO, the batch dropped as the kernel may drop it; in the writer
+    thread, or reported by the AIO completion): the agent answers nothing of that batch,
+    stops by itself (exit 1), and a restart finds every acknowledged write."""
     c = make_cluster()
     n1 = c.add(bootstrap_expect=1, start=False)
-    normal = _crashing(n1, 40, 3, mode="eio")
+    normal = _crashing(n1, 40, 3, mode=mode)
     c.start(n1)
     c.expect_exit(n1)
     c.wait_agreed([n1])
     acked = _write_until(c, [n1], lambda: n1.proc is not None and n1.proc.poll() is not None)
     assert n1.proc is not None and n1.proc.returncode == 1, n1.report()
     assert "injected fsync failure" in n1.log(), n1.report()
+    assert ("through Linux AIO" in n1.log()) == (mode == "aio-eio"), n1.report()
     assert acked, "nothing was acknowledged before the failure"
     _check_log(n1, acked)
     n1.argv = normal

@@ -1,15 +1,21 @@
 """The log's writer thread (node/walwriter.py): jobs run in order in the thread, each one's
-completion (or its error) comes back on the loop, and the thread runs under SCHED_BATCH."""
+completion (or its error) comes back on the loop, and the thread runs under SCHED_BATCH; a
+leader's batch written on the loop and synced through Linux AIO (node/aiosync.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from hafleet_agent.node.walwriter import WalWriter
+from hafleet_agent.raft.types import Entry, EntryType, HardState
+from hafleet_agent.wal import PREALLOC_BYTES, DiskStorage, StorageError
 
 
 def test_jobs_run_in_order_and_complete_on_the_loop() -> None:
@@ -57,3 +63,127 @@ def test_the_thread_runs_under_sched_batch() -> None:
 
     assert asyncio.run(go()) == os.SCHED_BATCH
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own thread is untouched
+
+
+# --- a leader's batch: the write on the loop, its fdatasync through Linux AIO -----------------
+
+linux_aio = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="Linux AIO (node/aiosync.py) is Linux's"
+)
+
+
+def _entries(start: int, n: int) -> list[Entry]:
+    return [Entry(1, i, EntryType.NORMAL, b"v%d" % i) for i in range(start, start + n)]
+
+
+@linux_aio
+def test_a_batch_is_durable_only_at_its_aio_completion_and_reopens(tmp_path: Path) -> None:
+    """write_batch writes on the loop, syncs through AIO (no job in the thread), and calls
+    done once the sync completed; what it wrote is there after a reopen."""
+
+    async def go() -> list[BaseException | None]:
+        loop = asyncio.get_running_loop()
+        writer = WalWriter()
+        storage = DiskStorage.open(tmp_path, prealloc_bytes=PREALLOC_BYTES)
+        results: list[BaseException | None] = []
+        try:
+            for k in range(5):
+                batch = storage.prepare_save(HardState(1, "n1", 0), _entries(1 + 10 * k, 10))
+                done = loop.create_future()
+                writer.submit = None  # type: ignore[assignment,method-assign]  # never the thread
+                writer.write_batch(loop, storage, batch, done.set_result)
+                assert not batch.durable  # not before the completion
+                results.append(await asyncio.wait_for(done, 10))
+                assert batch.durable
+                storage.finish_save(batch)
+            assert writer._syncer is not None  # the AIO path was taken
+        finally:
+            writer.shutdown()
+            storage.close()
+        return results
+
+    assert asyncio.run(go()) == [None] * 5
+    with DiskStorage.open(tmp_path) as reopened:
+        assert [e.index for e in reopened.entries] == list(range(1, 51))
+
+
+@linux_aio
+def test_a_failed_aio_sync_makes_the_storage_unusable(tmp_path: Path) -> None:
+    """A sync whose completion reports an error fails the batch (StorageError to done) and
+    the storage refuses every later write (fail-stop), as a failed fdatasync does."""
+
+    async def go() -> BaseException | None:
+        loop = asyncio.get_running_loop()
+        writer = WalWriter()
+        storage = DiskStorage.open(tmp_path, prealloc_bytes=PREALLOC_BYTES)
+        try:
+            syncer = writer._syncer_on(loop)
+            assert syncer is not None
+
+            def failing(fd: int, done: Callable[[OSError | None], None]) -> None:
+                loop.call_soon(done, OSError(errno.EIO, "injected"))
+
+            syncer.fdatasync = failing  # type: ignore[method-assign]
+            batch = storage.prepare_save(HardState(1, "n1", 0), _entries(1, 3))
+            done = loop.create_future()
+            writer.write_batch(loop, storage, batch, done.set_result)
+            exc = await asyncio.wait_for(done, 10)
+            assert not batch.durable
+            with pytest.raises(StorageError, match="unusable"):
+                storage.prepare_save(None, _entries(4, 1))
+            return exc
+        finally:
+            writer.shutdown()
+            storage.close()
+
+    exc = asyncio.run(go())
+    assert isinstance(exc, StorageError) and "fdatasync failed" in str(exc)
+
+
+@linux_aio
+def test_a_refused_aio_sync_goes_to_the_thread_from_then_on(tmp_path: Path) -> None:
+    """io_submit refused (a filesystem without AIO sync, say): the batch already written is
+    synced in the thread, and later batches go there whole."""
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        writer = WalWriter()
+        storage = DiskStorage.open(tmp_path, prealloc_bytes=PREALLOC_BYTES)
+        try:
+            syncer = writer._syncer_on(loop)
+            assert syncer is not None
+
+            def refused(fd: int, done: Callable[[OSError | None], None]) -> None:
+                raise OSError(errno.EINVAL, "io_submit: Invalid argument")
+
+            syncer.fdatasync = refused  # type: ignore[method-assign]
+            for k in range(2):
+                batch = storage.prepare_save(HardState(1, "n1", 0), _entries(1 + 5 * k, 5))
+                done = loop.create_future()
+                writer.write_batch(loop, storage, batch, done.set_result)
+                assert await asyncio.wait_for(done, 10) is None and batch.durable
+                storage.finish_save(batch)
+                assert writer._syncer is None  # closed at the refusal
+        finally:
+            writer.shutdown()
+            storage.close()
+
+    asyncio.run(go())
+    with DiskStorage.open(tmp_path) as reopened:
+        assert [e.index for e in reopened.entries] == list(range(1, 11))
+
+
+def test_an_injected_sync_function_keeps_every_batch_in_the_thread(tmp_path: Path) -> None:
+    """The tests' and the chaos suite's fsync_fn sees every sync: write_unsynced declines."""
+    seen: list[int] = []
+
+    def fsync(fd: int) -> None:
+        seen.append(fd)
+        os.fsync(fd)
+
+    with DiskStorage.open(tmp_path, fsync_fn=fsync, prealloc_bytes=PREALLOC_BYTES) as storage:
+        batch = storage.prepare_save(HardState(1, "n1", 0), _entries(1, 2))
+        assert storage.write_unsynced(batch) is None and not batch.durable
+        before = len(seen)
+        storage.write_prepared(batch)
+        assert batch.durable and len(seen) == before + 1

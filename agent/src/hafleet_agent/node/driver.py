@@ -1,15 +1,16 @@
 """The Raft driver: the core (``RawNode``), its write-ahead log (``DiskStorage``) and the
 replicated state machine, driven by one task.
 
-The event loop owns everything but a leader's log writes: one writer thread (``raft-wal``)
-writes and fsyncs each of a leader's batches (``DiskStorage.write_prepared``; fsync releases
-the GIL), and the compaction's worker encodes and writes snapshots. A follower writes its
+The event loop owns everything but a leader's log syncs: node/walwriter.py writes each of a
+leader's batches on the loop and has the kernel ``fdatasync`` it through Linux AIO (or its
+writer thread, ``raft-wal``, writes and syncs it: fsync releases the GIL), and the
+compaction's worker encodes and writes snapshots. A follower writes its
 batches on the loop (``_write_inline``): its answer waits for the write anyway, and the
 hand-over to a thread and back would add two wake-ups to every commit. The core is driven by
 ``_pump`` (from the Raft task ``raft_loop``, the ticker, and the writer's completion), which
 turns the inputs fed so far into a ready batch, handled in ``raft/ready.py``'s one order:
 send what may go before the batch is durable (a leader's appends and heartbeats:
-``begin_ready``), hand its entries and hard state to the writer thread; once they are
+``begin_ready``), hand its entries and hard state to the writer (walwriter.py); once they are
 durable (``_written``, back on the loop) send the rest (append and vote answers), apply its
 committed entries to the state machine (which answers the clients), advance the core (a
 leader counts itself toward the commit quorum only now), serve the reads now due, compact
@@ -335,11 +336,8 @@ class Driver:
                 continue
             assert self._writer is not None
             self._writing = True
-            self._writer.submit(
-                asyncio.get_running_loop(),
-                TELEMETRY.wal_sync_seconds.timed(storage.write_prepared),
-                batch,
-                partial(self._written, rd, later, batch),
+            self._writer.write_batch(
+                asyncio.get_running_loop(), storage, batch, partial(self._written, rd, later, batch)
             )
             # The appends leave now: the writer thread takes the GIL while they are sent (a
             # send releases it), so the leader's write and its followers' run together.

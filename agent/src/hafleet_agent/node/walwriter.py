@@ -12,26 +12,87 @@ event loop's thread at the hand-over. Under the default policy the kernel switch
 woken writer on the loop's own core, where it found the GIL held by the loop and slept again
 (two context switches per batch, ~8 % of the loop's time under 16 clients). Measured with
 ``bench/ab_agent.py`` (3 rounds of 10 s): 16 clients 2,605 -> 2,786 writes/s, 1 client 560 ->
-573, the leader's CPU per write 0.42 -> 0.38 ms."""
+573, the leader's CPU per write 0.42 -> 0.38 ms.
+
+On Linux the thread is mostly idle: :meth:`WalWriter.write_batch` writes a batch on the loop
+and hands only its ``fdatasync`` to the kernel (node/aiosync.py), which spares the hand-overs
+of the interpreter's lock between the loop and this thread. The thread takes the batches
+that cannot go that way (one that grows the file; an injected sync function, as the tests
+and the chaos suite use) and every batch where Linux AIO is not there."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
+
+from ..telemetry import TELEMETRY
+from ..wal import DiskStorage, PreparedBatch, StorageError
+from .aiosync import AioSyncer, open_syncer
+
+log = logging.getLogger("hafleet.agent")
 
 _STOP = object()
 
 
 class WalWriter:
-    def __init__(self, name: str = "raft-wal") -> None:
+    def __init__(self, name: str = "raft-wal", aio: bool = True) -> None:
         self._jobs: SimpleQueue[Any] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        self._aio = aio  # Linux AIO syncs wanted (write_batch)
+        self._syncer: AioSyncer | None = None  # opened at the first batch, on its loop
+
+    def write_batch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        storage: DiskStorage,
+        batch: PreparedBatch,
+        done: Callable[[BaseException | None], None],
+    ) -> None:
+        """Write ``batch`` to ``storage``'s log and make it durable, then ``done(None)`` (or
+        ``done(exc)``) on ``loop``: the write here and the sync through Linux AIO where the
+        platform and the batch allow (StorageError from the write is raised here), else both
+        in the thread. One batch at a time (the driver waits for ``done``)."""
+        syncer = self._syncer_on(loop)
+        started = time.perf_counter()
+        fd = storage.write_unsynced(batch) if syncer is not None else None
+        if fd is None:
+            self.submit(loop, TELEMETRY.wal_sync_seconds.timed(storage.write_prepared), batch, done)
+            return
+
+        def synced(error: OSError | None) -> None:
+            TELEMETRY.wal_sync_seconds.observe(time.perf_counter() - started)
+            try:
+                storage.synced(batch, error)
+            except StorageError as exc:
+                done(exc)
+                return
+            done(None)
+
+        try:
+            syncer.fdatasync(fd, synced)  # type: ignore[union-attr]
+        except OSError as exc:  # the kernel refused it (no AIO sync for this filesystem)
+            log.warning("log syncs go through the writer thread from now on: %s", exc)
+            self._close_syncer()
+            self.submit(loop, storage.sync_written, batch, done)  # written already
+
+    def _syncer_on(self, loop: asyncio.AbstractEventLoop) -> AioSyncer | None:
+        if self._aio and self._syncer is None:
+            self._aio = False  # tried once
+            self._syncer = open_syncer(loop)
+        return self._syncer
+
+    def _close_syncer(self) -> None:
+        syncer, self._syncer = self._syncer, None
+        if syncer is not None:
+            syncer.close()
 
     def submit(
         self,
@@ -62,7 +123,9 @@ class WalWriter:
                 pass  # the loop is closed: nobody waits for this write any more
 
     def shutdown(self) -> None:
-        """Wait for the jobs submitted so far (a write under way ends), then stop."""
+        """Wait for the jobs submitted so far (a write under way ends, an AIO sync too),
+        then stop."""
+        self._close_syncer()
         self._jobs.put(_STOP)
         self._thread.join()
 

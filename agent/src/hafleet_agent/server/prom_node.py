@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 _HISTOGRAMS = (
     (
         "hafleet_wal_fsync_duration_seconds",
-        "one WAL batch's write and sync (fsync or fdatasync) in the writer thread",
+        "one WAL batch's write and sync (fsync or fdatasync); a leader's synced through "
+        "Linux AIO until the event loop sees it done",
         "wal_sync_seconds",
     ),
     (
