@@ -24,6 +24,16 @@ _SIZE_ENCODER = json.JSONEncoder(
 )
 
 
+#: The values that are their own copy (immutable): a put or a get copies any other.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+def _copy(value: JSON) -> JSON:
+    """A copy of ``value`` that the caller may keep or change (``copy.deepcopy``; the value
+    itself when it cannot change, which is most values and spares deepcopy's dispatch)."""
+    return value if type(value) in _IMMUTABLE else copy.deepcopy(value)
+
+
 def kv_record_bytes(key: str, value: JSON) -> int:
     """One key's share of the state for the quota: key, encoded value and the overhead."""
     encoded = _SIZE_ENCODER.encode(value)
@@ -68,7 +78,7 @@ class KVStore:
         """``kv_put`` at entry ``index``: StateError 409 ``cas`` when the condition fails."""
         rec = self.records.get(key)
         self._check_cas(key, rec, cas)
-        value = copy.deepcopy(value)
+        value = _copy(value)
         # A new record each time, never one changed in place: a snapshot's copy of the
         # store (copy_records) shares the records.
         new = {"create_index": index} if rec is None else dict(rec)
@@ -78,7 +88,7 @@ class KVStore:
             self._buckets.setdefault(_top(key), set()).add(key)
         self.records[key] = new
         self._account(key, kv_record_bytes(key, value))
-        return {"key": key, "value": copy.deepcopy(value), "modify_index": index}
+        return {"key": key, "value": _copy(value), "modify_index": index}
 
     def delete(self, key: str, cas: int | None) -> dict[str, JSON]:
         """``kv_del``: StateError 409 ``cas`` when the condition fails."""
@@ -115,7 +125,7 @@ class KVStore:
             return None
         out = {
             "key": key,
-            "value": copy.deepcopy(rec["value"]),
+            "value": _copy(rec["value"]),
             "modify_index": rec["modify_index"],
         }
         if detail:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from hafleet_agent.commands import encode_command, member_context
-from hafleet_agent.kv import KV_RECORD_OVERHEAD, kv_record_bytes
+from hafleet_agent.kv import KV_RECORD_OVERHEAD, KVStore, kv_record_bytes
 from hafleet_agent.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from hafleet_agent.state import StateError, StateMachine
 
@@ -276,3 +276,20 @@ def test_a_bug_in_an_operation_is_an_internal_error_result(monkeypatch: pytest.M
     monkeypatch.setattr(a.sm, "_apply_conf", broken)
     res = a.conf(ConfChangeType.ADD_VOTER, "n1")
     assert res.status == 500 and res.error["error"] == "internal" and a.sm.index == 2
+
+
+def test_a_stored_value_is_never_shared_with_a_put_or_a_get() -> None:
+    """The store keeps its own copy of a value that can change (a list, an object) and hands
+    out copies; a string or a number is its own copy."""
+    kv = KVStore()
+    value = {"a": [1, 2, {"b": "c"}]}
+    result = kv.put(1, "k", value, None)
+    value["a"].append(3)
+    result["value"]["a"][2]["b"] = "changed"  # type: ignore[index]
+    got = kv.get("k")
+    assert got is not None and got["value"] == {"a": [1, 2, {"b": "c"}]}
+    got["value"]["a"].clear()  # type: ignore[index]
+    assert kv.get("k")["value"] == {"a": [1, 2, {"b": "c"}]}  # type: ignore[index]
+    for plain in ("text", 7, 2.5, True, None):
+        assert kv.put(2, "p", plain, None)["value"] == plain
+        assert kv.get("p")["value"] == plain  # type: ignore[index]

@@ -187,3 +187,18 @@ def test_an_injected_sync_function_keeps_every_batch_in_the_thread(tmp_path: Pat
         before = len(seen)
         storage.write_prepared(batch)
         assert batch.durable and len(seen) == before + 1
+
+
+@linux_aio
+def test_a_loop_that_cannot_watch_the_eventfd_gets_the_thread_and_leaks_nothing() -> None:
+    """open_syncer on a loop without add_reader (a proactor, say): None, logged, and the AIO
+    context and the eventfd it opened are closed again."""
+    from hafleet_agent.node.aiosync import open_syncer
+
+    class NoReaders:
+        def add_reader(self, fd: int, callback: object) -> None:
+            raise NotImplementedError("no add_reader here")
+
+    before = set(os.listdir("/proc/self/fd"))
+    assert open_syncer(NoReaders()) is None  # type: ignore[arg-type]
+    assert set(os.listdir("/proc/self/fd")) == before

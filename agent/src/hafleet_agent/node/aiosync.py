@@ -98,10 +98,14 @@ class AioSyncer:
         if self._syscall(self._setup, _MAX_EVENTS, ctypes.byref(self._ctx)) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"io_setup: {os.strerror(err)}")
+        self._efd = -1
         try:
             self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        except BaseException:
+            loop.add_reader(self._efd, self._completed)
+        except BaseException:  # nothing is left open when this fails
             self._syscall(self._destroy, self._ctx)
+            if self._efd >= 0:
+                os.close(self._efd)
             raise
         self._iocb = _Iocb()
         self._iocbs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
@@ -109,7 +113,6 @@ class AioSyncer:
         self._no_wait = _Timespec(0, 0)
         self._done: Done | None = None
         self._loop = loop
-        loop.add_reader(self._efd, self._completed)
 
     @property
     def busy(self) -> bool:
