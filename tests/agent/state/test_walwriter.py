@@ -5,10 +5,11 @@ leader's batch written on the loop and synced through Linux AIO (node/aiosync.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -76,17 +77,37 @@ def _entries(start: int, n: int) -> list[Entry]:
     return [Entry(1, i, EntryType.NORMAL, b"v%d" % i) for i in range(start, start + n)]
 
 
+FakeSync = Callable[[int, Callable[[OSError | None], None]], None]
+
+
+@contextlib.asynccontextmanager
+async def _aio_writer(
+    path: Path, fdatasync: FakeSync | None = None
+) -> AsyncIterator[tuple[asyncio.AbstractEventLoop, WalWriter, DiskStorage]]:
+    """A writer whose AIO syncer is open (its ``fdatasync`` replaced by ``fdatasync`` if
+    given) and a preallocated storage in ``path``; both closed after."""
+    loop = asyncio.get_running_loop()
+    writer = WalWriter()
+    storage = DiskStorage.open(path, prealloc_bytes=PREALLOC_BYTES)
+    try:
+        syncer = writer._syncer_on(loop)
+        assert syncer is not None
+        if fdatasync is not None:
+            syncer.fdatasync = fdatasync  # type: ignore[method-assign]
+        yield loop, writer, storage
+    finally:
+        writer.shutdown()
+        storage.close()
+
+
 @linux_aio
 def test_a_batch_is_durable_only_at_its_aio_completion_and_reopens(tmp_path: Path) -> None:
     """write_batch writes on the loop, syncs through AIO (no job in the thread), and calls
     done once the sync completed; what it wrote is there after a reopen."""
 
     async def go() -> list[BaseException | None]:
-        loop = asyncio.get_running_loop()
-        writer = WalWriter()
-        storage = DiskStorage.open(tmp_path, prealloc_bytes=PREALLOC_BYTES)
         results: list[BaseException | None] = []
-        try:
+        async with _aio_writer(tmp_path) as (loop, writer, storage):
             for k in range(5):
                 batch = storage.prepare_save(HardState(1, "n1", 0), _entries(1 + 10 * k, 10))
                 done = loop.create_future()
@@ -97,9 +118,6 @@ def test_a_batch_is_durable_only_at_its_aio_completion_and_reopens(tmp_path: Pat
                 assert batch.durable
                 storage.finish_save(batch)
             assert writer._syncer is not None  # the AIO path was taken
-        finally:
-            writer.shutdown()
-            storage.close()
         return results
 
     assert asyncio.run(go()) == [None] * 5
@@ -112,18 +130,11 @@ def test_a_failed_aio_sync_makes_the_storage_unusable(tmp_path: Path) -> None:
     """A sync whose completion reports an error fails the batch (StorageError to done) and
     the storage refuses every later write (fail-stop), as a failed fdatasync does."""
 
+    def failing(fd: int, done: Callable[[OSError | None], None]) -> None:
+        asyncio.get_running_loop().call_soon(done, OSError(errno.EIO, "injected"))
+
     async def go() -> BaseException | None:
-        loop = asyncio.get_running_loop()
-        writer = WalWriter()
-        storage = DiskStorage.open(tmp_path, prealloc_bytes=PREALLOC_BYTES)
-        try:
-            syncer = writer._syncer_on(loop)
-            assert syncer is not None
-
-            def failing(fd: int, done: Callable[[OSError | None], None]) -> None:
-                loop.call_soon(done, OSError(errno.EIO, "injected"))
-
-            syncer.fdatasync = failing  # type: ignore[method-assign]
+        async with _aio_writer(tmp_path, failing) as (loop, writer, storage):
             batch = storage.prepare_save(HardState(1, "n1", 0), _entries(1, 3))
             done = loop.create_future()
             writer.write_batch(loop, storage, batch, done.set_result)
@@ -132,9 +143,6 @@ def test_a_failed_aio_sync_makes_the_storage_unusable(tmp_path: Path) -> None:
             with pytest.raises(StorageError, match="unusable"):
                 storage.prepare_save(None, _entries(4, 1))
             return exc
-        finally:
-            writer.shutdown()
-            storage.close()
 
     exc = asyncio.run(go())
     assert isinstance(exc, StorageError) and "fdatasync failed" in str(exc)
@@ -145,18 +153,11 @@ def test_a_refused_aio_sync_goes_to_the_thread_from_then_on(tmp_path: Path) -> N
     """io_submit refused (a filesystem without AIO sync, say): the batch already written is
     synced in the thread, and later batches go there whole."""
 
+    def refused(fd: int, done: Callable[[OSError | None], None]) -> None:
+        raise OSError(errno.EINVAL, "io_submit: Invalid argument")
+
     async def go() -> None:
-        loop = asyncio.get_running_loop()
-        writer = WalWriter()
-        storage = DiskStorage.open(tmp_path, prealloc_bytes=PREALLOC_BYTES)
-        try:
-            syncer = writer._syncer_on(loop)
-            assert syncer is not None
-
-            def refused(fd: int, done: Callable[[OSError | None], None]) -> None:
-                raise OSError(errno.EINVAL, "io_submit: Invalid argument")
-
-            syncer.fdatasync = refused  # type: ignore[method-assign]
+        async with _aio_writer(tmp_path, refused) as (loop, writer, storage):
             for k in range(2):
                 batch = storage.prepare_save(HardState(1, "n1", 0), _entries(1 + 5 * k, 5))
                 done = loop.create_future()
@@ -164,9 +165,6 @@ def test_a_refused_aio_sync_goes_to_the_thread_from_then_on(tmp_path: Path) -> N
                 assert await asyncio.wait_for(done, 10) is None and batch.durable
                 storage.finish_save(batch)
                 assert writer._syncer is None  # closed at the refusal
-        finally:
-            writer.shutdown()
-            storage.close()
 
     asyncio.run(go())
     with DiskStorage.open(tmp_path) as reopened:
