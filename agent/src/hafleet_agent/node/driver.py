@@ -339,8 +339,8 @@ class Driver:
             self._writer.write_batch(
                 asyncio.get_running_loop(), storage, batch, partial(self._written, rd, later, batch)
             )
-            # The appends leave now: the writer thread takes the GIL while they are sent (a
-            # send releases it), so the leader's write and its followers' run together.
+            # The appends leave now, while the leader's own sync runs (in the kernel through
+            # Linux AIO, or in the writer thread): its write and its followers' run together.
             self._flush()
         return changed
 
