@@ -55,10 +55,13 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_RECORD_BYTES",
     "LogScan",
+    "PreparedBatch",
+    "RecoveryReport",
     "StorageError",
     "encode_batch",
     "encode_log",
     "scan_log",
+    "trim_to_snapshot",
 ]
 
 LOG_MAGIC = b"HAFLRLOG"
@@ -332,7 +335,7 @@ class PreparedBatch:
 
 
 def trim_to_snapshot(entries: list[Entry], meta: SnapshotMeta) -> list[Entry]:
-    """The entries that survive a snapshot (see the module docstring)."""
+    """The entries that survive a snapshot (wal.py's module docstring says which)."""
     if not entries or meta.index < entries[0].index:
         return entries
     if meta.index > entries[-1].index:

@@ -114,10 +114,6 @@ class AioSyncer:
         self._done: Done | None = None
         self._loop = loop
 
-    @property
-    def busy(self) -> bool:
-        return self._done is not None
-
     def fdatasync(self, fd: int, done: Done) -> None:
         """Start ``fdatasync(fd)``; ``done(None)`` on the loop once the data is durable, or
         ``done(OSError)`` if the sync failed. OSError here if it could not be started (then

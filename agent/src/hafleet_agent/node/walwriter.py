@@ -42,12 +42,12 @@ _STOP = object()
 
 
 class WalWriter:
-    def __init__(self, name: str = "raft-wal", aio: bool = True) -> None:
+    def __init__(self, name: str = "raft-wal") -> None:
         self._jobs: SimpleQueue[Any] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-        self._aio = aio  # Linux AIO syncs wanted (write_batch)
-        self._syncer: AioSyncer | None = None  # opened at the first batch, on its loop
+        self._syncer_tried = False  # open_syncer is tried once, at the first batch
+        self._syncer: AioSyncer | None = None  # opened on that batch's loop
 
     def write_batch(
         self,
@@ -84,8 +84,8 @@ class WalWriter:
             self.submit(loop, storage.sync_written, batch, done)  # written already
 
     def _syncer_on(self, loop: asyncio.AbstractEventLoop) -> AioSyncer | None:
-        if self._aio and self._syncer is None:
-            self._aio = False  # tried once
+        if not self._syncer_tried:
+            self._syncer_tried = True
             self._syncer = open_syncer(loop)
         return self._syncer
 
