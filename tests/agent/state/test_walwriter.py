@@ -200,3 +200,24 @@ def test_a_loop_that_cannot_watch_the_eventfd_gets_the_thread_and_leaks_nothing(
     before = set(os.listdir("/proc/self/fd"))
     assert open_syncer(NoReaders()) is None  # type: ignore[arg-type]
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+@linux_aio
+def test_a_completion_that_cannot_be_read_fails_the_batch(tmp_path: Path) -> None:
+    """io_getevents failing (here: a bad system call number, ENOSYS) leaves the sync's result
+    unknown: the batch fails (fail-stop) rather than waiting for ever."""
+
+    async def go() -> BaseException | None:
+        async with _aio_writer(tmp_path) as (loop, writer, storage):
+            syncer = writer._syncer
+            assert syncer is not None
+            syncer._getevents = -1  # type: ignore[attr-defined]
+            batch = storage.prepare_save(HardState(1, "n1", 0), _entries(1, 2))
+            done = loop.create_future()
+            writer.write_batch(loop, storage, batch, done.set_result)
+            exc = await asyncio.wait_for(done, 10)
+            assert not batch.durable
+            return exc
+
+    exc = asyncio.run(go())
+    assert isinstance(exc, StorageError) and "io_getevents" in str(exc)

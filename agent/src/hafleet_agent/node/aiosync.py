@@ -142,7 +142,13 @@ class AioSyncer:
             n = self._syscall(self._getevents, self._ctx, 0, _MAX_EVENTS, self._events, wait)
             if n >= 0:
                 break
-        for i in range(max(n, 0)):
+        else:  # the result cannot be read: the sync is not known to be done (fail-stop)
+            err = ctypes.get_errno()
+            done, self._done = self._done, None
+            if done is not None:
+                done(OSError(err, f"io_getevents: {os.strerror(err)}"))
+            return
+        for i in range(n):
             res = self._events[i].res
             done, self._done = self._done, None
             if done is not None:
