@@ -126,6 +126,58 @@ def test_a_batch_is_durable_only_at_its_aio_completion_and_reopens(tmp_path: Pat
 
 
 @linux_aio
+def test_the_appends_leave_before_the_aio_write_and_after_the_hand_over_to_the_thread(
+    tmp_path: Path,
+) -> None:
+    """``send`` is called once per batch: on the AIO path before the write and its sync's
+    submission (which wakes the kernel's worker), on the thread's path after the hand-over."""
+
+    async def go() -> dict[str, list[str]]:
+        orders: dict[str, list[str]] = {}
+        async with _aio_writer(tmp_path) as (loop, writer, storage):
+            for path in ("aio", "thread"):
+                order: list[str] = orders.setdefault(path, [])
+                syncer = writer._syncer
+                assert syncer is not None
+                if path == "thread":
+                    writer._syncer = None  # as where AIO is not there
+                real_write, real_sync = storage.write_unsynced, syncer.fdatasync
+                real_submit = writer.submit
+
+                def write(batch, order=order, real=real_write):  # type: ignore[no-untyped-def]
+                    order.append("write")
+                    return real(batch)
+
+                def sync(fd, done, order=order, real=real_sync):  # type: ignore[no-untyped-def]
+                    order.append("sync")
+                    real(fd, done)
+
+                def submit(*a, order=order, real=real_submit):  # type: ignore[no-untyped-def]
+                    order.append("thread")
+                    real(*a)
+
+                storage.write_unsynced = write  # type: ignore[method-assign]
+                syncer.fdatasync = sync  # type: ignore[method-assign]
+                writer.submit = submit  # type: ignore[method-assign]
+                start = 1 if path == "aio" else 4
+                batch = storage.prepare_save(HardState(1, "n1", 0), _entries(start, 3))
+                done = loop.create_future()
+                writer.write_batch(
+                    loop, storage, batch, done.set_result, send=lambda o=order: o.append("send")
+                )
+                assert await asyncio.wait_for(done, 10) is None and batch.durable
+                storage.finish_save(batch)
+                writer._syncer = syncer
+                del storage.write_unsynced, syncer.fdatasync, writer.submit  # the real ones
+        return orders
+
+    orders = asyncio.run(go())
+    assert orders == {"aio": ["send", "write", "sync"], "thread": ["thread", "send"]}
+    with DiskStorage.open(tmp_path) as reopened:
+        assert [e.index for e in reopened.entries] == list(range(1, 7))
+
+
+@linux_aio
 def test_a_failed_aio_sync_makes_the_storage_unusable(tmp_path: Path) -> None:
     """A sync whose completion reports an error fails the batch (StorageError to done) and
     the storage refuses every later write (fail-stop), as a failed fdatasync does."""

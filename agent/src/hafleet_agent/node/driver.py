@@ -336,12 +336,16 @@ class Driver:
                 continue
             assert self._writer is not None
             self._writing = True
+            # The appends leave while the leader's own write runs (its sync in the kernel
+            # through Linux AIO, or the write and sync in the writer thread): its write and its
+            # followers' run together. The writer says when they go (``send``).
             self._writer.write_batch(
-                asyncio.get_running_loop(), storage, batch, partial(self._written, rd, later, batch)
+                asyncio.get_running_loop(),
+                storage,
+                batch,
+                partial(self._written, rd, later, batch),
+                send=self._flush,
             )
-            # The appends leave now, while the leader's own sync runs (in the kernel through
-            # Linux AIO, or in the writer thread): its write and its followers' run together.
-            self._flush()
         return changed
 
     def _flush(self) -> None:
