@@ -1,7 +1,7 @@
 """Two agent source trees' write rates, interleaved in short windows (3 members each).
 
     bench/.venv/bin/python bench/ab_interleave.py TREE_A TREE_B [--windows 30] [--seconds 2]
-        [--clients 1] [--json FILE]
+        [--clients 1] [--preload SECONDS] [--json FILE]
 
 ``bench/ab_agent.py`` starts a fresh cluster per tree per round and measures rounds of
 several seconds one after the other; on this shared machine the rate of one tree moves by
@@ -75,8 +75,16 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="one window (default 2 s)")
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write every window's figures here")
+    ap.add_argument(
+        "--preload",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first write fresh keys at 16 clients this long to each cluster (a large state, "
+        "as in make bench's later rounds; default 0)",
+    )
     a = ap.parse_args()
-    if a.windows < 2 or a.seconds <= 0 or a.clients < 1:
+    if a.windows < 2 or a.seconds <= 0 or a.clients < 1 or a.preload < 0:
         ap.error("--windows must be at least 2, --seconds and --clients positive")
     work = Path(tempfile.mkdtemp(prefix="hafleet-abi-"))
     clusters: dict[str, tuple[ab.Cluster, str]] = {}
@@ -86,6 +94,13 @@ def main() -> int:
         nets = ab.free_nets(2)
         for name, tree, net in (("A", a.a, nets[0]), ("B", a.b, nets[1])):
             clusters[name] = _start(tree, net, work / name)
+        for name, (c, lead) in clusters.items():  # one at a time: the other is stopped
+            if a.preload:
+                other = clusters["B" if name == "A" else "A"][0]
+                _signal(other, signal.SIGSTOP)
+                r = asyncio.run(ab._writes(c, lead, 16, a.preload))
+                _signal(other, signal.SIGCONT)
+                print(f"preload {name}: {r['writes']} keys", flush=True)
         for c, lead in clusters.values():  # warm up both
             asyncio.run(ab._writes(c, lead, a.clients, 1.0))
         for w in range(a.windows):

@@ -76,10 +76,13 @@ class AgentConfig:
     autopilot_cleanup_dead: bool = False
     autopilot_dead_after_s: float = 30.0
     # Compact the log (write a snapshot of the state, drop the entries it covers) once this
-    # many entries were applied since the last snapshot, or once the log file holds this many
-    # bytes, whichever comes first (node/compaction.py).
+    # many entries were applied since the last snapshot and the log file holds
+    # snapshot_log_ratio times the state's bytes (a large state is not rewritten every few
+    # thousand writes: the Raft thesis, 5.1.2), or once the log file holds snapshot_log_bytes,
+    # whichever comes first (node/compaction.py).
     snapshot_entries: int = 8192
     snapshot_log_bytes: int = 64 << 20
+    snapshot_log_ratio: float = 0.5
     drain_timeout_s: float = 10.0
     max_body_bytes: int = 1 << 20
     # The most the replicated KV store may hold, in bytes (keys, JSON values and a fixed
@@ -255,6 +258,8 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("snapshot_entries must be at least 10")
     if cfg.snapshot_log_bytes < MIN_SNAPSHOT_LOG_BYTES:
         raise ConfigError(f"snapshot_log_bytes must be at least {MIN_SNAPSHOT_LOG_BYTES}")
+    if not 0 <= cfg.snapshot_log_ratio <= 16:
+        raise ConfigError("snapshot_log_ratio must be in 0..16 (0: every snapshot_entries)")
     if cfg.quota_bytes < 0:
         raise ConfigError("quota_bytes must be >= 0 (0: no quota)")
     if cfg.health_max_apply_lag < 0:
@@ -333,6 +338,7 @@ def _check_type(cfg: AgentConfig) -> None:
         "autopilot_dead_after_s": (int, float),
         "snapshot_entries": (int,),
         "snapshot_log_bytes": (int,),
+        "snapshot_log_ratio": (int, float),
         "drain_timeout_s": (int, float),
         "max_body_bytes": (int,),
         "quota_bytes": (int,),
