@@ -178,6 +178,30 @@ def test_the_appends_leave_before_the_aio_write_and_after_the_hand_over_to_the_t
 
 
 @linux_aio
+def test_a_send_that_raises_still_leaves_the_batch_on_its_way(tmp_path: Path) -> None:
+    """The driver waits for ``done``: if the appends' send fails (a bug), the batch is written
+    and synced all the same, and the exception still reaches the caller."""
+
+    def send() -> None:
+        raise RuntimeError("send failed")
+
+    async def go() -> BaseException | None:
+        async with _aio_writer(tmp_path) as (loop, writer, storage):
+            batch = storage.prepare_save(HardState(1, "n1", 0), _entries(1, 3))
+            done = loop.create_future()
+            with pytest.raises(RuntimeError, match="send failed"):
+                writer.write_batch(loop, storage, batch, done.set_result, send=send)
+            result = await asyncio.wait_for(done, 10)
+            assert batch.durable
+            storage.finish_save(batch)
+            return result
+
+    assert asyncio.run(go()) is None
+    with DiskStorage.open(tmp_path) as reopened:
+        assert [e.index for e in reopened.entries] == [1, 2, 3]
+
+
+@linux_aio
 def test_a_failed_aio_sync_makes_the_storage_unusable(tmp_path: Path) -> None:
     """A sync whose completion reports an error fails the batch (StorageError to done) and
     the storage refuses every later write (fail-stop), as a failed fdatasync does."""

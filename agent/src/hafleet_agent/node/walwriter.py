@@ -66,16 +66,31 @@ class WalWriter:
         for the batch leave soonest: on the AIO path before the write, since submitting the
         sync wakes the kernel's worker, which took ~40 µs of the loop's core here before the
         appends could go (docs/benchmarks.md, fifteenth session); on the thread's path right
-        after the hand-over, so that the thread's write starts first (twelfth session)."""
+        after the hand-over, so that the thread's write starts first (twelfth session). Should
+        ``send`` raise, the batch is on its way all the same (the driver waits for ``done``)
+        and the exception goes to the caller after it."""
         syncer = self._syncer_on(loop)
-        started = time.perf_counter()
         if syncer is None:
             self.submit(loop, TELEMETRY.wal_sync_seconds.timed(storage.write_prepared), batch, done)
             if send is not None:
                 send()
             return
-        if send is not None:
-            send()
+        try:
+            if send is not None:
+                send()
+        finally:
+            self._write_and_sync(loop, syncer, storage, batch, done)
+
+    def _write_and_sync(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        syncer: AioSyncer,
+        storage: DiskStorage,
+        batch: PreparedBatch,
+        done: Callable[[BaseException | None], None],
+    ) -> None:
+        """``write_batch``'s AIO path: the write here, its sync through ``syncer``."""
+        started = time.perf_counter()
         fd = storage.write_unsynced(batch)
         if fd is None:
             self.submit(loop, TELEMETRY.wal_sync_seconds.timed(storage.write_prepared), batch, done)
@@ -91,7 +106,7 @@ class WalWriter:
             done(None)
 
         try:
-            syncer.fdatasync(fd, synced)  # type: ignore[union-attr]
+            syncer.fdatasync(fd, synced)
         except OSError as exc:  # the kernel refused it (no AIO sync for this filesystem)
             log.warning("log syncs go through the writer thread from now on: %s", exc)
             self._close_syncer()
