@@ -85,7 +85,9 @@ def main() -> int:
     )
     a = ap.parse_args()
     if a.windows < 2 or a.seconds <= 0 or a.clients < 1 or a.preload < 0:
-        ap.error("--windows must be at least 2, --seconds and --clients positive")
+        ap.error(
+            "--windows must be at least 2, --seconds and --clients positive, --preload not negative"
+        )
     work = Path(tempfile.mkdtemp(prefix="hafleet-abi-"))
     clusters: dict[str, tuple[ab.Cluster, str]] = {}
     rates: dict[str, list[float]] = {"A": [], "B": []}
@@ -94,8 +96,8 @@ def main() -> int:
         nets = ab.free_nets(2)
         for name, tree, net in (("A", a.a, nets[0]), ("B", a.b, nets[1])):
             clusters[name] = _start(tree, net, work / name)
-        for name, (c, lead) in clusters.items():  # one at a time: the other is stopped
-            if a.preload:
+        if a.preload:
+            for name, (c, lead) in clusters.items():  # one at a time: the other is stopped
                 other = clusters["B" if name == "A" else "A"][0]
                 _signal(other, signal.SIGSTOP)
                 r = asyncio.run(ab._writes(c, lead, 16, a.preload))

@@ -71,7 +71,7 @@ class WalWriter:
         and the exception goes to the caller after it."""
         syncer = self._syncer_on(loop)
         if syncer is None:
-            self.submit(loop, TELEMETRY.wal_sync_seconds.timed(storage.write_prepared), batch, done)
+            self._write_in_thread(loop, storage, batch, done)
             if send is not None:
                 send()
             return
@@ -93,7 +93,7 @@ class WalWriter:
         started = time.perf_counter()
         fd = storage.write_unsynced(batch)
         if fd is None:
-            self.submit(loop, TELEMETRY.wal_sync_seconds.timed(storage.write_prepared), batch, done)
+            self._write_in_thread(loop, storage, batch, done)
             return
 
         def synced(error: OSError | None) -> None:
@@ -111,6 +111,16 @@ class WalWriter:
             log.warning("log syncs go through the writer thread from now on: %s", exc)
             self._close_syncer()
             self.submit(loop, storage.sync_written, batch, done)  # written already
+
+    def _write_in_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        storage: DiskStorage,
+        batch: PreparedBatch,
+        done: Callable[[BaseException | None], None],
+    ) -> None:
+        """The whole batch, its write and its sync, to the thread (timed there)."""
+        self.submit(loop, TELEMETRY.wal_sync_seconds.timed(storage.write_prepared), batch, done)
 
     def _syncer_on(self, loop: asyncio.AbstractEventLoop) -> AioSyncer | None:
         if not self._syncer_tried:
