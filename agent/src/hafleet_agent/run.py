@@ -19,7 +19,7 @@ from .logfmt import TEXT_FORMAT, IsoFormatter, JsonFormatter
 from .node.node import Node, Serve
 from .node.tasks import FAIL_STOP_S, exit_later
 from .sdnotify import Notifier
-from .server import start_api
+from .server import book_all, start_api
 from .server.audit import load_read_token
 from .wal import StorageError
 
@@ -126,6 +126,7 @@ async def run_agent(cfg: AgentConfig) -> int:
         # Fail-stop: nothing of this process may linger (a storage failure, or a stop that
         # did not finish: the reason and what still ran are logged). Leave at once, without
         # the event loop's teardown, which waits for whatever still runs.
+        book_all()  # the API's last audit lines (its cleanup did not run)
         logging.shutdown()
         os._exit(agent.exit_code or 1)
     return agent.exit_code

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +23,8 @@ import pytest
 from agents import agent_command, write_secret
 from harness import Cluster, lease_subnet
 
-from hafleet_agent.server import build_app, web
+from hafleet_agent.server import api as api_mod
+from hafleet_agent.server import book_all, build_app, web
 from hafleet_agent.server.audit import REFUSED_LOG_INTERVAL_S, value
 from hafleet_agent.server.conn import Runner, serve
 from hafleet_agent.state import StateMachine
@@ -281,3 +283,118 @@ def test_logfmt_values_are_quoted_when_not_plain() -> None:
     assert value('a "b"\nc') == '"a \\"b\\"\\nc"'
     assert value("") == '""'
     assert len(value("x" * 1000)) == 200
+
+
+# ---- in-process: the write lines' batches (api.py, BOOK_AFTER_S) --------------------------
+
+
+def _writes_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    audit = [r for r in caplog.records if r.name == "hafleet.audit"]
+    return [r for r in audit if r.getMessage().startswith("write")]
+
+
+async def _wait_for(cond: Any, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_write_lines_are_written_in_a_batch_with_the_times_of_their_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_mod, "BOOK_AFTER_S", 0.5)
+    stub = Stub("")
+    caplog.set_level(logging.INFO, logger="hafleet.audit")
+    spans: list[tuple[float, float]] = []
+
+    async def main() -> None:
+        app, api = build_app(stub)  # type: ignore[arg-type]
+        runner, port = await _serving(app)
+        try:
+            for k in range(3):
+                t0 = time.time()
+                body = {"value": k}
+                assert await _call(port, "PUT", f"/v1/kv/b{k}", ADMIN, "127.0.0.1", body) == 200
+                spans.append((t0, time.time()))
+                if k == 0:  # kept, not yet written: one batch BOOK_AFTER_S after the first
+                    assert _writes_logged(caplog) == [] and len(api._booked) == 1
+            await _wait_for(lambda: len(_writes_logged(caplog)) == 3, 30)
+            assert api._booked == [] and api._book_timer is None
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    lines = _writes_logged(caplog)
+    assert [f"/v1/kv/b{k} " in r.getMessage() for k, r in enumerate(lines)] == [True] * 3
+    for r, (t0, t1) in zip(lines, spans, strict=True):
+        # the line's time is its answer's, not the batch's
+        assert t0 <= r.created <= t1, (t0, r.created, t1)
+        assert r.msecs == int((r.created - int(r.created)) * 1000)
+
+
+def test_a_refusal_a_full_batch_a_scrape_and_the_stop_write_the_lines_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever writes a batch before its time, the log keeps the answers' order and no line
+    is lost: a refusal (its line after the writes before it), BOOK_MAX lines kept, a scrape
+    of /metrics (every latency observed so far), the API's cleanup, ``book_all``."""
+    monkeypatch.setattr(api_mod, "BOOK_AFTER_S", 3600.0)  # never by the timer here
+    monkeypatch.setattr(api_mod, "BOOK_MAX", 4)
+    # the stub has no Raft to expose: /metrics answers what the counters say of the writes
+    monkeypatch.setattr(api_mod, "exposition", lambda agent, c: web.Response(text="metrics"))
+    stub = Stub("")
+    caplog.set_level(logging.INFO, logger="hafleet.audit")
+    from hafleet_agent.telemetry import TELEMETRY
+
+    def observed() -> int:
+        return TELEMETRY.write_seconds.cumulative()[2]
+
+    async def main() -> None:
+        app, api = build_app(stub)  # type: ignore[arg-type]
+        runner, port = await _serving(app)
+        try:
+            put = lambda k: _call(port, "PUT", f"/v1/kv/c{k}", ADMIN, "127.0.0.1", {"value": 1})  # noqa: E731
+            assert await put(0) == 200 and await put(1) == 200
+            assert _writes_logged(caplog) == []
+            assert await _call(port, "GET", "/v1/status", "w" * 40, "127.0.0.9") == 401
+            msgs = [r.getMessage() for r in caplog.records if r.name == "hafleet.audit"]
+            assert [m.split()[0] for m in msgs] == ["write", "write", "refused"], msgs
+            for k in range(2, 6):  # the 4th kept line writes the batch at once
+                assert await put(k) == 200
+            assert len(_writes_logged(caplog)) == 6 and api._booked == []
+            before = observed()
+            assert await put(6) == 200 and await put(7) == 200
+            assert observed() == before  # kept
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}
+                ) as resp,
+            ):
+                assert resp.status == 200
+            assert observed() == before + 2 and len(_writes_logged(caplog)) == 8
+            assert await put(8) == 200
+            other_app, other = build_app(stub)  # type: ignore[arg-type]
+            other._book(FakePut("/v1/kv/other"), 200, 0.001, asyncio.get_running_loop())
+            book_all()  # the fail-stop's exit (run.py)
+            assert len(_writes_logged(caplog)) == 10 and other._booked == []
+            assert await put(9) == 200
+        finally:
+            await runner.cleanup()  # the last line, at the stop
+        assert len(_writes_logged(caplog)) == 11
+
+    asyncio.run(main())
+    paths = [r.getMessage().split(" path=")[1].split()[0] for r in _writes_logged(caplog)]
+    assert paths[:8] == [f"/v1/kv/c{k}" for k in range(8)]  # one API's lines in their order
+    assert sorted(paths[8:10]) == ["/v1/kv/c8", "/v1/kv/other"] and paths[10] == "/v1/kv/c9"
+
+
+class FakePut(dict):  # type: ignore[type-arg]
+    """What the audit line reads of a request (another API's, for book_all)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.method, self.raw_path, self.path, self.remote = "PUT", path, path, "127.0.0.1"
+        self.headers: dict[str, str] = {}
+        self.match_info: dict[str, str] = {}

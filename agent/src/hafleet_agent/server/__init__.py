@@ -7,6 +7,6 @@ leader). ``run.py`` starts it with :func:`start_api`; it sees the node only thro
 ``node/verbs.py`` and ``node/errors.py``."""
 
 from . import web
-from .api import build_app, start_api
+from .api import book_all, build_app, start_api
 
-__all__ = ["build_app", "start_api", "web"]
+__all__ = ["book_all", "build_app", "start_api", "web"]
