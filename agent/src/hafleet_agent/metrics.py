@@ -38,6 +38,7 @@ import inspect
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -88,9 +89,9 @@ class HostMetrics:
     def to_dict(self) -> dict[str, float | int | None]:
         """A JSON-ready dict; floats rounded to 3 decimals."""
         out: dict[str, float | int | None] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = round(value, 3) if isinstance(value, float) else value
+        for name in _NAMES:
+            value = getattr(self, name)
+            out[name] = round(value, 3) if type(value) is float else value
         return out
 
     @classmethod
@@ -99,28 +100,37 @@ class HostMetrics:
         send more); a missing or ill-typed field raises ValueError."""
         if not isinstance(data, dict):
             raise ValueError("metrics must be an object")
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in data:
-                raise ValueError(f"metrics lack {f.name!r}")
-            value = data[f.name]
-            if value is None and f.name in _OPTIONAL_FIELDS:
-                values[f.name] = None
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"metrics field {f.name!r} must be a number")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"metrics field {f.name!r} must be finite and >= 0")
-            if f.name in _INT_FIELDS:
-                if value != int(value):
-                    raise ValueError(f"metrics field {f.name!r} must be an integer")
-                value = int(value)
-            else:
-                value = float(value)
-            values[f.name] = value
-        if values["cpu_count"] < 1:
+        values: list[Any] = []
+        for name in _NAMES:
+            value = data.get(name, _MISSING)
+            kind = type(value)
+            if kind is float or kind is int:
+                if not (0 <= value <= _MAX):  # NaN, inf and ints past a float too
+                    raise ValueError(f"metrics field {name!r} must be finite and >= 0")
+                if name in _INT_FIELDS:
+                    if value != int(value):
+                        raise ValueError(f"metrics field {name!r} must be an integer")
+                    value = int(value)
+                else:
+                    value = float(value)
+            elif value is None and name in _OPTIONAL_FIELDS:
+                pass
+            elif value is _MISSING:
+                raise ValueError(f"metrics lack {name!r}")
+            else:  # a bool, a string, a subclass of a number: refused
+                raise ValueError(f"metrics field {name!r} must be a number")
+            values.append(value)
+        m = cls(*values)
+        if m.cpu_count < 1:
             raise ValueError("cpu_count must be at least 1")
-        return cls(**values)
+        return m
+
+
+#: The fields in order (``dataclasses.fields`` builds its tuple at every call: the leader
+#: parses and writes each member's report every second).
+_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HostMetrics))
+_MISSING = object()
+_MAX = sys.float_info.max
 
 
 class MetricsSource(Protocol):
@@ -151,6 +161,7 @@ class PsutilSource:
 
     def __init__(self) -> None:
         self._process = psutil.Process()
+        self._boot = psutil.boot_time()  # read from /proc/stat at each call: it does not move
         # cpu_percent(interval=None) compares with the previous call; the first call has
         # nothing to compare with and returns 0.0. Prime it so the first sample means something.
         psutil.cpu_percent(interval=None)
@@ -180,7 +191,7 @@ class PsutilSource:
         return int(self._process.memory_info().rss)
 
     def uptime(self) -> float:
-        return max(0.0, time.time() - psutil.boot_time())
+        return max(0.0, time.time() - self._boot)
 
 
 @dataclass(frozen=True, slots=True)

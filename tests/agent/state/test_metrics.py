@@ -190,6 +190,8 @@ def test_to_dict_from_dict_round_trip() -> None:
         ({"cpu_count": 0}, "at least 1"),
         ({"mem_total": 1.5}, "integer"),
         ({"cpu_percent": float("nan")}, "finite"),
+        ({"cpu_percent": float("inf")}, "finite"),
+        ({"mem_total": 10**400}, "finite"),  # past a float: refused, not an OverflowError
         ({"load1": -1}, ">= 0"),
         ({"uptime": True}, "number"),
         ({"uptime": "1"}, "number"),
