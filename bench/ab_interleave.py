@@ -17,6 +17,13 @@ election in the middle of it, say) is reported; its pair still counts.
 
 Windows use ``agent_bench._writes`` (100-byte values to the leader, fresh keys, one client
 connection per client) and each tree's agents run with ``PYTHONPATH=<tree>``.
+
+One run is not enough for a difference of a few percent: two clusters of the same tree
+differed for a whole run by up to 5.5 % (A against A: 1.055, 0.998, 1.029, then with one
+PYTHONHASHSEED for every agent 0.993, 0.988, 0.988), and in the runs of the sixteenth session
+place B came out ~1.8 % ahead on average (docs/benchmarks.md), offsets that the interval over
+the windows does not show. Run a comparison several times, the trees' places swapped every
+other run, and take the runs' geometric mean of the new tree against the old.
 """
 
 from __future__ import annotations

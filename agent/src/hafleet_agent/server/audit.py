@@ -11,8 +11,8 @@ The audit log is the logger ``hafleet.audit``:
   logfmt: ``write scope=admin source=10.0.0.5 method=PUT path=/v1/kv/a key=a status=200``
   (``forwarded_by=ID`` when a follower forwarded it; ``status=none`` when no answer was sent),
   stamped with the time of the answer and written in batches, at most BOOK_AFTER_S (50 ms) or
-  BOOK_MAX lines after it (api.py: one line at each answer cost a leader 3.5 % of its rate at
-  1 client); an agent that stops writes its batch first, a kill -9 loses at most that much;
+  BOOK_MAX lines after it (api.py: a line written alone, at each answer, found the logging
+  code cold); an agent that stops writes its batch first, a kill -9 loses at most that much;
 * a refused token (401, or 403 for the read token writing) is a WARNING line in the same form
   (``refused ... status=401 reason="wrong API token"``), at most one per source address per
   REFUSED_LOG_INTERVAL_S: the next one says how many were not logged. Anyone can send these.
