@@ -19,6 +19,7 @@ the balancer lab (tests/agent/balancer/balancer_lab.py) and the collection's lab
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import http.client
@@ -152,6 +153,16 @@ def wait_for(
             seen = describe() if describe is not None else repr(last)
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {seen}")
         time.sleep(interval)
+
+
+async def wait_until(predicate: Callable[[], Any], what: str, timeout: float) -> None:
+    """:func:`wait_for` for a test on the event loop: poll ``predicate`` without blocking
+    the loop (the code under test runs on it), every 2 ms, until it is truthy; TimeoutError
+    after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.002)
+    assert predicate(), what
 
 
 def holds_for(

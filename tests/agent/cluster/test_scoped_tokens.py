@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agents import agent_command, write_secret
+from agents import agent_command, wait_until, write_secret
 from harness import Cluster, lease_subnet
 
 from hafleet_agent.server import api as api_mod
@@ -293,13 +293,6 @@ def _writes_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in audit if r.getMessage().startswith("write")]
 
 
-async def _wait_for(cond: Any, timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
-
-
 def test_write_lines_are_written_in_a_batch_with_the_times_of_their_answers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -319,7 +312,7 @@ def test_write_lines_are_written_in_a_batch_with_the_times_of_their_answers(
                 spans.append((t0, time.time()))
                 if k == 0:  # kept, not yet written: one batch BOOK_AFTER_S after the first
                     assert _writes_logged(caplog) == [] and len(api._booked) == 1
-            await _wait_for(lambda: len(_writes_logged(caplog)) == 3, 30)
+            await wait_until(lambda: len(_writes_logged(caplog)) == 3, "3 audit lines", 30)
             assert api._booked == [] and api._book_timer is None
         finally:
             await runner.cleanup()

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from agents import wait_until as wait_until_within
 
 from hafleet_agent.codec import MAX_INDEX, MAX_TERM, encode_message
 from hafleet_agent.raft.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
@@ -41,11 +42,7 @@ def run(coro: Awaitable[None], timeout: float = 60.0) -> None:
     asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-async def wait_until(pred: Callable[[], Any], what: str, timeout: float = WAIT) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.002)
-    assert pred(), what
+wait_until = partial(wait_until_within, timeout=WAIT)  # the shared poll, this file's bound
 
 
 def snap_message(size: int, index: int = 40) -> Message:

@@ -17,10 +17,12 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import msgpack
 import pytest
+from agents import wait_until as wait_until_within
 
 from hafleet_agent.transport import PeerInfo, Transport, parse_addr
 
@@ -35,12 +37,7 @@ def run(coro: Awaitable[None], timeout: float = 60.0) -> None:
     asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-async def wait_until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll a condition (the transport exposes counters, not events) with a deadline."""
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.002)
-    assert pred(), what
+wait_until = partial(wait_until_within, timeout=WAIT)  # the shared poll, this file's bound
 
 
 class Inbox:
