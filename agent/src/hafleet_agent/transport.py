@@ -237,6 +237,10 @@ class Transport(Listener):
         self._outbound: dict[str, Outbound] = {}
         self._to_flush: list[Outbound] = []  # peers sent to in this loop cycle
         self._flush_handle: asyncio.Handle | None = None  # the cycle's _flush, when due
+        # frames that may wait for the next write to their peer (send's ``within``): the
+        # peer and the loop time by which its queue is written anyway; one timer for all
+        self._riders: dict[Outbound, float] = {}
+        self._riders_handle: asyncio.TimerHandle | None = None
         self.inbound_protocol = True  # accepted connections read by inbound.FrameReader
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._pending_handshakes = 0
@@ -269,6 +273,10 @@ class Transport(Listener):
         if self._state == "stopped":
             return
         self._state = "stopped"
+        if self._riders_handle is not None:
+            self._riders_handle.cancel()
+            self._riders_handle = None
+        self._riders.clear()
         if self._server is not None:
             self._server.close()
         inbound = dict(self._inbound)
@@ -297,8 +305,14 @@ class Transport(Listener):
 
     # ---- sending ---------------------------------------------------------------------------
 
-    def send(self, addr: str, obj: object) -> bool:
+    def send(self, addr: str, obj: object, *, within: float | None = None) -> bool:
         """Queue ``obj`` for the agent at ``addr`` (``host:port``); never blocks.
+
+        ``within`` (seconds): the frame need not leave in this loop cycle; it waits for the
+        next write to ``addr`` (a periodic report rides on the next heartbeat or its answer,
+        in the same write and, when the peer reads batches, the same sealed frame: no write,
+        no wake-up of either end of its own), and is written at the latest ``within`` from
+        now when nothing else is.
 
         Returns False when the frame is dropped: the queue for ``addr`` is full
         (``queue_limit`` frames or ``queue_bytes`` bytes; the new frame is the one dropped),
@@ -328,7 +342,9 @@ class Transport(Listener):
             peer.start()
         if not peer.offer(payload):
             return False
-        if peer.idle and (not self._to_flush or self._to_flush[-1] is not peer):
+        if within is not None and peer.idle and peer not in self._to_flush:
+            self._ride(peer, within)
+        elif peer.idle and (not self._to_flush or self._to_flush[-1] is not peer):
             # written at the end of this cycle, with the cycle's other frames to it
             if not self._to_flush:
                 self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
@@ -339,8 +355,41 @@ class Transport(Listener):
         """Write what this loop cycle queued: one write per peer (one frame per peer when
         it reads batches), with no wake-up of the peers' tasks."""
         peers, self._to_flush = self._to_flush, []
+        riders = self._riders
         for peer in peers:
             peer.flush()  # a peer listed twice has nothing queued the second time
+            if riders:
+                riders.pop(peer, None)  # its waiting frames left with this write
+        if not riders and self._riders_handle is not None:
+            self._riders_handle.cancel()  # (a cancelled timer wakes no one)
+            self._riders_handle = None
+
+    def _ride(self, peer: Outbound, within: float) -> None:
+        """``peer``'s queue waits for its next write, ``within`` seconds at the most."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + max(0.0, within)
+        if due < self._riders.get(peer, due + 1):
+            self._riders[peer] = due
+            handle = self._riders_handle
+            if handle is None or due < handle.when():
+                if handle is not None:
+                    handle.cancel()
+                self._riders_handle = loop.call_at(due, self._riders_due)
+
+    def _riders_due(self) -> None:
+        """Write the queues whose waiting frames ran out of time (nothing else was sent to
+        their peers meanwhile); set the timer for the next."""
+        self._riders_handle = None
+        now = asyncio.get_running_loop().time()
+        for peer, due in list(self._riders.items()):
+            if due <= now:
+                del self._riders[peer]
+                if peer.idle:  # else its task writes the queue once it can
+                    peer.flush()
+        if self._riders:
+            self._riders_handle = asyncio.get_running_loop().call_at(
+                min(self._riders.values()), self._riders_due
+            )
 
     def flush(self) -> None:
         """Write what was queued so far now rather than at the end of this loop cycle (the

@@ -205,3 +205,117 @@ def test_the_key_and_session_of_a_batch_are_the_frames() -> None:
     body = s1.seal(wire.batch_payload([msgpack.packb("x")]))[4:]
     with pytest.raises(wire.AuthError):
         s2.open(body)
+
+
+# ---- frames that wait for the next write (send's ``within``) ---------------------------------
+
+
+def test_a_frame_sent_within_waits_and_leaves_with_the_next_frame_in_one_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A member's report rides on its next heartbeat answer: the report is queued, nothing
+    is written for it, and the next frame to the same peer carries both, in order, sealed
+    as one frame."""
+
+    async def main() -> None:
+        ib = Inbox()
+        a, b = make("a"), make("b", ib)
+        await a.start()
+        await b.start()
+        await connected(a, b, ib)
+        sealed = count_seals(monkeypatch)
+        assert a.send(addr(b), {"k": "metrics", "n": 1}, within=60.0)
+        for _ in range(10):  # loop cycles pass: no flush is due, and no timer is near
+            await asyncio.sleep(0)
+        assert a.queued(addr(b)) == 1 and sealed[0] == 0 and ib.objs() == ["first"]
+        assert a.send(addr(b), {"k": "raft", "n": 2})
+        assert await ib.wait_for(3) == ["first", {"k": "metrics", "n": 1}, {"k": "raft", "n": 2}]
+        assert sealed[0] == 1
+        await a.stop()
+        await b.stop()
+
+    run(main())
+
+
+def test_a_frame_sent_within_leaves_on_its_own_when_nothing_else_is_sent() -> None:
+    async def main() -> None:
+        ib = Inbox()
+        a, b = make("a"), make("b", ib)
+        await a.start()
+        await b.start()
+        await connected(a, b, ib)
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        assert a.send(addr(b), "alone", within=0.05)
+        assert await ib.wait_for(2) == ["first", "alone"]
+        waited = loop.time() - sent_at
+        assert waited >= 0.05 - 0.005, f"written after {waited:.3f} s, before its bound"
+        await a.stop()
+        await b.stop()
+
+    run(main())
+
+
+def test_each_peer_keeps_its_own_bound_and_a_sooner_one_moves_the_timer() -> None:
+    """Three peers: a frame with a long bound, then frames with shorter ones; each leaves at
+    its own bound (the timer is set again for the next), a second frame to a waiting peer
+    with a sooner bound brings that peer's whole queue forward, and a later one does not
+    push it back."""
+
+    async def main() -> None:
+        ib, ic, id_ = Inbox(), Inbox(), Inbox()
+        a, b, c, d = make("a"), make("b", ib), make("c", ic), make("d", id_)
+        for t in (a, b, c, d):
+            await t.start()
+        for t, inbox in ((b, ib), (c, ic), (d, id_)):
+            await connected(a, t, inbox)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert a.send(addr(b), "b-late", within=60.0)
+        assert a.send(addr(c), "c-1", within=0.3)
+        assert a.send(addr(d), "d-1", within=60.0)
+        assert a.send(addr(d), "d-2", within=0.05)  # brings d-1 with it
+        assert a.send(addr(c), "c-2", within=60.0)  # does not push c-1 back
+        assert await id_.wait_for(3) == ["first", "d-1", "d-2"]
+        assert await ic.wait_for(3) == ["first", "c-1", "c-2"]
+        assert loop.time() - t0 >= 0.3 - 0.005
+        assert ib.objs() == ["first"] and a.queued(addr(b)) == 1
+        assert a.send(addr(b), "now")
+        assert await ib.wait_for(3) == ["first", "b-late", "now"]
+        for t in (a, b, c, d):
+            await t.stop()
+
+    run(main())
+
+
+def test_a_frame_sent_within_to_a_peer_not_yet_connected_goes_when_it_connects() -> None:
+    async def main() -> None:
+        ib = Inbox()
+        a, b = make("a"), make("b", ib)
+        await a.start()
+        await b.start()
+        assert a.send(addr(b), "early", within=60.0)  # dials; the task writes once connected
+        assert await ib.wait_for(1) == ["early"]
+        await a.stop()
+        await b.stop()
+
+    run(main())
+
+
+def test_stop_with_frames_waiting_discards_them_and_leaves_no_timer() -> None:
+    async def main() -> None:
+        ib = Inbox()
+        a, b = make("a"), make("b", ib)
+        await a.start()
+        await b.start()
+        await connected(a, b, ib)
+        assert a.send(addr(b), "waits", within=0.05)
+        dropped = a.stats.drops_discarded
+        await a.stop()
+        assert a.stats.drops_discarded == dropped + 1
+        await asyncio.sleep(0.1)  # past the bound: the cancelled timer writes nothing
+        assert ib.objs() == ["first"]
+        assert not a.send(addr(b), "after", within=0.05)
+        await b.stop()
+
+    run(main())

@@ -39,6 +39,17 @@ from .errors import AgentError
 log = logging.getLogger("hafleet.agent")
 
 REPORT_INTERVAL = 1.0
+
+
+def ride_within(cfg: AgentConfig) -> float:
+    """How long a member's report and the leader's shared table may wait for the next Raft
+    frame to their peer, to leave in its write (``Transport.send``'s ``within``): two
+    heartbeats (a leader sends one each ``heartbeat_ms``, a follower answers it), at most
+    half a report interval. An idle leader of five read four reports a second, each its own
+    wake-up, and wrote four tables, each its own write."""
+    return min(REPORT_INTERVAL / 2, 2 * cfg.heartbeat_ms / 1000)
+
+
 HEALTH_INTERVAL = 0.1  # the pace of the fast health chores (service checks, eviction)
 HEALTH_PACE_MAX = 0.25  # ... at most, when no member can pass its silence limit sooner
 STALL_S = 0.3  # the fast chores ran this late: this node stalled, not its peers
@@ -162,10 +173,12 @@ class LeaderChores:
             self._last_table_push = now
             table = {mid: {"t_age": now - t, **body} for mid, (t, body) in self.reports.items()}
             self.metrics_table = table
+            ride = ride_within(self.cfg)
             for mid in ids:
                 addr = field(mid, "raft_addr")
                 if mid != self.id and addr:
-                    self._send(str(addr), "metrics_table", table=table)
+                    # (rides on the next heartbeat to it)
+                    self._send(str(addr), "metrics_table", table=table, within=ride)
         # weights
         if now - self._last_plan >= REPORT_INTERVAL:
             self._last_plan = now

@@ -71,12 +71,12 @@ class Outbox:
         if self.transport is not None:
             self.transport.flush()
 
-    def send(self, addr: str, kind: str, **body: Any) -> bool:
+    def send(self, addr: str, kind: str, *, within: float | None = None, **body: Any) -> bool:
         assert self.transport is not None
         body["k"] = kind
         body["cid"] = self._cluster_id()
         try:
-            return self.transport.send(addr, body)
+            return self.transport.send(addr, body, within=within)
         except ValueError as exc:  # an address the transport cannot dial (from mDNS, say)
             log.debug("cannot send %s to %r: %s", kind, addr, exc)
             return False

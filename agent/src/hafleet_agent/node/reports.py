@@ -3,6 +3,7 @@
 - its host's metrics, sampled every REPORT_INTERVAL (``sampler_loop``) and sent to the
   leader in a ``metrics`` frame (the leader keeps its own and the members' reports in the
   chores' table); the leader shares every member's last report in ``metrics_table`` frames;
+  both ride on the next Raft frame to their peer (``chores.ride_within``);
 - its own member record: when the replicated record no longer holds this node's addresses
   (``check_own_record``), the leader writes it, a follower asks the leader to in a
   ``member_update`` frame.
@@ -23,7 +24,7 @@ from ..config import AgentConfig, parse_service_check
 from ..metrics import HostMetrics, MetricsSource, Sampler
 from ..state import StateMachine, encode_command
 from ..transport import PeerInfo
-from .chores import REPORT_INTERVAL, LeaderChores
+from .chores import REPORT_INTERVAL, LeaderChores, ride_within
 from .driver import Driver
 from .errors import AgentError
 from .frames import MAX_METRICS_FIELDS, FrameError, check_info, check_metrics_row
@@ -131,7 +132,8 @@ class Reporter:
         elif lead is not None:
             addr = self._addr_of(lead)
             if addr:
-                self._send(addr, "metrics", metrics=body)
+                # rides on the next heartbeat answer: no write nor wake-up of its own
+                self._send(addr, "metrics", metrics=body, within=ride_within(self.cfg))
 
     def on_metrics(self, peer: PeerInfo, obj: dict[Any, Any]) -> None:
         """A member's report to the leader; reports of non-members are ignored (the table
