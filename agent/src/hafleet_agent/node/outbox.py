@@ -18,7 +18,7 @@ from ..raft.types import Message
 from ..snapxfer import SnapshotSender
 from ..state import StateMachine
 from ..transport import Transport
-from .peers import Peer
+from .peers import MAX_PEERS, Peer
 
 log = logging.getLogger("hafleet.agent")
 
@@ -38,6 +38,11 @@ class Outbox:
         self._cluster_id = cluster_id
         self.transport: Transport | None = None
         self.snap_sender: SnapshotSender | None = None
+        #: The last message without entries sent to each member, with its bytes: a leader's
+        #: heartbeat to a member and the member's answer are the same again and again while
+        #: nothing is written, and encoding one (``encode_message`` checks every field) is
+        #: Python the idle leader paid forty times a second.
+        self._encoded: dict[str, tuple[Message, bytes]] = {}
 
     def start(self, transport: Transport, snap_sender: SnapshotSender | None) -> None:
         self.transport, self.snap_sender = transport, snap_sender
@@ -62,7 +67,16 @@ class Outbox:
         ):
             self.snap_sender.send(addr, m)  # in chunks; a failure is reported later
             return
-        frame = {"k": "raft", "cid": self._cluster_id(), "m": encode_message(m)}
+        if m.entries or m.snapshot is not None:
+            data = encode_message(m)
+        elif (sent := self._encoded.get(m.to)) is not None and sent[0] == m:
+            data = sent[1]
+        else:
+            data = encode_message(m)
+            if len(self._encoded) >= MAX_PEERS:
+                self._encoded.clear()
+            self._encoded[m.to] = (m, data)
+        frame = {"k": "raft", "cid": self._cluster_id(), "m": data}
         if not self.transport.send(addr, frame) and (raw := self._raw()) is not None:
             raw.report_unreachable(m.to)
 
