@@ -5,9 +5,9 @@
 Every agent of a test cluster runs on the same machine, so psutil would report the same host
 to all of them and their capacity weights would always be equal. This launcher runs the real
 agent (the same ``hafleet_agent.cli.main``: Raft, reports, the leader's planner, the
-committed table) with one thing swapped: ``metrics.PsutilSource`` reads cpu count, cpu use,
-load and memory from METRICS_FILE (JSON) at every sample, so a test changes "a host's load"
-by rewriting that file. Fields and defaults::
+committed table) with one thing swapped: ``metrics.ProcSource`` (the host's source on Linux)
+reads cpu count, cpu use, load and memory from METRICS_FILE (JSON) at every sample, so a
+test changes "a host's load" by rewriting that file. Fields and defaults::
 
     {"cpu_count": 4, "cpu_percent": 5.0, "load1": 0.2, "mem_total": 8 GiB,
      "mem_available": 6 GiB}
@@ -31,7 +31,7 @@ DEFAULTS = {
 }
 
 
-class FileSource(metrics.PsutilSource):
+class FileSource(metrics.ProcSource):
     path: Path
 
     def _read(self) -> dict:
@@ -64,7 +64,7 @@ def write_metrics(path: Path, **values: float) -> None:
 
 def main() -> int:
     FileSource.path = Path(sys.argv[1])
-    metrics.PsutilSource = FileSource  # type: ignore[misc]
+    metrics.ProcSource = FileSource  # type: ignore[misc]
     from hafleet_agent.cli import main as agent_main
 
     return agent_main(sys.argv[2:])

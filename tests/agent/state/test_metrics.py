@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+import hafleet_agent.metrics as metrics_mod
 from hafleet_agent.metrics import (
     SMOOTHED_FIELDS,
     HostMetrics,
+    ProcSource,
     PsutilSource,
     Sampler,
     ewma,
+    host_source,
     run_sampler,
     sample,
 )
@@ -206,8 +211,9 @@ def test_from_dict_refuses_bad_reports(change: dict[str, Any], words: str) -> No
         HostMetrics.from_dict(d)
 
 
-def test_the_real_host(tmp_path: Any) -> None:
-    s = Sampler(PsutilSource(), data_dir=str(tmp_path))
+@pytest.mark.parametrize("source", [ProcSource, PsutilSource])
+def test_the_real_host(tmp_path: Any, source: Any) -> None:
+    s = Sampler(source(), data_dir=str(tmp_path))
     first = s.sample()
     m = s.sample()
     assert m.timestamp >= first.timestamp
@@ -331,3 +337,94 @@ def test_run_sampler_checks_its_arguments() -> None:
     calls: list[HostMetrics] = []
     assert _run(run_sampler(Sampler(FakeSource(), clock=FakeClock()), 1, calls.append, stop)) == 0
     assert calls == []
+
+
+def test_proc_reads_what_psutil_reads(tmp_path: Any) -> None:
+    """The same host through both sources: the figures that do not move between two calls
+    are equal, the counters and gauges that do are close, and nothing but the first reads
+    differ in kind."""
+    import psutil
+
+    proc, ps = ProcSource(), PsutilSource()
+    assert proc.cpu_count() == ps.cpu_count()
+    assert proc.virtual_memory().total == ps.virtual_memory().total
+    assert abs(proc.virtual_memory().available - ps.virtual_memory().available) < 64 << 20
+    assert proc.swap_memory().percent == pytest.approx(ps.swap_memory().percent, abs=0.5)
+    d1, d2 = proc.disk_usage(str(tmp_path)), ps.disk_usage(str(tmp_path))
+    assert d1.percent == pytest.approx(d2.percent, abs=0.5)
+    assert abs(d1.free - d2.free) < 256 << 20
+    n1, n2 = proc.net_io_counters(), ps.net_io_counters()
+    assert 0 <= n2.bytes_sent - n1.bytes_sent < 64 << 20
+    assert 0 <= n2.bytes_recv - n1.bytes_recv < 64 << 20
+    assert abs(proc.process_rss() - ps.process_rss()) < 8 << 20
+    assert proc.uptime() == pytest.approx(time.time() - psutil.boot_time(), abs=2.0)
+    assert proc.getloadavg() == pytest.approx(ps.getloadavg(), abs=0.5)
+    sum(i * i for i in range(200_000))  # some CPU use to see
+    assert 0.0 <= proc.cpu_percent() <= 100.0
+    with pytest.raises(ValueError, match="previous call"):
+        proc.cpu_percent(interval=0.1)
+
+
+def test_proc_cpu_percent_is_psutils_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """user nice system idle iowait irq softirq steal guest guest_nice: guest time is in
+    user time already (not counted twice), idle and iowait are not busy."""
+    src = ProcSource()
+    lines = iter(
+        [
+            b"cpu  100 0 100 700 100 0 0 0 50 0\ncpu0 1 2 3\n",
+            b"cpu  200 0 150 800 150 0 0 0 90 0\ncpu0 1 2 3\n",
+            b"cpu  200 0 150 900 150 0 0 0 90 0\n",
+            b"cpu  100 0 100 950 150 0 0 0 90 0\n",  # went back: 0, not negative
+        ]
+    )
+    monkeypatch.setattr(src, "_pread", lambda name, size=65536: next(lines))
+    src._cpu = src._cpu_times()
+    # total 1000 -> 1300 (the guest time left out), busy 200 -> 350: 150 / 300
+    assert src.cpu_percent() == 50.0
+    assert src.cpu_percent() == 0.0  # only idle moved
+    assert src.cpu_percent() == 0.0
+
+
+def test_proc_keeps_its_files_open_and_reads_with_descriptors_used_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no descriptor left, psutil's sampler fails (it opens a file at every call); the
+    files of a ProcSource were opened at its start, and the CPU count (the C library opens a
+    /sys file for it) keeps its last value."""
+    import resource
+
+    s = Sampler(ProcSource(), data_dir="/")
+    cpus = s.sample().cpu_count
+    psutil_source = PsutilSource()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    # a low limit for this test, so that using the descriptors up takes a few dozen
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 32, hard))
+    try:
+        for _ in range(4096):  # bounded; the limit above is reached long before
+            try:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        else:
+            pytest.fail("the descriptors were not used up")
+        with pytest.raises(OSError):
+            psutil_source.virtual_memory()
+        m = s.sample()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert m.cpu_count == cpus and m.mem_total > 0 and m.process_rss > 0
+
+
+def test_without_proc_the_host_is_read_through_psutil(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(host_source(), ProcSource)
+    monkeypatch.setattr(metrics_mod, "_PROC_FILES", ("/proc/meminfo", "/proc/no-such-file"))
+    with caplog.at_level(logging.INFO, logger="hafleet_agent.metrics"):
+        src = host_source()
+    assert isinstance(src, PsutilSource)
+    assert "sampling through psutil" in caplog.text and "no-such-file" in caplog.text
+    assert sample(None, source=src).mem_total > 0
