@@ -7,9 +7,9 @@ followers, in nanoseconds.
 Each run starts one cluster of each tree (``--members`` real ``hafleet-agent run``
 processes on loopback, ``agent_bench.Cluster``, each under ``PYTHONPATH=<tree>``) and lets
 both idle together, so that whatever else the machine does meanwhile falls on both alike;
-then, per window of ``--seconds``, it reads each member's CPU time from
-``/proc/PID/schedstat`` (nanoseconds: ``bench/ab_agent.py``'s idle rounds read psutil's
-10 ms ticks, a twentieth of an idle leader's second) and prints the leaders' ratio B/A and
+then, per window of ``--seconds``, it reads each member's CPU time from the kernel's
+per-process CPU clock (nanoseconds, every thread: ``bench/ab_agent.py``'s idle rounds read
+psutil's 10 ms ticks, a twentieth of an idle leader's second) and prints the leaders' ratio B/A and
 the median followers'. Every other run swaps the places (TREE_B first), because one run
 carries an offset of its own: two clusters of the same tree came out 0.952× in one run (B
 lower in 7 of 8 windows; docs/benchmarks.md, seventeenth session). The summary gives each
@@ -34,8 +34,8 @@ import agent_bench as ab  # noqa: E402
 
 
 def cpu_ns(pid: int) -> int:
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0])
+    """The process's CPU time, all its threads (common.cpu_seconds' clock), in ns."""
+    return time.clock_gettime_ns(((~pid) << 3) | 2)
 
 
 def one_run(

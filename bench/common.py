@@ -55,6 +55,15 @@ _PROCS: dict[int, subprocess.Popen[bytes]] = {}
 ERRS = (TimeoutError, aiohttp.ClientError, ValueError)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used, all its threads, those that
+    ended included: the kernel's per-process CPU clock (``clock_getcpuclockid``'s clock,
+    ``CPUCLOCK_SCHED``), in nanoseconds. ``/proc/PID/stat`` (psutil's ``cpu_times``) counts
+    clock ticks of 10 ms: an idle member uses 40-100 of them a minute, so two equal
+    counts tie and one tick is 1-2 % of the figure."""
+    return time.clock_gettime_ns(((~pid) << 3) | 2) / 1e9
+
+
 def next_net() -> int:
     return next(_net_iter)
 

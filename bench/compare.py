@@ -53,7 +53,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import Etcd, Hafleet, PySyncObj, System, Timing  # noqa: E402
+from common import Etcd, Hafleet, PySyncObj, System, Timing, cpu_seconds  # noqa: E402
 
 VALUE = "v" * 100
 LOCK = Path(tempfile.gettempdir()) / "hafleet-bench-compare.lock"
@@ -574,17 +574,14 @@ async def bench_idle(
             procs = {
                 x.kind: {n: psutil.Process(pid) for n, pid in x.pids().items()} for x in systems
             }
-            cpu0 = {
-                k: {n: sum(p.cpu_times()[:2]) for n, p in ps.items()} for k, ps in procs.items()
-            }
+            cpu0 = {k: {n: cpu_seconds(p.pid) for n, p in ps.items()} for k, ps in procs.items()}
             t0 = time.monotonic()
             await asyncio.sleep(seconds)
             wall = time.monotonic() - t0
             for x in systems:
                 ps = procs[x.kind]
                 cpu = {
-                    n: (sum(p.cpu_times()[:2]) - cpu0[x.kind][n]) / wall * 100
-                    for n, p in ps.items()
+                    n: (cpu_seconds(p.pid) - cpu0[x.kind][n]) / wall * 100 for n, p in ps.items()
                 }
                 rss = {n: p.memory_info().rss / 2**20 for n, p in ps.items()}
                 pss = {}

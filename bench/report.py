@@ -614,8 +614,9 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
         body.append(
             f"{n_idle} members of each system side by side, after {ia.get('settle')} s of "
             f"settling; {ia.get('idle_windows')} windows of {ia.get('idle_seconds')} s. "
-            "CPU = user+system time of the member's process over the window, % of one "
-            "core; RSS and PSS from /proc (psutil).\n"
+            "CPU = user+system time of the member's process over the window (the kernel's "
+            "per-process CPU clock, in ns), % of one core; RSS and PSS from /proc "
+            "(psutil).\n"
         )
         body.append(
             "| system | CPU leader % | CPU follower % (median) | RSS MiB (median member) | "
