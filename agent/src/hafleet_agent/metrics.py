@@ -46,6 +46,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -199,29 +200,6 @@ class PsutilSource:
         return max(0.0, time.time() - self._boot)
 
 
-@dataclass(frozen=True, slots=True)
-class _Memory:
-    total: int
-    available: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Percent:
-    percent: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Disk:
-    percent: float
-    free: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Net:
-    bytes_sent: int
-    bytes_recv: int
-
-
 _PROC_FILES = ("/proc/meminfo", "/proc/stat", "/proc/net/dev", "/proc/self/statm")
 
 
@@ -302,32 +280,33 @@ class ProcSource:
     def getloadavg(self) -> tuple[float, float, float]:
         return os.getloadavg()
 
-    def virtual_memory(self) -> _Memory:
+    def virtual_memory(self) -> SimpleNamespace:
         m = self._meminfo()
         # (0 is a kernel's bug, psutil issue 1915: the free memory then, a low estimate)
-        return _Memory(total=m[b"MemTotal"], available=m[b"MemAvailable"] or m[b"MemFree"])
+        return SimpleNamespace(total=m[b"MemTotal"], available=m[b"MemAvailable"] or m[b"MemFree"])
 
-    def swap_memory(self) -> _Percent:
+    def swap_memory(self) -> SimpleNamespace:
         m = self._meminfo()
         total = m.get(b"SwapTotal", 0)
         used = total - m.get(b"SwapFree", 0)
-        return _Percent(round(100.0 * used / total, 1) if total > 0 else 0.0)
+        return SimpleNamespace(percent=round(100.0 * used / total, 1) if total > 0 else 0.0)
 
-    def disk_usage(self, path: str) -> _Disk:
+    def disk_usage(self, path: str) -> SimpleNamespace:
         st = os.statvfs(path)
         free = st.f_bavail * st.f_frsize
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
         total_user = used + free  # what psutil divides by: the root-reserved blocks left out
-        return _Disk(round(100.0 * used / total_user, 1) if total_user > 0 else 0.0, free)
+        percent = round(100.0 * used / total_user, 1) if total_user > 0 else 0.0
+        return SimpleNamespace(percent=percent, free=free)
 
-    def net_io_counters(self) -> _Net:
+    def net_io_counters(self) -> SimpleNamespace:
         sent = recv = 0
         for line in self._pread("/proc/net/dev").split(b"\n")[2:]:
             fields = line.partition(b":")[2].split()
             if len(fields) >= 9:
                 recv += int(fields[0])
                 sent += int(fields[8])
-        return _Net(bytes_sent=sent, bytes_recv=recv)
+        return SimpleNamespace(bytes_sent=sent, bytes_recv=recv)
 
     def process_rss(self) -> int:
         return int(self._pread("/proc/self/statm").split()[1]) * self._page

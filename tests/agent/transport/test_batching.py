@@ -8,6 +8,8 @@ delivered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -210,6 +212,22 @@ def test_the_key_and_session_of_a_batch_are_the_frames() -> None:
 # ---- frames that wait for the next write (send's ``within``) ---------------------------------
 
 
+@contextlib.asynccontextmanager
+async def connected_pair() -> AsyncIterator[tuple[Transport, Transport, Inbox]]:
+    """``a`` with an idle connection to ``b``, whose frames go to the inbox; both stopped
+    at the end."""
+    ib = Inbox()
+    a, b = make("a"), make("b", ib)
+    await a.start()
+    await b.start()
+    try:
+        await connected(a, b, ib)
+        yield a, b, ib
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 def test_a_frame_sent_within_waits_and_leaves_with_the_next_frame_in_one_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -218,40 +236,29 @@ def test_a_frame_sent_within_waits_and_leaves_with_the_next_frame_in_one_batch(
     as one frame."""
 
     async def main() -> None:
-        ib = Inbox()
-        a, b = make("a"), make("b", ib)
-        await a.start()
-        await b.start()
-        await connected(a, b, ib)
-        sealed = count_seals(monkeypatch)
-        assert a.send(addr(b), {"k": "metrics", "n": 1}, within=60.0)
-        for _ in range(10):  # loop cycles pass: no flush is due, and no timer is near
-            await asyncio.sleep(0)
-        assert a.queued(addr(b)) == 1 and sealed[0] == 0 and ib.objs() == ["first"]
-        assert a.send(addr(b), {"k": "raft", "n": 2})
-        assert await ib.wait_for(3) == ["first", {"k": "metrics", "n": 1}, {"k": "raft", "n": 2}]
-        assert sealed[0] == 1
-        await a.stop()
-        await b.stop()
+        async with connected_pair() as (a, b, ib):
+            sealed = count_seals(monkeypatch)
+            assert a.send(addr(b), {"k": "metrics", "n": 1}, within=60.0)
+            for _ in range(10):  # loop cycles pass: no flush is due, and no timer is near
+                await asyncio.sleep(0)
+            assert a.queued(addr(b)) == 1 and sealed[0] == 0 and ib.objs() == ["first"]
+            assert a.send(addr(b), {"k": "raft", "n": 2})
+            want = ["first", {"k": "metrics", "n": 1}, {"k": "raft", "n": 2}]
+            assert await ib.wait_for(3) == want
+            assert sealed[0] == 1
 
     run(main())
 
 
 def test_a_frame_sent_within_leaves_on_its_own_when_nothing_else_is_sent() -> None:
     async def main() -> None:
-        ib = Inbox()
-        a, b = make("a"), make("b", ib)
-        await a.start()
-        await b.start()
-        await connected(a, b, ib)
-        loop = asyncio.get_running_loop()
-        sent_at = loop.time()
-        assert a.send(addr(b), "alone", within=0.05)
-        assert await ib.wait_for(2) == ["first", "alone"]
-        waited = loop.time() - sent_at
-        assert waited >= 0.05 - 0.005, f"written after {waited:.3f} s, before its bound"
-        await a.stop()
-        await b.stop()
+        async with connected_pair() as (a, b, ib):
+            loop = asyncio.get_running_loop()
+            sent_at = loop.time()
+            assert a.send(addr(b), "alone", within=0.05)
+            assert await ib.wait_for(2) == ["first", "alone"]
+            waited = loop.time() - sent_at
+            assert waited >= 0.05 - 0.005, f"written after {waited:.3f} s, before its bound"
 
     run(main())
 
@@ -304,18 +311,13 @@ def test_a_frame_sent_within_to_a_peer_not_yet_connected_goes_when_it_connects()
 
 def test_stop_with_frames_waiting_discards_them_and_leaves_no_timer() -> None:
     async def main() -> None:
-        ib = Inbox()
-        a, b = make("a"), make("b", ib)
-        await a.start()
-        await b.start()
-        await connected(a, b, ib)
-        assert a.send(addr(b), "waits", within=0.05)
-        dropped = a.stats.drops_discarded
-        await a.stop()
-        assert a.stats.drops_discarded == dropped + 1
-        await asyncio.sleep(0.1)  # past the bound: the cancelled timer writes nothing
-        assert ib.objs() == ["first"]
-        assert not a.send(addr(b), "after", within=0.05)
-        await b.stop()
+        async with connected_pair() as (a, b, ib):
+            assert a.send(addr(b), "waits", within=0.05)
+            dropped = a.stats.drops_discarded
+            await a.stop()
+            assert a.stats.drops_discarded == dropped + 1
+            await asyncio.sleep(0.1)  # past the bound: the cancelled timer writes nothing
+            assert ib.objs() == ["first"]
+            assert not a.send(addr(b), "after", within=0.05)
 
     run(main())
