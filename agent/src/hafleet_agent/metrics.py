@@ -219,8 +219,9 @@ class ProcSource:
                 self._fds[name] = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
             self._page = os.sysconf("SC_PAGE_SIZE")
             meminfo = self._meminfo()
-            if not meminfo.get(b"MemAvailable"):  # kernels before 3.14 (psutil estimates)
-                raise OSError("/proc/meminfo has no MemAvailable")
+            for key in (b"MemTotal", b"MemAvailable"):  # (MemAvailable: Linux 3.14 on)
+                if not meminfo.get(key):
+                    raise OSError(f"/proc/meminfo has no {key.decode()}")
             self._boot = self._boot_time()
             self._cpu = self._cpu_times()
             self._cpus = os.cpu_count()

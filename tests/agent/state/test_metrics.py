@@ -428,3 +428,9 @@ def test_without_proc_the_host_is_read_through_psutil(
     assert isinstance(src, PsutilSource)
     assert "sampling through psutil" in caplog.text and "no-such-file" in caplog.text
     assert sample(None, source=src).mem_total > 0
+    # a kernel before 3.14: no MemAvailable (psutil estimates it)
+    monkeypatch.undo()
+    monkeypatch.setattr(ProcSource, "_meminfo", lambda self: {b"MemTotal": 1 << 30})
+    with caplog.at_level(logging.INFO, logger="hafleet_agent.metrics"):
+        assert isinstance(host_source(), PsutilSource)
+    assert "/proc/meminfo has no MemAvailable" in caplog.text
