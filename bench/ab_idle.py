@@ -8,11 +8,12 @@ Each run starts one cluster of each tree (``--members`` real ``hafleet-agent run
 processes on loopback, ``agent_bench.Cluster``, each under ``PYTHONPATH=<tree>``) and lets
 both idle together, so that whatever else the machine does meanwhile falls on both alike;
 then, per window of ``--seconds``, it reads each member's CPU time from the kernel's
-per-process CPU clock (nanoseconds, every thread: ``bench/ab_agent.py``'s idle rounds read
-psutil's 10 ms ticks, a twentieth of an idle leader's second) and prints the leaders' ratio B/A and
-the median followers'. Every other run swaps the places (TREE_B first), because one run
-carries an offset of its own: two clusters of the same tree came out 0.952× in one run (B
-lower in 7 of 8 windows; docs/benchmarks.md, seventeenth session). The summary gives each
+per-process CPU clock (``common.cpu_seconds``: nanoseconds, every thread;
+``bench/ab_agent.py``'s idle rounds read psutil's 10 ms ticks, a twentieth of an idle
+leader's second) and prints the leaders' ratio B/A and the median followers'. Every other
+run swaps the places (TREE_B first), because one run carries an offset of its own: two
+clusters of the same tree came out 0.952× in one run (B lower in 7 of 8 windows;
+docs/benchmarks.md, seventeenth session). The summary gives each
 run's median ratio of the trees (TREE_B against TREE_A, whatever their places) and their
 geometric mean.
 """
@@ -31,11 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import agent_bench as ab  # noqa: E402
-
-
-def cpu_ns(pid: int) -> int:
-    """The process's CPU time, all its threads (common.cpu_seconds' clock), in ns."""
-    return time.clock_gettime_ns(((~pid) << 3) | 2)
+from common import cpu_seconds  # noqa: E402
 
 
 def one_run(
@@ -58,14 +55,14 @@ def one_run(
         leaders, followers = [], []
         for w in range(windows):
             pids = [{n: p.pid for n, p in c.procs.items()} for c in clusters]
-            before = [{n: cpu_ns(p) for n, p in ps.items()} for ps in pids]
+            before = [{n: cpu_seconds(p) for n, p in ps.items()} for ps in pids]
             t0 = time.monotonic()
             time.sleep(seconds)  # the window measured: both clusters idle meanwhile
             dt = time.monotonic() - t0
-            after = [{n: cpu_ns(p) for n, p in ps.items()} for ps in pids]
+            after = [{n: cpu_seconds(p) for n, p in ps.items()} for ps in pids]
             lead, fol = [], []
             for i, c in enumerate(clusters):
-                pct = {n: (after[i][n] - before[i][n]) / 1e9 / dt * 100 for n in pids[i]}
+                pct = {n: (after[i][n] - before[i][n]) / dt * 100 for n in pids[i]}
                 leader = c.leader()
                 lead.append(pct[leader])
                 fol.append(statistics.median(v for n, v in pct.items() if n != leader))

@@ -385,9 +385,7 @@ def test_proc_cpu_percent_is_psutils_arithmetic(monkeypatch: pytest.MonkeyPatch)
     assert src.cpu_percent() == 0.0
 
 
-def test_proc_keeps_its_files_open_and_reads_with_descriptors_used_up(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_proc_keeps_its_files_open_and_reads_with_descriptors_used_up() -> None:
     """With no descriptor left, psutil's sampler fails (it opens a file at every call); the
     files of a ProcSource were opened at its start, and the CPU count (the C library opens a
     /sys file for it) keeps its last value."""
