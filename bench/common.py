@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -53,6 +54,22 @@ _PROCS: dict[int, subprocess.Popen[bytes]] = {}
 
 # what a request to a member can fail with (refused, reset, timed out, not JSON)
 ERRS = (TimeoutError, aiohttp.ClientError, ValueError)
+
+
+def _agent_ca(args: list[str]) -> None:
+    subprocess.run([PY, "-m", "hafleet_agent", "ca", *args], check=True, capture_output=True)
+
+
+def ssl_context(systems: list[System]) -> ssl.SSLContext | None:
+    """A client context that trusts the CA of every system in ``systems`` that serves TLS
+    (None when none does)."""
+    cas = [x.tls_dir / "ca.crt" for x in systems if x.tls_dir is not None]
+    if not cas:
+        return None
+    ctx = ssl.create_default_context()
+    for ca in cas:
+        ctx.load_verify_locations(cafile=str(ca))
+    return ctx
 
 
 def cpu_seconds(pid: int) -> float:
@@ -166,6 +183,7 @@ class View:
 class System:
     kind = "?"
     label = "?"
+    tls_dir: Path | None = None  # with TLS: the cluster's CA (``hafleet-agent ca``) and certs
 
     def __init__(self, n: int, work: Path, timing: Timing, net: int | None = None) -> None:
         self.n = n
@@ -176,6 +194,28 @@ class System:
         self.members: dict[str, Member] = {}
         for i in range(1, n + 1):
             self._new_member(i)
+
+    def use_tls(self) -> None:
+        """Serve TLS (call before the members start): a CA of this cluster's own made with
+        ``hafleet-agent ca init``, a certificate per member (its address in the SAN, server and
+        client use) from ``ca issue``; the bench's client trusts it (:func:`ssl_context`)."""
+        self.tls_dir = self.dir / "tls"
+        _agent_ca(["init", "--dir", str(self.tls_dir)])
+
+    def tls_files(self, m: Member) -> tuple[str, str, str]:
+        """(CA certificate, ``m``'s certificate, its key), issued on first use."""
+        d = self.tls_dir
+        assert d is not None
+        if not (d / f"{m.name}.crt").exists():
+            # 127.0.0.1 too: etcd checks a peer's client certificate against the connection's
+            # source address, and its members dial from 127.0.0.1 (they bind no source)
+            _agent_ca(["issue", "--dir", str(d), "--node-id", m.name, "--address", m.ip,
+                       "--address", "127.0.0.1"])  # fmt: skip
+        return str(d / "ca.crt"), str(d / f"{m.name}.crt"), str(d / f"{m.name}.key")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_dir is not None else "http"
 
     def _new_member(self, i: int) -> Member:
         name = f"n{i}"
@@ -345,11 +385,17 @@ class Hafleet(System):
             "--data-dir", str(m.dir / "data"),
             "--key-file", str(self.key), "--token-file", str(self.token_file),
             "--join", ",".join(joins), "--no-mdns",
-            *expect, *self.timing_flags(),
+            *expect, *self.timing_flags(), *self.tls_flags(m),
         ]  # fmt: skip
 
+    def tls_flags(self, m: Member) -> list[str]:
+        if self.tls_dir is None:
+            return []
+        ca, crt, key = self.tls_files(m)
+        return ["--tls-ca-file", ca, "--tls-cert-file", crt, "--tls-key-file", key]
+
     def url(self, name: str, path: str) -> str:
-        return f"http://{self.members[name].ip}:{API_PORT}{path}"
+        return f"{self.scheme}://{self.members[name].ip}:{API_PORT}{path}"
 
     def env(self, m: Member) -> dict[str, str] | None:
         if not self.traced:
@@ -529,10 +575,22 @@ class Etcd(System):
         self.cluster_state = "new"
 
     def peer(self, m: Member) -> str:
-        return f"http://{m.ip}:{ETCD_PEER}"
+        return f"{self.scheme}://{m.ip}:{ETCD_PEER}"
 
     def client(self, m: Member) -> str:
-        return f"http://{m.ip}:{ETCD_CLIENT}"
+        return f"{self.scheme}://{m.ip}:{ETCD_CLIENT}"
+
+    def tls_flags(self, m: Member) -> list[str]:
+        """What hafleet's TLS does: mutual TLS between the members, a server certificate
+        for the clients (hafleet's API asks no client certificate either)."""
+        if self.tls_dir is None:
+            return []
+        ca, crt, key = self.tls_files(m)
+        return [
+            "--cert-file", crt, "--key-file", key,
+            "--peer-cert-file", crt, "--peer-key-file", key,
+            "--peer-trusted-ca-file", ca, "--peer-client-cert-auth",
+        ]  # fmt: skip
 
     def timing_flags(self) -> list[str]:
         t = self.timing
@@ -553,7 +611,7 @@ class Etcd(System):
             "--initial-cluster-state", "existing" if joining else "new",
             "--initial-cluster-token", f"bench{self.net}",
             "--pre-vote", "--logger", "zap", "--log-outputs", "stderr", "--log-level", "info",
-            *self.timing_flags(),
+            *self.timing_flags(), *self.tls_flags(m),
         ]  # fmt: skip
 
     def election_marks(self, since, names):

@@ -17,6 +17,9 @@ rotated every round, so that drift on a shared 2-core machine hits all of them a
 - hafleet alone, plain beside TLS (section ``tls``, ``agent_bench.tls_cost``): committed
   writes (1 and 16 clients), failover after kill -9 of the leader, idle CPU and RSS, with the
   ratios TLS/plain;
+- hafleet and etcd both with TLS (section ``tls-etcd``, :func:`bench_tls_etcd`: mutual TLS
+  between the members, HTTPS to the leader): the writes (1 and 16 clients) and the idle
+  windows, with the ratios hafleet/etcd;
 - ``playbooks/scale.yml`` on a lab of its own with failed requests through HAProxy under
   load (bench/scale_lab.py, with the project's .venv; root).
 
@@ -24,7 +27,8 @@ Writes ``bench/results/compare.json`` and, through ``bench/report.py``,
 ``docs/benchmarks.md`` and ``docs/bench-*.png``. Bounded: every wait has a deadline and a
 watchdog kills everything the run started when the whole run overstays ``--max-minutes``.
 
-    python bench/compare.py [--quick] [--only failover,writes,reads,join,handover,idle,profile,tls]
+    python bench/compare.py [--quick] [--only failover,writes,reads,join,handover,idle,profile,
+        tls,tls-etcd,scale]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import platform
 import random
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -58,7 +63,8 @@ from common import Etcd, Hafleet, PySyncObj, System, Timing, cpu_seconds  # noqa
 VALUE = "v" * 100
 LOCK = Path(tempfile.gettempdir()) / "hafleet-bench-compare.lock"
 SECTIONS = (
-    "failover", "trace", "writes", "reads", "join", "handover", "idle", "profile", "tls", "scale"
+    "failover", "trace", "writes", "reads", "join", "handover", "idle", "profile", "tls",
+    "tls-etcd", "scale",
 )  # fmt: skip
 
 
@@ -88,8 +94,11 @@ def summary(xs: list[float]) -> dict:
     }
 
 
-def session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
+def session(ssl_ctx: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
+    """The bench's client; ``ssl_ctx``: the context its HTTPS requests verify with (the CAs
+    of the TLS clusters, :func:`common.ssl_context`)."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=False, ssl=ssl_ctx or True)
+    return aiohttp.ClientSession(connector=connector)
 
 
 # --- failover -----------------------------------------------------------------------------
@@ -553,18 +562,20 @@ async def bench_handover(s, systems: list[System], trials: int) -> dict:
 
 
 async def bench_idle(
-    work: Path, windows: int, seconds: float, settle: float, members: int = 5
+    work: Path, windows: int, seconds: float, settle: float, members: int = 5, tls: bool = False
 ) -> dict:
+    """Idle clusters side by side (``tls``: hafleet and etcd, both with TLS)."""
     d = Timing()
-    systems: list[System] = [
-        Hafleet(members, work, d),
-        Etcd(members, work, d),
-        PySyncObj(members, work, d),
-    ]
+    systems: list[System] = [Hafleet(members, work, d), Etcd(members, work, d)]
+    if tls:
+        for x in systems:
+            x.use_tls()
+    else:
+        systems.append(PySyncObj(members, work, d))
     out: dict = {x.kind: {"windows": [], "members": members} for x in systems}
     try:
         leaders = {}
-        async with session() as s:
+        async with session(common.ssl_context(systems)) as s:
             for x in systems:
                 x.start_all()
             for x in systems:
@@ -623,6 +634,37 @@ async def bench_idle(
     finally:
         for x in systems:
             x.stop()
+    return out
+
+
+async def bench_tls_etcd(
+    work: Path, rounds: int, seconds: float, windows: int, idle_seconds: float, settle: float,
+    members: int = 5,
+) -> dict:  # fmt: skip
+    """hafleet and etcd, both with TLS: mutual TLS between the members, HTTPS between the
+    client and the leader (a certificate per member from a CA of each cluster's own, made
+    with ``hafleet-agent ca``; etcd's ``--cert-file``/``--peer-*`` flags). The writes of the
+    ``writes`` section (1 and 16 clients, 3 members, each system alone in its turn) and the
+    windows of the ``idle`` section, in one run."""
+    d = Timing()
+    systems: list[System] = [Hafleet(3, work, d), Etcd(3, work, d)]
+    for x in systems:
+        x.use_tls()
+    out: dict = {}
+    async with session(common.ssl_context(systems)) as s:
+        try:
+            for x in systems:
+                x.start_all()
+            for x in systems:
+                await x.steady(s, 90)
+            out["argv"] = {x.kind: x.members["n1"].argv for x in systems}
+            log(f"  TLS writes: {rounds} rounds x {seconds}s, 1 and 16 clients")
+            out["writes"] = await bench_load(s, systems, "put", rounds, seconds, [1, 16])
+        finally:
+            for x in systems:
+                x.stop()
+    log(f"  TLS idle: {members} members, {windows} windows x {idle_seconds}s")
+    out["idle"] = await bench_idle(work, windows, idle_seconds, settle, members, tls=True)
     return out
 
 
@@ -976,6 +1018,14 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
         log(f"tls: hafleet plain beside TLS, {kw}")
         results["tls"] = await asyncio.to_thread(agent_bench.tls_cost, work, [], log=log, **kw)
         mark("tls", t)
+    if "tls-etcd" in only:
+        t = time.monotonic()
+        log("tls-etcd: hafleet and etcd, both with TLS")
+        results["tls_etcd"] = await bench_tls_etcd(
+            work, a.tls_rounds, a.load_seconds, a.idle_windows, a.idle_seconds, a.settle,
+            a.idle_members,
+        )  # fmt: skip
+        mark("tls-etcd", t)
     if "scale" in only:
         t = time.monotonic()
         results["scale"] = await asyncio.to_thread(run_scale, work, a)
@@ -1034,6 +1084,7 @@ def main() -> int:
     # writes get more rounds, and the targets take the median of the round pairs.
     ap.add_argument("--write-rounds", type=int, default=7, help="rounds of the writes")
     ap.add_argument("--load-seconds", type=float, default=5.0)
+    ap.add_argument("--tls-rounds", type=int, default=5, help="rounds of the TLS writes")
     ap.add_argument("--join-trials", type=int, default=5)
     ap.add_argument("--preload", type=int, default=1000, help="keys written before joins")
     ap.add_argument("--handover-trials", type=int, default=10)
@@ -1058,9 +1109,10 @@ def main() -> int:
     )
     a = ap.parse_args()
     if a.quick:  # shorter defaults; a flag given on the command line still wins
-        quick = dict(trials=5, sizes="3,5", rounds=2, write_rounds=2, load_seconds=3.0,
-                     join_trials=2, preload=300, handover_trials=3, trace_trials=4, idle_windows=2,
-                     idle_seconds=5.0, settle=3.0, profile_seconds=5.0)  # fmt: skip
+        quick = dict(trials=5, sizes="3,5", rounds=2, write_rounds=2, tls_rounds=2,
+                     load_seconds=3.0, join_trials=2, preload=300, handover_trials=3,
+                     trace_trials=4, idle_windows=2, idle_seconds=5.0, settle=3.0,
+                     profile_seconds=5.0)  # fmt: skip
         argv = sys.argv[1:]
         given = {
             x.dest

@@ -725,6 +725,9 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
     else:
         body.append("Not measured in this run.\n")
 
+    body.append("## hafleet and etcd, both with TLS\n")
+    tls_section(res, body)
+
     body.append("## Scale through Ansible\n")
     sc = res.get("scale")
     if sc and sc.get("steps"):
@@ -925,6 +928,57 @@ _ALONE = {
     "(a resumed cluster keeps its leader and term).",
     False: " The other systems' clusters idle meanwhile (a run before they were paused).",
 }
+
+
+def tls_section(res: dict, body: list[str]) -> None:
+    """Section ``tls-etcd``: the writes and the idle windows with TLS on for both systems."""
+    te = res.get("tls_etcd")
+    if not te or not te.get("writes"):
+        body.append("Not measured in this run.\n")
+        return
+    a = section_args(res, "tls-etcd")
+    body.append(
+        "Both systems with TLS (section `tls-etcd`, `bench/compare.py`'s `bench_tls_etcd`): "
+        "mutual TLS between the members, HTTPS between the client and the leader, a "
+        "certificate per member from a CA of each cluster's own (`hafleet-agent ca`; etcd with "
+        "`--cert-file/--key-file` and `--peer-cert-file/--peer-key-file/"
+        "--peer-trusted-ca-file --peer-client-cert-auth`). The writes as in *Commit "
+        f"throughput and latency* ({a.get('tls_rounds')} rounds of {a.get('load_seconds')} s, "
+        "each system alone in its turn, the order rotated every round); the idle windows as "
+        f"in *Idle cost* ({a.get('idle_members')} members, {a.get('idle_windows')} windows of "
+        f"{a.get('idle_seconds')} s, both clusters over the same seconds).\n"
+    )
+    body.append("| figure | hafleet | etcd | hafleet ÷ etcd | round pairs hafleet ÷ etcd |")
+    body.append("| --- | --- | --- | --- | --- |")
+    w = te["writes"]
+    for c in ("1", "16"):
+        hs = [r["per_s"] for r in w.get("hafleet", {}).get(c, [])]
+        es = [r["per_s"] for r in w.get("etcd", {}).get(c, [])]
+        pairs = [h / e for h, e in zip(hs, es, strict=False) if e > 0]
+        pair_text = (
+            f"{min(pairs):.2f}-{max(pairs):.2f}, median {statistics.median(pairs):.2f}"
+            if pairs
+            else "–"
+        )
+        body.append(
+            f"| committed writes/s, {c} client{'s' if c != '1' else ''} | {mmm(hs)} | "
+            f"{mmm(es)} | {ratio(med(hs), med(es))} | {pair_text} |"
+        )
+    idle = te.get("idle") or {}
+    if idle.get("hafleet") and idle.get("etcd"):
+        n = idle["hafleet"].get("members")
+        for label, key, fmt in (
+            (f"idle leader CPU, {n} members (%)", "cpu_leader", "{:.2f}"),
+            ("idle follower CPU, median (%)", "cpu_follower_median", "{:.2f}"),
+            ("idle RSS per member, median (MiB)", "rss_median", "{:.1f}"),
+        ):
+            hv = [x[key] for x in idle["hafleet"]["windows"]]
+            ev = [x[key] for x in idle["etcd"]["windows"]]
+            body.append(
+                f"| {label} | {mmm(hv, fmt=fmt)} | {mmm(ev, fmt=fmt)} | "
+                f"{ratio(med(hv), med(ev))} | |"
+            )
+    body.append("")
 
 
 def round_pairs(res: dict, c: str) -> list[float]:
