@@ -18,8 +18,8 @@ rotated every round, so that drift on a shared 2-core machine hits all of them a
   writes (1 and 16 clients), failover after kill -9 of the leader, idle CPU and RSS, with the
   ratios TLS/plain;
 - hafleet and etcd both with TLS (section ``tls-etcd``, :func:`bench_tls_etcd`: mutual TLS
-  between the members, HTTPS to the leader): the writes (1 and 16 clients) and the idle
-  windows, with the ratios hafleet/etcd;
+  between the members, HTTPS to the leader): the writes (1 and 16 clients), the idle
+  windows and failover at the same timeouts, with the ratios hafleet/etcd;
 - ``playbooks/scale.yml`` on a lab of its own with failed requests through HAProxy under
   load (bench/scale_lab.py, with the project's .venv; root).
 
@@ -186,19 +186,22 @@ async def recover(s, sysm: System) -> None:
 
 
 async def bench_failover(
-    work: Path, timing: Timing, n: int, trials: int, fault: str = "kill"
+    work: Path, timing: Timing, n: int, trials: int, fault: str = "kill", tls: bool = False
 ) -> dict:
-    systems: list[System] = [
-        Hafleet(n, work, timing),
-        Etcd(n, work, timing),
-        PySyncObj(n, work, timing),
-    ]
+    """Kill (or freeze) the leader ``trials`` times per system (``tls``: hafleet and etcd,
+    both with TLS)."""
+    systems: list[System] = [Hafleet(n, work, timing), Etcd(n, work, timing)]
+    if tls:
+        for x in systems:
+            x.use_tls()
+    else:
+        systems.append(PySyncObj(n, work, timing))
     out = {
         x.kind: {"leader_s": [], "write_s": [], "detect_s": [], "elect_s": [], "failed": 0}
         for x in systems
     }
     out["argv"] = {}
-    async with session() as s:
+    async with session(common.ssl_context(systems)) as s:
         try:
             for x in systems:
                 x.start_all()
@@ -206,7 +209,7 @@ async def bench_failover(
                 await x.steady(s, 90)
                 out["argv"][x.kind] = x.members["n1"].argv
             for k in range(trials):
-                order = systems[k % 3 :] + systems[: k % 3]
+                order = systems[k % len(systems) :] + systems[: k % len(systems)]
                 for x in order:
                     try:
                         r = await failover_trial(s, x, f"{n}-{k}", fault)
@@ -639,13 +642,14 @@ async def bench_idle(
 
 async def bench_tls_etcd(
     work: Path, rounds: int, seconds: float, windows: int, idle_seconds: float, settle: float,
-    members: int = 5,
+    members: int = 5, tuned: Timing | None = None, trials: int = 10,
 ) -> dict:  # fmt: skip
     """hafleet and etcd, both with TLS: mutual TLS between the members, HTTPS between the
     client and the leader (a certificate per member from a CA of each cluster's own, made
     with ``hafleet-agent ca``; etcd's ``--cert-file``/``--peer-*`` flags). The writes of the
-    ``writes`` section (1 and 16 clients, 3 members, each system alone in its turn) and the
-    windows of the ``idle`` section, in one run."""
+    ``writes`` section (1 and 16 clients, 3 members, each system alone in its turn), the
+    windows of the ``idle`` section and, with ``tuned``, ``trials`` kills of the leader at
+    those equal timeouts (``members`` members), in one run."""
     d = Timing()
     systems: list[System] = [Hafleet(3, work, d), Etcd(3, work, d)]
     for x in systems:
@@ -665,6 +669,13 @@ async def bench_tls_etcd(
                 x.stop()
     log(f"  TLS idle: {members} members, {windows} windows x {idle_seconds}s")
     out["idle"] = await bench_idle(work, windows, idle_seconds, settle, members, tls=True)
+    if tuned is not None and trials > 0:
+        log(f"  TLS failover: {tuned.label}, {members} members, {trials} kills each")
+        out["failover"] = await bench_failover(work, tuned, members, trials, tls=True)
+        out["failover"]["timing"] = {
+            "heartbeat_ms": tuned.heartbeat_ms,
+            "election_ms": tuned.election_ms,
+        }
     return out
 
 
@@ -1023,7 +1034,7 @@ async def run(a: argparse.Namespace, work: Path, results: dict) -> None:
         log("tls-etcd: hafleet and etcd, both with TLS")
         results["tls_etcd"] = await bench_tls_etcd(
             work, a.tls_rounds, a.load_seconds, a.idle_windows, a.idle_seconds, a.settle,
-            a.idle_members,
+            a.idle_members, parse_tuned(a.tuned), max(3, a.trials // 2),
         )  # fmt: skip
         mark("tls-etcd", t)
     if "scale" in only:

@@ -946,7 +946,9 @@ def tls_section(res: dict, body: list[str]) -> None:
         f"throughput and latency* ({a.get('tls_rounds')} rounds of {a.get('load_seconds')} s, "
         "each system alone in its turn, the order rotated every round); the idle windows as "
         f"in *Idle cost* ({a.get('idle_members')} members, {a.get('idle_windows')} windows of "
-        f"{a.get('idle_seconds')} s, both clusters over the same seconds).\n"
+        f"{a.get('idle_seconds')} s, both clusters over the same seconds); failover as in "
+        "*Leader failover* (kill -9 of the leader, both with the same heartbeat and election "
+        "timeout, the kills alternating between the two).\n"
     )
     body.append("| figure | hafleet | etcd | hafleet ÷ etcd | round pairs hafleet ÷ etcd |")
     body.append("| --- | --- | --- | --- | --- |")
@@ -978,6 +980,19 @@ def tls_section(res: dict, body: list[str]) -> None:
                 f"| {label} | {mmm(hv, fmt=fmt)} | {mmm(ev, fmt=fmt)} | "
                 f"{ratio(med(hv), med(ev))} | |"
             )
+    fo = te.get("failover") or {}
+    if fo.get("hafleet", {}).get("leader_s") and fo.get("etcd", {}).get("leader_s"):
+        t = fo.get("timing") or {}
+        hv, ev = fo["hafleet"]["leader_s"], fo["etcd"]["leader_s"]
+        body.append(
+            f"| failover after kill -9, {t.get('heartbeat_ms')}/{t.get('election_ms')} ms for "
+            f"both, {a.get('idle_members')} members: median (ms) | {mmm(hv, 1000)} | "
+            f"{mmm(ev, 1000)} | {ratio(med(hv), med(ev))} | |"
+        )
+        failed = fo["hafleet"].get("failed", 0) + fo["etcd"].get("failed", 0)
+        if failed:
+            body.append(f"| failover trials that failed | {fo['hafleet'].get('failed', 0)} | "
+                        f"{fo['etcd'].get('failed', 0)} | | |")  # fmt: skip
     body.append("")
 
 
