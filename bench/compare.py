@@ -185,29 +185,39 @@ async def recover(s, sysm: System) -> None:
     await sysm.steady(s, 60)
 
 
-async def bench_failover(
-    work: Path, timing: Timing, n: int, trials: int, fault: str = "kill", tls: bool = False
-) -> dict:
-    """Kill (or freeze) the leader ``trials`` times per system (``tls``: hafleet and etcd,
-    both with TLS)."""
+async def start_steady(s: aiohttp.ClientSession, systems: list[System]) -> dict[str, str]:
+    """Start every member of ``systems``, then wait for each one's steady leader (by kind)."""
+    for x in systems:
+        x.start_all()
+    return {x.kind: await x.steady(s, 90) for x in systems}
+
+
+def side_by_side(n: int, work: Path, timing: Timing, tls: bool = False) -> list[System]:
+    """A cluster of ``n`` of each system with ``timing``: hafleet, etcd and PySyncObj, or
+    with ``tls`` hafleet and etcd, both with TLS (PySyncObj has none)."""
     systems: list[System] = [Hafleet(n, work, timing), Etcd(n, work, timing)]
     if tls:
         for x in systems:
             x.use_tls()
     else:
         systems.append(PySyncObj(n, work, timing))
+    return systems
+
+
+async def bench_failover(
+    work: Path, timing: Timing, n: int, trials: int, fault: str = "kill", tls: bool = False
+) -> dict:
+    """Kill (or freeze) the leader ``trials`` times per system (``tls``: hafleet and etcd,
+    both with TLS)."""
+    systems = side_by_side(n, work, timing, tls)
     out = {
         x.kind: {"leader_s": [], "write_s": [], "detect_s": [], "elect_s": [], "failed": 0}
         for x in systems
     }
-    out["argv"] = {}
     async with session(common.ssl_context(systems)) as s:
         try:
-            for x in systems:
-                x.start_all()
-            for x in systems:
-                await x.steady(s, 90)
-                out["argv"][x.kind] = x.members["n1"].argv
+            await start_steady(s, systems)
+            out["argv"] = {x.kind: x.members["n1"].argv for x in systems}
             for k in range(trials):
                 order = systems[k % len(systems) :] + systems[: k % len(systems)]
                 for x in order:
@@ -568,13 +578,7 @@ async def bench_idle(
     work: Path, windows: int, seconds: float, settle: float, members: int = 5, tls: bool = False
 ) -> dict:
     """Idle clusters side by side (``tls``: hafleet and etcd, both with TLS)."""
-    d = Timing()
-    systems: list[System] = [Hafleet(members, work, d), Etcd(members, work, d)]
-    if tls:
-        for x in systems:
-            x.use_tls()
-    else:
-        systems.append(PySyncObj(members, work, d))
+    systems = side_by_side(members, work, Timing(), tls)
     out: dict = {x.kind: {"windows": [], "members": members} for x in systems}
     try:
         leaders = {}
@@ -650,17 +654,11 @@ async def bench_tls_etcd(
     ``writes`` section (1 and 16 clients, 3 members, each system alone in its turn), the
     windows of the ``idle`` section and, with ``tuned``, ``trials`` kills of the leader at
     those equal timeouts (``members`` members), in one run."""
-    d = Timing()
-    systems: list[System] = [Hafleet(3, work, d), Etcd(3, work, d)]
-    for x in systems:
-        x.use_tls()
+    systems = side_by_side(3, work, Timing(), tls=True)
     out: dict = {}
     async with session(common.ssl_context(systems)) as s:
         try:
-            for x in systems:
-                x.start_all()
-            for x in systems:
-                await x.steady(s, 90)
+            await start_steady(s, systems)
             out["argv"] = {x.kind: x.members["n1"].argv for x in systems}
             log(f"  TLS writes: {rounds} rounds x {seconds}s, 1 and 16 clients")
             out["writes"] = await bench_load(s, systems, "put", rounds, seconds, [1, 16])
