@@ -28,12 +28,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .ids import member_id_error
+from .ids import NODE_URI_PREFIX, member_id_error
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
-NODE_URI_PREFIX = "hafleet://node/"
-"""A node certificate's URI subjectAltName: this prefix and the node id."""
 
 CA_DAYS = 3650
 NODE_DAYS = 825

@@ -28,6 +28,10 @@ MEMBER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 MAX_MEMBER_ID_CHARS = 63
 
+NODE_URI_PREFIX = "hafleet://node/"
+"""A node certificate's URI subjectAltName: this prefix and the node id (``hafleet-agent ca
+issue`` writes it, :func:`hafleet_agent.tls.peer_node_id` reads it)."""
+
 MEMBER_ID_RULE = (
     "a member id is 1-63 characters of letters, digits, '.', '_' and '-', starting with "
     f"a letter or digit ({MEMBER_ID_PATTERN})"

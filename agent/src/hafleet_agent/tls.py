@@ -29,18 +29,17 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
-from .ca import NODE_URI_PREFIX
-from .ids import valid_member_id
+from .ids import NODE_URI_PREFIX, valid_member_id
 
 __all__ = [
     "TLSConfig",
     "TLSError",
-    "cert_node_id",
     "peer_node_id",
 ]
+
+_NO_CHECK_TIME = 0x200000
+"""OpenSSL's ``X509_V_FLAG_NO_CHECK_TIME`` (1.1.0 on): the start-up check reads the dates
+itself, so that an expired certificate is refused with them in the message."""
 
 
 class TLSError(ValueError):
@@ -87,31 +86,24 @@ class TLSConfig:
                 f"TLS key file {key_file} has mode {mode:04o}; it must be 0600 "
                 f"(chmod 600 {key_file})"
             )
-        try:
-            with open(cert_file, "rb") as f:
-                cert = x509.load_pem_x509_certificate(f.read())
-            with open(ca_file, "rb") as f:
-                ca_certs = x509.load_pem_x509_certificates(f.read())
-        except (OSError, ValueError) as exc:
-            raise TLSError(f"cannot read the TLS certificate or CA: {exc}") from None
-        node_id = cert_node_id(cert)
+        seen = _as_peers_see_it(ca_file, cert_file, key_file)
+        node_id = peer_node_id(seen)
         if node_id is None:
             raise TLSError(
                 f"TLS certificate {cert_file} names no node id (a subjectAltName URI "
                 f"{NODE_URI_PREFIX}ID and the common name ID; make it with hafleet-agent ca issue)"
             )
-        if not any(_issued_by(cert, c) for c in ca_certs):
-            raise TLSError(f"TLS certificate {cert_file} is not signed by the CA in {ca_file}")
         now = dt.datetime.now(dt.UTC)
-        if cert.not_valid_after_utc <= now:
+        not_after, not_before = _cert_time(seen, "notAfter"), _cert_time(seen, "notBefore")
+        if not_after <= now:
             raise TLSError(
-                f"TLS certificate {cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} "
+                f"TLS certificate {cert_file} expired on {not_after:%Y-%m-%d %H:%M} "
                 "UTC: peers would refuse it; issue a new one (hafleet-agent ca issue)"
             )
-        if cert.not_valid_before_utc > now:
+        if not_before > now:
             raise TLSError(
                 f"TLS certificate {cert_file} is not valid before "
-                f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is the clock right?)"
+                f"{not_before:%Y-%m-%d %H:%M} UTC (is the clock right?)"
             )
 
         def context(purpose: ssl.Purpose, *, own: bool, verify: bool) -> ssl.SSLContext:
@@ -142,56 +134,93 @@ class TLSConfig:
                 peer_client=context(ssl.Purpose.SERVER_AUTH, own=True, verify=True),
                 api_server=context(ssl.Purpose.CLIENT_AUTH, own=True, verify=False),
                 api_client=context(ssl.Purpose.SERVER_AUTH, own=False, verify=True),
+                names=tuple(seen.get("subjectAltName", ())),
             )
         except (OSError, ssl.SSLError) as exc:
             raise TLSError(f"cannot use the TLS files: {exc}") from None
 
+    names: tuple[tuple[str, str], ...] = ()
+    """Our certificate's subjectAltNames as ``getpeercert()`` gives them (``("DNS", name)``,
+    ``("IP Address", addr)``, ``("URI", uri)``)."""
+
     def covers_host(self, host: str) -> bool:
         """Whether our certificate names ``host`` (an IP address or DNS name) as a
         subjectAltName: the address peers dial must be there, or their check fails."""
-        with open(self.cert_file, "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
-        return host_in_cert(cert, host)
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            wanted = host.lower().rstrip(".")
+            return any(k == "DNS" and v.lower().rstrip(".") == wanted for k, v in self.names)
+        return any(k == "IP Address" and _ip(v) == ip for k, v in self.names)
 
 
-def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+def _as_peers_see_it(ca_file: str, cert_file: str, key_file: str) -> dict[str, Any]:
+    """Our certificate as a peer sees it: a TLS handshake in memory between a server with our
+    certificate and key and a client that trusts ``ca_file`` (OpenSSL checks the signatures
+    as every peer will; the dates are left to the caller). Returns the certificate's fields
+    (``getpeercert()``'s form); TLSError when a peer would refuse it.
+
+    Python's ``ssl`` alone: an agent with TLS does not load the ``cryptography`` package,
+    ~10 MiB of its resident memory (only ``hafleet-agent ca`` needs it)."""
     try:
-        cert.verify_directly_issued_by(ca)
-    except Exception:  # another issuer, another key type, a bad signature
-        return False
-    return True
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TLSError(
+                f"TLS key {key_file} does not go with certificate {cert_file} ({exc})"
+            ) from None
+        raise TLSError(f"cannot read the TLS certificate or key: {exc}") from None
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False  # (the addresses are checked by covers_host)
+    client.verify_flags |= _NO_CHECK_TIME
+    try:
+        client.load_verify_locations(cafile=ca_file)
+    except ssl.SSLError as exc:
+        raise TLSError(f"cannot read the TLS CA file {ca_file}: {exc}") from None
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    c_side = client.wrap_bio(to_client, to_server)
+    s_side = server.wrap_bio(to_server, to_client, server_side=True)
+    try:
+        for _ in range(8):  # a TLS 1.3 handshake takes two rounds, 1.2 three
+            done = 0
+            for side in (c_side, s_side):
+                try:
+                    side.do_handshake()
+                    done += 1
+                except ssl.SSLWantReadError:
+                    pass
+            if done == 2:
+                break
+        else:
+            raise TLSError(f"cannot use the TLS files: no handshake with {cert_file}")
+    except ssl.SSLCertVerificationError as exc:
+        raise TLSError(
+            f"TLS certificate {cert_file} is not signed by the CA in {ca_file} "
+            f"({exc.verify_message})"
+        ) from None
+    except ssl.SSLError as exc:
+        raise TLSError(f"cannot use the TLS files: {exc}") from None
+    return c_side.getpeercert() or {}
 
 
-def host_in_cert(cert: x509.Certificate, host: str) -> bool:
+def _cert_time(fields: dict[str, Any], name: str) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(fields[name]), dt.UTC)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    host = host.strip("[]")
-    try:
-        ip = ipaddress.ip_address(host)
+        return ipaddress.ip_address(text.strip())  # (older versions end IPv6 ones in "\n")
     except ValueError:
-        return host.lower().rstrip(".") in {
-            d.lower() for d in san.get_values_for_type(x509.DNSName)
-        }
-    return ip in san.get_values_for_type(x509.IPAddress)
-
-
-def cert_node_id(cert: x509.Certificate) -> str | None:
-    """The node id an X.509 certificate names: its one ``hafleet://node/ID`` URI, which the
-    common name (when there is one) must repeat; None when it names none, or two."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
-    cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    return _node_id(uris, cns)
+        return None
 
 
 def peer_node_id(peercert: Any) -> str | None:
     """The node id of a verified peer's certificate, from ``SSLObject.getpeercert()`` (the
-    dict form; empty or None when the peer showed none): as :func:`cert_node_id`."""
+    dict form; empty or None when the peer showed none): its one ``hafleet://node/ID``
+    URI, which the common name (when there is one) must repeat; None when it names none,
+    or two."""
     if not isinstance(peercert, dict):
         return None
     uris = [v for k, v in peercert.get("subjectAltName", ()) if k == "URI"]

@@ -94,7 +94,7 @@ from .wire import (
     valid_id,
 )
 
-if TYPE_CHECKING:  # .tls imports cryptography (~10 MiB): only an agent with TLS loads it
+if TYPE_CHECKING:  # .tls: loaded only by an agent with TLS (the config makes its contexts)
     from .tls import TLSConfig
 
 __all__ = [

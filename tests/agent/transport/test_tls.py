@@ -9,6 +9,8 @@ import datetime as dt
 import logging
 import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +241,79 @@ def test_an_expired_certificate_is_refused_at_start(pki: Path) -> None:
     files = _files(pki, "expired")
     with pytest.raises(ConfigError, match="expired on .*issue a new one"):
         _load(pki, **files)
+
+
+def test_a_certificate_not_valid_yet_is_refused_at_start(pki: Path, tmp_path: Path) -> None:
+    ca_cert, ca_key = ca.load_ca(pki)
+    now = dt.datetime.now(dt.UTC)
+    cert, key = ca.make_node_cert(
+        ca_cert, ca_key, "n1", [HOST], not_before=now + dt.timedelta(days=1),
+        not_after=now + dt.timedelta(days=30),
+    )  # fmt: skip
+    ca.write_file(tmp_path / "n1.crt", ca.cert_pem(cert), 0o644)
+    ca.write_file(tmp_path / "n1.key", ca.key_pem(key), 0o600)
+    files = {**_files(pki, "n1"), "tls_cert_file": str(tmp_path / "n1.crt")}
+    files["tls_key_file"] = str(tmp_path / "n1.key")
+    with pytest.raises(ConfigError, match="is not valid before .*is the clock right"):
+        _load(pki, **files)
+
+
+def test_a_certificate_that_names_no_node_id_is_refused_at_start(pki: Path, tmp_path: Path) -> None:
+    """Signed by the CA, valid, but with no hafleet://node/ URI (a certificate made by other
+    tools): no node id to speak as."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    ca_cert, ca_key = ca.load_ca(pki)
+    key = ca.new_key()
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([ca.parse_address(HOST)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca.write_file(tmp_path / "n1.crt", ca.cert_pem(cert), 0o644)
+    ca.write_file(tmp_path / "n1.key", ca.key_pem(key), 0o600)
+    files = {**_files(pki, "n1"), "tls_cert_file": str(tmp_path / "n1.crt")}
+    files["tls_key_file"] = str(tmp_path / "n1.key")
+    with pytest.raises(ConfigError, match="names no node id"):
+        _load(pki, **files)
+
+
+def test_the_addresses_the_certificate_covers(pki: Path, tmp_path: Path) -> None:
+    """IPv4, IPv6 (with or without brackets) and DNS names (any case, a trailing dot), as
+    the dialling peers' hostname check sees them."""
+    d = tmp_path / "pki"
+    ca.init_ca(d)
+    ca.issue(d, "n5", [HOST, "::1", "Node5.example"])
+    t = TLSConfig.load(str(d / "ca.crt"), str(d / "n5.crt"), str(d / "n5.key"))
+    assert t.node_id == "n5"
+    for host in (HOST, "::1", "[::1]", "node5.example", "NODE5.example."):
+        assert t.covers_host(host), host
+    for host in ("10.1.1.1", "::2", "node6.example", "example"):
+        assert not t.covers_host(host), host
+
+
+def test_an_agent_with_tls_does_not_load_cryptography(pki: Path) -> None:
+    """The start-up checks use Python's ssl alone: the cryptography package (~10 MiB of an
+    agent's resident memory) is for ``hafleet-agent ca`` only."""
+    code = (
+        "import sys; from hafleet_agent.tls import TLSConfig; "
+        f"t = TLSConfig.load({str(pki / 'ca.crt')!r}, {str(pki / 'n1.crt')!r}, "
+        f"{str(pki / 'n1.key')!r}); "
+        "print(t.node_id, sorted(m for m in sys.modules if m.startswith('cryptography')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["n1", "[]"], out.stdout + out.stderr
 
 
 def test_a_key_others_can_read_is_refused(pki: Path, tmp_path: Path) -> None:
