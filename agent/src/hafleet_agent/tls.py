@@ -86,7 +86,35 @@ class TLSConfig:
                 f"TLS key file {key_file} has mode {mode:04o}; it must be 0600 "
                 f"(chmod 600 {key_file})"
             )
-        seen = _as_peers_see_it(ca_file, cert_file, key_file)
+
+        def context(purpose: ssl.Purpose, *, own: bool, verify: bool) -> ssl.SSLContext:
+            server = purpose is ssl.Purpose.CLIENT_AUTH
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if own:
+                try:
+                    ctx.load_cert_chain(cert_file, key_file)
+                except ssl.SSLError as exc:
+                    if exc.reason == "KEY_VALUES_MISMATCH":
+                        raise TLSError(
+                            f"TLS key {key_file} does not go with certificate {cert_file} ({exc})"
+                        ) from None
+                    raise TLSError(f"cannot read the TLS certificate or key: {exc}") from None
+            if verify:
+                ctx.load_verify_locations(cafile=ca_file)
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            if not server:
+                ctx.check_hostname = True
+            return ctx
+
+        try:
+            peer_server = context(ssl.Purpose.CLIENT_AUTH, own=True, verify=True)
+            peer_client = context(ssl.Purpose.SERVER_AUTH, own=True, verify=True)
+            api_server = context(ssl.Purpose.CLIENT_AUTH, own=True, verify=False)
+            api_client = context(ssl.Purpose.SERVER_AUTH, own=False, verify=True)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSError(f"cannot use the TLS files: {exc}") from None
+        seen = _as_peers_see_it(api_server, ca_file, cert_file)
         node_id = peer_node_id(seen)
         if node_id is None:
             raise TLSError(
@@ -105,39 +133,17 @@ class TLSConfig:
                 f"TLS certificate {cert_file} is not valid before "
                 f"{not_before:%Y-%m-%d %H:%M} UTC (is the clock right?)"
             )
-
-        def context(purpose: ssl.Purpose, *, own: bool, verify: bool) -> ssl.SSLContext:
-            server = purpose is ssl.Purpose.CLIENT_AUTH
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            if own:
-                try:
-                    ctx.load_cert_chain(cert_file, key_file)
-                except ssl.SSLError as exc:
-                    raise TLSError(
-                        f"TLS key {key_file} does not go with certificate {cert_file} ({exc})"
-                    ) from None
-            if verify:
-                ctx.load_verify_locations(cafile=ca_file)
-                ctx.verify_mode = ssl.CERT_REQUIRED
-            if not server:
-                ctx.check_hostname = True
-            return ctx
-
-        try:
-            return cls(
-                ca_file,
-                cert_file,
-                key_file,
-                node_id,
-                peer_server=context(ssl.Purpose.CLIENT_AUTH, own=True, verify=True),
-                peer_client=context(ssl.Purpose.SERVER_AUTH, own=True, verify=True),
-                api_server=context(ssl.Purpose.CLIENT_AUTH, own=True, verify=False),
-                api_client=context(ssl.Purpose.SERVER_AUTH, own=False, verify=True),
-                names=tuple(seen.get("subjectAltName", ())),
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise TLSError(f"cannot use the TLS files: {exc}") from None
+        return cls(
+            ca_file,
+            cert_file,
+            key_file,
+            node_id,
+            peer_server=peer_server,
+            peer_client=peer_client,
+            api_server=api_server,
+            api_client=api_client,
+            names=tuple(seen.get("subjectAltName", ())),
+        )
 
     names: tuple[tuple[str, str], ...] = ()
     """Our certificate's subjectAltNames as ``getpeercert()`` gives them (``("DNS", name)``,
@@ -155,30 +161,19 @@ class TLSConfig:
         return any(k == "IP Address" and _ip(v) == ip for k, v in self.names)
 
 
-def _as_peers_see_it(ca_file: str, cert_file: str, key_file: str) -> dict[str, Any]:
-    """Our certificate as a peer sees it: a TLS handshake in memory between a server with our
-    certificate and key and a client that trusts ``ca_file`` (OpenSSL checks the signatures
-    as every peer will; the dates are left to the caller). Returns the certificate's fields
-    (``getpeercert()``'s form); TLSError when a peer would refuse it.
+def _as_peers_see_it(server: ssl.SSLContext, ca_file: str, cert_file: str) -> dict[str, Any]:
+    """Our certificate as a peer sees it: a TLS handshake in memory between ``server`` (our
+    API's context: our certificate and key, no client certificate asked) and a client that
+    trusts ``ca_file`` (OpenSSL checks the signatures as every peer will; the dates are left
+    to the caller). Returns the certificate's fields (``getpeercert()``'s form); TLSError
+    when a peer would refuse it.
 
     Python's ``ssl`` alone: an agent with TLS does not load the ``cryptography`` package,
     ~10 MiB of its resident memory (only ``hafleet-agent ca`` needs it)."""
-    try:
-        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server.load_cert_chain(cert_file, key_file)
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            raise TLSError(
-                f"TLS key {key_file} does not go with certificate {cert_file} ({exc})"
-            ) from None
-        raise TLSError(f"cannot read the TLS certificate or key: {exc}") from None
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False  # (the addresses are checked by covers_host)
     client.verify_flags |= _NO_CHECK_TIME
-    try:
-        client.load_verify_locations(cafile=ca_file)
-    except ssl.SSLError as exc:
-        raise TLSError(f"cannot read the TLS CA file {ca_file}: {exc}") from None
+    client.load_verify_locations(cafile=ca_file)  # (read already by the peer contexts)
     to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
     c_side = client.wrap_bio(to_client, to_server)
     s_side = server.wrap_bio(to_server, to_client, server_side=True)

@@ -243,6 +243,17 @@ def test_an_expired_certificate_is_refused_at_start(pki: Path) -> None:
         _load(pki, **files)
 
 
+def _files_with(pki: Path, tmp_path: Path, cert: Any, key: Any) -> dict[str, str]:
+    """n1's files of ``pki`` with ``cert`` and ``key`` (written to ``tmp_path``) instead."""
+    ca.write_file(tmp_path / "n1.crt", ca.cert_pem(cert), 0o644)
+    ca.write_file(tmp_path / "n1.key", ca.key_pem(key), 0o600)
+    return {
+        **_files(pki, "n1"),
+        "tls_cert_file": str(tmp_path / "n1.crt"),
+        "tls_key_file": str(tmp_path / "n1.key"),
+    }
+
+
 def test_a_certificate_not_valid_yet_is_refused_at_start(pki: Path, tmp_path: Path) -> None:
     ca_cert, ca_key = ca.load_ca(pki)
     now = dt.datetime.now(dt.UTC)
@@ -250,12 +261,8 @@ def test_a_certificate_not_valid_yet_is_refused_at_start(pki: Path, tmp_path: Pa
         ca_cert, ca_key, "n1", [HOST], not_before=now + dt.timedelta(days=1),
         not_after=now + dt.timedelta(days=30),
     )  # fmt: skip
-    ca.write_file(tmp_path / "n1.crt", ca.cert_pem(cert), 0o644)
-    ca.write_file(tmp_path / "n1.key", ca.key_pem(key), 0o600)
-    files = {**_files(pki, "n1"), "tls_cert_file": str(tmp_path / "n1.crt")}
-    files["tls_key_file"] = str(tmp_path / "n1.key")
     with pytest.raises(ConfigError, match="is not valid before .*is the clock right"):
-        _load(pki, **files)
+        _load(pki, **_files_with(pki, tmp_path, cert, key))
 
 
 def test_a_certificate_that_names_no_node_id_is_refused_at_start(pki: Path, tmp_path: Path) -> None:
@@ -279,12 +286,8 @@ def test_a_certificate_that_names_no_node_id_is_refused_at_start(pki: Path, tmp_
         .add_extension(x509.SubjectAlternativeName([ca.parse_address(HOST)]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    ca.write_file(tmp_path / "n1.crt", ca.cert_pem(cert), 0o644)
-    ca.write_file(tmp_path / "n1.key", ca.key_pem(key), 0o600)
-    files = {**_files(pki, "n1"), "tls_cert_file": str(tmp_path / "n1.crt")}
-    files["tls_key_file"] = str(tmp_path / "n1.key")
     with pytest.raises(ConfigError, match="names no node id"):
-        _load(pki, **files)
+        _load(pki, **_files_with(pki, tmp_path, cert, key))
 
 
 def test_the_addresses_the_certificate_covers(pki: Path, tmp_path: Path) -> None:
