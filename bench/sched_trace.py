@@ -38,6 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare  # noqa: E402
 
 EVENTS = ["sched:sched_switch", "sched:sched_waking"] + [
     f"syscalls:sys_{edge}_{call}"
@@ -60,16 +61,11 @@ def parse(lines) -> list[tuple[float, int, int, str, dict[str, str]]]:
     return out
 
 
-def pct(v: list[float], q: float) -> float:
-    v = sorted(v)
-    return v[min(len(v) - 1, int(q * len(v)))]
-
-
 def summary(v: list[float]) -> str:
     if not v:
         return "none"
     return (
-        f"n={len(v):5d}  p50 {pct(v, 0.5):5.0f}  p90 {pct(v, 0.9):5.0f}  "
+        f"n={len(v):5d}  p50 {compare.pct(v, 50):5.0f}  p90 {compare.pct(v, 90):5.0f}  "
         f"mean {statistics.fmean(v):5.0f} µs"
     )
 
@@ -165,8 +161,6 @@ def threads(pid: int) -> list[int]:
 async def _traced_writes(x, work: Path, perf: str, seconds: float):
     """Start ``x``, write as one client while perf records; (writes, perf.data, roles by
     thread id, followers' process ids)."""
-    import compare
-
     async with compare.session() as s:
         x.start_all()
         try:
