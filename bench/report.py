@@ -956,7 +956,7 @@ def tls_section(res: dict, body: list[str]) -> None:
     for c in ("1", "16"):
         hs = [r["per_s"] for r in w.get("hafleet", {}).get(c, [])]
         es = [r["per_s"] for r in w.get("etcd", {}).get(c, [])]
-        pairs = [h / e for h, e in zip(hs, es, strict=False) if e > 0]
+        pairs = round_pairs(res, c, w)
         pair_text = (
             f"{min(pairs):.2f}-{max(pairs):.2f}, median {statistics.median(pairs):.2f}"
             if pairs
@@ -996,10 +996,11 @@ def tls_section(res: dict, body: list[str]) -> None:
     body.append("")
 
 
-def round_pairs(res: dict, c: str) -> list[float]:
+def round_pairs(res: dict, c: str, block: dict | None = None) -> list[float]:
     """hafleet's writes/s over etcd's, round by round (the two ran minutes apart at most,
-    in one rotation), for ``c`` clients; empty when the rounds do not pair up."""
-    block = res.get("writes") or {}
+    in one rotation), for ``c`` clients; empty when the rounds do not pair up. ``block``:
+    another section's writes (``tls-etcd``'s) instead of the writes section's."""
+    block = block if block is not None else res.get("writes") or {}
     hs = [r["per_s"] for r in (block.get("hafleet") or {}).get(c, [])]
     es = [r["per_s"] for r in (block.get("etcd") or {}).get(c, [])]
     if len(hs) != len(es) or len(hs) < 2:
