@@ -101,7 +101,10 @@ class TLSConfig:
                         ) from None
                     raise TLSError(f"cannot read the TLS certificate or key: {exc}") from None
             if verify:
-                ctx.load_verify_locations(cafile=ca_file)
+                try:
+                    ctx.load_verify_locations(cafile=ca_file)
+                except ssl.SSLError as exc:
+                    raise TLSError(f"cannot read the TLS CA file {ca_file}: {exc}") from None
                 ctx.verify_mode = ssl.CERT_REQUIRED
             if not server:
                 ctx.check_hostname = True

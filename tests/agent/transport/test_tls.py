@@ -336,6 +336,14 @@ def test_a_key_of_another_certificate_is_refused(pki: Path) -> None:
         _load(pki, **files)
 
 
+def test_a_ca_file_without_a_certificate_is_named(pki: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.crt"
+    junk.write_text("not a certificate\n")
+    files = {**_files(pki, "n1"), "tls_ca_file": str(junk)}
+    with pytest.raises(ConfigError, match="cannot read the TLS CA file .*junk.crt"):
+        _load(pki, **files)
+
+
 def test_a_missing_file_is_named(pki: Path) -> None:
     files = _files(pki, "n1")
     files["tls_ca_file"] = str(pki / "nope.crt")
