@@ -6,12 +6,18 @@ object a line: ``ts``, ``level``, ``logger``, ``msg``, then the line's structure
 (what a caller hands as ``extra={"fields": {...}}``: the audit log's source, method, path,
 status...; a field never replaces one of the four), and ``exc`` with a traceback.
 docs/monitoring.md, "Logs".
+
+:func:`one_write` lets a batch of lines (the API's audit lines, server/api.py) reach the
+log's stream in one write instead of one a line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -47,3 +53,40 @@ class JsonFormatter(IsoFormatter):
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
         return json.dumps(obj, default=str)
+
+
+@contextlib.contextmanager
+def one_write() -> Iterator[None]:
+    """Lines logged meanwhile reach each of the root logger's plain stream handlers (run.py's
+    ``setup_logging``: stderr) in one write at the end instead of a write (a system call) a
+    line: the API's audit lines, up to BOOK_MAX of them at once. Each handler formats its
+    lines as always (its filters and level hold); only where they go is held. Handlers of
+    other kinds (a file, a test's capture) are left as they are. A failed write at the end
+    is dropped, as the handler drops a line it cannot write."""
+    held: list[tuple[logging.StreamHandler, object, io.StringIO]] = []
+    for h in logging.getLogger().handlers:
+        if type(h) is logging.StreamHandler:
+            with _locked(h):
+                buf = io.StringIO()
+                held.append((h, h.stream, buf))
+                h.stream = buf
+    try:
+        yield
+    finally:
+        for h, stream, buf in held:
+            with _locked(h):
+                h.stream = stream
+                text = buf.getvalue()
+                if text:
+                    with contextlib.suppress(OSError, ValueError):
+                        stream.write(text)  # type: ignore[attr-defined]
+                        stream.flush()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _locked(h: logging.Handler) -> Iterator[None]:
+    h.acquire()
+    try:
+        yield
+    finally:
+        h.release()

@@ -9,9 +9,10 @@ import logging
 import re
 from typing import Any
 
+import pytest
 from harness import Cluster
 
-from hafleet_agent.logfmt import TEXT_FORMAT, IsoFormatter, JsonFormatter, iso_utc
+from hafleet_agent.logfmt import TEXT_FORMAT, IsoFormatter, JsonFormatter, iso_utc, one_write
 from hafleet_agent.server.audit import REFUSED_LOG_INTERVAL_S, Audit
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -66,6 +67,79 @@ class Lines(logging.Handler):
 
     def emit(self, rec: logging.LogRecord) -> None:
         self.lines.append(json.loads(self.format(rec)))
+
+
+class CountingStream:
+    """A stream that keeps each write apart (and can be made to fail)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.writes: list[str] = []
+        self.flushes = 0
+        self.fail = fail
+
+    def write(self, text: str) -> int:
+        if self.fail:
+            raise OSError("the log's pipe is gone")
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+@pytest.fixture
+def root_handlers() -> Any:
+    """The root logger's handlers and level, put back after the test."""
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = saved
+    root.setLevel(level)
+
+
+def test_one_write_takes_a_batch_of_lines_to_the_stream_at_once(root_handlers: Any) -> None:
+    stream, other = CountingStream(), CountingStream()
+    plain = logging.StreamHandler(stream)
+    plain.setFormatter(IsoFormatter(TEXT_FORMAT))
+
+    class Capture(logging.StreamHandler):  # another kind (a test's capture): left alone
+        pass
+
+    capture = Capture(other)
+    root_handlers.handlers[:] = [plain, capture]
+    root_handlers.setLevel(logging.INFO)
+    log = logging.getLogger("hafleet.audit")
+    log.info("before")
+    assert len(stream.writes) == 1 and stream.writes[0].endswith(": before\n")
+    with one_write():
+        for i in range(5):
+            log.info("write %d", i)
+        log.debug("not at this level")
+        assert len(stream.writes) == 1  # held
+        assert len(other.writes) == 6  # the other kind writes as it goes
+    assert len(stream.writes) == 2 and plain.stream is stream
+    lines = stream.writes[1].splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [f"write {i}" for i in range(5)]
+    assert all(ISO.match(line.split(" ")[0]) for line in lines)
+    log.info("after")
+    assert len(stream.writes) == 3 and stream.writes[2].endswith(": after\n")
+
+
+def test_one_write_gives_the_stream_back_when_the_batch_fails(root_handlers: Any) -> None:
+    stream = CountingStream()
+    handler = logging.StreamHandler(stream)
+    root_handlers.handlers[:] = [handler]
+    root_handlers.setLevel(logging.INFO)
+    with pytest.raises(RuntimeError), one_write():
+        logging.getLogger("hafleet.audit").info("kept")
+        raise RuntimeError("the batch broke")
+    assert handler.stream is stream and stream.writes == ["kept\n"]
+    # A stream that cannot be written: the held lines are dropped, nothing is raised.
+    broken = CountingStream(fail=True)
+    handler.setStream(broken)
+    with one_write():
+        logging.getLogger("hafleet.audit").info("lost")
+    assert handler.stream is broken and broken.writes == []
 
 
 def test_a_refused_token_is_logged_once_per_source_and_interval() -> None:

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..ids import has_control, member_id_error, shown
+from ..logfmt import one_write
 from ..node.errors import AgentError, BadRequest, NotFound, StateErrorResult
 from ..registrations import balancers_view
 from ..state import (
@@ -246,10 +247,11 @@ class Api:
             self._book_timer.cancel()
             self._book_timer = None
         booked, self._booked = self._booked, []
-        for record, at, method, path, elapsed in booked:
-            if record is not None:
-                self.audit.write_line(record, at)
-            self.counters.observe(method, path, elapsed)
+        with one_write():  # the batch's lines in one write to the log
+            for record, at, method, path, elapsed in booked:
+                if record is not None:
+                    self.audit.write_line(record, at)
+                self.counters.observe(method, path, elapsed)
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
