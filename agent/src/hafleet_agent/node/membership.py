@@ -123,7 +123,8 @@ class Membership:
 
     async def hand_over(self, to: str | None = None, timeout: float = 2.0) -> str | None:
         """Transfer leadership (to ``to`` or the most caught-up voter); returns the new
-        leader, or None when there is nobody to hand over to."""
+        leader, or None when there is nobody to hand over to. ``to`` naming this node, the
+        leader, is done already: its id at once (as etcd's ``move-leader`` to the leader)."""
         raw = self.driver.raw
         if raw is None or not self.driver.is_leader():
             return self.driver.leader_id()
@@ -132,6 +133,8 @@ class Membership:
         if to is not None:
             if to not in voters:
                 raise BadRequest(f"{to!r} is not a voter")
+            if to == self.id:
+                return to  # the core ignores a transfer to itself: nothing to wait for
             candidates = [to]
         if not candidates:
             return None
