@@ -66,7 +66,7 @@ def one_write() -> Iterator[None]:
     held: list[tuple[logging.StreamHandler, object, io.StringIO]] = []
     for h in logging.getLogger().handlers:
         if type(h) is logging.StreamHandler:
-            with _locked(h):
+            with h.lock:  # type: ignore[union-attr]
                 buf = io.StringIO()
                 held.append((h, h.stream, buf))
                 h.stream = buf
@@ -74,19 +74,10 @@ def one_write() -> Iterator[None]:
         yield
     finally:
         for h, stream, buf in held:
-            with _locked(h):
+            with h.lock:  # type: ignore[union-attr]
                 h.stream = stream
                 text = buf.getvalue()
                 if text:
                     with contextlib.suppress(OSError, ValueError):
                         stream.write(text)  # type: ignore[attr-defined]
                         stream.flush()  # type: ignore[attr-defined]
-
-
-@contextlib.contextmanager
-def _locked(h: logging.Handler) -> Iterator[None]:
-    h.acquire()
-    try:
-        yield
-    finally:
-        h.release()
