@@ -124,7 +124,8 @@ class Membership:
     async def hand_over(self, to: str | None = None, timeout: float = 2.0) -> str | None:
         """Transfer leadership (to ``to`` or the most caught-up voter); returns the new
         leader, or None when there is nobody to hand over to. ``to`` naming this node, the
-        leader, is done already: its id at once (as etcd's ``move-leader`` to the leader)."""
+        leader, is done already: its id at once (as etcd's ``move-leader`` to the leader),
+        and a transfer to another one still under way is called off."""
         raw = self.driver.raw
         if raw is None or not self.driver.is_leader():
             return self.driver.leader_id()
@@ -134,7 +135,10 @@ class Membership:
             if to not in voters:
                 raise BadRequest(f"{to!r} is not a voter")
             if to == self.id:
-                return to  # the core ignores a transfer to itself: nothing to wait for
+                # Nothing to wait for: the core only cancels a transfer under way to another.
+                raw.transfer_leadership(to)
+                self.driver.wake()
+                return to
             candidates = [to]
         if not candidates:
             return None
