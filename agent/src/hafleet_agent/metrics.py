@@ -209,11 +209,13 @@ class ProcSource:
     The files are opened once and read with one ``pread`` each (a /proc file is generated
     afresh at offset 0): psutil opens, reads and parses each file in Python at every call,
     the same file twice for memory and swap and /proc/vmstat besides (for swap-in counts the
-    agent does not use). The descriptors stay open for the agent's life; a file that
-    cannot be opened raises OSError (``host_source`` then falls back to psutil)."""
+    agent does not use); here a sample reads /proc/meminfo once for both. The descriptors stay
+    open for the agent's life; a file that cannot be opened raises OSError (``host_source``
+    then falls back to psutil)."""
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
+        self._swap_read: dict[bytes, int] | None = None
         try:
             for name in _PROC_FILES:
                 self._fds[name] = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
@@ -283,11 +285,14 @@ class ProcSource:
 
     def virtual_memory(self) -> SimpleNamespace:
         m = self._meminfo()
+        self._swap_read = m  # a sample asks for the swap next: the same read serves it
         # (0 is a kernel's bug, psutil issue 1915: the free memory then, a low estimate)
         return SimpleNamespace(total=m[b"MemTotal"], available=m[b"MemAvailable"] or m[b"MemFree"])
 
     def swap_memory(self) -> SimpleNamespace:
-        m = self._meminfo()
+        """From the read of the ``virtual_memory`` call just before (once: a sample's two
+        figures from one read of /proc/meminfo), else a read of its own."""
+        m, self._swap_read = self._swap_read or self._meminfo(), None
         total = m.get(b"SwapTotal", 0)
         used = total - m.get(b"SwapFree", 0)
         return SimpleNamespace(percent=round(100.0 * used / total, 1) if total > 0 else 0.0)

@@ -365,6 +365,29 @@ def test_proc_reads_what_psutil_reads(tmp_path: Any) -> None:
         proc.cpu_percent(interval=0.1)
 
 
+def test_proc_reads_meminfo_once_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sample's memory and swap come from one read of /proc/meminfo; a swap reading that
+    does not follow a memory reading reads the file itself (never an old read)."""
+    src = ProcSource()
+    reads: list[str] = []
+    pread = src._pread
+
+    def counted(name: str, size: int = 65536) -> bytes:
+        reads.append(name)
+        return pread(name, size)
+
+    monkeypatch.setattr(src, "_pread", counted)
+    Sampler(src, data_dir="/").sample()
+    assert reads.count("/proc/meminfo") == 1
+    reads.clear()
+    src.swap_memory()
+    src.swap_memory()
+    assert reads.count("/proc/meminfo") == 2
+    fake = iter([b"MemTotal: 4 kB\nMemAvailable: 2 kB\nSwapTotal: 100 kB\nSwapFree: 25 kB\n"])
+    monkeypatch.setattr(src, "_pread", lambda name, size=65536: next(fake))
+    assert src.virtual_memory().total == 4096 and src.swap_memory().percent == 75.0
+
+
 def test_proc_cpu_percent_is_psutils_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
     """user nice system idle iowait irq softirq steal guest guest_nice: guest time is in
     user time already (not counted twice), idle and iowait are not busy."""
