@@ -108,6 +108,9 @@ def test_issue_again_replaces_the_pair(tmp_path: Path, capsys) -> None:
         (["--node-id", "a/b", "--address", "127.0.0.1"], "member id is 1-63"),
         (["--node-id", "ca", "--address", "127.0.0.1"], "CA's own files"),
         (["--node-id", "n1", "--address", "not an address!"], "neither an IP address"),
+        # past the CA's own end (3650 days), and far past it (it overflowed the date)
+        (["--node-id", "n1", "--address", "::1", "--days", "3651"], "would outlive the CA"),
+        (["--node-id", "n1", "--address", "::1", "--days", "99999999"], "at most 36"),
     ],
 )
 def test_issue_refuses_bad_input(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
@@ -116,6 +119,14 @@ def test_issue_refuses_bad_input(tmp_path: Path, capsys, argv: list[str], messag
     assert main(["ca", "issue", "--dir", str(tmp_path), *argv]) == 1
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "ca.key"]
+
+
+def test_an_expired_ca_issues_nothing() -> None:
+    import datetime as dt
+
+    cert, key = ca.make_ca(days=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    with pytest.raises(ca.CAError, match="the CA expired on .*make a new CA"):
+        ca.make_node_cert(cert, key, "n1", ["::1"])
 
 
 def test_issue_without_a_ca_says_how_to_make_one(tmp_path: Path, capsys) -> None:

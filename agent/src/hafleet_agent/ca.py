@@ -146,8 +146,21 @@ def make_node_cert(
         san = parse_address(a)
         if san not in names:
             names.append(san)
-    key = key or new_key()
     now = dt.datetime.now(dt.UTC)
+    ca_end = ca_cert.not_valid_after_utc
+    left = (ca_end - now).days
+    if not_after is None and left < 1:
+        raise CAError(
+            f"the CA expired on {ca_end:%Y-%m-%d %H:%M} UTC (or expires within a day): peers "
+            "refuse what it signs; make a new CA (hafleet-agent ca init) and issue again"
+        )
+    if not_after is None and days > left:
+        # (also what keeps a huge --days from overflowing the date: the CA ends first)
+        raise CAError(
+            f"--days {days} would outlive the CA, which expires on {ca_end:%Y-%m-%d}: a peer "
+            f"refuses a certificate once its CA has expired; give at most {left} days"
+        )
+    key = key or new_key()
     start = not_before or now - CLOCK_SKEW
     end = not_after or now + dt.timedelta(days=days)
     ca_public = ca_key.public_key()
