@@ -53,6 +53,8 @@ class Issued:
     cert_path: Path
     key_path: Path
     replaced: bool
+    expires: dt.datetime | None = None  # the certificate's end
+    capped: bool = False  # ``days`` went past the CA's end: the certificate ends with it
 
 
 def node_uri(node_id: str) -> str:
@@ -154,15 +156,11 @@ def make_node_cert(
             f"the CA expired on {ca_end:%Y-%m-%d %H:%M} UTC (or expires within a day): peers "
             "refuse what it signs; make a new CA (hafleet-agent ca init) and issue again"
         )
-    if not_after is None and days > left:
-        # (also what keeps a huge --days from overflowing the date: the CA ends first)
-        raise CAError(
-            f"--days {days} would outlive the CA, which expires on {ca_end:%Y-%m-%d}: a peer "
-            f"refuses a certificate once its CA has expired; give at most {left} days"
-        )
     key = key or new_key()
     start = not_before or now - CLOCK_SKEW
-    end = not_after or now + dt.timedelta(days=days)
+    # Never past the CA's own end (peers refuse a certificate once its CA has expired); this
+    # also keeps a huge ``days`` from overflowing the date. ``issue`` says when it cut.
+    end = not_after or (ca_end if days > left else now + dt.timedelta(days=days))
     ca_public = ca_key.public_key()
     cert = (
         x509.CertificateBuilder()
@@ -286,8 +284,9 @@ def load_ca(directory: str | Path) -> tuple[x509.Certificate, ec.EllipticCurvePr
 def issue(
     directory: str | Path, node_id: str, addresses: list[str], *, days: int = NODE_DAYS
 ) -> Issued:
-    """Make ``DIR/ID.crt`` and ``DIR/ID.key`` (0600) signed by the CA in ``DIR``. An existing
-    pair is replaced (a rotation); the old certificate stays valid until it expires."""
+    """Make ``DIR/ID.crt`` and ``DIR/ID.key`` (0600) signed by the CA in ``DIR``, valid
+    ``days`` or until the CA's own end if that comes first (``capped``). An existing pair is
+    replaced (a rotation); the old certificate stays valid until it expires."""
     error = member_id_error(node_id, "node id")
     if error is not None:
         raise CAError(error)
@@ -303,4 +302,5 @@ def issue(
         write_file(cert_path, cert_pem(cert), 0o644)
     except OSError as exc:
         raise CAError(f"cannot write into {d}: {exc.strerror}") from None
-    return Issued(cert_path, key_path, replaced)
+    expires = cert.not_valid_after_utc
+    return Issued(cert_path, key_path, replaced, expires, expires == ca_cert.not_valid_after_utc)

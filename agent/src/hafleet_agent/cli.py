@@ -413,6 +413,13 @@ def _ca(args: argparse.Namespace) -> int:
             out = ca.issue(args.dir, args.node_id, args.address, days=args.days)
             verb = "replaced" if out.replaced else "wrote"
             print(f"{verb} {out.cert_path} and {out.key_path} for node {args.node_id}")
+            if out.capped and out.expires is not None:
+                print(
+                    f"note: valid until {out.expires:%Y-%m-%d}, when the CA expires, not "
+                    f"{args.days} days: make a new CA before then (playbooks/rotate_certs.yml "
+                    "-e rotate_ca=true)",
+                    file=sys.stderr,
+                )
     except ca.CAError as exc:
         print(f"{PROG} {args.command_name}: {exc}", file=sys.stderr)
         return 1
