@@ -53,8 +53,8 @@ class Issued:
     cert_path: Path
     key_path: Path
     replaced: bool
-    expires: dt.datetime | None = None  # the certificate's end
-    capped: bool = False  # ``days`` went past the CA's end: the certificate ends with it
+    expires: dt.datetime  # the certificate's end
+    capped: bool  # ``days`` went past the CA's end: the certificate ends with it
 
 
 def node_uri(node_id: str) -> str:

@@ -413,7 +413,7 @@ def _ca(args: argparse.Namespace) -> int:
             out = ca.issue(args.dir, args.node_id, args.address, days=args.days)
             verb = "replaced" if out.replaced else "wrote"
             print(f"{verb} {out.cert_path} and {out.key_path} for node {args.node_id}")
-            if out.capped and out.expires is not None:
+            if out.capped:
                 print(
                     f"note: valid until {out.expires:%Y-%m-%d}, when the CA expires, not "
                     f"{args.days} days: make a new CA before then (playbooks/rotate_certs.yml "
