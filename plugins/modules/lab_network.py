@@ -15,7 +15,15 @@ description:
     C(eth0) on the bridge with the address O(address_offset)+V(i) of O(subnet), multicast on
     (mDNS crosses the bridge), and a default route via the bridge address. The host ends of
     the veth pairs are called O(veth_prefix)V(i).
+  - Any other address of O(subnet) on the bridge (a former O(bridge_address)) is removed;
+    the bridge's addresses outside O(subnet) are left alone.
   - Host IP forwarding is not touched, so nothing leaves the bridge.
+  - With O(state=present), a O(subnet) that another interface of the host has an address in
+    (or a network inside), or that a route of the main routing table via another device
+    covers in whole or in part at least as specifically, is refused before anything is
+    changed (the lab's nodes would not be reachable, or the host would lose that network). A
+    broader route or network, such as a VPN's V(10.0.0.0/8) or the default route, is no
+    conflict: the bridge's own route is more specific.
   - Names are matched exactly, never as substrings; only names of the exact form
     O(namespace_prefix)V(<digits>) and O(veth_prefix)V(<digits>) are ever removed.
   - The role P(hafleet.cluster.lab#role) wraps this module; lab nodes are reached with the
@@ -32,8 +40,8 @@ attributes:
   diff_mode:
     support: full
     details:
-      - The bridge's addresses and the lab nodes with their addresses, before and after (in
-        check mode, what they would be).
+      - The bridge's addresses, the lab nodes with their addresses and each node's default
+        gateway (C(gateways)), before and after (in check mode, what they would be).
   idempotent:
     support: full
 options:
@@ -55,11 +63,17 @@ options:
     type: str
     default: hafleet0
   subnet:
-    description: The lab's IPv4 subnet, in CIDR notation. A private range.
+    description:
+      - The lab's IPv4 subnet, in CIDR notation. A private range.
+      - No other interface of the host may have an address in it, and no route of the main
+        routing table via another device may lead to it or a part of it (a broader route is
+        no conflict).
     type: str
     default: 10.77.0.0/24
   bridge_address:
-    description: The bridge's address; by default the first host address of O(subnet).
+    description:
+      - The bridge's address; by default the first host address of O(subnet).
+      - A host address of O(subnet), neither its network nor its broadcast address.
     type: str
   address_offset:
     description: Node V(i) gets host address V(address_offset + i) of O(subnet).
@@ -178,20 +192,61 @@ class Lab:
         return {entry["ifname"]: entry for entry in self._json(args)}
 
     def addresses(self, netns=None, dev=None):
+        """The IPv4 addresses (with prefix length), each with whether it is a secondary."""
         args = ["addr", "show"] if netns is None else ["-n", netns, "addr", "show"]
         if dev:
             args += ["dev", dev]
-        found = set()
+        found = {}
         for entry in self._json(args):
             for info in entry.get("addr_info", []):
                 if info.get("family") == "inet":
-                    found.add(f"{info['local']}/{info['prefixlen']}")
+                    found[f"{info['local']}/{info['prefixlen']}"] = bool(info.get("secondary"))
         return found
 
     def link_kind(self, name):
         for entry in self._json(["-d", "link", "show", "dev", name]):
             return (entry.get("linkinfo") or {}).get("info_kind")
         return None
+
+    def host_conflicts(self, network, bridge):
+        """What of the host's (root namespace) takes ``network``'s addresses and is not
+        ``bridge``'s: one phrase each, addresses of other interfaces first (an address inside
+        ``network``, or on a network inside it), then main-table routes via other devices to
+        ``network`` or a part of it. A broader route or network (a VPN's 10.0.0.0/8, the
+        default route) is no conflict: the bridge's own route is more specific and wins."""
+        found = []
+        for entry in self._json(["addr", "show"]):
+            if entry.get("ifname") == bridge:
+                continue
+            for info in entry.get("addr_info", []):
+                if info.get("family") != "inet":
+                    continue
+                cidr = f"{info['local']}/{info['prefixlen']}"
+                iface = ipaddress.IPv4Interface(cidr)
+                if iface.ip in network or iface.network.subnet_of(network):
+                    found.append(f"address {cidr} on interface {entry.get('ifname')}")
+        for route in self._json(["route", "show", "table", "main"]):
+            dst = route.get("dst")
+            if not dst or dst == "default":
+                continue
+            try:
+                dst_net = ipaddress.IPv4Network(dst, strict=False)
+            except ValueError:
+                continue
+            if not dst_net.subnet_of(network):
+                continue
+            devs = [route["dev"]] if route.get("dev") else []
+            devs += [hop["dev"] for hop in route.get("nexthops") or [] if hop.get("dev")]
+            if devs and all(dev == bridge for dev in devs):
+                continue
+            kind = route.get("type")
+            text = f"{kind} {dst}" if kind and kind != "unicast" else dst
+            if route.get("gateway"):
+                text += f" via {route['gateway']}"
+            if devs:
+                text += f" dev {','.join(dict.fromkeys(devs))}"
+            found.append(f"route {text} of the main routing table")
+        return found
 
     def default_gateway(self, netns):
         for route in self._json(["-n", netns, "route", "show", "default"]):
@@ -239,6 +294,16 @@ def _validate(module):
             module.fail_json(msg=f"bridge_address: {exc}")
         if bridge_ip not in network:
             module.fail_json(msg=f"bridge_address {bridge_ip} is not in subnet {network}")
+        if bridge_ip == network.network_address:
+            module.fail_json(
+                msg=f"bridge_address {bridge_ip} is the network address of subnet {network}, "
+                "not a host address"
+            )
+        if bridge_ip == network.broadcast_address:
+            module.fail_json(
+                msg=f"bridge_address {bridge_ip} is the broadcast address of subnet {network}, "
+                "not a host address"
+            )
     else:
         bridge_ip = network.network_address + 1
     if p["address_offset"] < 0:
@@ -305,15 +370,22 @@ def ensure_present(lab, network, bridge_ip):
     links = lab.links()
     if bridge in links and lab.link_kind(bridge) != "bridge":
         raise LabError(f"{bridge} exists and is not a bridge: choose another bridge name")
+    conflicts = lab.host_conflicts(network, bridge)
+    if conflicts:
+        raise LabError(
+            f"subnet {network} overlaps the host's {'; '.join(conflicts)}: the lab's nodes "
+            "would not be reachable (or the host would lose that network); choose another "
+            "subnet"
+        )
     if bridge not in links:
         lab.act(["link", "add", bridge, "type", "bridge"])
-        bridge_addrs = set()
+        bridge_addrs = {}
         bridge_flags = set()
     else:
         bridge_addrs = lab.addresses(dev=bridge)
         bridge_flags = _flags(links[bridge])
-    if cidr not in bridge_addrs:
-        lab.act(["addr", "add", cidr, "dev", bridge])
+    # Only the lab's own addresses (of the subnet) on the lab's bridge are stale.
+    _set_address(lab, {a: s for a, s in bridge_addrs.items() if _in(a, network)}, cidr, bridge)
     if not {"UP", "MULTICAST"} <= bridge_flags:
         lab.act(["link", "set", bridge, "multicast", "on", "up"])
 
@@ -344,7 +416,7 @@ def ensure_present(lab, network, bridge_ip):
             lab.act(["link", "add", veth, "type", "veth", "peer", "name", peer])
             lab.act(["link", "set", peer, "netns", ns])
             lab.act(["-n", ns, "link", "set", peer, "name", INNER_IF])
-            inner_addrs, inner_flags, host_flags = set(), set(), set()
+            inner_addrs, inner_flags, host_flags = {}, set(), set()
             gateway = host_master = None
         else:
             inner_addrs = lab.addresses(ns, INNER_IF)
@@ -356,10 +428,10 @@ def ensure_present(lab, network, bridge_ip):
             lab.act(["link", "set", veth, "master", bridge])
         if not {"UP", "MULTICAST"} <= host_flags:
             lab.act(["link", "set", veth, "multicast", "on", "up"])
-        for stale in sorted(inner_addrs - {addr}):
-            lab.act(["-n", ns, "addr", "del", stale, "dev", INNER_IF])
-        if addr not in inner_addrs:
-            lab.act(["-n", ns, "addr", "add", addr, "dev", INNER_IF])
+        if _set_address(lab, inner_addrs, addr, INNER_IF, ns):
+            # eth0 was left without an address for a moment, and the kernel removed the routes
+            # via it, the default route too: look again (in check mode, it went).
+            gateway = None if lab.module.check_mode else lab.default_gateway(ns)
         if not {"UP", "MULTICAST"} <= inner_flags:
             lab.act(["-n", ns, "link", "set", INNER_IF, "multicast", "on", "up"])
         if gateway != str(bridge_ip):
@@ -369,6 +441,29 @@ def ensure_present(lab, network, bridge_ip):
     if p["prune"]:
         remove_nodes(lab, lambda index: index > p["nodes"])
     return wanted
+
+
+def _in(cidr, network):
+    return ipaddress.IPv4Interface(cidr).ip in network
+
+
+def _set_address(lab, have, want, dev, netns=None):
+    """Make ``want`` the one address of ``have`` (address -> whether it is a secondary) on
+    ``dev``: remove the others, then add ``want`` if it is not there. Returns whether ``dev``
+    was left without any of ``have`` on the way (when ``have`` is all its addresses, the
+    kernel then removed the routes via ``dev``)."""
+    prefix = [] if netns is None else ["-n", netns]
+    stale = [cidr for cidr in have if cidr != want]
+    if stale and have.get(want):
+        # Removing its subnet's primary address would remove ``want`` too (or not, when the
+        # host promotes secondaries): remove it first and add it back, the same either way.
+        stale.append(want)
+    # Secondaries first: removing a primary takes the secondaries of its subnet with it.
+    for cidr in sorted(stale, key=lambda cidr: (not have[cidr], cidr)):
+        lab.act(prefix + ["addr", "del", cidr, "dev", dev])
+    if want not in have or want in stale:
+        lab.act(prefix + ["addr", "add", want, "dev", dev])
+    return bool(stale) and (want not in have or want in stale)
 
 
 def remove_nodes(lab, doomed):
@@ -407,16 +502,18 @@ def describe(lab, network):
     p = lab.params
     links = lab.links()
     node_re = lab.node_re()
-    state = {"bridge": None, "nodes": {}}
+    state = {"bridge": None, "nodes": {}, "gateways": {}}
     if p["bridge"] in links:
         state["bridge"] = sorted(lab.addresses(dev=p["bridge"]))
     for ns in sorted(lab.namespaces(), key=lambda n: (len(n), n)):
         if node_re.match(ns):
             try:
                 addrs = sorted(lab.addresses(ns, INNER_IF)) if INNER_IF in lab.links(ns) else []
+                gateway = lab.default_gateway(ns)
             except LabError:
-                addrs = []
+                addrs, gateway = [], None
             state["nodes"][ns] = addrs
+            state["gateways"][ns] = gateway
     return state
 
 
@@ -489,16 +586,20 @@ def _predicted(lab, before, network, bridge_ip, nodes):
     """What describe() will show after the actions (check mode)."""
     p = lab.params
     if p["state"] == "absent":
-        return {"bridge": None, "nodes": {}}
+        return {"bridge": None, "nodes": {}, "gateways": {}}
     node_re = lab.node_re()
     cidr = f"{bridge_ip}/{network.prefixlen}"
-    after = {"bridge": sorted(set(before["bridge"] or []) | {cidr}), "nodes": {}}
+    kept = {a for a in before["bridge"] or [] if not _in(a, network)}
+    after = {"bridge": sorted(kept | {cidr}), "nodes": {}, "gateways": {}}
     for name, addrs in before["nodes"].items():
         if not (p["prune"] and int(node_re.match(name).group(1)) > p["nodes"]):
             after["nodes"][name] = addrs
+            after["gateways"][name] = before["gateways"].get(name)
     for node in nodes:
         after["nodes"][node["name"]] = [f"{node['address']}/{network.prefixlen}"]
-    after["nodes"] = dict(sorted(after["nodes"].items(), key=lambda kv: (len(kv[0]), kv[0])))
+        after["gateways"][node["name"]] = str(bridge_ip)
+    for key in ("nodes", "gateways"):
+        after[key] = dict(sorted(after[key].items(), key=lambda kv: (len(kv[0]), kv[0])))
     return after
 
 
