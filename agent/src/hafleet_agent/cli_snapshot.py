@@ -167,10 +167,20 @@ def _save(args: argparse.Namespace) -> int:
     from .backupfile import BackupError, decode_backup
 
     path = Path(args.file)
-    if not path.absolute().parent.is_dir():
-        raise SnapshotCliError(f"{path.absolute().parent} is not a directory", 2)
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise SnapshotCliError(f"{parent} {why}", 2)
     if path.is_dir():
         raise SnapshotCliError(f"{path} is a directory; give a file name", 2)
+    # The file is replaced by a rename: a device (/dev/null, /dev/full), a pipe or a symbolic
+    # link there became a regular file, and the save said it succeeded.
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise SnapshotCliError(
+            f"{path} is not a regular file (a device, a pipe or a symbolic link): a snapshot is "
+            "written to a new file or over a regular one; refusing it",
+            2,
+        )
     api, token, ca_file = endpoint(args)
     raw = fetch(api, token, ca_file, stale=args.stale)
     try:

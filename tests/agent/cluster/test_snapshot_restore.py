@@ -421,6 +421,44 @@ def test_a_failed_save_leaves_the_file_as_it_was(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.snap", "token"]
 
 
+def test_save_refuses_a_device_a_pipe_or_a_link_before_asking_the_agent(tmp_path) -> None:
+    # Replaced by a rename, /dev/full became a regular file (and the save said "saved").
+    token = tmp_path / "token"
+    token.write_text("t" * 40)
+    token.chmod(0o600)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    target = tmp_path / "target.snap"
+    target.write_bytes(b"kept")
+    link = tmp_path / "link.snap"
+    link.symlink_to(target)
+    for path in ("/dev/null", "/dev/full", str(fifo), str(link)):
+        before = os.lstat(path)
+        # (an agent that does not exist: the refusal comes before any request)
+        done = run_cli(
+            "snapshot", "save", "--api", "http://127.0.0.1:9", "--token-file", str(token), path
+        )
+        assert done.returncode == 2, (path, done.stderr)
+        assert "is not a regular file" in done.stderr, done.stderr
+        after = os.lstat(path)
+        assert (after.st_mode, after.st_ino, after.st_rdev) == (
+            before.st_mode,
+            before.st_ino,
+            before.st_rdev,
+        ), path
+    assert target.read_bytes() == b"kept"
+    done = run_cli(
+        "snapshot",
+        "save",
+        "--api",
+        "http://127.0.0.1:9",
+        "--token-file",
+        str(token),
+        str(tmp_path / "nowhere" / "x.snap"),
+    )
+    assert done.returncode == 2 and "nowhere does not exist" in done.stderr, done.stderr
+
+
 # ---- the format --------------------------------------------------------------------------
 
 
