@@ -23,7 +23,7 @@ description:
     covers in whole or in part at least as specifically, is refused before anything is
     changed (the lab's nodes would not be reachable, or the host would lose that network). A
     broader route or network, such as a VPN's V(10.0.0.0/8) or the default route, is no
-    conflict: the bridge's own route is more specific.
+    conflict, as the bridge's own route is more specific.
   - Names are matched exactly, never as substrings; only names of the exact form
     O(namespace_prefix)V(<digits>) and O(veth_prefix)V(<digits>) are ever removed.
   - The role P(hafleet.cluster.lab#role) wraps this module; lab nodes are reached with the
