@@ -131,6 +131,39 @@ def test_bad_node_counts_fail_before_anything_changes(lab, nodes, message):
     assert not lab.root.exists()
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"hafleet_strategy": "bogus"}, "must be weighted, roundrobin, random or leastconn"),
+        (
+            {"hafleet_balancer_listen": "garbage"},
+            "hafleet_balancer_listen: garbage is not ADDR:PORT",
+        ),
+        ({"hafleet_balancer_listen": ["127.0.0.1:99999"]}, "127.0.0.1:99999 is not ADDR:PORT"),
+        ({"hafleet_lab_subnet": "10.79.6.0"}, "hafleet_lab_subnet must be a private IPv4 network"),
+        ({"hafleet_lab_subnet": "10.79.6.0/29"}, "has no address for a node"),
+    ],
+)
+def test_bad_settings_fail_before_anything_changes(lab, settings, message):
+    # (a bad strategy or HAProxy address failed in the balancer role, after a node was made)
+    run = lab.playbook("scale.yml", extra={"nodes": 2, **settings})
+
+    assert run.rc != 0
+    assert message in " ".join(run.out.split())
+    assert lab.namespaces() == set()
+    assert not lab.root.exists()
+
+
+def test_check_diff_on_nothing_shows_and_changes_nothing(lab):
+    # (with TLS on, the balancer role read the cluster CA, which check mode had not made)
+    run = lab.playbook("scale.yml", "--check", "--diff", extra={"nodes": 2})
+
+    assert_ok(run)
+    assert "add hfct-node1, hfct-node2" in " ".join(run.out.replace("'", " ").split())
+    assert lab.namespaces() == set()
+    assert not lab.root.exists()  # the cluster's secrets (its CA, its token) too
+
+
 def test_a_pool_smaller_than_n_fails_before_anything_changes(lab, tmp_path):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("hafleet_pool:\n  hosts:\n    web1:\n    web2:\n")
@@ -382,8 +415,8 @@ def test_stop_and_start_the_leader_under_load(lab, tmp_path):
     the node in maintenance and still a member, its service still running; stop.yml again
     changes nothing); ``hafleet-agent status`` with no flags but a node's agent config finds
     the API, token and CA by itself and shows the maintenance; start.yml brings it back as a
-    healthy voter that HAProxy serves again (start.yml again changes nothing); 0 failed
-    requests throughout."""
+    healthy voter that HAProxy serves again (start.yml again changes nothing); --check of each
+    says what would change and changes nothing; 0 failed requests throughout."""
     for extra, message in (({}, "name the node"), ({"node": "nope"}, "unknown node nope")):
         bad = lab.playbook("stop.yml", extra=extra, timeout=120)
         assert bad.rc != 0 and message in bad.out, bad.out[-3000:]
@@ -393,6 +426,16 @@ def test_stop_and_start_the_leader_under_load(lab, tmp_path):
     other = next(i for n, i in index.items() if n != lead)
     load = Load(lab.url, tmp_path / "load-stop-start.json", rate=40, max_seconds=840)
     try:
+        # --check: what would change (maintenance, hand-over, the stop), and nothing changes
+        # (it waited for a new leader that check mode never makes, and failed).
+        check = lab.playbook(
+            "stop.yml", "--check", extra={"node": lead, "hafleet_wait_timeout": 20}
+        )
+        assert check.rc == 0 and check.changed() >= 3, check.out[-4000:]
+        assert lab.api(other, "/v1/status")["leader_id"] == lead
+        assert not members(lab, other)[lead]["maintenance"]
+        assert f"nodes/{lead}/run/agent.pid" in lab.pids()
+
         run = lab.playbook("stop.yml", extra={"node": lead})
         assert_ok(run)
         view = members(lab, other)
@@ -409,6 +452,12 @@ def test_stop_and_start_the_leader_under_load(lab, tmp_path):
         assert status.returncode == 0, status.stderr
         row = [line for line in status.stdout.splitlines() if line.startswith(lead + " ")]
         assert row and "(maintenance)" in row[0], status.stdout
+
+        check = lab.playbook(
+            "start.yml", "--check", extra={"node": lead, "hafleet_wait_timeout": 20}
+        )
+        assert check.rc == 0 and check.changed() == 1, check.out[-4000:]
+        assert f"nodes/{lead}/run/agent.pid" not in lab.pids()
 
         run = lab.playbook("start.yml", extra={"node": lead})
         assert_ok(run)
@@ -517,6 +566,18 @@ def test_restore_brings_a_destroyed_lab_back_from_a_backup(lab, tmp_path):
 
     assert_ok(lab.playbook("destroy.yml"))
     assert not lab.namespaces() and not lab.pids() and not lab.root.exists()
+
+    # What is not a backup is refused before anything is made (a node of the lab was made
+    # first, and left, when the copy to the node failed).
+    for bad, why in (
+        (backups / "missing.snap", "no such file"),
+        (backups, "not a regular file"),
+        (decoy, "is not a hafleet backup"),
+    ):
+        refused = lab.playbook("restore.yml", extra={**extra, "nodes": 2, "backup": str(bad)})
+        said = " ".join(refused.out.replace("'", " ").split())
+        assert refused.rc != 0 and why in said and "nothing was changed" in said, said[-2000:]
+        assert not lab.namespaces() and not lab.links() and not lab.root.exists()
 
     assert_ok(lab.playbook("restore.yml", extra={**extra, "nodes": 2}, timeout=600))
     status = lab.api(1, "/v1/status")
