@@ -31,7 +31,7 @@ options:
         E(HAFLEET_CA_FILE)).
     type: path
   api_timeout:
-    description: Seconds to wait for each answer of the API.
+    description: Seconds to wait for each answer of the API, above 0 and up to 3600.
     type: float
     default: 10
   validate_certs:

@@ -166,7 +166,7 @@ def client_from_params(params):
     return HafleetAPIClient(
         params["api_url"],
         token=token or None,
-        timeout=params.get("api_timeout") or DEFAULT_TIMEOUT,
+        timeout=DEFAULT_TIMEOUT if params.get("api_timeout") is None else params["api_timeout"],
         validate_certs=params.get("validate_certs", True),
         ca_path=params.get("ca_path"),
     )
@@ -206,6 +206,22 @@ class HafleetModule:
         )
         self.params = self.module.params
         self._client = None
+        self.check_seconds("api_timeout", low=0.0, high=3600.0, low_ok=False)
+
+    def check_seconds(self, name, low=0.0, high=86400.0, low_ok=True):
+        """Fail unless option ``name`` (seconds, when given) is a finite number in
+        ``[low, high]`` (``(low, high]`` when not ``low_ok``): NaN waited forever, 1e308
+        overflowed, 0 was taken as the default and -1 failed deep in the socket module."""
+        value = self.params.get(name)
+        if value is None:
+            return
+        above = value >= low if low_ok else value > low
+        if not (above and value <= high):  # NaN fails both
+            bound = "from" if low_ok else "above"
+            self.module.fail_json(
+                msg=f"{name} must be a number of seconds {bound} {low:g} up to {high:g}, "
+                f"got {value!r}"
+            )
 
     @property
     def client(self):

@@ -84,13 +84,13 @@ options:
     type: bool
     default: true
   wait_timeout:
-    description: Seconds to wait for O(wait).
+    description: Seconds to wait for O(wait), from 0 up to 86400.
     type: float
     default: 120
   drain_timeout:
     description:
-      - Seconds the removal waits for the balancer to drain the node. The agent's
-        C(drain_timeout_s) applies when not set.
+      - Seconds the removal waits for the balancer to drain the node, from 0 up to 3600.
+        The agent's C(drain_timeout_s) applies when not set.
     type: float
   transfer_leadership:
     description:
@@ -108,7 +108,9 @@ options:
         O(transfer_leadership)). It must be another voter of the cluster.
     type: str
 notes:
-  - A member that exists with other addresses is not changed; the module fails and says so.
+  - A member that exists with other addresses (O(raft_addr), O(api_addr), or a
+    O(service_addr) other than the one it has) is not changed; the module fails and says so.
+  - Addresses are checked before the cluster is asked, in check mode too.
     Remove it first.
   - A removal whose answer was lost (HTTP 504 or no answer) is checked by reading the member
     list again.
@@ -264,6 +266,9 @@ class MemberModule:
                 for key in ("raft_addr", "api_addr")
                 if current.get(key) != wanted[key]
             }
+            known = current.get("service_addr")  # (a given one that differs was ignored)
+            if p["service_addr"] is not None and known not in (None, p["service_addr"]):
+                clash["service_addr"] = known
             if clash:
                 self.fail(
                     f"member {p['id']} exists with other addresses ({clash}); remove it first "
@@ -470,6 +475,23 @@ class MemberModule:
         return None
 
 
+def _addr_error(value, name):
+    """Why ``value`` is no HOST:PORT (an IPv6 host in brackets), or None (None is fine)."""
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if (
+        not sep
+        or not host
+        or any(c.isspace() or c in "[]/" for c in host)
+        or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)
+    ):
+        return f"{name} must be HOST:PORT with a port in 1..65535, got {value!r}"
+    return None
+
+
 def main():
     base = HafleetModule(
         argument_spec=dict(
@@ -487,6 +509,12 @@ def main():
         ),
         supports_check_mode=True,
     )
+    for name in ("raft_addr", "api_addr", "service_addr"):
+        error = _addr_error(base.params[name], name)
+        if error is not None:  # refused before any call (check mode predicted a change)
+            base.fail(error)
+    base.check_seconds("wait_timeout")
+    base.check_seconds("drain_timeout", high=3600.0)  # (the agent's bound)
     for name in ("id", "handover_to"):
         if base.params[name] is not None:
             error = member_id_error(base.params[name], name)

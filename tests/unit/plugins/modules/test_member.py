@@ -318,3 +318,38 @@ def test_maintenance_of_no_member_fails_before_writing(cluster):
     assert result["failed"] is True
     assert "n9 is not a member" in result["msg"]
     assert writes(cluster) == []
+
+
+# ---- odd input, refused before the cluster is asked (a hostile review) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "wanted"),
+    [
+        ({"wait_timeout": float("nan")}, "wait_timeout must be a number of seconds"),
+        ({"wait_timeout": -5}, "wait_timeout must be a number of seconds"),
+        ({"drain_timeout": 1e308, "state": "absent", "id": "n3"}, "drain_timeout must be"),
+        ({"api_timeout": 0}, "api_timeout must be a number of seconds above 0"),
+        ({"api_timeout": -1}, "api_timeout must be"),
+        ({"api_timeout": 1e308}, "api_timeout must be"),
+        ({"raft_addr": "garbage"}, "raft_addr must be HOST:PORT"),
+        ({"api_addr": "also garbage:7480"}, "api_addr must be HOST:PORT"),
+        ({"service_addr": "10.0.0.14:99999"}, "service_addr must be HOST:PORT"),
+    ],
+    ids=repr,
+)
+def test_odd_timeouts_and_addresses_fail_before_the_cluster_is_asked(cluster, extra, wanted):
+    # NaN waited forever (a learner added, then no end), 0 was taken for the default, 1e308
+    # overflowed; a garbage address was "changed" in check mode and a 400 in a real run.
+    for check_mode in (False, True):
+        result = run_module(member.main, args(cluster, **{**NEW, **extra}), check_mode=check_mode)
+        assert result["failed"] is True, result
+        assert wanted in result["msg"], result["msg"]
+    assert cluster.requests == []
+
+
+def test_present_fails_when_the_id_exists_with_another_service_address(cluster):
+    run_module(member.main, args(cluster, **NEW, service_addr="10.0.0.14:8080"))
+    again = run_module(member.main, args(cluster, **NEW, service_addr="10.0.0.14:9999"))
+    assert again["failed"] is True
+    assert "exists with other addresses" in again["msg"] and "service_addr" in again["msg"]
