@@ -144,7 +144,11 @@ def status_table(cluster, servers=None, listen=None, strategy="roundrobin", prov
     where = ", ".join(str(a) for a in _list(listen, "listen")) or "-"
     if read:
         up = sum(1 for s in servers if s.get("up"))
-        serving = f"has {up} of {len(servers)} server(s) up"
+        # (a draining server is up but takes no new connections: it was counted as serving)
+        draining = sum(1 for s in servers if s.get("up") and s.get("drain"))
+        serving = f"has {up} of {len(servers)} server(s) up" + (
+            f", {draining} of them draining" if draining else ""
+        )
     else:
         serving = "(its servers were not read)"
     votes = (

@@ -18,12 +18,9 @@ description:
   - Any other address of O(subnet) on the bridge (a former O(bridge_address)) is removed;
     the bridge's addresses outside O(subnet) are left alone.
   - Host IP forwarding is not touched, so nothing leaves the bridge.
-  - With O(state=present), a O(subnet) that another interface of the host has an address in
-    (or a network inside), or that a route of the main routing table via another device
-    covers in whole or in part at least as specifically, is refused before anything is
-    changed (the lab's nodes would not be reachable, or the host would lose that network). A
-    broader route or network, such as a VPN's V(10.0.0.0/8) or the default route, is no
-    conflict, as the bridge's own route is more specific.
+  - With O(state=present), a O(subnet) with an address of another interface in it, or a
+    main-table route via another device to it or a part of it, is refused before any change
+    (a broader route, such as a VPN's V(10.0.0.0/8) or the default route, is no conflict).
   - Names are matched exactly, never as substrings; only names of the exact form
     O(namespace_prefix)V(<digits>) and O(veth_prefix)V(<digits>) are ever removed.
   - The role P(hafleet.cluster.lab#role) wraps this module; lab nodes are reached with the
@@ -64,10 +61,8 @@ options:
     default: hafleet0
   subnet:
     description:
-      - The lab's IPv4 subnet, in CIDR notation. A private range.
-      - No other interface of the host may have an address in it, and no route of the main
-        routing table via another device may lead to it or a part of it (a broader route is
-        no conflict).
+      - The lab's IPv4 subnet, in CIDR notation. A private range, which the host does not
+        use elsewhere (see the description).
     type: str
     default: 10.77.0.0/24
   bridge_address:
@@ -209,11 +204,9 @@ class Lab:
         return None
 
     def host_conflicts(self, network, bridge):
-        """What of the host's (root namespace) takes ``network``'s addresses and is not
-        ``bridge``'s: one phrase each, addresses of other interfaces first (an address inside
-        ``network``, or on a network inside it), then main-table routes via other devices to
-        ``network`` or a part of it. A broader route or network (a VPN's 10.0.0.0/8, the
-        default route) is no conflict: the bridge's own route is more specific and wins."""
+        """What of the host's takes ``network``'s addresses (not ``bridge``'s), a phrase each:
+        other interfaces' addresses in it, main-table routes via other devices to it or a part
+        of it. A broader route (a VPN's 10.0.0.0/8) is no conflict: the bridge's wins."""
         found = []
         for entry in self._json(["addr", "show"]):
             if entry.get("ifname") == bridge:

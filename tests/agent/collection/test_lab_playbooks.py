@@ -355,6 +355,13 @@ def test_rotate_certs_replaces_every_certificate_under_load_and_fails_no_request
     before = {node: node_cert(lab, node) for node in nodes}
     ca_before = (lab.root / "secrets" / "tls" / "ca.crt").read_bytes()
     pids = lab.pids()
+    # --check says each node's certificate would be issued (it said changed=0), and issues none.
+    check = lab.playbook("rotate_certs.yml", "--check", timeout=300)
+    assert_ok(check)
+    for node in nodes:
+        assert check.recap()[node].get("changed", 0) >= 1, check.out[-3000:]
+        assert node_cert(lab, node).serial_number == before[node].serial_number, node
+    assert lab.pids() == pids
     load = Load(lab.url, tmp_path / "load-rotate.json", max_seconds=560)
     try:
         run = lab.playbook("rotate_certs.yml", timeout=540)
@@ -558,6 +565,9 @@ def test_restore_brings_a_destroyed_lab_back_from_a_backup(lab, tmp_path):
     check = lab.playbook("backup.yml", "--check", extra={**extra, "backup_keep": 1})
     assert_ok(check)
     assert sorted(p.name for p in backups.iterdir() if p != decoy) == files  # --check: nothing
+    # ... but it shows that the one there would go: the new backup counts towards keep=1
+    # (the preview left it out, and the run then removed one more than it showed).
+    assert f"{files[0]})" in check.out, check.out[-3000:]
     snap = backups / files[0]
     assert snap.name.startswith("hfct-") and snap.name.endswith("Z.snap")
     digest, name = (backups / files[1]).read_text().split()
@@ -602,6 +612,13 @@ def test_destroy_removes_everything_it_made(lab):
     pids = lab.pids()
     assert pids
     started = {name: start_time(pid) for name, pid in pids.items()}
+    # --check: every running agent and demo service counts as a change (they were skipped),
+    # and nothing goes.
+    check = lab.playbook("destroy.yml", "--check")
+    assert_ok(check)
+    agents = [name for name in pids if name.endswith(("/agent.pid", "/demo.pid"))]
+    assert check.recap()["localhost"]["changed"] >= len(agents), check.out[-3000:]
+    assert lab.pids() == pids and lab.namespaces()
     run = lab.playbook("destroy.yml")
     assert_ok(run)
 

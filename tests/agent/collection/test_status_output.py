@@ -53,7 +53,7 @@ ROWS = [
     "NODE           ROLE    HEALTH  WEIGHT  HAPROXY            CPU  MEM  LOAD1  SERVICE",
     "hafleet-node1  leader  ok         128  UP drain w0 3cx  4%/4c    -   0.20  10.77.0.11:8080",
     "3 voter(s), 0 learner(s)",
-    "HAProxy 10.0.0.5:8080 (roundrobin) has 1 of 2 server(s) up",
+    "HAProxy 10.0.0.5:8080 (roundrobin) has 1 of 2 server(s) up, 1 of them draining",
 ]
 
 

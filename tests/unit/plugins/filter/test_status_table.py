@@ -107,8 +107,8 @@ def test_missing_values_are_dashes_and_states_are_spelled_out():
     assert rows["web3"][8] == "-"  # a CPU share without the CPU count
     assert lines[-2:] == [
         "1 voter(s), 2 learner(s)",
-        "HAProxy - (roundrobin) has 1 of 2 server(s) up",
-    ]
+        "HAProxy - (roundrobin) has 1 of 2 server(s) up, 1 of them draining",
+    ]  # (web3 is up but drains: it was counted as serving with nothing said)
 
 
 def test_servers_not_read_are_not_counted_as_none_up():
