@@ -1,8 +1,9 @@
 """The API's own HTTP/1.1 server (``server/http.py``, ``conn.py``, ``web.py``), in-process
 on loopback: keep-alive, pipelining in order, HEAD, chunked and Content-Length bodies, the
 body limit, 100-continue, malformed heads, idle and slowloris connections, the connection
-cap, streamed answers, an answer sent while its handler runs, graceful shutdown; and
-``httpclient.py`` (the forwarder's client)."""
+cap, streamed answers, an answer sent while its handler runs, graceful shutdown, a client
+that half-closes (pipelined requests, long-polls); and ``httpclient.py`` (the forwarder's
+client)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def make_app(max_body: int = 1024) -> tuple[web.Application, dict[str, Any]]:
         "started": asyncio.Event(),
         "release": None,
         "answer_now": [],
+        "polls": [],
     }
     app = web.Application(client_max_size=max_body)
 
@@ -69,7 +71,18 @@ def make_app(max_body: int = 1024) -> tuple[web.Application, dict[str, Any]]:
         seen["order"].append("early")
         return resp
 
+    async def poll(request: web.Request) -> web.Response:
+        """A long-poll, as /v1/watch: waits much longer than any test."""
+        seen["polls"].append("started")
+        try:
+            await asyncio.sleep(300)
+        except asyncio.CancelledError:
+            seen["polls"].append("cancelled")
+            raise
+        return web.json_response({"poll": True})
+
     app.router.add_route("*", "/echo/{n}", echo)
+    app.router.add_get("/poll", poll)
     app.router.add_get("/slow", slow)
     app.router.add_get("/stream", stream)
     app.router.add_get("/redirect", raises)
@@ -150,7 +163,9 @@ def test_pipelined_requests_are_answered_one_at_a_time_in_order() -> None:
 def test_a_slow_request_holds_the_next_one_back() -> None:
     async def main(runner: Runner, seen: dict[str, Any]) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", runner.port)
-        writer.write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /echo/after HTTP/1.1\r\n\r\n")
+        writer.write(
+            b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /echo/after HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
         await seen["started"].wait()
         await asyncio.sleep(0.05)  # the second request is in the buffer, not running
         assert seen["order"] == []
@@ -196,19 +211,22 @@ def test_head_chunked_bodies_100_continue_and_http_1_0() -> None:
     async def main(runner: Runner, seen: dict[str, Any]) -> None:
         port = runner.port
         head = responses(
-            await exchange(port, b"HEAD /echo/1 HTTP/1.1\r\nConnection: close\r\n\r\n")
+            await exchange(port, b"HEAD /echo/1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         )
         # HEAD: the GET's headers, no body (the parser above reads Content-Length bytes: none)
-        raw = await exchange(port, b"HEAD /echo/1 HTTP/1.1\r\nConnection: close\r\n\r\n")
+        raw = await exchange(port, b"HEAD /echo/1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert raw.endswith(b"\r\n\r\n") and int(head[0][1]["content-length"]) > 0
         chunked = (
-            b"PUT /echo/c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"PUT /echo/c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n"
             b"3\r\nabc\r\n5;ext=1\r\ndefgh\r\n0\r\n\r\n"
         )
         [(status, _, body)] = responses(await exchange(port, chunked))
         assert status == 200 and json.loads(body)["body"] == "abcdefgh"
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"PUT /echo/e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        writer.write(
+            b"PUT /echo/e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+        )
         assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(b"body")
         head_line = await reader.readuntil(b"\r\n")
@@ -216,14 +234,17 @@ def test_head_chunked_bodies_100_continue_and_http_1_0() -> None:
         writer.close()
         raw = await exchange(port, b"GET /echo/old HTTP/1.0\r\n\r\n")  # closed after it
         assert raw.startswith(b"HTTP/1.0 200") and b"Connection: close" in raw
-        raw = await exchange(port, b"GET /stream HTTP/1.1\r\nConnection: close\r\n\r\n")
+        raw = await exchange(port, b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         [(status, fields, body)] = responses(raw)
         assert (status, body, fields["transfer-encoding"]) == (200, b"one two three", "chunked")
         [(status, fields, _)] = responses(
-            await exchange(port, b"GET /redirect HTTP/1.1\r\n\r\n", until_close=False)
+            await exchange(port, b"GET /redirect HTTP/1.1\r\nHost: h\r\n\r\n", until_close=False)
         )
         assert (status, fields["location"]) == (302, "/elsewhere")
-        for bad in (b"GET /nope HTTP/1.1\r\n\r\n", b"PATCH /slow HTTP/1.1\r\n\r\n"):
+        for bad in (
+            b"GET /nope HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"PATCH /slow HTTP/1.1\r\nHost: h\r\n\r\n",
+        ):
             [(status, _, _)] = responses(await exchange(port, bad, until_close=False))
             assert status in (404, 405)
 
@@ -233,7 +254,7 @@ def test_head_chunked_bodies_100_continue_and_http_1_0() -> None:
 def test_a_body_over_the_limit_is_413_and_the_connection_closes() -> None:
     async def main(runner: Runner, seen: dict[str, Any]) -> None:
         for framing in (b"Content-Length: 5000\r\n\r\n", b"Transfer-Encoding: chunked\r\n\r\n"):
-            data = b"PUT /echo/big HTTP/1.1\r\n" + framing
+            data = b"PUT /echo/big HTTP/1.1\r\nHost: h\r\n" + framing
             data += b"x" * 5000 if b"Length" in framing else b"1388\r\n" + b"x" * 5000
             raw = await exchange(runner.port, data)
             [(status, fields, body)] = responses(raw)
@@ -242,7 +263,7 @@ def test_a_body_over_the_limit_is_413_and_the_connection_closes() -> None:
         # a client still sending a large body gets the answer, not a reset: the rest is read
         # and dropped (LINGER_S) after the answer
         reader, writer = await asyncio.open_connection("127.0.0.1", runner.port)
-        writer.write(b"PUT /echo/big HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (8 << 20))
+        writer.write(b"PUT /echo/big HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % (8 << 20))
         for _ in range(8):
             writer.write(b"x" * (1 << 20))
             await writer.drain()
@@ -270,7 +291,9 @@ def test_over_tls_a_client_still_sending_a_large_body_gets_its_413(tmp_path) -> 
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         with client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
             body = b"x" * (8 << 20)  # past the socket buffers, under the linger cap
-            sock.sendall(b"PUT /echo/big HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body))
+            sock.sendall(
+                b"PUT /echo/big HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
             sock.sendall(body)
             return sock.recv(65536)
 
@@ -284,14 +307,15 @@ def test_over_tls_a_client_still_sending_a_large_body_gets_its_413(tmp_path) -> 
 @pytest.mark.parametrize(
     "data",
     [
-        b"GET /echo/1 HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
-        b"GET /echo/1 HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"GET /echo/1 HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-        b"GET /echo/1 HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-        b"GET /echo/1 HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+        b"GET /echo/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"GET /echo/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n",
+        b"GET /echo/1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET /echo/1 HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+        b"GET /echo/1 HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n",
         b"GET /echo/1 HTTP/2.0\r\n\r\n",
-        b"GET  /echo/1 HTTP/1.1\r\n\r\n",
-        b"GET /echo/1 HTTP/1.1\r\n folded: x\r\n\r\n",
+        b"GET  /echo/1 HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /echo/1 HTTP/1.1\r\nHost: h\r\n folded: x\r\n\r\n",
         b"GET /" + b"a" * 9000,  # no end of line yet, already too long
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS: no end of head ever comes
         b"\x00\x01\x02 not http",
@@ -312,7 +336,9 @@ def test_idle_and_slowloris_connections_are_closed_after_the_keepalive_time() ->
         opened = time.monotonic()
         silent = await asyncio.open_connection("127.0.0.1", runner.port)
         slow = await asyncio.open_connection("127.0.0.1", runner.port)
-        for byte in b"GET /echo/1 HTTP/1.1\r\nX-A: ":  # a byte every 20 ms, never the end
+        for (
+            byte
+        ) in b"GET /echo/1 HTTP/1.1\r\nHost: h\r\nX-A: ":  # a byte every 20 ms, never the end
             slow[1].write(bytes([byte]))
             await asyncio.sleep(0.02)
             if slow[0].at_eof():
@@ -330,7 +356,7 @@ def test_accepted_connections_have_tcp_nodelay() -> None:
 
     async def main(runner: Runner, seen: dict[str, Any]) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", runner.port)
-        writer.write(b"GET /echo/1 HTTP/1.1\r\n\r\n")
+        writer.write(b"GET /echo/1 HTTP/1.1\r\nHost: h\r\n\r\n")
         await reader.readuntil(b"\r\n\r\n")
         [conn] = runner.http.connections
         sock = conn.transport.get_extra_info("socket")
@@ -348,7 +374,7 @@ def test_the_cap_refuses_connections_over_it_with_503() -> None:
             await asyncio.sleep(0.01)
         third = await conns[2][0].read()
         assert third.startswith(b"HTTP/1.1 503") and runner.cap.refused == 1
-        conns[0][1].write(b"GET /echo/ok HTTP/1.1\r\nConnection: close\r\n\r\n")
+        conns[0][1].write(b"GET /echo/ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert (await conns[0][0].read()).startswith(b"HTTP/1.1 200")
         for _, w in conns:
             w.close()
@@ -363,7 +389,7 @@ def test_shutdown_waits_for_a_request_under_way_and_closes_idle_ones() -> None:
         runner = await serve(app, "127.0.0.1", 0)
         idle = await asyncio.open_connection("127.0.0.1", runner.port)
         busy = await asyncio.open_connection("127.0.0.1", runner.port)
-        busy[1].write(b"GET /slow HTTP/1.1\r\n\r\n")
+        busy[1].write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
         await seen["started"].wait()
         cleanup = asyncio.create_task(runner.cleanup(shutdown_timeout=5.0))
         assert await asyncio.wait_for(idle[0].read(), 2) == b""
@@ -378,7 +404,7 @@ def test_shutdown_waits_for_a_request_under_way_and_closes_idle_ones() -> None:
         seen["release"] = asyncio.Event()
         runner = await serve(app, "127.0.0.1", 0)
         busy = await asyncio.open_connection("127.0.0.1", runner.port)
-        busy[1].write(b"GET /slow HTTP/1.1\r\n\r\n")
+        busy[1].write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
         await seen["started"].wait()
         started = time.monotonic()
         await runner.cleanup(shutdown_timeout=0.3)
@@ -424,3 +450,124 @@ def test_the_agent_process_does_not_load_aiohttp() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# ---- a client that half-closes (review: pipelined requests dropped, long-polls held) -------
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (bounded) until ``condition()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def half_close(port: int, data: bytes) -> bytes:
+    """Send ``data``, then the client's FIN (``shutdown(SHUT_WR)``, as ``nc -N``); all
+    that comes back until the server closes (bounded)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+
+
+def test_pipelined_requests_before_a_half_close_are_all_answered_in_order() -> None:
+    """5 pipelined GETs, or PUTs, then the client's FIN: 5 answers, every PUT executed (it
+    was 2 answers, or 1 PUT executed: the connection was closed with whole requests still
+    in the buffer); an incomplete request after them is dropped and the connection closed."""
+
+    async def main(runner: Runner, seen: dict[str, Any]) -> None:
+        gets = b"".join(b"GET /echo/g%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(5))
+        got = responses(await half_close(runner.port, gets))
+        assert [(s, json.loads(b)["n"]) for s, _, b in got] == [(200, f"g{i}") for i in range(5)]
+        puts = b"".join(
+            b"PUT /echo/p%d HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n%d" % (i, i)
+            for i in range(5)
+        )
+        incomplete = b"PUT /echo/cut HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\nab"
+        got = responses(await half_close(runner.port, puts + incomplete))
+        assert [(s, json.loads(b)["body"]) for s, _, b in got] == [(200, str(i)) for i in range(5)]
+        assert seen["order"] == [f"g{i}" for i in range(5)] + [f"p{i}" for i in range(5)]
+
+    run(main)
+
+
+def test_a_half_closed_long_poll_gives_its_connection_slot_back(monkeypatch) -> None:
+    """A long-poll (``/v1/watch?wait=300s``) whose client sends its FIN: the handler is
+    cancelled HALF_CLOSE_GRACE_S later and the connection closed, its slot free again (it
+    was held until the wait ended: 1024 such connections and every request was a 503). A
+    short request answered before the grace ends is answered as before (``nc -N``)."""
+    from hafleet_agent.server import http
+
+    monkeypatch.setattr(http, "HALF_CLOSE_GRACE_S", 0.3, raising=False)
+
+    async def main(runner: Runner, seen: dict[str, Any]) -> None:
+        started = time.monotonic()
+        answer = await half_close(runner.port, b"GET /poll HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert answer == b"" and seen["polls"] == ["started", "cancelled"]
+        assert time.monotonic() - started < 3
+        await until(lambda: runner.cap.open == 0 and not runner.http.connections)
+        # a handler that answers within the grace: the half-closed client gets its answer
+        task = asyncio.create_task(
+            half_close(runner.port, b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        )
+        await seen["started"].wait()
+        seen["release"].set()
+        [(status, _, body)] = responses(await task)
+        assert (status, json.loads(body)) == (200, {"slow": True})
+        await until(lambda: runner.cap.open == 0)
+
+    run(main, limit=2)
+
+
+def test_a_long_poll_whose_client_reset_is_cancelled_too(monkeypatch) -> None:
+    """The client resets the connection (RST) during a long-poll: the slot was given back
+    at once already; the handler no longer waits out its ``wait`` either."""
+    from hafleet_agent.server import http
+
+    monkeypatch.setattr(http, "HALF_CLOSE_GRACE_S", 0.1, raising=False)
+
+    async def main(runner: Runner, seen: dict[str, Any]) -> None:
+        sock = socket.create_connection(("127.0.0.1", runner.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.sendall(b"GET /poll HTTP/1.1\r\nHost: h\r\n\r\n")
+        await until(lambda: seen["polls"] == ["started"])
+        sock.close()  # SO_LINGER 0: a reset
+        await until(lambda: seen["polls"] == ["started", "cancelled"])
+        await until(lambda: runner.cap.open == 0)
+
+    run(main)
+
+
+def test_a_413_to_a_client_already_gone_closes_without_an_error(caplog) -> None:
+    """After a 413 the server half-closes (``write_eof``); when the client is gone already
+    that raised ``OSError: [Errno 107] Transport endpoint is not connected`` out of the
+    connection's task ("Task exception was never retrieved", a traceback in the log)."""
+    import errno
+    import gc
+
+    async def main(runner: Runner, seen: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.port)
+        await until(lambda: len(runner.http.connections) == 1)
+        [conn] = runner.http.connections
+
+        def write_eof() -> None:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+        conn.transport.write_eof = write_eof
+        writer.write(b"PUT /echo/big HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n")
+        [(status, _, _)] = responses(await asyncio.wait_for(reader.read(-1), 5))
+        writer.close()
+        assert status == 413
+        await until(lambda: not runner.http.connections)
+        gc.collect()
+        assert errors == []
+
+    run(main)

@@ -2,15 +2,25 @@
 no streams), and :class:`HttpServer`, which knows the connections and shuts them down.
 
 What a connection does, in order: it reads a request's head (the request line and each
-header line at most MAX_LINE bytes, at most MAX_HEADERS headers), then its body (by
-Content-Length or chunked; at most the app's ``client_max_size``, else the handler's
-``read()`` is a 413 and the connection closes after the answer), then runs the app's
-handler, one request at a time in the order they came (pipelined requests wait in the
-buffer; reading pauses while it is full), and writes the answer. Keep-alive is HTTP/1.1's
-default (HTTP/1.0: only when asked); a connection with no request under way is closed after
-``keepalive_s``, counted from when it became idle, so a client that sends nothing, or a
-head byte by byte (slowloris), holds it no longer. A request that is not HTTP as RFC 9112
-says is answered by ``malformed`` (a JSON 400) and the connection closed.
+header line at most MAX_LINE bytes, at most MAX_HEADERS headers, MAX_HEAD in all), then its
+body (by Content-Length or chunked, :mod:`.chunked`; at most the app's ``client_max_size``,
+else the handler's ``read()`` is a 413 and the connection closes after the answer), then
+runs the app's handler, one request at a time in the order they came (pipelined requests
+wait in the buffer; reading pauses while it is full), and writes the answer. Each byte is
+parsed once however the reads cut it (a head is searched from where the last read ended).
+Keep-alive is HTTP/1.1's default (HTTP/1.0: only when asked); a connection with no request
+under way is closed after ``keepalive_s``, counted from when it became idle, so a client
+that sends nothing, or a head byte by byte (slowloris), holds it no longer. A request that
+is not HTTP as RFC 9112 says is answered by ``malformed`` (a JSON 400) and the connection
+closed, as soon as it can tell: a line that ends with a bare LF, a request line without an
+HTTP version (HTTP/0.9), an HTTP/1.1 request without Host. Empty lines before a request
+line are skipped (RFC 9112 §2.2).
+
+When the client half-closes (plain TCP: it sent its last byte), the request under way and
+the whole ones already in the buffer are answered in order, then the connection is closed
+(an incomplete one is dropped); once the client half-closed or the connection is lost, a
+handler still running HALF_CLOSE_GRACE_S later (a long-poll: ``/v1/watch``) is cancelled
+and the connection closed, so that it gives its slot back.
 
 :mod:`.web` is the handlers' side (requests, responses, the router); :mod:`.conn` the
 listener (the connection cap, TLS).
@@ -24,6 +34,7 @@ import re
 import time
 from collections.abc import Callable
 
+from .chunked import ChunkedDecoder, ChunkError
 from .web import Application, Headers, HTTPException, Request, Response, StreamResponse
 
 log = logging.getLogger("hafleet.api")
@@ -31,12 +42,18 @@ log = logging.getLogger("hafleet.api")
 #: The longest request line or header line (aiohttp's limit).
 MAX_LINE = 8190
 MAX_HEADERS = 128
+#: The longest head: request line, headers and the empty line.
+MAX_HEAD = MAX_LINE * 8
 #: Unread bytes a connection buffers (pipelined requests) before it stops reading.
 MAX_BUFFER = 256 * 1024
 #: After a 413 the rest of the body is read and dropped for this long (at most
 #: MAX_BUFFER * 64 bytes) before the connection closes: a close with unread bytes would be
 #: a reset, which can reach the client before the answer does.
 LINGER_S = 2.0
+#: Once the client half-closed (or the connection is lost) while a handler runs, what is
+#: still running this long after is cancelled and the connection closed: a short request
+#: (and those pipelined before the close) is answered, a long-poll does not hold its slot.
+HALF_CLOSE_GRACE_S = 5.0
 
 #: The answer to a malformed request: (the source address, the status, what is wrong).
 Malformed = Callable[[str | None, int, str], Response]
@@ -45,6 +62,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
+_EMPTY_LINES = re.compile(rb"(?:\r\n)+")
 
 
 class BadRequest(Exception):
@@ -144,6 +162,10 @@ class HttpProtocol(asyncio.Protocol):
         self._tls = False  # TLS has no half close (eof_received's answer is ignored there)
         self._current: Request | None = None  # the request whose handler runs
         self._keep_alive = False  # what its head asked for
+        self._pending: _Head | None = None  # the head whose body is being read
+        self._start: tuple[tuple[str, str, tuple[int, int]], int] | None = None  # its line
+        self._scanned = 0  # bytes of the head so far searched for its end
+        self._reaper: asyncio.TimerHandle | None = None  # see _gone
 
     # ---- asyncio's side ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,6 +179,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._gone()
         self.server.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
@@ -182,10 +205,25 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         if self.task is None or self._lingering >= 0:
-            self.close()
-        # Plain TCP: half-closed, the answer under way is still sent, then the close. TLS has
-        # no half close: the connection ends here (and asyncio warns of a True).
+            self.close()  # (an incomplete request in the buffer is dropped)
+        else:
+            self._gone()
+        # Plain TCP: half-closed, the answer under way is still sent, and those to the whole
+        # requests in the buffer, then the close. TLS has no half close: the connection ends
+        # here (and asyncio warns of a True).
         return not self._tls
+
+    def _gone(self) -> None:
+        """The client sent its last byte, or the connection is lost, while a handler runs:
+        what is still running HALF_CLOSE_GRACE_S later is cancelled and the connection
+        closed (a long-poll would hold its connection slot until its ``wait`` ends)."""
+        if self.task is not None and self._reaper is None:
+            self._reaper = self.loop.call_later(HALF_CLOSE_GRACE_S, self._reap)
+
+    def _reap(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.close()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -212,7 +250,11 @@ class HttpProtocol(asyncio.Protocol):
         self._lingering = 0
         self.buf.clear()
         if transport.can_write_eof():  # plain TCP: half close, the client sees the end
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # ENOTCONN: the client is gone already
+                self.close()
+                return
         # (TLS has no half close: the answer is whole, the connection stays open while the
         # client still sends, at most LINGER_S, then closes)
         if self.timer is not None:
@@ -233,7 +275,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         try:
             parsed = self._parse()
-        except BadRequest as exc:
+        except (BadRequest, ChunkError) as exc:
             self._refuse(str(exc))
             return
         if parsed is None:
@@ -246,60 +288,31 @@ class HttpProtocol(asyncio.Protocol):
         self.task = self.loop.create_task(self._run(request, keep_alive))
 
     def _parse(self) -> tuple[Request, bool] | None:
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            _check_start(buf)
-            first = buf.find(b"\r\n")
-            if (first < 0 and len(buf) > MAX_LINE) or len(buf) > MAX_LINE * 8:
-                raise BadRequest("the request line or header section is too long")
-            return None
-        lines = bytes(buf[:end]).split(b"\r\n")
-        start = lines[0]
-        if len(start) > MAX_LINE:
-            raise BadRequest(f"the request line is over {MAX_LINE} bytes")
-        parts = start.split(b" ")
-        if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
-            raise BadRequest(f"bad request line {start[:60]!r}")
-        version = _VERSIONS.get(parts[2])
-        if version is None:
-            raise BadRequest(f"unsupported HTTP version {parts[2][:20]!r}")
-        if len(lines) > MAX_HEADERS + 1:
-            raise BadRequest(f"more than {MAX_HEADERS} headers")
-        headers = Headers()
-        for line in lines[1:]:
-            if len(line) > MAX_LINE:
-                raise BadRequest(f"a header line is over {MAX_LINE} bytes")
-            name, sep, value = line.partition(b":")
-            if not sep or not _TOKEN.match(name):
-                raise BadRequest(f"bad header line {line[:40]!r}")
-            value = value.strip(b" \t")
-            if _BAD_VALUE.search(value):
-                raise BadRequest(f"a control character in header {name[:40]!r}")
-            key, text = name.decode("ascii"), value.decode("utf-8", "surrogateescape")
-            if key in headers:
-                if key.lower() in ("content-length", "transfer-encoding", "host"):
-                    raise BadRequest(f"header {key} given twice")
-                text = f"{headers[key]}, {text}"
-            headers[key] = text
-        pos = end + 4
-        body, too_large, rest = self._body(headers, buf, pos)
+        """The next request once its head and body are here, else None. Its head is parsed
+        once, when its end has come, and dropped from the buffer; its body is then read as
+        it comes (a chunked one decoded as it comes): each byte is looked at once."""
+        head = self._pending
+        if head is None:
+            head = self._pending = self._read_head()
+            if head is None:
+                return None
+        body, too_large = self._body(head)
         if body is None:  # the body is not all here yet
-            if not self._continued and headers.get("Expect", "").lower() == "100-continue":
+            if not self._continued and head.headers.get("Expect", "").lower() == "100-continue":
                 self._continued = True  # curl waits a second for it before a large body
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
             return None
+        self._pending = None
         self._continued = False
-        del buf[:rest]
-        conn = headers.get("Connection", "").lower()
-        keep_alive = "close" not in conn if version == (1, 1) else "keep-alive" in conn
+        conn = head.headers.get("Connection", "").lower()
+        keep_alive = "close" not in conn if head.version == (1, 1) else "keep-alive" in conn
         if too_large:
             keep_alive = False  # the rest of the body is not read
         request = Request(
-            parts[0].decode("ascii"),
-            parts[1].decode("ascii"),
-            version,
-            headers,
+            head.method,
+            head.target,
+            head.version,
+            head.headers,
             body,
             remote=self.remote,
             transport=self.transport,
@@ -309,32 +322,83 @@ class HttpProtocol(asyncio.Protocol):
         request._stream = self
         return request, keep_alive
 
-    def _body(self, headers: Headers, buf: bytearray, pos: int) -> tuple[bytes | None, int, int]:
-        """(the body or None when it is not all here, its size when over the limit, where
-        the next request starts)."""
-        limit = self.server.app.client_max_size
+    def _read_head(self) -> _Head | None:
+        """The request's head once it is all here (then dropped from the buffer), else None.
+        The bytes are searched once (``_scanned``: how far), the request line checked as
+        soon as it ends, a bare LF refused as soon as it comes."""
+        buf = self.buf
+        empty = _EMPTY_LINES.match(buf) if self._start is None else None
+        if empty:  # RFC 9112 §2.2: empty lines before a request line are skipped
+            del buf[: empty.end()]
+            self._scanned = max(self._scanned - empty.end(), 0)
+        n, scanned = len(buf), self._scanned
+        end = buf.find(b"\r\n\r\n", max(scanned - 3, 0))
+        stop = n if end < 0 else end + 4
+        if buf.count(b"\n", scanned, stop) != buf.count(b"\r\n", max(scanned - 1, 0), stop):
+            raise BadRequest("a line ends with a bare LF (HTTP wants CRLF)")
+        if self._start is None:
+            first = buf.find(b"\r\n", max(scanned - 1, 0), stop)
+            if first >= 0:
+                self._start = _request_line(bytes(buf[:first])), first
+            elif n > MAX_LINE:
+                raise BadRequest(f"the request line is over {MAX_LINE} bytes")
+            elif buf != b"\r":  # (maybe an empty line's CR)
+                _check_start(buf)
+        self._scanned = stop
+        if stop > MAX_HEAD:
+            raise BadRequest(f"the header section is over {MAX_HEAD} bytes")
+        if end < 0:
+            return None
+        assert self._start is not None
+        (method, target, version), first = self._start
+        lines = bytes(buf[first + 2 : end]).split(b"\r\n") if end > first else []
+        del buf[: end + 4]
+        self._start, self._scanned = None, 0
+        if len(lines) > MAX_HEADERS:
+            raise BadRequest(f"more than {MAX_HEADERS} headers")
+        headers = _headers(lines)
+        if version == (1, 1) and "Host" not in headers:
+            raise BadRequest("no Host header (HTTP/1.1 requires one)")
+        return _Head(method, target, version, headers, self._framing(headers))
+
+    def _framing(self, headers: Headers) -> int | ChunkedDecoder:
+        """How the body comes: its Content-Length, or the decoder of its chunks."""
         te = headers.get("Transfer-Encoding")
         if te is not None:
             if "Content-Length" in headers or te.lower() != "chunked":
                 raise BadRequest("bad Transfer-Encoding (only chunked, without Content-Length)")
-            return _chunked(buf, pos, limit)
+            return ChunkedDecoder(self.server.app.client_max_size)
         raw = headers.get("Content-Length")
         if raw is None:
-            return b"", 0, pos
+            return 0
         if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
             raise BadRequest(f"bad Content-Length {raw[:20]!r}")
-        length = int(raw)
-        if length > limit:
-            return b"", length, pos
-        if len(buf) - pos < length:
-            return None, 0, 0
-        return bytes(buf[pos : pos + length]), 0, pos + length
+        return int(raw)
+
+    def _body(self, head: _Head) -> tuple[bytes | None, int]:
+        """(the body, dropped from the buffer, or None when it is not all here; its size
+        when it is over the limit: then b"" and the rest is not read)."""
+        buf, framing = self.buf, head.framing
+        if isinstance(framing, ChunkedDecoder):
+            used = framing.feed(buf)
+            del buf[:used]
+            if framing.too_large:
+                return b"", framing.too_large
+            return (bytes(framing.body) if framing.done else None), 0
+        if framing > self.server.app.client_max_size:
+            return b"", framing
+        if len(buf) < framing:
+            return None, 0
+        body = bytes(buf[:framing])
+        del buf[:framing]
+        return body, 0
 
     def _refuse(self, what: str) -> None:
         """Answer a malformed request and close (the server's ``malformed`` says how)."""
         resp = self.server.malformed(self.remote, 400, what)
         resp.force_close()
         self.buf.clear()
+        self._pending = self._start = None
         self._send(None, resp, keep_alive=False)
         self.close()
 
@@ -370,15 +434,19 @@ class HttpProtocol(asyncio.Protocol):
             self._current = None
             if request._too_large and not self.closed and not self._eof:
                 self._linger()
-            elif not keep_alive or self.closed or self._eof:
+            elif not keep_alive or self.closed:
                 self.close()
             else:
-                self._idle()
                 if self.paused:
                     self.paused = False
                     self.transport.resume_reading()  # type: ignore[union-attr]
                 if self.buf:
-                    self._next()
+                    self._next()  # after EOF too: the whole requests that came before it
+                if self.task is None and not self.closed:
+                    if self._eof:
+                        self.close()  # (an incomplete request is dropped)
+                    else:
+                        self._idle()
 
     def answer_now(self, request: Request, resp: StreamResponse) -> bool:
         """Write ``resp`` (a whole response) as the answer to ``request`` while its handler
@@ -464,33 +532,53 @@ def _check_start(buf: bytearray) -> None:
         raise BadRequest(f"not an HTTP request line: {method[:20]!r}")
 
 
-def _chunked(buf: bytearray, pos: int, limit: int) -> tuple[bytes | None, int, int]:
-    """A chunked body from ``buf[pos:]`` (see HttpProtocol._body)."""
-    body = bytearray()
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            if len(buf) - pos > MAX_LINE:
-                raise BadRequest("a chunk size line is too long")
-            return None, 0, 0
-        size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BadRequest(f"bad chunk size {size_text[:20]!r}") from None
-        if size_text.startswith((b"-", b"+", b"0x", b"0X")):
-            raise BadRequest(f"bad chunk size {size_text[:20]!r}")
-        pos = eol + 2
-        if size == 0:
-            end = buf.find(b"\r\n\r\n", pos - 2)  # no trailers, or trailers ignored
-            if end < 0:
-                return None, 0, 0
-            return bytes(body), 0, end + 4
-        if len(body) + size > limit:
-            return b"", len(body) + size, pos
-        if len(buf) < pos + size + 2:
-            return None, 0, 0
-        if buf[pos + size : pos + size + 2] != b"\r\n":
-            raise BadRequest("a chunk does not end with CRLF")
-        body += buf[pos : pos + size]
-        pos += size + 2
+def _request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
+    """(method, target, version) of a request line, or BadRequest."""
+    if len(line) > MAX_LINE:
+        raise BadRequest(f"the request line is over {MAX_LINE} bytes")
+    parts = line.split(b" ")
+    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
+        why = " (no HTTP version: HTTP/0.9 is not served)" if len(parts) == 2 else ""
+        raise BadRequest(f"bad request line {line[:60]!r}{why}")
+    version = _VERSIONS.get(parts[2])
+    if version is None:
+        raise BadRequest(f"unsupported HTTP version {parts[2][:20]!r}")
+    return parts[0].decode("ascii"), parts[1].decode("ascii"), version
+
+
+def _headers(lines: list[bytes]) -> Headers:
+    headers = Headers()
+    for line in lines:
+        if len(line) > MAX_LINE:
+            raise BadRequest(f"a header line is over {MAX_LINE} bytes")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise BadRequest(f"bad header line {line[:40]!r}")
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value):
+            raise BadRequest(f"a control character in header {name[:40]!r}")
+        key, text = name.decode("ascii"), value.decode("utf-8", "surrogateescape")
+        if key in headers:
+            if key.lower() in ("content-length", "transfer-encoding", "host"):
+                raise BadRequest(f"header {key} given twice")
+            text = f"{headers[key]}, {text}"
+        headers[key] = text
+    return headers
+
+
+class _Head:
+    """A request's head, parsed; its body to come: ``framing`` is its Content-Length (0
+    without one), or the decoder of its chunks."""
+
+    __slots__ = ("method", "target", "version", "headers", "framing")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        version: tuple[int, int],
+        headers: Headers,
+        framing: int | ChunkedDecoder,
+    ) -> None:
+        self.method, self.target, self.version = method, target, version
+        self.headers, self.framing = headers, framing
