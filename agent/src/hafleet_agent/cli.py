@@ -5,12 +5,14 @@ tests depend on their names. Every ``run`` flag defaults to ``None`` ("not given
 the agent can layer them: built-in default < ``--config`` TOML file < flag.
 
 Exit codes: 0 success, 1 failure (the agent stopped on an error, an API error), 2 bad usage
-or configuration.
+or configuration, 141 (128 + SIGPIPE) a client command whose output was closed before it was
+all written (``| head``): it stops quietly, as a command killed by SIGPIPE does.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,6 +22,7 @@ from hafleet_agent.cli_types import (
     PROG,
     api_url,
     host_port_list,
+    kv_key,
     non_negative_int,
     port,
     positive_int,
@@ -27,6 +30,9 @@ from hafleet_agent.cli_types import (
 from hafleet_agent.config import DEFAULT_API_PORT, DEFAULT_RAFT_PORT
 
 EXIT_NOT_IMPLEMENTED = 2
+#: A client command whose stdout was closed early: the shell's code of a command that
+#: SIGPIPE ended (Python ignores SIGPIPE and raises BrokenPipeError instead).
+EXIT_BROKEN_PIPE = 128 + 13
 NOT_IMPLEMENTED_ISSUE = "issue 4"
 
 Handler = Callable[[argparse.Namespace], int]
@@ -347,13 +353,13 @@ def _add_kv(commands: argparse._SubParsersAction) -> None:
 
     get = _command(ops, "get", "read KEY (linearizable)", _client, command_name="kv get")
     get.add_argument("--stale", action="store_true", help="read this node's copy, no round")
-    get.add_argument("key", metavar="KEY")
+    get.add_argument("key", metavar="KEY", type=kv_key)
     _add_client_options(get)
 
     put = _command(
         ops, "put", "write VALUE (JSON, or else a string) to KEY", _client, command_name="kv put"
     )
-    put.add_argument("key", metavar="KEY")
+    put.add_argument("key", metavar="KEY", type=kv_key)
     put.add_argument("value", metavar="VALUE")
     _add_client_options(put)
     put.add_argument(
@@ -364,7 +370,7 @@ def _add_kv(commands: argparse._SubParsersAction) -> None:
     )
 
     delete = _command(ops, "del", "delete KEY", _client, command_name="kv del")
-    delete.add_argument("key", metavar="KEY")
+    delete.add_argument("key", metavar="KEY", type=kv_key)
     _add_client_options(delete)
     delete.add_argument(
         "--cas",
@@ -441,7 +447,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: a COMMAND is required (see --help)", file=sys.stderr)
         return 2
     del parser  # not held while the command runs (an agent runs for months)
-    return args.handler(args)
+    if args.command in ("run", "balancer"):
+        # (They run for long and log to stderr; a broken pipe there is a socket's.)
+        return args.handler(args)
+    try:
+        code = args.handler(args)
+        sys.stdout.flush()  # what is still buffered fails here, not at the interpreter's exit
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say. Point stdout at /dev/null so
+        # that the interpreter's last flush does not fail again (Python's docs, "Note on
+        # SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # (a stdout without a file descriptor)
+            pass
+        finally:
+            os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":

@@ -63,6 +63,19 @@ def api_url(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def kv_key(value: str) -> str:
+    """The KEY of ``kv get``, ``put`` and ``del``: not empty (the agent has no route for it:
+    a put was a 404 "Not Found", a get "no key"). The other rules of a key are the agent's,
+    which says them (a key of an older version may break them and still be read)."""
+    if not value:
+        # The agent's own words for a key it refuses (imported only here: the server's
+        # modules are no part of the client's start).
+        from hafleet_agent.server.api import KEY_RULE
+
+        raise argparse.ArgumentTypeError(f"key '' is empty: {KEY_RULE}")
+    return value
+
+
 def _int(value: str, what: str) -> int:
     try:
         return int(value, 10)

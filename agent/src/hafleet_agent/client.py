@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from .apiclient import APIClient, APIError
 from .client_config import DiscoveryError, discover_for
+from .ids import is_control
 
 #: The CLI's timeout for one call: a removal waits for the drain first (the agent's
 #: drain_timeout_s, config.AgentConfig: 10 s by default; up to 30 s still fits).
@@ -96,18 +98,57 @@ def _kv(api: APIClient, args: argparse.Namespace) -> int:
                 raise
             print(f"no key {args.key!r}", file=sys.stderr)
             return 1
-        print(json.dumps(item["value"]))
+        print(json_text(item["value"]))
         return 0
     if op == "put":
-        try:
-            value = json.loads(args.value)
-        except ValueError:
-            value = args.value
-        item = api.kv_put(args.key, value, cas=args.cas)
+        item = api.kv_put(args.key, parse_value(args.value), cas=args.cas)
     else:
         item = api.kv_delete(args.key, cas=args.cas)
-    print(json.dumps(item, sort_keys=True))
+    print(json_text(item, sort_keys=True))
     return 0
+
+
+def _not_json(text: str) -> float:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999
+        raise ValueError(f"{text} is out of a float's range")
+    return number
+
+
+def parse_value(text: str) -> Any:
+    """``kv put``'s VALUE: strict JSON (no NaN, Infinity, or number too large for a float,
+    which Python's json takes and the agent refuses), or else the text as a string."""
+    try:
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+    except (ValueError, RecursionError):  # (also: an integer of more than 4300 digits)
+        return text
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """``value`` as JSON with its text as is (``"värde ✓"``, not ``"v\\u00e4rde \\u2713"``),
+    but for what a terminal would act on rather than show (control and format characters,
+    line separators: escaped as JSON escapes them) and for what stdout cannot encode (then
+    all of it escaped, as ``json.dumps`` does by default)."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    if any(is_control(c) or "\ud800" <= c <= "\udfff" for c in text):
+        text = "".join(_escaped(c) for c in text)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return json.dumps(value, **options)
+    return text
+
+
+def _escaped(c: str) -> str:
+    """One character of a JSON text as is, or as its escape when it is a control or format
+    character or a lone surrogate (outside strings a JSON text is plain ASCII)."""
+    if not (is_control(c) or "\ud800" <= c <= "\udfff"):
+        return c
+    return json.dumps(c)[1:-1]  # (ensure_ascii: a surrogate pair beyond the BMP)
 
 
 def _status(api: APIClient, args: argparse.Namespace) -> int:
@@ -133,8 +174,9 @@ def _status(api: APIClient, args: argparse.Namespace) -> int:
             )
         )
         return 0
+    cluster_id = f" ({st['cluster_id']})" if st.get("cluster_id") else ""  # (none yet: fresh)
     print(
-        f"cluster {st['cluster']} ({st['cluster_id']})  leader {st['leader_id'] or '-'}  "
+        f"cluster {st['cluster']}{cluster_id}  leader {st['leader_id'] or '-'}  "
         f"term {st['term']}  commit {st['commit_index']}"
     )
     print(render_members(rows, with_term=True))

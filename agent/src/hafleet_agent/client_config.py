@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .addr import api_base_url
-from .config import DEFAULT_API_PORT, ConfigError, read_secret
+from .config import DEFAULT_API_PORT, ConfigError, read_secret, secret_error
 
 DEFAULT_API_URL = f"http://127.0.0.1:{DEFAULT_API_PORT}"
 
@@ -98,14 +98,24 @@ def read_agent_config(path: str) -> dict[str, Any]:
             f"cannot read the agent config {path}: permission denied (run as root, or give "
             f"--api, --token-file and --ca-file)"
         ) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # (TOMLDecodeError, a NUL in the name)
         raise DiscoveryError(f"cannot read the agent config {path}: {exc}") from None
-    host = str(data.get("advertise") or data.get("bind") or "127.0.0.1")
+    for key in ("advertise", "bind", "token_file", "tls_ca_file"):
+        if not isinstance(data.get(key, ""), str) or "\x00" in data.get(key, ""):
+            raise DiscoveryError(
+                f"the agent config {path}: {key} must be a string without NUL characters, "
+                f"got {data[key]!r:.80}"
+            )
+    port = data.get("api_port") or DEFAULT_API_PORT
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise DiscoveryError(
+            f"the agent config {path}: api_port must be an integer in 1..65535, got {port!r:.80}"
+        )
+    host = data.get("advertise") or data.get("bind") or "127.0.0.1"
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    port = int(data.get("api_port") or DEFAULT_API_PORT)
     ca = data.get("tls_ca_file") or None
     return {
         "api": f"{'https' if ca else 'http'}://{host}:{port}",
@@ -145,6 +155,9 @@ def discover(
     env = os.environ if env is None else env
     sources: dict[str, str] = {}
     token: bytes | None = None
+    for flag, value in (("--token-file", token_file), ("--ca-file", ca_file), ("--config", config)):
+        if value is not None and not value.strip():
+            raise DiscoveryError(f"{flag} is empty: give a file name, or leave the flag out")
     if api:
         sources["api"] = "--api"
     elif env.get(ENV_API_URL):
@@ -161,7 +174,11 @@ def discover(
             n for n in (ENV_TOKEN_FILE, *ENV_TOKEN_FILE_ALIASES) if env.get(n)
         )
     elif env.get(ENV_TOKEN, "").strip():
-        token = env[ENV_TOKEN].strip().encode()
+        # (the same rule as a token file's; surrogateescape: the bytes the variable held)
+        token = env[ENV_TOKEN].strip().encode("utf-8", "surrogateescape")
+        error = secret_error(token, f"${ENV_TOKEN}", token=True)
+        if error is not None:
+            raise DiscoveryError(error)
         sources["token"] = f"${ENV_TOKEN}"
     if ca_file:
         sources["ca"] = "--ca-file"
@@ -196,7 +213,7 @@ def discover(
         try:
             token = read_secret(token_file, "token")
         except ConfigError as exc:
-            raise DiscoveryError(f"{exc} (from {sources['token']})") from None
+            raise DiscoveryError(f"{exc} (from {sources.get('token', '--token-file')})") from None
     alternates = [a for a in alternates if a and a != api]
     return Endpoint(api=api, token=token, ca_file=ca_file, sources=sources, alternates=alternates)
 

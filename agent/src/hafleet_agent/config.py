@@ -197,10 +197,50 @@ def load(config_file: str | None, flags: dict[str, Any]) -> AgentConfig:
     return cfg
 
 
+#: The longest a removal waits for the balancers to drain a node (``drain_timeout_s``, the
+#: API's ``drain_timeout``): an hour.
+MAX_DRAIN_TIMEOUT_S = 3600.0
+
+
+#: The longest of the time settings in milliseconds but the Raft timers': an hour.
+HOUR_MS = 3_600_000
+#: The bounds (inclusive) of the numeric settings that have both: a value outside is refused
+#: with the range (docs/agent.md, "Configuration"). A comparison with NaN is false, so NaN
+#: fails every one, and so do the infinities (TOML has ``nan`` and ``inf``).
+RANGES: dict[str, tuple[int, int, str]] = {
+    "heartbeat_ms": (1, 60_000, " (milliseconds)"),
+    "election_timeout_ms": (2, 600_000, " (milliseconds)"),
+    "service_check_interval_ms": (10, HOUR_MS, " (milliseconds)"),
+    "service_check_timeout_ms": (10, HOUR_MS, " (milliseconds)"),
+    "service_check_rise": (1, 100, ""),
+    "service_check_fall": (1, 100, ""),
+    "unreachable_after_ms": (0, HOUR_MS, " (milliseconds; 0: off)"),
+    "reachable_after_ms": (0, HOUR_MS, " (milliseconds; 0: off)"),
+    "autopilot_dead_after_s": (1, 7 * 86_400, " (seconds)"),
+    # Below a kibibyte no put fits; above 64 MiB no write fits in one Raft frame (and every
+    # body is held in memory while it is read).
+    "max_body_bytes": (1 << 10, 64 << 20, " (bytes)"),
+}
+#: The settings that name a file or a directory.
+PATH_KEYS = ("data_dir", "key_file", "token_file", "read_token_file")
+
+
 def validate(cfg: AgentConfig) -> None:
     if not cfg.node_id:
         cfg.node_id = socket.gethostname().split(".")[0]
     _check_type(cfg)
+    for name, (low, high, unit) in RANGES.items():
+        value = getattr(cfg, name)
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be in {low}..{high}{unit}, got {value!r}")
+    for name in (*PATH_KEYS, *TLS_KEYS):
+        if "\x00" in getattr(cfg, name):
+            raise ConfigError(f"{name} must not hold a NUL character")
+    if not cfg.data_dir.strip():
+        raise ConfigError(
+            "data_dir is empty: give the directory of the Raft state (--data-dir DIR; "
+            "an empty one would be the current directory)"
+        )
     error = member_id_error(cfg.node_id, "node id")
     if error is not None:
         raise ConfigError(error)
@@ -215,8 +255,6 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("service_port must be in 1..65535")
     if cfg.bootstrap_expect is not None and cfg.bootstrap_expect < 1:
         raise ConfigError("bootstrap_expect must be at least 1")
-    if cfg.heartbeat_ms < 1:
-        raise ConfigError("heartbeat_ms must be positive")
     if cfg.election_timeout_ms <= cfg.heartbeat_ms:
         raise ConfigError(
             f"election_timeout_ms ({cfg.election_timeout_ms}) must be greater than "
@@ -252,7 +290,7 @@ def validate(cfg: AgentConfig) -> None:
         except ValueError:
             raise ConfigError(f"mdns_interface must be an IP address, got {addr!r}") from None
     for nid, w in cfg.weight_overrides.items():
-        if not isinstance(w, int) or not 0 <= w <= 256:
+        if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= 256:
             raise ConfigError(f"weight_overrides[{nid!r}] must be an integer in 0..256")
     if cfg.snapshot_entries < 10:
         raise ConfigError("snapshot_entries must be at least 10")
@@ -264,6 +302,8 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("quota_bytes must be >= 0 (0: no quota)")
     if cfg.health_max_apply_lag < 0:
         raise ConfigError("health_max_apply_lag must be >= 0")
+    if not 0 <= cfg.drain_timeout_s <= MAX_DRAIN_TIMEOUT_S:  # (NaN fails both)
+        raise ConfigError(f"drain_timeout_s must be in 0..{MAX_DRAIN_TIMEOUT_S:g} (seconds)")
     _check_service_check(cfg)
     tls_given = [bool(cfg.tls_ca_file), bool(cfg.tls_cert_file), bool(cfg.tls_key_file)]
     if any(tls_given) and not all(tls_given):
@@ -300,14 +340,6 @@ def _check_service_check(cfg: AgentConfig) -> None:
         raise ConfigError(str(exc)) from None
     if kind != "none" and cfg.service_port is None:
         raise ConfigError(f"service_check {cfg.service_check} needs service_port (--service-port)")
-    for name in ("service_check_interval_ms", "service_check_timeout_ms"):
-        if getattr(cfg, name) < 10:
-            raise ConfigError(f"{name} must be at least 10")
-    for name in ("service_check_rise", "service_check_fall"):
-        if not 1 <= getattr(cfg, name) <= 100:
-            raise ConfigError(f"{name} must be in 1..100")
-    if cfg.unreachable_after_ms < 0 or cfg.reachable_after_ms < 0:
-        raise ConfigError("unreachable_after_ms and reachable_after_ms must be >= 0 (0: off)")
     if 0 < cfg.unreachable_after_ms < 2 * cfg.heartbeat_ms:
         raise ConfigError(
             f"unreachable_after_ms ({cfg.unreachable_after_ms}) must be at least two "
@@ -373,17 +405,50 @@ def _valid_name(name: str) -> bool:
     )
 
 
+#: What an API token may hold (the admin token, the read token, a client's token file and
+#: ``$HAFLEET_API_TOKEN``): it travels in an HTTP header, where other bytes are refused or
+#: read otherwise by one side or the other.
+TOKEN_RULE = (
+    f"an API token is {MIN_SECRET_LEN} or more printable ASCII characters (0x21-0x7e: letters, "
+    "digits, punctuation; no spaces), e.g. openssl rand -hex 32"
+)
+
+
+def secret_error(secret: bytes, where: str, *, token: bool) -> str | None:
+    """None when ``secret`` (surrounding whitespace stripped) will do as a key or, with
+    ``token``, as an API token (:data:`TOKEN_RULE`); else why not, naming ``where`` (the file,
+    or the environment variable). Never shows the secret."""
+    if token:
+        bad = next((i for i, b in enumerate(secret) if not 0x21 <= b <= 0x7E), None)
+        if bad is not None:
+            return (
+                f"{where} holds a byte that is not printable ASCII (byte {bad + 1} of "
+                f"{len(secret)}): {TOKEN_RULE}"
+            )
+    if len(secret) < MIN_SECRET_LEN:
+        return (
+            f"{where} holds {len(secret)} characters; at least {MIN_SECRET_LEN} are required "
+            "(e.g. openssl rand -hex 32)"
+        )
+    return None
+
+
 def read_secret(path: str, what: str) -> bytes:
     """Read a key or token file: it must exist, be mode 0600 (no group/other bits) and hold at
-    least 32 characters after stripping surrounding whitespace. The secret is never logged."""
+    least 32 characters after stripping surrounding whitespace; a token (``what`` ends with
+    "token") only printable ASCII (:data:`TOKEN_RULE`). The secret is never logged."""
     if not path:
         raise ConfigError(f"no {what} file given (--{what.replace(' ', '-')}-file FILE)")
+    if not isinstance(path, str):
+        raise ConfigError(f"the {what} file must be a file name, got {type(path).__name__}")
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise ConfigError(f"{what} file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL in the name
+        raise ConfigError(f"{what} file {path!r} is not a file name") from None
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{what} file {path} is not a regular file")
     if st.st_mode & 0o077:
@@ -395,9 +460,7 @@ def read_secret(path: str, what: str) -> bytes:
         secret = Path(path).read_bytes().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
-    if len(secret) < MIN_SECRET_LEN:
-        raise ConfigError(
-            f"{what} file {path} holds {len(secret)} characters; at least {MIN_SECRET_LEN} "
-            "are required (e.g. openssl rand -hex 32)"
-        )
+    error = secret_error(secret, f"{what} file {path}", token=what.endswith("token"))
+    if error is not None:
+        raise ConfigError(error)
     return secret

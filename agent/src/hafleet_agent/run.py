@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import json
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from .config import AgentConfig, read_secret
+from .config import AgentConfig, ConfigError, read_secret
 from .logfmt import TEXT_FORMAT, IsoFormatter, JsonFormatter
+from .node.meta import META_FILE, load_cluster_id
 from .node.node import Node, Serve
 from .node.tasks import FAIL_STOP_S, exit_later
 from .sdnotify import Notifier
@@ -79,9 +82,37 @@ def log_tls(cfg: AgentConfig) -> None:
         )
 
 
+def check_data_dir(cfg: AgentConfig) -> None:
+    """ConfigError (exit 2, which neither systemd nor supervise.py restarts) when the data
+    dir cannot be this node's whatever is tried again: it, or the first of its parents that
+    exists, is not a directory; or it holds another node's or another cluster's state
+    (``agent.json``). An agent.json that cannot be read is left to the node (a storage
+    error, exit 1)."""
+    path = Path(cfg.data_dir)
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if os.path.exists(probe) and not probe.is_dir():
+        where = "" if probe == path else f" ({probe} is not one)"
+        raise ConfigError(f"data_dir {path} is not a directory{where}: give another --data-dir")
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(meta, dict) and (meta.get("node_id"), meta.get("cluster")) != (
+        cfg.node_id,
+        cfg.cluster,
+    ):
+        try:
+            load_cluster_id(path, cfg.node_id, cfg.cluster)
+        except StorageError as exc:  # its words: whose it is, and what to do
+            raise ConfigError(str(exc)) from None
+
+
 async def run_agent(cfg: AgentConfig) -> int:
     """The body of ``hafleet-agent run``: start, serve until SIGTERM/SIGINT (hand leadership
     over first) or until removed from the group, stop."""
+    check_data_dir(cfg)
     key = read_secret(cfg.key_file, "key")
     token = read_secret(cfg.token_file, "token")
     # Checked here, before anything listens (the API reads it again when it starts).
