@@ -209,7 +209,13 @@ class Listener:
             body = await read_frame(conn.reader, HANDSHAKE_MAX, "the client's handshake")
         key, nonce_c, nonce_s = self._key, check_opening(body), new_nonce()
         conn.writer.write(frame(server_proof(key, nonce_c, nonce_s)))
-        body = await read_frame(conn.reader, HANDSHAKE_MAX, "the client's proof")
+        try:
+            body = await read_frame(conn.reader, HANDSHAKE_MAX, "the client's proof")
+        except Closed:  # it checked our proof and gave up (it logs why, in its own words)
+            raise Closed(
+                "the peer closed the connection instead of proving the cluster key: its key "
+                "likely differs from ours (compare the key files, --key-file or key_file)"
+            ) from None
         check_client_proof(key, nonce_c, nonce_s, body)
         conn.session = Session.after_handshake(key, nonce_c, nonce_s, client=False)
         body = await read_frame(conn.reader, HELLO_MAX, "the client's hello")

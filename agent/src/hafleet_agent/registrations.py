@@ -16,6 +16,7 @@ address.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -43,8 +44,17 @@ def _address(v: Any) -> str | None:
         return None
 
 
-def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+def finite_number(v: Any) -> float | None:
+    """A JSON number of a registration as a finite float; None for anything else (a string,
+    a bool, an integer too large for a float: ``1`` and 400 zeros raised OverflowError on
+    every member's ``/v1/status``)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return None
+    try:
+        number = float(v)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def balancers_view(
@@ -65,8 +75,8 @@ def balancers_view(
         value = item.get("value") if item else None
         if not isinstance(value, dict):
             value = {}
-        at = _number(value.get("at"))
-        ttl = _number(value.get("ttl_s")) or REGISTRATION_TTL_S
+        at = finite_number(value.get("at"))
+        ttl = finite_number(value.get("ttl_s")) or REGISTRATION_TTL_S
         age = None if at is None else round(max(0.0, now - at), 1)
         held = value.get("vip_held")
         out.append(

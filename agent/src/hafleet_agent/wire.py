@@ -279,7 +279,10 @@ def check_server_proof(key: bytes, nonce_c: bytes, body: bytes) -> bytes:
         raise AuthError(f"the server does not speak {PROTOCOL.decode()}")
     nonce_s = body[len(PROTOCOL) : len(PROTOCOL) + NONCE_LEN]
     if not hmac.compare_digest(body[-TAG_LEN:], _proof(key, b" server", nonce_c, nonce_s)):
-        raise AuthError("the server failed to prove the cluster key")
+        raise AuthError(
+            "the server failed to prove the cluster key: its key differs from ours (compare "
+            "the key files, --key-file or key_file, of both)"
+        )
     return nonce_s
 
 

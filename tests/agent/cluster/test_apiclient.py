@@ -193,6 +193,27 @@ def test_leadership_transfer(cluster: Cluster) -> None:
         assert c.leader() == target
 
 
+def test_a_transfer_to_an_unreachable_voter_is_refused_at_once(tmp_path: Path) -> None:
+    # It waited for the write timeout, then answered 504 "did not finish".
+    with founded_cluster(tmp_path / "c") as c:
+        lead = c.leader()
+        down, other = c.followers()
+        c.kill9(down)
+        c.wait_for(
+            lambda: c.get(lead, f"health/unreachable/{down}", stale=True)[0] == 200,
+            20,
+            f"{down} marked unreachable",
+        )
+        started = time.monotonic()
+        with pytest.raises(APIError) as caught:
+            _client(c, lead).transfer_leadership(down)
+        assert caught.value.status == 409 and "unreachable" in str(caught.value), caught.value
+        assert time.monotonic() - started < 2.0  # (under the write timeout it waited for)
+        assert c.leader() == lead
+        # Without --to, the reachable voter takes it.
+        assert _client(c, lead).transfer_leadership(None) == {"leader_id": other}
+
+
 def test_failover_skips_a_dead_url_and_learns_members(cluster: Cluster) -> None:
     c = cluster
     follower = _follower(c)

@@ -458,3 +458,111 @@ def test_a_member_an_older_version_let_in_can_still_be_removed(tmp_path: Path) -
         asyncio.run(main())
     finally:
         lease.release()
+
+
+# ---- numbers and addresses past what the agent can hold (a hostile review) -------------------
+
+
+def test_integers_past_pythons_digit_limit_are_400(cluster: Cluster) -> None:
+    # json.loads raises a plain ValueError (not JSONDecodeError) past 4300 digits: it was a
+    # 500 "internal error (ValueError)" on every route with a JSON body.
+    c = cluster
+    lead = c.leader()
+    follower = next(nid for nid in c.nodes if nid != lead)
+    for nid in (lead, follower):
+        raw = b'{"value": 1' + b"0" * 5000 + b"}"
+        status, payload = c.api(nid, "PUT", "/v1/kv/digits", raw=raw)
+        assert status == 400, (nid, status, payload)
+        assert "more than 4300 digits" in payload["error"], payload
+    assert c.get(lead, "digits")[0] == 404
+    _no_traceback_nor_forgery(c)
+
+
+def test_a_registration_with_a_huge_number_breaks_neither_status_nor_removal(
+    cluster: Cluster,
+) -> None:
+    # float(10**400) raised OverflowError: /v1/status answered 500 on every member, and a
+    # removal (which reads the registrations' ttl_s) failed.
+    c = cluster
+    lead = c.leader()
+    key = "balancer/registered/huge"
+    huge = 10**400
+    c.ok(lead, "PUT", f"/v1/kv/{key}", {"value": {"at": huge, "ttl_s": huge, "host": "h"}})
+    try:
+        for nid in c.nodes:
+
+            def shown(n: str = nid) -> list[dict[str, Any]]:
+                st = c.status(n)  # None while it answers 500
+                return [b for b in (st or {}).get("balancers", []) if b["id"] == "huge"]
+
+            view = wait_for(shown, 10, f"{nid}'s status showing the registration")
+            assert view[0]["last_seen_s"] is None and view[0]["fresh"] is False, view
+        spare = c.host(13)
+        c.ok(
+            lead,
+            "POST",
+            "/v1/members",
+            {"id": "huge-spare", "raft_addr": f"{spare}:{RAFT_PORT}", "api_addr": f"{spare}:7480"},
+        )
+        removed = c.ok(lead, "DELETE", "/v1/members/huge-spare?drain_timeout=0s")
+        assert removed["removed"] is True, removed
+    finally:
+        c.ok(lead, "DELETE", f"/v1/kv/{key}")
+    _no_traceback_nor_forgery(c)
+
+
+@pytest.mark.parametrize(
+    "cas", ["1_0", "+0", "%20" + "5", "%D9%A0", "18446744073709551616", "9" * 5000]
+)
+def test_query_integers_are_ascii_digits_up_to_2_64(cluster: Cluster, cas: str) -> None:
+    # int() took underscores, a sign, spaces and other scripts' digits; 2^64 was a 409.
+    c = cluster
+    status, payload = c.api(c.leader(), "PUT", f"/v1/kv/casq?cas={cas}", {"value": 1})
+    assert status == 400, (cas, status, payload)
+    assert "cas must be" in payload["error"] and len(payload["error"]) < 300, payload
+    assert c.get(c.leader(), "casq")[0] == 404
+
+
+@pytest.mark.parametrize("drain", ["9" * 400, "3601s", "61m", "1e3", "-1s"])
+def test_a_drain_timeout_past_an_hour_is_400(cluster: Cluster, drain: str) -> None:
+    # 400 nines parsed to infinity, and a removal waited without end.
+    c = cluster
+    status, payload = c.api(c.leader(), "DELETE", f"/v1/members/nobody-here?drain_timeout={drain}")
+    assert status == 400, (drain, status, payload)
+    assert "drain_timeout" in payload["error"] and len(payload["error"]) < 300, payload
+
+
+@pytest.mark.parametrize(
+    ("addr", "why"),
+    [
+        ("a" * 100_000 + ":1", "must be HOST:PORT"),
+        ("a" * 64 + ".example:7400", "over 63 characters"),
+        ("host.example:0", "must be HOST:PORT"),
+        ("[not-v6]:7400", "must be HOST:PORT"),
+    ],
+)
+def test_a_member_address_that_no_host_can_have_is_400(
+    cluster: Cluster, addr: str, why: str
+) -> None:
+    # A 100,000-byte address was taken: every member then logged it at each connection try.
+    c = cluster
+    lead = c.leader()
+    follower = next(nid for nid in c.nodes if nid != lead)
+    before = _members(c)
+    for nid in (lead, follower):
+        body = {"id": "far-away", "raft_addr": addr, "api_addr": f"{c.host(14)}:7480"}
+        status, payload = c.api(nid, "POST", "/v1/members", body)
+        assert status == 400, (nid, status, str(payload)[:200])
+        assert why in payload["error"] and len(payload["error"]) < 400, payload["error"][:400]
+    assert _members(c) == before
+
+
+def test_a_client_sent_forwarded_header_is_told_who_leads(cluster: Cluster) -> None:
+    c = cluster
+    lead = c.leader()
+    follower = next(nid for nid in c.nodes if nid != lead)
+    status, payload = c.api(
+        follower, "PUT", "/v1/kv/fwd", {"value": 1}, headers={"X-Hafleet-Forwarded": "evil"}
+    )
+    assert status == 503, (status, payload)
+    assert f"({lead} leads)" in payload["error"] and "not proposed" in payload["error"], payload

@@ -304,6 +304,23 @@ def test_leave_on_the_leader_removes_it_and_it_exits_0(make_cluster: MakeCluster
     assert_one_cluster(cluster, statuses, rest)
 
 
+def test_a_follower_that_left_exits_0_again_when_started_again(make_cluster: MakeCluster) -> None:
+    # A host rebooted with the service enabled after `leave`: the member learns from its own
+    # log that it left. The commit index that covered its removal was not on disk (a batch
+    # that only moves it is not fsync'd): it restarted a voter nobody answers, forever.
+    cluster, _ = found(make_cluster, 3)
+    follower = cluster.followers()[0]
+    node = cluster.node(follower)
+    cluster.expect_exit(follower)
+    result = cluster.cli("leave", "--api", node.api_url, "--token-file", str(cluster.token_file))
+    assert result.returncode == 0, result.stderr
+    assert cluster.wait_exit(follower) == 0
+    cluster.start(follower)
+    assert cluster.wait_exit(follower, timeout=30) == 0
+    again = node.log().rsplit("===== harness: start #2", 1)[1]
+    assert "this node was removed from the group" in again, again[-3000:]
+
+
 def test_agent_with_the_wrong_key_is_refused(make_cluster: MakeCluster) -> None:
     cluster, _ = found(make_cluster, 3)
     founders = list(cluster.nodes)

@@ -398,6 +398,10 @@ def test_a_peer_with_the_wrong_key_is_refused_both_ways(caplog: pytest.LogCaptur
     caplog.set_level(logging.DEBUG, logger="hafleet.transport")
     run(main())
     assert "the server failed to prove the cluster key" in caplog.text
+    # Both sides say what to look at (the accepting side said only "connection closed by
+    # the peer while reading the client's proof").
+    assert "its key differs from ours (compare the key files" in caplog.text
+    assert "closed the connection instead of proving the cluster key" in caplog.text
     for secret in (KEY, OTHER_KEY):
         assert secret.decode() not in caplog.text
         assert secret.hex() not in caplog.text

@@ -28,6 +28,7 @@ from ..keys import (
     REGISTRATION_TTL_S,
     drained_key,
 )
+from ..registrations import finite_number
 from .plan import Plan, Want
 
 log = logging.getLogger("hafleet.balancer")
@@ -97,9 +98,9 @@ class DrainReports:
         value = item.get("value") if item else None
         if not isinstance(value, dict):
             return False
-        at, ttl = value.get("at"), value.get("ttl_s")
-        if not isinstance(at, int | float) or not isinstance(ttl, int | float):
-            return False
+        at, ttl = finite_number(value.get("at")), finite_number(value.get("ttl_s"))
+        if at is None or ttl is None:
+            return False  # (an integer too large for a float raised OverflowError here)
         return time.time() - at <= 3 * ttl  # (the clocks of two hosts: a wide margin)
 
     async def refresh(self) -> None:

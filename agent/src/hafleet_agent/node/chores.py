@@ -32,6 +32,7 @@ from ..raft.core import ProposalDropped
 from ..raft.quorum import has_majority
 from ..raft.rawnode import RawNode
 from ..raft.types import ConfChange, ConfChangeType
+from ..registrations import finite_number
 from ..state import StateMachine, encode_command
 from ..weights import MemberInput, WeightParams, WeightPlanner
 from .errors import AgentError
@@ -326,10 +327,10 @@ class LeaderChores:
                 continue
             item = self.state.kv_get(key)
             value = item["value"] if item else None
-            ttl = value.get("ttl_s") if isinstance(value, dict) else None
-            if not isinstance(ttl, int | float) or isinstance(ttl, bool):
+            ttl = finite_number(value.get("ttl_s")) if isinstance(value, dict) else None
+            if ttl is None:
                 ttl = REGISTRATION_TTL_S
-            if now - seen > max(1.0, min(float(ttl), 300.0)):
+            if now - seen > max(1.0, min(ttl, 300.0)):
                 continue  # gone without deregistering: it does not hold removals up
             if self.state.kv_get(drained_key(bid, mid)) is None:
                 waits.append(drained_key(bid, mid))

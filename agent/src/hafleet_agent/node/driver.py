@@ -18,13 +18,11 @@ the log when due, and wake whoever waits for the state. While a batch is being w
 loop goes on: inputs (ticks, messages, proposals, reads) are fed to the core from callbacks
 as they come, and everything they produce goes into the next batch, written with one write
 and one fsync once this one is durable (group commit). One batch is in the writer at a time;
-snapshots (from the leader, or a compaction's) are put in force between two batches, never
-while the writer holds one.
+snapshots (a leader's, a compaction's) go in force between two batches, never during one.
 
-The driver sees the rest of the node through what is passed in: a callable that sends one
-Raft message, the state machine, the config, the cluster id, the node's stop event, and a
-few hooks (spawn a task, fail-stop, a snapshot from the leader to save, a configuration
-change applied, is a snapshot being sent in chunks)."""
+It sees the rest of the node through what is passed in: a send callable, the state machine,
+the config, the cluster id, the stop event and a few hooks (spawn, fail-stop, a leader's
+snapshot to save, a configuration change applied, a snapshot being sent in chunks)."""
 
 from __future__ import annotations
 
@@ -238,8 +236,7 @@ class Driver:
             raise
 
     def release_waiters(self) -> None:
-        """The node stops: fail the writes and reads still waiting, end the long polls now
-        rather than at their timeout."""
+        """The node stops: fail the waiting writes and reads, end the long polls now."""
         for p in self.pending.values():
             if not p.future.done():
                 p.future.set_exception(Unknown("the agent is stopping"))
@@ -251,7 +248,13 @@ class Driver:
         if self._writer is not None:
             self._writer.shutdown()  # a write under way ends before the log closes
             self._writer = None
+        hs, self._unsaved_hs = self._unsaved_hs, None
         if self.storage is not None:
+            # The commit index that only moved (not fsync'd, _drain_ready) goes to disk at a
+            # stop: a member that applied its own removal restarted as a member (`leave`).
+            with contextlib.suppress(StorageError, ValueError):
+                if hs is not None:
+                    self.storage.save(hs, [])
             self.storage.close()
 
     # ---- the Ready loop --------------------------------------------------------------------
@@ -347,6 +350,9 @@ class Driver:
                 send=self._flush,
             )
         return changed
+
+    def fail_stop(self, reason: str) -> None:  # it cannot go on safely: reason says why
+        self._fail(reason)
 
     def _flush(self) -> None:
         if self._effects.flush is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..codec import MAX_TERM, MAX_TERM_JUMP, CodecError, decode_message
 from ..ids import MEMBER_ID_RULE, shown, valid_member_id
+from ..raft.log import LogLost
 from ..raft.types import Message
 from ..state import StateError
 from ..transport import PeerInfo
@@ -224,6 +225,16 @@ class Inbox:
             raw.step(m)
         except ValueError as exc:
             log.warning("Raft message from %s refused: %s", peer.node_id, exc)
+            return
+        except LogLost as exc:
+            self.driver.fail_stop(
+                f"{exc}: this member's data was lost or rolled back (an emptied data dir, an "
+                "older copy restored), and a member must never serve without what it "
+                "acknowledged. Remove it from the group (`hafleet-agent remove-member "
+                f"{self.id}` on another member), empty its data dir and start it again: it "
+                "joins as a new member and catches up (docs/operations.md, 'A single member "
+                "lost its data')"
+            )
             return
         self.last_stepped[m.frm] = time.monotonic()
         self.driver.wake()

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import AgentConfig
 from ..ids import member_id_error
-from ..keys import MAINTENANCE_PREFIX
+from ..keys import MAINTENANCE_PREFIX, UNREACHABLE_PREFIX
 from ..raft.types import ConfChange, ConfChangeType
 from ..state import StateError, StateMachine, encode_command, member_context
 from .chores import LeaderChores
@@ -121,6 +121,9 @@ class Membership:
                 break
             await self.driver.wait_index(self.state.index, 0.1)
 
+    def _unreachable(self, mid: str) -> bool:
+        return self.state.kv_get(f"{UNREACHABLE_PREFIX}{mid}") is not None
+
     async def hand_over(self, to: str | None = None, timeout: float = 2.0) -> str | None:
         """Transfer leadership (to ``to`` or the most caught-up voter); returns the new
         leader, or None when there is nobody to hand over to. ``to`` naming this node, the
@@ -131,6 +134,8 @@ class Membership:
             return self.driver.leader_id()
         voters, prs = raw.basic_status().voters, raw.progress()
         candidates = [v for v in voters if v != self.id]
+        # (not a voter marked unreachable, while another one is there to take it)
+        candidates = [v for v in candidates if not self._unreachable(v)] or candidates
         if to is not None:
             if to not in voters:
                 raise BadRequest(f"{to!r} is not a voter")
@@ -139,6 +144,13 @@ class Membership:
                 raw.transfer_leadership(to)
                 self.driver.wake()
                 return to
+            if self._unreachable(to):
+                # (it waited for the write timeout, then answered 504 "did not finish")
+                raise AgentError(
+                    f"{to} is unreachable from the leader (not heard from for "
+                    f"{self.cfg.unreachable_after_ms} ms or more); leadership stays here",
+                    status=409,
+                )
             candidates = [to]
         if not candidates:
             return None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .leader import LeaderRole, ProposalDropped
-from .log import RaftLog
+from .log import LogLost, RaftLog
 from .progress import Progress, ProgressState
 from .quorum import majority
 from .readonly import ReadOnly
@@ -522,6 +522,8 @@ class Raft(LeaderRole):
         )
 
     def _handle_heartbeat(self, m: Message) -> None:
+        if m.commit > self.log.last_index():
+            raise LogLost(m.frm, m.commit, self.log.last_index())
         self.log.commit_to(m.commit)
         self.send(Message(MT.HEARTBEAT_RESP, to=m.frm, context=m.context))
 

@@ -18,6 +18,20 @@ class CompactedError(LookupError):
     """The requested index lies in the compacted part of the log."""
 
 
+class LogLost(Exception):
+    """The leader counts on entries this log does not have: a heartbeat's commit index (the
+    leader sends ``min(match, committed)``, and ``match`` is what this member acknowledged
+    as durable) beyond its last index. Only lost or rolled-back data makes that: the member
+    must stop (etcd-raft panics here, "was the raft log corrupted, truncated, or lost?")."""
+
+    def __init__(self, leader: str, commit: int, last: int) -> None:
+        super().__init__(
+            f"the leader {leader} counts index {commit} as committed and held here, but this "
+            f"member's log ends at {last}"
+        )
+        self.leader, self.commit, self.last = leader, commit, last
+
+
 class RaftLog:
     def __init__(self, snapshot: Snapshot | None = None, entries: Sequence[Entry] = ()) -> None:
         snap = snapshot or Snapshot()

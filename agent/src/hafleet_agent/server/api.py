@@ -28,11 +28,14 @@ import asyncio
 import json
 import logging
 import re
+import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..config import MAX_DRAIN_TIMEOUT_S
+from ..discovery_records import parse_host_port
 from ..ids import has_control, member_id_error, shown
 from ..logfmt import one_write
 from ..node.errors import AgentError, BadRequest, NotFound, StateErrorResult
@@ -65,6 +68,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hafleet.api")
 
 MAX_WAIT_S = 300.0
+MAX_INDEX = 2**64 - 1  # an index, a revision (u64 in Raft's log)
+LISTING_SLICE_BYTES = 1 << 20  # a listing is encoded this much at a time (``_listing``)
 #: The deepest nesting of arrays and objects a request body may have.
 MAX_JSON_DEPTH = 64
 #: A request the HTTP parser refuses costs at most one log line per source per this long.
@@ -104,27 +109,65 @@ def _error_text(body: str | None) -> str:
         return ""
 
 
-def parse_duration(text: str) -> float:
-    """``30s``, ``500ms``, ``2m`` or plain seconds."""
-    m = _DURATION.match(text.strip())
+def parse_duration(text: str, name: str = "duration", most: float = MAX_DRAIN_TIMEOUT_S) -> float:
+    """``30s``, ``500ms``, ``2m`` or plain seconds, at most ``most`` seconds (400 beyond:
+    ``9`` 400 times was infinity)."""
+    m = _DURATION.match(text.strip()) if text.isascii() and len(text) <= 32 else None
     if not m:
-        raise BadRequest(f"bad duration {text!r}: use e.g. 30s, 500ms, 2m")
+        raise BadRequest(f"bad {name} {shown(text, 40)}: use e.g. 30s, 500ms, 2m")
     value = float(m.group(1))
     unit = m.group(2) or "s"
-    return value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
+    seconds = value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
+    if not seconds <= most:
+        raise BadRequest(f"{name} {shown(text, 40)} is over {most:g}s")
+    return seconds
 
 
 def _int_param(request: web.Request, name: str) -> int | None:
+    """A query parameter of ASCII digits only, at most 2**64 - 1 (an index or a revision);
+    ``int`` alone took ``1_0``, ``+0``, `` 5`` and other scripts' digits."""
     raw = request.query.get(name)
     if raw is None:
         return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise BadRequest(f"{name} must be an integer >= 0, got {shown(raw, 40)}")
+    if len(raw) > 20 or int(raw) > MAX_INDEX:
+        raise BadRequest(f"{name} must be at most {MAX_INDEX} (2^64 - 1), got {shown(raw, 40)}")
+    return int(raw)
+
+
+def _check_member_addr(text: str, name: str) -> None:
+    """A new member's address: HOST:PORT with an IP address or a DNS name (at most 253
+    bytes, labels of at most 63) as its host. 400 otherwise: a 100,000-byte address was
+    taken, and every member logged it at each connection attempt."""
+    if has_control(text):
+        raise BadRequest(f"{name} must not hold control or format characters")
     try:
-        value = int(raw)
+        host, _ = parse_host_port(text)
     except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
-    if value < 0:
-        raise BadRequest(f"{name} must be >= 0")
-    return value
+        raise BadRequest(
+            f"{name} must be HOST:PORT (an IP address or a DNS name of at most 253 bytes, a port"
+            f" in 1..65535), got {shown(text, 80)}"
+        ) from None
+    if ":" not in host and any(len(label) > 63 for label in host.split(".")):
+        raise BadRequest(f"{name}: a DNS label of {shown(text, 80)} is over 63 characters")
+
+
+async def _listing(head: dict[str, Any], name: str, items: list[Any]) -> bytes:
+    """``json.dumps({**head, name: items})`` encoded a slice at a time, the event loop let go
+    after each ~MiB: one listing of 100 MB held the loop for 0.5 s, longer than an election
+    timeout, and the leader lost its leadership to it."""
+    parts = [json.dumps(head)[:-1].encode(), f", {json.dumps(name)}: [".encode()]
+    size = 0
+    for i, item in enumerate(items):
+        text = json.dumps(item).encode()
+        parts.append(b", " + text if i else text)
+        size += len(text)
+        if size >= LISTING_SLICE_BYTES:
+            size = 0
+            await asyncio.sleep(0)
+    parts.append(b"]}")
+    return b"".join(parts)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -136,6 +179,10 @@ def parse_json(raw: bytes) -> Any:
         raise BadRequest("the body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except ValueError:  # Python's limit on the digits of an integer (4300)
+        raise BadRequest(
+            f"an integer in the body has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     except RecursionError:
         raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
     if json_depth_exceeds(value, MAX_JSON_DEPTH):
@@ -356,8 +403,8 @@ class Api:
         if sa is not None and not isinstance(sa, str):
             raise BadRequest("service_addr must be a string or null")
         for f in ("raft_addr", "api_addr", "service_addr"):
-            if isinstance(body.get(f), str) and has_control(body[f]):
-                raise BadRequest(f"{f} must not hold control or format characters")
+            if isinstance(body.get(f), str):
+                _check_member_addr(body[f], f)
         if not self.agent.is_leader():
             return await self.forwarder.forward(request, json.dumps(body).encode())
         return web.json_response(
@@ -370,7 +417,7 @@ class Api:
         if not agent.in_config(mid):  # an id an older version let in can still be removed
             _check_id(mid, "member id")
         drain = request.query.get("drain_timeout")
-        drain_s = parse_duration(drain) if drain is not None else None
+        drain_s = parse_duration(drain, "drain_timeout") if drain is not None else None
         if agent.state.member(mid) is None and not agent.in_config(mid):
             raise NotFound(f"no member {shown(mid)}")
         if agent.is_leader() and mid == agent.id:
@@ -399,7 +446,7 @@ class Api:
 
     async def watch(self, request: web.Request) -> web.Response:
         index = _int_param(request, "index") or 0
-        wait = parse_duration(request.query.get("wait", "30s"))
+        wait = parse_duration(request.query.get("wait", "30s"), "wait", most=float("inf"))
         if wait > MAX_WAIT_S:
             raise BadRequest(f"wait is at most {MAX_WAIT_S:.0f}s")
         now = await self.agent.wait_index(index, wait)
@@ -443,8 +490,9 @@ class Api:
         if request.query.get("stale") in (None, "0", "false"):
             await self.agent.read_barrier()
         state = self.agent.state
-        items = [state.kv_get(k) for k in state.kv_keys(prefix)]
-        return web.json_response({"prefix": prefix, "items": [i for i in items if i]})
+        items = [i for i in (state.kv_get(k) for k in state.kv_keys(prefix)) if i]
+        body = await _listing({"prefix": prefix}, "items", items)
+        return web.Response(body=body, content_type="application/json")
 
     async def kv_put(self, request: web.Request) -> web.Response:
         key = self._key(request)

@@ -42,10 +42,10 @@ def connection_limit(nofile: int | None = None) -> int:
     return max(8, min(MAX_CONNECTIONS, nofile // 4))
 
 
-_REFUSAL_BODY = b'{"error": "too many connections to this agent"}'
+REFUSAL_BODY = b'{"error": "too many connections to this agent"}'
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(REFUSAL_BODY), REFUSAL_BODY)
 )
 
 

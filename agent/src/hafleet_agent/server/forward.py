@@ -10,10 +10,12 @@ reached over HTTPS and its certificate checked against the cluster CA (and its a
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING
 
 from ..node.errors import NoLeader, Unknown
 from . import httpclient, web
+from .conn import REFUSAL_BODY as _REFUSAL_BODY
 
 if TYPE_CHECKING:
     from ..node.verbs import NodeVerbs
@@ -33,7 +35,12 @@ class Forwarder:
         """Send a write to the leader and relay its answer. A forwarded request is not
         forwarded again (no loops), unless this node just handed leadership over for it."""
         if request.headers.get(FORWARDED) and not handed_over:
-            raise NoLeader("forwarded to a node that is not the leader; no leader known here")
+            lead = self.agent.leader_id()
+            raise NoLeader(
+                f"a forwarded write reached {self.agent.id}, which is not the leader"
+                + (f" ({lead} leads)" if lead else " (no leader known here)")
+                + "; it is not forwarded twice, and was not proposed"
+            )
         api = self.agent.leader_api()
         if api is None:
             raise NoLeader("no leader known; the write was not proposed")
@@ -65,6 +72,10 @@ class Forwarder:
             raise Unknown(
                 f"forwarded to the leader at {api}, no answer ({exc!r}); it may be applied"
             ) from None
+        if status == 503 and payload == _REFUSAL_BODY:
+            # The leader's refusal in its own words ("this agent") would blame this one.
+            error = f"the leader at {api} has too many connections; not proposed"
+            payload = json.dumps({"error": error}).encode()
         return web.Response(body=payload, status=status, content_type="application/json")
 
     async def close(self) -> None:
