@@ -523,6 +523,12 @@ def test_status_prints_a_table(lab):
     # HAProxy's view, read where it runs (the controller in the lab).
     assert f"HAProxy 127.0.0.1:{lab.port} (weighted) has 1 of 1 server(s) up" in run.out
     assert run.changed() == 0
+    # Asked the other TLS way: it says how the fleet runs (it said "no cluster answers").
+    other = lab.playbook("status.yml", extra={"hafleet_tls": False})
+    assert_ok(other)
+    said = " ".join(other.out.replace("'", " ").split())
+    assert "but the fleet answers over HTTPS: it runs with TLS" in said, said[-2000:]
+    assert "no cluster answers (provider" not in said
 
 
 BACKUP_KEYS = {f"app/k{i}": {"i": i} for i in range(20)}
