@@ -164,7 +164,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     def _read_cluster(self):
         try:
             token = self._token()
-        except HafleetAPIError as exc:
+        except (HafleetAPIError, ValueError) as exc:
             raise AnsibleParserError(str(exc)) from exc
         errors = []
         for url in self.get_option("api_urls") or []:

@@ -211,7 +211,11 @@ class APIClient:
         if not given:
             raise ValueError("at least one API URL is needed")
         if isinstance(token, bytes):
-            token = token.decode("utf-8")
+            token = token.decode("utf-8", "replace")
+        if token and not all("!" <= c <= "~" for c in token):
+            # (the header went out as Latin-1: a UnicodeEncodeError, or a token the agent,
+            # which takes printable ASCII only, does not know)
+            raise ValueError("the API token must be printable ASCII (no spaces or other letters)")
         self.given = given
         self.learned = []
         self.current = 0

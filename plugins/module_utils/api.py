@@ -86,14 +86,15 @@ class HafleetAPIClient(APIClient):
 
 
 def read_token_file(path):
-    """Return the API token held in ``path``, without surrounding whitespace."""
+    """Return the API token held in ``path``, without surrounding whitespace. ValueError when
+    it cannot be read or is empty (an API error said "no HTTP answer" before it)."""
     try:
         with open(path, encoding="utf-8") as handle:
             token = handle.read().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise HafleetAPIError(f"cannot read the API token file {path}: {exc}") from exc
+        raise ValueError(f"cannot read the API token file {path}: {exc}") from exc
     if not token:
-        raise HafleetAPIError(f"the API token file {path} is empty")
+        raise ValueError(f"the API token file {path} is empty")
     return token
 
 

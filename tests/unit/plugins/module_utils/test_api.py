@@ -370,9 +370,10 @@ def test_read_token_file_strips_whitespace(tmp_path):
 
     empty = tmp_path / "empty"
     empty.write_text("\n", encoding="utf-8")
-    with pytest.raises(HafleetAPIError, match="is empty"):
+    # A plain ValueError: as an API error it read "no HTTP answer: cannot read ..."
+    with pytest.raises(ValueError, match="is empty"):
         read_token_file(str(empty))
-    with pytest.raises(HafleetAPIError, match="cannot read"):
+    with pytest.raises(ValueError, match="cannot read"):
         read_token_file(str(tmp_path / "missing"))
 
 

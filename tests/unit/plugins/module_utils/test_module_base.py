@@ -99,4 +99,4 @@ def test_a_token_file_that_cannot_be_read_fails_the_module(tmp_path):
     )
 
     assert result["failed"] is True
-    assert "cannot read the API token file" in result["msg"]
+    assert result["msg"].startswith("cannot read the API token file"), result["msg"]

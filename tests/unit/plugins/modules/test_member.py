@@ -353,3 +353,11 @@ def test_present_fails_when_the_id_exists_with_another_service_address(cluster):
     again = run_module(member.main, args(cluster, **NEW, service_addr="10.0.0.14:9999"))
     assert again["failed"] is True
     assert "exists with other addresses" in again["msg"] and "service_addr" in again["msg"]
+
+
+def test_a_token_that_is_not_printable_ascii_fails_clearly(cluster):
+    # The header went out as Latin-1: a UnicodeEncodeError from deep in http.client.
+    result = run_module(member.main, args(cluster, api_token="\u2713" * 40, **NEW))
+    assert result["failed"] is True
+    assert "the API token must be printable ASCII" in result["msg"], result["msg"]
+    assert cluster.requests == []
