@@ -180,6 +180,13 @@ def _status(api: APIClient, args: argparse.Namespace) -> int:
         f"term {st['term']}  commit {st['commit_index']}"
     )
     print(render_members(rows, with_term=True))
+    if not st["leader_id"]:
+        # (the health, load and weight columns are the replicated state, which only a leader
+        # writes: a quorum lost showed the members it lost as healthy, with nothing said)
+        print(
+            "\nno leader: HEALTHY, the load and the weights are as the last leader wrote them and"
+            " may be stale; TERM shows who answers now"
+        )
     if st.get("balancers"):  # (an older agent's status has no "balancers")
         print()
         print(render_balancers(st["balancers"]))
