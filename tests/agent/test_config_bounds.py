@@ -184,3 +184,32 @@ def test_a_token_that_is_not_printable_ascii_is_refused_at_start(
     assert done.returncode == 2, done.stderr
     assert str(path) in done.stderr and TOKEN_RULE in done.stderr, done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_second_ctrl_c_after_a_finished_stop_is_exit_0_not_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop's signal handlers go with the loop: a second Ctrl-C ~50 ms after the first
+    # raised KeyboardInterrupt in the teardown of a stop that had finished (exit 130).
+    import asyncio
+
+    from hafleet_agent import cli, run
+
+    key, token = tmp_path / "key", tmp_path / "token"
+    for f in (key, token):
+        f.write_text("k" * 40)
+        f.chmod(0o600)
+    argv = ["run", "--node-id", "n1", "--data-dir", str(tmp_path / "d"), "--key-file", str(key)]
+    argv += ["--token-file", str(token), "--no-mdns", "--bind", "127.0.0.1"]
+
+    def interrupted(coro, finished: bool):  # noqa: ANN001, ANN202
+        coro.close()
+        if finished:
+            run.STOPPED.append(0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "setup_logging", lambda fmt: None)
+    for finished, code in ((True, 0), (False, 130)):
+        monkeypatch.setattr(run, "STOPPED", [])
+        monkeypatch.setattr(asyncio, "run", lambda coro, f=finished: interrupted(coro, f))
+        assert cli.main(argv) == code

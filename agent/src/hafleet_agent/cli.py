@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from .config import ConfigError, join_host_port, load
-    from .run import run_agent, setup_logging
+    from .run import STOPPED, run_agent, setup_logging
 
     flags = {name: getattr(args, name) for name in RUN_FLAGS}
     if flags["join"] is not None:
@@ -99,8 +99,8 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{PROG} run: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # (after a finished stop: a second Ctrl-C in the teardown)
+        return STOPPED[-1] if STOPPED else 130
 
 
 def _client(args: argparse.Namespace) -> int:

@@ -163,7 +163,14 @@ async def run_agent(cfg: AgentConfig) -> int:
         book_all()  # the API's last audit lines (its cleanup did not run)
         logging.shutdown()
         os._exit(agent.exit_code or 1)
+    STOPPED.append(agent.exit_code)
     return agent.exit_code
+
+
+#: The exit code of a stop that finished (cli.py): a second Ctrl-C during the event loop's
+#: teardown, once the loop's own signal handlers are gone, raises KeyboardInterrupt there;
+#: the stop it interrupts was done, so it is no 130.
+STOPPED: list[int] = []
 
 
 #: Bound on a graceful stop: hand-over (2 election timeouts) and the API's 5 s grace included.
