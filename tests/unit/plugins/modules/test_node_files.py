@@ -284,7 +284,8 @@ def test_unknown_owner_or_group_is_refused_before_any_change(tmp_path, owner, gr
         msg = _refused(tmp_path, args)
         assert msg.startswith(f"{where}.{wanted.format(path=path)}")
         if "does not exist" in wanted:  # check mode: a user or group an earlier task makes
-            _, warnings = _warned(args)
+            result, warnings = _warned(args)
+            assert result["changed"] is True
             assert len(warnings) == 1, warnings
             assert warnings[0].startswith(f"{where}.{wanted.format(path=path)}")
         else:
