@@ -11,15 +11,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stub_agent import CLIENT_ENV, Recording, no_local_agent, secret_file, serving
 
-from hafleet_agent import client_config
 from hafleet_agent.addr import api_base_url
 from hafleet_agent.cli import EXIT_BROKEN_PIPE, main
 from hafleet_agent.client import json_text, parse_value
@@ -27,49 +25,27 @@ from hafleet_agent.client_config import DiscoveryError, discover
 from hafleet_agent.server.api import KEY_RULE
 
 TOKEN = "t" * 40
-ENV_NAMES = (
-    "HAFLEET_API_URL",
-    "HAFLEET_API_TOKEN",
-    "HAFLEET_API_TOKEN_FILE",
-    "HAFLEET_TOKEN_FILE",
-    "HAFLEET_CA_FILE",
-    "HAFLEET_CONFIG",
-)
 
 
 def token_file(path: Path, value: bytes = TOKEN.encode()) -> Path:
-    path.write_bytes(value + b"\n")
-    os.chmod(path, 0o600)
-    return path
+    return secret_file(path, value)
 
 
 @pytest.fixture(autouse=True)
-def no_local_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No agent config and no controller secrets of this machine count in these tests."""
-    monkeypatch.setattr(client_config, "AGENT_CONFIGS", (str(tmp_path / "none/*.toml"),))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
+def nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_local_agent(tmp_path, monkeypatch)
 
 
 # ---- a stand-in agent ----------------------------------------------------------------------
 
 
-class _Agent(BaseHTTPRequestHandler):
-    calls: list[tuple[str, str, Any]] = []
+class _Agent(Recording):
+    token = TOKEN
     kv: dict[str, Any] = {}
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
-        self.calls.append((self.command, self.path, body))
+    def route(self, body: Any) -> tuple[Any, int]:
         key = self.path.split("?")[0].removeprefix("/v1/kv/")
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            payload, status = {"error": "wrong API token"}, 401
-        elif self.path == "/v1/status":
+        if self.path == "/v1/status":
             payload, status = (
                 {"node_id": "n1", "cluster": "h2r", "cluster_id": None, "term": 1}
                 | {"leader_id": None, "commit_index": 0},
@@ -84,31 +60,16 @@ class _Agent(BaseHTTPRequestHandler):
             payload, status = {"key": key, "value": self.kv[key], "modify_index": 7}, 200
         else:
             payload, status = {"error": "Not Found"}, 404
-        raw = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    do_GET = do_PUT = do_DELETE = _answer
+        return payload, status
 
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[str, list, list[str]]]:
     """``(URL, the calls it got, the client flags for it)``."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Agent)
     calls: list[tuple[str, str, Any]] = []
     _Agent.calls, _Agent.kv = calls, {}
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(_Agent) as url:
         yield url, calls, ["--api", url, "--token-file", str(token_file(tmp_path / "token"))]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 # ---- 1. the token: printable ASCII, at least 32 characters, wherever it comes from ----------
@@ -293,7 +254,7 @@ def test_a_closed_stdout_ends_quietly_with_141(
     # (`status | head -c1`, `kv get BIGKEY | head -c1`: a BrokenPipeError traceback, exit 1)
     url, calls, flags = agent
     _Agent.kv["big"] = "x" * 1_000_000
-    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV}
     env["HOME"] = str(tmp_path / "home")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hafleet_agent", *argv, *flags],

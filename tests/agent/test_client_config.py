@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stub_agent import Recording, no_local_agent, secret_file, serving
 
 from hafleet_agent import client_config
 from hafleet_agent.cli import main
@@ -23,25 +22,12 @@ NO_ENV: dict[str, str] = {}
 
 
 def secret(path: Path, value: str = TOKEN) -> Path:
-    path.write_text(value + "\n")
-    os.chmod(path, 0o600)
-    return path
+    return secret_file(path, value)
 
 
 @pytest.fixture(autouse=True)
 def nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No agent config and no controller secrets of this machine count in these tests."""
-    monkeypatch.setattr(client_config, "AGENT_CONFIGS", (str(tmp_path / "none/*.toml"),))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name in (
-        "HAFLEET_API_URL",
-        "HAFLEET_API_TOKEN",
-        "HAFLEET_API_TOKEN_FILE",
-        "HAFLEET_TOKEN_FILE",
-        "HAFLEET_CA_FILE",
-        "HAFLEET_CONFIG",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    no_local_agent(tmp_path, monkeypatch)
 
 
 def agent_toml(path: Path, token_file: Path, **extra: Any) -> Path:
@@ -156,19 +142,11 @@ def test_a_token_file_of_the_wrong_mode_says_where_it_came_from(tmp_path: Path) 
 # ---- the verbs -------------------------------------------------------------------------------
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    calls: list[tuple[str, str, Any]] = []
+class _Recorder(Recording):
+    token = TOKEN
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
-        self.calls.append((self.command, self.path, body))
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            payload, status = {"error": "wrong API token"}, 401
-        elif self.path.endswith("/maintenance"):
+    def route(self, body: Any) -> tuple[Any, int]:
+        if self.path.endswith("/maintenance"):
             on = self.command == "PUT"
             reason = (body or {}).get("reason")
             payload, status = (
@@ -179,29 +157,15 @@ class _Recorder(BaseHTTPRequestHandler):
             payload, status = {"leader_id": (body or {}).get("to") or "n3"}, 200
         else:
             payload, status = {"id": "n3", "removed": True, "index": 9}, 200
-        raw = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    do_PUT = do_DELETE = do_POST = _answer
+        return payload, status
 
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[str, list]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     calls: list[tuple[str, str, Any]] = []
     _Recorder.calls = calls
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", calls
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(_Recorder) as url:
+        yield url, calls
 
 
 def test_the_verbs_send_their_requests(

@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from stub_agent import send_json
 
 from hafleet_agent import cli
 from hafleet_agent.apiclient import APIClient, APIError
@@ -156,12 +157,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _answer(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def _seen(self) -> None:
         self.server.seen.append((self.command, self.path, self.headers.get("Authorization", "")))
