@@ -205,6 +205,13 @@ class APIClient:
             url = (url.decode() if isinstance(url, bytes) else str(url)).strip()
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"the API URL must start with http:// or https://, got {url!r}")
+            try:
+                parts = urlsplit(url)
+                port = parts.port  # ValueError when it is no port (a refused connection said so)
+            except ValueError as exc:
+                raise ValueError(f"bad API URL {url!r}: {exc}") from None
+            if not parts.hostname or port == 0:
+                raise ValueError(f"bad API URL {url!r}: no host, or port 0")
             url = url.rstrip("/")
             if url not in given:
                 given.append(url)

@@ -361,3 +361,11 @@ def test_a_token_that_is_not_printable_ascii_fails_clearly(cluster):
     assert result["failed"] is True
     assert "the API token must be printable ASCII" in result["msg"], result["msg"]
     assert cluster.requests == []
+
+
+@pytest.mark.parametrize("url", ["https://10.0.0.1:99999", "http://:7480", "http://[::1:7480"])
+def test_an_api_url_with_a_bad_port_or_host_fails_clearly(url):
+    # (port 99999 was tried, and reported as "Connection refused")
+    result = run_module(member.main, {"api_url": url, "api_token": TOKEN, **NEW})
+    assert result["failed"] is True
+    assert result["msg"].startswith("bad API URL"), result["msg"]
