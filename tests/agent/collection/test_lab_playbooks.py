@@ -618,12 +618,22 @@ def test_destroy_removes_everything_it_made(lab):
     pids = lab.pids()
     assert pids
     started = {name: start_time(pid) for name, pid in pids.items()}
-    # --check: every running agent and demo service counts as a change (they were skipped),
-    # and nothing goes.
+    # --check: every running process (agents, demo services, HAProxy, the syncer) counts as a
+    # change (their stops were skipped), and nothing goes.
     check = lab.playbook("destroy.yml", "--check")
     assert_ok(check)
-    agents = [name for name in pids if name.endswith(("/agent.pid", "/demo.pid"))]
-    assert check.recap()["localhost"]["changed"] >= len(agents), check.out[-3000:]
+    stops = re.findall(
+        r"^changed: \[localhost\] => \(item=(hfct-node\d+) (agent|demo)\)", check.out, re.M
+    )
+    live = {
+        tuple(name.removeprefix("nodes/").split("/run/"))
+        for name in pids
+        if name.startswith("nodes/") and "/run/" in name and name.endswith(".pid")
+    }  # (not agent.pid.child: the supervisor's record of its child)
+    assert {(node, kind.removesuffix(".pid")) for node, kind in live} == set(stops), check.out
+    for task in ("Stop the syncer (supervised process)]", "Stop HAProxy (it finishes"):
+        after = check.out.split(task, 1)[1]
+        assert after.split("TASK [", 1)[0].count("changed: [localhost]") == 1, (task, check.out)
     assert lab.pids() == pids and lab.namespaces()
     run = lab.playbook("destroy.yml")
     assert_ok(run)
