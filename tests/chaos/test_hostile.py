@@ -362,7 +362,9 @@ def malformed_http_requests(g: Group) -> None:
         for request in requests:
             status, _ = raw_http(host, request)
             assert status == 400, (nid, request[:40], status)
-        logged = new_log(c, since)[nid]
+        # (not the audit lines of the writer that runs meanwhile, or of the case before,
+        # which reach the log in batches up to 50 ms later: the refused requests have none)
+        logged = [line for line in new_log(c, since)[nid] if " hafleet.audit: " not in line]
         assert len(logged) <= len(requests), "\n".join(logged[:40])
 
 
