@@ -65,28 +65,42 @@ def test_three_agents_with_certificates_form_a_group_and_serve_https(
         conn.close()
 
 
-def test_plain_http_to_the_https_api_gets_no_answer(make_cluster: MakeCluster) -> None:
+def _read_all(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_plain_http_to_the_https_api_is_answered_400_use_https(make_cluster: MakeCluster) -> None:
     cluster = tls_cluster(make_cluster)
     node = cluster.node("n1")
     with socket.create_connection((node.host, API_PORT), timeout=10) as s:
         s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        try:
-            answer = s.recv(4096)
-        except ConnectionResetError:
-            answer = b""
-    assert answer == b"", answer  # no HTTP answer: the TLS handshake failed, closed
-    # hafleet's own client, given http:// by mistake, says what to use instead
+        answer = _read_all(s)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    assert b"Connection: close" in head
+    assert b"use https://" in body, body
+    # hafleet's own client, given http:// by mistake, shows the agent's words
     with pytest.raises(APIError) as caught:
         APIClient(f"http://{node.host}:{API_PORT}", timeout=10).health()
-    assert "answers only https:// URLs" in caught.value.message, caught.value.message
+    assert caught.value.status == 400
+    assert "plain HTTP sent to the HTTPS port" in caught.value.message, caught.value.message
     cluster.wait_for(
-        lambda: (
-            in_log(cluster, "n1", "refusing an API connection from 127.0.0.1: TLS handshake")
-            and in_log(cluster, "n1", "plain HTTP to the HTTPS port?")
+        lambda: in_log(
+            cluster,
+            "n1",
+            "refusing an API connection from 127.0.0.1: plain HTTP to the HTTPS port "
+            "(answered 400: use https://)",
         ),
         FORM_TIMEOUT,
         "the refusal in n1's log",
     )
+    # HTTPS still served, and a connection that sends nothing and closes costs nothing
+    with socket.create_connection((node.host, API_PORT), timeout=10):
+        pass
+    assert cluster.api("n1", "GET", "/v1/health", token=None)[0] == 200
 
 
 def _dial(

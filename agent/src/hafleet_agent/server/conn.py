@@ -81,6 +81,50 @@ class ConnectionCap:
         self.open -= 1
 
 
+_PLAIN_HTTP_BODY = b'{"error": "plain HTTP sent to the HTTPS port of this agent: use https://"}'
+_PLAIN_HTTP = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
+)
+
+
+async def _first_byte(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    """The first byte the client sent, left in the socket for the TLS handshake (b"" if the
+    client closed without a byte)."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    fd = conn.fileno()
+    loop.add_reader(fd, readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    try:
+        return conn.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return b"\x16"  # nothing after all: the handshake waits for it
+    except OSError:
+        return b""
+
+
+def _answer_plain_http(conn: socket.socket) -> None:
+    """Answer a plain HTTP request sent to the HTTPS port with a 400 that says so (what Go's
+    servers do) instead of a failed handshake the client reports as a reset or an empty
+    reply, then close: what the client sent is read first, so that the close is no reset
+    that could reach it before the answer."""
+    with contextlib.suppress(OSError):
+        for _ in range(16):  # at most 16 reads of what is there already
+            if len(conn.recv(65536)) < 65536:
+                break
+        conn.send(_PLAIN_HTTP)  # non-blocking: a fresh socket's buffer takes it whole
+        conn.shutdown(socket.SHUT_WR)
+    conn.close()
+
+
 def _peer_host(conn: socket.socket) -> str:
     try:
         return str(conn.getpeername()[0])
@@ -153,13 +197,33 @@ class Runner:
 
     async def _serve(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
         release = self._releaser()
+        source = _peer_host(conn)
         try:
-            source = _peer_host(conn)
+            handshake_s: float | None = None
+            if self.ssl_context is not None:
+                started = loop.time()
+                first = await asyncio.wait_for(_first_byte(loop, conn), TLS_HANDSHAKE_S)
+                if not first:  # closed without a byte (a port probe)
+                    release()
+                    conn.close()
+                    return
+                if first.isupper():  # "GET ", "PUT "...: a TLS record starts with 0x16
+                    release()
+                    _answer_plain_http(conn)
+                    self._tls_throttle.warn(
+                        source,
+                        "refusing an API connection from %s: plain HTTP to the HTTPS port "
+                        "(answered 400: use https://)",
+                        source,
+                        kind="plain-http",
+                    )
+                    return
+                handshake_s = max(TLS_HANDSHAKE_S - (loop.time() - started), 0.1)
             await loop.connect_accepted_socket(
                 lambda: self.http.protocol(release),
                 conn,
                 ssl=self.ssl_context,
-                ssl_handshake_timeout=TLS_HANDSHAKE_S if self.ssl_context else None,
+                ssl_handshake_timeout=handshake_s,
             )
         except Exception as exc:  # e.g. a failed TLS handshake: the slot is free again
             release()

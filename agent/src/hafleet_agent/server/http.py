@@ -22,28 +22,35 @@ the whole ones already in the buffer are answered in order, then the connection 
 handler still running HALF_CLOSE_GRACE_S later (a long-poll: ``/v1/watch``) is cancelled
 and the connection closed, so that it gives its slot back.
 
-:mod:`.web` is the handlers' side (requests, responses, the router); :mod:`.conn` the
-listener (the connection cap, TLS).
+:mod:`.httphead` parses a head once it has come (the request line, the headers, their
+limits); :mod:`.web` is the handlers' side (requests, responses, the router); :mod:`.conn`
+the listener (the connection cap, TLS).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 
 from .chunked import ChunkedDecoder, ChunkError
+from .httphead import (
+    EMPTY_LINES,
+    MAX_HEAD,
+    MAX_HEADERS,
+    MAX_LINE,
+    BadRequest,
+    ExpectationFailed,
+    Head,
+    check_start,
+    parse_headers,
+    request_line,
+)
 from .web import Application, Headers, HTTPException, Request, Response, StreamResponse
 
 log = logging.getLogger("hafleet.api")
 
-#: The longest request line or header line (aiohttp's limit).
-MAX_LINE = 8190
-MAX_HEADERS = 128
-#: The longest head: request line, headers and the empty line.
-MAX_HEAD = MAX_LINE * 8
 #: Unread bytes a connection buffers (pipelined requests) before it stops reading.
 MAX_BUFFER = 256 * 1024
 #: After a 413 the rest of the body is read and dropped for this long (at most
@@ -57,16 +64,6 @@ HALF_CLOSE_GRACE_S = 5.0
 
 #: The answer to a malformed request: (the source address, the status, what is wrong).
 Malformed = Callable[[str | None, int, str], Response]
-
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
-_EMPTY_LINES = re.compile(rb"(?:\r\n)+")
-
-
-class BadRequest(Exception):
-    """A request that is not HTTP/1.x as it must be (the connection answers 400, closes)."""
 
 
 def _default_malformed(remote: str | None, status: int, what: str) -> Response:
@@ -162,7 +159,7 @@ class HttpProtocol(asyncio.Protocol):
         self._tls = False  # TLS has no half close (eof_received's answer is ignored there)
         self._current: Request | None = None  # the request whose handler runs
         self._keep_alive = False  # what its head asked for
-        self._pending: _Head | None = None  # the head whose body is being read
+        self._pending: Head | None = None  # the head whose body is being read
         self._start: tuple[tuple[str, str, tuple[int, int]], int] | None = None  # its line
         self._scanned = 0  # bytes of the head so far searched for its end
         self._reaper: asyncio.TimerHandle | None = None  # see _gone
@@ -276,7 +273,7 @@ class HttpProtocol(asyncio.Protocol):
         try:
             parsed = self._parse()
         except (BadRequest, ChunkError) as exc:
-            self._refuse(str(exc))
+            self._refuse(str(exc), getattr(exc, "status", 400))
             return
         if parsed is None:
             return
@@ -296,9 +293,15 @@ class HttpProtocol(asyncio.Protocol):
             head = self._pending = self._read_head()
             if head is None:
                 return None
+        expect = head.headers.get("Expect")
+        if expect is not None and expect.lower() != "100-continue":
+            # RFC 9110 §10.1.1: an expectation other than 100-continue cannot be met
+            raise ExpectationFailed(
+                f"cannot meet the expectation {expect[:40]!r} (only 100-continue)"
+            )
         body, too_large = self._body(head)
         if body is None:  # the body is not all here yet
-            if not self._continued and head.headers.get("Expect", "").lower() == "100-continue":
+            if not self._continued and expect is not None:
                 self._continued = True  # curl waits a second for it before a large body
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
             return None
@@ -322,12 +325,12 @@ class HttpProtocol(asyncio.Protocol):
         request._stream = self
         return request, keep_alive
 
-    def _read_head(self) -> _Head | None:
+    def _read_head(self) -> Head | None:
         """The request's head once it is all here (then dropped from the buffer), else None.
         The bytes are searched once (``_scanned``: how far), the request line checked as
         soon as it ends, a bare LF refused as soon as it comes."""
         buf = self.buf
-        empty = _EMPTY_LINES.match(buf) if self._start is None else None
+        empty = EMPTY_LINES.match(buf) if self._start is None else None
         if empty:  # RFC 9112 §2.2: empty lines before a request line are skipped
             del buf[: empty.end()]
             self._scanned = max(self._scanned - empty.end(), 0)
@@ -339,11 +342,11 @@ class HttpProtocol(asyncio.Protocol):
         if self._start is None:
             first = buf.find(b"\r\n", max(scanned - 1, 0), stop)
             if first >= 0:
-                self._start = _request_line(bytes(buf[:first])), first
+                self._start = request_line(bytes(buf[:first])), first
             elif n > MAX_LINE:
                 raise BadRequest(f"the request line is over {MAX_LINE} bytes")
             elif buf != b"\r":  # (maybe an empty line's CR)
-                _check_start(buf)
+                check_start(buf)
         self._scanned = stop
         if stop > MAX_HEAD:
             raise BadRequest(f"the header section is over {MAX_HEAD} bytes")
@@ -356,10 +359,10 @@ class HttpProtocol(asyncio.Protocol):
         self._start, self._scanned = None, 0
         if len(lines) > MAX_HEADERS:
             raise BadRequest(f"more than {MAX_HEADERS} headers")
-        headers = _headers(lines)
+        headers = parse_headers(lines)
         if version == (1, 1) and "Host" not in headers:
             raise BadRequest("no Host header (HTTP/1.1 requires one)")
-        return _Head(method, target, version, headers, self._framing(headers))
+        return Head(method, target, version, headers, self._framing(headers))
 
     def _framing(self, headers: Headers) -> int | ChunkedDecoder:
         """How the body comes: its Content-Length, or the decoder of its chunks."""
@@ -375,7 +378,7 @@ class HttpProtocol(asyncio.Protocol):
             raise BadRequest(f"bad Content-Length {raw[:20]!r}")
         return int(raw)
 
-    def _body(self, head: _Head) -> tuple[bytes | None, int]:
+    def _body(self, head: Head) -> tuple[bytes | None, int]:
         """(the body, dropped from the buffer, or None when it is not all here; its size
         when it is over the limit: then b"" and the rest is not read)."""
         buf, framing = self.buf, head.framing
@@ -393,9 +396,9 @@ class HttpProtocol(asyncio.Protocol):
         del buf[:framing]
         return body, 0
 
-    def _refuse(self, what: str) -> None:
+    def _refuse(self, what: str, status: int = 400) -> None:
         """Answer a malformed request and close (the server's ``malformed`` says how)."""
-        resp = self.server.malformed(self.remote, 400, what)
+        resp = self.server.malformed(self.remote, status, what)
         resp.force_close()
         self.buf.clear()
         self._pending = self._start = None
@@ -470,6 +473,8 @@ class HttpProtocol(asyncio.Protocol):
         for name, value in resp.headers.items():
             out.append(f"{name}: {value}\r\n")
         out.append(f"Date: {_Date.now()}\r\n")
+        if keep_alive and self._eof and b"\r\n\r\n" not in self.buf:
+            keep_alive = False  # half-closed: this is the last answer, the close follows
         if not keep_alive:
             out.append("Connection: close\r\n")
         elif version == "HTTP/1.0":
@@ -519,66 +524,3 @@ class HttpProtocol(asyncio.Protocol):
             self._chunked_open = False
             if not self.closed:
                 self.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
-
-
-def _check_start(buf: bytearray) -> None:
-    """Refuse at once what cannot start a request (a TLS handshake to the plain port, binary
-    bytes) rather than wait for a head that will never end."""
-    sp = buf.find(b" ", 0, 33)
-    method = bytes(buf[:sp] if sp >= 0 else buf[:33])
-    if method and not _TOKEN.match(method) or sp < 0 and len(buf) > 32:
-        if buf[:1] == b"\x16":
-            raise BadRequest("not HTTP: a TLS handshake to the plain HTTP port? (use https://)")
-        raise BadRequest(f"not an HTTP request line: {method[:20]!r}")
-
-
-def _request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
-    """(method, target, version) of a request line, or BadRequest."""
-    if len(line) > MAX_LINE:
-        raise BadRequest(f"the request line is over {MAX_LINE} bytes")
-    parts = line.split(b" ")
-    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
-        why = " (no HTTP version: HTTP/0.9 is not served)" if len(parts) == 2 else ""
-        raise BadRequest(f"bad request line {line[:60]!r}{why}")
-    version = _VERSIONS.get(parts[2])
-    if version is None:
-        raise BadRequest(f"unsupported HTTP version {parts[2][:20]!r}")
-    return parts[0].decode("ascii"), parts[1].decode("ascii"), version
-
-
-def _headers(lines: list[bytes]) -> Headers:
-    headers = Headers()
-    for line in lines:
-        if len(line) > MAX_LINE:
-            raise BadRequest(f"a header line is over {MAX_LINE} bytes")
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
-            raise BadRequest(f"bad header line {line[:40]!r}")
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
-            raise BadRequest(f"a control character in header {name[:40]!r}")
-        key, text = name.decode("ascii"), value.decode("utf-8", "surrogateescape")
-        if key in headers:
-            if key.lower() in ("content-length", "transfer-encoding", "host"):
-                raise BadRequest(f"header {key} given twice")
-            text = f"{headers[key]}, {text}"
-        headers[key] = text
-    return headers
-
-
-class _Head:
-    """A request's head, parsed; its body to come: ``framing`` is its Content-Length (0
-    without one), or the decoder of its chunks."""
-
-    __slots__ = ("method", "target", "version", "headers", "framing")
-
-    def __init__(
-        self,
-        method: str,
-        target: str,
-        version: tuple[int, int],
-        headers: Headers,
-        framing: int | ChunkedDecoder,
-    ) -> None:
-        self.method, self.target, self.version = method, target, version
-        self.headers, self.framing = headers, framing

@@ -147,10 +147,16 @@ class Request:
 
     @property
     def query(self) -> dict[str, str]:
-        """The query's parameters (the first value of each name)."""
+        """The query's parameters (the first value of each name). A query whose bytes are
+        not UTF-8 once percent-decoded is a 400 (``%ff`` is no character: read as U+FFFD it
+        would name another prefix than the one sent)."""
         if self._query is None:
             q: dict[str, str] = {}
-            for k, v in parse_qsl(self.query_string, keep_blank_values=True):
+            try:
+                pairs = parse_qsl(self.query_string, keep_blank_values=True, errors="strict")
+            except UnicodeDecodeError:
+                raise HTTPBadRequest(reason="the query is not UTF-8 once percent-decoded") from None
+            for k, v in pairs:
                 q.setdefault(k, v)
             self._query = q
         return self._query
