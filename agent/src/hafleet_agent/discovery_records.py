@@ -102,24 +102,28 @@ def check_cluster_id(value: str) -> str:
 def parse_host_port(text: str) -> tuple[str, int]:
     """``HOST:PORT`` -> ``(host, port)``; IPv6 in brackets (``[fd00::1]:7400``).
 
-    HOST is an IPv4 address, a bracketed IPv6 address or a host name; PORT is 1..65535.
-    Raises ``InvalidAnnouncement``.
+    HOST is an IPv4 address, a bracketed IPv6 address or a host name (at most
+    MAX_HOST_BYTES, labels of at most 63 characters: RFC 1035 §2.3.4); PORT is 1..65535.
+    Raises ``InvalidAnnouncement`` (its message quotes at most 80 characters of ``text``).
     """
+    shown = repr(text[:80]) + ("..." if len(text) > 80 else "")
     raw_host, _, port_text = text.rpartition(":")
-    if len(port_text) > 5:
-        raise InvalidAnnouncement(f"bad port in {text!r}")
+    if len(port_text) > 5 or len(text) > MAX_HOST_BYTES + 8:
+        raise InvalidAnnouncement(f"bad port or too long in {shown}")
     try:
         host, port = split_host_port(text)
-    except ValueError as e:
-        raise InvalidAnnouncement(str(e)) from None
+    except ValueError:
+        raise InvalidAnnouncement(f"not HOST:PORT: {shown}") from None
     if raw_host.startswith("[") and raw_host.endswith("]"):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise InvalidAnnouncement(f"bad IPv6 address in {text!r}") from None
+            raise InvalidAnnouncement(f"bad IPv6 address in {shown}") from None
         return host, port
     if len(host) > MAX_HOST_BYTES or not _HOSTNAME_RE.fullmatch(host):
-        raise InvalidAnnouncement(f"bad host in {text!r}")
+        raise InvalidAnnouncement(f"bad host in {shown}")
+    if any(len(label) > 63 for label in host.split(".")):
+        raise InvalidAnnouncement(f"a DNS label over 63 characters in {shown}")
     return host, port
 
 

@@ -536,7 +536,7 @@ def test_a_drain_timeout_past_an_hour_is_400(cluster: Cluster, drain: str) -> No
     ("addr", "why"),
     [
         ("a" * 100_000 + ":1", "must be HOST:PORT"),
-        ("a" * 64 + ".example:7400", "over 63 characters"),
+        ("a" * 64 + ".example:7400", "a DNS label over 63 characters in"),
         ("host.example:0", "must be HOST:PORT"),
         ("[not-v6]:7400", "must be HOST:PORT"),
     ],

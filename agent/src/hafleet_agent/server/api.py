@@ -137,20 +137,19 @@ def _int_param(request: web.Request, name: str) -> int | None:
 
 
 def _check_member_addr(text: str, name: str) -> None:
-    """A new member's address: HOST:PORT with an IP address or a DNS name (at most 253
-    bytes, labels of at most 63) as its host. 400 otherwise: a 100,000-byte address was
-    taken, and every member logged it at each connection attempt."""
+    """A new member's address: HOST:PORT as an mDNS announcement must have it
+    (``parse_host_port``: an IP address or a DNS name of at most 253 bytes, labels of at
+    most 63). 400 otherwise: a 100,000-byte address was taken, and every member logged it at
+    each connection attempt."""
     if has_control(text):
         raise BadRequest(f"{name} must not hold control or format characters")
     try:
-        host, _ = parse_host_port(text)
-    except ValueError:
+        parse_host_port(text)
+    except ValueError as exc:
         raise BadRequest(
-            f"{name} must be HOST:PORT (an IP address or a DNS name of at most 253 bytes, a port"
-            f" in 1..65535), got {shown(text, 80)}"
+            f"{name} must be HOST:PORT (an IP address or a DNS name of at most 253 bytes with"
+            f" labels of at most 63 characters, a port in 1..65535): {exc}"
         ) from None
-    if ":" not in host and any(len(label) > 63 for label in host.split(".")):
-        raise BadRequest(f"{name}: a DNS label of {shown(text, 80)} is over 63 characters")
 
 
 async def _listing(head: dict[str, Any], name: str, items: list[Any]) -> bytes:
