@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from http_answers import responses
 
 from hafleet_agent.server import httpclient, web
 from hafleet_agent.server.conn import Runner, serve
@@ -110,28 +111,6 @@ async def exchange(port: int, data: bytes, until_close: bool = True) -> bytes:
         return await reader.read(1 << 20) if not until_close else await reader.read(-1)
     finally:
         writer.close()
-
-
-def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """Split a byte stream into (status, headers, body) by Content-Length or chunks."""
-    out = []
-    while raw:
-        head, _, raw = raw.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        fields = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-        if fields.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                size_line, _, raw = raw.partition(b"\r\n")
-                size = int(size_line, 16)
-                body, raw = body + raw[:size], raw[size + 2 :]
-                if size == 0:
-                    break
-        else:
-            n = int(fields.get("content-length", "0"))
-            body, raw = raw[:n], raw[n:]
-        out.append((int(lines[0].split()[1]), fields, body))
-    return out
 
 
 def test_pipelined_requests_are_answered_one_at_a_time_in_order() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from http_answers import responses
 
 from hafleet_agent.server import conn, web
 from hafleet_agent.server.conn import Runner, serve
@@ -59,19 +60,6 @@ async def exchange(port: int, data: bytes, half_close: bool = False) -> bytes:
         writer.close()
 
 
-def answers(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """(status, headers with lower-case names, body) of each answer, by Content-Length."""
-    out = []
-    while raw:
-        head, _, raw = raw.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        fields = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-        n = int(fields.get("content-length", "0"))
-        body, raw = raw[:n], raw[n:]
-        out.append((int(lines[0].split()[1]), fields, body))
-    return out
-
-
 @pytest.mark.parametrize(
     ("target", "path", "query"),
     [
@@ -85,7 +73,7 @@ def test_an_absolute_form_target_is_served_by_its_path(
 ) -> None:
     async def main(runner: Runner, seen: list[Any]) -> None:
         data = b"GET %s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % target
-        [(status, _, body)] = answers(await exchange(runner.port, data))
+        [(status, _, body)] = responses(await exchange(runner.port, data))
         assert status == 200, body
         assert json.loads(body)["path"] == path
         assert seen == [(path, query)]
@@ -100,7 +88,7 @@ def test_an_absolute_form_target_is_served_by_its_path(
 def test_an_absolute_target_without_a_host_or_of_another_scheme_is_a_400(target: bytes) -> None:
     async def main(runner: Runner, seen: list[Any]) -> None:
         data = b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % target
-        [(status, fields, body)] = answers(await exchange(runner.port, data))
+        [(status, fields, body)] = responses(await exchange(runner.port, data))
         assert (status, fields["connection"]) == (400, "close")
         assert "bad request target" in json.loads(body)["error"]
         assert seen == []
@@ -111,7 +99,7 @@ def test_an_absolute_target_without_a_host_or_of_another_scheme_is_a_400(target:
 def test_an_expectation_other_than_100_continue_is_a_417_and_nothing_runs() -> None:
     async def main(runner: Runner, seen: list[Any]) -> None:
         data = b"PUT /echo/a HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\nab"
-        [(status, fields, body)] = answers(await exchange(runner.port, data))
+        [(status, fields, body)] = responses(await exchange(runner.port, data))
         assert (status, fields["connection"]) == (417, "close")
         assert "expectation '200-ok'" in json.loads(body)["error"]
         assert seen == []
@@ -125,7 +113,7 @@ def test_an_expectation_other_than_100_continue_is_a_417_and_nothing_runs() -> N
             writer.write(data)
             assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
             writer.write(b"ok")
-            [(status, _, body)] = answers(await asyncio.wait_for(reader.read(-1), 10))
+            [(status, _, body)] = responses(await asyncio.wait_for(reader.read(-1), 10))
         finally:
             writer.close()
         assert (status, json.loads(body)["body"]) == (200, "ok")
@@ -136,7 +124,7 @@ def test_an_expectation_other_than_100_continue_is_a_417_and_nothing_runs() -> N
 def test_after_a_half_close_the_last_answer_says_connection_close() -> None:
     async def main(runner: Runner, seen: list[Any]) -> None:
         gets = b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(3))
-        got = answers(await exchange(runner.port, gets, half_close=True))
+        got = responses(await exchange(runner.port, gets, half_close=True))
         assert [s for s, _, _ in got] == [200, 200, 200]
         # the last one says the close that follows; those before it may have been written
         # before the FIN was read
@@ -149,11 +137,11 @@ def test_a_query_that_is_not_utf8_once_decoded_is_a_400() -> None:
     async def main(runner: Runner, seen: list[Any]) -> None:
         for query in (b"prefix=%ff", b"%c3=1", b"a=%e2%82"):
             data = b"GET /echo/a?%s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % query
-            [(status, _, body)] = answers(await exchange(runner.port, data))
+            [(status, _, body)] = responses(await exchange(runner.port, data))
             assert status == 400, (query, body)
             assert b"not UTF-8" in body
         data = b"GET /echo/a?prefix=%c3%a9 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
-        [(status, _, body)] = answers(await exchange(runner.port, data))
+        [(status, _, body)] = responses(await exchange(runner.port, data))
         assert (status, json.loads(body)["q"]) == (200, {"prefix": "é"})
 
     run(main)
@@ -183,7 +171,7 @@ def test_plain_http_to_the_https_port_is_a_400_that_says_use_https(tmp_path: Pat
 
     async def main(runner: Runner, seen: list[Any]) -> None:
         data = b"PUT /echo/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab"
-        [(status, fields, body)] = answers(await exchange(runner.port, data))
+        [(status, fields, body)] = responses(await exchange(runner.port, data))
         assert (status, fields["connection"]) == (400, "close")
         assert json.loads(body)["error"] == (
             "plain HTTP sent to the HTTPS port of this agent: use https://"
@@ -194,7 +182,7 @@ def test_plain_http_to_the_https_port_is_a_400_that_says_use_https(tmp_path: Pat
         _, writer = await asyncio.open_connection("127.0.0.1", runner.port)
         writer.close()
         raw = await asyncio.get_running_loop().run_in_executor(None, https_get, runner.port)
-        [(status, _, body)] = answers(raw)
+        [(status, _, body)] = responses(raw)
         assert (status, json.loads(body)["path"]) == (200, "/echo/tls")
 
     run(main, ssl_context=server_ctx)
