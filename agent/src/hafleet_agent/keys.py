@@ -54,8 +54,19 @@ UNREACHABLE_PREFIX = "health/unreachable/"
 MAINTENANCE_PREFIX = "maintenance/"
 
 #: ``weights/override/<id>``: an integer 0..256 that pins member ``<id>``'s weight (0 drains
-#: it); the leader's weight planning reads it.
+#: it); the leader's weight planning reads it. The API refuses any other value under the
+#: prefix (400 with :data:`OVERRIDE_RULE`); one already stored is ignored, with a warning.
 OVERRIDE_PREFIX = "weights/override/"
+OVERRIDE_MAX = 256  # HAProxy's largest server weight
+OVERRIDE_RULE = (
+    f"a {OVERRIDE_PREFIX}<id> value is an integer 0..{OVERRIDE_MAX} "
+    "(1..256 pins the member's weight, 0 drains it)"
+)
+
+
+def valid_override(value: object) -> bool:
+    """Whether ``value`` is a weight override: an int (not a bool) in 0..OVERRIDE_MAX."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= OVERRIDE_MAX
 
 
 def drained_key(balancer_id: str, member_id: str) -> str:
@@ -66,7 +77,9 @@ __all__ = [
     "DRAINED_BY_PREFIX",
     "DRAINED_PREFIX",
     "MAINTENANCE_PREFIX",
+    "OVERRIDE_MAX",
     "OVERRIDE_PREFIX",
+    "OVERRIDE_RULE",
     "REGISTERED_KEY",
     "REGISTERED_PREFIX",
     "REGISTRATION_REFRESH_S",
@@ -74,4 +87,5 @@ __all__ = [
     "SERVICE_HEALTH_PREFIX",
     "UNREACHABLE_PREFIX",
     "drained_key",
+    "valid_override",
 ]

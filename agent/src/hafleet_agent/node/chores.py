@@ -16,16 +16,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import AgentConfig
+from ..ids import shown
 from ..keys import (
     DRAINED_PREFIX,
     MAINTENANCE_PREFIX,
     OVERRIDE_PREFIX,
+    OVERRIDE_RULE,
     REGISTERED_KEY,
     REGISTERED_PREFIX,
     REGISTRATION_TTL_S,
     SERVICE_HEALTH_PREFIX,
     UNREACHABLE_PREFIX,
     drained_key,
+    valid_override,
 )
 from ..metrics import HostMetrics
 from ..raft.core import ProposalDropped
@@ -100,6 +103,8 @@ class LeaderChores:
         # balancer/registered/<bid> -> (modify_index, when this leader saw it change): a
         # registration is fresh while it was written within its ttl_s (our clock, not its).
         self.reg_seen: dict[str, tuple[int, float]] = {}
+        # weights/override/<id> -> the modify_index of the bad value last warned about
+        self.override_warned: dict[str, int] = {}
 
     # ---- the tables ------------------------------------------------------------------------
     def forget_non_members(self, now: float, expire_s: float) -> None:
@@ -355,12 +360,18 @@ class LeaderChores:
         """A pinned weight: the replicated KV key ``weights/override/<id>`` (0..256; 0 drains)
         wins over the leader's ``weight_overrides`` config, so a pin survives a change of
         leader."""
-        item = self.state.kv_get(f"{OVERRIDE_PREFIX}{mid}")
-        if item is not None:
-            v = item["value"]
-            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 256:
-                return v
-            log.warning("ignoring %s%s = %r: not an integer in 0..256", OVERRIDE_PREFIX, mid, v)
+        key = f"{OVERRIDE_PREFIX}{mid}"
+        item = self.state.kv_get(key)
+        if item is not None and valid_override(item["value"]):
+            self.override_warned.pop(key, None)
+            return item["value"]  # type: ignore[return-value]
+        if item is None:
+            self.override_warned.pop(key, None)
+        elif self.override_warned.get(key) != item["modify_index"]:
+            # (stored by an older version or a restore: the API refuses it now) once per
+            # write of the key, not every planning round, and the value cut short
+            self.override_warned[key] = int(item["modify_index"])  # type: ignore[arg-type]
+            log.warning("ignoring %s = %s: %s", key, shown(item["value"]), OVERRIDE_RULE)
         return self.cfg.weight_overrides.get(mid)
 
     async def plan_weights(self, now: float, members: list[dict[str, Any]]) -> None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import MAX_DRAIN_TIMEOUT_S
 from ..discovery_records import parse_host_port
 from ..ids import has_control, member_id_error, shown
+from ..keys import OVERRIDE_PREFIX, OVERRIDE_RULE, valid_override
 from ..logfmt import one_write
 from ..node.errors import AgentError, BadRequest, NotFound, StateErrorResult
 from ..registrations import balancers_view
@@ -501,6 +502,8 @@ class Api:
         body = await _json_body(request, {"value"}, {"value"})
         validate_cas(cas)
         validate_value(body["value"])
+        if key.startswith(OVERRIDE_PREFIX) and not valid_override(body["value"]):
+            raise BadRequest(f"{key} = {shown(body['value'])} is refused: {OVERRIDE_RULE}")
         if not self.agent.is_leader():
             return await self.forwarder.forward(request, json.dumps(body).encode())
         # The leader's check is the one that counts (a follower's copy may lag): 413 before
