@@ -433,11 +433,14 @@ class APIClient:
         path = api_path("v1", "members", member_id)
         return self.request("DELETE", path, query=query, timeout=timeout)
 
-    def maintenance_on(self, member_id, reason=None):
+    def maintenance_on(self, member_id, reason=None, force=False):
         """``PUT /v1/members/{id}/maintenance``: weight 0, drained from every balancer, still
-        a voter. Answers ``{"id", "maintenance", "since", "reason", "changed"}``."""
+        a voter. Answers ``{"id", "maintenance", "since", "reason", "changed"}``; 409 when no
+        other member would stay in service, unless ``force`` (``?force=true``)."""
         body = {"reason": reason} if reason is not None else {}
-        return self.request("PUT", api_path("v1", "members", member_id, "maintenance"), body)
+        query = {"force": "true"} if force else None
+        path = api_path("v1", "members", member_id, "maintenance")
+        return self.request("PUT", path, body, query=query)
 
     def maintenance_off(self, member_id):
         """``DELETE /v1/members/{id}/maintenance``: back in rotation (same answer)."""

@@ -71,6 +71,14 @@ options:
       - With O(state=maintenance), why (the agent keeps it with the maintenance; a member
         already in maintenance keeps its first reason).
     type: str
+  force:
+    description:
+      - With O(state=maintenance), put the member in maintenance even when no other member
+        would stay in service (HAProxy would then answer 503 to every request). Without it
+        the agent refuses (409) and the task fails, changing nothing.
+      - A member already in maintenance is left as it is either way.
+    type: bool
+    default: false
   service_addr:
     description:
       - The address, C(host:port), of the service on the node that HAProxy balances to.
@@ -326,7 +334,7 @@ class MemberModule:
         if changed and not self.module.check_mode:
             try:
                 leader = self.client.leader_client() or self.client  # saves a hop
-                leader.maintenance_on(p["id"], reason=p["reason"])
+                leader.maintenance_on(p["id"], reason=p["reason"], force=p["force"])
             except HafleetAPIError as exc:
                 if exc.status not in (None, 504):
                     self.fail(f"could not put member {p['id']} in maintenance", exc)
@@ -506,6 +514,7 @@ def main():
             transfer_leadership=dict(type="bool", default=True),
             handover_to=dict(type="str"),
             reason=dict(type="str"),
+            force=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )

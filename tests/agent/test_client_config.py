@@ -146,7 +146,7 @@ class _Recorder(Recording):
     token = TOKEN
 
     def route(self, body: Any) -> tuple[Any, int]:
-        if self.path.endswith("/maintenance"):
+        if self.path.split("?")[0].endswith("/maintenance"):
             on = self.command == "PUT"
             reason = (body or {}).get("reason")
             payload, status = (
@@ -175,6 +175,8 @@ def test_the_verbs_send_their_requests(
     opts = ["--api", url, "--token-file", str(secret(tmp_path / "token"))]
     assert main(["maintenance", "on", "n2", "--reason", "disk", *opts]) == 0
     assert "n2 is now in maintenance (disk)" in capsys.readouterr().out
+    assert main(["maintenance", "on", "n2", "--force", *opts]) == 0
+    assert "n2 is now in maintenance" in capsys.readouterr().out
     assert main(["maintenance", "off", "n2", *opts]) == 0
     assert "n2 is out of maintenance" in capsys.readouterr().out
     assert main(["transfer-leadership", "--to", "n1", *opts]) == 0
@@ -184,6 +186,7 @@ def test_the_verbs_send_their_requests(
     assert "n3 was removed from the group" in capsys.readouterr().out
     assert calls == [
         ("PUT", "/v1/members/n2/maintenance", {"reason": "disk"}),
+        ("PUT", "/v1/members/n2/maintenance?force=true", {}),
         ("DELETE", "/v1/members/n2/maintenance", None),
         ("POST", "/v1/leadership/transfer", {"to": "n1"}),
         ("POST", "/v1/leadership/transfer", {"to": None}),

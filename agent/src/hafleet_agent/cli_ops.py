@@ -1,7 +1,9 @@
 """The operator's verbs of ``hafleet-agent`` on another member (docs/agent.md):
 
-- ``maintenance on|off ID [--reason TEXT]``: take a member out of rotation (weight 0, drained
-  from every HAProxy, still a voter) and back (``PUT``/``DELETE /v1/members/{id}/maintenance``);
+- ``maintenance on|off ID [--reason TEXT] [--force]``: take a member out of rotation (weight 0,
+  drained from every HAProxy, still a voter) and back (``PUT``/``DELETE
+  /v1/members/{id}/maintenance``); ``on`` is refused when no other member would stay in
+  service, unless ``--force``;
 - ``transfer-leadership [--to ID]``: hand leadership to a voter (the most caught-up one when
   no ``--to``; ``POST /v1/leadership/transfer``);
 - ``remove-member ID [--drain-timeout S]``: drain a member, then remove it from the group
@@ -48,6 +50,12 @@ def add_ops(commands: argparse._SubParsersAction, client_options: ClientOptions)
         sub.add_argument("id", metavar="ID", type=_member_id, help="the member's node id")
         if name == "on":
             sub.add_argument("--reason", metavar="TEXT", help="why (shown by the API)")
+            sub.add_argument(
+                "--force",
+                action="store_true",
+                help="even when no other member would stay in service (HAProxy would then "
+                "answer 503 to every request); without it the agent refuses (409)",
+            )
         client_options(sub)
 
     text = "hand leadership over to another voter (the most caught-up one without --to)"
@@ -85,7 +93,7 @@ def _handle(args: argparse.Namespace) -> int:
 def _run(api: APIClient, args: argparse.Namespace) -> int:
     cmd = args.command_name
     if cmd == "maintenance on":
-        answer = api.maintenance_on(args.id, reason=args.reason)
+        answer = api.maintenance_on(args.id, reason=args.reason, force=args.force)
         print(_maintenance_line(answer))
     elif cmd == "maintenance off":
         answer = api.maintenance_off(args.id)

@@ -9,7 +9,8 @@ leader only (a follower answers 503, so a test sees whether the client went to t
 ``POST /v1/members`` adds a learner that a test can promote; ``DELETE /v1/members/{id}``
 removes the member (a leader removing itself hands over first, like the agent);
 ``POST /v1/leadership/transfer`` moves the leadership; ``PUT``/``DELETE
-/v1/members/{id}/maintenance`` set the member's maintenance (weight 0 while in it). Every
+/v1/members/{id}/maintenance`` set the member's maintenance (weight 0 while in it; a ``PUT``
+that would leave no other member in service is a 409 without ``?force=true``). Every
 request is recorded.
 """
 
@@ -187,6 +188,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(404, {"error": f"no member {mid!r}"})
             on = method == "PUT"
             changed = member["maintenance"] != on
+            serving = [m for k, m in cluster.members.items() if k != mid and m["weight"] > 0]
+            serving = [m for m in serving if not m["maintenance"]]
+            if on and changed and not serving and query.get("force") != "true":
+                error = "this would leave no member in service: ...; use force to do it anyway"
+                return self._json(409, {"error": error})
             member["maintenance"], member["weight"] = on, 0 if on else 128
             reason = (body or {}).get("reason") if on else None
             answer = {"id": mid, "maintenance": on, "reason": reason, "changed": changed}

@@ -298,6 +298,22 @@ def test_maintenance_takes_a_member_out_of_rotation_and_present_brings_it_back(c
     assert len(writes(cluster)) == 2
 
 
+def test_maintenance_of_the_last_member_in_service_needs_force(cluster):
+    """The agent answers 409 when no other member would stay in service: the task fails and
+    says why; O(force) sends C(?force=true)."""
+    for mid in ("n1", "n2"):
+        assert run_module(member.main, args(cluster, id=mid, state="maintenance"))["changed"]
+    refused = run_module(member.main, args(cluster, id="n3", state="maintenance"))
+    assert refused["failed"] is True and "no member in service" in refused["msg"], refused
+    assert cluster.members["n3"]["maintenance"] is False
+    forced = run_module(member.main, args(cluster, id="n3", state="maintenance", force=True))
+    assert forced["changed"] is True and forced["member"]["maintenance"] is True
+    assert [r["query"] for r in writes(cluster) if r["path"].endswith("n3/maintenance")] == [
+        {},
+        {"force": "true"},
+    ]
+
+
 def test_maintenance_in_check_mode_writes_nothing(cluster):
     result = run_module(
         member.main, args(cluster, id="n2", state="maintenance"), check_mode=True, diff=True
