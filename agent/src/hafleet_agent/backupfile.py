@@ -28,9 +28,21 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "Backup", "BackupError", "decode_backup", "encode_backup"]
+__all__ = [
+    "FORMAT_VERSION",
+    "HEADER_MAX",
+    "MAGIC",
+    "Backup",
+    "BackupError",
+    "Header",
+    "check_stream",
+    "decode_backup",
+    "decode_header",
+    "encode_backup",
+]
 
 MAGIC = b"HAFLBKUP"
 FORMAT_VERSION = 1
@@ -63,17 +75,21 @@ class Backup:
 
     def summary(self) -> dict[str, object]:
         """The header as JSON-able fields (no body)."""
-        return {
-            "format": FORMAT_VERSION,
-            "cluster": self.cluster,
-            "cluster_id": self.cluster_id,
-            "node_id": self.node_id,
-            "index": self.index,
-            "term": self.term,
-            "created": self.created,
-            "length": len(self.body),
-            "sha256": self.sha256,
-        }
+        return _summary(self, len(self.body), self.sha256)
+
+
+def _summary(h: Backup | Header, length: int, sha256: str) -> dict[str, object]:
+    return {
+        "format": FORMAT_VERSION,
+        "cluster": h.cluster,
+        "cluster_id": h.cluster_id,
+        "node_id": h.node_id,
+        "index": h.index,
+        "term": h.term,
+        "created": h.created,
+        "length": length,
+        "sha256": sha256,
+    }
 
 
 def _text(what: str, value: str) -> bytes:
@@ -119,8 +135,32 @@ def _take_text(raw: bytes, pos: int, what: str) -> tuple[str, int]:
     return text, pos + n
 
 
-def decode_backup(raw: bytes) -> Backup:
-    """The backup in ``raw``; :class:`BackupError` when it is not a whole, intact one."""
+#: The longest header with its checksum: a file's first HEADER_MAX bytes hold it whole.
+HEADER_MAX = _FIXED.size + 3 * (_U16.size + MAX_TEXT_BYTES) + _DIGEST
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A backup's header: ``head_end`` bytes of fields, then the checksum, then ``length``
+    bytes of state."""
+
+    cluster: str
+    cluster_id: str
+    node_id: str
+    index: int
+    term: int
+    created: int
+    length: int
+    head_end: int
+
+    def summary(self, sha256: str) -> dict[str, object]:
+        """The header as JSON-able fields, as :meth:`Backup.summary` gives them."""
+        return _summary(self, self.length, sha256)
+
+
+def decode_header(raw: bytes) -> Header:
+    """The header at the start of ``raw`` (which may hold more, or the whole file);
+    :class:`BackupError` when it is not one, or ``raw`` ends inside it."""
     if len(raw) < len(MAGIC) or raw[: len(MAGIC)] != MAGIC:
         raise BackupError("not a hafleet snapshot file (bad magic)")
     if len(raw) < _FIXED.size:
@@ -134,21 +174,55 @@ def decode_backup(raw: bytes) -> Backup:
     cluster, pos = _take_text(raw, pos, "cluster name")
     cluster_id, pos = _take_text(raw, pos, "cluster id")
     node_id, pos = _take_text(raw, pos, "node id")
-    head_end = pos
-    have = len(raw) - head_end - _DIGEST
-    if have < length:
+    return Header(cluster, cluster_id, node_id, index, term, created, length, pos)
+
+
+def _check_length(h: Header, have: int) -> None:
+    if have < h.length:
         raise BackupError(
-            f"truncated: the header says {length} bytes of state, the file holds "
+            f"truncated: the header says {h.length} bytes of state, the file holds "
             f"{max(have, 0)} (an interrupted download or copy?)"
         )
-    if have > length:
+    if have > h.length:
         raise BackupError(
-            f"corrupt: {have - length} bytes after the end of the state the header announces"
+            f"corrupt: {have - h.length} bytes after the end of the state the header announces"
         )
+
+
+def check_stream(read: Callable[[int], bytes], chunk: int = 1 << 20) -> tuple[Header, str]:
+    """Check a backup read a ``chunk`` at a time through ``read`` (a file's): its header, its
+    length and its checksum, in memory bounded by ``chunk``. (The state's JSON is not parsed:
+    that needs it whole; :func:`decode_backup` does, for a restore.) The header and the
+    checksum (hex), or :class:`BackupError`."""
+    start = read(HEADER_MAX)
+    h = decode_header(start)
+    if len(start) < h.head_end + _DIGEST:
+        raise BackupError(f"truncated: the file ends inside its header ({len(start)} bytes)")
+    digest = start[h.head_end : h.head_end + _DIGEST]
+    sha = hashlib.sha256(start[: h.head_end])
+    body = start[h.head_end + _DIGEST :]
+    have = len(body)
+    sha.update(body)
+    while data := read(chunk):
+        have += len(data)
+        if have <= h.length:
+            sha.update(data)  # (a file too long is refused by its length below)
+    _check_length(h, have)
+    if sha.digest() != digest:
+        raise BackupError("corrupt: the SHA-256 checksum does not match the contents")
+    return h, digest.hex()
+
+
+def decode_backup(raw: bytes) -> Backup:
+    """The backup in ``raw``; :class:`BackupError` when it is not a whole, intact one."""
+    h = decode_header(raw)
+    head_end = h.head_end
+    _check_length(h, len(raw) - head_end - _DIGEST)
     digest = raw[head_end : head_end + _DIGEST]
     body = raw[head_end + _DIGEST :]
     if hashlib.sha256(raw[:head_end] + body).digest() != digest:
         raise BackupError("corrupt: the SHA-256 checksum does not match the contents")
+    index = h.index
     try:
         state_index = json.loads(body.decode("utf-8"))["index"]
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
@@ -156,4 +230,4 @@ def decode_backup(raw: bytes) -> Backup:
         raise BackupError("corrupt: the state is not the replicated state's JSON") from None
     if type(state_index) is not int or state_index != index:  # (True == 1)
         raise BackupError(f"corrupt: the state is at index {state_index}, the header says {index}")
-    return Backup(cluster, cluster_id, node_id, index, term, created, body)
+    return Backup(h.cluster, h.cluster_id, h.node_id, index, h.term, h.created, body)

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from hafleet_agent.cli_types import PROG
 
@@ -115,22 +116,36 @@ def endpoint(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
     return end.api, token, end.ca_file
 
 
-def fetch(base_url: str, token: bytes, ca_file: str | None, stale: bool = False) -> bytes:
-    """The body of ``GET /v1/snapshot`` (SnapshotCliError, exit 1, when there is none)."""
-    from .apiclient import tls_context
+def fetch(base_url: str, token: bytes, ca_file: str | None, out: BinaryIO, stale: bool) -> int:
+    """Write the body of ``GET /v1/snapshot`` to ``out`` as it comes, a MiB at a time (a
+    large state is never whole in memory); the bytes written. SnapshotCliError, exit 1, when
+    there is none. A redirect is refused, not followed: urllib's default handler sent the
+    token on to whatever host a 3xx named (the other clients refuse them too)."""
+    from .apiclient import _NoRedirect, tls_context
 
     url = base_url.rstrip("/") + "/v1/snapshot" + ("?stale=1" if stale else "")
     headers = {"Authorization": f"Bearer {token.decode()}", "Accept": "application/octet-stream"}
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirect(), urllib.request.ProxyHandler({})]
     if url.startswith("https://") or ca_file:
         handlers.append(urllib.request.HTTPSHandler(context=tls_context(True, ca_file)))
     opener = urllib.request.build_opener(*handlers)
+    written = 0
     try:
         with opener.open(urllib.request.Request(url, headers=headers), timeout=SAVE_TIMEOUT_S) as r:
-            return bytes(r.read())
+            while chunk := r.read(1 << 20):
+                out.write(chunk)
+                written += len(chunk)
+        return written
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location", "?")
+            raise SnapshotCliError(
+                f"GET {url}: {exc.code} {exc.reason}, a redirect to {where[:200]}: not followed "
+                "(the agent's API never redirects; is --api an agent's address?)",
+                1,
+            ) from None
         try:
-            why = json.loads(exc.read().decode("utf-8")).get("error", "")
+            why = json.loads(exc.read(65536).decode("utf-8")).get("error", "")
         except (ValueError, AttributeError, OSError):
             why = ""
         raise SnapshotCliError(f"GET {url}: {exc.code} {why or exc.reason}", 1) from None
@@ -139,24 +154,8 @@ def fetch(base_url: str, token: bytes, ca_file: str | None, stale: bool = False)
         raise SnapshotCliError(f"cannot reach the agent at {base_url}: {reason}", 1) from None
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` once this returns, durably; before, it holds what it held."""
-    parent = path.absolute().parent
-    tmp = parent / f".{path.name}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(parent, os.O_RDONLY)
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
@@ -164,7 +163,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def _save(args: argparse.Namespace) -> int:
-    from .backupfile import BackupError, decode_backup
+    from .backupfile import BackupError, check_stream
 
     path = Path(args.file)
     parent = path.absolute().parent
@@ -182,22 +181,44 @@ def _save(args: argparse.Namespace) -> int:
             2,
         )
     api, token, ca_file = endpoint(args)
-    raw = fetch(api, token, ca_file, stale=args.stale)
+    # The answer goes to a temporary file beside FILE as it comes, is checked there (header,
+    # length, checksum), fsync'd and renamed over FILE: FILE holds the old backup or the
+    # new one, whole, never a part; memory stays bounded however large the state.
+    tmp = parent / f".{path.name}.tmp-{os.getpid()}"
     try:
-        backup = decode_backup(raw)
-    except BackupError as exc:
-        raise SnapshotCliError(f"the agent's answer is not a whole snapshot: {exc}", 1) from None
-    try:
-        write_atomically(path, raw)
-    except OSError as exc:
-        raise SnapshotCliError(f"cannot write {path}: {exc}", 1) from None
-    summary = backup.summary()
+        with open(tmp, "xb+") as f:
+            os.fchmod(f.fileno(), 0o600)
+            try:
+                size = fetch(api, token, ca_file, f, stale=args.stale)
+            except OSError as exc:  # the disk (ENOSPC...), while writing
+                raise SnapshotCliError(f"cannot write {path}: {exc}", 1) from None
+            f.flush()
+            f.seek(0)
+            try:
+                header, sha256 = check_stream(f.read)
+            except BackupError as exc:
+                raise SnapshotCliError(
+                    f"the agent's answer is not a whole snapshot: {exc}", 1
+                ) from None
+            try:
+                os.fsync(f.fileno())
+            except OSError as exc:
+                raise SnapshotCliError(f"cannot write {path}: {exc}", 1) from None
+        try:
+            os.replace(tmp, path)
+            _fsync_dir(parent)
+        except OSError as exc:
+            raise SnapshotCliError(f"cannot write {path}: {exc}", 1) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if args.json:
-        print(json.dumps({"file": str(path), **summary, "size": len(raw)}, sort_keys=True))
+        summary = header.summary(sha256)
+        print(json.dumps({"file": str(path), **summary, "size": size}, sort_keys=True))
     else:
         print(
-            f"saved {path}: index {backup.index}, term {backup.term}, {len(raw)} bytes, "
-            f"sha256 {summary['sha256']} (cluster {backup.cluster}, from {backup.node_id})"
+            f"saved {path}: index {header.index}, term {header.term}, {size} bytes, "
+            f"sha256 {sha256} (cluster {header.cluster}, from {header.node_id})"
         )
     return 0
 
@@ -278,7 +299,14 @@ def _restore(args: argparse.Namespace) -> int:
     print(
         f"restored {args.file} (index {backup.index} of cluster {backup.cluster}) into "
         f"{done.data_dir}: {args.node_id} alone, a voter, of cluster {args.cluster} with the "
-        f"new id {done.cluster_id}; {done.keys} keys ({done.dropped} runtime keys dropped). "
+        f"new id {done.cluster_id}; {done.keys} keys ({done.dropped} runtime keys dropped"
+        + (
+            f"; the maintenance marks of {', '.join(done.maintenance)} dropped: they start in "
+            "service when they join again"
+            if done.maintenance
+            else ""
+        )
+        + "). "
         f"Start it with `{PROG} run --node-id {args.node_id} --cluster {args.cluster} "
         f"--data-dir {done.data_dir} ...` (no --bootstrap-expect), then start fresh agents "
         f"with --join {args.raft_addr}"

@@ -48,6 +48,27 @@ def _top(key: str) -> str:
     return key[: cut + 1] if cut >= 0 else ""
 
 
+def check_records(records: dict[str, object], index: int) -> None:
+    """ValueError naming the first key whose record is not one a put makes: an object with an
+    integer ``create_index`` and ``modify_index`` (1 <= create <= modify <= ``index``, the
+    state's) and a ``value``. A snapshot's checksum says its bytes are intact, not that they
+    are well-formed: a backup edited by hand or made by a broken agent loaded, and every read
+    of such a key, or listing of its prefix, was a 500."""
+    for key, rec in records.items():
+        if not isinstance(rec, dict) or "value" not in rec:
+            why = "is not a record with a value"
+        else:
+            c, m = rec.get("create_index"), rec.get("modify_index")
+            if type(c) is not int or type(m) is not int:  # (not True, not 1.0)
+                why = "has no integer create_index and modify_index"
+            elif not 1 <= c <= m <= index:
+                why = f"has create_index {c} and modify_index {m} outside 1..{index}"
+            else:
+                continue
+        shown = repr(key[:80]) + ("..." if len(key) > 80 else "")
+        raise ValueError(f"the KV record of key {shown} {why}")
+
+
 class KVStore:
     """The records by key, ``{"value", "create_index", "modify_index"}`` each (a snapshot holds
     them as they are), and each key's share of the state for the quota.

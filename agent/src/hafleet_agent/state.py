@@ -75,7 +75,7 @@ from .commands import (
     validate_value,
 )
 from .ids import shown, valid_member_id
-from .kv import KV_RECORD_OVERHEAD, KVStore, kv_record_bytes
+from .kv import KV_RECORD_OVERHEAD, KVStore, check_records, kv_record_bytes
 from .raft.types import ConfChange, ConfChangeType, Entry, EntryType
 
 __all__ = [
@@ -441,6 +441,7 @@ class StateMachine:
             kv = obj["kv"]
             if not (isinstance(members, dict) and isinstance(kv, dict)):
                 raise ValueError("members and kv must be objects")
+            check_records(kv, snap_index)
             # Records an older version kept under an id the grammar now refuses are dropped
             # (every replica restoring the same bytes drops the same ones).
             members = {mid: rec for mid, rec in members.items() if valid_member_id(mid)}

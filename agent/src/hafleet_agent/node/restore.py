@@ -9,7 +9,9 @@ a file system of its own, and keeps its owner and mode):
   alone, a voter; its state is the backup's, with the old members forgotten and this node
   added by the same configuration change a join applies (its addresses in the context), and
   the KV keys that describe the old fleet's live processes dropped (balancer registrations
-  and drained marks, service and reachability marks: :data:`RUNTIME_PREFIXES`); the
+  and drained marks, service and reachability marks: :data:`RUNTIME_PREFIXES`), and the old
+  members' maintenance marks with them (removing a member deletes its mark, so that an id
+  added again starts in service: a restored fleet whose members rejoin is no different); the
   operator's keys (their values, create and modify indexes) stay as they were;
 - ``raft.log`` with the hard state (the backup's term, commit I+1) and no entries;
 - ``agent.json`` with the node id, the cluster name and a NEW cluster id: no member of the
@@ -31,6 +33,7 @@ from pathlib import Path
 from ..backupfile import Backup
 from ..keys import (
     DRAINED_PREFIX,
+    MAINTENANCE_PREFIX,
     REGISTERED_KEY,
     REGISTERED_PREFIX,
     SERVICE_HEALTH_PREFIX,
@@ -57,6 +60,8 @@ class Restored:
     index: int
     keys: int
     dropped: int
+    #: the members whose maintenance marks were dropped (sorted)
+    maintenance: tuple[str, ...] = ()
 
 
 #: The highest term and index a restore takes: the new group must be able to go on (its
@@ -71,9 +76,10 @@ def _runtime_key(key: str) -> bool:
 
 def restored_state(
     backup: Backup, node_id: str, raft_addr: str, api_addr: str
-) -> tuple[bytes, int, int]:
-    """The state of the new group (its bytes), the index it is at and how many runtime keys
-    were dropped. ValueError when the backup's state does not load."""
+) -> tuple[bytes, int, int, tuple[str, ...]]:
+    """The state of the new group (its bytes), the index it is at, how many runtime keys
+    were dropped and the members whose maintenance marks were. ValueError when the backup's
+    state does not load."""
     for what, value in (("term", backup.term), ("index", backup.index)):
         if value >= MAX_RESTORED:
             raise ValueError(f"its {what} {value} leaves the new group no room to grow")
@@ -81,7 +87,13 @@ def restored_state(
     kv = obj.get("kv")
     if not isinstance(kv, dict):
         raise ValueError("the state has no KV store")
-    obj["kv"] = {k: rec for k, rec in kv.items() if not _runtime_key(k)}
+    cut = len(MAINTENANCE_PREFIX)
+    marks = tuple(sorted(k[cut:] for k in kv if k.startswith(MAINTENANCE_PREFIX)))
+    obj["kv"] = {
+        k: rec
+        for k, rec in kv.items()
+        if not _runtime_key(k) and not k.startswith(MAINTENANCE_PREFIX)
+    }
     obj["members"] = {}  # their weights go with them (StateMachine.restore)
     sm = StateMachine.from_snapshot(encode_json(obj), backup.index)
     index = backup.index + 1
@@ -89,7 +101,7 @@ def restored_state(
     result = sm.apply_conf(index, change)
     if not result.ok:
         raise ValueError(f"cannot add {node_id}: {result.error}")
-    return sm.snapshot(), index, len(kv) - len(obj["kv"])
+    return sm.snapshot(), index, len(kv) - len(obj["kv"]) - len(marks), marks
 
 
 def _fsync_dir(path: Path) -> None:
@@ -141,7 +153,7 @@ def restore(
     behind then)."""
     check_target(data_dir)
     try:
-        state, index, dropped = restored_state(backup, node_id, raft_addr, api_addr)
+        state, index, dropped, marks = restored_state(backup, node_id, raft_addr, api_addr)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RestoreError(f"the snapshot's state does not load: {exc}") from None
     parent = data_dir.absolute().parent
@@ -187,4 +199,4 @@ def restore(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     kv = json.loads(state.decode("utf-8"))["kv"]
-    return Restored(data_dir, cluster_id, index, len(kv), dropped)
+    return Restored(data_dir, cluster_id, index, len(kv), dropped, marks)
