@@ -123,25 +123,35 @@ class _Collector:
             "1 while HAProxy's Runtime API answers",
             0 if bal.haproxy_down_since is not None else 1,
         )
+        # While HAProxy is down, the last ``show stat`` is a dead process's: not converged,
+        # and the families below carry no sample (unknown) until it answers again.
+        down = bal.haproxy_down_since is not None
         yield GaugeMetricFamily(
             "hafleet_balancer_converged",
-            "1 when the last round found nothing to change and nothing in progress",
-            1 if bal.converged.is_set() else 0,
+            "1 when the last round found nothing to change and nothing in progress "
+            "(0 while HAProxy is down)",
+            1 if bal.converged.is_set() and not down else 0,
         )
         servers = GaugeMetricFamily(
-            "hafleet_balancer_servers", "servers in the backend", labels=["backend"]
+            "hafleet_balancer_servers",
+            "servers in the backend (no sample while HAProxy is down)",
+            labels=["backend"],
         )
         up = GaugeMetricFamily(
             "hafleet_balancer_servers_up",
-            "servers of the backend that take traffic",
+            "servers of the backend that take traffic (no sample while HAProxy is down)",
             labels=["backend"],
         )
         each = GaugeMetricFamily(
             "hafleet_balancer_server_up",
-            "1 when HAProxy sends the server traffic, 0 when its check holds it down "
-            "(absent while it is in maintenance or draining)",
+            "1 when HAProxy sends the server traffic, 0 when its check holds it down (also "
+            "while draining); absent in maintenance or draining with its check passing, and "
+            "while HAProxy is down",
             labels=["backend", "server"],
         )
+        if down:
+            yield from (servers, up, each)
+            return
         rows = {name: row for name, row in m.stats.items() if name != "BACKEND"}
         n_up = 0
         for name, row in sorted(rows.items()):
