@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from .throttle import WarnThrottle
 from .wire import (
     COUNTER_LEN,
     RECORD_OVERHEAD,
@@ -48,6 +49,8 @@ __all__ = [
 log = logging.getLogger("hafleet.transport")
 
 _BATCH_BYTES = 1 << 20  # payload bytes sealed (and written) together before the next drain
+DIAL_WARN_INTERVAL = 10.0
+"""Failures to connect to one address: at most one WARNING line per this many seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,8 @@ class TransportStats:
     """Hellos that ``accept_peer`` refused (or that claimed our own node id)."""
     handshakes_refused: int = 0
     """Connections closed at once: too many in the handshake (from their source, or all)."""
+    handshakes_evicted: int = 0
+    """Connections in the handshake closed to make room for a new one (all slots taken)."""
     warnings_suppressed: int = 0
     """Inbound warnings not logged because their source had one logged recently."""
     drops_queue_full: int = 0
@@ -238,6 +243,7 @@ class Outbound:
         "failures",
         "overflowing",
         "idle",
+        "dial_warnings",
     )
 
     def __init__(self, addr: str, owner: Owner) -> None:
@@ -254,6 +260,9 @@ class Outbound:
         self.idle = False
         """The task waits for frames with the connection up and its buffer drained: the
         transport's flush writes what is queued itself, with no wake-up of the task."""
+        # Failures to connect: a WARNING at the first, then one per DIAL_WARN_INTERVAL while
+        # they go on (saying how many were not logged), the others at DEBUG.
+        self.dial_warnings = WarnThrottle(log, DIAL_WARN_INTERVAL, max_sources=1)
 
     def start(self) -> None:
         """Start the task that connects and writes (on the running loop)."""
@@ -322,8 +331,11 @@ class Outbound:
                 continue
             except Exception as e:
                 stats.connect_failures += 1
-                level = logging.WARNING if self.failures == 0 else logging.DEBUG
-                log.log(level, "cannot connect to %s: %s", self.addr, reason(e))
+                why = reason(e)
+                if not self.dial_warnings.warn(
+                    self.addr, "cannot connect to %s: %s", self.addr, why
+                ):
+                    log.debug("cannot connect to %s: %s", self.addr, why)
                 await self._backoff()
                 continue
             stats.connects += 1

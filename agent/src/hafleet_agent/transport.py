@@ -35,7 +35,8 @@ Failure handling
     one saying how many were not logged. An accepted connection must send its first frame
     within FIRST_FRAME_TIMEOUT (2 s) and finish the handshake within ``handshake_timeout``;
     one source address may have MAX_PENDING_PER_SOURCE (16) connections in the handshake,
-    all sources 128; past either limit a new connection is closed at once.
+    all sources 128 (past them a new one evicts one that has not proved the key); the
+    hosts of members (``is_member_host``) have bounds of their own (:mod:`.listener`).
     Outbound connections come back with exponential back-off and jitter while frames are
     queued. Frames already written to a connection that then fails are lost (at most
     once delivery); Raft retransmits what matters.
@@ -154,7 +155,9 @@ class Transport(Listener):
     at once (the node's follower campaigns when its leader's connection ends).
     ``accept_peer(peer)`` decides, after authentication, whether to keep a connection.
     ``cluster_id()`` is asked at every handshake, so a node that founds or joins a
-    cluster announces the new id on its next connections.
+    cluster announces the new id on its next connections. ``is_member_host(ip)`` (also an
+    attribute the node sets) tells the listener a connection comes from a member's host: a
+    flood from elsewhere never takes its place in the handshake.
     """
 
     def __init__(
@@ -182,6 +185,7 @@ class Transport(Listener):
         user_timeout: float | None = 5.0,
         tls: TLSConfig | None = None,
         batching: bool = True,
+        is_member_host: Callable[[str], bool] | None = None,
     ) -> None:
         if not isinstance(key, bytes):
             raise TypeError("the cluster key must be bytes")
@@ -243,8 +247,7 @@ class Transport(Listener):
         self._riders_handle: asyncio.TimerHandle | None = None
         self.inbound_protocol = True  # accepted connections read by inbound.FrameReader
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self._pending_handshakes = 0
-        self._pending_by_source: dict[str, int] = {}
+        self._init_listener(is_member_host)
         self._throttle = _WarnThrottle(WARN_INTERVAL, self.stats)
         self._state = "new"  # new -> running -> stopped
         self.rng = random.Random()  # the jitter of the back-off

@@ -46,6 +46,19 @@ class Outbox:
 
     def start(self, transport: Transport, snap_sender: SnapshotSender | None) -> None:
         self.transport, self.snap_sender = transport, snap_sender
+        transport.is_member_host = self.is_member_host  # its listener asks (listener.py)
+
+    def is_member_host(self, ip: str) -> bool:
+        """Whether ``ip`` is the host of a member's Raft address in the replicated member
+        table: the transport's listener never lets a flood from elsewhere keep a connection
+        from there out of the handshake. (A member whose address names a host by DNS name
+        is known to the listener by the source of its accepted connections instead.)"""
+        state = self.state
+        for mid in state.member_ids():
+            addr = state.member_field(mid, "raft_addr")
+            if isinstance(addr, str) and addr.rpartition(":")[0].strip("[]") == ip:
+                return True
+        return False
 
     def addr_of(self, node_id: str) -> str | None:
         addr = self.state.member_field(node_id, "raft_addr")
