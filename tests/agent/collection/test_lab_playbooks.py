@@ -355,13 +355,28 @@ def test_rotate_certs_replaces_every_certificate_under_load_and_fails_no_request
     before = {node: node_cert(lab, node) for node in nodes}
     ca_before = (lab.root / "secrets" / "tls" / "ca.crt").read_bytes()
     pids = lab.pids()
-    # --check says each node's certificate would be issued (it said changed=0), and issues none.
+    kept = [
+        f"nodes/{node}/{name}" for node in nodes for name in ("etc/agent.toml", "run/agent.stamp")
+    ]
+    files = {path: (lab.root / path).read_bytes() for path in kept}
+    # --check says each node's certificate would be issued (it said changed=0), and issues none;
+    # and it shows the rolling restart a run makes: every agent's restart a change, delegated to
+    # its node (the certificate not being issued in check mode, no restart showed), yet nothing
+    # is restarted or written.
     check = lab.playbook("rotate_certs.yml", "--check", timeout=300)
     assert_ok(check)
     for node in nodes:
         assert check.recap()[node].get("changed", 0) >= 1, check.out[-3000:]
         assert node_cert(lab, node).serial_number == before[node].serial_number, node
+    # ("changed: [first -> other]"; the play's first host restarting itself shows no arrow)
+    restarts = [
+        host.split(" -> ")[-1]
+        for task, host in changed_by_task(check.out)
+        if "Restart the agent" in task
+    ]
+    assert sorted(restarts) == nodes, check.out[-6000:]
     assert lab.pids() == pids
+    assert {path: (lab.root / path).read_bytes() for path in kept} == files
     load = Load(lab.url, tmp_path / "load-rotate.json", max_seconds=560)
     try:
         run = lab.playbook("rotate_certs.yml", timeout=540)
