@@ -13,37 +13,39 @@ only a candidate. The agent proves every peer over the transport with the cluste
 it trusts it. Announcements with missing or malformed fields, of another cluster name, or
 claiming this node's own id are ignored (logged at debug level, listed in ``ignored``).
 
-zeroconf is given only the configured IPv4 interface addresses, never "all interfaces": it
-joins the mDNS group on those interfaces only and multicasts only through them. (Its shared
-receiving socket is bound to 0.0.0.0:5353, as every mDNS stack's is; docs/discovery.md says
-what that means for hosts with other interfaces and for several agents on one host.)
+zeroconf is given only the configured IPv4 interface addresses, never "all interfaces"
+(docs/discovery.md says what that does and does not isolate). Anyone can announce, so every
+table and queue here is bounded, and a flood cannot keep a real peer out for good.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .discovery_records import (
+    MAX_WAITING,
     PROTOCOL_VERSION,
+    Admissions,
     InvalidAnnouncement,
+    NameQueue,
     PeerAnnouncement,
+    announced_addr,
     check_cluster_id,
+    check_interfaces,
     check_text,
     dns_label,
-    format_host_port,
     parse_announcement,
     parse_host_port,
     txt_record,
 )
+from .throttle import WarnThrottle
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -69,18 +71,22 @@ DEFAULT_TTL = 120
 #: How long to wait for a browsed service's SRV, TXT and A records.
 DEFAULT_RESOLVE_TIMEOUT = 3.0
 
-#: The most peers the table holds; an announcement of a further node id is ignored while it
-#: is full ("peer table full"). Anyone on the segment can announce: the table must not grow
-#: with what they announce.
+#: The most peers the table holds (anyone can announce). When it is full, a new node id takes
+#: the place of the oldest entry that has not proved the cluster key (``proven``) and entered
+#: ADMIT_GRACE_S ago or more; with none such, the name is tried again later.
 MAX_PEERS = 256
+ADMIT_GRACE_S = 2.0
 #: The most ignored service names remembered for diagnostics (the oldest are forgotten).
 MAX_IGNORED = 256
-#: The most services resolved at the same time; the others wait for a slot, at most
-#: MAX_WAITING of them (a name beyond that is ignored until it is announced again).
+#: The most services resolved at the same time; the others wait (NameQueue: the newest
+#: first, at most MAX_WAITING; names put back get up to RETRY_SLOTS slots while new ones wait).
 MAX_RESOLVING = 32
-MAX_WAITING = 1024
-
-_UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::"})
+RETRY_SLOTS = MAX_RESOLVING // 4
+#: The resolve timeout while other names wait for a slot, and for retries (a peer answers
+#: within milliseconds; zeroconf asks at once and again after ~0.2 s): see _resolve.
+BUSY_RESOLVE_TIMEOUT = 1.0
+_TICK_S = 0.5
+_TYPE_PTR, _CLASS_IN = 12, 1  # DNS record type and class of the PTR records we browse
 
 
 class DiscoveryError(RuntimeError):
@@ -106,6 +112,9 @@ class Discovery:
     entry is added, changed or removed; it must not block. ``on_ignore(service_name, reason)``
     is called likewise when an announcement is ignored (for diagnostics and metrics).
 
+    ``proven(node_id)``: whether that node proved the cluster key (the node knows); such a
+    peer is never displaced from a full table by a newcomer.
+
     ``interfaces`` are the IPv4 addresses to bind to (at least one; ``127.0.0.x`` works for
     tests on one host). They are also the addresses announced in the A records. A ``raft_addr``
     or ``api_addr`` whose host is unspecified (``0.0.0.0``, ``::``) is announced with the first
@@ -127,12 +136,13 @@ class Discovery:
         ttl: int = DEFAULT_TTL,
         resolve_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
         max_peers: int = MAX_PEERS,
+        proven: Callable[[str], bool] | None = None,
     ) -> None:
         self.node_id = check_text("node_id", node_id)
         self.cluster = check_text("cluster", cluster)
-        self.interfaces = _check_interfaces(interfaces)
-        self.raft_addr = self._announced_addr("raft_addr", raft_addr)
-        self.api_addr = self._announced_addr("api_addr", api_addr)
+        self.interfaces = check_interfaces(interfaces)
+        self.raft_addr = announced_addr("raft_addr", raft_addr, self.interfaces[0])
+        self.api_addr = announced_addr("api_addr", api_addr, self.interfaces[0])
         self._cluster_id = check_cluster_id(cluster_id)
         self._fresh = bool(fresh)
         if ttl < 1:
@@ -146,6 +156,7 @@ class Discovery:
         self.max_peers = max_peers
         self.on_change = on_change
         self.on_ignore = on_ignore
+        self.proven = proven
         self.instance_label = dns_label(self.node_id)
         # Unique per node and address, readable, and the same on every restart.
         self.server = f"{dns_label(self.node_id, 47)}-{self.interfaces[0].replace('.', '-')}.local."
@@ -159,19 +170,14 @@ class Discovery:
         self._names: dict[str, str] = {}  # service name (lowercase) -> node id
         self._ignored: dict[str, str] = {}  # service name -> why
         self._resolving: dict[str, asyncio.Task[None]] = {}
-        self._waiting: dict[str, None] = {}  # names waiting for a resolve slot, in order
+        self._retrying: set[str] = set()  # of _resolving: the names tried again
+        self._queue = NameQueue(retry_slots=RETRY_SLOTS)  # waiting for a slot, or put back
+        self._admitted = Admissions(ADMIT_GRACE_S)  # when each peer entered the table
+        self._ticker: asyncio.Task[None] | None = None
+        self._dup_warnings = WarnThrottle(log, 60.0)
         self._dirty: set[str] = set()
         self._waiters: set[asyncio.Future[None]] = set()
         self._update_lock = asyncio.Lock()
-
-    def _announced_addr(self, what: str, value: str) -> str:
-        try:
-            host, port = parse_host_port(value)
-        except InvalidAnnouncement as exc:
-            raise ValueError(f"{what}: {exc}") from None
-        if host in _UNSPECIFIED_HOSTS:
-            host = self.interfaces[0]
-        return format_host_port(host, port)
 
     # --- state -------------------------------------------------------------------------------
 
@@ -233,12 +239,7 @@ class Discovery:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -263,6 +264,7 @@ class Discovery:
             self._browser = AsyncServiceBrowser(
                 self._aiozc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
             )
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
             self._info = self._service_info(f"{self.instance_label}.{SERVICE_TYPE}")
             await (await self._aiozc.async_register_service(self._info, allow_name_change=True))
             self._registered = True
@@ -291,6 +293,8 @@ class Discovery:
             if self._browser is not None:
                 await self._browser.async_cancel()
             tasks = list(self._resolving.values())
+            if self._ticker is not None:
+                tasks.append(self._ticker)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -308,7 +312,8 @@ class Discovery:
             self._peers.clear()
             self._names.clear()
             self._ignored.clear()
-            self._waiting.clear()
+            self._queue.clear()
+            self._admitted.clear()
 
     def _service_info(self, name: str) -> ServiceInfo:
         return ServiceInfo(
@@ -401,49 +406,94 @@ class Discovery:
         if self._info is not None and name.lower() == self._info.name.lower():
             return
         if state_change is ServiceStateChange.Removed:
-            task = self._resolving.get(name)
-            if task is not None:
+            if (task := self._resolving.get(name)) is not None:
                 task.cancel()
             self._dirty.discard(name)
-            self._waiting.pop(name, None)
+            self._queue.discard(name)
             self._forget(name)
         else:
             self._schedule_resolve(name)
 
     def _schedule_resolve(self, name: str) -> None:
+        """Resolve ``name`` from the cache, or now if a slot is free, else queue it (newest)."""
         task = self._resolving.get(name)
         if task is not None and not task.done():
             self._dirty.add(name)  # resolve again once this one is done
             return
-        if len(self._resolving) >= MAX_RESOLVING:
-            if name in self._waiting or len(self._waiting) < MAX_WAITING:
-                self._waiting[name] = None
-            else:
-                self._reject(name, f"more than {MAX_WAITING} services wait to be resolved")
+        if self._from_cache(name):
             return
+        if len(self._resolving) >= MAX_RESOLVING:
+            pushed_out = self._queue.add(name)
+            if pushed_out is not None:
+                self._reject(pushed_out, f"over {MAX_WAITING} names wait to resolve", retry="soon")
+            return
+        self._queue.discard(name)
+        self._start_resolve(name, retry=False)
+
+    def _start_resolve(self, name: str, *, retry: bool) -> None:
         task = asyncio.get_running_loop().create_task(self._resolve(name))
         self._resolving[name] = task
+        if retry:
+            self._retrying.add(name)
         task.add_done_callback(lambda done: self._resolve_done(name, done))
 
     def _resolve_done(self, name: str, task: asyncio.Task[None]) -> None:
         if self._resolving.get(name) is task:
             del self._resolving[name]
+            self._retrying.discard(name)
         if not task.cancelled() and task.exception() is not None:
             log.error("mDNS: resolving %s failed", name, exc_info=task.exception())
         if name in self._dirty and not self._closing:
             self._dirty.discard(name)
             self._schedule_resolve(name)
-        while self._waiting and len(self._resolving) < MAX_RESOLVING and not self._closing:
-            waiting = next(iter(self._waiting))
-            del self._waiting[waiting]
-            self._schedule_resolve(waiting)
+        self._fill_slots()
+
+    def _fill_slots(self) -> None:
+        """Start resolves while slots are free, in the order NameQueue.next gives."""
+        now = time.monotonic()
+        while len(self._resolving) < MAX_RESOLVING and not self._closing:
+            picked = self._queue.next(now, len(self._retrying))
+            if picked is None:
+                return
+            if not self._from_cache(picked[0]):
+                self._start_resolve(picked[0], retry=picked[1])
+
+    async def _tick(self) -> None:
+        """Every _TICK_S: retry the names due; rescan the cache (NameQueue.rescan) when due."""
+        while not self._closing:
+            await asyncio.sleep(_TICK_S)
+            now = time.monotonic()
+            if self._queue.rescan_due(now) and self._aiozc is not None:
+                cache = self._aiozc.zeroconf.cache
+                ptrs = cache.async_all_by_details(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN)
+                skip = {self.service_name.lower(), *self._names, *map(str.lower, self._resolving)}
+                self._queue.rescan([getattr(r, "alias", "") for r in ptrs], skip, now)
+            self._fill_slots()
+
+    def _from_cache(self, name: str) -> bool:
+        """Resolve ``name`` from zeroconf's cache if its announcement carried SRV, TXT and A
+        (a peer's does): no query, no slot, so names that need a query cannot hold it up."""
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        if self._aiozc is None or not info.load_from_cache(self._aiozc.zeroconf):
+            return False
+        self._queue.discard(name)
+        self._resolved(name, info)
+        return True
 
     async def _resolve(self, name: str) -> None:
+        """Query for BUSY_RESOLVE_TIMEOUT; on up to resolve_timeout if no name waits meanwhile."""
         assert self._aiozc is not None
-        info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not await info.async_request(self._aiozc.zeroconf, self.resolve_timeout * 1000):
-            self._reject(name, f"not resolved within {self.resolve_timeout:g} s")
-            return
+        info, zc = AsyncServiceInfo(SERVICE_TYPE, name), self._aiozc.zeroconf
+        first = min(self.resolve_timeout, BUSY_RESOLVE_TIMEOUT)
+        done = await info.async_request(zc, first * 1000)
+        if not done and not (name in self._retrying or self._queue.waiting):
+            done = await info.async_request(zc, (self.resolve_timeout - first) * 1000)
+        if not done:
+            self._reject(name, "not resolved in time", retry="unresolved")
+        else:
+            self._resolved(name, info)
+
+    def _resolved(self, name: str, info: AsyncServiceInfo) -> None:
         try:
             peer = parse_announcement(
                 name, info.properties, info.parsed_addresses(IPVersion.V4Only), time.monotonic()
@@ -464,21 +514,29 @@ class Discovery:
             and self._names.get(name.lower()) is None
             and len(self._peers) >= self.max_peers
         ):
-            self._reject(name, f"peer table full ({self.max_peers})")
+            victim = self._admitted.victim(time.monotonic(), self.proven)
+            if victim is None:
+                self._reject(name, f"peer table full ({self.max_peers})", retry="soon")
+                return
+            old = self._peers.pop(victim)
+            self._admitted.discard(victim)
+            self._names.pop(old.service_name.lower(), None)
+            self._reject(old.service_name, f"displaced from the full table by {name}", retry="soon")
+            self._accept(peer, changed=True)
         else:
             self._accept(peer)
 
-    def _accept(self, peer: PeerAnnouncement) -> None:
+    def _accept(self, peer: PeerAnnouncement, *, changed: bool = False) -> None:
         key = peer.service_name.lower()
         self._ignored.pop(peer.service_name, None)
-        changed = False
         previous_id = self._names.get(key)
         if previous_id is not None and previous_id != peer.node_id:
             changed |= self._drop_peer(previous_id, key)
         self._names[key] = peer.node_id
         old = self._peers.get(peer.node_id)
         if old is not None and old.service_name.lower() != key:
-            log.warning(
+            self._dup_warnings.warn(
+                peer.node_id,
                 "mDNS: node id %r announced by both %s and %s; keeping the latest",
                 peer.node_id,
                 old.service_name,
@@ -486,13 +544,18 @@ class Discovery:
             )
             self._names.pop(old.service_name.lower(), None)
         self._peers[peer.node_id] = peer
+        self._admitted.add(peer.node_id, time.monotonic())
         if old != peer:
             changed = True
             log.debug("mDNS: peer %s: %s", "changed" if old else "added", peer)
         if changed:
             self._notify()
 
-    def _reject(self, name: str, reason: str) -> None:
+    def _reject(self, name: str, reason: str, *, retry: str = "") -> None:
+        """Ignore ``name`` (listed in ``ignored``); ``retry="soon"|"unresolved"``: try it again
+        after RETRY_S | RETRY_UNRESOLVED_S."""
+        if retry and not self._closing:
+            self._queue.put_back(name, time.monotonic(), unresolved=retry == "unresolved")
         log.debug("mDNS: ignoring %s: %s", name, reason)
         self._ignored.pop(name, None)
         while len(self._ignored) >= MAX_IGNORED:
@@ -519,6 +582,7 @@ class Discovery:
         if peer is None or peer.service_name.lower() != key:
             return False
         del self._peers[node_id]
+        self._admitted.discard(node_id)
         return True
 
     def _notify(self) -> None:
@@ -530,21 +594,3 @@ class Discovery:
                 self.on_change(self.peers)
             except Exception:  # a faulty callback must not stop discovery
                 log.exception("mDNS: on_change callback failed")
-
-
-def _check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(interfaces, str):
-        raise TypeError("interfaces must be a sequence of addresses, not a string")
-    result: list[str] = []
-    for text in interfaces:
-        try:
-            address = ipaddress.IPv4Address(text)
-        except ValueError:
-            raise ValueError(f"interface must be an IPv4 address, got {text!r}") from None
-        if address.is_unspecified or address.is_multicast or address.is_reserved:
-            raise ValueError(f"interface must be a unicast address of this host, got {text}")
-        if str(address) not in result:
-            result.append(str(address))
-    if not result:
-        raise ValueError("at least one interface address is required (mDNS never binds to all)")
-    return tuple(result)

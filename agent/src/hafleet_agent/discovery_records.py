@@ -8,7 +8,9 @@ The record (docs/discovery.md has the schema)::
 
 :func:`txt_record` builds ours; :func:`parse_announcement` turns a peer's into a
 :class:`PeerAnnouncement` or raises :class:`InvalidAnnouncement` naming the first bad field.
-:func:`dns_label` makes the service instance label of a node id.
+:func:`dns_label` makes the service instance label of a node id. :class:`NameQueue` is the
+bounded bookkeeping of the announced names waiting to be resolved (or tried again), and
+:func:`check_interfaces` checks the addresses discovery binds to.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +30,20 @@ __all__ = [
     "MAX_HOST_BYTES",
     "MAX_ID_BYTES",
     "MAX_LABEL",
+    "MAX_RETRY",
+    "MAX_WAITING",
+    "Admissions",
+    "announced_addr",
     "PROTOCOL_VERSION",
+    "RESCAN_BATCH",
+    "RESCAN_S",
+    "RETRY_S",
+    "RETRY_UNRESOLVED_S",
     "InvalidAnnouncement",
+    "NameQueue",
     "PeerAnnouncement",
     "check_cluster_id",
+    "check_interfaces",
     "check_text",
     "dns_label",
     "format_host_port",
@@ -45,6 +58,19 @@ PROTOCOL_VERSION = 1
 MAX_ID_BYTES = 128
 MAX_HOST_BYTES = 253
 MAX_LABEL = 63
+
+#: Names not tried yet that wait for a resolve slot: at most this many (the newest kept; the
+#: oldest is put back to be tried again, below).
+MAX_WAITING = 1024
+#: Names put back are tried again after RETRY_S when refused for a full table or queue,
+#: after RETRY_UNRESOLVED_S when not resolved; at most MAX_RETRY of each (the most recent).
+RETRY_S = 1.0
+RETRY_UNRESOLVED_S = 10.0
+MAX_RETRY = 1024
+#: When names had to be forgotten (a retry list was full), every RESCAN_S at most
+#: RESCAN_BATCH names of zeroconf's cache that are tracked nowhere are picked at random to try.
+RESCAN_S = 10.0
+RESCAN_BATCH = 64
 
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
@@ -242,3 +268,168 @@ def parse_announcement(
         service_name=service_name,
         last_seen=last_seen,
     )
+
+
+# --- the names to resolve (bounded: anyone on the segment can announce) -------------------------
+
+
+class RetryList:
+    """Names to try again ``delay`` s after they were put here, due in the order they were
+    put; at most ``limit`` (the most recent kept, ``dropped`` counts the others)."""
+
+    def __init__(self, delay: float, limit: int) -> None:
+        self.delay, self.limit, self.dropped = delay, limit, 0
+        self.due: dict[str, float] = {}  # name -> when, in order of time
+
+    def put(self, name: str, now: float) -> None:
+        self.due.pop(name, None)
+        while len(self.due) >= self.limit:
+            del self.due[next(iter(self.due))]
+            self.dropped += 1
+        self.due[name] = now + self.delay
+
+    def pop_due(self, now: float) -> str | None:
+        name = next(iter(self.due), None)
+        if name is None or self.due[name] > now:
+            return None
+        del self.due[name]
+        return name
+
+
+class NameQueue:
+    """The announced names waiting for a resolve slot, and those put back to be tried again.
+
+    Names not tried yet come first, the newest first: a flood of names that never resolve
+    must not hold up a real peer announced after it. Names put back (``put_back``) come back
+    once due, given up to ``retry_slots`` slots while new names wait (all free ones
+    otherwise), so a flood of new names cannot starve them either."""
+
+    def __init__(
+        self, max_waiting: int = MAX_WAITING, max_retry: int = MAX_RETRY, retry_slots: int = 8
+    ) -> None:
+        self.max_waiting = max_waiting
+        self.retry_slots = retry_slots
+        self.waiting: dict[str, None] = {}  # newest last
+        self.later = (RetryList(RETRY_S, max_retry), RetryList(RETRY_UNRESOLVED_S, max_retry))
+        self._rescanned = (0, float("-inf"))  # names dropped, time: at the last rescan
+
+    def add(self, name: str) -> str | None:
+        """Queue ``name`` as the newest; returns the oldest waiting name when it had to make
+        room for it (the caller puts it back)."""
+        self.discard(name)
+        self.waiting[name] = None
+        if len(self.waiting) <= self.max_waiting:
+            return None
+        oldest = next(iter(self.waiting))
+        del self.waiting[oldest]
+        return oldest
+
+    def put_back(self, name: str, now: float, *, unresolved: bool = False) -> None:
+        self.later[unresolved].put(name, now)
+
+    def discard(self, name: str) -> None:
+        self.waiting.pop(name, None)
+        for later in self.later:
+            later.due.pop(name, None)
+
+    def next(self, now: float, retries_running: int) -> tuple[str, bool] | None:
+        """The next name to resolve and whether it is a retry; None: nothing to do now."""
+        if not self.waiting or retries_running < self.retry_slots:
+            name = self.later[0].pop_due(now) or self.later[1].pop_due(now)
+            if name is not None:
+                return name, True
+        if self.waiting:
+            return self.waiting.popitem()[0], False
+        return None
+
+    @property
+    def dropped(self) -> int:
+        """How many names were forgotten because a retry list was full."""
+        return sum(later.dropped for later in self.later)
+
+    def names(self) -> set[str]:
+        """Every name queued or put back, lowercase."""
+        return {n.lower() for n in self.waiting} | {
+            n.lower() for later in self.later for n in later.due
+        }
+
+    def rescan_due(self, now: float) -> bool:
+        """Whether names were forgotten since the last rescan, RESCAN_S ago or more."""
+        dropped, last = self._rescanned
+        if self.dropped == dropped or now - last < RESCAN_S:
+            return False
+        self._rescanned = (self.dropped, now)
+        return True
+
+    def rescan(
+        self, cached: Iterable[str], tracked: set[str], now: float, batch: int = RESCAN_BATCH
+    ) -> int:
+        """Put back, to be tried at once, at most ``batch`` names picked at random among the
+        ``cached`` ones (zeroconf's cache) that are neither queued nor put back nor in
+        ``tracked`` (lowercase): names forgotten in a flood (``dropped``) are not lost for
+        good, since zeroconf reports a name only once. Returns how many were put back."""
+        tracked = tracked | self.names()
+        untracked = sorted({name for name in cached if name.lower() not in tracked})
+        picked = random.sample(untracked, min(batch, len(untracked)))
+        for name in picked:
+            self.later[0].put(name, now - self.later[0].delay)
+        return len(picked)
+
+    def clear(self) -> None:
+        self.waiting.clear()
+        for later in self.later:
+            later.due.clear()
+
+
+class Admissions:
+    """When each peer entered the table, in that order, and which one a newcomer may displace
+    from a full table: the oldest that has not proved the cluster key (``proven``), and only
+    once it had ``grace`` seconds to prove it."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.since: dict[str, float] = {}  # node id -> when it entered, oldest first
+
+    def add(self, node_id: str, now: float) -> None:
+        self.since.setdefault(node_id, now)
+
+    def discard(self, node_id: str) -> None:
+        self.since.pop(node_id, None)
+
+    def victim(self, now: float, proven: Callable[[str], bool] | None) -> str | None:
+        for node_id, since in self.since.items():
+            if proven is None or not proven(node_id):
+                return node_id if now - since >= self.grace else None
+        return None
+
+    def clear(self) -> None:
+        self.since.clear()
+
+
+def announced_addr(what: str, value: str, interface: str) -> str:
+    """``value`` (``host:port``) as we announce it: an unspecified host (``0.0.0.0``, ``::``)
+    becomes ``interface``. ValueError naming ``what`` if it is no address."""
+    try:
+        host, port = parse_host_port(value)
+    except InvalidAnnouncement as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    return format_host_port(interface if host in ("0.0.0.0", "::") else host, port)
+
+
+def check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:
+    """The IPv4 addresses discovery binds to: explicit unicast ones, at least one."""
+    if isinstance(interfaces, str):
+        raise TypeError("interfaces must be a sequence of addresses, not a string")
+    result: list[str] = []
+    for text in interfaces:
+        try:
+            address = ipaddress.IPv4Address(text)
+        except ValueError:
+            raise ValueError(f"interface must be an IPv4 address, got {text!r}") from None
+        if address.is_unspecified or address.is_multicast or address.is_reserved:
+            raise ValueError(f"interface must be a unicast address of this host, got {text}")
+        if str(address) not in result:
+            result.append(str(address))
+    if not result:
+        raise ValueError("at least one interface address is required (mDNS never binds to all)")
+    return tuple(result)

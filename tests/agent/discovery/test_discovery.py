@@ -26,7 +26,6 @@ from netlab import NetLab
 from hafleet_agent.discovery import (
     MAX_IGNORED,
     MAX_RESOLVING,
-    MAX_WAITING,
     PROTOCOL_VERSION,
     SERVICE_TYPE,
     Discovery,
@@ -36,6 +35,7 @@ from hafleet_agent.discovery import (
     parse_announcement,
     parse_host_port,
 )
+from hafleet_agent.discovery_records import MAX_WAITING
 
 HERE = Path(__file__).resolve().parent
 
@@ -307,8 +307,9 @@ def test_the_peer_table_and_the_ignored_list_are_bounded() -> None:
 
 
 def test_resolves_run_a_bounded_number_at_a_time() -> None:
-    """A flood of announced names resolves MAX_RESOLVING at a time; at most MAX_WAITING wait
-    for a slot, and the names beyond are ignored (until they are announced again)."""
+    """A flood of announced names resolves MAX_RESOLVING at a time, the newest waiting name
+    first; at most MAX_WAITING wait for a slot, and the oldest names pushed out beyond are
+    put back and resolved later, not forgotten."""
 
     async def main() -> tuple[int, list[str], dict[str, str]]:
         d = _discovery()
@@ -330,18 +331,28 @@ def test_resolves_run_a_bounded_number_at_a_time() -> None:
         for i in range(total):
             d._schedule_resolve(f"s{i}.{SERVICE_TYPE}")
         await asyncio.sleep(0)
-        assert len(d._resolving) == MAX_RESOLVING and len(d._waiting) == MAX_WAITING
+        assert len(d._resolving) == MAX_RESOLVING and len(d._queue.waiting) == MAX_WAITING
+        ignored = d.ignored
+        ticker = asyncio.get_running_loop().create_task(d._tick())
         release.set()
-        async with asyncio.timeout(10):
-            while len(done) < MAX_RESOLVING + MAX_WAITING:
-                await asyncio.sleep(0.01)
-        assert not d._resolving and not d._waiting
-        return most, done, d.ignored
+        try:
+            async with asyncio.timeout(10):
+                while len(done) < total:
+                    await asyncio.sleep(0.01)
+        finally:
+            ticker.cancel()
+        assert not d._resolving and not d._queue.waiting
+        return most, done, ignored
 
     most, done, ignored = asyncio.run(main())
     assert most == MAX_RESOLVING
-    assert done[: MAX_RESOLVING + 1][-1] == f"s{MAX_RESOLVING}.{SERVICE_TYPE}"  # in order
-    assert len(ignored) == 5 and all("wait to be resolved" in why for why in ignored.values())
+    assert sorted(done) == sorted(f"s{i}.{SERVICE_TYPE}" for i in range(len(done)))
+    assert done[MAX_RESOLVING] == f"s{len(done) - 1}.{SERVICE_TYPE}"  # the newest first
+    # The 5 oldest waiting names were pushed out, put back, and resolved last.
+    pushed = [f"s{MAX_RESOLVING + i}.{SERVICE_TYPE}" for i in range(5)]
+    assert sorted(done[-5:]) == sorted(pushed)
+    assert sorted(ignored) == sorted(pushed)
+    assert all("wait to resolve" in why for why in ignored.values())
 
 
 def txt_hex(*items: bytes) -> str:

@@ -36,6 +36,8 @@ log = logging.getLogger("hafleet.agent")
 FOUND_ACCEPT_TTL = 15.0
 #: A fresh node says hello to a peer that it knows only from mDNS at most this often.
 MDNS_HELLO_S = 2.0
+#: A fresh node that waits for bootstrap_expect peers says so at most this often.
+WAIT_LOG_S = 5.0
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Bootstrap:
         self.accepted: Founding | None = None  # as acceptor
         self.join_target: str | None = None
         self.admitting: set[str] = set()
+        self._wait_logged: float | None = None  # when "waiting for ... fresh nodes" was logged
 
     def expects(self, cid: object) -> bool:
         """Whether a fresh node takes Raft traffic of cluster ``cid``: the cluster it asked
@@ -182,7 +185,8 @@ class Bootstrap:
             return  # we accepted someone else's founding: wait for it
         fresh = self._fresh_peers()
         if len(fresh) + 1 < n:
-            if int(now) % 5 == 0:
+            if self._wait_logged is None or now - self._wait_logged >= WAIT_LOG_S:
+                self._wait_logged = now
                 log.info(
                     "waiting for %d fresh nodes of cluster %r (bootstrap_expect=%d): know %s",
                     n - 1,

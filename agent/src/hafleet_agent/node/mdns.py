@@ -26,12 +26,14 @@ class Mdns:
         cluster_id: Callable[[], str | None],
         on_change: Callable[[dict[str, Any]], None],
         supervise: Callable[[Callable[[], Awaitable[None]], str], None],
+        proven: Callable[[str], bool] | None = None,
     ) -> None:
         self.id = node_id
         self.cfg = cfg
         self._cluster_id = cluster_id
         self._on_change = on_change
         self._supervise = supervise
+        self._proven = proven  # which node ids proved the key (a full mDNS table keeps them)
         self.discovery: Any = None
 
     async def start(self) -> None:
@@ -61,6 +63,7 @@ class Mdns:
             cluster_id=cluster_id or "",
             fresh=cluster_id is None,
             on_change=self._on_change,
+            proven=self._proven,
         )
         await discovery.start()
         self.discovery = discovery

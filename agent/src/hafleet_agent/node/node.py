@@ -132,6 +132,7 @@ class Node:
             cluster_id=lambda: self.cluster_id,
             on_change=self._on_mdns_change,
             supervise=self.tasks.supervise,
+            proven=self.peer_table.proven,
         )
         # The leader's chores and their tables: reports, health, join times (node/chores.py).
         self.chores = LeaderChores(
@@ -179,8 +180,7 @@ class Node:
             spawn=self.tasks.spawn,
             wake=self.driver.wake,
         )
-        # Snapshots too large for one frame travel in chunks (node/snapshots.py); its sender
-        # and receiver are made in start(), once the transport runs.
+        # Snapshots travel in chunks (node/snapshots.py); sender, receiver: made in start().
         self.snapshots = SnapshotTransfer(
             self.id,
             self.data_dir,

@@ -89,6 +89,12 @@ class PeerTable:
         p = peers[nid] = Peer(nid, raft_addr, source=source, last_seen=now)
         return p
 
+    def proven(self, nid: str) -> bool:
+        """Whether ``nid`` ever proved the cluster key to us (an authenticated frame or
+        handshake) or is a member: mDNS never displaces such a peer from its table."""
+        p = self.peers.get(nid)
+        return (p is not None and p.authed is not None) or self._is_member(nid)
+
     def on_mdns(self, announced: Mapping[str, Any], now: float) -> None:
         """The mDNS table changed. A record is a hint of where a peer might be, nothing
         more: it sets no cluster id and no freshness, and a peer counts for founding and
