@@ -552,8 +552,8 @@ class Discovery:
             self._notify()
 
     def _reject(self, name: str, reason: str, *, retry: str = "") -> None:
-        """Ignore ``name`` (listed in ``ignored``); ``retry="soon"|"unresolved"``: try it again
-        after RETRY_S | RETRY_UNRESOLVED_S."""
+        """Ignore ``name`` (listed in ``ignored``; its peer, if any, leaves the table unless
+        ``retry="soon"``); ``retry="soon"|"unresolved"``: try again after RETRY_S | ..._S."""
         if retry and not self._closing:
             self._queue.put_back(name, time.monotonic(), unresolved=retry == "unresolved")
         log.debug("mDNS: ignoring %s: %s", name, reason)
@@ -566,7 +566,7 @@ class Discovery:
                 self.on_ignore(name, reason)
             except Exception:  # a faulty callback must not stop discovery
                 log.exception("mDNS: on_ignore callback failed")
-        node_id = self._names.pop(name.lower(), None)
+        node_id = None if retry == "soon" else self._names.pop(name.lower(), None)
         if node_id is not None and self._drop_peer(node_id, name.lower()):
             self._notify()
 
