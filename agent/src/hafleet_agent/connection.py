@@ -151,6 +151,10 @@ class Conn:
     """With TLS: the node id the peer's certificate names (None: it names none)."""
     batch: bool = False
     """Both hellos list the ``batch`` capability: the client's frames carry batches."""
+    upgrading: bool = False
+    """The listener's TLS handshake (``start_tls``) began and did not complete: the stream's
+    protocol is never told of the close then (asyncio's SSL layer owns the socket), so
+    :func:`abort` must not wait for it."""
 
     def describe(self) -> str:
         who = f" (node {self.peer.node_id})" if self.peer is not None else ""
@@ -194,11 +198,23 @@ def tune(writer: asyncio.StreamWriter, user_timeout: float | None = None) -> Non
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
 
 
+#: The longest :func:`abort` waits for the stream to say it is closed (it says so in the next
+#: loop cycle when it will at all).
+ABORT_WAIT_S = 1.0
+
+
 async def abort(conn: Conn) -> None:
-    """Drop the connection now (unsent bytes included) and wait until the socket is closed."""
+    """Drop the connection now (unsent bytes included) and wait until the socket is closed
+    (at most ABORT_WAIT_S; not at all after a TLS handshake that did not complete, whose
+    close the stream never hears of: every such connection's task waited for ever — a
+    silent client of the TLS Raft port leaked one — and a stop that cancelled one in its
+    handshake hung until its 20 s bound)."""
     conn.writer.transport.abort()
+    if conn.upgrading:
+        return
     try:
-        await conn.writer.wait_closed()
+        async with asyncio.timeout(ABORT_WAIT_S):
+            await conn.writer.wait_closed()
     except Exception:  # the reason was logged already; the socket is closed either way
         pass
 

@@ -329,8 +329,10 @@ class Listener:
     async def _start_tls(self, conn: Conn, tls: TLSConfig) -> None:
         """The listener's side of mutual TLS on an accepted connection; TLSFailed (with the
         TLS library's reason: no certificate, another CA, expired ...) when it fails."""
+        conn.upgrading = True  # until start_tls returns (see Conn.upgrading)
         try:
             await conn.writer.start_tls(tls.peer_server)
+            conn.upgrading = False
         except ssl.SSLError as e:
             raise TLSFailed(f"TLS handshake failed: {tls_reason(e)}") from None
         except ConnectionError as e:
