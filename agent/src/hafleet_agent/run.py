@@ -134,7 +134,8 @@ async def run_agent(cfg: AgentConfig) -> int:
         log.critical("cannot start: %s", exc)
         await agent.stop(handover=False)
         return 1
-    notifier.ready(f"node {cfg.node_id} of {cfg.cluster}: the API serves on {cfg.api_addr}")
+    if not agent.stopping:  # (a storage failure while it started: never "ready", then gone)
+        notifier.ready(f"node {cfg.node_id} of {cfg.cluster}: the API serves on {cfg.api_addr}")
     waiters = [
         asyncio.create_task(stop_signal.wait()),
         asyncio.create_task(agent.wait_stopped()),

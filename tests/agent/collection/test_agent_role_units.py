@@ -44,16 +44,17 @@ def run_play(
     )
 
 
-def render_unit(tmp: Path, run_dir: str) -> str:
+def render_unit(tmp: Path, run_dir: str, template: Path = UNIT) -> str:
     venv = tmp / "venv"
     (venv / "bin").mkdir(parents=True)
-    agent = venv / "bin" / "hafleet-agent"
-    agent.write_text("#!/bin/sh\n")
-    agent.chmod(0o755)
-    dest = tmp / "hafleet-agent.service"
+    for name in ("hafleet-agent", "python"):  # what the units start
+        program = venv / "bin" / name
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    dest = tmp / template.name.removesuffix(".j2")
     task = {
         "name": "Render the unit",
-        "ansible.builtin.template": {"src": str(UNIT), "dest": str(dest), "mode": "0644"},
+        "ansible.builtin.template": {"src": str(template), "dest": str(dest), "mode": "0644"},
         "vars": {
             "agent_node_id": "n1",
             "agent_cluster": "c",
@@ -67,6 +68,9 @@ def render_unit(tmp: Path, run_dir: str) -> str:
             "agent_run_dir": run_dir,
             "agent_data_dir": "/var/lib/hafleet-agent",
             "agent_log_dir": "/var/log/hafleet-agent",
+            "agent_advertise": "",
+            "agent_bind": "127.0.0.1",
+            "agent_service_port": 8080,
         },
     }
     out = run_play(tmp, [task])
@@ -99,6 +103,25 @@ def test_the_unit_waits_for_ready_and_has_the_limits_and_a_runtime_directory(tmp
             check=False,
         )
         complaints = [line for line in out.stderr.splitlines() if "hafleet-agent.service" in line]
+        assert out.returncode == 0 and not complaints, out.stderr
+
+
+def test_the_demo_service_is_restarted_2_s_apart_for_as_long_as_it_fails(tmp_path: Path):
+    # systemd's default start limit (5 starts in 10 s) left a host without its service, the
+    # unit "failed", after a few quick crashes, until the next playbook run.
+    demo = REPO / "roles" / "agent" / "templates" / "hafleet-demo.service.j2"
+    lines = service_lines(render_unit(tmp_path, "/run/hafleet-agent", demo))
+    for line in ("Restart=on-failure", "RestartSec=2s", "StartLimitIntervalSec=0"):
+        assert line in lines, lines
+    if shutil.which("systemd-analyze"):
+        out = subprocess.run(
+            ["systemd-analyze", "verify", str(tmp_path / "hafleet-demo.service")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        complaints = [line for line in out.stderr.splitlines() if "hafleet-demo.service" in line]
         assert out.returncode == 0 and not complaints, out.stderr
 
 

@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,6 +142,56 @@ def test_the_agent_is_ready_once_its_api_answers_and_says_when_it_stops(tmp_path
             os.kill(proc.pid, signal.SIGTERM)
             assert sock.recv(4096) == b"STOPPING=1\nSTATUS=stopping: a signal"
             assert proc.wait(timeout=30) == 0, tail(log_path)
+    finally:
+        assert kill_all([proc]) == []
+        lease.release()
+
+
+# A node that fails while it starts (a storage failure: the peers' appends reach it as soon as
+# its transport listens, before its API serves) must never tell systemd it is ready, nor
+# announce itself over mDNS: it was "Started" (systemctl start said success), then gone.
+_FAIL_WHILE_SERVING = (
+    "import sys\n"
+    "from hafleet_agent import cli, run\n"
+    "serve = run.serve_api\n"
+    "def failing(agent):\n"
+    "    inner = serve(agent)\n"
+    "    async def go():\n"
+    "        unserve = await inner()\n"
+    "        agent.fail('storage failed, state could not be made durable: injected')\n"
+    "        return unserve\n"
+    "    return go\n"
+    "run.serve_api = failing\n"
+    "sys.exit(cli.main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_node_that_fails_while_it_starts_is_never_ready(tmp_path: Path) -> None:
+    lease = lease_subnet(1)
+    host = f"127.0.{lease.x}.1"
+    address = f"hafleet-test-{os.getpid()}-{secrets.token_hex(4)}"
+    argv = [sys.executable, "-c", _FAIL_WHILE_SERVING] + run_args(
+        "n1",
+        cluster="sdnotify",
+        host=host,
+        data_dir=tmp_path / "data",
+        key_file=write_secret(tmp_path / "key"),
+        token_file=write_secret(tmp_path / "token"),
+        heartbeat_ms=50,
+        election_timeout_ms=300,
+        bootstrap_expect=1,
+    )
+    log_path = tmp_path / "agent.log"
+    proc = None
+    try:
+        with listener(b"\0" + address.encode()) as sock:
+            sock.settimeout(30.0)
+            proc = spawn(argv, log_path, env={ENV: "@" + address})
+            first = sock.recv(4096).decode()
+            assert first.startswith("STOPPING=1\n"), first  # (it was READY=1)
+            assert proc.wait(timeout=30) == 1, tail(log_path)
+        assert "injected" in log_path.read_text()
     finally:
         assert kill_all([proc]) == []
         lease.release()

@@ -314,7 +314,7 @@ class Node:
         self.outbox.start(self.transport, self.snap_sender)
         if serve is not None:
             self._unserve = await serve()
-        if cfg.mdns:
+        if cfg.mdns and not self.stopping:  # (failed meanwhile: announce nothing)
             await self.mdns.start()
         # The Raft driver persists (fsync) what the core hands it: a failure there is
         # fail-stop. The other tasks are restarted after a failure (node/tasks.py).
