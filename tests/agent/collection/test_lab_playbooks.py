@@ -669,5 +669,71 @@ def test_status_without_a_cluster_says_what_to_do(lab):
     assert "no cluster answers" in run.out
 
 
+def node_files(lab) -> dict[str, bytes]:
+    """Every lab node's key, token and CA copy, as they are on disk now."""
+    return {
+        str(path.relative_to(lab.root)): path.read_bytes()
+        for path in sorted(lab.root.glob("nodes/*/etc/*"))
+        if path.name in ("key", "token", "ca.crt")
+    }
+
+
+@pytest.mark.timeout(900)
+def test_a_controller_without_the_fleets_secrets_changes_nothing(lab, tmp_path):
+    """A second controller (another HOME, a CI runner) without the fleet's secrets: scale.yml
+    and restore.yml against the running fleet fail before anything changes and say what to do
+    (they took it for "no cluster yet", minted a new key, token and CA, wrote them to every
+    node and restarted the leader with them). And a key given that is not the fleet's is never
+    written over a node's key while the node holds Raft state."""
+    if not lab.namespaces():
+        assert_ok(lab.playbook("scale.yml", extra={"nodes": 2}, timeout=840))
+    before = node_files(lab)
+    secrets = {p: p.read_bytes() for p in (lab.root / "secrets").rglob("*") if p.is_file()}
+    pids = lab.pids()
+    started = {name: start_time(pid) for name, pid in pids.items()}
+    namespaces = lab.namespaces()
+    empty = tmp_path / "no-secrets"
+    empty.mkdir()
+    backup = tmp_path / "hfct-20250101T000000Z.snap"
+    backup.write_bytes(b"HAFLBKUP" + b"\0" * 64)
+    other = {"hafleet_secrets_dir": str(empty), "hafleet_wait_timeout": 20}
+    for book, extra in (
+        ("scale.yml", {"nodes": 3}),
+        ("restore.yml", {"nodes": 2, "backup": str(backup)}),
+    ):
+        run = lab.playbook(book, extra={**other, **extra}, timeout=300)
+        said = " ".join(run.out.replace("'", " ").split())
+        assert run.rc != 0, (book, said[-3000:])
+        assert "this controller has no secrets for cluster hfct" in said, (book, said[-3000:])
+        assert "Nothing was changed" in said, (book, said[-3000:])
+        assert list(empty.iterdir()) == [], book  # no key, token or CA minted
+        assert node_files(lab) == before, book
+        assert lab.namespaces() == namespaces, book
+        assert lab.pids() == pids, book
+        assert all(running(pid, started[name]) for name, pid in pids.items()), book
+    # The controller's copy of the secrets with another cluster key given (as from Vault):
+    # the nodes hold Raft state, so their key is not replaced, and the run names them.
+    copy = tmp_path / "secrets-copy"
+    subprocess.run(["cp", "-a", str(lab.root / "secrets"), str(copy)], check=True)
+    run = lab.playbook(
+        "scale.yml",
+        extra={
+            "nodes": 2,
+            "hafleet_secrets_dir": str(copy),
+            "hafleet_cluster_key": "f" * 64,
+            "hafleet_wait_timeout": 20,
+        },
+        timeout=300,
+    )
+    said = " ".join(run.out.replace("'", " ").split())
+    assert run.rc != 0, said[-3000:]
+    assert "holds the Raft state of a cluster" in said and "hfct-node1" in said, said[-3000:]
+    assert node_files(lab) == before
+    assert lab.pids() == pids
+    assert all(running(pid, started[name]) for name, pid in pids.items())
+    assert {p: p.read_bytes() for p in (lab.root / "secrets").rglob("*") if p.is_file()} == secrets
+    assert len(members(lab)) == 2
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
