@@ -50,12 +50,31 @@ def _dash(value):
     return "-" if value is None or value == "" else str(value)
 
 
-def _health(member):
+def _probed(status):
+    """A member's own ``/v1/health`` as the controller got it: 200, 503, or no answer."""
+    if isinstance(status, bool):
+        return "DOWN"
+    try:
+        code = int(status)
+    except (TypeError, ValueError):
+        return "DOWN"
+    if code == 200:
+        return "ok"
+    return "unhealthy" if code > 0 else "DOWN"  # (503: up, but no leader known, or lagging)
+
+
+def _health(member, probes=None):
+    """``probes`` (no leader known): {id: the status of the member's own /v1/health}; the
+    replicated ``healthy`` is then the last word of a leader, which nothing can change."""
+    if probes is None:
+        alive = "ok" if member.get("healthy") else "DOWN"
+    else:
+        alive = _probed(probes.get(str(member.get("id"))))
     if member.get("draining"):
-        return "draining"
+        return "draining" if alive == "ok" else f"draining,{alive}"
     if member.get("maintenance"):  # out of rotation on purpose; still a voter
-        return "maintenance" if member.get("healthy") else "maintenance,DOWN"
-    return "ok" if member.get("healthy") else "DOWN"
+        return "maintenance" if alive == "ok" else f"maintenance,{alive}"
+    return alive
 
 
 def _haproxy(server):
@@ -80,12 +99,12 @@ def _cpu(metrics):
         return "-"
 
 
-def _row(member, server):
+def _row(member, server, probes=None):
     metrics = _mapping(member.get("metrics"), f"the metrics of {member.get('id')}")
     return (
         _dash(member.get("id")),
         _dash(member.get("role")),
-        _health(member),
+        _health(member, probes),
         _dash(member.get("weight")),
         _haproxy(server),
         _cpu(metrics),
@@ -111,14 +130,20 @@ def _columns(rows):
     return lines
 
 
-def status_table(cluster, servers=None, listen=None, strategy="roundrobin", provider="lab"):
+def status_table(
+    cluster, servers=None, listen=None, strategy="roundrobin", provider="lab", health=None
+):
     """The fleet as lines: the cluster, a header, a row a member (sorted by id), the voters,
     HAProxy. Prose lines stay short and free of ": " so that the yaml result format neither
     quotes nor folds them.
 
     ``cluster`` is what hafleet.cluster.cluster_info returns ({} when no agent answers);
     ``servers`` HAProxy's servers as the balancer role's ``servers`` tasks read them, or None
-    when they were not read (HAProxy on another host).
+    when they were not read (HAProxy on another host). ``health``: {member id: the HTTP
+    status of its own ``/v1/health`` as the controller got it, 0 or None for no answer}, used
+    only while no leader is known (the members' ``healthy`` is a leader's record: without a
+    leader nothing updates it); with no leader and no ``health``, HEALTH is that record and
+    a line says so.
     """
     cluster = _mapping(cluster, "the cluster")
     if not cluster:
@@ -137,10 +162,22 @@ def status_table(cluster, servers=None, listen=None, strategy="roundrobin", prov
         f"  leader {_dash(cluster.get('leader_id'))}  term {_dash(cluster.get('term'))}"
         f"  commit {_dash(node.get('commit_index'))}  weights v{_dash(weights.get('version'))}"
     )
+    leaderless = cluster.get("leader_id") in (None, "")
+    probes = None
+    if leaderless and health is not None:
+        probes = {str(k): v for k, v in _mapping(health, "health").items()}
     rows = [HEADER] + [
-        _row(m, by_name.get(str(m.get("id"))))
+        _row(m, by_name.get(str(m.get("id"))), probes)
         for m in sorted(members, key=lambda m: str(m.get("id")))
     ]
+    warning = []
+    if leaderless:
+        warning = [
+            "no leader - quorum may be lost (or an election is under way), writes fail",
+            "HEALTH is each member's own /v1/health, asked from the controller"
+            if probes is not None
+            else "HEALTH is the record the last leader wrote, it may be stale",
+        ]
     where = ", ".join(str(a) for a in _list(listen, "listen")) or "-"
     if read:
         up = sum(1 for s in servers if s.get("up"))
@@ -155,7 +192,7 @@ def status_table(cluster, servers=None, listen=None, strategy="roundrobin", prov
         f"{len(_list(cluster.get('voters'), 'voters'))} voter(s), "
         f"{len(_list(cluster.get('learners'), 'learners'))} learner(s)"
     )
-    return [first, *_columns(rows), votes, f"HAProxy {where} ({strategy}) {serving}"]
+    return [first, *warning, *_columns(rows), votes, f"HAProxy {where} ({strategy}) {serving}"]
 
 
 class FilterModule:

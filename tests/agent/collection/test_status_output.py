@@ -120,3 +120,33 @@ def test_the_checkouts_yaml_format_prints_a_line_a_row(playbook):
     lines = [line.strip() for line in run(playbook, REPO / "ansible.cfg")]
     for row in ROWS:
         assert f"- {row}" in lines, (row, lines)
+
+
+def test_without_a_leader_health_is_each_members_own_answer(tmp_path):
+    """No leader known: status.yml's probes (the registered uri loop) reach the table through
+    the task's own expression; the member the record calls healthy but that did not answer
+    is DOWN, and the table says why HEALTH is what it is."""
+    cluster = dict(documented_cluster(), leader_id=None)
+    member = cluster["members"][0]["id"]
+    play = {
+        "name": "The status table without a leader",
+        "hosts": "localhost",
+        "gather_facts": False,
+        "vars": {
+            "hafleet_cluster": cluster,
+            "balancer_servers": SERVERS,
+            "hafleet_haproxy_addresses": ["10.0.0.5:8080"],
+            "hafleet_strategy": "roundrobin",
+            "hafleet_provider": "inventory",
+            # as ansible.builtin.uri registers a loop whose one request got no answer
+            "hafleet_member_health": {"results": [{"item": {"id": member}, "status": -1}]},
+        },
+        "tasks": [table_task()],
+    }
+    (tmp_path / "table.yml").write_text(yaml.safe_dump([play], sort_keys=False))
+    (tmp_path / "ansible.cfg").write_text("")
+    lines = [line.strip() for line in run(tmp_path, REPO / "ansible.cfg")]
+    assert "- no leader - quorum may be lost (or an election is under way), writes fail" in lines
+    assert "- HEALTH is each member's own /v1/health, asked from the controller" in lines
+    row = next(line for line in lines if line.startswith(f"- {member} "))
+    assert row.split()[3] == "DOWN", lines

@@ -169,3 +169,37 @@ def test_a_member_in_maintenance_says_so():
     assert rows["web1"][2] == "maintenance"
     assert rows["web2"][2] == "maintenance,DOWN"
     assert rows["web3"][2] == "ok"
+
+
+def test_no_leader_says_so_and_health_is_each_members_own_answer():
+    members = [
+        member("web1", role="follower"),
+        member("web2", role="follower"),
+        member("web3", role="follower", maintenance=True),
+        member("web4", role="follower"),
+    ]
+    leaderless = dict(cluster(members), leader_id=None)
+    # web2 never answered (0 or None), web3 answered 503, web4 is not in the probes at all.
+    lines = status_table(leaderless, health={"web1": 200, "web2": 0, "web3": 503})
+    assert lines[0].startswith("cluster prod (5d1f0c2a)  leader -  term 7")
+    assert lines[1] == "no leader - quorum may be lost (or an election is under way), writes fail"
+    assert lines[2] == "HEALTH is each member's own /v1/health, asked from the controller"
+    rows = {line.split()[0]: line.split() for line in lines[4:-2]}
+    assert rows["web1"][2] == "ok"
+    assert rows["web2"][2] == "DOWN"  # healthy in the record: the record cannot change now
+    assert rows["web3"][2] == "maintenance,unhealthy"
+    assert rows["web4"][2] == "DOWN"
+    assert not any(": " in line or line.startswith(("-", " ")) for line in lines)
+
+
+def test_no_leader_without_probes_says_the_record_may_be_stale():
+    lines = status_table(dict(cluster([member("web1")]), leader_id=None))
+    assert lines[1].startswith("no leader - quorum may be lost")
+    assert lines[2] == "HEALTH is the record the last leader wrote, it may be stale"
+    assert lines[4].split()[2] == "ok"
+
+
+def test_probes_are_ignored_while_a_leader_is_known():
+    lines = status_table(cluster([member("web1", role="leader")]), health={"web1": 0})
+    assert not any(line.startswith(("no leader", "HEALTH is")) for line in lines)
+    assert lines[2].split()[2] == "ok"
