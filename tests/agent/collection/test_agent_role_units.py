@@ -82,6 +82,20 @@ def service_lines(unit: str) -> list[str]:
     return [line.strip() for line in unit.splitlines() if line.strip() and line[0] not in "#;"]
 
 
+def assert_verified(unit: Path) -> None:
+    """``systemd-analyze verify`` finds nothing wrong with ``unit`` (where the tool exists)."""
+    if shutil.which("systemd-analyze"):
+        out = subprocess.run(
+            ["systemd-analyze", "verify", str(unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        complaints = [line for line in out.stderr.splitlines() if unit.name in line]
+        assert out.returncode == 0 and not complaints, out.stderr
+
+
 def test_the_unit_waits_for_ready_and_has_the_limits_and_a_runtime_directory(tmp_path: Path):
     lines = service_lines(render_unit(tmp_path, "/run/hafleet-agent"))
     for line in (
@@ -94,16 +108,7 @@ def test_the_unit_waits_for_ready_and_has_the_limits_and_a_runtime_directory(tmp
     ):
         assert line in lines, lines
     assert not [line for line in lines if line.startswith("Type=") and line != "Type=notify"]
-    if shutil.which("systemd-analyze"):
-        out = subprocess.run(
-            ["systemd-analyze", "verify", str(tmp_path / "hafleet-agent.service")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        complaints = [line for line in out.stderr.splitlines() if "hafleet-agent.service" in line]
-        assert out.returncode == 0 and not complaints, out.stderr
+    assert_verified(tmp_path / "hafleet-agent.service")
 
 
 def test_the_demo_service_is_restarted_2_s_apart_for_as_long_as_it_fails(tmp_path: Path):
@@ -113,16 +118,7 @@ def test_the_demo_service_is_restarted_2_s_apart_for_as_long_as_it_fails(tmp_pat
     lines = service_lines(render_unit(tmp_path, "/run/hafleet-agent", demo))
     for line in ("Restart=on-failure", "RestartSec=2s", "StartLimitIntervalSec=0"):
         assert line in lines, lines
-    if shutil.which("systemd-analyze"):
-        out = subprocess.run(
-            ["systemd-analyze", "verify", str(tmp_path / "hafleet-demo.service")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        complaints = [line for line in out.stderr.splitlines() if "hafleet-demo.service" in line]
-        assert out.returncode == 0 and not complaints, out.stderr
+    assert_verified(tmp_path / "hafleet-demo.service")
 
 
 def test_a_run_directory_outside_run_is_no_runtime_directory(tmp_path: Path):

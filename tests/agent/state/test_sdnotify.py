@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,12 +114,16 @@ def _api_answers(host: str, port: int) -> bool:
         conn.close()
 
 
-@pytest.mark.timeout(60)
-def test_the_agent_is_ready_once_its_api_answers_and_says_when_it_stops(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def notified_agent(
+    tmp_path: Path, command: list[str]
+) -> Iterator[tuple[subprocess.Popen[bytes], socket.socket, str, Path]]:
+    """A one-member agent (``command`` + ``run ...``) told to notify a socket of the test's:
+    (its process, that socket, its host, its log); killed and its subnet released after."""
     lease = lease_subnet(1)
     host = f"127.0.{lease.x}.1"
     address = f"hafleet-test-{os.getpid()}-{secrets.token_hex(4)}"
-    argv = agent_command() + run_args(
+    argv = command + run_args(
         "n1",
         cluster="sdnotify",
         host=host,
@@ -135,16 +140,22 @@ def test_the_agent_is_ready_once_its_api_answers_and_says_when_it_stops(tmp_path
         with listener(b"\0" + address.encode()) as sock:
             sock.settimeout(30.0)
             proc = spawn(argv, log_path, env={ENV: "@" + address})
-            first = sock.recv(4096).decode()
-            assert first.startswith("READY=1\n"), first
-            assert f"the API serves on {host}:7480" in first
-            assert _api_answers(host, 7480), tail(log_path)
-            os.kill(proc.pid, signal.SIGTERM)
-            assert sock.recv(4096) == b"STOPPING=1\nSTATUS=stopping: a signal"
-            assert proc.wait(timeout=30) == 0, tail(log_path)
+            yield proc, sock, host, log_path
     finally:
         assert kill_all([proc]) == []
         lease.release()
+
+
+@pytest.mark.timeout(60)
+def test_the_agent_is_ready_once_its_api_answers_and_says_when_it_stops(tmp_path: Path) -> None:
+    with notified_agent(tmp_path, agent_command()) as (proc, sock, host, log_path):
+        first = sock.recv(4096).decode()
+        assert first.startswith("READY=1\n"), first
+        assert f"the API serves on {host}:7480" in first
+        assert _api_answers(host, 7480), tail(log_path)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert sock.recv(4096) == b"STOPPING=1\nSTATUS=stopping: a signal"
+        assert proc.wait(timeout=30) == 0, tail(log_path)
 
 
 # A node that fails while it starts (a storage failure: the peers' appends reach it as soon as
@@ -168,30 +179,9 @@ _FAIL_WHILE_SERVING = (
 
 @pytest.mark.timeout(60)
 def test_a_node_that_fails_while_it_starts_is_never_ready(tmp_path: Path) -> None:
-    lease = lease_subnet(1)
-    host = f"127.0.{lease.x}.1"
-    address = f"hafleet-test-{os.getpid()}-{secrets.token_hex(4)}"
-    argv = [sys.executable, "-c", _FAIL_WHILE_SERVING] + run_args(
-        "n1",
-        cluster="sdnotify",
-        host=host,
-        data_dir=tmp_path / "data",
-        key_file=write_secret(tmp_path / "key"),
-        token_file=write_secret(tmp_path / "token"),
-        heartbeat_ms=50,
-        election_timeout_ms=300,
-        bootstrap_expect=1,
-    )
-    log_path = tmp_path / "agent.log"
-    proc = None
-    try:
-        with listener(b"\0" + address.encode()) as sock:
-            sock.settimeout(30.0)
-            proc = spawn(argv, log_path, env={ENV: "@" + address})
-            first = sock.recv(4096).decode()
-            assert first.startswith("STOPPING=1\n"), first  # (it was READY=1)
-            assert proc.wait(timeout=30) == 1, tail(log_path)
-        assert "injected" in log_path.read_text()
-    finally:
-        assert kill_all([proc]) == []
-        lease.release()
+    command = [sys.executable, "-c", _FAIL_WHILE_SERVING]
+    with notified_agent(tmp_path, command) as (proc, sock, _, log_path):
+        first = sock.recv(4096).decode()
+        assert first.startswith("STOPPING=1\n"), first  # (it was READY=1)
+        assert proc.wait(timeout=30) == 1, tail(log_path)
+    assert "injected" in log_path.read_text()
