@@ -107,11 +107,16 @@ def test_equal_weight_strategies_spread_evenly(make_lab) -> None:
             lambda hp=hp: hp.ready_weights() == dict.fromkeys(ids, 100), CONVERGE, hp.backend
         )
     for hp in lab.haproxies:
-        results = asyncio.run(burst(hp.url, 1500, concurrency=10))
-        # roundrobin is exact; random(2) and leastconn are even within a few percent
-        assert_share(
-            results, dict.fromkeys(ids, 1), rel=0.15 if hp.strategy != "roundrobin" else 0.01
-        )
+        # roundrobin is exact whatever the load. random(2) and leastconn pick by connection
+        # counts (docs/balancer.md): with requests in flight, a backend that answers faster on
+        # a busy machine is rightly sent more (one CI run: 39 % to n1 at 10 in flight). One
+        # request at a time leaves every server at 0 connections at each choice, so the share
+        # shows the strategy's spread at equal weights alone: leastconn is then round robin,
+        # random(2) uniform (1,500 draws: sigma 1.2 points, the bound is 5).
+        load_aware = hp.strategy != "roundrobin"
+        results = asyncio.run(burst(hp.url, 1500, concurrency=1 if load_aware else 10))
+        got = assert_share(results, dict.fromkeys(ids, 1), rel=0.15 if load_aware else 0.01)
+        print(hp.strategy, {k: round(v, 3) for k, v in sorted(got.items())})
 
 
 @pytest.mark.timeout(150)
