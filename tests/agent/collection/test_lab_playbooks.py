@@ -723,6 +723,79 @@ def test_a_second_stop_at_once_is_refused_and_the_fleet_keeps_its_leader(lab):
     assert_ok(lab.playbook("start.yml", extra={"node": first}))
 
 
+def fleet_lock(lab):
+    """The fleet's lock (tasks/lock.yml), or None."""
+    try:
+        return lab.api(1, "/v1/kv/hafleet%2Flock")["value"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+@pytest.mark.timeout(900)
+def test_one_run_at_a_time_and_an_ended_runs_lock_is_taken_over(lab):
+    """Two operators: a run from another controller holds the fleet's lock, so scale.yml and
+    stop.yml stop before they change anything, naming it; a run of this controller killed
+    while it holds the lock leaves it to the next run, which takes it over at once; force
+    takes another controller's; each run gives its own back."""
+    three_nodes(lab)
+    assert fleet_lock(lab) is None  # the runs before gave theirs back
+    other = {
+        "holder": "scale.yml by bob@ctl2",
+        "run": "bobs-run",
+        "controller": "ctl2",
+        "taken": time.time(),
+        "ttl": 3600,
+    }
+    kv_put(lab, 1, "hafleet%2Flock", other)
+    for name, extra in (("scale.yml", {"nodes": 2}), ("stop.yml", {"node": "hfct-node2"})):
+        refused = lab.playbook(name, extra=extra)
+        said = " ".join(refused.out.replace("'", " ").split())
+        assert refused.rc != 0, said[-3000:]
+        assert "the fleet is locked by scale.yml by bob@ctl2 (run bobs-run, taken" in said
+        assert refused.changed() == 0, said[-3000:]
+    assert len(members(lab)) == 3
+    assert fleet_lock(lab)["run"] == "bobs-run"
+
+    same = {"nodes": 3, "agent_election_timeout_ms": 2000}  # three_nodes' (nothing to change)
+    forced = lab.playbook("scale.yml", extra=dict(same, hafleet_lock_force=True))
+    assert_ok(forced)
+    said = " ".join(forced.out.replace("'", " ").split())
+    assert "took over the fleet s lock of scale.yml by bob@ctl2 (run bobs-run): force=true" in said
+    assert forced.changed() == 0
+    assert fleet_lock(lab) is None
+
+    # This controller's run, killed (its process group) once it holds the lock.
+    argv = [
+        str(BIN / "ansible-playbook"),
+        str(REPO / "playbooks" / "scale.yml"),
+        "-e",
+        json.dumps(dict(lab.extra_vars(), **same)),
+    ]
+    killed = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=lab.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        held = wait_until(lambda: fleet_lock(lab), 120, "the run to take the fleet's lock")
+        assert held["pid"] == killed.pid, held
+    finally:
+        os.killpg(killed.pid, 9)
+        killed.wait(timeout=30)
+    taken = lab.playbook("scale.yml", extra=same)
+    assert_ok(taken)
+    said = " ".join(taken.out.replace("'", " ").split())
+    assert (
+        f"(run {held['run']}): its run (process {killed.pid} on this controller) has ended" in said
+    ), said[-3000:]
+    assert fleet_lock(lab) is None
+
+
 @pytest.mark.timeout(900)
 def test_status_without_a_leader_says_so_and_asks_each_member(lab):
     three_nodes(lab)

@@ -35,6 +35,8 @@ class FakeCluster:
         self.term = 3
         self.promote_on_add = True
         self.down = set()
+        self.kv = {}  # key -> (value, modify_index)
+        self.kv_index = 100
         for node_id in ids:
             self._serve(node_id)
             self.members[node_id] = self.member(node_id, role="voter")
@@ -168,8 +170,29 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/v1/weights":
             weights = {mid: m["weight"] for mid, m in cluster.members.items()}
             return self._json(200, {"version": 7, "weights": weights})
+        if method == "GET" and path.startswith("/v1/kv/"):
+            key = unquote(path[len("/v1/kv/") :])
+            if key not in cluster.kv:
+                return self._json(404, {"error": f"no key {key!r}"})
+            value, index = cluster.kv[key]
+            return self._json(200, {"key": key, "value": value, "modify_index": index})
         if not is_leader:
             return self._json(503, {"error": "not the leader (the fake does not forward)"})
+        if method in ("PUT", "DELETE") and path.startswith("/v1/kv/"):
+            key = unquote(path[len("/v1/kv/") :])
+            index = cluster.kv.get(key, (None, 0))[1]
+            if "cas" in query and int(query["cas"]) != index:
+                return self._json(409, {"error": "cas", "code": "cas", "current_index": index})
+            if method == "DELETE":
+                deleted = cluster.kv.pop(key, None) is not None
+                return self._json(
+                    200, {"key": key, "value": None, "modify_index": 0, "deleted": deleted}
+                )
+            cluster.kv_index += 1
+            cluster.kv[key] = (body["value"], cluster.kv_index)
+            return self._json(
+                200, {"key": key, "value": body["value"], "modify_index": cluster.kv_index}
+            )
         if method == "POST" and path == "/v1/members":
             mid = body["id"]
             existing = cluster.members.get(mid)
