@@ -53,6 +53,11 @@ UNREACHABLE_PREFIX = "health/unreachable/"
 #: the leader gives it weight 0 and the syncers drain its server until the key goes.
 MAINTENANCE_PREFIX = "maintenance/"
 
+#: ``hafleet/lock``: the fleet's lock of the collection's playbooks (hafleet.cluster.fleet_lock:
+#: ``{holder, run, controller, pid, pid_start, taken, ttl}``), written with CAS by the run that
+#: changes the fleet and deleted at its end. The agent does not read it; a restore drops it.
+PLAYBOOK_LOCK_KEY = "hafleet/lock"
+
 #: ``weights/override/<id>``: an integer 0..256 that pins member ``<id>``'s weight (0 drains
 #: it); the leader's weight planning reads it. The API refuses any other value under the
 #: prefix (400 with :data:`OVERRIDE_RULE`); one already stored is ignored, with a warning.
@@ -78,6 +83,7 @@ __all__ = [
     "DRAINED_PREFIX",
     "MAINTENANCE_PREFIX",
     "OVERRIDE_MAX",
+    "PLAYBOOK_LOCK_KEY",
     "OVERRIDE_PREFIX",
     "OVERRIDE_RULE",
     "REGISTERED_KEY",

@@ -35,7 +35,12 @@ from hafleet_agent.state import StateMachine, member_context
 from hafleet_agent.wal import DiskStorage
 
 WRITES = 200
-RUNTIME_KEYS = ("balancer/registered", "balancer/registered/lb1", "balancer/drained/lb1/n2")
+RUNTIME_KEYS = (
+    "balancer/registered",
+    "balancer/registered/lb1",
+    "balancer/drained/lb1/n2",
+    "hafleet/lock",  # a playbook run's lock (the collection's fleet_lock)
+)
 
 
 def _keys(cluster: Cluster, node: str, stale: bool = False) -> dict[str, object]:

@@ -9,7 +9,8 @@ a file system of its own, and keeps its owner and mode):
   alone, a voter; its state is the backup's, with the old members forgotten and this node
   added by the same configuration change a join applies (its addresses in the context), and
   the KV keys that describe the old fleet's live processes dropped (balancer registrations
-  and drained marks, service and reachability marks: :data:`RUNTIME_PREFIXES`), and the old
+  and drained marks, service and reachability marks: :data:`RUNTIME_PREFIXES`; the
+  playbooks' lock), and the old
   members' maintenance marks with them (removing a member deletes its mark, so that an id
   added again starts in service: a restored fleet whose members rejoin is no different); the
   operator's keys (their values, create and modify indexes) stay as they were;
@@ -34,6 +35,7 @@ from ..backupfile import Backup
 from ..keys import (
     DRAINED_PREFIX,
     MAINTENANCE_PREFIX,
+    PLAYBOOK_LOCK_KEY,
     REGISTERED_KEY,
     REGISTERED_PREFIX,
     SERVICE_HEALTH_PREFIX,
@@ -71,7 +73,8 @@ MAX_RESTORED = 1 << 63
 
 
 def _runtime_key(key: str) -> bool:
-    return key == REGISTERED_KEY or key.startswith(RUNTIME_PREFIXES)
+    # (a playbook run's lock in the backup was the old fleet's run: over, whoever held it)
+    return key in (REGISTERED_KEY, PLAYBOOK_LOCK_KEY) or key.startswith(RUNTIME_PREFIXES)
 
 
 def restored_state(
