@@ -82,6 +82,18 @@ def test_a_lock_past_its_ttl_is_taken_over_and_said(cluster):
     assert held_by(cluster)["run"] == "run-b"
 
 
+def this_controllers_lock(pid, ticks):
+    """A fresh lock of a run on this controller: process ``pid`` started at ``ticks``."""
+    return {
+        "run": "old",
+        "controller": fleet_lock.controller_id(),
+        "pid": pid,
+        "pid_start": ticks,
+        "taken": time.time(),
+        "ttl": 3600,
+    }
+
+
 def test_the_lock_of_an_ended_run_on_this_controller_is_taken_over_at_once(cluster):
     ended = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -90,16 +102,7 @@ def test_the_lock_of_an_ended_run_on_this_controller_is_taken_over_at_once(clust
         text=True,
     )
     pid = int(ended.stdout)
-    here = fleet_lock.controller_id()
-    gone = {
-        "run": "old",
-        "controller": here,
-        "pid": pid,
-        "pid_start": 1,
-        "taken": time.time(),
-        "ttl": 3600,
-    }
-    cluster.kv[KEY] = (gone, 7)
+    cluster.kv[KEY] = (this_controllers_lock(pid, 1), 7)
     result = lock(cluster, "run-b")
 
     assert result["held"] is True
@@ -109,15 +112,7 @@ def test_the_lock_of_an_ended_run_on_this_controller_is_taken_over_at_once(clust
 def test_a_live_run_on_this_controller_keeps_it(cluster):
     me = os.getpid()
     ticks = fleet_lock._stat(me)[1]  # pylint: disable=protected-access
-    alive = {
-        "run": "old",
-        "controller": fleet_lock.controller_id(),
-        "pid": me,
-        "pid_start": ticks,
-        "taken": time.time(),
-        "ttl": 3600,
-    }
-    cluster.kv[KEY] = (alive, 7)
+    cluster.kv[KEY] = (this_controllers_lock(me, ticks), 7)
 
     assert lock(cluster, "run-b")["failed"] is True
     assert held_by(cluster)["run"] == "old"
@@ -126,15 +121,7 @@ def test_a_live_run_on_this_controller_keeps_it(cluster):
 def test_a_reused_pid_does_not_keep_an_ended_runs_lock(cluster):
     me = os.getpid()
     ticks = fleet_lock._stat(me)[1]  # pylint: disable=protected-access
-    reused = {
-        "run": "old",
-        "controller": fleet_lock.controller_id(),
-        "pid": me,
-        "pid_start": ticks - 1,
-        "taken": time.time(),
-        "ttl": 3600,
-    }
-    cluster.kv[KEY] = (reused, 7)
+    cluster.kv[KEY] = (this_controllers_lock(me, ticks - 1), 7)
 
     assert lock(cluster, "run-b")["held"] is True
 
