@@ -121,6 +121,14 @@ lock:
     pid_start: 981234
     taken: 1796662800.0
     ttl: 3600
+no_leader:
+  description:
+    - True when the lock could be neither taken nor given back because the group has no
+      leader (a 503) or no agent answered; the module then warns and the run goes on
+      without the lock (a run that brings a lost quorum back must not be stopped by it).
+  returned: when true
+  type: bool
+  sample: true
 took_over:
   description: The lock of another run that was taken over, and why; null when none was.
   returned: always
@@ -334,7 +342,19 @@ def main():
 
     def work():
         lock = FleetLock(base)  # (a token file that cannot be read fails the module here)
-        return lock.take() if base.params["state"] == "present" else lock.give_back()
+        try:
+            return lock.take() if base.params["state"] == "present" else lock.give_back()
+        except HafleetAPIError as exc:
+            if exc.status not in (None, 503):
+                raise
+            # No leader (or no agent) to write through: nothing else can change the group's
+            # state either, and a playbook that brings a lost quorum back (start.yml) must
+            # run. The run goes on without the lock, and says so.
+            what = "taken" if base.params["state"] == "present" else "given back"
+            base.module.warn(
+                f"the fleet's lock could not be {what} ({exc}): this run goes on without it"
+            )
+            return dict(changed=False, held=False, lock=None, took_over=None, no_leader=True)
 
     base.run(work)
 

@@ -220,3 +220,20 @@ def test_finds_the_playbook_process_above_its_forks():
         top.kill()
         top.wait(timeout=10)
         top.stdout.close()
+
+
+def test_without_a_leader_the_run_goes_on_without_the_lock_and_is_told(cluster):
+    """start.yml brings a lost quorum back: a lock that cannot be written must not stop it."""
+    cluster.down.update({"n1", "n2", "n3"})  # each answers 503, as an agent without a leader
+    for state in ("present", "absent"):
+        result = lock(cluster, "run-a", state=state)
+        assert result["failed"] is False, result
+        assert result["held"] is False and result["no_leader"] is True
+    assert KEY not in cluster.kv
+
+
+def test_a_refused_token_still_fails(cluster):
+    result = run_module(
+        fleet_lock.main, {"api_url": cluster.url("n1"), "api_token": "x" * 40, "run_id": "r"}
+    )
+    assert result["failed"] is True and result["status"] == 401
