@@ -4,9 +4,9 @@ replicated state machine, driven by one task.
 The event loop owns everything but a leader's log syncs: node/walwriter.py writes each of a
 leader's batches on the loop and has the kernel ``fdatasync`` it through Linux AIO (or its
 writer thread, ``raft-wal``, writes and syncs it: fsync releases the GIL), and the
-compaction's worker encodes and writes snapshots. A follower writes its
-batches on the loop (``_write_inline``): its answer waits for the write anyway, and the
-hand-over to a thread and back would add two wake-ups to every commit. The core is driven by
+compaction's worker encodes and writes snapshots. A follower writes its batches on the loop
+(``_write_inline``): its answer waits for the write anyway, and the hand-over to a thread and
+back would add two wake-ups to every commit. The core is driven by
 ``_pump`` (from the Raft task ``raft_loop``, the ticker, and the writer's completion), which
 turns the inputs fed so far into a ready batch, handled in ``raft/ready.py``'s one order:
 send what may go before the batch is durable (a leader's appends and heartbeats:
@@ -383,8 +383,7 @@ class Driver:
     def _written(
         self, rd: Ready, later: list[Message], batch: PreparedBatch, exc: BaseException | None
     ) -> None:
-        """The writer thread is done with ``rd``'s batch (on the loop): now that it is
-        durable, the rest of the batch (answers, applies, advance), then the next one."""
+        """``rd``'s batch is durable (on the loop): its answers, applies, advance; the next."""
         self._writing = False
         if self._stop.is_set():
             return  # stopping: nothing more is answered or applied
@@ -494,6 +493,8 @@ class Driver:
             )
             self.last_leader = lead
             TELEMETRY.leader_changes += lead is not None
+            if lead is not None and self.reads.ask_again(self.raw):  # sent to none, or another
+                self.wake()
         if soft.state is StateType.LEADER:
             if self.leader_since is None:
                 self.leader_since = time.monotonic()
@@ -501,8 +502,9 @@ class Driver:
         else:
             self.leader_since = None
 
-    def expire_reads(self) -> None:
-        self.reads.expire()
+    def expire_reads(self) -> None:  # and ask again for those unanswered for a while
+        if self.reads.expire(self.raw):
+            self.wake()
 
     # ---- views -----------------------------------------------------------------------------
     def raft_status(self) -> BasicStatus | None:
@@ -543,8 +545,7 @@ class Driver:
         if raw is None or self._cluster_id() is None:
             raise NoLeader("this node is not a member of a cluster yet")
         if self._stop.is_set():
-            # Nothing would ever apply it (the Raft loop has stopped), and a handler waiting
-            # for it would hold the API's shutdown up.
+            # (nothing would apply it: a handler waiting for it would hold the API's stop up)
             raise NoLeader("this node is stopping; the write was not proposed")
         try:
             term, index = append(raw)
@@ -578,8 +579,7 @@ class Driver:
             raise NoLeader("this node is stopping; the read was not served")
         if raw.lead is None:
             raise NoLeader("no leader known")
-        ctx, fut = self.reads.start(self.write_timeout())
-        raw.read_index(ctx)
+        fut = self.reads.start(raw, self.write_timeout())
         self.wake()
         await fut
 
