@@ -811,6 +811,13 @@ def test_status_without_a_leader_says_so_and_asks_each_member(lab):
             f"{keep} knows no leader",
         )
         run = lab.playbook("status.yml")
+        # start.yml brings the quorum back: the fleet's lock cannot be written without a
+        # leader, and must not stop it (the run is warned instead).
+        started = lab.playbook("start.yml", extra={"node": gone[0]})
+        assert_ok(started)
+        said = " ".join(started.out.split())
+        assert "the fleet's lock could not be taken" in said, said[-3000:]
+        assert lab.api(index[keep], "/v1/status")["leader_id"] in (keep, gone[0])
     finally:  # the tests after these find no lab, as after test_destroy_removes_everything
         assert_ok(lab.playbook("destroy.yml"))
     assert_ok(run)  # the exit code says nothing of the fleet's health (as before)
