@@ -20,9 +20,7 @@ def test_reads_answer_once_a_stopped_member_brings_the_quorum_back(make_cluster,
         assert c.wait_exit(node) == 0
     c.wait_for(lambda: (c.status("n1") or {}).get("leader_id") is None, 30, "n1 without a leader")
     c.start("n2")
-    c.wait_for(
-        lambda: c.api("n2", "GET", "/v1/health", token=None)[0] == 200, 60, "n2 healthy"
-    )
+    c.wait_for(lambda: c.api("n2", "GET", "/v1/health", token=None)[0] == 200, 60, "n2 healthy")
     c.wait_for(lambda: (c.status(via) or {}).get("leader_id"), 30, f"{via} knows the leader")
     began = time.monotonic()
     status, body = c.get(via, "app/k")
