@@ -159,13 +159,14 @@ def api_argument_spec():
 API_MUTUALLY_EXCLUSIVE = [("api_token", "api_token_file")]
 
 
-def client_from_params(params):
-    """A :class:`HafleetAPIClient` from module parameters (see :func:`api_argument_spec`)."""
+def client_from_params(params, fallback_urls=()):
+    """A :class:`HafleetAPIClient` from module parameters (see :func:`api_argument_spec`),
+    failing over from ``api_url`` to ``fallback_urls`` in turn."""
     token = params.get("api_token")
     if not token and params.get("api_token_file"):
         token = read_token_file(params["api_token_file"])
     return HafleetAPIClient(
-        params["api_url"],
+        [params["api_url"], *fallback_urls],
         token=token or None,
         timeout=DEFAULT_TIMEOUT if params.get("api_timeout") is None else params["api_timeout"],
         validate_certs=params.get("validate_certs", True),

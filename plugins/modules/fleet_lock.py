@@ -143,10 +143,9 @@ import socket
 import time
 
 from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
-    HafleetAPIClient,
     HafleetAPIError,
     HafleetModule,
-    read_token_file,
+    client_from_params,
 )
 
 
@@ -236,17 +235,7 @@ class FleetLock:
         self.base = base
         self.p = base.params
         self.clock = clock
-        p = self.p
-        token = p["api_token"]
-        if not token and p["api_token_file"]:
-            token = read_token_file(p["api_token_file"])
-        self.client = HafleetAPIClient(
-            [p["api_url"]] + list(p["fallback_api_urls"]),
-            token=token or None,
-            timeout=p["api_timeout"],
-            validate_certs=p["validate_certs"],
-            ca_path=p["ca_path"],
-        )
+        self.client = client_from_params(self.p, self.p["fallback_api_urls"])
 
     def current(self):
         """(value, modify_index) of the key, or (None, 0) when absent."""
