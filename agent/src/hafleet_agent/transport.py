@@ -323,11 +323,16 @@ class Transport(Listener):
         a value msgpack cannot encode, ValueError for a malformed address, RuntimeError
         before start().
         """
+        return self.send_packed(addr, msgpack.packb(obj, use_bin_type=True), within=within)
+
+    def send_packed(self, addr: str, payload: bytes, *, within: float | None = None) -> bool:
+        """:meth:`send` of an object packed already (``msgpack.packb(obj,
+        use_bin_type=True)``: a follower's answer encoded while its log write is under way,
+        node/outbox.py)."""
         if self._state != "running":
             if self._state == "new":
                 raise RuntimeError("send() before start()")
             return False
-        payload = msgpack.packb(obj, use_bin_type=True)
         size = len(payload)
         if size + FRAME_OVERHEAD - 4 > self.max_frame:
             self.stats.drops_too_large += 1
@@ -353,6 +358,14 @@ class Transport(Listener):
                 self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
             self._to_flush.append(peer)
         return True
+
+    def take_back(self, addr: str, payload: bytes) -> None:
+        """Unqueue ``payload``, the last frame queued for ``addr`` and not written yet (a
+        follower's answer whose log write failed: node/outbox.py's ``send_ahead``)."""
+        peer = self._outbound.get(addr)
+        if peer is not None and peer.queue and peer.queue[-1] is payload:
+            peer.queue.pop()
+            peer.queued_bytes -= len(payload)
 
     def _flush(self) -> None:
         """Write what this loop cycle queued: one write per peer (one frame per peer when

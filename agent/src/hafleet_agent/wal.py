@@ -35,13 +35,12 @@ durable with ``fdatasync()``, which commits no inode (about a third cheaper here
 passes the allocation first grows it by another ``prealloc_bytes`` and is ``fsync()``'d. On a
 full disk the log is grown only by what the batch needs (the node stops, ENOSPC, only when
 that fails); on a filesystem that cannot preallocate it grows by its writes. The zeros after
-the last batch are the clean end of the log on recovery. The agent's driver splits it in three
-(:meth:`~DiskStorage.prepare_save`, :meth:`~DiskStorage.write_prepared` in its writer thread,
-:meth:`~DiskStorage.finish_save`) so that the event loop goes on while the batch is written:
-a group commit, the batch holding everything the core had ready when the previous one was
-durable (node/driver.py). On Linux the write itself is done on the loop and only its
-``fdatasync`` is handed to the kernel (:meth:`~DiskStorage.write_unsynced`, then
-:meth:`~DiskStorage.synced`; node/aiosync.py).
+the last batch are the clean end of the log on recovery. The agent's driver splits a save
+(:meth:`~DiskStorage.prepare_save`, the write, :meth:`~DiskStorage.finish_save`) for a group
+commit (node/driver.py). The write starts the device's writeback at once
+(:meth:`~DiskStorage.write_unsynced`): a leader then hands the ``fdatasync`` to the kernel
+(:meth:`~DiskStorage.synced`; node/aiosync.py) or the whole write to its writer thread; a
+follower queues its answers, then syncs (node/walwriter.py).
 
 ``snapshot.bin`` is replaced atomically: written to ``snapshot.bin.tmp``, fsync'd, renamed
 over ``snapshot.bin``, then the directory is fsync'd. Afterwards the log is compacted the same
@@ -117,6 +116,7 @@ from .walfile import (
     make_dirs,
     preallocate,
     pwrite_all,
+    start_writeback,
     write_all,
 )
 from .walformat import (
@@ -341,12 +341,11 @@ class DiskStorage:
         for entries that are not contiguous, leave a gap or reach into the snapshot (the
         storage stays usable), StorageError if the disk fails (it becomes unusable).
 
-        The same in three steps, for a writer thread (group commit): :meth:`prepare_save`
-        (checks and encodes, in the owner's thread), :meth:`write_prepared` (the one write and
-        fsync: the only part that may run in the writer thread, while the owner touches
-        nothing of this storage but :meth:`prepare_snapshot`) and :meth:`finish_save` (back
-        in the owner's thread, once it returned: the in-memory view follows the disk).
-        """
+        The same in three steps (group commit): :meth:`prepare_save` (checks and encodes, in
+        the owner's thread), :meth:`write_prepared` (the one write and fsync: the only part
+        that may run in a writer thread, while the owner touches nothing of this storage but
+        :meth:`prepare_snapshot`; or :meth:`write_unsynced` and a sync) and
+        :meth:`finish_save` (in the owner's thread, once durable: memory follows the disk)."""
         batch = self.prepare_save(hard_state, entries)
         if batch is not None:
             self.write_prepared(batch)
@@ -403,21 +402,24 @@ class DiskStorage:
             self._fail(f"{self.log_path}: write or fsync failed: {exc}", exc)
         batch.durable = True
 
-    def write_unsynced(self, batch: PreparedBatch) -> int | None:
-        """:meth:`write_prepared`'s write without its sync (node/walwriter.py syncs through
-        Linux AIO): the fd to ``fdatasync``, then :meth:`synced`. None when the batch grows
-        the file (an ``fsync``), syncs are off or a sync function was injected: nothing was
-        written, :meth:`write_prepared` does it all."""
+    def write_unsynced(self, batch: PreparedBatch, *, inline: bool = False) -> int | None:
+        """:meth:`write_prepared`'s write, its writeback started (``sync_file_range``), not
+        waited for: the fd to ``fdatasync`` through Linux AIO, then :meth:`synced`
+        (node/walwriter.py); ``inline``: :meth:`sync_written` in this thread (with an injected
+        sync function too). None when the batch grows the file (an ``fsync``), syncs are
+        off, or (not ``inline``) a sync function was injected: nothing was written,
+        :meth:`write_prepared` does it all."""
         self._check()
         fd = self._log_fd
         assert fd is not None
-        custom = self._fdatasync_fn is not os.fdatasync
+        custom = self._fdatasync_fn is not os.fdatasync and not inline
         if self._log_size + len(batch.data) > self._log_alloc or not self._fsync or custom:
             return None
         try:
             pwrite_all(fd, batch.data, self._log_size)
         except OSError as exc:
             self._fail(f"{self.log_path}: write failed: {exc}", exc)
+        start_writeback(fd, self._log_size, len(batch.data))
         return fd
 
     def synced(self, batch: PreparedBatch, error: OSError | None) -> None:
@@ -427,8 +429,7 @@ class DiskStorage:
             self._fail(f"{self.log_path}: fdatasync failed: {error}", error)
         batch.durable = True
 
-    def sync_written(self, batch: PreparedBatch) -> None:
-        """:meth:`synced` after an ``fdatasync`` in the caller's thread."""
+    def sync_written(self, batch: PreparedBatch) -> None:  # the sync in the caller's thread
         try:
             self._fdatasync_fn(self._log_fd)  # type: ignore[arg-type]
         except OSError as exc:
@@ -449,10 +450,8 @@ class DiskStorage:
             self.hard_state = batch.hard_state
 
     def save_snapshot(self, snap: Snapshot) -> None:
-        """Replace the snapshot atomically, then compact the log (see the module docstring).
-
-        A snapshot not newer than the current one is ignored.
-        """
+        """Replace the snapshot atomically, then compact the log (see the module docstring);
+        a snapshot not newer than the current one is ignored."""
         self._check()
         if snap.meta.index <= self.snapshot.meta.index:
             return

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,51 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+class _Writeback:
+    """``sync_file_range(SYNC_FILE_RANGE_WRITE)`` through libc (Python's ``os`` has no
+    binding): the device starts taking a range of dirty pages now, without waiting, so that
+    the ``fdatasync`` after it waits for less. A hint only: where it is not there or fails
+    once, it is never tried again, and the sync does it all as before."""
+
+    def __init__(self) -> None:
+        self._call: Callable[[int, int, int, int], int] | None = None
+        self._tried = False
+
+    def _load(self) -> None:
+        self._tried = True
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        except (OSError, AttributeError):
+            return
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        self._call = fn
+
+    def start(self, fd: int, offset: int, length: int) -> bool:
+        """Start writing ``length`` bytes at ``offset`` back; whether it was started."""
+        if not self._tried:
+            self._load()
+        if self._call is None or length <= 0:
+            return False
+        if self._call(fd, offset, length, _SYNC_FILE_RANGE_WRITE) != 0:
+            import ctypes
+
+            why = os.strerror(ctypes.get_errno())
+            logger.debug("sync_file_range: %s; the log's syncs do without it", why)
+            self._call = None
+            return False
+        return True
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
+#: Starts a log write's writeback (``_Writeback.start``).
+start_writeback = _Writeback().start
 
 
 def preallocate(fd: int, start: int, end: int) -> None:

@@ -7,7 +7,9 @@ would, then SIGKILLs itself. For test_group_commit_crash.py only.
 Usage: ``python crash_agent.py KILL_AT SEED MODE run --node-id ... (the flags of
 hafleet-agent run)``. MODE ``power`` cuts the power as above; ``eio``: that fsync and every
 later one of the log fail with EIO instead (after dropping the batch the same way: the
-kernel may have lost the dirty pages), and the agent must stop by itself (fail-stop).
+kernel may have lost the dirty pages), and the agent must stop by itself (fail-stop); it
+says how many append answers were queued at that sync, and any that left after it (a
+follower queues them while its write is under way, node/walwriter.py: none may leave).
 ``aio-power`` and ``aio-eio`` do the same to the syncs a leader hands to Linux AIO
 (node/aiosync.py: the batch written on the loop, its ``fdatasync`` not yet submitted); the
 EIO then comes back in the sync's completion. Only a leader's batches go that way.
@@ -23,10 +25,15 @@ import os
 import random
 import signal
 import sys
+from collections.abc import Iterable
 
-from hafleet_agent import wal
+import msgpack
+
+from hafleet_agent import connection, wal
 from hafleet_agent.cli import main
+from hafleet_agent.codec import decode_message
 from hafleet_agent.node import aiosync
+from hafleet_agent.raft.types import MessageType
 
 KILL_AT = int(sys.argv[1])
 RNG = random.Random(int(sys.argv[2]))
@@ -56,7 +63,7 @@ def _recording_pwrite_all(fd: int, data: bytes, offset: int) -> None:
 def _at_sync(fd: int) -> None:
     """A sync of ``fd`` starts: counted when it is the log's; at the KILL_AT-th, what it
     would make durable is lost, then SIGKILL (power) or OSError EIO (eio)."""
-    global _log_syncs
+    global _log_syncs, _failed
     if _is_log(fd) and _unsynced.get(fd, (0, 0))[1]:
         _log_syncs += 1
         if _log_syncs >= KILL_AT:
@@ -73,6 +80,10 @@ def _at_sync(fd: int) -> None:
             sys.stderr.flush()
             if MODE.endswith("eio"):
                 _unsynced.pop(fd)  # the next batch is cut again
+                _failed = True
+                queued = sum(_answers(p.queue) for p in _peers)
+                sys.stderr.write(f"crash_agent: {queued} append answer(s) queued at the sync\n")
+                sys.stderr.flush()
                 raise OSError(errno.EIO, "injected fsync failure")
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -102,6 +113,41 @@ def _cut_aio_fdatasync(self: aiosync.AioSyncer, fd: int, done: aiosync.Done) -> 
     _unsynced.pop(fd, None)  # one batch at a time: the next write starts a new range
     _aio_fdatasync(self, fd, done)
 
+
+# A follower queues its answers while its log write is under way (node/walwriter.py's
+# write_inline): at a failed sync they must be taken back. Every frame written after it is
+# looked at, and an append answer among them said.
+_failed = False
+_peers: set[connection.Outbound] = set()
+
+
+def _answers(payloads: Iterable[bytes]) -> int:
+    n = 0
+    for payload in payloads:
+        frame = msgpack.unpackb(payload, raw=False)
+        if isinstance(frame, dict) and frame.get("k") == "raft":
+            n += decode_message(frame["m"]).type is MessageType.APP_RESP
+    return n
+
+
+_offer = connection.Outbound.offer
+_write_queued = connection.Outbound.write_queued
+
+
+def _offer_seen(self: connection.Outbound, payload: bytes) -> bool:
+    _peers.add(self)
+    return _offer(self, payload)
+
+
+def _write_watched(self: connection.Outbound, conn: connection.Conn) -> None:
+    if _failed and (n := _answers(self.queue)):
+        sys.stderr.write(f"crash_agent: {n} append answer(s) left after the failed sync\n")
+        sys.stderr.flush()
+    _write_queued(self, conn)
+
+
+connection.Outbound.offer = _offer_seen  # type: ignore[method-assign]
+connection.Outbound.write_queued = _write_watched  # type: ignore[method-assign]
 
 _open = wal.DiskStorage.open
 

@@ -9,6 +9,7 @@ must be there, and the log must open cleanly (a torn tail is cut, never acknowle
 from __future__ import annotations
 
 import http.client
+import re
 import sys
 import threading
 import time
@@ -160,3 +161,36 @@ def test_a_node_whose_group_commit_fsync_fails_stops_and_keeps_every_acknowledge
     c.restart(n1)
     c.wait_agreed([n1])
     _check_served(c, n1, acked)
+
+
+def test_a_follower_whose_log_sync_fails_sends_none_of_the_answers_it_queued(
+    make_cluster: MakeCluster,
+) -> None:
+    """A follower queues its append answers while its log write is under way (the device
+    takes the data meanwhile: node/walwriter.py's ``write_inline``); when the sync then fails
+    (EIO), they are taken back unwritten. The follower stops by itself (exit 1) with no append
+    answer written after the failed sync, and the two others go on with every acknowledged
+    write."""
+    c = make_cluster()
+    c.add_many(3, bootstrap_expect=3)
+    c.wait_agreed()
+    leader = c.node(c.leader())
+    follower = c.node(c.followers()[0])
+    c.term(follower)
+    assert c.wait_exit(follower) == 0, follower.report()
+    normal = _crashing(follower, 30, 7, mode="eio")
+    c.restart(follower)
+    c.expect_exit(follower)
+    c.wait_agreed()
+    acked = _write_until(
+        c, [leader], lambda: follower.proc is not None and follower.proc.poll() is not None
+    )
+    assert follower.proc is not None and follower.proc.returncode == 1, follower.report()
+    text = follower.log()
+    assert "injected fsync failure" in text, follower.report()
+    queued = re.search(r"crash_agent: (\d+) append answer\(s\) queued at the sync", text)
+    assert queued is not None and int(queued.group(1)) >= 1, follower.report()
+    assert "left after the failed sync" not in text, follower.report()
+    assert acked, "nothing was acknowledged"
+    _check_served(c, leader, acked)
+    follower.argv = normal

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from test_agent_guards import peer_info, run_agent
 
@@ -74,14 +75,23 @@ def test_the_same_bytes_again_are_decoded_once_and_checked_every_time(
 
 
 class Sent:
-    """The transport's ``send``, recorded."""
+    """The transport's ``send`` and ``send_packed``, recorded; ``take_back`` too."""
 
     def __init__(self) -> None:
         self.frames: list[tuple[str, Any]] = []
+        self.packed: list[bytes] = []
+        self.taken_back: list[tuple[str, bytes]] = []
 
     def send(self, addr: str, obj: Any, *, within: float | None = None) -> bool:
         self.frames.append((addr, obj))
         return True
+
+    def send_packed(self, addr: str, payload: bytes, *, within: float | None = None) -> bool:
+        self.packed.append(payload)
+        return self.send(addr, msgpack.unpackb(payload))
+
+    def take_back(self, addr: str, payload: bytes) -> None:
+        self.taken_back.append((addr, payload))
 
 
 def test_the_same_message_again_is_encoded_once_per_peer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,3 +118,29 @@ def test_the_same_message_again_is_encoded_once_per_peer(monkeypatch: pytest.Mon
     want += [("127.0.0.9:7402", m) for m in (later, beat["n2"], append, append)]
     assert got == want
     assert all(obj["k"] == "raft" and obj["cid"] == "cid" for _, obj in sent.frames)
+
+
+def test_answers_sent_ahead_are_queued_now_and_taken_back_in_reverse() -> None:
+    """``send_ahead`` (a follower's answers while its log write is under way) queues them
+    as ``send_raft`` would; what it returns takes back exactly those frames, the last first
+    (node/walwriter.py's ``write_inline`` calls it when the sync fails)."""
+    peers = {n: Peer(n, f"127.0.0.9:{port}") for n, port in (("n1", 7401), ("n3", 7403))}
+    box = Outbox(StateMachine(), peers, raw=lambda: None, cluster_id=lambda: "cid")
+    sent = Sent()
+    box.start(sent, None)  # type: ignore[arg-type]
+    answers = [
+        Message(type=MessageType.APP_RESP, to="n1", frm="n2", term=4, index=10),
+        Message(type=MessageType.VOTE_RESP, to="n3", frm="n2", term=5),
+        Message(type=MessageType.APP_RESP, to="n9", frm="n2", term=4, index=10),  # no address
+    ]
+    take_back = box.send_ahead(answers)
+    assert [(addr, decode_message(obj["m"])) for addr, obj in sent.frames] == [
+        ("127.0.0.9:7401", answers[0]),
+        ("127.0.0.9:7403", answers[1]),
+    ]
+    assert sent.taken_back == []
+    take_back()
+    assert sent.taken_back == [
+        ("127.0.0.9:7403", sent.packed[1]),
+        ("127.0.0.9:7401", sent.packed[0]),
+    ]

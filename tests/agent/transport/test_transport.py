@@ -249,6 +249,42 @@ def test_two_transports_exchange_thousands_of_frames_in_order() -> None:
     run(main())
 
 
+def test_a_frame_taken_back_before_the_flush_never_leaves() -> None:
+    """``send_packed`` queues a packed frame; ``take_back`` unqueues it while it is the last
+    one queued for that peer and not written (a follower's answer whose log write failed),
+    and leaves anything else alone: an earlier frame, an equal frame that is not the same
+    object, a frame already written."""
+
+    async def main() -> None:
+        ia, ib = Inbox(), Inbox()
+        a, b = make("a", ia), make("b", ib)
+        await a.start()
+        await b.start()
+        assert a.send(addr(b), {"seq": 0})
+        await ib.wait_for(1)  # connected, the queue written
+        first = msgpack.packb({"seq": 1})
+        answer = msgpack.packb({"seq": 2})
+        assert a.send_packed(addr(b), first) and a.send_packed(addr(b), answer)
+        a.take_back(addr(b), msgpack.packb({"seq": 2}))  # equal bytes, another object: kept
+        assert a.queued(addr(b)) == 2
+        a.take_back(addr(b), answer)
+        a.take_back(addr(b), answer)  # (no longer there: nothing else is taken)
+        a.take_back(addr(a), first)  # (no queue to that address)
+        assert a.queued(addr(b)) == 1 and a.queued_bytes(addr(b)) == len(first)
+        assert a.send(addr(b), {"seq": 3})
+        got = await ib.wait_for(3)
+        assert [o["seq"] for o in got] == [0, 1, 3]
+        written = msgpack.packb({"seq": 4})
+        assert a.send_packed(addr(b), written)
+        await ib.wait_for(4)
+        a.take_back(addr(b), written)  # written already: nothing to take back
+        assert a.stats.frames_sent == 4
+        await a.stop()
+        await b.stop()
+
+    run(main())
+
+
 def test_three_transports_all_to_all_keep_order_per_sender() -> None:
     async def main() -> None:
         inboxes = {name: Inbox() for name in "xyz"}

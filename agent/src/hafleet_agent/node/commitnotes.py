@@ -34,7 +34,7 @@ a clock resolution early; re-arming for a few microseconds would cost a loop cyc
 class CommitNotes:
     def __init__(
         self,
-        send: Callable[[Message], None],
+        send: Callable[[Message], object],
         flush: Callable[[], None],
         delay_s: float = HOLD_S,
     ) -> None:

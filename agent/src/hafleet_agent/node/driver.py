@@ -3,22 +3,21 @@ replicated state machine, driven by one task.
 
 The event loop owns everything but a leader's log syncs: node/walwriter.py writes each of a
 leader's batches on the loop and has the kernel ``fdatasync`` it through Linux AIO (or its
-writer thread, ``raft-wal``, writes and syncs it: fsync releases the GIL), and the
-compaction's worker encodes and writes snapshots. A follower writes its batches on the loop
-(``_write_inline``): its answer waits for the write anyway, and the hand-over to a thread and
-back would add two wake-ups to every commit. The core is driven by
+writer thread, ``raft-wal``, writes and syncs it: fsync releases the GIL), and the compaction's
+worker encodes and writes snapshots. A follower writes its batches on the loop (walwriter.py's
+``write_inline``, its answers queued while the device takes the data). The core is driven by
 ``_pump`` (from the Raft task ``raft_loop``, the ticker, and the writer's completion), which
-turns the inputs fed so far into a ready batch, handled in ``raft/ready.py``'s one order:
-send what may go before the batch is durable (a leader's appends and heartbeats:
-``begin_ready``), hand its entries and hard state to the writer (walwriter.py); once they are
-durable (``_written``, back on the loop) send the rest (append and vote answers), apply its
-committed entries to the state machine (which answers the clients), advance the core (a
-leader counts itself toward the commit quorum only now), serve the reads now due, compact
-the log when due, and wake whoever waits for the state. While a batch is being written the
-loop goes on: inputs (ticks, messages, proposals, reads) are fed to the core from callbacks
-as they come, and everything they produce goes into the next batch, written with one write
-and one fsync once this one is durable (group commit). One batch is in the writer at a time;
-snapshots (a leader's, a compaction's) go in force between two batches, never during one.
+turns the inputs fed so far into a ready batch, handled in ``raft/ready.py``'s one order: send
+what may go before the batch is durable (a leader's appends and heartbeats: ``begin_ready``),
+hand its entries and hard state to the writer (walwriter.py); once they are durable
+(``_written``, back on the loop) send the rest (append and vote answers), apply its committed
+entries to the state machine (which answers the clients), advance the core (a leader counts
+itself toward the commit quorum only now), serve the reads now due, compact the log when due,
+and wake whoever waits for the state. While a batch is being written the loop goes on: inputs
+(ticks, messages, proposals, reads) are fed to the core from callbacks as they come, and
+everything they produce goes into the next batch, written with one write and one fsync once
+this one is durable (group commit). One batch is in the writer at a time; snapshots (a
+leader's, a compaction's) go in force between two batches, never during one.
 
 It sees the rest of the node through what is passed in: a send callable, the state machine,
 the config, the cluster id, the stop event and a few hooks (spawn, fail-stop, a leader's
@@ -42,7 +41,7 @@ from ..raft.coalesce import coalesce
 from ..raft.core import Config as RaftConfig
 from ..raft.core import ProposalDropped
 from ..raft.rawnode import RawNode, Ready
-from ..raft.ready import ReadyEffects, begin_ready, finish_ready
+from ..raft.ready import ANSWER_TYPES, ReadyEffects, begin_ready, finish_ready
 from ..raft.status import BasicStatus
 from ..raft.types import (
     ConfChange,
@@ -65,7 +64,7 @@ from .proposals import Deadlines, OnApplied, Proposals, wait_answer
 from .proposals import Pending as _Pending
 from .reads import Reads
 from .ticker import Ticker
-from .walwriter import WalWriter
+from .walwriter import WalWriter, write_inline
 
 log = logging.getLogger("hafleet.agent")
 
@@ -86,11 +85,14 @@ class Driver:
         sending_snapshot: Callable[[], bool],
         spawn: Callable[..., None],
         fail: Callable[[str], None],
+        send_ahead: Callable[[list[Message]], Callable[[], None]],
         on_lead: Callable[[], None] = lambda: None,
         flush: Callable[[], None] | None = None,
     ) -> None:
-        """``on_lead``: this node just became the leader; ``flush``: write the messages
-        sent so far now (a leader's appends before its log write: raft/ready.py);
+        """``send_ahead``: queue a follower's answers before its write is durable, for the
+        next flush (returns what takes them back); ``on_lead``: this node just became the
+        leader; ``flush``: write the messages sent so far now (a leader's appends before
+        its log write: raft/ready.py);
         ``save_snapshot``: make a snapshot from the leader durable (before it is applied);
         ``on_conf_change``: a configuration change applied while the node runs (not one of
         the log replayed at start); ``sending_snapshot``: a member catches up through a
@@ -150,7 +152,7 @@ class Driver:
             flush=flush,
             send_rest=self._send_rest,
         )
-        self._send = send
+        self._send, self._send_ahead = send, send_ahead
 
     def open(self, data_dir: Path) -> bool:
         """Open the storage (recovering a torn log) and make the core from it; whether it
@@ -330,7 +332,13 @@ class Driver:
                 # be on every commit's path. Frames that come meanwhile wait in the socket
                 # and make the next batch (the group commit of a follower).
                 self._flush()  # what may go before the write (a heartbeat answer, a vote)
-                self._write_inline(batch)
+                # Its answers queued while the device takes the data, written once durable.
+                answers = [m for m in later if m.type in ANSWER_TYPES]
+                write_inline(storage, batch, partial(self._send_ahead, answers))
+                storage.finish_save(batch)
+                if answers:
+                    later = [m for m in later if m.type not in ANSWER_TYPES]
+                    self._flush()
                 batch = None  # durable: the rest of the batch goes on below
             if batch is None:
                 changed |= finish_ready(raw, rd, later, self._effects).changed
@@ -357,14 +365,6 @@ class Driver:
     def _flush(self) -> None:
         if self._effects.flush is not None:
             self._effects.flush()
-
-    def _write_inline(self, batch: PreparedBatch) -> None:
-        """Write and fsync ``batch`` on the loop (StorageError if that fails: the storage
-        turns an OSError into one and is unusable after it)."""
-        storage = self.storage
-        assert storage is not None
-        TELEMETRY.wal_sync_seconds.timed(storage.write_prepared)(batch)
-        storage.finish_save(batch)
 
     def _answer_first(self, raw: RawNode) -> bool:
         """After a batch's applies: when they answered writers and the next batch has

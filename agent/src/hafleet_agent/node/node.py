@@ -106,8 +106,8 @@ class Node:
         self.outbox = Outbox(
             self.state, self.peers, raw=lambda: self.raw, cluster_id=lambda: self.cluster_id
         )
-        # The core, its log and the state machine, and the Ready loop (node/driver.py).
-        # A leader's commit notices wait a moment for an append to carry them (commitnotes.py).
+        # The core, its log, the state machine, the Ready loop (node/driver.py); a leader's
+        # commit notices wait a moment for an append to carry them (commitnotes.py).
         self.commit_notes = CommitNotes(self.outbox.send_raft, self.outbox.flush)
         self.driver = Driver(
             self.id,
@@ -124,6 +124,7 @@ class Node:
             fail=self.fail,
             on_lead=lambda: self.chores.wake_service(),
             flush=self.outbox.flush,
+            send_ahead=self.outbox.send_ahead,
         )
         self.transport: Transport | None = None
         self.mdns = Mdns(
@@ -406,8 +407,7 @@ class Node:
             self.tasks.spawn(self.transport.close_peer(addr), "close-peer")
 
     def _expire_peers(self, now: float) -> None:
-        """Forget the stale peers that are not members, and the bookkeeping of ids that are
-        not members."""
+        """Forget the stale peers that are not members, and the bookkeeping of non-members."""
         self.peer_table.expire(now)
         self.chores.forget_non_members(now, PEER_EXPIRE_S)
 

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 from ..codec import encode_message
 from ..raft.rawnode import RawNode
 from ..raft.types import Message
@@ -67,19 +69,35 @@ class Outbox:
         p = self.peers.get(node_id)
         return p.raft_addr if p else None
 
-    def send_raft(self, m: Message) -> None:
+    def send_ahead(self, messages: list[Message]) -> Callable[[], None]:
+        """Queue ``messages`` (a follower's answers) while its log write is under way: they
+        leave with the next flush, once the write is durable (node/walwriter.py). Returns
+        what takes them back, unwritten, when the write fails: nothing may leave then."""
+        transport = self.transport
+        assert transport is not None
+        queued = [q for m in messages if (q := self.send_raft(m)) is not None]
+
+        def take_back() -> None:
+            for addr, payload in reversed(queued):
+                transport.take_back(addr, payload)
+
+        return take_back
+
+    def send_raft(self, m: Message) -> tuple[str, bytes] | None:
+        """Queue ``m`` for its member; (its address, the frame queued), or None when it was
+        dropped or goes in chunks."""
         assert m.to is not None and self.transport is not None
         addr = self.addr_of(m.to)
         if addr is None:
             log.debug("no address for %s: dropping %s", m.to, m.type.name)
-            return
+            return None
         if (
             m.snapshot is not None
             and self.snap_sender is not None
             and not self.snap_sender.fits_one_frame(m.snapshot)
         ):
             self.snap_sender.send(addr, m)  # in chunks; a failure is reported later
-            return
+            return None
         if m.entries or m.snapshot is not None:
             data = encode_message(m)
         elif (sent := self._encoded.get(m.to)) is not None and sent[0] == m:
@@ -90,8 +108,12 @@ class Outbox:
                 self._encoded.clear()
             self._encoded[m.to] = (m, data)
         frame = {"k": "raft", "cid": self._cluster_id(), "m": data}
-        if not self.transport.send(addr, frame) and (raw := self._raw()) is not None:
-            raw.report_unreachable(m.to)
+        payload = msgpack.packb(frame, use_bin_type=True)
+        if not self.transport.send_packed(addr, payload):
+            if (raw := self._raw()) is not None:
+                raw.report_unreachable(m.to)
+            return None
+        return addr, payload
 
     def flush(self) -> None:
         """Write the frames queued so far now (``Transport.flush``)."""
