@@ -14,7 +14,7 @@ from test_agent_guards import peer_info, run_agent
 
 import hafleet_agent.node.inbox as inbox_mod
 import hafleet_agent.node.outbox as outbox_mod
-from hafleet_agent.codec import MAX_TERM_JUMP, decode_message, encode_message
+from hafleet_agent.codec import MAX_TERM_JUMP, CodecError, decode_message, encode_message
 from hafleet_agent.node.node import Node
 from hafleet_agent.node.outbox import Outbox
 from hafleet_agent.node.peers import Peer
@@ -144,3 +144,15 @@ def test_answers_sent_ahead_are_queued_now_and_taken_back_in_reverse() -> None:
         ("127.0.0.9:7403", sent.packed[1]),
         ("127.0.0.9:7401", sent.packed[0]),
     ]
+
+
+def test_answers_sent_ahead_before_a_failing_one_are_taken_back() -> None:
+    peers = {"n1": Peer("n1", "127.0.0.9:7401")}
+    box = Outbox(StateMachine(), peers, raw=lambda: None, cluster_id=lambda: "cid")
+    sent = Sent()
+    box.start(sent, None)  # type: ignore[arg-type]
+    good = Message(type=MessageType.APP_RESP, to="n1", frm="n2", term=4, index=10)
+    bad = Message(type=MessageType.APP_RESP, to="n1", frm="n2", term=-1, index=10)
+    with pytest.raises(CodecError, match="term"):
+        box.send_ahead([good, bad])
+    assert sent.taken_back == [("127.0.0.9:7401", sent.packed[0])]

@@ -75,12 +75,19 @@ class Outbox:
         what takes them back, unwritten, when the write fails: nothing may leave then."""
         transport = self.transport
         assert transport is not None
-        queued = [q for m in messages if (q := self.send_raft(m)) is not None]
+        queued: list[tuple[str, bytes]] = []
 
         def take_back() -> None:
             for addr, payload in reversed(queued):
                 transport.take_back(addr, payload)
 
+        try:
+            for m in messages:
+                if (q := self.send_raft(m)) is not None:
+                    queued.append(q)
+        except BaseException:  # (a bug) those queued before it do not leave either
+            take_back()
+            raise
         return take_back
 
     def send_raft(self, m: Message) -> tuple[str, bytes] | None:
