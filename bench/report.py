@@ -474,11 +474,17 @@ def render(res: dict, kept: str | None, sections: str | None = None) -> str:
         "runs with [min–max]; every ratio compares medians from this one run (the write "
         "targets also the median of the hafleet/etcd round pairs).\n"
     )
-    for mg in res.get("merged", []):
-        L.append(
-            f"Sections `{mg.get('only')}` were measured again on {mg.get('started')} "
-            "(`bench/compare.py --merge --only ...`) and replace those of the first run.\n"
-        )
+    notes, later = [], set()  # each section named only by the last merge that measured it
+    for mg in reversed(res.get("merged", [])):
+        names = [n for n in str(mg.get("only") or "").split(",") if n]
+        shown_here = [n for n in names if n not in later]
+        later.update(names)
+        if shown_here:
+            notes.append(
+                f"Sections `{','.join(shown_here)}` were measured again on {mg.get('started')} "
+                "(`bench/compare.py --merge --only ...`) and replace those of the first run.\n"
+            )
+    L.extend(reversed(notes))
     if res.get("quick"):
         L.append(
             "**This is the quick version** (`BENCH_QUICK=1`): few trials; read it as a smoke "
