@@ -52,3 +52,14 @@ options:
         the system's CAs.
     type: path
 """
+
+    # The option of a module that asks further agents (FALLBACK_ARGUMENT_SPEC).
+    FALLBACK = r"""
+options:
+  fallback_api_urls:
+    description:
+      - More agents to ask, in order, when O(api_url) does not answer.
+    type: list
+    elements: str
+    default: []
+"""

@@ -158,6 +158,10 @@ def api_argument_spec():
 
 API_MUTUALLY_EXCLUSIVE = [("api_token", "api_token_file")]
 
+#: The option of a module that asks further agents when O(api_url) does not answer (doc
+#: fragment ``api.fallback``).
+FALLBACK_ARGUMENT_SPEC = dict(fallback_api_urls=dict(type="list", elements="str", default=[]))
+
 
 def client_from_params(params, fallback_urls=()):
     """A :class:`HafleetAPIClient` from module parameters (see :func:`api_argument_spec`),

@@ -16,16 +16,10 @@ author: hafleet maintainers (@hafleet)
 version_added: 0.1.0
 extends_documentation_fragment:
   - hafleet.cluster.api
+  - hafleet.cluster.api.fallback
   - hafleet.cluster.attributes
   - hafleet.cluster.attributes.actiongroup_hafleet
   - hafleet.cluster.attributes.info_module
-options:
-  fallback_api_urls:
-    description:
-      - More agents to ask, in order, when O(api_url) does not answer.
-    type: list
-    elements: str
-    default: []
 notes:
   - Members' metrics come from the leader's table; a follower shares what the leader last
     sent it.
@@ -145,6 +139,7 @@ metrics:
 """
 
 from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
+    FALLBACK_ARGUMENT_SPEC,
     HafleetAPIClient,
     HafleetAPIError,
     HafleetModule,
@@ -202,7 +197,7 @@ def read_first(base):
 
 def main():
     base = HafleetModule(
-        argument_spec=dict(fallback_api_urls=dict(type="list", elements="str", default=[])),
+        argument_spec=dict(FALLBACK_ARGUMENT_SPEC),
         supports_check_mode=True,
     )
     base.run(lambda: read_first(base))

@@ -24,6 +24,7 @@ author: hafleet maintainers (@hafleet)
 version_added: 0.1.0
 extends_documentation_fragment:
   - hafleet.cluster.api
+  - hafleet.cluster.api.fallback
   - hafleet.cluster.attributes
   - hafleet.cluster.attributes.actiongroup_hafleet
 attributes:
@@ -73,12 +74,6 @@ options:
       - The key of the lock in the cluster's store.
     type: str
     default: hafleet/lock
-  fallback_api_urls:
-    description:
-      - More agents to ask, in order, when O(api_url) does not answer.
-    type: list
-    elements: str
-    default: []
 notes:
   - The controller's clock decides the age of another controller's lock.
 seealso:
@@ -143,6 +138,7 @@ import socket
 import time
 
 from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
+    FALLBACK_ARGUMENT_SPEC,
     HafleetAPIError,
     HafleetModule,
     client_from_params,
@@ -321,7 +317,7 @@ def main():
             ttl=dict(type="float", default=3600.0),
             force=dict(type="bool", default=False),
             key=dict(type="str", default="hafleet/lock", no_log=False),
-            fallback_api_urls=dict(type="list", elements="str", default=[]),
+            **FALLBACK_ARGUMENT_SPEC,
         ),
         supports_check_mode=True,
     )
