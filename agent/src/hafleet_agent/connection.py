@@ -304,6 +304,13 @@ class Outbound:
             self.wakeup.set()
         return True
 
+    def take_back(self, payload: bytes) -> None:
+        """Unqueue ``payload`` while it is the last frame :meth:`offer` queued and not
+        written yet (the same object; ``Transport.take_back``)."""
+        if self.queue and self.queue[-1] is payload:
+            self.queue.pop()
+            self.queued_bytes -= len(payload)
+
     def flush(self) -> None:
         """Write what is queued now, if the connection is up and drained (else the task
         does, once it is); called by the transport once per loop cycle in which frames

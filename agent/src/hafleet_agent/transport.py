@@ -363,9 +363,8 @@ class Transport(Listener):
         """Unqueue ``payload``, the last frame queued for ``addr`` and not written yet (a
         follower's answer whose log write failed: node/outbox.py's ``send_ahead``)."""
         peer = self._outbound.get(addr)
-        if peer is not None and peer.queue and peer.queue[-1] is payload:
-            peer.queue.pop()
-            peer.queued_bytes -= len(payload)
+        if peer is not None:
+            peer.take_back(payload)
 
     def _flush(self) -> None:
         """Write what this loop cycle queued: one write per peer (one frame per peer when

@@ -47,6 +47,7 @@ class _Writeback:
 
     def __init__(self) -> None:
         self._call: Callable[[int, int, int, int], int] | None = None
+        self._errno: Callable[[], int] = lambda: 0
         self._tried = False
 
     def _load(self) -> None:
@@ -61,7 +62,7 @@ class _Writeback:
             return
         fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
         fn.restype = ctypes.c_int
-        self._call = fn
+        self._call, self._errno = fn, ctypes.get_errno
 
     def start(self, fd: int, offset: int, length: int) -> bool:
         """Start writing ``length`` bytes at ``offset`` back; whether it was started."""
@@ -70,9 +71,7 @@ class _Writeback:
         if self._call is None or length <= 0:
             return False
         if self._call(fd, offset, length, _SYNC_FILE_RANGE_WRITE) != 0:
-            import ctypes
-
-            why = os.strerror(ctypes.get_errno())
+            why = os.strerror(self._errno())
             logger.debug("sync_file_range: %s; the log's syncs do without it", why)
             self._call = None
             return False
