@@ -323,15 +323,23 @@ class Transport(Listener):
         a value msgpack cannot encode, ValueError for a malformed address, RuntimeError
         before start().
         """
+        if not self._running():
+            return False
         return self.send_packed(addr, msgpack.packb(obj, use_bin_type=True), within=within)
+
+    def _running(self) -> bool:
+        """Whether frames may be queued (RuntimeError before start(); False once stopped)."""
+        if self._state != "running":
+            if self._state == "new":
+                raise RuntimeError("send() before start()")
+            return False
+        return True
 
     def send_packed(self, addr: str, payload: bytes, *, within: float | None = None) -> bool:
         """:meth:`send` of an object packed already (``msgpack.packb(obj,
         use_bin_type=True)``: a follower's answer encoded while its log write is under way,
         node/outbox.py)."""
-        if self._state != "running":
-            if self._state == "new":
-                raise RuntimeError("send() before start()")
+        if not self._running():
             return False
         size = len(payload)
         if size + FRAME_OVERHEAD - 4 > self.max_frame:
