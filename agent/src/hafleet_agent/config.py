@@ -92,6 +92,10 @@ class AgentConfig:
     # /v1/health answers 503 while the applied index is more than this many entries behind
     # the commit index (server/health.py; docs/monitoring.md).
     health_max_apply_lag: int = DEFAULT_HEALTH_MAX_APPLY_LAG
+    # The agent's CPU scheduling policy (run.py, ``cpu_policy``): "batch" (SCHED_BATCH: the
+    # same share of the CPU, but a wake-up of the agent does not preempt the process that
+    # runs) or "other" (the policy it was started with, left as it is).
+    cpu_scheduling_policy: str = "batch"
 
     # ---- derived -------------------------------------------------------------------------
     @functools.cached_property
@@ -222,6 +226,9 @@ RANGES: dict[str, tuple[int, int, str]] = {
     # body is held in memory while it is read).
     "max_body_bytes": (1 << 10, 64 << 20, " (bytes)"),
 }
+#: The values of ``cpu_scheduling_policy`` (systemd's names of the policies, as in its
+#: ``CPUSchedulingPolicy=``): the agent switches itself to SCHED_BATCH, or leaves its policy.
+CPU_POLICIES = ("batch", "other")
 #: The settings that name a file or a directory.
 PATH_KEYS = ("data_dir", "key_file", "token_file", "read_token_file")
 
@@ -263,6 +270,11 @@ def validate(cfg: AgentConfig) -> None:
         )
     if cfg.log_format not in ("text", "json"):
         raise ConfigError("log_format must be 'text' or 'json'")
+    if cfg.cpu_scheduling_policy not in CPU_POLICIES:
+        raise ConfigError(
+            f"cpu_scheduling_policy must be {' or '.join(map(repr, CPU_POLICIES))}, "
+            f"got {cfg.cpu_scheduling_policy!r}"
+        )
     try:
         bind_ip = ipaddress.ip_address(cfg.bind)
     except ValueError:
@@ -374,6 +386,7 @@ def _check_type(cfg: AgentConfig) -> None:
         "max_body_bytes": (int,),
         "quota_bytes": (int,),
         "health_max_apply_lag": (int,),
+        "cpu_scheduling_policy": (str,),
         "tls_ca_file": (str,),
         "tls_cert_file": (str,),
         "tls_key_file": (str,),

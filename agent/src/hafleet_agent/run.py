@@ -82,6 +82,31 @@ def log_tls(cfg: AgentConfig) -> None:
         )
 
 
+def cpu_policy(policy: str) -> str:
+    """Put the calling thread (the agent's main thread, before it starts any other: they
+    inherit it) under ``SCHED_BATCH`` when ``policy`` is ``batch`` and it runs under the
+    default policy; what was done, for the log. ``SCHED_BATCH`` keeps the thread's share of
+    the CPU and its nice value; only a wake-up of it no longer preempts the process that
+    runs, which goes on until it sleeps or its time slice ends (a few ms at most). A leader's
+    appends thus all leave before a peer it woke on the same host runs, and the agent does
+    not cut into the host's own work at each heartbeat (docs/agent.md, "CPU scheduling").
+    A policy the service manager or ``chrt`` set is left as it is; where the platform has no
+    ``SCHED_BATCH`` or the sandbox refuses the call, the agent runs as it was started."""
+    batch = getattr(os, "SCHED_BATCH", None)
+    if policy != "batch" or batch is None:
+        return "left as it was started (cpu_scheduling_policy other)"
+    current = os.sched_getscheduler(0)
+    if current == batch:
+        return "SCHED_BATCH (as it was started)"
+    if current != os.SCHED_OTHER:
+        return f"left as the service manager set it (policy {current}, not the default)"
+    try:
+        os.sched_setscheduler(0, batch, os.sched_param(0))
+    except OSError as exc:
+        return f"the default: SCHED_BATCH was refused ({exc.strerror or exc})"
+    return "SCHED_BATCH (a wake-up of the agent does not preempt the process that runs)"
+
+
 def check_data_dir(cfg: AgentConfig) -> None:
     """ConfigError (exit 2, which neither systemd nor supervise.py restarts) when the data
     dir cannot be this node's whatever is tried again: it, or the first of its parents that
@@ -118,6 +143,7 @@ async def run_agent(cfg: AgentConfig) -> int:
     # Checked here, before anything listens (the API reads it again when it starts).
     load_read_token(cfg, token)
     log_tls(cfg)
+    log.info("CPU scheduling: %s", cpu_policy(cfg.cpu_scheduling_policy))
     agent = Node(cfg, key, token)
     loop = asyncio.get_running_loop()
     stop_signal = asyncio.Event()
