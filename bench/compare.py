@@ -1133,6 +1133,15 @@ def main() -> int:
             if k not in given:
                 setattr(a, k, v)
     max_min = a.max_minutes or (40 if a.quick else 75)
+    if a.merge and not Path(a.json).exists():
+        # bench/results is not in git: in a fresh checkout a merge would write a page of the
+        # sections measured now alone, every other table and target gone.
+        print(
+            f"--merge: no earlier run in {a.json} to merge into (bench/results is not kept in "
+            "git); run the whole bench first (make bench)",
+            file=sys.stderr,
+        )
+        return 2
 
     lock = open(LOCK, "w")  # noqa: SIM115 - held for the whole run
     try:
