@@ -95,15 +95,15 @@ def cpu_policy(policy: str) -> str:
     batch = getattr(os, "SCHED_BATCH", None)
     if policy != "batch" or batch is None:
         return "left as it was started (cpu_scheduling_policy other)"
-    current = os.sched_getscheduler(0)
-    if current == batch:
-        return "SCHED_BATCH (as it was started)"
-    if current != os.SCHED_OTHER:
-        return f"left as the service manager set it (policy {current}, not the default)"
     try:
+        current = os.sched_getscheduler(0)
+        if current == batch:
+            return "SCHED_BATCH (as it was started)"
+        if current != os.SCHED_OTHER:
+            return f"left as the service manager set it (policy {current}, not the default)"
         os.sched_setscheduler(0, batch, os.sched_param(0))
-    except OSError as exc:
-        return f"the default: SCHED_BATCH was refused ({exc.strerror or exc})"
+    except OSError as exc:  # a system call filter that refuses either call
+        return f"as it was started (SCHED_BATCH was refused: {exc.strerror or exc})"
     return "SCHED_BATCH (a wake-up of the agent does not preempt the process that runs)"
 
 

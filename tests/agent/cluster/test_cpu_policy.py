@@ -68,7 +68,12 @@ def test_a_refused_switch_is_said_and_the_agent_goes_on(monkeypatch: pytest.Monk
     monkeypatch.setattr(os, "sched_setscheduler", refuse)
     said, policy = in_thread(lambda: cpu_policy("batch"))
     assert policy == os.SCHED_OTHER
-    assert said == "the default: SCHED_BATCH was refused (Operation not permitted)"
+    assert said == "as it was started (SCHED_BATCH was refused: Operation not permitted)"
+    monkeypatch.setattr(os, "sched_getscheduler", refuse)  # a filter that refuses the getter
+    assert (
+        cpu_policy("batch")
+        == "as it was started (SCHED_BATCH was refused: Operation not permitted)"
+    )
 
 
 @pytest.mark.parametrize("value", ["idle", "fifo", "BATCH", "", 1, None])
