@@ -21,6 +21,7 @@ from .logfmt import TEXT_FORMAT, IsoFormatter, JsonFormatter
 from .node.meta import META_FILE, load_cluster_id
 from .node.node import Node, Serve
 from .node.tasks import FAIL_STOP_S, exit_later
+from .node.walwriter import batch_policy
 from .sdnotify import Notifier
 from .server import book_all, start_api
 from .server.audit import load_read_token
@@ -84,27 +85,16 @@ def log_tls(cfg: AgentConfig) -> None:
 
 def cpu_policy(policy: str) -> str:
     """Put the calling thread (the agent's main thread, before it starts any other: they
-    inherit it) under ``SCHED_BATCH`` when ``policy`` is ``batch`` and it runs under the
-    default policy; what was done, for the log. ``SCHED_BATCH`` keeps the thread's share of
-    the CPU and its nice value; only a wake-up of it no longer preempts the process that
-    runs, which goes on until it sleeps or its time slice ends (a few ms at most). A leader's
-    appends thus all leave before a peer it woke on the same host runs, and the agent does
-    not cut into the host's own work at each heartbeat (docs/agent.md, "CPU scheduling").
-    A policy the service manager or ``chrt`` set is left as it is; where the platform has no
-    ``SCHED_BATCH`` or the sandbox refuses the call, the agent runs as it was started."""
-    batch = getattr(os, "SCHED_BATCH", None)
-    if policy != "batch" or batch is None:
+    inherit it) under ``SCHED_BATCH`` when ``policy`` is ``batch`` (node/walwriter.py's
+    ``batch_policy``: only from the default policy); what was done, for the log.
+    ``SCHED_BATCH`` keeps the thread's share of the CPU and its nice value; only a wake-up of
+    it no longer preempts the process that runs, which goes on until it sleeps or its time
+    slice ends (a few ms at most). A leader's appends thus all leave before a peer it woke on
+    the same host runs, and the agent does not cut into the host's own work at each
+    heartbeat (docs/agent.md, "CPU scheduling")."""
+    if policy != "batch":
         return "left as it was started (cpu_scheduling_policy other)"
-    try:
-        current = os.sched_getscheduler(0)
-        if current == batch:
-            return "SCHED_BATCH (as it was started)"
-        if current != os.SCHED_OTHER:
-            return f"left as the service manager set it (policy {current}, not the default)"
-        os.sched_setscheduler(0, batch, os.sched_param(0))
-    except OSError as exc:  # a system call filter that refuses either call
-        return f"as it was started (SCHED_BATCH was refused: {exc.strerror or exc})"
-    return "SCHED_BATCH (a wake-up of the agent does not preempt the process that runs)"
+    return batch_policy()
 
 
 def check_data_dir(cfg: AgentConfig) -> None:

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -64,6 +65,32 @@ def test_the_thread_runs_under_sched_batch() -> None:
 
     assert asyncio.run(go()) == os.SCHED_BATCH
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own thread is untouched
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+def test_the_thread_keeps_a_policy_the_service_manager_set() -> None:
+    """An agent started under SCHED_IDLE (systemd's CPUSchedulingPolicy=idle): the thread
+    inherits it and keeps it, as the main thread does (run.py's cpu_policy)."""
+    seen: list[int] = []
+
+    def agent_thread() -> None:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+        async def go() -> None:
+            loop = asyncio.get_running_loop()
+            writer = WalWriter()
+            got = asyncio.Event()
+            writer.submit(loop, lambda _: seen.append(os.sched_getscheduler(0)), None,
+                          lambda exc: got.set())  # fmt: skip
+            await asyncio.wait_for(got.wait(), 10)
+            writer.shutdown()
+
+        asyncio.run(go())
+
+    t = threading.Thread(target=agent_thread)
+    t.start()
+    t.join(20)
+    assert seen == [os.SCHED_IDLE]
 
 
 # --- a leader's batch: the write on the loop, its fdatasync through Linux AIO -----------------

@@ -23,7 +23,6 @@ and the chaos suite use) and every batch where Linux AIO is not there."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -202,10 +201,22 @@ def write_inline(
     TELEMETRY.wal_sync_seconds.observe(time.perf_counter() - started)
 
 
-def batch_policy() -> None:
+def batch_policy() -> str:
     """Put the calling thread under ``SCHED_BATCH`` (same priority, no wake-up preemption)
-    where the platform has it and the sandbox allows it; elsewhere it runs as before."""
-    policy = getattr(os, "SCHED_BATCH", None)
-    if policy is not None:
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, policy, os.sched_param(0))
+    when it runs under the default policy; what was done, for the log. A policy the service
+    manager or ``chrt`` set is left as it is; where the platform has no ``SCHED_BATCH`` or
+    the sandbox refuses either call, the thread runs as it was started. The agent's main
+    thread calls it at start (run.py's ``cpu_policy``), the log's writer thread at its own."""
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is None:
+        return "as it was started (no SCHED_BATCH on this platform)"
+    try:
+        current = os.sched_getscheduler(0)
+        if current == batch:
+            return "SCHED_BATCH (as it was started)"
+        if current != os.SCHED_OTHER:
+            return f"left as the service manager set it (policy {current}, not the default)"
+        os.sched_setscheduler(0, batch, os.sched_param(0))
+    except OSError as exc:  # a system call filter that refuses either call
+        return f"as it was started (SCHED_BATCH was refused: {exc.strerror or exc})"
+    return "SCHED_BATCH (a wake-up of the agent does not preempt the process that runs)"
