@@ -133,8 +133,6 @@ took_over:
     why: its run (process 4242 on this controller) has ended
 """
 
-import os
-import socket
 import time
 
 from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
@@ -143,87 +141,12 @@ from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
     HafleetModule,
     client_from_params,
 )
-
-
-def _read(path):
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def _stat(pid):
-    """(parent pid, start time in clock ticks) of ``pid`` from /proc; OSError when gone."""
-    raw = _read(f"/proc/{pid}/stat")
-    fields = raw[raw.rindex(b")") + 2 :].split()  # after "pid (comm) "
-    return int(fields[1]), int(fields[19])
-
-
-def playbook_process(start=None):
-    """(pid, start ticks) of the ``ansible-playbook`` process this module runs under, or None
-    where /proc does not tell. Its workers are forks of it (the same command line): the
-    outermost of the run of ancestors with its command line is the run itself."""
-    try:
-        pid = os.getppid() if start is None else start
-        found = None
-        for _depth in range(64):
-            if pid <= 1:
-                break
-            cmdline = _read(f"/proc/{pid}/cmdline")
-            ppid, ticks = _stat(pid)
-            if found is None:
-                if b"ansible-playbook" in cmdline:
-                    found = (pid, ticks, cmdline)
-            elif cmdline == found[2]:
-                found = (pid, ticks, cmdline)
-            else:
-                break
-            pid = ppid
-    except (OSError, ValueError, IndexError):
-        return None
-    return None if found is None else found[:2]
-
-
-def controller_id():
-    """This controller: its machine id, else its host name."""
-    try:
-        machine = _read("/etc/machine-id").decode("ascii", "replace").strip()
-    except OSError:
-        machine = ""
-    return machine or socket.gethostname()
-
-
-def process_alive(pid, ticks):
-    """Whether process ``pid`` runs and is the one started at ``ticks`` (not a reuse)."""
-    try:
-        return _stat(pid)[1] == ticks
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def stale(lock, now, here):
-    """Why ``lock`` (another run's) may be taken over without force, or None."""
-    if not isinstance(lock, dict):
-        return "it is not a lock this module wrote"
-    taken, ttl = lock.get("taken"), lock.get("ttl")
-    if isinstance(taken, (int, float)) and isinstance(ttl, (int, float)) and now >= taken + ttl:
-        return f"it was taken {now - taken:.0f} s ago, more than its ttl of {ttl:g} s"
-    pid, ticks = lock.get("pid"), lock.get("pid_start")
-    if lock.get("controller") == here and isinstance(pid, int) and isinstance(ticks, int):
-        if not process_alive(pid, ticks):
-            return f"its run (process {pid} on this controller) has ended"
-    return None
-
-
-def describe(lock, now):
-    """A lock as a refusal names it."""
-    if not isinstance(lock, dict):
-        return f"a value that is not a lock ({str(lock)[:80]})"
-    said = f"{lock.get('holder') or 'an unnamed holder'} (run {lock.get('run')}"
-    taken, ttl = lock.get("taken"), lock.get("ttl")
-    if isinstance(taken, (int, float)):
-        said += f", taken {now - taken:.0f} s ago"
-        if isinstance(ttl, (int, float)):
-            said += f", abandoned {ttl:g} s after it was taken"
-    return said + ")"
+from ansible_collections.hafleet.cluster.plugins.module_utils.run_owner import (
+    controller_id,
+    describe,
+    new_lock,
+    stale,
+)
 
 
 class FleetLock:
@@ -259,16 +182,7 @@ class FleetLock:
     def take(self):
         p, now = self.p, self.clock()
         here = controller_id()
-        process = playbook_process()
-        value = {
-            "holder": p["holder"],
-            "run": p["run_id"],
-            "controller": here,
-            "pid": process[0] if process else None,
-            "pid_start": process[1] if process else None,
-            "taken": now,
-            "ttl": p["ttl"],
-        }
+        value = new_lock(p["holder"], p["run_id"], p["ttl"], now)
         took_over = None
         for _turn in range(3):  # each turn ends unless another run wrote the key meanwhile
             lock, index = self.current()

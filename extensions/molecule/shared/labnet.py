@@ -10,7 +10,8 @@ on the bridge and a veth VN. ``down`` removes everything a scenario may have lef
 a failed converge, also when Ansible cannot run (``make release``'s clean-up):
 every process that lives in one of the namespaces named exactly PN (``ip netns pids``),
 every process named by a pid file under ROOT whose command line mentions ROOT (HAProxy and
-the syncers run in the root namespace), the namespaces, the veths VN, the bridge, ROOT.
+the syncers run in the root namespace), the namespaces, the veths VN, the bridge, ROOT and
+the playbooks' lock files beside it (ROOT.lock, ROOT.lock.guard).
 Processes are stopped by PID and start time (SIGTERM, then SIGKILL after 10 s) with the
 agent's own pid-file logic (``hafleet_agent.supervise``): run it with the interpreter that has
 the agent, the checkout's .venv (molecule's ``ansible_playbook_python``; ``make release`` puts
@@ -95,6 +96,11 @@ def down(a: argparse.Namespace) -> dict:
     if root and root.exists():
         shutil.rmtree(root)
         removed.append(str(root))
+    for suffix in (".lock", ".lock.guard"):  # the playbooks' lock of the lab at ROOT, beside it
+        lock = root.with_name(root.name + suffix) if root else None
+        if lock is not None and lock.exists():
+            lock.unlink()
+            removed.append(str(lock))
     return {"changed": bool(stopped or removed), "stopped": stopped, "removed": removed}
 
 

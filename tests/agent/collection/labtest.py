@@ -229,6 +229,8 @@ class TestLab:
             problems.append(f"left behind: {sorted(left_ns | left_links)}")
             remove_by_name(sorted(left_ns), sorted(left_links))
         shutil.rmtree(self.root, ignore_errors=True)
+        for suffix in (".lock", ".lock.guard"):  # this controller's lock of the fleet
+            self.root.with_name(self.root.name + suffix).unlink(missing_ok=True)
         return problems
 
 

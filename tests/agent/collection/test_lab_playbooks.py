@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -838,6 +839,70 @@ def node_files(lab) -> dict[str, bytes]:
         for path in sorted(lab.root.glob("nodes/*/etc/*"))
         if path.name in ("key", "token", "ca.crt")
     }
+
+
+def this_controller() -> str:
+    """The controller's id as the locks record it (its machine id, else its host name)."""
+    try:
+        machine = open("/etc/machine-id", encoding="ascii", errors="replace").read().strip()
+    except OSError:
+        machine = ""
+    return machine or socket.gethostname()
+
+
+@pytest.mark.timeout(900)
+def test_this_controllers_lock_keeps_a_first_run_destroy_and_restore_apart(lab, tmp_path):
+    """Two runs on one controller where there is no cluster yet (the fleet's lock lives in the
+    cluster): while a live run holds this controller's lock, a first scale.yml, destroy.yml
+    and restore.yml stop before they change anything, naming it; once that run has ended, the
+    next takes the lock over at once, says so, and gives it back at its end."""
+    if lab.namespaces() or lab.root.exists():  # (the test before destroyed it; run alone)
+        assert_ok(lab.playbook("destroy.yml"))
+    lock_file = lab.root.with_name(lab.root.name + ".lock")
+    holder = subprocess.Popen(["sleep", "600"])  # the other run's ansible-playbook, alive
+    try:
+        lock_file.write_text(
+            json.dumps(
+                {
+                    "holder": "scale.yml by bob@here",
+                    "run": "bobs-run",
+                    "controller": this_controller(),
+                    "pid": holder.pid,
+                    "pid_start": start_time(holder.pid),
+                    "taken": time.time(),
+                    "ttl": 3600,
+                }
+            )
+        )
+        backup = tmp_path / "hfct-20250101T000000Z.snap"
+        backup.write_bytes(b"HAFLBKUP" + b"\0" * 64)
+        for book, extra in (
+            ("scale.yml", {"nodes": 1}),
+            ("destroy.yml", {}),
+            ("restore.yml", {"nodes": 1, "backup": str(backup)}),
+        ):
+            refused = lab.playbook(book, extra=extra, timeout=300)
+            said = " ".join(refused.out.replace("'", " ").split())
+            assert refused.rc != 0, (book, said[-3000:])
+            assert (
+                "the fleet is locked on this controller by scale.yml by bob@here (run bobs-run,"
+                in said
+            ), (book, said[-3000:])
+            assert refused.changed() == 0, (book, said[-3000:])
+            assert not lab.namespaces() and not lab.links() and not lab.root.exists(), book
+            assert json.loads(lock_file.read_text())["run"] == "bobs-run", book
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    taken = lab.playbook("destroy.yml")
+    assert_ok(taken)
+    said = " ".join(taken.out.replace("'", " ").split())
+    assert (
+        "took over this controller s lock of the fleet of scale.yml by bob@here (run bobs-run): "
+        f"its run (process {holder.pid} on this controller) has ended" in said
+    ), said[-3000:]
+    assert not lock_file.exists()  # given back at the end of the run, its guard file too
+    assert not lock_file.with_name(lock_file.name + ".guard").exists()
 
 
 @pytest.mark.timeout(900)

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from ansible_collections.hafleet.cluster.plugins.module_utils import run_owner
 from ansible_collections.hafleet.cluster.plugins.modules import fleet_lock
 from ansible_collections.hafleet.cluster.tests.unit.plugins.fake_cluster import TOKEN, FakeCluster
 from ansible_collections.hafleet.cluster.tests.unit.plugins.modules.utils import run_module
@@ -86,7 +87,7 @@ def this_controllers_lock(pid, ticks):
     """A fresh lock of a run on this controller: process ``pid`` started at ``ticks``."""
     return {
         "run": "old",
-        "controller": fleet_lock.controller_id(),
+        "controller": run_owner.controller_id(),
         "pid": pid,
         "pid_start": ticks,
         "taken": time.time(),
@@ -111,7 +112,7 @@ def test_the_lock_of_an_ended_run_on_this_controller_is_taken_over_at_once(clust
 
 def test_a_live_run_on_this_controller_keeps_it(cluster):
     me = os.getpid()
-    ticks = fleet_lock._stat(me)[1]  # pylint: disable=protected-access
+    ticks = run_owner._stat(me)[1]  # pylint: disable=protected-access
     cluster.kv[KEY] = (this_controllers_lock(me, ticks), 7)
 
     assert lock(cluster, "run-b")["failed"] is True
@@ -120,7 +121,7 @@ def test_a_live_run_on_this_controller_keeps_it(cluster):
 
 def test_a_reused_pid_does_not_keep_an_ended_runs_lock(cluster):
     me = os.getpid()
-    ticks = fleet_lock._stat(me)[1]  # pylint: disable=protected-access
+    ticks = run_owner._stat(me)[1]  # pylint: disable=protected-access
     cluster.kv[KEY] = (this_controllers_lock(me, ticks - 1), 7)
 
     assert lock(cluster, "run-b")["held"] is True
@@ -211,9 +212,9 @@ def test_finds_the_playbook_process_above_its_forks():
     worker = None
     try:
         worker = int(top.stdout.readline())
-        found = fleet_lock.playbook_process(start=worker)
-        assert found == (top.pid, fleet_lock._stat(top.pid)[1])  # pylint: disable=protected-access
-        assert fleet_lock.playbook_process(start=os.getpid()) is None  # (pytest: no playbook)
+        found = run_owner.playbook_process(start=worker)
+        assert found == (top.pid, run_owner._stat(top.pid)[1])  # pylint: disable=protected-access
+        assert run_owner.playbook_process(start=os.getpid()) is None  # (pytest: no playbook)
     finally:
         if worker is not None:
             os.kill(worker, signal.SIGKILL)
