@@ -109,3 +109,26 @@ def describe(lock, now):
         if isinstance(ttl, (int, float)):
             said += f", abandoned {ttl:g} s after it was taken"
     return said + ")"
+
+
+def claim(lock, run_id, now, force):
+    """What a run that wants the lock does with ``lock`` (the one there, or None): (True, None)
+    when it is free or the run's own (renewed); (True, {"lock", "why"}) when another run's is
+    taken over (ended, past its ttl, or ``force``); (False, None) when another run holds it
+    and has not been seen to end."""
+    if lock is None or (isinstance(lock, dict) and lock.get("run") == run_id):
+        return True, None
+    why = stale(lock, now, controller_id())
+    if why is None and not force:
+        return False, None
+    return True, {"lock": lock, "why": why or "force=true"}
+
+
+def refusal(lock, now, where="", gone=""):
+    """The message of a run that finds ``lock`` held by another: ``where`` the lock is (after
+    "locked"), ``gone`` what else must have ended before force is right."""
+    return (
+        f"the fleet is locked{where} by {describe(lock, now)}: another playbook run is changing "
+        f"it. Wait for that run to end. If it has ended without giving the lock back{gone}, take "
+        "the lock over with force=true (the playbooks: -e hafleet_lock_force=true)."
+    )

@@ -129,10 +129,9 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hafleet.cluster.plugins.module_utils.run_owner import (
-    controller_id,
-    describe,
+    claim,
     new_lock,
-    stale,
+    refusal,
 )
 
 #: A lock file is a few hundred bytes; anything much larger is not one (read no further).
@@ -209,18 +208,11 @@ class ControllerLock:
         guard = self.guard()
         try:
             lock = self.current()
-            took_over = None
-            if lock is not None and not self.mine(lock):  # (this run's own: renewed from now)
-                why = stale(lock, now, controller_id())
-                if why is None and not p["force"]:
-                    self.module.fail_json(
-                        msg=f"the fleet is locked on this controller by {describe(lock, now)} "
-                        f"({self.path}): another playbook run is changing it. Wait for that "
-                        "run to end. If it has ended without giving the lock back, take the "
-                        "lock over with force=true (the playbooks: -e hafleet_lock_force=true).",
-                        lock=lock,
-                    )
-                took_over = {"lock": lock, "why": why or "force=true"}
+            free, took_over = claim(lock, p["run_id"], now, p["force"])
+            if not free:
+                self.module.fail_json(
+                    msg=refusal(lock, now, f" on this controller ({self.path})"), lock=lock
+                )
             if not self.module.check_mode:
                 self.write(value)
             return dict(changed=False, held=True, lock=value, took_over=took_over)

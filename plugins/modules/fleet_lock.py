@@ -142,10 +142,10 @@ from ansible_collections.hafleet.cluster.plugins.module_utils.api import (
     client_from_params,
 )
 from ansible_collections.hafleet.cluster.plugins.module_utils.run_owner import (
-    controller_id,
+    claim,
     describe,
     new_lock,
-    stale,
+    refusal,
 )
 
 
@@ -181,22 +181,12 @@ class FleetLock:
 
     def take(self):
         p, now = self.p, self.clock()
-        here = controller_id()
         value = new_lock(p["holder"], p["run_id"], p["ttl"], now)
-        took_over = None
         for _turn in range(3):  # each turn ends unless another run wrote the key meanwhile
             lock, index = self.current()
-            if lock is not None and not self.mine(lock):  # (this run's own: renewed from now)
-                why = stale(lock, now, here)
-                if why is None and not p["force"]:
-                    self.base.fail(
-                        f"the fleet is locked by {describe(lock, now)}: another playbook run "
-                        "is changing it. Wait for that run to end. If it has ended without "
-                        "giving the lock back and its controller is gone, take the lock over "
-                        "with force=true (the playbooks: -e hafleet_lock_force=true).",
-                        lock=lock,
-                    )
-                took_over = {"lock": lock, "why": why or "force=true"}
+            free, took_over = claim(lock, p["run_id"], now, p["force"])
+            if not free:
+                self.base.fail(refusal(lock, now, gone=" and its controller is gone"), lock=lock)
             if self.base.module.check_mode:
                 return dict(changed=False, held=True, lock=value, took_over=took_over)
             if self.put(value, index):

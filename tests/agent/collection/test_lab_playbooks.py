@@ -885,8 +885,8 @@ def test_this_controllers_lock_keeps_a_first_run_destroy_and_restore_apart(lab, 
             said = " ".join(refused.out.replace("'", " ").split())
             assert refused.rc != 0, (book, said[-3000:])
             assert (
-                "the fleet is locked on this controller by scale.yml by bob@here (run bobs-run,"
-                in said
+                f"the fleet is locked on this controller ({lock_file}) by scale.yml by bob@here "
+                "(run bobs-run," in said
             ), (book, said[-3000:])
             assert refused.changed() == 0, (book, said[-3000:])
             assert not lab.namespaces() and not lab.links() and not lab.root.exists(), book
