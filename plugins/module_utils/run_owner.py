@@ -86,7 +86,7 @@ def new_lock(holder, run_id, ttl, now):
 
 def stale(lock, now, here):
     """Why ``lock`` (another run's) may be taken over without force, or None."""
-    if not isinstance(lock, dict):
+    if not isinstance(lock, dict) or not isinstance(lock.get("run"), str):
         return "it is not a lock this module wrote"
     taken, ttl = lock.get("taken"), lock.get("ttl")
     if isinstance(taken, (int, float)) and isinstance(ttl, (int, float)) and now >= taken + ttl:

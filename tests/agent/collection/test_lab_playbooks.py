@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -379,11 +380,35 @@ def test_rotate_certs_replaces_every_certificate_under_load_and_fails_no_request
     assert lab.pids() == pids
     assert {path: (lab.root / path).read_bytes() for path in kept} == files
     load = Load(lab.url, tmp_path / "load-rotate.json", max_seconds=560)
+    holders, done = [], threading.Event()
+
+    def watch_the_lock() -> None:  # the fleet's lock as the run holds it, every 0.2 s
+        while not done.wait(0.2):
+            try:
+                held = fleet_lock(lab)
+            except OSError:  # (an agent restarting)
+                continue
+            holders.append(held and held.get("holder"))
+
+    watcher = threading.Thread(target=watch_the_lock)
+    watcher.start()
     try:
         run = lab.playbook("rotate_certs.yml", timeout=540)
     finally:
+        done.set()
+        watcher.join(timeout=30)
         result = load.stop()
     assert_ok(run)
+    # rotate_certs.yml holds the locks from before its first change to its end, over the
+    # pass of scale.yml it runs (which neither takes them again nor gives them back), and
+    # gives both back.
+    seen = [h for h in holders if h is not None]
+    assert seen and all(h.startswith("rotate_certs.yml by ") for h in seen), holders
+    first = holders.index(seen[0])
+    last = len(holders) - 1 - holders[::-1].index(seen[-1])
+    assert None not in holders[first : last + 1], holders
+    assert fleet_lock(lab) is None
+    assert not lab.root.with_name(lab.root.name + ".lock").exists()
 
     after = {node: node_cert(lab, node) for node in nodes}
     for node in nodes:

@@ -119,11 +119,14 @@ def test_a_lock_past_its_ttl_force_and_a_file_that_is_no_lock_are_taken_over(pat
     forced = lock(path, "run-c", force=True)
     assert forced["held"] is True and forced["took_over"]["why"] == "force=true"
 
-    path.write_bytes(b"\x00garbage")
-    result = lock(path, "run-d")
-    assert result["held"] is True
-    assert result["took_over"]["why"] == "it is not a lock this module wrote"
-    assert held_by(path)["run"] == "run-d"
+    for junk in (b"\x00garbage", b"{}", b"[1, 2]"):
+        path.write_bytes(junk)
+        result = lock(path, "run-d")
+        assert result["held"] is True, junk
+        assert result["took_over"]["why"] == "it is not a lock this module wrote", junk
+        assert held_by(path)["run"] == "run-d"
+        assert lock(path, "run-d", state="absent")["held"] is False
+        path.parent.mkdir(exist_ok=True)
 
 
 def test_check_mode_writes_nothing_and_refuses_as_a_real_run(path):
