@@ -427,6 +427,47 @@ def test_rotate_certs_replaces_every_certificate_under_load_and_fails_no_request
     assert result["ok"] > 100, result
 
 
+@pytest.mark.timeout(900)
+def test_rotate_ca_replaces_the_cluster_ca_under_load_and_fails_no_request(lab, tmp_path):
+    """rotate_certs.yml -e rotate_ca=true: three rolling passes (trust both CAs, reissue by
+    the new one, trust only the new one) under load, with not one failed request; after it
+    every agent's certificate is the new CA's, the controller trusts that CA alone, the
+    rotation's working directories are gone and both locks were given back."""
+    nodes = ["hfct-node1", "hfct-node2", "hfct-node3"]
+    secrets = lab.root / "secrets"
+    ca_before = (secrets / "tls" / "ca.crt").read_bytes()
+    pids = lab.pids()
+    load = Load(lab.url, tmp_path / "load-rotate-ca.json", max_seconds=800)
+    try:
+        run = lab.playbook("rotate_certs.yml", extra={"rotate_ca": True}, timeout=780)
+    finally:
+        result = load.stop()
+    assert_ok(run)
+
+    ca_after = (secrets / "tls" / "ca.crt").read_bytes()
+    assert ca_after != ca_before
+    new_ca = x509.load_pem_x509_certificate(ca_after)
+    for node in nodes:
+        cert = node_cert(lab, node)
+        assert cert.issuer == new_ca.subject, node
+        cert.verify_directly_issued_by(new_ca)  # raises unless the new CA signed it
+        agent_ca = (lab.root / "nodes" / node / "etc" / "ca.crt").read_bytes()
+        assert x509.load_pem_x509_certificates(agent_ca) == [new_ca], node
+    assert x509.load_pem_x509_certificates(lab.ca_file.read_bytes()) == [new_ca]
+    assert not (secrets / "tls-next").exists() and not (secrets / "tls-previous").exists()
+    assert fleet_lock(lab) is None
+    assert not lab.root.with_name(lab.root.name + ".lock").exists()
+    now = lab.pids()
+    for node in nodes:  # restarted by the passes; the demo services not
+        assert now[f"nodes/{node}/run/agent.pid"] != pids[f"nodes/{node}/run/agent.pid"], node
+        assert now[f"nodes/{node}/run/demo.pid"] == pids[f"nodes/{node}/run/demo.pid"], node
+    view = members(lab)  # (over HTTPS, verified against the new CA alone)
+    assert set(view) == set(nodes)
+    assert all(m["role"] in ("leader", "voter") for m in view.values())
+    assert result["failed"] == 0, result
+    assert result["ok"] > 100, result
+
+
 def cli_with_agent_config(lab, node: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``hafleet-agent ARGS`` on the controller with no API flags: a lab node's agent config
     (HAFLEET_CONFIG) is all it is told."""
