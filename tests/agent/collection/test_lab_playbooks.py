@@ -468,6 +468,45 @@ def test_rotate_ca_replaces_the_cluster_ca_under_load_and_fails_no_request(lab, 
     assert result["ok"] > 100, result
 
 
+@pytest.mark.timeout(600)
+def test_a_new_cluster_key_restarts_every_agent_at_once_under_load(lab, tmp_path):
+    """scale.yml -e agent_rotate_key=true with a new hafleet_cluster_key: the key reaches the
+    controller and every node, and every agent restarts at once with it (one restarted alone
+    with the new key could not talk to the others; before, none was restarted and each kept the
+    old key until its next restart cut it off). The group is back, every member a voter, and
+    not one request through HAProxy failed."""
+    nodes = ["hfct-node1", "hfct-node2", "hfct-node3"]
+    pids = lab.pids()
+    key = hashlib.sha256(b"hfct test key").hexdigest()
+    assert (lab.root / "secrets" / "key").read_text().strip() != key
+    load = Load(lab.url, tmp_path / "load-rotate-key.json", max_seconds=500)
+    try:
+        run = lab.playbook(
+            "scale.yml",
+            extra={"nodes": 3, "hafleet_cluster_key": key, "agent_rotate_key": True},
+            timeout=480,
+        )
+    finally:
+        result = load.stop()
+    assert_ok(run)
+    assert (lab.root / "secrets" / "key").read_text().strip() == key
+    now = lab.pids()
+    for node in nodes:
+        assert (lab.root / "nodes" / node / "etc" / "key").read_text().strip() == key, node
+        assert now[f"nodes/{node}/run/agent.pid"] != pids[f"nodes/{node}/run/agent.pid"], node
+        assert now[f"nodes/{node}/run/demo.pid"] == pids[f"nodes/{node}/run/demo.pid"], node
+    said = run.out
+    assert "Restart the agents at once with the new cluster key" in said
+    view = members(lab)
+    assert set(view) == set(nodes)
+    assert all(m["role"] in ("leader", "voter") for m in view.values())
+    assert result["failed"] == 0, result
+    # Without the flag the next run changes nothing (the key is the fleet's own now).
+    again = lab.playbook("scale.yml", extra={"nodes": 3, "hafleet_cluster_key": key})
+    assert_ok(again)
+    assert again.changed() == 0, again.out[-3000:]
+
+
 def cli_with_agent_config(lab, node: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``hafleet-agent ARGS`` on the controller with no API flags: a lab node's agent config
     (HAFLEET_CONFIG) is all it is told."""
