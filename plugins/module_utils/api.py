@@ -34,6 +34,7 @@ from ansible_collections.hafleet.cluster.plugins.module_utils._api_client import
     api_path,
     member_id_error,
 )
+from ansible_collections.hafleet.cluster.plugins.module_utils.options import check_seconds
 
 USER_AGENT = "ansible-hafleet.cluster"
 
@@ -215,19 +216,8 @@ class HafleetModule:
         self.check_seconds("api_timeout", low=0.0, high=3600.0, low_ok=False)
 
     def check_seconds(self, name, low=0.0, high=86400.0, low_ok=True):
-        """Fail unless option ``name`` (seconds, when given) is a finite number in
-        ``[low, high]`` (``(low, high]`` when not ``low_ok``): NaN waited forever, 1e308
-        overflowed, 0 was taken as the default and -1 failed deep in the socket module."""
-        value = self.params.get(name)
-        if value is None:
-            return
-        above = value >= low if low_ok else value > low
-        if not (above and value <= high):  # NaN fails both
-            bound = "from" if low_ok else "above"
-            self.module.fail_json(
-                msg=f"{name} must be a number of seconds {bound} {low:g} up to {high:g}, "
-                f"got {value!r}"
-            )
+        """:func:`~.options.check_seconds` of this module's option ``name``."""
+        check_seconds(self.module, name, low, high, low_ok)
 
     @property
     def client(self):

@@ -128,6 +128,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hafleet.cluster.plugins.module_utils.options import check_seconds
 from ansible_collections.hafleet.cluster.plugins.module_utils.run_owner import (
     claim,
     new_lock,
@@ -246,10 +247,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if not 1.0 <= p["ttl"] <= 86400.0:
-        module.fail_json(
-            msg=f"ttl must be a number of seconds from 1 up to 86400, got {p['ttl']!r}"
-        )
+    check_seconds(module, "ttl", low=1.0, high=86400.0)
     if not p["run_id"].strip():
         module.fail_json(msg="run_id must not be empty")
     lock = ControllerLock(module)
